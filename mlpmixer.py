@@ -197,6 +197,7 @@ class MLPMixer(nn.Module):
             if index < len(units):
                 scale = max(float(np.abs(units[index]).max()), 1e-12)
                 ax.imshow(units[index], cmap="RdBu_r", vmin=-scale, vmax=scale, interpolation="nearest")
+        fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.9, wspace=0.08, hspace=0.08)
         fig.suptitle(f"MLP-Mixer block 1 token-mixing units ({len(units)} units, "
                      f"{grid}x{grid} patch grid), paired by opposite phase, low to high frequency", fontsize=8)
         path = os.path.join(logdir, "mlpmixer_token_mixing.png")

@@ -103,6 +103,7 @@ class ResNet18(nn.Module):
                 ax.set_axis_off()
                 if index < len(images):
                     ax.imshow(images[index], cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+            fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.9, wspace=0.08, hspace=0.08)
             fig.suptitle(title, fontsize=9)
             path = os.path.join(logdir, name)
             fig.savefig(path, dpi=100)

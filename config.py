@@ -1,0 +1,68 @@
+"""Command-line flags of ``main.py``: the template's, with their defaults, and what the runner adds."""
+import argparse
+import os
+
+
+def get_config_parser():
+    parser = argparse.ArgumentParser(
+        description="Train an MLP, a ResNet18 or an MLP-Mixer on CIFAR-10 and write results.json.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+    template = parser.add_argument_group("template flags (defaults as in the course template)")
+    template.add_argument("--batch_size", type=int, default=128, help="batch size for training.")
+    template.add_argument("--model", type=str, default="mlp", choices=["mlp", "resnet18", "mlpmixer"],
+                          help="name of the model to run.")
+    template.add_argument("--model_config", type=str, default="./model_configs/mlp.json",
+                          help="path to the model configuration (a JSON file).")
+    template.add_argument("--epochs", type=int, default=15, help="number of epochs for training.")
+    template.add_argument("--optimizer", type=str, default="adamw", choices=["sgd", "momentum", "adam", "adamw"],
+                          help="choice of optimizer (adam is used without weight decay, as in the template).")
+    template.add_argument("--lr", type=float, default=1e-3, help="learning rate for the optimizer.")
+    template.add_argument("--momentum", type=float, default=0.9, help="momentum for --optimizer momentum.")
+    template.add_argument("--weight_decay", type=float, default=5e-4, help="weight decay (not used by adam).")
+    template.add_argument("--logdir", type=str, default=None,
+                          help="folder for results.json, the checkpoint and visualisations; none are written "
+                               "without it.")
+    template.add_argument("--seed", type=int, default=42, help="seed of every random choice: split, init, batches.")
+    template.add_argument("--device", type=str, choices=["cpu", "cuda"], default="cuda",
+                          help="device to run on; cuda falls back to cpu with a warning when unavailable.")
+    template.add_argument("--print_every", type=int, default=80,
+                          help="refresh the progress bar's loss every this many iterations.")
+    template.add_argument("--visualize", action="store_true",
+                          help="save the model's first-layer weights as images into --logdir "
+                               "(resnet18 and mlpmixer).")
+
+    runner = parser.add_argument_group("runner flags (beyond the template)")
+    runner.add_argument("--data_dir", type=str, default="./data",
+                        help="folder holding cifar-10-batches-py/ (or cifar-10-python.tar.gz, or where to "
+                             "download it).")
+    runner.add_argument("--pipeline", type=str, default="tensor", choices=["tensor", "torchvision"],
+                        help="tensor: the data set as one uint8 tensor on the training device, batched "
+                             "augmentation; torchvision: the template's DataLoader with PIL transforms.")
+    runner.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="DataLoader worker processes for --pipeline torchvision.")
+    runner.add_argument("--eval_batch_size", type=int, default=1000,
+                        help="batch size for validation and test (no effect on the results).")
+    runner.add_argument("--valid_size", type=int, default=5000,
+                        help="training images held out for validation, disjoint from the rest.")
+    runner.add_argument("--resume", action="store_true",
+                        help="continue the run whose checkpoint is in --logdir.")
+    runner.add_argument("--no_progress", action="store_true", help="hide the per-iteration progress bars.")
+    return parser
+
+
+def check_args(args):
+    """Problems with flag values that argparse's types cannot see; returns a list of messages."""
+    problems = []
+    for name in ("batch_size", "epochs", "print_every", "eval_batch_size", "valid_size"):
+        if getattr(args, name) < 1:
+            problems.append(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if not args.lr > 0:
+        problems.append(f"--lr must be positive, got {args.lr}")
+    if args.weight_decay < 0 or args.momentum < 0:
+        problems.append("--weight_decay and --momentum must not be negative")
+    if args.num_workers < 0:
+        problems.append(f"--num_workers must not be negative, got {args.num_workers}")
+    if args.logdir is None and (args.resume or args.visualize):
+        problems.append("--resume and --visualize need --logdir")
+    return problems

@@ -1,0 +1,27 @@
+"""Train one model on CIFAR-10: ``python main.py --model resnet18 --model_config model_configs/resnet18.json``.
+
+``train`` and ``evaluate`` are importable from here, as in the course template.
+"""
+import sys
+
+from config import get_config_parser
+from training.engine import evaluate, fit, train
+from training.errors import UserError
+
+__all__ = ["train", "evaluate", "main"]
+
+EXIT_CODES = {"completed": 0, "diverged": 3, "interrupted": 130}
+
+
+def main(argv=None):
+    args = get_config_parser().parse_args(argv)
+    try:
+        results = fit(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return EXIT_CODES[results["status"]]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Reading CIFAR-10 from the ``cifar-10-batches-py`` layout, fetching it, and splitting it.
+
+The pickles are read through an unpickler that only admits the few numpy names a CIFAR-10 batch
+holds, so a tampered file is refused instead of executed. md5 sums are not checked: a user's own
+copy (or the course's JPEG copy) loads as long as its contents have the right shape.
+"""
+import os
+import pickle
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+FOLDER = "cifar-10-batches-py"
+ARCHIVE = "cifar-10-python.tar.gz"
+URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
+TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_FILE = "test_batch"
+NUM_CLASSES = 10
+IMAGE_SHAPE = (3, 32, 32)
+
+
+def _numpy_reconstructors():
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    core = getattr(np, "_core", None) or np.core
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(module, "_reconstruct")] = core.multiarray._reconstruct
+        allowed[(module, "scalar")] = core.multiarray.scalar
+    for module in ("numpy.core.numeric", "numpy._core.numeric"):
+        allowed[(module, "_frombuffer")] = core.numeric._frombuffer
+    import _codecs
+    allowed[("_codecs", "encode")] = _codecs.encode  # how Python 3 pickles bytes at protocol 2
+    return allowed
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Admits only the globals a CIFAR-10 batch needs to rebuild its numpy array."""
+    allowed = _numpy_reconstructors()
+
+    def find_class(self, module, name):
+        try:
+            return self.allowed[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refused to load global {module}.{name}: "
+                                         "a CIFAR-10 batch holds only numpy arrays, lists and strings") from None
+
+
+def read_batch(path):
+    """Read one batch file; return ``(images uint8 [N, 3, 32, 32], labels int64 [N])``."""
+    fix = (f"delete {os.path.dirname(path)} and extract {ARCHIVE} again "
+           "(or regenerate it with ../shared/data/make_cifar10.py)")
+    try:
+        with open(path, "rb") as f:
+            batch = _BatchUnpickler(f, encoding="bytes").load()
+    except FileNotFoundError:
+        raise UserError(f"CIFAR-10 file missing: {path}; {fix}") from None
+    except pickle.UnpicklingError as exc:
+        raise UserError(f"unsafe or malformed CIFAR-10 file {path} ({exc}); {fix}") from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, OverflowError) as exc:
+        raise UserError(f"truncated or malformed CIFAR-10 file {path} ({type(exc).__name__}: {exc}); {fix}") from None
+    if not isinstance(batch, dict):
+        raise UserError(f"malformed CIFAR-10 file {path}: expected a dict, found {type(batch).__name__}; {fix}")
+    batch = {key.decode("latin1") if isinstance(key, bytes) else key: value for key, value in batch.items()}
+    data, labels = batch.get("data"), batch.get("labels")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise UserError(f"malformed CIFAR-10 file {path}: 'data' must be a uint8 array of shape [N, 3072]; {fix}")
+    try:
+        labels = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError):
+        raise UserError(f"malformed CIFAR-10 file {path}: 'labels' must be a list of integers; {fix}") from None
+    if labels.shape != (len(data),) or (len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES)):
+        raise UserError(f"malformed CIFAR-10 file {path}: 'labels' must hold {len(data)} integers in "
+                        f"0..{NUM_CLASSES - 1}; {fix}")
+    return torch.from_numpy(data.reshape(-1, *IMAGE_SHAPE).copy()), torch.from_numpy(labels)
+
+
+@dataclass
+class CIFAR10:
+    """The whole data set as uint8 images ``[N, 3, 32, 32]`` and int64 labels ``[N]``, on the CPU."""
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+
+def load_cifar10(data_dir, download=True):
+    """Load CIFAR-10 from ``data_dir/cifar-10-batches-py``, extracting or downloading it first if absent."""
+    folder = os.path.join(data_dir, FOLDER)
+    if not os.path.isdir(folder):
+        fetch_cifar10(data_dir, download)
+    train = [read_batch(os.path.join(folder, name)) for name in TRAIN_FILES]
+    test_images, test_labels = read_batch(os.path.join(folder, TEST_FILE))
+    return CIFAR10(torch.cat([images for images, _ in train]), torch.cat([labels for _, labels in train]),
+                   test_images, test_labels)
+
+
+def fetch_cifar10(data_dir, download=True):
+    """Extract ``data_dir/cifar-10-python.tar.gz`` if it is there, else download it with torchvision."""
+    from torchvision.datasets.utils import download_and_extract_archive, extract_archive
+
+    archive = os.path.join(data_dir, ARCHIVE)
+    where = (f"put {ARCHIVE} (from {URL}) in {os.path.abspath(data_dir)}, or point --data_dir at a folder "
+             f"that holds {FOLDER}/")
+    if os.path.isfile(archive):
+        try:
+            extract_archive(archive, data_dir)
+        except Exception as exc:  # tarfile and gzip raise many types for a damaged archive
+            raise UserError(f"could not extract {archive} ({type(exc).__name__}: {exc}); download it again, "
+                            f"or {where}") from None
+    elif not download:
+        raise UserError(f"CIFAR-10 not found at {os.path.join(os.path.abspath(data_dir), FOLDER)}; {where}")
+    else:
+        try:
+            download_and_extract_archive(URL, data_dir, filename=ARCHIVE, md5=ARCHIVE_MD5)
+        except Exception as exc:  # urllib, ssl, socket and integrity errors all mean the same to the user
+            raise UserError(f"CIFAR-10 not found at {os.path.join(os.path.abspath(data_dir), FOLDER)} and the "
+                            f"download failed ({type(exc).__name__}: {exc}); {where}") from None
+    if not os.path.isdir(os.path.join(data_dir, FOLDER)):
+        raise UserError(f"{archive} did not contain {FOLDER}/; {where}")
+
+
+def split_train_valid(num_images, valid_size, seed):
+    """One permutation of the training images from ``seed``, cut into disjoint (train, valid) index tensors."""
+    if not 0 < valid_size < num_images:
+        raise UserError(f"--valid_size {valid_size} must be between 1 and {num_images - 1} "
+                        f"(the training set has {num_images} images)")
+    order = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed))
+    return order[:num_images - valid_size], order[num_images - valid_size:]

@@ -1,0 +1,241 @@
+"""The training loop: one epoch of training or evaluation, and ``fit``, which runs a whole
+experiment from parsed flags to ``results.json``. The CLI, the notebook and the tests all use it."""
+import math
+import os
+import platform
+import sys
+import time
+import warnings
+
+import torch
+from tqdm.auto import tqdm
+
+from utils import compute_accuracy, cross_entropy_loss, seed_experiment, to_device
+
+from . import persistence
+from .cifar10 import load_cifar10, split_train_valid
+from .errors import UserError
+from .models import build_model, count_parameters, load_model_config
+from .pipelines import TensorBatches, torchvision_batches
+
+# settings that must match for --resume to continue a run rather than start a different one
+RESUME_KEYS = ("model", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "seed", "pipeline",
+               "valid_size")
+
+
+def resolve_device(requested):
+    if requested == "cuda" and not torch.cuda.is_available():
+        warnings.warn("CUDA is not available: running on the CPU (pass --device cpu to silence this)")
+        return torch.device("cpu")
+    return torch.device(requested)
+
+
+def build_optimizer(name, parameters, lr, momentum, weight_decay):
+    """The template's four optimizers; ``adam`` takes no weight decay, as in the template.
+
+    The fused implementation (one kernel for all parameters, the same update) is used where this
+    torch build has it for the parameters' device; it is several times faster than the loop over tensors.
+    """
+    settings = {
+        "adamw": (torch.optim.AdamW, dict(lr=lr, weight_decay=weight_decay)),
+        "adam": (torch.optim.Adam, dict(lr=lr)),
+        "sgd": (torch.optim.SGD, dict(lr=lr, weight_decay=weight_decay)),
+        "momentum": (torch.optim.SGD, dict(lr=lr, momentum=momentum, weight_decay=weight_decay)),
+    }
+    if name not in settings:
+        raise UserError(f"unknown optimizer {name!r}; valid choices: {', '.join(settings)}")
+    optimizer_class, options = settings[name]
+    parameters = list(parameters)
+    try:
+        return optimizer_class(parameters, fused=True, **options)
+    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device or torch version
+        return optimizer_class(parameters, **options)
+
+
+def _progress(dataloader, args, desc):
+    return tqdm(dataloader, desc=desc, leave=False, dynamic_ncols=True,
+                disable=getattr(args, "no_progress", False))
+
+
+def train(epoch, model, dataloader, optimizer, args):
+    """Train ``model`` for one pass over ``dataloader``.
+
+    Args:
+        epoch: epoch number, for the progress bar.
+        dataloader: iterable of ``[images, labels]`` batches.
+        args: needs ``device`` and ``print_every``; ``label_smoothing`` is optional.
+
+    Returns:
+        ``(mean loss, accuracy, seconds)`` over the images of the epoch.
+    """
+    model.train()
+    label_smoothing = getattr(args, "label_smoothing", 0.0)
+    loss_sum = torch.zeros((), device=args.device)
+    correct = torch.zeros((), device=args.device)
+    seen = 0
+    start = time.perf_counter()
+    bar = _progress(dataloader, args, f"epoch {epoch} train")
+    for idx, batch in enumerate(bar):
+        images, labels = to_device(batch, args.device)
+        logits = model(images)
+        loss = cross_entropy_loss(logits, labels, label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        # accumulated on the device: reading a value every step would stall the GPU
+        loss_sum += loss.detach() * len(labels)
+        correct += compute_accuracy(logits.detach(), labels) * len(labels)
+        seen += len(labels)
+        if idx % args.print_every == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    mean_loss, accuracy = loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
+    return mean_loss, accuracy, time.perf_counter() - start
+
+
+@torch.no_grad()
+def evaluate(epoch, model, dataloader, args, mode="val"):
+    """Mean loss and accuracy of ``model`` over ``dataloader``, without gradients.
+
+    Returns:
+        ``(mean loss, accuracy, seconds)``.
+    """
+    model.eval()
+    loss_sum = torch.zeros((), device=args.device)
+    correct = torch.zeros((), device=args.device)
+    seen = 0
+    start = time.perf_counter()
+    for batch in _progress(dataloader, args, f"epoch {epoch} {mode}"):
+        images, labels = to_device(batch, args.device)
+        logits = model(images)
+        loss_sum += cross_entropy_loss(logits, labels) * len(labels)
+        correct += compute_accuracy(logits, labels) * len(labels)
+        seen += len(labels)
+    return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1), time.perf_counter() - start
+
+
+def make_batches(args, images, labels, train_mode, device):
+    batch_size = args.batch_size if train_mode else args.eval_batch_size
+    if args.pipeline == "torchvision":
+        return torchvision_batches(images, labels, batch_size, train_mode, args.num_workers,
+                                   pin_memory=device.type == "cuda")
+    return TensorBatches(images, labels, batch_size, device, train_mode)
+
+
+class EpochTable:
+    """One fixed-width line per epoch."""
+    COLUMNS = (("epoch", 5, "d"), ("train loss", 10, ".4f"), ("train acc", 9, ".4f"), ("valid loss", 10, ".4f"),
+               ("valid acc", 9, ".4f"), ("seconds", 8, ".1f"), ("img/s", 8, ".0f"))
+
+    def header(self):
+        return " | ".join(f"{name:>{width}}" for name, width, _ in self.COLUMNS)
+
+    def row(self, *values):
+        return " | ".join(f"{value:>{width}{fmt}}" for value, (_, width, fmt) in zip(values, self.COLUMNS))
+
+
+def _describe_device(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def fit(args):
+    """Run one experiment as ``main.py`` does; return the results dictionary.
+
+    Bad input raises ``UserError`` before anything is written. With ``args.logdir``, results.json
+    and a checkpoint are rewritten after every epoch, so an interrupted run can be resumed.
+    """
+    from config import check_args
+
+    problems = check_args(args)
+    if problems:
+        raise UserError(problems[0])
+    model_config = load_model_config(args.model_config, args.model)
+    device = resolve_device(args.device)
+    args.device = device
+    seed_experiment(args.seed)
+    data = load_cifar10(args.data_dir)
+    train_index, valid_index = split_train_valid(len(data.train_labels), args.valid_size, args.seed)
+    loaders = {
+        "train": make_batches(args, data.train_images[train_index], data.train_labels[train_index], True, device),
+        "valid": make_batches(args, data.train_images[valid_index], data.train_labels[valid_index], False, device),
+        "test": make_batches(args, data.test_images, data.test_labels, False, device),
+    }
+    model = build_model(args.model, model_config).to(device)
+    optimizer = build_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum, args.weight_decay)
+
+    signature = {key: getattr(args, key) for key in RESUME_KEYS}
+    signature["model_config"] = model_config
+    history = {key: [] for key in ("train_losses", "valid_losses", "train_accs", "valid_accs",
+                                   "train_seconds", "valid_seconds", "train_images_per_second")}
+    first_epoch = 0
+    if args.resume:
+        state = persistence.load_checkpoint(args.logdir, signature)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history, first_epoch = state["history"], state["epoch"]
+        persistence.set_rng_state(state["rng"])
+    if args.logdir:
+        os.makedirs(args.logdir, exist_ok=True)
+
+    results = {
+        "model": args.model, "model_config": model_config,
+        "args": {key: (str(value) if isinstance(value, torch.device) else value) for key, value in vars(args).items()},
+        "seed": args.seed, "device": device.type, "device_name": _describe_device(device),
+        "torch_version": torch.__version__, "pipeline": args.pipeline, "num_params": count_parameters(model),
+        "split": {"train": len(train_index), "valid": len(valid_index), "test": len(data.test_labels),
+                  "disjoint": True},
+    }
+
+    def record(status, test=(None, None)):
+        results.update(history)
+        results.update(status=status, epochs_completed=len(history["train_losses"]),
+                       test_loss=persistence.finite_or_none(test[0]), test_acc=persistence.finite_or_none(test[1]))
+        if history["valid_accs"]:
+            best = max(range(len(history["valid_accs"])), key=history["valid_accs"].__getitem__)
+            results.update(best_valid_acc=history["valid_accs"][best], best_epoch=best + 1)
+        if args.logdir:
+            persistence.write_json(os.path.join(args.logdir, persistence.RESULTS_FILE), results)
+
+    table = EpochTable()
+    print(f"{args.model}: {results['num_params']:,} parameters on {results['device_name']}, "
+          f"{args.pipeline} pipeline, split {len(train_index)}/{len(valid_index)}/{len(data.test_labels)}")
+    print(table.header())
+    status = "running"
+    try:
+        for epoch in range(first_epoch, args.epochs):
+            train_loss, train_acc, train_time = train(epoch + 1, model, loaders["train"], optimizer, args)
+            if not math.isfinite(train_loss):
+                status = "diverged"
+                print(f"training loss is {train_loss} in epoch {epoch + 1}: the run diverged and stops "
+                      "(try a smaller --lr)", file=sys.stderr)
+                break
+            valid_loss, valid_acc, valid_time = evaluate(epoch + 1, model, loaders["valid"], args)
+            for key, value in zip(history, (train_loss, valid_loss, train_acc, valid_acc, train_time, valid_time,
+                                            len(train_index) / train_time)):
+                history[key].append(persistence.finite_or_none(value))
+            tqdm.write(table.row(epoch + 1, train_loss, train_acc, valid_loss, valid_acc, train_time + valid_time,
+                                 len(train_index) / train_time))
+            if args.logdir:
+                persistence.save_checkpoint(args.logdir, model, optimizer, epoch + 1, history, signature)
+                record("running")
+    except KeyboardInterrupt:
+        status = "interrupted"
+        print(f"\ninterrupted: results.json keeps the {len(history['train_losses'])} finished epochs; "
+              "continue with --resume", file=sys.stderr)
+
+    if status == "running":
+        status = "completed"
+        test_loss, test_acc, _ = evaluate(args.epochs, model, loaders["test"], args, mode="test")
+        record(status, (test_loss, test_acc))
+        print(f"best validation accuracy {results.get('best_valid_acc', float('nan')):.4f} "
+              f"(epoch {results.get('best_epoch')}); test loss {test_loss:.4f}, test accuracy {test_acc:.4f}")
+        if args.visualize:
+            if hasattr(model, "visualize"):
+                for path in model.visualize(args.logdir) or []:
+                    print(f"wrote {path}")
+            else:
+                print(f"--visualize: {args.model} has no visualisation", file=sys.stderr)
+    else:
+        record(status)
+    return results

@@ -1,0 +1,60 @@
+"""Small CIFAR-10 stand-ins written in the real on-disk format, for tests, CI and quick notebook runs.
+
+    python -m training.fake_data DIR [--train_per_batch N] [--test N]    # -> DIR/cifar-10-batches-py/
+
+The files are written as the official archive has them: Python-2-style pickles (protocol 2, bytes
+keys) holding a uint8 ``data`` array ``[N, 3072]`` (red plane, green plane, blue plane) and a
+``labels`` list. Each class has its own mean colour and stripe pattern plus noise, so a model can
+learn something from a few hundred images.
+"""
+import argparse
+import os
+import pickle
+
+import numpy as np
+
+from .cifar10 import FOLDER, NUM_CLASSES, TEST_FILE, TRAIN_FILES
+
+
+def fake_images(count, seed):
+    """``count`` learnable fake images: uint8 ``[count, 3, 32, 32]`` and their labels."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, NUM_CLASSES, size=count)
+    colours = np.random.default_rng(1234).uniform(40, 215, size=(NUM_CLASSES, 3))
+    rows = np.arange(32)[:, None]
+    stripes = np.stack([np.sin(rows * (k + 1) * np.pi / 16) * np.ones((1, 32)) for k in range(NUM_CLASSES)])
+    images = colours[labels][:, :, None, None] + 30 * stripes[labels][:, None] + rng.normal(0, 25, (count, 3, 32, 32))
+    return np.clip(images, 0, 255).astype(np.uint8), labels
+
+
+def write_batch(path, images, labels, name):
+    """One batch file as the official archive stores it."""
+    batch = {b"batch_label": name.encode(), b"labels": [int(x) for x in labels],
+             b"data": images.reshape(len(images), -1), b"filenames": [f"fake_{i}.png".encode() for i in range(len(images))]}
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=2)
+
+
+def write_fake_cifar10(root, train_per_batch=100, test=100, seed=0):
+    """Write ``root/cifar-10-batches-py`` with 5 x ``train_per_batch`` training and ``test`` test images."""
+    folder = os.path.join(root, FOLDER)
+    os.makedirs(folder, exist_ok=True)
+    for index, name in enumerate(TRAIN_FILES):
+        images, labels = fake_images(train_per_batch, seed + index)
+        write_batch(os.path.join(folder, name), images, labels, f"training batch {index + 1} of 5")
+    images, labels = fake_images(test, seed + 99)
+    write_batch(os.path.join(folder, TEST_FILE), images, labels, "testing batch 1 of 1")
+    with open(os.path.join(folder, "batches.meta"), "wb") as f:
+        pickle.dump({b"label_names": [f"class{k}".encode() for k in range(NUM_CLASSES)],
+                     b"num_cases_per_batch": train_per_batch, b"num_vis": 3072}, f, protocol=2)
+    return folder
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Write a small fake CIFAR-10 in the real on-disk format.")
+    parser.add_argument("root")
+    parser.add_argument("--train_per_batch", type=int, default=100)
+    parser.add_argument("--test", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    cli = parser.parse_args()
+    print("wrote", write_fake_cifar10(cli.root, cli.train_per_batch, cli.test, cli.seed))

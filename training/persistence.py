@@ -1,0 +1,89 @@
+"""What a run leaves on disk: results.json (strict JSON, written atomically) and the per-epoch
+checkpoint (model, optimizer, history and every RNG state, loadable with ``weights_only=True``)."""
+import json
+import math
+import os
+import random
+import tempfile
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+RESULTS_FILE = "results.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def _atomic_write(path, write):
+    """Write through ``write(file)`` into a temporary file beside ``path``, then rename it over ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def finite_or_none(value):
+    """JSON has no NaN or infinity: such values are stored as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path, data):
+    text = json.dumps(data, indent=2, allow_nan=False)
+    _atomic_write(path, lambda f: f.write(text.encode("utf-8") + b"\n"))
+
+
+def rng_state():
+    """Every RNG that training draws from, as tensors and plain values (``weights_only``-safe)."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state):
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32),
+                         numpy_state["position"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(logdir, model, optimizer, epoch, history, signature):
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+             "history": history, "signature": signature, "rng": rng_state()}
+    _atomic_write(os.path.join(logdir, CHECKPOINT_FILE), lambda f: torch.save(state, f))
+
+
+def load_checkpoint(logdir, signature):
+    """Load ``logdir``'s checkpoint, refusing one made by a different run configuration."""
+    path = os.path.join(logdir, CHECKPOINT_FILE)
+    if not os.path.isfile(path):
+        raise UserError(f"--resume: no checkpoint at {path}; run without --resume to start this run")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types for a damaged or foreign file
+        raise UserError(f"--resume: cannot read {path} ({type(exc).__name__}); delete it and start again "
+                        "without --resume") from None
+    changed = [key for key in signature if state["signature"].get(key) != signature[key]]
+    if changed:
+        key = changed[0]
+        raise UserError(f"--resume: the checkpoint in {logdir} was made with {key}={state['signature'].get(key)!r}, "
+                        f"not {signature[key]!r}; resume with the same settings or use a new --logdir")
+    return state
