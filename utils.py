@@ -62,7 +62,7 @@ def to_device(tensors, device):
 
 
 def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Mean cross-entropy of a batch, from log-softmax computed with the log-sum-exp trick.
+    """Mean cross-entropy of a batch, from a log-softmax computed with the log-sum-exp trick.
 
     Args:
         logits: ``[batch, classes]`` unnormalised scores.
@@ -74,7 +74,10 @@ def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothi
     """
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()  # half-precision log-sum-exp loses digits that the loss needs
-    log_probs = logits - torch.logsumexp(logits, dim=1, keepdim=True)  # [batch, classes]
+    # subtract the row maximum first: exp() then never overflows, and the log-probabilities keep the
+    # digits that adding and removing a large log-sum-exp would round away (the max cancels in the gradient)
+    shifted = logits - logits.max(dim=1, keepdim=True).values.detach()  # [batch, classes], max 0 per row
+    log_probs = shifted - torch.log(torch.exp(shifted).sum(dim=1, keepdim=True))
     nll = -log_probs.gather(1, labels.long().unsqueeze(1)).squeeze(1)  # [batch]
     if label_smoothing:
         nll = (1.0 - label_smoothing) * nll - label_smoothing * log_probs.mean(dim=1)

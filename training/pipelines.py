@@ -55,8 +55,8 @@ def sample_crop_boxes(batch, height, width, scale=CROP_SCALE, ratio=CROP_RATIO, 
 def random_resized_crop_flip(images, size=32, scale=CROP_SCALE, ratio=CROP_RATIO):
     """RandomHorizontalFlip + RandomResizedCrop on a whole batch, parameters drawn per sample.
 
-    The crop is resized with bilinear interpolation (pixel centres aligned, as PIL's resize does)
-    by one ``grid_sample`` call.
+    The crop is resized with bilinear interpolation (pixel centres aligned and samples kept inside
+    the crop, as PIL's resize of the cropped image does) by one ``grid_sample`` call.
 
     Args:
         images: ``[batch, channels, height, width]``, any dtype (uint8 for stored CIFAR-10).
@@ -68,13 +68,16 @@ def random_resized_crop_flip(images, size=32, scale=CROP_SCALE, ratio=CROP_RATIO
     device = images.device
     top, left, crop_h, crop_w = sample_crop_boxes(batch, height, width, scale, ratio, device)
     flip = torch.rand(batch, device=device) < 0.5
-    # grid_sample's coordinates run from -1 to 1 across the image (pixel edges, align_corners=False);
-    # output coordinate s maps to input (crop_w / W) s + (2 left + crop_w) / W - 1, and likewise for y
-    out = (torch.arange(size, device=device, dtype=torch.float32) * 2 + 1) / size - 1  # [size]
-    x_scale = torch.where(flip, -crop_w / width, crop_w / width).unsqueeze(1)
-    x_in = x_scale * out + ((2 * left + crop_w) / width - 1).unsqueeze(1)       # [batch, size]
-    y_in = (crop_h / height).unsqueeze(1) * out + ((2 * top + crop_h) / height - 1).unsqueeze(1)
-    grid = torch.stack(torch.broadcast_tensors(x_in.unsqueeze(1), y_in.unsqueeze(2)), dim=-1)  # [batch, size, size, 2]
+    # output pixel u samples the crop at x = left + (u + 0.5) * crop_w / size - 0.5, kept inside the
+    # crop as PIL's resize of the cropped image does; grid_sample wants (2 x + 1) / W - 1
+    steps = torch.arange(size, device=device, dtype=torch.float32) + 0.5                 # [size]
+    mirrored = torch.where(flip.unsqueeze(1), size - steps, steps)                      # [batch, size]
+    x = left.unsqueeze(1) + mirrored * (crop_w / size).unsqueeze(1) - 0.5
+    x = torch.minimum(torch.maximum(x, left.unsqueeze(1).float()), (left + crop_w - 1).unsqueeze(1).float())
+    y = top.unsqueeze(1) + steps * (crop_h / size).unsqueeze(1) - 0.5
+    y = torch.minimum(torch.maximum(y, top.unsqueeze(1).float()), (top + crop_h - 1).unsqueeze(1).float())
+    x, y = (2 * x + 1) / width - 1, (2 * y + 1) / height - 1
+    grid = torch.stack(torch.broadcast_tensors(x.unsqueeze(1), y.unsqueeze(2)), dim=-1)  # [batch, size, size, 2]
     return F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 

@@ -1,0 +1,265 @@
+"""main.py end to end on tiny fake data: every model, results.json, checkpoints, resume, Ctrl-C,
+divergence and every bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import main
+from training import engine
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METRICS = ("train_losses", "valid_losses", "train_accs", "valid_accs", "test_loss", "test_acc", "status",
+           "epochs_completed", "best_valid_acc", "best_epoch", "num_params", "model_config")
+
+
+def read_results(logdir):
+    with open(os.path.join(logdir, "results.json")) as f:
+        return json.loads(f.read(), parse_constant=lambda name: pytest.fail(f"non-strict JSON constant {name}"))
+
+
+@pytest.mark.parametrize("model", ["mlp", "resnet18", "mlpmixer"])
+def test_each_model_trains_and_writes_results(model, run_args, tmp_path, capsys):
+    logdir = str(tmp_path / "run")
+    extra = ["--visualize"] if model != "mlp" else []
+    epochs = 1 if model == "resnet18" else 2
+    assert main.main(run_args(model, "--logdir", logdir, *extra, epochs=epochs)) == 0
+    results = read_results(logdir)
+    for key in ("train_losses", "valid_losses", "train_accs", "valid_accs"):
+        assert len(results[key]) == epochs and all(isinstance(v, float) for v in results[key])
+    assert 0 <= results["test_acc"] <= 1 and results["test_loss"] > 0
+    assert results["status"] == "completed" and results["epochs_completed"] == epochs
+    assert results["split"] == {"train": 100, "valid": 20, "test": 30, "disjoint": True}
+    assert results["args"]["model"] == model and results["seed"] == 42 and results["device"] == "cpu"
+    assert results["num_params"] > 0 and len(results["train_seconds"]) == epochs
+    out = capsys.readouterr().out
+    assert "train loss" in out and "img/s" in out and "test accuracy" in out
+    files = set(os.listdir(logdir))
+    assert {"results.json", "checkpoint.pt"} <= files
+    if model == "resnet18":
+        assert {"resnet18_kernels_rgb.png", "resnet18_kernels_gray.png"} <= files
+    if model == "mlpmixer":
+        assert "mlpmixer_token_mixing.png" in files
+
+
+def test_mlp_learns_the_fake_data(run_args, tmp_path):
+    logdir = str(tmp_path / "run")
+    assert main.main(run_args("mlp", "--logdir", logdir, "--lr", "3e-3", epochs=4)) == 0
+    results = read_results(logdir)
+    assert results["train_losses"][-1] < results["train_losses"][0]
+    assert results["test_acc"] > 0.3  # ten classes: chance is 0.1
+
+
+def test_torchvision_pipeline_runs(run_args, tmp_path):
+    logdir = str(tmp_path / "run")
+    assert main.main(run_args("mlp", "--logdir", logdir, "--pipeline", "torchvision", "--num_workers", "0",
+                              epochs=1)) == 0
+    assert read_results(logdir)["pipeline"] == "torchvision"
+
+
+def test_checkpoint_loads_with_weights_only(run_args, tmp_path):
+    logdir = str(tmp_path / "run")
+    main.main(run_args("mlpmixer", "--logdir", logdir, epochs=1))
+    state = torch.load(os.path.join(logdir, "checkpoint.pt"), weights_only=True)
+    assert state["epoch"] == 1 and set(state) >= {"model", "optimizer", "rng", "history"}
+    assert set(state["rng"]) == {"python", "numpy", "torch", "cuda"}
+
+
+def _interrupt_at(monkeypatch, epoch_to_stop):
+    real_train = engine.train
+
+    def train(epoch, *args, **kwargs):
+        if epoch == epoch_to_stop:
+            raise KeyboardInterrupt
+        return real_train(epoch, *args, **kwargs)
+    monkeypatch.setattr(engine, "train", train)
+
+
+@pytest.mark.parametrize("model,pipeline", [("mlpmixer", "tensor"), ("mlp", "torchvision")])
+def test_resume_gives_the_same_results_as_an_uninterrupted_run(model, pipeline, run_args, tmp_path, monkeypatch):
+    flags = ["--pipeline", pipeline, "--num_workers", "0"]
+    straight = str(tmp_path / "straight")
+    assert main.main(run_args(model, "--logdir", straight, *flags, epochs=3)) == 0
+
+    resumed = str(tmp_path / "resumed")
+    _interrupt_at(monkeypatch, 2)
+    assert main.main(run_args(model, "--logdir", resumed, *flags, epochs=3)) == 130
+    partial = read_results(resumed)
+    assert partial["status"] == "interrupted" and partial["epochs_completed"] == 1
+    assert partial["test_acc"] is None
+    monkeypatch.undo()
+    assert main.main(run_args(model, "--logdir", resumed, *flags, "--resume", epochs=3)) == 0
+
+    expected, actual = read_results(straight), read_results(resumed)
+    for key in METRICS:
+        assert actual[key] == expected[key], key
+
+
+def test_interrupt_keeps_finished_epochs(run_args, tmp_path, monkeypatch):
+    logdir = str(tmp_path / "run")
+    _interrupt_at(monkeypatch, 3)
+    assert main.main(run_args("mlp", "--logdir", logdir, epochs=5)) == 130
+    results = read_results(logdir)
+    assert results["status"] == "interrupted" and len(results["train_losses"]) == 2
+    assert not [name for name in os.listdir(logdir) if name.startswith(".tmp")]
+
+
+def test_divergence_stops_cleanly_with_strict_json(run_args, tmp_path, monkeypatch):
+    real_train = engine.train
+
+    def diverging(epoch, *args, **kwargs):
+        loss, acc, seconds = real_train(epoch, *args, **kwargs)
+        return (float("nan") if epoch == 2 else loss), acc, seconds
+    monkeypatch.setattr(engine, "train", diverging)
+    logdir = str(tmp_path / "run")
+    assert main.main(run_args("mlp", "--logdir", logdir, epochs=4)) == 3
+    text = open(os.path.join(logdir, "results.json")).read()
+    assert "NaN" not in text and "Infinity" not in text
+    results = read_results(logdir)
+    assert results["status"] == "diverged" and results["epochs_completed"] == 1 and results["test_acc"] is None
+
+
+def test_huge_learning_rate_diverges_for_real(run_args, tmp_path):
+    logdir = str(tmp_path / "run")
+    code = main.main(run_args("mlp", "--logdir", logdir, "--optimizer", "sgd", "--lr", "1e30", epochs=2))
+    assert code == 3 and read_results(logdir)["status"] == "diverged"
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "adamw"])
+def test_optimizers_follow_the_template(optimizer):
+    parameters = [torch.nn.Parameter(torch.ones(2))]
+    built = engine.build_optimizer(optimizer, parameters, lr=0.1, momentum=0.8, weight_decay=0.01)
+    group = built.param_groups[0]
+    assert group["lr"] == 0.1
+    expected = {"sgd": (torch.optim.SGD, 0.01, 0), "momentum": (torch.optim.SGD, 0.01, 0.8),
+                "adam": (torch.optim.Adam, 0, None), "adamw": (torch.optim.AdamW, 0.01, None)}[optimizer]
+    assert type(built) is expected[0] and group["weight_decay"] == expected[1]
+    if expected[2] is not None:
+        assert group["momentum"] == expected[2]
+
+
+def _write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+BAD_CONFIGS = [
+    ("missing.json", None, "mlp", "model config not found"),
+    ("broken.json", '{"num_classes": 10,', "resnet18", "invalid JSON at line 1"),
+    ("list.json", "[1, 2]", "resnet18", "expected a JSON object"),
+    ("unknown.json", '{"num_classes": 10, "depth": 3}', "resnet18", "unknown key 'depth'.*valid keys: num_classes"),
+    ("type.json", '{"input_size": 3072, "hidden_sizes": "big", "num_classes": 10}', "mlp",
+     "'hidden_sizes' must be a list of positive integers"),
+    ("short.json", '{"input_size": 3072, "hidden_sizes": [64], "num_classes": 10}', "mlp", "at least two"),
+    ("act.json", '{"input_size": 3072, "hidden_sizes": [8, 8], "num_classes": 10, "activation": "gelu"}', "mlp",
+     "'activation' must be one of 'relu', 'tanh', 'sigmoid'"),
+    ("missing_key.json", '{"input_size": 3072, "num_classes": 10}', "mlp", "missing key 'hidden_sizes'"),
+    ("patch.json", '{"num_classes": 10, "img_size": 32, "patch_size": 5, "embed_dim": 8, "num_blocks": 1}',
+     "mlpmixer", "'patch_size' must divide the image size 32: valid choices are 1, 2, 4, 8, 16, 32"),
+    ("bool.json", '{"num_classes": true}', "resnet18", "'num_classes' must be a positive integer"),
+    ("classes.json", '{"num_classes": 100}', "resnet18", "must be 10 for CIFAR-10"),
+    ("drop.json", '{"num_classes": 10, "img_size": 32, "patch_size": 4, "embed_dim": 8, "num_blocks": 1, '
+                  '"drop_rate": 1.5}', "mlpmixer", "'drop_rate' must be a number in"),
+]
+
+
+@pytest.mark.parametrize("name,text,model,message", BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
+def test_bad_model_config_gets_one_clear_line(name, text, model, message, tmp_path, fake_data_dir, capsys):
+    path = _write(tmp_path, name, text) if text is not None else str(tmp_path / name)
+    logdir = tmp_path / "never_written"
+    code = main.main(["--model", model, "--model_config", path, "--data_dir", fake_data_dir, "--device", "cpu",
+                      "--logdir", str(logdir)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    import re
+    assert re.search(message, err), err
+    assert not logdir.exists()
+
+
+BAD_FLAGS = [
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--batch_size", "-4"], "--batch_size must be at least 1"),
+    (["--lr", "0"], "--lr must be positive"),
+    (["--valid_size", "500"], "--valid_size 500 must be between 1 and 119"),
+    (["--resume"], "--resume and --visualize need --logdir"),
+]
+
+
+@pytest.mark.parametrize("flags,message", BAD_FLAGS, ids=[f[1][:20] for f in BAD_FLAGS])
+def test_bad_flags_get_one_clear_line(flags, message, fake_data_dir, tiny_configs, capsys):
+    code = main.main(["--model_config", tiny_configs["mlp"], "--data_dir", fake_data_dir, "--device", "cpu", *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith(f"error: {message}") and len(err.splitlines()) == 1
+
+
+def test_missing_data_gets_one_clear_line(tmp_path, tiny_configs, monkeypatch, capsys):
+    import urllib.error
+    import torchvision.datasets.utils as tv_utils
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive",
+                        lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("no network")))
+    logdir = tmp_path / "run"
+    code = main.main(["--model_config", tiny_configs["mlp"], "--data_dir", str(tmp_path / "empty"),
+                      "--device", "cpu", "--logdir", str(logdir)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "cifar-10-python.tar.gz" in err and "--data_dir" in err
+    assert not logdir.exists()
+
+
+def test_resume_refuses_missing_or_different_checkpoint(run_args, tmp_path, capsys):
+    logdir = str(tmp_path / "run")
+    assert main.main(run_args("mlp", "--logdir", logdir, "--resume", epochs=1)) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert main.main(run_args("mlp", "--logdir", logdir, epochs=1)) == 0
+    before = open(os.path.join(logdir, "results.json")).read()
+    assert main.main(run_args("mlp", "--logdir", logdir, "--resume", "--lr", "0.5", epochs=2)) == 2
+    assert "made with lr=0.001, not 0.5" in capsys.readouterr().err
+    assert open(os.path.join(logdir, "results.json")).read() == before  # nothing lost
+
+
+def test_damaged_checkpoint_is_refused(run_args, tmp_path, capsys):
+    logdir = tmp_path / "run"
+    logdir.mkdir()
+    (logdir / "checkpoint.pt").write_bytes(b"garbage")
+    assert main.main(run_args("mlp", "--logdir", str(logdir), "--resume")) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_cuda_request_falls_back_to_cpu_with_a_warning():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.warns(UserWarning, match="CUDA is not available"):
+        assert engine.resolve_device("cuda").type == "cpu"
+
+
+def test_cli_subprocess_help_and_error_exit_codes(tmp_path):
+    help_text = subprocess.run([sys.executable, "main.py", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert help_text.returncode == 0
+    for flag in ("--batch_size", "--model", "--model_config", "--epochs", "--optimizer", "--lr", "--momentum",
+                 "--weight_decay", "--logdir", "--seed", "--device", "--print_every", "--visualize", "--data_dir",
+                 "--pipeline", "--resume"):
+        assert flag in help_text.stdout
+    bad = subprocess.run([sys.executable, "main.py", "--model_config", str(tmp_path / "nope.json")], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: model config not found")
+    assert "Traceback" not in bad.stderr
+
+
+def test_train_and_evaluate_importable_with_template_signatures(fake_data_dir):
+    import argparse
+    from training.cifar10 import load_cifar10
+    from training.pipelines import TensorBatches
+    from mlp import MLP
+    data = load_cifar10(fake_data_dir)
+    loader = TensorBatches(data.train_images, data.train_labels, 32, "cpu", train=True)
+    model = MLP(3072, [16, 16], 10)
+    args = argparse.Namespace(device="cpu", print_every=80)
+    optimizer = torch.optim.AdamW(model.parameters())
+    loss, acc, seconds = main.train(1, model, loader, optimizer, args)
+    assert loss > 0 and 0 <= acc <= 1 and seconds > 0
+    loss, acc, seconds = main.evaluate(1, model, loader, args, mode="val")
+    assert loss > 0 and 0 <= acc <= 1
