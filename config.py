@@ -48,6 +48,24 @@ def get_config_parser():
     runner.add_argument("--resume", action="store_true",
                         help="continue the run whose checkpoint is in --logdir.")
     runner.add_argument("--no_progress", action="store_true", help="hide the per-iteration progress bars.")
+
+    recipe = parser.add_argument_group("training recipe (defaults reproduce the template)")
+    recipe.add_argument("--lr_schedule", type=str, default="constant", choices=["constant", "cosine", "onecycle"],
+                        help="constant: the template's fixed rate; cosine / onecycle: linear warm-up over "
+                             "--warmup_fraction of the steps, then a cosine / linear decay to zero.")
+    recipe.add_argument("--warmup_fraction", type=float, default=0.2,
+                        help="share of all steps spent warming up (cosine and onecycle).")
+    recipe.add_argument("--label_smoothing", type=float, default=0.0,
+                        help="label smoothing of utils.cross_entropy_loss.")
+
+    speed = parser.add_argument_group("GPU fast path (no effect on a CPU; each can be turned off)")
+    speed.add_argument("--precision", type=str, default="auto", choices=["auto", "bf16", "fp32"],
+                       help="auto: bf16 autocast on CUDA, fp32 on the CPU.")
+    speed.add_argument("--channels_last", type=str, default="auto", choices=["auto", "on", "off"],
+                       help="auto: channels-last memory layout for resnet18 on CUDA.")
+    speed.add_argument("--cuda_graph", type=str, default="auto", choices=["auto", "on", "off"],
+                       help="auto: on CUDA with --pipeline tensor, record the whole training step (batch "
+                            "augmentation included) in a CUDA graph once and replay it; off: eager steps.")
     return parser
 
 
@@ -63,6 +81,10 @@ def check_args(args):
         problems.append("--weight_decay and --momentum must not be negative")
     if args.num_workers < 0:
         problems.append(f"--num_workers must not be negative, got {args.num_workers}")
+    if not 0.0 <= args.warmup_fraction < 1.0:
+        problems.append(f"--warmup_fraction must be in [0, 1), got {args.warmup_fraction}")
+    if not 0.0 <= args.label_smoothing < 1.0:
+        problems.append(f"--label_smoothing must be in [0, 1), got {args.label_smoothing}")
     if args.logdir is None and (args.resume or args.visualize):
         problems.append("--resume and --visualize need --logdir")
     return problems

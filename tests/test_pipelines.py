@@ -5,13 +5,13 @@ import pytest
 import torch
 from torchvision import transforms
 
-from training.pipelines import (CIFAR10_MEAN, CIFAR10_STD, Normalize, TensorBatches, random_resized_crop_flip,
-                                sample_crop_boxes, torchvision_batches)
+from training.pipelines import (CIFAR10_MEAN, CIFAR10_STD, Normalize, TensorBatches, augmentation_noise,
+                                random_resized_crop_flip, sample_crop_boxes, torchvision_batches)
 
 
 def test_crop_boxes_follow_torchvision_distribution():
     torch.manual_seed(0)
-    top, left, height, width = sample_crop_boxes(20000, 32, 32)
+    top, left, height, width = sample_crop_boxes(augmentation_noise(20000), 32, 32)
     assert torch.all((height >= 1) & (height <= 32) & (width >= 1) & (width <= 32))
     assert torch.all((top >= 0) & (top + height <= 32) & (left >= 0) & (left + width <= 32))
     reference = torch.tensor([transforms.RandomResizedCrop.get_params(torch.zeros(1, 32, 32), [0.8, 1.0], [0.9, 1.1])
@@ -24,7 +24,7 @@ def test_crop_boxes_follow_torchvision_distribution():
 
 
 def test_crop_falls_back_to_the_centre_when_nothing_fits():
-    top, left, height, width = sample_crop_boxes(50, 32, 32, scale=(2.0, 3.0), ratio=(1.0, 1.0))
+    top, left, height, width = sample_crop_boxes(augmentation_noise(50), 32, 32, scale=(2.0, 3.0), ratio=(1.0, 1.0))
     assert torch.all(height == 32) and torch.all(width == 32) and torch.all(top == 0) and torch.all(left == 0)
 
 
@@ -51,17 +51,25 @@ def test_full_crop_is_the_image_or_its_mirror():
 
 def test_crop_matches_torchvision_resized_crop_for_a_given_box():
     import torchvision.transforms.functional as TF
-    image = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
     torch.manual_seed(1)
-    top, left, height, width = sample_crop_boxes(1, 32, 32)
-    assert (int(height), int(width)) != (32, 32)  # a real crop, not the identity
-    torch.manual_seed(1)
-    ours = random_resized_crop_flip(image)
-    expected = TF.resized_crop(image.float(), int(top), int(left), int(height), int(width), [32, 32],
-                               interpolation=transforms.InterpolationMode.BILINEAR, antialias=False)
-    # the flip decision is the draw after the box: compare against both orientations
-    error = min((ours - expected).abs().max(), (ours - expected.flip(3)).abs().max())
-    assert error < 1e-3
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    noise = augmentation_noise(8)
+    top, left, height, width = sample_crop_boxes(noise, 32, 32)
+    assert torch.any((height != 32) | (width != 32))  # real crops, not only the identity
+    ours = random_resized_crop_flip(images, noise)
+    for i in range(8):
+        expected = TF.resized_crop(images[i:i + 1].float(), int(top[i]), int(left[i]), int(height[i]), int(width[i]),
+                                   [32, 32], interpolation=transforms.InterpolationMode.BILINEAR, antialias=False)
+        if noise[i, -1] < 0.5:
+            expected = expected.flip(3)
+        torch.testing.assert_close(ours[i:i + 1], expected, atol=1e-3, rtol=0)
+
+
+def test_same_noise_gives_the_same_augmentation():
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    noise = augmentation_noise(16)
+    assert torch.equal(random_resized_crop_flip(images, noise), random_resized_crop_flip(images, noise.clone()))
+    assert not torch.equal(random_resized_crop_flip(images, noise), random_resized_crop_flip(images, augmentation_noise(16)))
 
 
 def test_normalize_matches_template_transform():

@@ -10,6 +10,7 @@ import torch
 
 import main
 from training import engine
+from training.optim import build_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRICS = ("train_losses", "valid_losses", "train_accs", "valid_accs", "test_loss", "test_acc", "status",
@@ -78,9 +79,10 @@ def _interrupt_at(monkeypatch, epoch_to_stop):
     monkeypatch.setattr(engine, "train", train)
 
 
-@pytest.mark.parametrize("model,pipeline", [("mlpmixer", "tensor"), ("mlp", "torchvision")])
-def test_resume_gives_the_same_results_as_an_uninterrupted_run(model, pipeline, run_args, tmp_path, monkeypatch):
-    flags = ["--pipeline", pipeline, "--num_workers", "0"]
+@pytest.mark.parametrize("model,pipeline,schedule", [("mlpmixer", "tensor", "cosine"), ("mlp", "torchvision", "constant")])
+def test_resume_gives_the_same_results_as_an_uninterrupted_run(model, pipeline, schedule, run_args, tmp_path,
+                                                               monkeypatch):
+    flags = ["--pipeline", pipeline, "--num_workers", "0", "--lr_schedule", schedule]
     straight = str(tmp_path / "straight")
     assert main.main(run_args(model, "--logdir", straight, *flags, epochs=3)) == 0
 
@@ -131,7 +133,7 @@ def test_huge_learning_rate_diverges_for_real(run_args, tmp_path):
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "adamw"])
 def test_optimizers_follow_the_template(optimizer):
     parameters = [torch.nn.Parameter(torch.ones(2))]
-    built = engine.build_optimizer(optimizer, parameters, lr=0.1, momentum=0.8, weight_decay=0.01)
+    built = build_optimizer(optimizer, parameters, lr=0.1, momentum=0.8, weight_decay=0.01)
     group = built.param_groups[0]
     assert group["lr"] == 0.1
     expected = {"sgd": (torch.optim.SGD, 0.01, 0), "momentum": (torch.optim.SGD, 0.01, 0.8),

@@ -10,17 +10,19 @@ import warnings
 import torch
 from tqdm.auto import tqdm
 
-from utils import compute_accuracy, cross_entropy_loss, seed_experiment, to_device
+from utils import compute_accuracy, cross_entropy_loss, seed_experiment
 
 from . import persistence
 from .cifar10 import load_cifar10, split_train_valid
 from .errors import UserError
 from .models import build_model, count_parameters, load_model_config
+from .optim import LRSchedule, build_optimizer
 from .pipelines import TensorBatches, torchvision_batches
+from .steps import GraphedTrainStep, TrainStep, autocast_context
 
 # settings that must match for --resume to continue a run rather than start a different one
 RESUME_KEYS = ("model", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "seed", "pipeline",
-               "valid_size")
+               "valid_size", "lr_schedule", "warmup_fraction", "label_smoothing")
 
 
 def resolve_device(requested):
@@ -30,65 +32,42 @@ def resolve_device(requested):
     return torch.device(requested)
 
 
-def build_optimizer(name, parameters, lr, momentum, weight_decay):
-    """The template's four optimizers; ``adam`` takes no weight decay, as in the template.
-
-    The fused implementation (one kernel for all parameters, the same update) is used where this
-    torch build has it for the parameters' device; it is several times faster than the loop over tensors.
-    """
-    settings = {
-        "adamw": (torch.optim.AdamW, dict(lr=lr, weight_decay=weight_decay)),
-        "adam": (torch.optim.Adam, dict(lr=lr)),
-        "sgd": (torch.optim.SGD, dict(lr=lr, weight_decay=weight_decay)),
-        "momentum": (torch.optim.SGD, dict(lr=lr, momentum=momentum, weight_decay=weight_decay)),
-    }
-    if name not in settings:
-        raise UserError(f"unknown optimizer {name!r}; valid choices: {', '.join(settings)}")
-    optimizer_class, options = settings[name]
-    parameters = list(parameters)
-    try:
-        return optimizer_class(parameters, fused=True, **options)
-    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device or torch version
-        return optimizer_class(parameters, **options)
-
-
 def _progress(dataloader, args, desc):
     return tqdm(dataloader, desc=desc, leave=False, dynamic_ncols=True,
                 disable=getattr(args, "no_progress", False))
 
 
-def train(epoch, model, dataloader, optimizer, args):
+def _step_for(model, optimizer, args):
+    """The eager step that ``train`` uses when the caller gives none (the template's notebook)."""
+    return TrainStep(model, optimizer, args.device, precision=getattr(args, "precision", "fp32"),
+                     channels_last=getattr(args, "channels_last", False),
+                     label_smoothing=getattr(args, "label_smoothing", 0.0))
+
+
+def train(epoch, model, dataloader, optimizer, args, step=None):
     """Train ``model`` for one pass over ``dataloader``.
 
     Args:
         epoch: epoch number, for the progress bar.
-        dataloader: iterable of ``[images, labels]`` batches.
-        args: needs ``device`` and ``print_every``; ``label_smoothing`` is optional.
+        dataloader: a ``TensorBatches`` pipeline or any iterable of ``[images, labels]`` batches.
+        optimizer: the model's optimizer.
+        args: needs ``device`` and ``print_every``; ``precision``, ``channels_last`` and
+            ``label_smoothing`` are read when present.
+        step: the ``TrainStep`` to run (``fit`` passes a graphed one on CUDA); eager by default.
 
     Returns:
         ``(mean loss, accuracy, seconds)`` over the images of the epoch.
     """
     model.train()
-    label_smoothing = getattr(args, "label_smoothing", 0.0)
-    loss_sum = torch.zeros((), device=args.device)
-    correct = torch.zeros((), device=args.device)
-    seen = 0
+    step = step or _step_for(model, optimizer, args)
+    step.reset()
     start = time.perf_counter()
-    bar = _progress(dataloader, args, f"epoch {epoch} train")
-    for idx, batch in enumerate(bar):
-        images, labels = to_device(batch, args.device)
-        logits = model(images)
-        loss = cross_entropy_loss(logits, labels, label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        # accumulated on the device: reading a value every step would stall the GPU
-        loss_sum += loss.detach() * len(labels)
-        correct += compute_accuracy(logits.detach(), labels) * len(labels)
-        seen += len(labels)
+    bar = _progress(step.work(dataloader), args, f"epoch {epoch} train")
+    for idx, item in enumerate(bar):
+        step(dataloader, item)
         if idx % args.print_every == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-    mean_loss, accuracy = loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
+            bar.set_postfix(loss=f"{step.last_loss.item():.4f}")
+    mean_loss, accuracy = step.means()  # waits for the device, so the time below is honest
     return mean_loss, accuracy, time.perf_counter() - start
 
 
@@ -100,13 +79,15 @@ def evaluate(epoch, model, dataloader, args, mode="val"):
         ``(mean loss, accuracy, seconds)``.
     """
     model.eval()
+    reader = _step_for(model, None, args)
     loss_sum = torch.zeros((), device=args.device)
     correct = torch.zeros((), device=args.device)
     seen = 0
     start = time.perf_counter()
-    for batch in _progress(dataloader, args, f"epoch {epoch} {mode}"):
-        images, labels = to_device(batch, args.device)
-        logits = model(images)
+    for item in _progress(reader.work(dataloader), args, f"epoch {epoch} {mode}"):
+        images, labels = reader.prepare(dataloader, item)
+        with autocast_context(args.device, getattr(args, "precision", "fp32")):
+            logits = model(images)
         loss_sum += cross_entropy_loss(logits, labels) * len(labels)
         correct += compute_accuracy(logits, labels) * len(labels)
         seen += len(labels)
@@ -131,6 +112,34 @@ class EpochTable:
 
     def row(self, *values):
         return " | ".join(f"{value:>{width}{fmt}}" for value, (_, width, fmt) in zip(values, self.COLUMNS))
+
+
+def resolve_fast_path(args, device):
+    """Turn the ``auto`` fast-path flags into decisions for this device, in place on ``args``.
+
+    On CUDA: bf16 autocast, channels-last for the ResNet, and the CUDA-graph step with the tensor
+    pipeline. On a CPU all three stay off unless asked for (and graphs are never possible there).
+    """
+    cuda = device.type == "cuda"
+    if args.precision == "auto":
+        args.precision = "bf16" if cuda else "fp32"
+    args.channels_last = args.channels_last == "on" or (args.channels_last == "auto" and cuda
+                                                         and args.model == "resnet18")
+    wanted = args.cuda_graph == "on" or args.cuda_graph == "auto"
+    possible = cuda and args.pipeline == "tensor"
+    if args.cuda_graph == "on" and not possible:
+        warnings.warn("--cuda_graph on needs CUDA and --pipeline tensor: running eager steps")
+    args.cuda_graph = bool(wanted and possible)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+
+
+def restore_learning_rate_type(optimizer, capturable):
+    """A loaded optimizer state carries the learning rate as it was saved (a float, or a tensor on the
+    saving machine's device); a graph needs a tensor on this device, the eager path a float."""
+    for group in optimizer.param_groups:
+        value = float(group["lr"])
+        group["lr"] = torch.tensor(value, device=group["params"][0].device) if capturable else value
 
 
 def _describe_device(device):
@@ -161,8 +170,12 @@ def fit(args):
         "valid": make_batches(args, data.train_images[valid_index], data.train_labels[valid_index], False, device),
         "test": make_batches(args, data.test_images, data.test_labels, False, device),
     }
+    resolve_fast_path(args, device)
     model = build_model(args.model, model_config).to(device)
-    optimizer = build_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum, args.weight_decay)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum, args.weight_decay,
+                                capturable=args.cuda_graph)
 
     signature = {key: getattr(args, key) for key in RESUME_KEYS}
     signature["model_config"] = model_config
@@ -173,8 +186,16 @@ def fit(args):
         state = persistence.load_checkpoint(args.logdir, signature)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        restore_learning_rate_type(optimizer, args.cuda_graph)
         history, first_epoch = state["history"], state["epoch"]
         persistence.set_rng_state(state["rng"])
+    steps_per_epoch = len(loaders["train"])
+    schedule = None if args.lr_schedule == "constant" else LRSchedule(
+        args.lr_schedule, args.lr, args.epochs * steps_per_epoch, args.warmup_fraction)
+    step_class = GraphedTrainStep if args.cuda_graph else TrainStep
+    step = step_class(model, optimizer, device, precision=args.precision, channels_last=args.channels_last,
+                      label_smoothing=args.label_smoothing, schedule=schedule,
+                      first_step=first_epoch * steps_per_epoch)
     if args.logdir:
         os.makedirs(args.logdir, exist_ok=True)
 
@@ -199,12 +220,13 @@ def fit(args):
 
     table = EpochTable()
     print(f"{args.model}: {results['num_params']:,} parameters on {results['device_name']}, "
-          f"{args.pipeline} pipeline, split {len(train_index)}/{len(valid_index)}/{len(data.test_labels)}")
+          f"{args.pipeline} pipeline, {args.precision}, CUDA graph {'on' if args.cuda_graph else 'off'}, "
+          f"split {len(train_index)}/{len(valid_index)}/{len(data.test_labels)}")
     print(table.header())
     status = "running"
     try:
         for epoch in range(first_epoch, args.epochs):
-            train_loss, train_acc, train_time = train(epoch + 1, model, loaders["train"], optimizer, args)
+            train_loss, train_acc, train_time = train(epoch + 1, model, loaders["train"], optimizer, args, step)
             if not math.isfinite(train_loss):
                 status = "diverged"
                 print(f"training loss is {train_loss} in epoch {epoch + 1}: the run diverged and stops "

@@ -13,19 +13,34 @@ CROP_RATIO = (0.9, 1.1)
 CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop.get_params tries this many boxes
 
 
-def sample_crop_boxes(batch, height, width, scale=CROP_SCALE, ratio=CROP_RATIO, device=None):
-    """Draw one RandomResizedCrop box per sample, with torchvision's distribution.
+NOISE_COLUMNS = 2 * CROP_ATTEMPTS + 3  # per sample: areas, log-ratios, top, left, flip
+
+
+def augmentation_noise(batch, device=None):
+    """The uniform draws that decide one batch's crops and flips, ``[batch, NOISE_COLUMNS]``.
+
+    Drawing them apart from the augmentation lets a whole epoch's randomness come from one kernel,
+    and makes a CUDA-graph replay and an eager step see the same augmentation.
+    """
+    return torch.rand(batch, NOISE_COLUMNS, device=device)
+
+
+def sample_crop_boxes(noise, height, width, scale=CROP_SCALE, ratio=CROP_RATIO):
+    """One RandomResizedCrop box per sample, with torchvision's distribution.
 
     Each sample tries ``CROP_ATTEMPTS`` boxes of random area and aspect ratio and keeps the first
     that fits; a sample where none fits falls back to the central crop, as torchvision does.
+
+    Args:
+        noise: uniforms in [0, 1), ``[batch, NOISE_COLUMNS]`` (see ``augmentation_noise``).
 
     Returns:
         ``(top, left, crop_height, crop_width)``, each an int64 tensor ``[batch]``.
     """
     area = height * width
-    target_area = area * torch.empty(batch, CROP_ATTEMPTS, device=device).uniform_(*scale)
-    log_ratio = torch.empty(batch, CROP_ATTEMPTS, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]))
-    aspect = torch.exp(log_ratio)
+    target_area = area * (scale[0] + (scale[1] - scale[0]) * noise[:, :CROP_ATTEMPTS])
+    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_low + (log_high - log_low) * noise[:, CROP_ATTEMPTS:2 * CROP_ATTEMPTS])
     crop_w = torch.round(torch.sqrt(target_area * aspect)).long()
     crop_h = torch.round(torch.sqrt(target_area / aspect)).long()
     fits = (crop_w > 0) & (crop_w <= width) & (crop_h > 0) & (crop_h <= height)  # [batch, attempts]
@@ -45,14 +60,14 @@ def sample_crop_boxes(batch, height, width, scale=CROP_SCALE, ratio=CROP_RATIO, 
     crop_h = torch.where(any_fit, crop_h, torch.full_like(crop_h, fallback_h))
 
     # a uniform integer offset in [0, size - crop]; the fallback is centred
-    top = (torch.rand(batch, device=device) * (height - crop_h + 1)).long().clamp_max(height - crop_h)
-    left = (torch.rand(batch, device=device) * (width - crop_w + 1)).long().clamp_max(width - crop_w)
+    top = (noise[:, -3] * (height - crop_h + 1)).long().clamp_max(height - crop_h)
+    left = (noise[:, -2] * (width - crop_w + 1)).long().clamp_max(width - crop_w)
     top = torch.where(any_fit, top, (height - crop_h) // 2)
     left = torch.where(any_fit, left, (width - crop_w) // 2)
     return top, left, crop_h, crop_w
 
 
-def random_resized_crop_flip(images, size=32, scale=CROP_SCALE, ratio=CROP_RATIO):
+def random_resized_crop_flip(images, noise=None, size=32, scale=CROP_SCALE, ratio=CROP_RATIO):
     """RandomHorizontalFlip + RandomResizedCrop on a whole batch, parameters drawn per sample.
 
     The crop is resized with bilinear interpolation (pixel centres aligned and samples kept inside
@@ -60,14 +75,17 @@ def random_resized_crop_flip(images, size=32, scale=CROP_SCALE, ratio=CROP_RATIO
 
     Args:
         images: ``[batch, channels, height, width]``, any dtype (uint8 for stored CIFAR-10).
+        noise: the batch's uniforms ``[batch, NOISE_COLUMNS]``; drawn here when not given.
 
     Returns:
         float32 ``[batch, channels, size, size]`` on the value scale of the input.
     """
     batch, channels, height, width = images.shape
     device = images.device
-    top, left, crop_h, crop_w = sample_crop_boxes(batch, height, width, scale, ratio, device)
-    flip = torch.rand(batch, device=device) < 0.5
+    if noise is None:
+        noise = augmentation_noise(batch, device)
+    top, left, crop_h, crop_w = sample_crop_boxes(noise, height, width, scale, ratio)
+    flip = noise[:, -1] < 0.5
     # output pixel u samples the crop at x = left + (u + 0.5) * crop_w / size - 0.5, kept inside the
     # crop as PIL's resize of the cropped image does; grid_sample wants (2 x + 1) / W - 1
     steps = torch.arange(size, device=device, dtype=torch.float32) + 0.5                 # [size]
@@ -119,18 +137,27 @@ class TensorBatches:
     def __len__(self):
         return math.ceil(len(self.labels) / self.batch_size)
 
-    def __iter__(self):
+    def plan(self):
+        """One epoch's work as ``(index, noise)`` pairs, one per batch: which images, and the uniforms
+        that augment them. Training draws a fresh permutation and noise table (two kernels per epoch)."""
         count = len(self.labels)
-        order = torch.randperm(count, device=self.device) if self.train else None
-        for start in range(0, count, self.batch_size):
-            if order is None:
-                images = self.images[start:start + self.batch_size].float()
-                labels = self.labels[start:start + self.batch_size]
-            else:
-                index = order[start:start + self.batch_size]
-                images = random_resized_crop_flip(self.images[index])
-                labels = self.labels[index]
-            yield [self.normalize(images), labels]
+        if not self.train:
+            order = torch.arange(count, device=self.device)
+            return [(order[start:start + self.batch_size], None) for start in range(0, count, self.batch_size)]
+        order = torch.randperm(count, device=self.device)
+        noise = augmentation_noise(count, self.device)
+        return [(order[start:start + self.batch_size], noise[start:start + self.batch_size])
+                for start in range(0, count, self.batch_size)]
+
+    def make_batch(self, index, noise=None, memory_format=torch.contiguous_format):
+        """Gather, augment (when ``noise`` is given) and normalise the images at ``index``."""
+        images = self.images[index]
+        images = images.float() if noise is None else random_resized_crop_flip(images, noise)
+        return [self.normalize(images).contiguous(memory_format=memory_format), self.labels[index]]
+
+    def __iter__(self):
+        for index, noise in self.plan():
+            yield self.make_batch(index, noise)
 
 
 class _PILImages(torch.utils.data.Dataset):

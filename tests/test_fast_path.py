@@ -1,0 +1,150 @@
+"""The GPU fast path's logic, on the CPU: learning-rate schedules that a graph can read, the graphed
+step's control flow (warm-up, capture once, replay with fresh inputs, eager partial batches, fallback),
+autocast and channels-last plumbing, and flag resolution."""
+import argparse
+import contextlib
+import copy
+import json
+import os
+
+import pytest
+import torch
+
+import main
+from mlpmixer import MLPMixer
+from resnet18 import ResNet18
+from training import engine
+from training.optim import LRSchedule, build_optimizer, set_learning_rate
+from training.pipelines import TensorBatches
+from training.steps import GraphedTrainStep, TrainStep, autocast_context
+
+
+def test_schedules():
+    constant = LRSchedule("constant", 0.1, 100)
+    assert [constant(s) for s in (0, 50, 99)] == [0.1, 0.1, 0.1]
+    cosine = LRSchedule("cosine", 0.1, 100, warmup_fraction=0.2)
+    assert cosine(0) == pytest.approx(0.1 / 20) and cosine(19) == pytest.approx(0.1)
+    assert cosine(20) == pytest.approx(0.1) and cosine(60) == pytest.approx(0.05) and cosine(100) == pytest.approx(0)
+    onecycle = LRSchedule("onecycle", 0.2, 10, warmup_fraction=0.5)
+    assert [round(onecycle(s), 6) for s in range(10)] == [0.04, 0.08, 0.12, 0.16, 0.2, 0.2, 0.16, 0.12, 0.08, 0.04]
+    assert LRSchedule("cosine", 0.1, 10, warmup_fraction=0.0)(0) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam", "adamw"])
+def test_capturable_optimizer_reads_its_learning_rate_tensor_in_place(name):
+    torch.manual_seed(0)
+    plain_parameter = torch.nn.Parameter(torch.randn(5))
+    graph_parameter = torch.nn.Parameter(plain_parameter.detach().clone())
+    plain = build_optimizer(name, [plain_parameter], 0.1, 0.9, 0.01)
+    graph = build_optimizer(name, [graph_parameter], 0.1, 0.9, 0.01, capturable=True)
+    lr_tensor = graph.param_groups[0]["lr"]
+    assert isinstance(lr_tensor, torch.Tensor) and not isinstance(plain.param_groups[0]["lr"], torch.Tensor)
+    for lr in (0.1, 0.05, 0.3):
+        set_learning_rate(plain, lr)
+        set_learning_rate(graph, lr)
+        assert graph.param_groups[0]["lr"] is lr_tensor  # same storage: a replayed graph sees the new value
+        for parameter in (plain_parameter, graph_parameter):
+            parameter.grad = torch.sin(parameter.detach() * 3)
+        plain.step()
+        graph.step()
+    torch.testing.assert_close(graph_parameter, plain_parameter)
+
+
+def _pipeline_and_model(model_class=MLPMixer):
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (70, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (70,))
+    batches = TensorBatches(images, labels, batch_size=16, device="cpu", train=True)  # 4 full + 1 of 6
+    model = model_class(10, 32, 8, 16, 1, drop_rate=0.0) if model_class is MLPMixer else model_class()
+    return batches, model
+
+
+def _run_epochs(step_class, epochs=2, **step_kwargs):
+    batches, model = _pipeline_and_model()
+    optimizer = build_optimizer("adamw", model.parameters(), 1e-2, 0.9, 5e-4,
+                                capturable=step_class is GraphedTrainStep)
+    schedule = LRSchedule("cosine", 1e-2, epochs * len(batches))
+    step = step_class(model, optimizer, "cpu", schedule=schedule, **step_kwargs)
+    args = argparse.Namespace(device="cpu", print_every=1, no_progress=True)
+    torch.manual_seed(1)
+    history = [engine.train(epoch, model, batches, optimizer, args, step)[:2] for epoch in range(epochs)]
+    return history, model, step
+
+
+def test_graphed_step_computes_what_the_eager_step_computes():
+    recorded = []
+
+    def capture(run):  # a CPU stand-in for CUDA graph capture: record now, run at each replay
+        recorded.append(run)
+        return run
+    eager_history, eager_model, _ = _run_epochs(TrainStep)
+    graph_history, graph_model, step = _run_epochs(GraphedTrainStep, capture=capture,
+                                                   eager_context=contextlib.nullcontext, warmup_steps=2)
+    assert len(recorded) == 1  # captured once per run
+    assert step.eager_full_steps == 2 and step.step_number == 10
+    assert graph_history == eager_history
+    for a, b in zip(eager_model.state_dict().values(), graph_model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_failed_capture_warns_and_continues_eager():
+    def broken(run):
+        raise RuntimeError("operation not permitted when stream is capturing")
+    eager_history, _, _ = _run_epochs(TrainStep)
+    with pytest.warns(UserWarning, match="CUDA graph capture failed.*continuing with eager steps"):
+        history, _, step = _run_epochs(GraphedTrainStep, capture=broken, eager_context=contextlib.nullcontext)
+    assert step.capture_failed and step.replay is None and history == eager_history
+
+
+def test_train_step_matches_a_hand_written_step():
+    batches, model = _pipeline_and_model()
+    reference = copy.deepcopy(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    reference_optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    images = torch.randn(8, 3, 32, 32)
+    labels = torch.randint(0, 10, (8,))
+    step = TrainStep(model, optimizer, "cpu", label_smoothing=0.1)
+    step(None, [images, labels])
+    loss = torch.nn.functional.cross_entropy(reference(images), labels, label_smoothing=0.1)
+    reference_optimizer.zero_grad()
+    loss.backward()
+    reference_optimizer.step()
+    torch.testing.assert_close(step.last_loss, loss.detach())
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_bf16_autocast_and_channels_last_on_cpu():
+    model = ResNet18().eval().to(memory_format=torch.channels_last)
+    images = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), autocast_context("cpu", "bf16"):
+        assert model(images).dtype == torch.bfloat16
+    with autocast_context("cpu", "fp32"):
+        assert model.linear(torch.randn(2, 512)).dtype == torch.float32
+
+
+def _args(**overrides):
+    base = dict(precision="auto", channels_last="auto", cuda_graph="auto", pipeline="tensor", model="resnet18")
+    base.update(overrides)
+    return argparse.Namespace(**base)
+
+
+def test_fast_path_flags_resolve_per_device():
+    cpu = _args()
+    engine.resolve_fast_path(cpu, torch.device("cpu"))
+    assert (cpu.precision, cpu.channels_last, cpu.cuda_graph) == ("fp32", False, False)
+    forced = _args(precision="bf16", channels_last="on", model="mlp")
+    engine.resolve_fast_path(forced, torch.device("cpu"))
+    assert (forced.precision, forced.channels_last, forced.cuda_graph) == ("bf16", True, False)
+    with pytest.warns(UserWarning, match="--cuda_graph on needs CUDA"):
+        engine.resolve_fast_path(_args(cuda_graph="on"), torch.device("cpu"))
+
+
+def test_cli_runs_the_fast_path_flags_on_cpu(run_args, tmp_path):
+    logdir = str(tmp_path / "run")
+    assert main.main(run_args("mlpmixer", "--logdir", logdir, "--precision", "bf16", "--channels_last", "on",
+                              "--lr_schedule", "onecycle", "--label_smoothing", "0.1", epochs=2)) == 0
+    with open(os.path.join(logdir, "results.json")) as f:
+        results = json.load(f)
+    assert results["args"]["precision"] == "bf16" and results["args"]["channels_last"] is True
+    assert results["args"]["cuda_graph"] is False and results["status"] == "completed"

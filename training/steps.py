@@ -1,0 +1,176 @@
+"""The training step: forward under autocast, ``utils.cross_entropy_loss``, backward, optimizer step.
+
+``TrainStep`` runs it eagerly (the plain path, and the only one on a CPU). ``GraphedTrainStep`` runs
+the same step, with the batch's gather, augmentation and normalisation in front of it, for a few
+eager warm-up steps, then records it once in a CUDA graph and replays that graph for every later
+full batch: one launch per step instead of hundreds, with the same arithmetic.
+"""
+import contextlib
+import warnings
+
+import torch
+
+from utils import compute_accuracy, cross_entropy_loss, to_device
+
+from .optim import set_learning_rate
+
+
+def autocast_context(device, precision):
+    """bf16 autocast, or nothing for fp32.
+
+    The autocast weight cache is off: a graph captured inside a caching autocast region would keep
+    reading bf16 weight copies that the region frees when it exits (garbage or NaN on replay).
+    """
+    if precision == "bf16":
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, cache_enabled=False)
+    return contextlib.nullcontext()
+
+
+def memory_format_for(channels_last):
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+class TrainStep:
+    """One eager optimisation step per call, keeping the epoch's loss and accuracy sums on the device."""
+
+    def __init__(self, model, optimizer, device, precision="fp32", channels_last=False, label_smoothing=0.0,
+                 schedule=None, first_step=0):
+        """
+        Args:
+            model: the network, already on ``device``.
+            optimizer: its optimizer.
+            device: where the batches are computed.
+            precision: ``"bf16"`` (autocast) or ``"fp32"``.
+            channels_last: feed images in channels-last memory layout (faster convolutions on GPUs).
+            label_smoothing: passed to ``utils.cross_entropy_loss``.
+            schedule: maps a global step number to a learning rate; ``None`` keeps the optimizer's.
+            first_step: global number of the next step (non-zero when a run resumes).
+        """
+        self.model, self.optimizer, self.device = model, optimizer, torch.device(device)
+        self.precision, self.label_smoothing, self.schedule = precision, label_smoothing, schedule
+        self.memory_format = memory_format_for(channels_last)
+        self.step_number = first_step
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.correct = torch.zeros((), device=self.device)
+        self.last_loss = torch.zeros((), device=self.device)
+        self.seen = 0
+
+    def reset(self):
+        """Zero the running sums in place (a captured graph keeps adding into the same tensors)."""
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        self.seen = 0
+
+    def means(self):
+        """Mean loss and accuracy since ``reset`` (waits for the device)."""
+        seen = max(self.seen, 1)
+        return self.loss_sum.item() / seen, self.correct.item() / seen
+
+    def work(self, dataloader):
+        """What one epoch iterates over: a pipeline's ``(index, noise)`` plan, or its ``[images, labels]`` batches."""
+        return dataloader.plan() if hasattr(dataloader, "plan") else dataloader
+
+    def prepare(self, dataloader, item):
+        """Turn one item of ``work`` into device tensors ``(images, labels)``."""
+        images, labels = dataloader.make_batch(*item) if hasattr(dataloader, "plan") else to_device(item, self.device)
+        return images.contiguous(memory_format=self.memory_format), labels
+
+    def _update_learning_rate(self):
+        if self.schedule is not None:
+            set_learning_rate(self.optimizer, self.schedule(self.step_number))
+
+    def compute(self, images, labels):
+        """The step itself: everything here may be recorded into a CUDA graph (no host synchronisation)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast_context(self.device, self.precision):
+            logits = self.model(images)
+        loss = cross_entropy_loss(logits, labels, self.label_smoothing)
+        loss.backward()
+        self.optimizer.step()
+        batch = labels.shape[0]
+        self.loss_sum += loss.detach() * batch
+        self.correct += compute_accuracy(logits.detach(), labels) * batch
+        self.last_loss.copy_(loss.detach())
+
+    def __call__(self, dataloader, item):
+        images, labels = self.prepare(dataloader, item)
+        self._update_learning_rate()
+        self.compute(images, labels)
+        self.step_number += 1
+        self.seen += labels.shape[0]
+
+
+def capture_cuda_graph(run):
+    """Record ``run()`` into a CUDA graph without executing it; return the function that replays it."""
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    return graph.replay
+
+
+@contextlib.contextmanager
+def side_stream():
+    """Run eager warm-up work on a side stream, as CUDA graph capture requires, then rejoin."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        yield
+    torch.cuda.current_stream().wait_stream(stream)
+
+
+class GraphedTrainStep(TrainStep):
+    """``TrainStep`` recorded once in a CUDA graph, batch preparation included, then replayed.
+
+    Needs a ``TensorBatches`` pipeline (the data already on the GPU). The first ``warmup_steps`` full
+    batches run eagerly on a side stream (cuDNN autotuning, optimizer state, lazy allocations); the next
+    one is captured and replayed, and so is every later full batch, after its indices and augmentation
+    noise are copied into the graph's input buffers. A batch of another size (an epoch's last, partial
+    batch) runs eagerly. If capture fails the run warns and stays eager.
+    """
+
+    def __init__(self, *args, warmup_steps=3, capture=capture_cuda_graph, eager_context=side_stream, **kwargs):
+        """
+        Args:
+            *args, **kwargs: as ``TrainStep``.
+            warmup_steps: eager full-batch steps before the capture.
+            capture: records a function and returns its replay (``capture_cuda_graph``; tests pass a stand-in).
+            eager_context: context of the eager steps (``side_stream``).
+        """
+        super().__init__(*args, **kwargs)
+        self.warmup_steps, self.capture, self.eager_context = warmup_steps, capture, eager_context
+        self.eager_full_steps = 0
+        self.replay = None
+        self.capture_failed = False
+        self.static_index = self.static_noise = None
+
+    def _record(self, dataloader, index, noise):
+        self.static_index, self.static_noise = index.clone(), noise.clone()
+
+        def whole_step():
+            images, labels = dataloader.make_batch(self.static_index, self.static_noise)
+            self.compute(images.contiguous(memory_format=self.memory_format), labels)
+        try:
+            self.replay = self.capture(whole_step)
+        except Exception as exc:  # capture can fail for reasons this code cannot foresee: stay correct, go eager
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            warnings.warn(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); continuing with eager steps")
+            self.capture_failed = True
+
+    def __call__(self, dataloader, item):
+        index, noise = item
+        full = len(index) == dataloader.batch_size
+        if full and self.replay is None and not self.capture_failed and self.eager_full_steps >= self.warmup_steps:
+            self._record(dataloader, index, noise)
+        if full and self.replay is not None:
+            self.static_index.copy_(index)
+            self.static_noise.copy_(noise)
+            self._update_learning_rate()
+            self.replay()
+            self.step_number += 1
+            self.seen += len(index)
+            return
+        with self.eager_context():
+            super().__call__(dataloader, item)
+        self.eager_full_steps += int(full)
