@@ -1,0 +1,186 @@
+"""GPU check of the fast path, sized for one device call (a few minutes, decoding CIFAR-10 included).
+
+    python ../shared/data/make_cifar10.py data && python -m tools.gpu_check --data_dir data
+    python -m tools.gpu_check --dry_run            # the same code on the CPU, fake data, graph stand-in
+
+Sections (``--sections``, comma-separated):
+- ``tracking``: for each model, the first ``--steps`` training losses of the captured bf16 step against the
+  eager fp32 step and the eager bf16 step, on identical batches (same permutation, same augmentation noise,
+  same initial weights). For the MLP-Mixer, also the captured step under two settings a prototype might
+  have used: a caching autocast region, and capture with no eager warm-up step.
+- ``benchmark``: for each model, seconds per epoch of the template pipeline, the eager fast path and the
+  captured fast path (``tools.benchmark``), last of ``--bench_epochs`` epochs.
+- ``parity``: for each model, ``--parity_epochs`` epochs of the default recipe on the captured fast path and
+  on the eager fp32 path, and their test accuracies.
+"""
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+from tools.benchmark import measure, print_table
+from training import steps as steps_module
+from training.cifar10 import load_cifar10, split_train_valid
+from training.fake_data import write_fake_cifar10
+from training.models import build_model, load_model_config
+from training.optim import LRSchedule, build_optimizer
+from training.pipelines import TensorBatches
+from training.steps import GraphedTrainStep, TrainStep
+
+MODELS = ("mlp", "resnet18", "mlpmixer")
+
+
+def _caching_autocast(device, precision):
+    """bf16 autocast with the weight cache on: the setting the graphed step avoids."""
+    if precision == "bf16":
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, cache_enabled=True)
+    return contextlib.nullcontext()
+
+
+def loss_trace(model_name, batches, plan, device, precision, channels_last, graphed, seed, graph_options,
+               optimizer_name="adamw", lr=1e-3, schedule=None):
+    """Training losses of ``len(plan)`` steps from the same initial weights; returns a CPU tensor."""
+    torch.manual_seed(seed)
+    model = build_model(model_name, load_model_config(f"model_configs/{model_name}.json", model_name)).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(optimizer_name, model.parameters(), lr, 0.9, 5e-4, capturable=graphed)
+    step_class = GraphedTrainStep if graphed else TrainStep
+    options = graph_options if graphed else {}
+    step = step_class(model, optimizer, device, precision=precision, channels_last=channels_last,
+                      schedule=schedule, **options)
+    model.train()
+    losses = torch.zeros(len(plan), device=device)
+    for i, item in enumerate(plan):
+        step(batches, item)
+        losses[i] = step.last_loss
+    return losses.cpu()
+
+
+def tracking(cli, device, graph_options):
+    data = load_cifar10(cli.data_dir)
+    train_index, _ = split_train_valid(len(data.train_labels), cli.valid_size, 42)
+    batches = TensorBatches(data.train_images[train_index], data.train_labels[train_index], 128, device, train=True)
+    torch.manual_seed(0)
+    plan = batches.plan()[:cli.steps]
+    print(f"\n== tracking: first {len(plan)} training losses, batch 128, AdamW 1e-3, identical batches")
+    print(f"{'model':>9} | {'path':>34} | {'finite':>6} | {'first':>7} | {'last':>7} | {'max |d| vs eager fp32':>21} | "
+          f"{'max |d| vs eager bf16':>21}")
+    for name in cli.models.split(","):
+        channels_last = name == "resnet18" and device.type == "cuda"
+        start = time.perf_counter()
+        fp32 = loss_trace(name, batches, plan, device, "fp32", False, False, 0, graph_options)
+        bf16 = loss_trace(name, batches, plan, device, "bf16", channels_last, False, 0, graph_options)
+        variants = [("captured bf16 (default fast path)", {}, steps_module.autocast_context)]
+        if name == "mlpmixer":
+            variants += [("captured, caching autocast", {}, _caching_autocast),
+                         ("captured, no eager warm-up", {"warmup_steps": 0}, steps_module.autocast_context)]
+        rows = [("eager fp32", fp32), ("eager bf16", bf16)]
+        for label, extra, autocast in variants:
+            original = steps_module.autocast_context
+            steps_module.autocast_context = autocast
+            try:
+                rows.append((label, loss_trace(name, batches, plan, device, "bf16", channels_last, True, 0,
+                                               {**graph_options, **extra})))
+            finally:
+                steps_module.autocast_context = original
+        for label, losses in rows:
+            finite = bool(torch.isfinite(losses).all())
+            print(f"{name:>9} | {label:>34} | {str(finite):>6} | {losses[0].item():7.4f} | {losses[-1].item():7.4f} | "
+                  f"{(losses - fp32).abs().max().item():21.4f} | {(losses - bf16).abs().max().item():21.4f}")
+        print(f"{'':>9}   ({time.perf_counter() - start:.1f} s)", flush=True)
+
+    print(f"\n== tracking the optimizers: MLP, captured bf16 against eager bf16, cosine schedule from "
+          f"the first step (the learning rate is a tensor the graph reads), {len(plan)} steps")
+    schedule = LRSchedule("cosine", 1.0, len(plan), warmup_fraction=0.2)
+    for optimizer_name, lr in (("sgd", 0.05), ("momentum", 0.02), ("adam", 1e-3), ("adamw", 1e-3)):
+        def scaled(step, lr=lr):
+            return lr * schedule(step)
+        traces = [loss_trace("mlp", batches, plan, device, "bf16", False, graphed, 0, graph_options, optimizer_name,
+                             lr, scaled) for graphed in (False, True)]
+        print(f"{optimizer_name:>9} | finite {bool(torch.isfinite(traces[1]).all())} | last eager "
+              f"{traces[0][-1].item():.4f} captured {traces[1][-1].item():.4f} | max |d| "
+              f"{(traces[1] - traces[0]).abs().max().item():.4f}", flush=True)
+
+
+def benchmark(cli, device):
+    extra = ["--valid_size", str(cli.valid_size)]
+    for name in MODELS:
+        labels = ["template", "eager", "fast"] if device.type == "cuda" else ["template", "fast"]
+        rows = [measure(label, name, device.type, cli.bench_epochs, 128, cli.data_dir, cli.num_workers, extra)
+                for label in labels]
+        print()
+        print_table(f"== benchmark: {name}, batch 128, {rows[0]['device']}, last of {cli.bench_epochs} epochs, "
+                    f"template pipeline with {cli.num_workers} workers", rows)
+        sys.stdout.flush()
+
+
+def parity(cli, device):
+    print(f"\n== parity: {cli.parity_epochs} epochs of the default recipe (AdamW 1e-3, wd 5e-4, constant lr)")
+    print(f"{'model':>9} | {'path':>12} | {'test acc':>8} | {'best valid':>10} | {'train s total':>13}")
+    summary = {}
+    for name in MODELS:
+        for label, flags in (("fast", ["--pipeline", "tensor"]),
+                             ("eager fp32", ["--pipeline", "tensor", "--precision", "fp32", "--cuda_graph", "off",
+                                             "--channels_last", "off"])):
+            from config import get_config_parser
+            from training.engine import fit
+            argv = ["--model", name, "--model_config", f"model_configs/{name}.json", "--epochs",
+                    str(cli.parity_epochs), "--device", device.type, "--data_dir", cli.data_dir, "--no_progress",
+                    "--valid_size", str(cli.valid_size), *flags]
+            with contextlib.redirect_stdout(open(os.devnull, "w")):
+                results = fit(get_config_parser().parse_args(argv))
+            summary[(name, label)] = results
+            print(f"{name:>9} | {label:>12} | {results['test_acc']:8.4f} | {results['best_valid_acc']:10.4f} | "
+                  f"{sum(results['train_seconds']):13.1f}", flush=True)
+        gap = summary[(name, "fast")]["test_acc"] - summary[(name, "eager fp32")]["test_acc"]
+        print(f"{name:>9} | {'difference':>12} | {gap:+8.4f}", flush=True)
+    if cli.json_out:
+        with open(cli.json_out, "w") as f:
+            json.dump({f"{k[0]}/{k[1]}": v for k, v in summary.items()}, f, indent=1)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", default="./data")
+    parser.add_argument("--sections", default="tracking,benchmark,parity")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--models", default=",".join(MODELS), help="models of the tracking section")
+    parser.add_argument("--bench_epochs", type=int, default=2)
+    parser.add_argument("--parity_epochs", type=int, default=15)
+    parser.add_argument("--num_workers", type=int, default=4, help="template pipeline workers (the template's 4)")
+    parser.add_argument("--valid_size", type=int, default=5000)
+    parser.add_argument("--json_out", default=None, help="write the parity runs' results here")
+    parser.add_argument("--dry_run", action="store_true",
+                        help="run on the CPU with fake data and a stand-in for graph capture (checks the script)")
+    cli = parser.parse_args()
+    graph_options = {}
+    if cli.dry_run:
+        device = torch.device("cpu")
+        cli.data_dir = tempfile.mkdtemp()
+        write_fake_cifar10(cli.data_dir, train_per_batch=64, test=40)
+        cli.valid_size, cli.steps, cli.bench_epochs, cli.parity_epochs = 40, min(cli.steps, 4), 1, 1
+        graph_options = {"capture": lambda run: run, "eager_context": contextlib.nullcontext, "warmup_steps": 1}
+    elif not torch.cuda.is_available():
+        sys.exit("error: tools.gpu_check needs CUDA (or --dry_run to check the script on a CPU)")
+    else:
+        device = torch.device("cuda")
+        print(torch.cuda.get_device_name(), "| torch", torch.__version__, flush=True)
+    sections = cli.sections.split(",")
+    start = time.perf_counter()
+    if "tracking" in sections:
+        tracking(cli, device, graph_options)
+    if "benchmark" in sections:
+        benchmark(cli, device)
+    if "parity" in sections:
+        parity(cli, device)
+    print(f"\ngpu_check done in {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
