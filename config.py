@@ -1,6 +1,5 @@
 """Command-line flags of ``main.py``: the template's, with their defaults, and what the runner adds."""
 import argparse
-import os
 
 
 def get_config_parser():
@@ -39,8 +38,8 @@ def get_config_parser():
     runner.add_argument("--pipeline", type=str, default="tensor", choices=["tensor", "torchvision"],
                         help="tensor: the data set as one uint8 tensor on the training device, batched "
                              "augmentation; torchvision: the template's DataLoader with PIL transforms.")
-    runner.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="DataLoader worker processes for --pipeline torchvision.")
+    runner.add_argument("--num_workers", type=int, default=4,
+                        help="DataLoader worker processes for --pipeline torchvision (the template's 4).")
     runner.add_argument("--eval_batch_size", type=int, default=1000,
                         help="batch size for validation and test (no effect on the results).")
     runner.add_argument("--valid_size", type=int, default=5000,

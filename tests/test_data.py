@@ -1,5 +1,4 @@
 """The CIFAR-10 reader, the fetch step and the split, on fake data in the real on-disk format."""
-import io
 import os
 import pickle
 import tarfile

@@ -1,7 +1,6 @@
 """Batched augmentation and the two batch pipelines."""
 import math
 
-import pytest
 import torch
 from torchvision import transforms
 

@@ -42,6 +42,19 @@ def _caching_autocast(device, precision):
     return contextlib.nullcontext()
 
 
+class KeepWarmupGradients(GraphedTrainStep):
+    """The capture without resetting gradients: the graph's backward then adds into the warm-up's gradient
+    buffers on every replay (what happens when ``zero_grad`` runs outside the graph)."""
+
+    def _record(self, dataloader, index, noise):
+        zero_grad = self.optimizer.zero_grad
+        self.optimizer.zero_grad = lambda set_to_none=True: None
+        try:
+            super()._record(dataloader, index, noise)
+        finally:
+            self.optimizer.zero_grad = zero_grad
+
+
 def loss_trace(model_name, batches, plan, device, precision, channels_last, graphed, seed, graph_options,
                optimizer_name="adamw", lr=1e-3, schedule=None):
     """Training losses of ``len(plan)`` steps from the same initial weights; returns a CPU tensor."""
@@ -50,8 +63,8 @@ def loss_trace(model_name, batches, plan, device, precision, channels_last, grap
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(optimizer_name, model.parameters(), lr, 0.9, 5e-4, capturable=graphed)
-    step_class = GraphedTrainStep if graphed else TrainStep
-    options = graph_options if graphed else {}
+    options = dict(graph_options) if graphed else {}
+    step_class = options.pop("step_class", GraphedTrainStep) if graphed else TrainStep
     step = step_class(model, optimizer, device, precision=precision, channels_last=channels_last,
                       schedule=schedule, **options)
     model.train()
@@ -79,7 +92,9 @@ def tracking(cli, device, graph_options):
         variants = [("captured bf16 (default fast path)", {}, steps_module.autocast_context)]
         if name == "mlpmixer":
             variants += [("captured, caching autocast", {}, _caching_autocast),
-                         ("captured, no eager warm-up", {"warmup_steps": 0}, steps_module.autocast_context)]
+                         ("captured, no eager warm-up", {"warmup_steps": 0}, steps_module.autocast_context),
+                         ("captured, gradients not reset", {"step_class": KeepWarmupGradients},
+                          steps_module.autocast_context)]
         rows = [("eager fp32", fp32), ("eager bf16", bf16)]
         for label, extra, autocast in variants:
             original = steps_module.autocast_context
