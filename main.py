@@ -20,6 +20,9 @@ def main(argv=None):
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before the first epoch or during the final test: fit keeps what had finished
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_CODES["interrupted"]
     return EXIT_CODES[results["status"]]
 
 

@@ -48,7 +48,7 @@ def test_refuses_a_pickle_that_would_run_code(tmp_path):
     path = tmp_path / "data_batch_1"
     with open(path, "wb") as f:
         pickle.dump({b"data": _Exploit(marker), b"labels": [0]}, f, protocol=2)
-    with pytest.raises(UserError, match=r"unsafe or malformed.*data_batch_1.*refused to load global"):
+    with pytest.raises(UserError, match=r"unsafe CIFAR-10 file .*data_batch_1.*refused to load global"):
         read_batch(str(path))
     assert not marker.exists()
 
@@ -58,7 +58,7 @@ def test_truncated_file_names_the_file(tmp_path):
     path = tmp_path / "data_batch_3"
     write_batch(str(path), images, labels, "x")
     path.write_bytes(path.read_bytes()[:500])
-    with pytest.raises(UserError, match=r"data_batch_3"):
+    with pytest.raises(UserError, match=r"truncated or malformed CIFAR-10 file .*data_batch_3"):
         read_batch(str(path))
 
 

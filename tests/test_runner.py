@@ -109,6 +109,26 @@ def test_interrupt_keeps_finished_epochs(run_args, tmp_path, monkeypatch):
     assert not [name for name in os.listdir(logdir) if name.startswith(".tmp")]
 
 
+def test_real_ctrl_c_leaves_valid_results(fake_data_dir, tiny_configs, tmp_path):
+    import signal
+    import time
+    logdir = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "main.py", "--model_config", tiny_configs["mlp"], "--data_dir",
+                                fake_data_dir, "--valid_size", "20", "--epochs", "100000", "--device", "cpu",
+                                "--logdir", str(logdir), "--no_progress"], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (logdir / "results.json").exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    results = read_results(str(logdir))
+    assert results["status"] == "interrupted" and results["epochs_completed"] >= 1
+    assert len(results["train_losses"]) == results["epochs_completed"]
+
+
 def test_divergence_stops_cleanly_with_strict_json(run_args, tmp_path, monkeypatch):
     real_train = engine.train
 

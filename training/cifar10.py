@@ -36,6 +36,10 @@ def _numpy_reconstructors():
     return allowed
 
 
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickle asked for a global that no CIFAR-10 batch needs: refused, never imported or called."""
+
+
 class _BatchUnpickler(pickle.Unpickler):
     """Admits only the globals a CIFAR-10 batch needs to rebuild its numpy array."""
     allowed = _numpy_reconstructors()
@@ -44,8 +48,8 @@ class _BatchUnpickler(pickle.Unpickler):
         try:
             return self.allowed[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"refused to load global {module}.{name}: "
-                                         "a CIFAR-10 batch holds only numpy arrays, lists and strings") from None
+            raise RefusedGlobal(f"refused to load global {module}.{name}: "
+                                "a CIFAR-10 batch holds only numpy arrays, lists and strings") from None
 
 
 def read_batch(path):
@@ -57,9 +61,10 @@ def read_batch(path):
             batch = _BatchUnpickler(f, encoding="bytes").load()
     except FileNotFoundError:
         raise UserError(f"CIFAR-10 file missing: {path}; {fix}") from None
-    except pickle.UnpicklingError as exc:
-        raise UserError(f"unsafe or malformed CIFAR-10 file {path} ({exc}); {fix}") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, OverflowError) as exc:
+    except RefusedGlobal as exc:
+        raise UserError(f"unsafe CIFAR-10 file {path} ({exc}); {fix}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            OverflowError) as exc:
         raise UserError(f"truncated or malformed CIFAR-10 file {path} ({type(exc).__name__}: {exc}); {fix}") from None
     if not isinstance(batch, dict):
         raise UserError(f"malformed CIFAR-10 file {path}: expected a dict, found {type(batch).__name__}; {fix}")
