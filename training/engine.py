@@ -18,7 +18,7 @@ from .errors import UserError
 from .models import build_model, count_parameters, load_model_config
 from .optim import LRSchedule, build_optimizer
 from .pipelines import TensorBatches, torchvision_batches
-from .steps import GraphedTrainStep, TrainStep, autocast_context
+from .steps import GraphedTrainStep, TrainStep, autocast_context, epoch_items, memory_format_for, prepare_batch
 
 # settings that must match for --resume to continue a run rather than start a different one
 RESUME_KEYS = ("model", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "seed", "pipeline",
@@ -62,7 +62,7 @@ def train(epoch, model, dataloader, optimizer, args, step=None):
     step = step or _step_for(model, optimizer, args)
     step.reset()
     start = time.perf_counter()
-    bar = _progress(step.work(dataloader), args, f"epoch {epoch} train")
+    bar = _progress(epoch_items(dataloader), args, f"epoch {epoch} train")
     for idx, item in enumerate(bar):
         step(dataloader, item)
         if idx % args.print_every == 0:
@@ -79,13 +79,13 @@ def evaluate(epoch, model, dataloader, args, mode="val"):
         ``(mean loss, accuracy, seconds)``.
     """
     model.eval()
-    reader = _step_for(model, None, args)
+    memory_format = memory_format_for(getattr(args, "channels_last", False))
     loss_sum = torch.zeros((), device=args.device)
     correct = torch.zeros((), device=args.device)
     seen = 0
     start = time.perf_counter()
-    for item in _progress(reader.work(dataloader), args, f"epoch {epoch} {mode}"):
-        images, labels = reader.prepare(dataloader, item)
+    for item in _progress(epoch_items(dataloader), args, f"epoch {epoch} {mode}"):
+        images, labels = prepare_batch(dataloader, item, args.device, memory_format)
         with autocast_context(args.device, getattr(args, "precision", "fp32")):
             logits = model(images)
         loss_sum += cross_entropy_loss(logits, labels) * len(labels)

@@ -30,6 +30,18 @@ def memory_format_for(channels_last):
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
+def epoch_items(dataloader):
+    """What one epoch iterates over: a ``TensorBatches`` plan of ``(index, noise)``, or any loader's
+    ``[images, labels]`` batches."""
+    return dataloader.plan() if hasattr(dataloader, "plan") else dataloader
+
+
+def prepare_batch(dataloader, item, device, memory_format=torch.contiguous_format):
+    """Turn one item of ``epoch_items`` into ``(images, labels)`` on ``device``."""
+    images, labels = dataloader.make_batch(*item) if hasattr(dataloader, "plan") else to_device(item, device)
+    return images.contiguous(memory_format=memory_format), labels
+
+
 class TrainStep:
     """One eager optimisation step per call, keeping the epoch's loss and accuracy sums on the device."""
 
@@ -66,15 +78,6 @@ class TrainStep:
         seen = max(self.seen, 1)
         return self.loss_sum.item() / seen, self.correct.item() / seen
 
-    def work(self, dataloader):
-        """What one epoch iterates over: a pipeline's ``(index, noise)`` plan, or its ``[images, labels]`` batches."""
-        return dataloader.plan() if hasattr(dataloader, "plan") else dataloader
-
-    def prepare(self, dataloader, item):
-        """Turn one item of ``work`` into device tensors ``(images, labels)``."""
-        images, labels = dataloader.make_batch(*item) if hasattr(dataloader, "plan") else to_device(item, self.device)
-        return images.contiguous(memory_format=self.memory_format), labels
-
     def _update_learning_rate(self):
         if self.schedule is not None:
             set_learning_rate(self.optimizer, self.schedule(self.step_number))
@@ -93,7 +96,8 @@ class TrainStep:
         self.last_loss.copy_(loss.detach())
 
     def __call__(self, dataloader, item):
-        images, labels = self.prepare(dataloader, item)
+        """One step on ``item``, an element of ``epoch_items(dataloader)``."""
+        images, labels = prepare_batch(dataloader, item, self.device, self.memory_format)
         self._update_learning_rate()
         self.compute(images, labels)
         self.step_number += 1
