@@ -149,11 +149,11 @@ class TensorBatches:
         return [(order[start:start + self.batch_size], noise[start:start + self.batch_size])
                 for start in range(0, count, self.batch_size)]
 
-    def make_batch(self, index, noise=None, memory_format=torch.contiguous_format):
+    def make_batch(self, index, noise=None):
         """Gather, augment (when ``noise`` is given) and normalise the images at ``index``."""
         images = self.images[index]
         images = images.float() if noise is None else random_resized_crop_flip(images, noise)
-        return [self.normalize(images).contiguous(memory_format=memory_format), self.labels[index]]
+        return [self.normalize(images), self.labels[index]]
 
     def __iter__(self):
         for index, noise in self.plan():
