@@ -69,3 +69,16 @@ def real_data_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("real_cifar")
     subprocess.run([sys.executable, script, str(root)], check=True, capture_output=True)
     return str(root)
+
+
+@pytest.fixture
+def study_args(fake_data_dir, tiny_configs, tmp_path):
+    """Builds ``python -m studies run`` arguments for quick CPU runs; the output goes to ``tmp_path/out``."""
+    def build(name, *extra, epochs=1):
+        from studies.definitions import STUDIES
+
+        model = STUDIES[name].model
+        return ["run", name, "--out", str(tmp_path / "out"), "--model_config", tiny_configs[model],
+                "--data_dir", fake_data_dir, "--device", "cpu", "--epochs", str(epochs), "--valid_size", "20",
+                "--batch_size", "16", "--eval_batch_size", "25", *extra]
+    return build

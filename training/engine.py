@@ -148,11 +148,18 @@ def _describe_device(device):
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def fit(args):
+def fit(args, on_epoch=None, test=True):
     """Run one experiment as ``main.py`` does; return the results dictionary.
 
     Bad input raises ``UserError`` before anything is written. With ``args.logdir``, results.json
     and a checkpoint are rewritten after every epoch, so an interrupted run can be resumed.
+
+    Args:
+        args: the parsed flags of ``main.py``.
+        on_epoch: called as ``on_epoch(epoch, history)`` after each epoch's validation; a true
+            return value stops the run with status ``pruned`` (a hyperparameter search's pruner).
+        test: evaluate on the test set once training completes; a search passes False so that
+            no trial's configuration is ever chosen with test data in view.
     """
     from config import check_args
 
@@ -204,6 +211,7 @@ def fit(args):
         "args": {key: (str(value) if isinstance(value, torch.device) else value) for key, value in vars(args).items()},
         "seed": args.seed, "device": device.type, "device_name": _describe_device(device),
         "torch_version": torch.__version__, "pipeline": args.pipeline, "num_params": count_parameters(model),
+        "data": {"dir": os.path.abspath(args.data_dir), "test_images_sha1": data.test_fingerprint()},
         "split": {"train": len(train_index), "valid": len(valid_index), "test": len(data.test_labels),
                   "disjoint": True},
     }
@@ -241,6 +249,10 @@ def fit(args):
             if args.logdir:
                 persistence.save_checkpoint(args.logdir, model, optimizer, epoch + 1, history, signature)
                 record("running")
+            if on_epoch is not None and on_epoch(epoch + 1, history):
+                status = "pruned"
+                print(f"pruned after epoch {epoch + 1}")
+                break
     except KeyboardInterrupt:
         status = "interrupted"
         print(f"\ninterrupted: results.json keeps the {len(history['train_losses'])} finished epochs; "
@@ -248,10 +260,12 @@ def fit(args):
 
     if status == "running":
         status = "completed"
-        test_loss, test_acc, _ = evaluate(args.epochs, model, loaders["test"], args, mode="test")
+        test_loss, test_acc = evaluate(args.epochs, model, loaders["test"], args, mode="test")[:2] if test else (
+            None, None)
         record(status, (test_loss, test_acc))
+        tested = f"test loss {test_loss:.4f}, test accuracy {test_acc:.4f}" if test else "test set not used"
         print(f"best validation accuracy {results.get('best_valid_acc', float('nan')):.4f} "
-              f"(epoch {results.get('best_epoch')}); test loss {test_loss:.4f}, test accuracy {test_acc:.4f}")
+              f"(epoch {results.get('best_epoch')}); {tested}")
         if args.visualize:
             if hasattr(model, "visualize"):
                 for path in model.visualize(args.logdir) or []:

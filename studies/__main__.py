@@ -1,0 +1,224 @@
+"""The experiments of Problem 4 from one command each, and the report.
+
+    python -m studies list
+    python -m studies run mlp_activation [--workers N] [--seeds N] [main.py flags...]
+    python -m studies run all                  # every study, one after another, then the report
+    python -m studies report [--out runs]
+
+``main.py`` flags (``--device``, ``--data_dir``, ``--epochs``...) apply to every run of the study;
+a flag that a search would tune is held at the given value instead.
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import optuna
+
+from config import check_args, get_config_parser
+from training.errors import UserError
+from training.models import SCHEMAS, load_model_config
+
+from .definitions import STUDIES, is_model_setting
+from .worker import Plan, open_study, work
+
+STUDY_FLAGS = ("model", "logdir", "resume", "visualize")  # set by the study for each run
+
+
+def _parser():
+    # no abbreviations: --seed (main.py's) must not be read as --seeds
+    parser = argparse.ArgumentParser(prog="python -m studies", description=__doc__, allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="the studies, their grids and search spaces")
+    run = commands.add_parser("run", help="run (or resume) a study; other flags go to every run, as main.py's",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+    run.add_argument("name", choices=[*STUDIES, "all"], help="the study; all: every study, then the report")
+    run.add_argument("--out", default="runs", help="output folder: one subfolder per study")
+    run.add_argument("--workers", type=int, default=1,
+                     help="worker processes on this host (spread over the GPUs when there are several)")
+    run.add_argument("--seeds", type=int, default=1,
+                     help="runs per grid point (seeds --seed, --seed + 1, ...); final runs of a search")
+    run.add_argument("--values", nargs="+", help="the grid's values instead of the study's defaults")
+    run.add_argument("--trials", type=int, help="a search's budget of trials (default: the study's)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="hold a setting (a main.py flag or a model-config key) at VALUE, JSON-parsed")
+    run.add_argument("--storage", help="Optuna storage: default a journal file in the study's folder (one "
+                                       "host); postgresql://user:password@host/db for workers on several machines")
+    run.add_argument("--retry_failed", action="store_true", help="run again the runs that raised an error")
+    report = commands.add_parser("report", help="build report.md and report.pdf from the studies' logs",
+                                 allow_abbrev=False)
+    report.add_argument("--out", default="runs", help="the folder that holds the studies")
+    report.add_argument("--report_dir", help="where to write the report (default: OUT/report)")
+    return parser
+
+
+def _given_flags(train_argv):
+    """The ``main.py`` flags that ``train_argv`` sets, with their parsed values (argparse exits on errors)."""
+    parser = get_config_parser()
+    parser.prog = "python -m studies run NAME"
+    unset = object()  # not a string, so argparse does not convert it as it would a default
+    parser.set_defaults(**{dest: unset for dest in vars(parser.parse_args([]))})
+    return {key: value for key, value in vars(parser.parse_args(train_argv)).items() if value is not unset}
+
+
+def _parse_value(text):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _grid_values(study, texts):
+    if texts is None:
+        return list(study.grid.values)
+    kind = type(study.grid.choices[0])
+    try:
+        values = [kind(text) for text in texts]
+    except ValueError:
+        raise UserError(f"--values: {study.grid.setting} takes {kind.__name__} values; choose from "
+                        f"{', '.join(map(str, study.grid.choices))}") from None
+    unknown = [text for text, value in zip(texts, values) if value not in study.grid.choices]
+    if unknown:
+        raise UserError(f"--values: {unknown[0]} is not a valid {study.grid.setting}; choose from "
+                        f"{', '.join(map(str, study.grid.choices))}")
+    return values
+
+
+def make_plan(study, options, train_argv):
+    """Check every flag of a study's launch, before anything is written, and return its ``Plan``."""
+    flags = _given_flags(train_argv)
+    for name in STUDY_FLAGS:
+        if name in flags:
+            raise UserError(f"--{name} is set by the study for each run; remove it")
+    args = get_config_parser().parse_args(train_argv)
+    problems = check_args(args)
+    if problems:
+        raise UserError(problems[0])
+    if options.workers < 1 or options.seeds < 1 or (options.trials is not None and options.trials < 1):
+        raise UserError("--workers, --seeds and --trials must be at least 1")
+    config_path = flags.get("model_config", os.path.join("model_configs", f"{study.model}.json"))
+    model_config = load_model_config(config_path, study.model)
+    searched = {dimension.setting for dimension in study.space}
+    given = {**study.fixed, **{key: value for key, value in flags.items() if key in searched}}
+    for item in options.set:
+        key, sep, text = item.partition("=")
+        if not sep or not (key in vars(args) or is_model_setting(study.model, key)):
+            raise UserError(f"--set {item}: expected KEY=VALUE with KEY a main.py flag or one of the "
+                            f"{study.model} config keys ({', '.join(SCHEMAS[study.model])})")
+        given[key] = _parse_value(text)
+    if study.grid and study.grid.setting in {**flags, **given}:
+        raise UserError(f"{study.name} varies {study.grid.setting}; choose its values with --values, not a flag")
+    if options.values is not None and not study.grid:
+        raise UserError(f"--values: {study.name} is a search; it has no grid")
+    return Plan(study=study, study_dir=os.path.join(options.out, study.name), train_argv=train_argv, given=given,
+                model_config=model_config, seeds=[args.seed + i for i in range(options.seeds)],
+                values=_grid_values(study, options.values) if study.grid else [],
+                trials=options.trials or study.trials, storage=options.storage, retry_failed=options.retry_failed)
+
+
+def _worker_env(index):
+    """Worker ``index``'s environment: one GPU of this host's, round robin, when there are several."""
+    env = dict(os.environ)
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        gpus = [gpu for gpu in visible.split(",") if gpu.strip()]
+    else:
+        import torch
+        gpus = [str(i) for i in range(torch.cuda.device_count())]
+    if len(gpus) > 1:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+    return env
+
+
+def _launch_workers(count, argv):
+    """Start ``count`` worker processes of this same command (each with ``--workers 1``); wait for all."""
+    command = [sys.executable, "-m", "studies", *argv, "--workers", "1"]
+    workers = [subprocess.Popen(command, env=_worker_env(i)) for i in range(count)]
+    try:
+        codes = [worker.wait() for worker in workers]
+    except KeyboardInterrupt:  # the workers got the same Ctrl-C; let them save their runs
+        codes = [worker.wait() for worker in workers]
+    return max(codes, key=abs)
+
+
+def _summary(study):
+    from .scheduler import job_states
+
+    counts = {}
+    for finished, live, latest in job_states(study.get_trials(deepcopy=False)).values():
+        outcome = (finished or live or latest).user_attrs.get("outcome") or ("running" if live else "to resume")
+        counts[outcome] = counts.get(outcome, 0) + 1
+    return ", ".join(f"{count} {outcome}" for outcome, count in sorted(counts.items()))
+
+
+def run_study(study, options, train_argv, argv):
+    plan = make_plan(study, options, train_argv)
+    optuna_study, _ = open_study(plan)
+    print(f"study {study.name}: {study.question} Output in {plan.study_dir}", flush=True)
+    if options.workers > 1:
+        code = _launch_workers(options.workers, argv)
+    else:
+        work(plan)
+        code = 0
+    print(f"study {study.name}: {_summary(optuna_study)}", flush=True)
+    return code
+
+
+def _list():
+    for study in STUDIES.values():
+        print(f"{study.name} ({study.model}): {study.question}")
+        if study.fixed:
+            print("  fixed: " + ", ".join(f"{key}={value}" for key, value in study.fixed.items()))
+        if study.grid:
+            print(f"  grid: {study.grid.setting} in {', '.join(map(str, study.grid.values))}")
+        for dimension in study.space:
+            print(f"  {dimension.setting}: {dimension.describe()}")
+
+
+def _write_report(out, report_dir=None):
+    from .report import build_report
+
+    for path in build_report(out, report_dir):
+        print(f"wrote {path}")
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    options, train_argv = _parser().parse_known_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        if options.command == "list":
+            _list()
+            return 0
+        if options.command == "report":
+            _write_report(options.out, options.report_dir)
+            return 0
+        if options.name == "all":
+            if options.values or options.trials:
+                raise UserError("--values and --trials apply to one study; run the studies one by one")
+            code = 0
+            position = argv.index("all")
+            for name, study in STUDIES.items():
+                study_argv = [*argv[:position], name, *argv[position + 1:]]
+                code = code or run_study(study, options, train_argv, study_argv)
+            _write_report(options.out)
+            return code
+        return run_study(STUDIES[options.name], options, train_argv, argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # a batch system's stop saves the run like Ctrl-C
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The report's figures, drawn with matplotlib's object API (no global pyplot state)."""
+import warnings
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+CURVES = (("train_losses", "train loss"), ("valid_losses", "validation loss"),
+          ("train_accs", "train accuracy"), ("valid_accs", "validation accuracy"))
+
+
+def stack_curves(runs, key):
+    """``[runs, epochs]`` array of one per-epoch metric; shorter runs (diverged, pruned) padded with NaN."""
+    curves = [[np.nan if v is None else v for v in run["results"].get(key, [])] for run in runs]
+    length = max((len(curve) for curve in curves), default=0)
+    return np.array([curve + [np.nan] * (length - len(curve)) for curve in curves], dtype=float).reshape(
+        len(curves), length)
+
+
+def draw_curves(ax, groups, key, label, legend_title=None):
+    """One line per group (its mean over seeds) and, with several seeds, a band from min to max."""
+    for name, runs in groups.items():
+        values = stack_curves(runs, key)
+        if values.size == 0:
+            continue
+        epochs = np.arange(1, values.shape[1] + 1)
+        with np.errstate(all="ignore"):
+            counts = np.sum(~np.isnan(values), axis=0)
+            mean = np.where(counts > 0, np.nansum(values, axis=0) / np.maximum(counts, 1), np.nan)
+        suffix = f" (mean of {len(runs)})" if len(runs) > 1 else ""
+        line, = ax.plot(epochs, mean, marker="o", markersize=3, label=f"{name}{suffix}")
+        if len(runs) > 1:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # epochs where every run had stopped
+                ax.fill_between(epochs, np.nanmin(values, axis=0), np.nanmax(values, axis=0),
+                                color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+    if groups:
+        ax.legend(fontsize=8, title=legend_title, title_fontsize=8)
+
+
+def curve_figure(groups, key, label, title, legend_title=None):
+    """One of the assignment's four figures: ``key`` against epoch, a line per setting."""
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
+    draw_curves(ax, groups, key, label, legend_title)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def curves_page(groups, title):
+    """The four curves of a study on one 2x2 page."""
+    fig = Figure(figsize=(11, 8))
+    for ax, (key, label) in zip(fig.subplots(2, 2).flat, CURVES):
+        draw_curves(ax, groups, key, label)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def cost_figure(rows, setting):
+    """Parameters, seconds per training epoch and images per second against the grid's setting.
+
+    Args:
+        rows: ``(value, parameters, seconds per epoch, images per second)`` per setting value.
+    """
+    fig = Figure(figsize=(11, 3.6))
+    values = [row[0] for row in rows]
+    for ax, column, label in zip(fig.subplots(1, 3), (1, 2, 3),
+                                 ("parameters", "seconds per training epoch", "training images per second")):
+        ax.plot(values, [row[column] for row in rows], marker="o")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(values, [str(v) for v in values])
+        ax.set_xlabel(setting)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def search_figure(trials, title):
+    """Each search trial's last validation accuracy by trial number, with the best so far."""
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
+    styles = {"completed": ("o", "completed"), "pruned": ("x", "pruned"), "diverged": ("v", "diverged")}
+    for outcome, (marker, label) in styles.items():
+        points = [(t["trial"], t["last_valid_acc"]) for t in trials
+                  if t["outcome"] == outcome and t["last_valid_acc"] is not None]
+        if points:
+            ax.scatter(*zip(*points), marker=marker, label=label)
+    completed = sorted((t["trial"], t["last_valid_acc"]) for t in trials if t["outcome"] == "completed")
+    if completed:
+        best = np.maximum.accumulate([value for _, value in completed])
+        ax.step([number for number, _ in completed], best, where="post", color="black", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation accuracy (last epoch run)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def images_figure(images, title):
+    """Pictures side by side (the first-layer visualisations), each with its caption.
+
+    Args:
+        images: ``(caption, RGB(A) array)`` pairs.
+    """
+    fig = Figure(figsize=(5 * len(images), 5.4))
+    axes = np.atleast_1d(fig.subplots(1, len(images)))
+    for ax, (caption, image) in zip(axes, images):
+        ax.imshow(image)
+        ax.set_title(caption, fontsize=10)
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def text_page(title, lines):
+    """A page of monospaced text for the PDF: a section's summary and tables."""
+    fig = Figure(figsize=(11, 8.5))
+    fig.text(0.04, 0.95, title, fontsize=15, weight="bold", va="top")
+    fig.text(0.04, 0.90, "\n".join(lines), fontsize=7.5, family="monospace", va="top")
+    return fig

@@ -1,0 +1,357 @@
+"""``report.md`` and ``report.pdf`` from the studies' logs: figures, tables and summaries computed
+from each run's ``results.json`` and ``trial.json``; every sentence states what the logs show."""
+import datetime
+import json
+import os
+import statistics
+import textwrap
+
+from matplotlib.backends.backend_pdf import PdfPages
+from matplotlib.image import imread
+
+from . import figures
+from .definitions import STUDIES
+from .worker import RUNS_FOLDER, TRIAL_FILE
+
+VISUALISATIONS = {"resnet18": (("resnet18_kernels_rgb.png", "first-layer kernels (RGB)"),
+                               ("resnet18_kernels_gray.png", "first-layer kernels (channel average)")),
+                  "mlpmixer": (("mlpmixer_token_mixing.png", "first block's token-mixing weights"),)}
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def load_runs(study_dir):
+    """Every run folder of a study: ``{name, path, trial, results}`` (``trial`` None while unfinished)."""
+    folder = os.path.join(study_dir, RUNS_FOLDER)
+    runs = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        path = os.path.join(folder, name)
+        results = _read_json(os.path.join(path, "results.json")) or {}
+        runs.append({"name": name, "path": path, "trial": _read_json(os.path.join(path, TRIAL_FILE)),
+                     "results": results})
+    return runs
+
+
+def _fmt(value, digits=4):
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.1e}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return _fmt(values[0])
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return statistics.mean(values) if values else None
+
+
+def epoch_seconds(results):
+    """Median training seconds per epoch, leaving out the first epoch (autotuning, graph capture)
+    when there are others."""
+    seconds = results.get("train_seconds") or []
+    kept = seconds[1:] if len(seconds) > 1 else seconds
+    return statistics.median(kept) if kept else None
+
+
+def run_row(run):
+    results, trial = run["results"], run["trial"] or {}
+    seconds = epoch_seconds(results)
+    images = results.get("split", {}).get("train")
+    outcome = trial.get("outcome") or ("running or stopped" if results else "not started")
+    return [run["name"], outcome, _fmt(results.get("epochs_completed")),
+            _fmt((results.get("valid_accs") or [None])[-1]), _fmt(results.get("best_valid_acc")),
+            _fmt(results.get("test_acc")), _fmt(results.get("num_params")), _fmt(seconds, 2),
+            _fmt(images / seconds if images and seconds else None, 0)]
+
+
+RUN_HEADER = ["run", "outcome", "epochs", "final valid acc", "best valid acc", "test acc", "parameters",
+              "s/epoch (train)", "train img/s"]
+
+
+class Section:
+    """A report section as blocks that both the Markdown and the PDF writers render."""
+
+    def __init__(self, title):
+        self.title, self.blocks = title, []
+
+    def text(self, line):
+        self.blocks.append(("text", line))
+
+    def table(self, header, rows):
+        self.blocks.append(("table", header, rows))
+
+    def figure(self, filename, fig, caption):
+        self.blocks.append(("figure", filename, fig, caption))
+
+
+def _ranking_sentences(groups, setting):
+    """Which value of the grid's setting won on final validation accuracy, and by how much."""
+    scores = {name: _mean([(run["results"].get("valid_accs") or [None])[-1] for run in runs
+                           if (run["trial"] or {}).get("outcome") == "completed"]) for name, runs in groups.items()}
+    ranked = sorted(((score, name) for name, score in scores.items() if score is not None), reverse=True)
+    if not ranked:
+        return ["No run has completed yet."]
+    order = ", ".join(f"{name}: {score:.4f}" for score, name in ranked)
+    lines = [f"Final validation accuracy by {setting} (mean over completed runs), highest first: {order}."]
+    if len(ranked) > 1:
+        best = ranked[0][0]
+        leaders = [name for score, name in ranked if score == best]
+        if len(leaders) > 1:
+            lines.append(f"{setting} {' and '.join(leaders)} tie for the highest, {best:.4f}.")
+        else:
+            lines.append(f"{setting} {leaders[0]} is highest, {best - ranked[1][0]:.4f} above {ranked[1][1]} and "
+                         f"{best - ranked[-1][0]:.4f} above the lowest ({ranked[-1][1]}).")
+    tests = {name: _mean([run["results"].get("test_acc") for run in groups[name]]) for _, name in ranked}
+    if any(value is not None for value in tests.values()):
+        lines.append("Test accuracy (mean): " + ", ".join(f"{name}: {_fmt(value)}" for name, value in tests.items())
+                     + ".")
+    return lines
+
+
+def _outcome_sentences(runs):
+    lines = []
+    for run in runs:
+        outcome = (run["trial"] or {}).get("outcome")
+        epochs = run["results"].get("epochs_completed", 0)
+        if outcome == "diverged":
+            lines.append(f"{run['name']} diverged: its training loss was not finite in epoch {epochs + 1}.")
+        elif outcome == "error":
+            lines.append(f"{run['name']} failed: {run['trial'].get('error')}.")
+        elif outcome is None:
+            lines.append(f"{run['name']} has not finished ({epochs} epochs logged); rerun the study to complete it.")
+    return lines
+
+
+def grid_section(study, runs):
+    section = Section(f"{study.name}: {study.question}")
+    setting = study.grid.setting
+    groups = {}
+    for choice in study.grid.choices:
+        members = [run for run in runs if run["trial"] and run["trial"]["settings"].get(setting) == choice
+                   or not run["trial"] and run["name"].startswith(f"{setting}-{choice}_seed-")]
+        if members:
+            groups[str(choice)] = members
+    fixed = ", ".join(f"{key}={value}" for key, value in study.fixed.items())
+    section.text(f"Grid over {setting}: {', '.join(groups)}"
+                 + (f"; fixed {fixed}" if fixed else "") + f"; {len(runs)} runs.")
+    for line in _ranking_sentences(groups, setting) + _outcome_sentences(runs):
+        section.text(line)
+    if any(len(members) > 1 for members in groups.values()):
+        section.table([setting, "runs", "final valid acc", "best valid acc", "test acc"], [
+            [name, len(members),
+             _mean_std([(run["results"].get("valid_accs") or [None])[-1] for run in members]),
+             _mean_std([run["results"].get("best_valid_acc") for run in members]),
+             _mean_std([run["results"].get("test_acc") for run in members])] for name, members in groups.items()])
+    section.table(RUN_HEADER, [run_row(run) for members in groups.values() for run in members])
+    for key, label in figures.CURVES:
+        section.figure(f"{study.name}_{key}.png", figures.curve_figure(groups, key, label, f"{study.name}: {label}",
+                                                                       legend_title=setting),
+                       f"{label} against epoch, one line per {setting} (mean over seeds; band: min to max)")
+    if study.name == "mlpmixer_patch":
+        _cost_block(section, groups, setting)
+    return section
+
+
+def _cost_block(section, groups, setting):
+    rows = []
+    for name, members in groups.items():
+        seconds = _mean([epoch_seconds(run["results"]) for run in members])
+        params = members[0]["results"].get("num_params")
+        images = members[0]["results"].get("split", {}).get("train")
+        if seconds and params:
+            rows.append((int(name), params, seconds, images / seconds))
+    if not rows:
+        return
+    rows.sort()
+    section.table([setting, "parameters", "s/epoch (train)", "train img/s"],
+                  [[value, _fmt(params), _fmt(seconds, 2), _fmt(rate, 0)] for value, params, seconds, rate in rows])
+    most, least = max(rows, key=lambda r: r[1]), min(rows, key=lambda r: r[1])
+    slow, fast = max(rows, key=lambda r: r[2]), min(rows, key=lambda r: r[2])
+    section.text(f"Parameters range from {least[1]:,} ({setting} {least[0]}) to {most[1]:,} ({setting} {most[0]}); "
+                 f"a training epoch takes from {fast[2]:.2f} s ({setting} {fast[0]}) to {slow[2]:.2f} s "
+                 f"({setting} {slow[0]}), {slow[2] / fast[2]:.1f} times as long.")
+    section.figure("mlpmixer_patch_cost.png", figures.cost_figure(rows, setting),
+                   f"parameters, seconds per training epoch and images per second against {setting}")
+
+
+def _settings_text(settings):
+    return ", ".join(f"{key}={_fmt(value)}" for key, value in sorted(settings.items()))
+
+
+BEST_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs", "lr_schedule", "warmup_fraction",
+             "label_smoothing", "seed", "precision", "pipeline")
+
+
+def search_section(study, runs, out):
+    section = Section(f"{study.name}: {study.question}")
+    trials = [dict(run["trial"], last_valid_acc=(run["results"].get("valid_accs") or [None])[-1],
+                   epochs=run["results"].get("epochs_completed"))
+              for run in runs if run["trial"] and run["trial"]["role"] == "search"]
+    finals = [run for run in runs if run["name"].startswith("final_")]
+    fixed = ", ".join(f"{key}={value}" for key, value in study.fixed.items())
+    section.text("Search space (Optuna TPE sampler, median pruner on validation accuracy after each epoch from "
+                 "epoch 4, after 5 trials)" + (f"; fixed {fixed}" if fixed else "") + ":")
+    section.table(["setting", "Optuna parameter", "distribution"],
+                  [[d.setting, d.name, d.describe()] for d in study.space])
+    counts = {}
+    for trial in trials:
+        counts[trial["outcome"]] = counts.get(trial["outcome"], 0) + 1
+    section.text(f"{len(trials)} search trials finished: " + (", ".join(f"{n} {outcome}" for outcome, n in
+                                                                       sorted(counts.items())) or "none") + ".")
+    completed = [t for t in trials if t["outcome"] == "completed"]
+    if completed:
+        best = max(completed, key=lambda t: (t["value"], -t["trial"]))
+        section.text(f"Best trial: {best['trial']}, final validation accuracy {best['value']:.4f} after "
+                     f"{best['epochs']} epochs; its settings: {_settings_text(best['settings'])}.")
+    section.table(["trial", "outcome", "epochs", "last valid acc", "settings"],
+                  [[t["trial"], t["outcome"], _fmt(t["epochs"]), _fmt(t["last_valid_acc"]),
+                    _settings_text(t["settings"])] for t in sorted(trials, key=lambda t: t["trial"])])
+    if trials:
+        section.figure(f"{study.name}_search.png", figures.search_figure(trials, f"{study.name}: search"),
+                       "validation accuracy of each trial, and the best completed so far")
+    if not finals:
+        section.text("The best configuration has not been retrained yet.")
+        return section
+    tests = [run["results"].get("test_acc") for run in finals]
+    seconds = [sum(run["results"].get("train_seconds") or []) for run in finals]
+    section.text(f"The best configuration, retrained {len(finals)} time(s) (seeds "
+                 f"{', '.join(str(run['trial']['seed']) for run in finals if run['trial'])}) on the training split "
+                 f"and tested once each: test accuracy {_mean_std(tests)}; training time {_mean_std(seconds)} s per run "
+                 f"(training epochs only) on {finals[0]['results'].get('device_name', 'an unknown device')}.")
+    args = finals[0]["results"].get("args", {})
+    unused = {"momentum"} if args.get("optimizer") != "momentum" else set()
+    unused |= {"weight_decay"} if args.get("optimizer") == "adam" else set()
+    unused |= {"warmup_fraction"} if args.get("lr_schedule") == "constant" else set()
+    best_rows = [[key, _fmt(args[key], 6)] for key in BEST_KEYS if key in args and key not in unused]
+    best_rows += [[f"model: {key}", _fmt(value)] for key, value in finals[0]["results"].get("model_config", {}).items()]
+    section.text("Full hyperparameters of the final runs:")
+    section.table(["hyperparameter", "value"], best_rows)
+    section.table(RUN_HEADER, [run_row(run) for run in finals])
+    section.figure(f"{study.name}_final_curves.png", figures.curves_page({"final": finals}, f"{study.name}: final runs"),
+                   "training curves of the final runs")
+    pictures = [(caption, imread(os.path.join(finals[0]["path"], filename)))
+                for filename, caption in VISUALISATIONS[study.model]
+                if os.path.isfile(os.path.join(finals[0]["path"], filename))]
+    if pictures:
+        section.figure(f"{study.name}_visualisation.png", figures.images_figure(pictures, study.name),
+                       "first-layer weights of the best model")
+    if study.model == "mlpmixer":
+        _comparison_block(section, pictures, out)
+    return section
+
+
+def _comparison_block(section, mixer_pictures, out):
+    resnet_final = os.path.join(out, "resnet18_best", RUNS_FOLDER)
+    finals = sorted(name for name in os.listdir(resnet_final) if name.startswith("final_")) if os.path.isdir(
+        resnet_final) else []
+    kernels = os.path.join(resnet_final, finals[0], "resnet18_kernels_rgb.png") if finals else None
+    if not mixer_pictures or not kernels or not os.path.isfile(kernels):
+        section.text("The comparison with the ResNet18 kernels needs the final runs of both searches.")
+        return
+    section.figure("comparison_mixer_resnet.png", figures.images_figure(
+        [("ResNet18: first-layer 3x3 kernels (RGB)", imread(kernels)), mixer_pictures[0]],
+        "first layers of the two best models"), "ResNet18 kernels beside the MLP-Mixer's token-mixing weights")
+
+
+def provenance(all_runs):
+    """Which devices, software and data produced the logs."""
+    def distinct(get):
+        return sorted({str(get(run["results"])) for run in all_runs if run["results"]})
+    data = distinct(lambda r: f"{r.get('data', {}).get('dir', 'unknown folder')} (test images SHA-1 "
+                              f"{r.get('data', {}).get('test_images_sha1', 'not logged')})")
+    return [f"Report generated {datetime.datetime.now().isoformat(timespec='seconds')} from {len(all_runs)} runs.",
+            f"Devices: {'; '.join(distinct(lambda r: r.get('device_name'))) or 'none logged'}.",
+            f"PyTorch: {', '.join(distinct(lambda r: r.get('torch_version')))}.",
+            f"Data: {'; '.join(data) or 'none logged'}.",
+            "Split: " + "; ".join(distinct(lambda r: "{train}/{valid}/{test} train/validation/test, disjoint".format(
+                **r.get("split", {"train": "?", "valid": "?", "test": "?"}))))]
+
+
+def _markdown_table(header, rows):
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+
+
+def _text_table(header, rows, page_width=150):
+    """A monospaced table for the PDF; the last column wraps onto continuation lines."""
+    cells = [list(map(str, header))] + [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header) - 1)]
+    indent = sum(widths) + 2 * len(widths)
+    lines = []
+    for row in cells:
+        last = textwrap.wrap(row[-1], max(page_width - indent, 20)) or [""]
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + last[0])
+        lines += [" " * indent + more for more in last[1:]]
+    return lines
+
+
+def write_markdown(path, sections, header_lines):
+    lines = ["# CIFAR-10: Problem 4 report", ""] + [f"- {line}" for line in header_lines]
+    for section in sections:
+        lines += ["", f"## {section.title}", ""]
+        for block in section.blocks:
+            if block[0] == "text":
+                lines += [block[1], ""]
+            elif block[0] == "table":
+                lines += _markdown_table(*block[1:]) + [""]
+            else:
+                lines += [f"![{block[3]}]({block[1]})", ""]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def write_pdf(path, sections, header_lines):
+    with PdfPages(path) as pdf:
+        pdf.savefig(figures.text_page("CIFAR-10: Problem 4 report", header_lines))
+        for section in sections:
+            lines = []
+            for block in section.blocks:
+                if block[0] == "text":
+                    lines += textwrap.wrap(block[1], 150) + [""]
+                elif block[0] == "table":
+                    lines += _text_table(*block[1:]) + [""]
+            for start in range(0, max(len(lines), 1), 80):
+                pdf.savefig(figures.text_page(section.title, lines[start:start + 80]))
+            for block in section.blocks:
+                if block[0] == "figure":
+                    pdf.savefig(block[2])
+
+
+def build_report(out, report_dir=None):
+    """Write ``report.md``, ``report.pdf`` and every figure as a PNG; returns the report's paths."""
+    report_dir = report_dir or os.path.join(out, "report")
+    sections, all_runs = [], []
+    for study in STUDIES.values():
+        runs = load_runs(os.path.join(out, study.name))
+        if not runs:
+            continue
+        all_runs += runs
+        sections.append(search_section(study, runs, out) if study.is_search else grid_section(study, runs))
+    if not sections:
+        from training.errors import UserError
+        raise UserError(f"no study runs under {out}; run `python -m studies run NAME --out {out}` first")
+    os.makedirs(report_dir, exist_ok=True)
+    for section in sections:
+        for block in section.blocks:
+            if block[0] == "figure":
+                block[2].savefig(os.path.join(report_dir, block[1]), dpi=120)
+    header = provenance(all_runs)
+    markdown, pdf = os.path.join(report_dir, "report.md"), os.path.join(report_dir, "report.pdf")
+    write_markdown(markdown, sections, header)
+    write_pdf(pdf, sections, header)
+    return [markdown, pdf]

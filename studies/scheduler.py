@@ -1,0 +1,233 @@
+"""Which run a worker trains next, decided through the Optuna study that all workers share.
+
+Every run is an Optuna trial, and every run has a *job*: its folder under the study's output,
+stored in the trial's ``run_dir`` user attribute. A grid's jobs are known in advance; a search's
+jobs are created one trial at a time by the TPE sampler until the budget is spent; a search ends
+with *final* jobs that retrain the best configuration (one per seed) and test it.
+
+A worker claims a job under the study's lock, so two workers never enqueue or start the same job:
+it marks trials of dead workers as failed (their job is then enqueued again and resumes from its
+checkpoint), enqueues the jobs that have no trial yet, and pops a waiting trial. The lock is a file
+lock beside the journal (workers on one host) or a PostgreSQL advisory lock (workers anywhere).
+"""
+import contextlib
+import fcntl
+import os
+import socket
+import threading
+import time
+import zlib
+
+import optuna
+from optuna.trial import TrialState
+
+from training.errors import UserError
+
+JOURNAL_FILE = "journal.log"
+HEARTBEAT_SECONDS = 30
+LOST_AFTER_SECONDS = 180  # a running trial whose worker has not been heard of for this long is lost
+FINISHED_OUTCOMES = ("completed", "diverged", "pruned", "error")
+
+
+def open_storage(url, study_dir):
+    """The Optuna storage and the lock that serialises claims.
+
+    Args:
+        url: None for a journal file in ``study_dir``, a path for a journal file there, or a
+            database URL (``postgresql://...`` for workers on several machines, ``sqlite:///...``).
+    """
+    if url is None or "://" not in url:
+        path = os.path.join(study_dir, JOURNAL_FILE) if url is None else url
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        backend = optuna.storages.journal.JournalFileBackend(path)
+        return optuna.storages.journal.JournalStorage(backend), FileLock(os.path.join(os.path.dirname(os.path.abspath(path)), "claims.lock"))
+    if url.startswith("postgresql"):
+        if url.startswith("postgresql://"):  # the driver that requirements.txt installs, whatever SQLAlchemy's default
+            url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        return optuna.storages.RDBStorage(url), PostgresLock(url)
+    if url.startswith("sqlite:///"):
+        return optuna.storages.RDBStorage(url), FileLock(url[len("sqlite:///"):] + ".claims.lock")
+    raise UserError(f"--storage {url}: unsupported; give a journal file path (one host), a postgresql:// URL "
+                    "(several machines) or a sqlite:/// URL")
+
+
+class FileLock:
+    """An exclusive ``flock`` on a file: processes on one host."""
+
+    def __init__(self, path):
+        self.path = path
+
+    @contextlib.contextmanager
+    def hold(self, key):
+        with open(self.path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class PostgresLock:
+    """A PostgreSQL session advisory lock, keyed by the study's name: processes on any machine."""
+
+    def __init__(self, url):
+        import sqlalchemy
+
+        self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        self.text = sqlalchemy.text
+
+    @contextlib.contextmanager
+    def hold(self, key):
+        lock_id = zlib.crc32(key.encode())
+        with self.engine.connect() as connection:
+            connection.execute(self.text("SELECT pg_advisory_lock(:id)"), {"id": lock_id})
+            try:
+                yield
+            finally:
+                connection.execute(self.text("SELECT pg_advisory_unlock(:id)"), {"id": lock_id})
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a killed process nobody has waited for yet
+    except OSError:
+        return True
+
+
+def is_lost(trial, now=None):
+    """A running trial whose worker died: its process is gone (same host) or silent for too long."""
+    attrs = trial.user_attrs
+    if attrs.get("host") == socket.gethostname() and "pid" in attrs and not _process_alive(attrs["pid"]):
+        return True
+    last_heard = attrs.get("heartbeat") or trial.datetime_start.timestamp()
+    return (now or time.time()) - last_heard > LOST_AFTER_SECONDS
+
+
+class Heartbeat:
+    """Marks a trial alive every ``HEARTBEAT_SECONDS`` while its run trains."""
+
+    def __init__(self, trial, interval=HEARTBEAT_SECONDS):
+        self.trial, self.interval = trial, interval
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self):
+        while not self.stopped.wait(self.interval):
+            try:
+                self.trial.set_user_attr("heartbeat", time.time())
+            except Exception:  # the trial was finished meanwhile (declared lost): nothing left to mark
+                return
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopped.set()
+        self.thread.join()
+
+
+def job_states(trials):
+    """``run_dir -> (finished trial or None, live trial or None, latest trial)``."""
+    jobs = {}
+    for trial in trials:
+        run_dir = trial.user_attrs.get("run_dir")
+        if run_dir is None:
+            continue
+        finished, live, _ = jobs.get(run_dir, (None, None, None))
+        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+                trial.state == TrialState.FAIL and trial.user_attrs.get("outcome") in FINISHED_OUTCOMES):
+            finished = trial
+        elif trial.state in (TrialState.WAITING, TrialState.RUNNING):
+            live = trial
+        jobs[run_dir] = (finished, live, trial)
+    return jobs
+
+
+def best_search_trial(trials):
+    """The completed search trial with the highest value (final validation accuracy), or None."""
+    done = [t for t in trials if t.user_attrs.get("role") == "search" and t.state == TrialState.COMPLETE]
+    return max(done, key=lambda t: (t.value, -t.number)) if done else None
+
+
+class Claimer:
+    """Claims jobs of one study for one worker process.
+
+    Args:
+        study: the Optuna study.
+        lock: the storage's lock (``FileLock`` or ``PostgresLock``).
+        grid_jobs: ``run_dir -> params`` of a grid study, or None for a search.
+        search_trials: a search's budget of trials.
+        final_seeds: seeds of the final retraining of a search's best configuration.
+        retry_failed: enqueue again the jobs whose run raised an error before this worker started.
+    """
+
+    def __init__(self, study, lock, grid_jobs=None, search_trials=0, final_seeds=(), retry_failed=False):
+        self.study, self.lock = study, lock
+        self.grid_jobs, self.search_trials, self.final_seeds = grid_jobs, search_trials, final_seeds
+        self.retry_before = len(study.get_trials(deepcopy=False)) if retry_failed else -1
+
+    def _done(self, finished):
+        if finished is None:
+            return False
+        errored_earlier = finished.user_attrs.get("outcome") == "error" and finished.number < self.retry_before
+        return not errored_earlier
+
+    def _enqueue(self, params, **attrs):
+        self.study.enqueue_trial(params, user_attrs=attrs)
+
+    def _plan_jobs(self, trials, jobs):
+        """Enqueue every job that is neither finished nor waiting or running."""
+        open_jobs = {run_dir: (latest.params, latest.user_attrs) for run_dir, (finished, live, latest) in jobs.items()
+                     if live is None and not self._done(finished)}
+        if self.grid_jobs is not None:
+            for run_dir, params in self.grid_jobs.items():
+                if run_dir not in jobs:
+                    open_jobs[run_dir] = (params, {"role": "grid"})
+        elif self.search_complete(trials, jobs):
+            best = best_search_trial(trials)
+            for seed in self.final_seeds:
+                run_dir = f"final_seed-{seed}"
+                if best is not None and run_dir not in jobs:
+                    open_jobs[run_dir] = ({"seed": seed}, {"role": "final", "settings": best.user_attrs["settings"],
+                                                           "source_trial": best.number})
+        for run_dir, (params, attrs) in sorted(open_jobs.items()):
+            kept = {key: attrs[key] for key in ("role", "settings", "source_trial") if key in attrs}
+            self._enqueue(params, run_dir=run_dir, **kept)
+
+    def search_complete(self, trials, jobs):
+        searched = {run_dir: state for run_dir, state in jobs.items() if state[2].user_attrs.get("role") == "search"}
+        return len(searched) >= self.search_trials and all(self._done(finished) for finished, _, _ in searched.values())
+
+    def claim(self):
+        """The next trial for this worker (RUNNING, with its ``run_dir`` set), or None when no job is left."""
+        with self.lock.hold(self.study.study_name):
+            trials = self.study.get_trials(deepcopy=False)
+            now = time.time()
+            for trial in trials:
+                if trial.state == TrialState.RUNNING and is_lost(trial, now):
+                    print(f"trial {trial.number} ({trial.user_attrs.get('run_dir')}): its worker is gone; "
+                          "the run will resume from its checkpoint", flush=True)
+                    self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            trials = self.study.get_trials(deepcopy=False)
+            jobs = job_states(trials)
+            self._plan_jobs(trials, jobs)
+            waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            searched = sum(1 for state in jobs.values() if state[2].user_attrs.get("role") == "search")
+            if not waiting and (self.grid_jobs is not None or searched >= self.search_trials):
+                return None
+            trial = self.study.ask()
+            if "run_dir" not in trial.user_attrs:  # a new search trial, drawn by the sampler
+                trial.set_user_attr("role", "search")
+                trial.set_user_attr("run_dir", f"trial-{trial.number:04d}")
+            trial.set_user_attr("host", socket.gethostname())
+            trial.set_user_attr("pid", os.getpid())
+            trial.set_user_attr("heartbeat", time.time())
+            return trial

@@ -1,0 +1,203 @@
+"""A study's worker: claims jobs one after another and trains each with ``training.engine.fit``,
+in this process, so the data set and CUDA stay loaded between runs."""
+import contextlib
+import json
+import os
+import traceback
+from dataclasses import dataclass, field
+
+import optuna
+from optuna.trial import TrialState
+
+from config import get_config_parser
+from training import persistence
+from training.engine import fit
+from training.errors import UserError
+from training.models import validate_model_config
+
+from .definitions import is_model_setting
+from .scheduler import Claimer, Heartbeat, open_storage
+
+RUNS_FOLDER = "runs"
+TRIAL_FILE = "trial.json"
+
+
+@dataclass
+class Plan:
+    """Everything a worker needs to know about the study it serves.
+
+    Args:
+        study: the ``definitions.Study``.
+        study_dir: the study's output folder (``--out/<name>``).
+        train_argv: the ``main.py`` flags every run gets (validated).
+        given: settings held fixed: the study's own and those set by the user's flags.
+        model_config: the base model config (validated), before a run's settings change it.
+        seeds: one run per seed for every grid point, and one final run per seed for a search.
+        values: the grid's values.
+        trials: the search's budget.
+        storage: None (journal file in ``study_dir``) or a storage URL or path.
+        retry_failed: run again the jobs whose run raised an error in an earlier launch.
+    """
+    study: object
+    study_dir: str
+    train_argv: list
+    given: dict
+    model_config: dict
+    seeds: list
+    values: list = field(default_factory=list)
+    trials: int = 0
+    storage: str = None
+    retry_failed: bool = False
+
+    def grid_jobs(self):
+        setting = self.study.grid.setting
+        return {f"{setting}-{value}_seed-{seed}": {setting: value, "seed": seed}
+                for value in self.values for seed in self.seeds}
+
+    def fingerprint(self):
+        """What must be the same for every worker and every rerun of the study."""
+        return {"model": self.study.model, "train_argv": self.train_argv, "given": self.given,
+                "model_config": self.model_config}
+
+
+def open_study(plan):
+    """Create or load the study; refuse one made with other flags, whose runs could not be mixed."""
+    storage, lock = open_storage(plan.storage, plan.study_dir)
+    sampler = optuna.samplers.TPESampler(seed=plan.seeds[0], n_startup_trials=8)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3)
+    with lock.hold(plan.study.name):
+        study = optuna.create_study(study_name=plan.study.name, storage=storage, direction="maximize",
+                                    sampler=sampler, pruner=pruner, load_if_exists=True)
+        made_with = study.user_attrs.get("fingerprint")
+        if made_with is None:
+            study.set_user_attr("fingerprint", plan.fingerprint())
+        elif made_with != json.loads(json.dumps(plan.fingerprint())):
+            differing = [key for key in made_with if made_with[key] != json.loads(json.dumps(plan.fingerprint()[key]))]
+            raise UserError(f"study {plan.study.name} in {plan.storage or plan.study_dir} was started with other "
+                            f"{differing[0]} ({made_with[differing[0]]!r}); rerun with the same flags, or use a new "
+                            "--out (or --storage)")
+    return study, lock
+
+
+def run_settings(plan, trial):
+    """``(settings, seed)`` of the claimed trial: a grid point, a draw from the search space, or the
+    best configuration for a final run."""
+    role = trial.user_attrs["role"]
+    if role == "grid":
+        axis = plan.study.grid
+        value = trial.suggest_categorical(axis.setting, list(axis.choices))
+        return {**plan.given, axis.setting: value}, trial.suggest_int("seed", 0, 2**31 - 1)
+    if role == "final":
+        return trial.user_attrs["settings"], trial.suggest_int("seed", 0, 2**31 - 1)
+    settings = plan.study.sample(trial, plan.given)
+    trial.set_user_attr("settings", settings)
+    return settings, plan.seeds[0]
+
+
+def build_args(plan, settings, seed, run_dir, visualize):
+    """The parsed ``main.py`` flags of one run; its model config is written into ``run_dir``."""
+    args = get_config_parser().parse_args(plan.train_argv)
+    model_config = dict(plan.model_config)
+    for setting, value in settings.items():
+        if is_model_setting(plan.study.model, setting):
+            model_config[setting] = value
+        else:
+            setattr(args, setting, value)
+    os.makedirs(run_dir, exist_ok=True)
+    config_path = os.path.join(run_dir, "model_config.json")
+    persistence.write_json(config_path, validate_model_config(plan.study.model, model_config))
+    args.model, args.model_config, args.seed, args.logdir = plan.study.model, config_path, seed, run_dir
+    args.resume = os.path.isfile(os.path.join(run_dir, persistence.CHECKPOINT_FILE))
+    args.visualize = visualize
+    args.no_progress = True
+    return args
+
+
+def _pruning_callback(trial):
+    def on_epoch(epoch, history):
+        trial.report(history["valid_accs"][-1], epoch)
+        return trial.should_prune()
+    return on_epoch
+
+
+def _report_earlier_epochs(trial, run_dir):
+    """A resumed search trial tells the pruner the validation accuracies of the epochs already run."""
+    path = os.path.join(run_dir, persistence.RESULTS_FILE)
+    if os.path.isfile(path):
+        with open(path) as f:
+            for epoch, accuracy in enumerate(json.load(f).get("valid_accs", []), start=1):
+                if accuracy is not None:
+                    trial.report(accuracy, epoch)
+
+
+def run_trial(plan, study, trial):
+    """Train the claimed trial's run and record its outcome; returns the outcome's name.
+
+    Completed runs are COMPLETE with their final validation accuracy as value; pruned runs are
+    PRUNED; diverged runs and runs that raised are FAIL with ``outcome`` saying which.
+    """
+    role = trial.user_attrs["role"]
+    run_dir = os.path.join(plan.study_dir, RUNS_FOLDER, trial.user_attrs["run_dir"])
+    settings, seed = run_settings(plan, trial)
+    args = build_args(plan, settings, seed, run_dir, visualize=plan.study.visualize and role == "final")
+    if role == "search":
+        _report_earlier_epochs(trial, run_dir)
+    print(f"trial {trial.number} ({role}) -> {run_dir}{' (resumed)' if args.resume else ''}", flush=True)
+    record = {"study": plan.study.name, "trial": trial.number, "role": role, "settings": settings, "seed": seed,
+              "params": trial.params, "source_trial": trial.user_attrs.get("source_trial")}
+    value, error = None, None
+    try:
+        with Heartbeat(trial), open(os.path.join(run_dir, "train.log"), "a") as log, \
+                contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            results = fit(args, on_epoch=_pruning_callback(trial) if role == "search" else None,
+                          test=role != "search")
+        outcome = results["status"]
+        if outcome == "completed" and results["valid_accs"]:
+            value = results["valid_accs"][-1]
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # a failed run is recorded and the study goes on
+        outcome, error = "error", f"{type(exc).__name__}: {exc}"
+        with open(os.path.join(run_dir, "train.log"), "a") as log:
+            traceback.print_exc(file=log)
+    if outcome == "interrupted":
+        raise KeyboardInterrupt
+    state = {"completed": TrialState.COMPLETE, "pruned": TrialState.PRUNED}.get(outcome, TrialState.FAIL)
+    if value is None and state == TrialState.COMPLETE:
+        outcome, state = "error", TrialState.FAIL
+        error = "no validation accuracy was recorded"
+    if role != "final":  # a finished run needs no checkpoint; the final runs keep the best model's weights
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(run_dir, persistence.CHECKPOINT_FILE))
+    trial.set_user_attr("outcome", outcome)
+    if error:
+        trial.set_user_attr("error", error)
+    record.update(outcome=outcome, value=value, error=error)
+    persistence.write_json(os.path.join(run_dir, TRIAL_FILE), record)
+    try:
+        study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        print(f"trial {trial.number} had been declared lost meanwhile; its result stays in {run_dir}", flush=True)
+    print(f"trial {trial.number}: {outcome}" + (f", final validation accuracy {value:.4f}" if value is not None
+                                                 else f" ({error})" if error else ""), flush=True)
+    return outcome
+
+
+def work(plan):
+    """Claim and train jobs until none is left; returns how many this worker ran."""
+    study, lock = open_study(plan)
+    claimer = Claimer(study, lock, grid_jobs=None if plan.study.is_search else plan.grid_jobs(),
+                      search_trials=plan.trials, final_seeds=plan.seeds,
+                      retry_failed=plan.retry_failed)
+    ran = 0
+    while True:
+        trial = claimer.claim()
+        if trial is None:
+            return ran
+        try:
+            run_trial(plan, study, trial)
+        except BaseException:
+            # the job stays open: marked failed without an outcome, it is enqueued again and resumes
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            raise
+        ran += 1

@@ -1,0 +1,59 @@
+"""Helpers of the study tests: reading a study back, and workers that claim jobs without training."""
+import json
+import multiprocessing
+import os
+import time
+
+import optuna
+from optuna.trial import TrialState
+
+from studies.scheduler import Claimer, open_storage
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_study(out, name):
+    storage, _ = open_storage(None, os.path.join(out, name))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def jobs_of(study):
+    """``run_dir -> [trial states]`` over every trial of the study."""
+    jobs = {}
+    for trial in study.get_trials():
+        jobs.setdefault(trial.user_attrs["run_dir"], []).append(trial.state)
+    return jobs
+
+
+def _claim_and_finish(storage_url, folder, name, jobs, seconds):
+    """A worker that claims grid jobs and finishes each after ``seconds``, without training."""
+    storage, lock = open_storage(storage_url, folder)
+    study = optuna.load_study(study_name=name, storage=storage)
+    claimer = Claimer(study, lock, grid_jobs=jobs)
+    while (trial := claimer.claim()) is not None:
+        time.sleep(seconds)
+        trial.set_user_attr("outcome", "completed")
+        study.tell(trial, 1.0)
+
+
+def run_claimers(storage_url, name, folder, workers=4, jobs=24):
+    """Four processes claim a grid of ``jobs`` jobs at once; every job must run exactly once."""
+    storage, _ = open_storage(storage_url, folder)
+    optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    grid = {f"job-{i:02d}": {"seed": i} for i in range(jobs)}
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_claim_and_finish, args=(storage_url, folder, name, grid, 0.02))
+                 for _ in range(workers)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(120)
+        assert process.exitcode == 0
+    study = optuna.load_study(study_name=name, storage=storage)
+    assert jobs_of(study) == {job: [TrialState.COMPLETE] for job in grid}
+    assert len({trial.user_attrs["pid"] for trial in study.get_trials()}) > 1  # the claims really interleaved

@@ -1,0 +1,115 @@
+"""The report, built from fixture logs of all five studies written here with known numbers."""
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+from matplotlib.image import imsave
+
+from studies.__main__ import main as studies_main
+from studies.report import build_report
+from utils import generate_plots
+
+DEVICE = "NVIDIA H100 80GB HBM3"
+
+
+def write_run(out, study, name, settings, valid_accs, outcome="completed", role="grid", seed=42, test_acc=None,
+              num_params=1000, seconds=2.0, model_config=None, args=None, trial=0):
+    folder = os.path.join(out, study, "runs", name)
+    os.makedirs(folder)
+    epochs = len(valid_accs)
+    results = {
+        "train_losses": [2.0 - 0.1 * i for i in range(epochs)], "valid_losses": [2.1 - 0.1 * i for i in range(epochs)],
+        "train_accs": [a + 0.05 for a in valid_accs], "valid_accs": valid_accs,
+        "train_seconds": [seconds * 3] + [seconds] * (epochs - 1), "epochs_completed": epochs,
+        "best_valid_acc": max(valid_accs) if valid_accs else None, "test_acc": test_acc, "test_loss": None,
+        "status": "diverged" if outcome == "diverged" else "completed", "num_params": num_params,
+        "device_name": DEVICE, "torch_version": "2.11.0", "model_config": model_config or {},
+        "data": {"dir": "/data", "test_images_sha1": "a7e2580c5033"}, "args": args or {},
+        "split": {"train": 45000, "valid": 5000, "test": 10000, "disjoint": True},
+    }
+    with open(os.path.join(folder, "results.json"), "w") as f:
+        json.dump(results, f)
+    with open(os.path.join(folder, "trial.json"), "w") as f:
+        json.dump({"study": study, "trial": trial, "role": role, "settings": settings, "seed": seed,
+                   "outcome": outcome, "value": valid_accs[-1] if outcome == "completed" else None,
+                   "error": None}, f)
+    return folder
+
+
+@pytest.fixture
+def fixture_logs(tmp_path):
+    out = str(tmp_path / "runs")
+    for activation, base in (("relu", 0.50), ("tanh", 0.45), ("sigmoid", 0.40)):
+        for seed, shift in ((42, 0.0), (43, 0.02)):
+            write_run(out, "mlp_activation", f"activation-{activation}_seed-{seed}", {"activation": activation},
+                      [base - 0.1, base + shift], seed=seed, test_acc=base)
+    for lr, acc in ((0.1, None), (0.001, 0.80), (0.0001, 0.70)):
+        write_run(out, "resnet18_lr", f"lr-{lr}_seed-42", {"optimizer": "adam", "lr": lr},
+                  [0.1] if acc is None else [acc - 0.2, acc], outcome="diverged" if acc is None else "completed",
+                  test_acc=acc)
+    for patch, params, seconds in ((2, 3_000_000, 4.0), (4, 2_000_000, 1.0), (8, 1_000_000, 0.5)):
+        write_run(out, "mlpmixer_patch", f"patch_size-{patch}_seed-42", {"patch_size": patch}, [0.6, 0.7],
+                  test_acc=0.7, num_params=params, seconds=seconds)
+    best = {"optimizer": "momentum", "lr": 0.1, "weight_decay": 5e-4, "epochs": 2, "batch_size": 512,
+            "lr_schedule": "onecycle", "warmup_fraction": 0.2, "label_smoothing": 0.1}
+    for study, model, picture in (("resnet18_best", "resnet18", "resnet18_kernels_rgb.png"),
+                                  ("mlpmixer_best", "mlpmixer", "mlpmixer_token_mixing.png")):
+        write_run(out, study, "trial-0000", best, [0.8, 0.9], role="search", trial=0)
+        write_run(out, study, "trial-0001", {**best, "lr": 0.3}, [0.2], role="search", outcome="pruned", trial=1)
+        final = write_run(out, study, "final_seed-42", best, [0.8, 0.9], role="final", trial=2, test_acc=0.93,
+                          args={**best, "momentum": 0.9, "seed": 42}, model_config={"num_classes": 10})
+        imsave(os.path.join(final, picture), np.random.default_rng(0).random((40, 40, 3)))
+    return out
+
+
+def test_report_has_every_study_figure_and_table(fixture_logs, tmp_path):
+    markdown_path, pdf_path = build_report(fixture_logs)
+    report_dir = os.path.dirname(markdown_path)
+    with open(markdown_path) as f:
+        text = f.read()
+    for study in ("mlp_activation", "resnet18_lr", "mlpmixer_patch", "resnet18_best", "mlpmixer_best"):
+        assert f"## {study}:" in text
+    for study in ("mlp_activation", "resnet18_lr", "mlpmixer_patch"):
+        for curve in ("train_losses", "valid_losses", "train_accs", "valid_accs"):
+            assert f"({study}_{curve}.png)" in text
+    for name in ("mlpmixer_patch_cost", "resnet18_best_search", "resnet18_best_final_curves",
+                 "resnet18_best_visualisation", "mlpmixer_best_visualisation", "comparison_mixer_resnet"):
+        assert f"({name}.png)" in text
+    for image in re.findall(r"\]\((\S+\.png)\)", text):
+        assert os.path.getsize(os.path.join(report_dir, image)) > 1000
+    with open(pdf_path, "rb") as f:
+        pdf = f.read()
+    assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type /Page\b", pdf)) >= 5 + 21
+
+
+def test_report_states_what_the_logs_show(fixture_logs):
+    with open(build_report(fixture_logs)[0]) as f:
+        text = f.read()
+    assert "Devices: NVIDIA H100 80GB HBM3." in text and "test images SHA-1 a7e2580c5033" in text
+    # relu: mean final accuracy (0.50 + 0.52) / 2 = 0.51; tanh 0.46; sigmoid 0.41
+    assert "activation relu is highest, 0.0500 above tanh and 0.1000 above the lowest (sigmoid)." in text
+    assert "| relu | 2 | 0.5100 ± 0.0141 |" in text
+    assert "lr-0.1_seed-42 diverged: its training loss was not finite in epoch 2." in text
+    assert "lr 0.001 is highest, 0.1000 above 0.0001" in text
+    # seconds per epoch leave out the first: 4.0, 1.0 and 0.5 s
+    assert "a training epoch takes from 0.50 s (patch_size 8) to 4.00 s (patch_size 2), 8.0 times as long." in text
+    assert "| 2 | 3,000,000 | 4.00 | 11250 |" in text
+    assert "2 search trials finished: 1 completed, 1 pruned." in text
+    assert "Best trial: 0, final validation accuracy 0.9000 after 2 epochs" in text
+    assert "test accuracy 0.9300; training time 8.0000 s per run (training epochs only) on NVIDIA H100" in text
+    assert "| lr_schedule | onecycle |" in text and "| momentum | 0.900000 |" in text
+
+
+def test_report_command_refuses_an_empty_folder(tmp_path, capsys):
+    assert studies_main(["report", "--out", str(tmp_path)]) == 2
+    assert "no study runs under" in capsys.readouterr().err
+
+
+def test_study_logs_are_readable_by_the_templates_generate_plots(fixture_logs, tmp_path):
+    runs = os.path.join(fixture_logs, "mlp_activation", "runs")
+    folders = sorted(os.path.join(runs, name) for name in os.listdir(runs))
+    generate_plots(folders, [os.path.basename(f) for f in folders], str(tmp_path / "plots"))
+    assert sorted(os.listdir(tmp_path / "plots")) == ["train_accs.png", "train_losses.png", "valid_accs.png",
+                                                      "valid_losses.png"]

@@ -1,0 +1,175 @@
+"""Problem 4's studies on tiny fake data: grids and searches end to end, workers sharing a journal,
+a killed study resuming, failures recorded, and bad flags refused."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from study_helpers import ROOT, jobs_of, load_study, read_json, run_claimers
+from studies import worker as study_worker
+from studies.__main__ import main as studies_main
+
+
+def test_grid_study_runs_every_point_once_and_a_rerun_trains_nothing(study_args, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    assert studies_main(study_args("mlp_activation", "--seeds", "2")) == 0
+    study = load_study(out, "mlp_activation")
+    expected = {f"activation-{a}_seed-{s}" for a in ("relu", "tanh", "sigmoid") for s in (42, 43)}
+    assert jobs_of(study) == {job: [TrialState.COMPLETE] for job in expected}
+    for job in expected:
+        folder = os.path.join(out, "mlp_activation", "runs", job)
+        results, trial = read_json(os.path.join(folder, "results.json")), read_json(os.path.join(folder, "trial.json"))
+        activation, seed = job[len("activation-"):].split("_seed-")
+        assert results["model_config"]["activation"] == activation and results["seed"] == int(seed)
+        assert results["status"] == "completed" and results["test_acc"] is not None
+        assert trial["outcome"] == "completed" and trial["value"] == results["valid_accs"][-1]
+        assert not os.path.exists(os.path.join(folder, "checkpoint.pt"))  # finished runs keep no checkpoint
+    capsys.readouterr()
+    assert studies_main(study_args("mlp_activation", "--seeds", "2")) == 0
+    assert "-> " not in capsys.readouterr().out  # nothing trained again
+    assert len(load_study(out, "mlp_activation").get_trials()) == 6
+
+
+def test_grid_values_and_seeds_extend_a_finished_study(study_args, tmp_path):
+    out = str(tmp_path / "out")
+    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
+    assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh", "--seeds", "2")) == 0
+    assert set(jobs_of(load_study(out, "mlp_activation"))) == {
+        "activation-relu_seed-42", "activation-relu_seed-43", "activation-tanh_seed-42", "activation-tanh_seed-43"}
+
+
+def test_concurrent_workers_claim_each_grid_job_exactly_once(tmp_path):
+    run_claimers(None, "grid", str(tmp_path / "study"))
+
+
+def test_two_worker_processes_share_one_journal(study_args, tmp_path):
+    out = str(tmp_path / "out")
+    result = subprocess.run([sys.executable, "-m", "studies", *study_args("mlp_activation", "--seeds", "3"),
+                             "--workers", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    study = load_study(out, "mlp_activation")
+    assert jobs_of(study) == {f"activation-{a}_seed-{s}": [TrialState.COMPLETE]
+                              for a in ("relu", "tanh", "sigmoid") for s in (42, 43, 44)}
+
+
+def test_a_killed_study_resumes_its_run_from_the_checkpoint(study_args, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    argv = study_args("mlp_activation", "--values", "relu", epochs=60)
+    process = subprocess.Popen([sys.executable, "-m", "studies", *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    results_path = os.path.join(out, "mlp_activation", "runs", "activation-relu_seed-42", "results.json")
+    deadline = time.time() + 120
+    while time.time() < deadline and not (os.path.exists(results_path)
+                                          and read_json(results_path)["epochs_completed"] >= 2):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = read_json(results_path)["epochs_completed"]
+    assert 2 <= done_before < 60
+
+    assert studies_main(argv) == 0
+    assert "(resumed)" in capsys.readouterr().out
+    results = read_json(results_path)
+    assert results["status"] == "completed" and results["epochs_completed"] == 60
+    assert results["args"]["resume"] is True
+    states = jobs_of(load_study(out, "mlp_activation"))["activation-relu_seed-42"]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE]  # the lost trial, then the one that finished
+
+
+def test_search_runs_its_budget_then_retrains_and_tests_the_best(study_args, tmp_path):
+    out = str(tmp_path / "out")
+    argv = study_args("mlpmixer_best", "--trials", "3", "--set", "embed_dim=16", "--set", "num_blocks=1")
+    assert studies_main(argv) == 0
+    study = load_study(out, "mlpmixer_best")
+    trials = study.get_trials()
+    search = [t for t in trials if t.user_attrs["role"] == "search"]
+    final = [t for t in trials if t.user_attrs["role"] == "final"]
+    assert len(search) == 3 and len(final) == 1
+    best = max((t for t in search if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert final[0].user_attrs["source_trial"] == best.number
+    assert final[0].user_attrs["settings"] == best.user_attrs["settings"]
+    runs = os.path.join(out, "mlpmixer_best", "runs")
+    for trial in search:
+        results = read_json(os.path.join(runs, trial.user_attrs["run_dir"], "results.json"))
+        assert results["test_acc"] is None  # no search trial sees the test set
+        assert results["model_config"]["patch_size"] == 4 and results["model_config"]["embed_dim"] == 16
+    final_dir = os.path.join(runs, "final_seed-42")
+    final_results = read_json(os.path.join(final_dir, "results.json"))
+    assert final_results["test_acc"] is not None
+    assert final_results["args"]["lr"] == best.user_attrs["settings"]["lr"]
+    assert {"checkpoint.pt", "mlpmixer_token_mixing.png"} <= set(os.listdir(final_dir))
+    assert studies_main(argv) == 0 and len(load_study(out, "mlpmixer_best").get_trials()) == 4
+
+
+def test_search_trials_are_pruned_on_validation_accuracy(study_args, tmp_path, monkeypatch):
+    reported = []
+
+    def always_prune(self, study, trial):
+        reported.append(trial.number)
+        return True
+    monkeypatch.setattr(optuna.pruners.MedianPruner, "prune", always_prune)
+    out = str(tmp_path / "out")
+    assert studies_main(study_args("mlpmixer_best", "--trials", "2", "--set", "embed_dim=16", "--set",
+                                   "num_blocks=1", epochs=3)) == 0
+    trials = load_study(out, "mlpmixer_best").get_trials()
+    search = [t for t in trials if t.user_attrs["role"] == "search"]
+    assert [t.state for t in search] == [TrialState.PRUNED] * 2 and reported
+    assert all(t.intermediate_values == {1: t.intermediate_values[1]} for t in search)
+    assert not any(t.user_attrs["role"] == "final" for t in trials)  # nothing completed: no best to retrain
+
+
+def test_diverged_and_failed_runs_are_recorded_and_the_study_goes_on(study_args, tmp_path, monkeypatch):
+    out = str(tmp_path / "out")
+    assert studies_main(study_args("mlp_activation", "--values", "relu", "--optimizer", "sgd", "--lr", "1e30")) == 0
+    [trial] = load_study(out, "mlp_activation").get_trials()
+    assert trial.state == TrialState.FAIL and trial.user_attrs["outcome"] == "diverged"
+
+    real_fit = study_worker.fit
+
+    def fit_failing_for_tanh(args, **kwargs):
+        if "tanh" in args.logdir:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real_fit(args, **kwargs)
+    monkeypatch.setattr(study_worker, "fit", fit_failing_for_tanh)
+    failing_out = ["--out", str(tmp_path / "other")]
+    assert studies_main(study_args("mlp_activation", "--values", "tanh", "sigmoid", *failing_out)) == 0
+    states = {t.user_attrs["run_dir"]: (t.state, t.user_attrs["outcome"])
+              for t in load_study(str(tmp_path / "other"), "mlp_activation").get_trials()}
+    assert states == {"activation-tanh_seed-42": (TrialState.FAIL, "error"),
+                      "activation-sigmoid_seed-42": (TrialState.COMPLETE, "completed")}
+    assert studies_main(study_args("mlp_activation", "--values", "tanh", "sigmoid", *failing_out)) == 0
+    assert len(load_study(str(tmp_path / "other"), "mlp_activation").get_trials()) == 2  # errors stay recorded
+    monkeypatch.setattr(study_worker, "fit", real_fit)
+    assert studies_main(study_args("mlp_activation", "--values", "tanh", "sigmoid", *failing_out,
+                                   "--retry_failed")) == 0
+    trials = load_study(str(tmp_path / "other"), "mlp_activation").get_trials()
+    assert [t.state for t in trials if t.user_attrs["run_dir"] == "activation-tanh_seed-42"] == [
+        TrialState.FAIL, TrialState.COMPLETE]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--lr", "0.1"], "resnet18_lr varies lr"),
+    (["--values", "0.5"], "0.5 is not a valid lr"),
+    (["--logdir", "x"], "--logdir is set by the study"),
+    (["--set", "width=3"], "--set width=3: expected KEY=VALUE"),
+    (["--trials", "3"], "no grid"),
+])
+def test_bad_study_flags_are_refused_before_anything_is_written(study_args, tmp_path, capsys, extra, message):
+    name = "mlpmixer_best" if "--trials" in extra else "resnet18_lr"
+    argv = study_args(name, *extra)
+    if "--trials" in extra:
+        argv += ["--values", "2"]
+    assert studies_main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_rerun_with_other_flags_is_refused(study_args, tmp_path, capsys):
+    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
+    assert studies_main(study_args("mlp_activation", "--values", "relu", "--weight_decay", "0.1")) == 2
+    assert "was started with other train_argv" in capsys.readouterr().err

@@ -1,0 +1,76 @@
+"""Workers sharing a study through a real PostgreSQL server, started here on loopback.
+
+The server comes from Debian's ``postgresql`` package (``.ci/run`` installs it); without it the tests
+skip and say how to install it.
+"""
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from studies.scheduler import open_storage
+from study_helpers import ROOT, jobs_of, run_claimers
+
+
+def _postgres_bin():
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return os.path.dirname(found[-1])
+    initdb = shutil.which("initdb")
+    return os.path.dirname(initdb) if initdb else None
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throwaway PostgreSQL server on 127.0.0.1, as ``postgresql://`` URL; stopped and deleted afterwards."""
+    pytest.importorskip("psycopg", reason="PostgreSQL test: psycopg is missing; pip install -r requirements.txt")
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL test: no PostgreSQL server here; install it with `apt-get install postgresql` "
+                    "(.ci/run does)")
+    data = tempfile.mkdtemp(prefix="studies-pg-")
+    as_user = []
+    if os.geteuid() == 0:  # the server refuses to run as root: run it as the package's postgres user
+        shutil.chown(data, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    subprocess.run([*as_user, os.path.join(bin_dir, "initdb"), "-D", data, "-A", "trust", "-U", "postgres",
+                    "--no-sync"], check=True, capture_output=True)
+    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run([*as_user, os.path.join(bin_dir, "pg_ctl"), "-D", data, "-o", options, "-w", "-l",
+                    os.path.join(data, "server.log"), "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, os.path.join(bin_dir, "pg_ctl"), "-D", data, "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_concurrent_workers_claim_each_grid_job_once_through_postgres(postgres_url, tmp_path):
+    run_claimers(postgres_url, "claims", str(tmp_path))
+
+
+def test_two_workers_run_a_study_in_postgres(postgres_url, study_args, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "studies", *study_args("mlp_activation", "--seeds", "2"),
+                             "--storage", postgres_url, "--workers", "2"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    storage, _ = open_storage(postgres_url, str(tmp_path))
+    study = optuna.load_study(study_name="mlp_activation", storage=storage)
+    assert jobs_of(study) == {f"activation-{a}_seed-{s}": [TrialState.COMPLETE]
+                              for a in ("relu", "tanh", "sigmoid") for s in (42, 43)}
+    assert not os.path.exists(tmp_path / "out" / "mlp_activation" / "journal.log")  # the study lives in the database
