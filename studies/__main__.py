@@ -25,6 +25,7 @@ from .definitions import STUDIES, is_model_setting
 from .worker import Plan, open_study, work
 
 STUDY_FLAGS = ("model", "logdir", "resume", "visualize")  # set by the study for each run
+SHIPPED_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model_configs")
 
 
 def _parser():
@@ -99,7 +100,7 @@ def make_plan(study, options, train_argv):
         raise UserError(problems[0])
     if options.workers < 1 or options.seeds < 1 or (options.trials is not None and options.trials < 1):
         raise UserError("--workers, --seeds and --trials must be at least 1")
-    config_path = flags.get("model_config", os.path.join("model_configs", f"{study.model}.json"))
+    config_path = flags.get("model_config", os.path.join(SHIPPED_CONFIGS, f"{study.model}.json"))
     model_config = load_model_config(config_path, study.model)
     searched = {dimension.setting for dimension in study.space}
     given = {**study.fixed, **{key: value for key, value in flags.items() if key in searched}}

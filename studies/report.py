@@ -245,7 +245,7 @@ def search_section(study, runs, out):
     section.figure(f"{study.name}_final_curves.png", figures.curves_page({"final": finals}, f"{study.name}: final runs"),
                    "training curves of the final runs")
     pictures = [(caption, imread(os.path.join(finals[0]["path"], filename)))
-                for filename, caption in VISUALISATIONS[study.model]
+                for filename, caption in VISUALISATIONS.get(study.model, ())
                 if os.path.isfile(os.path.join(finals[0]["path"], filename))]
     if pictures:
         section.figure(f"{study.name}_visualisation.png", figures.images_figure(pictures, study.name),

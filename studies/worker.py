@@ -19,6 +19,8 @@ from .definitions import is_model_setting
 from .scheduler import Claimer, Heartbeat, open_storage
 
 RUNS_FOLDER = "runs"
+NOT_IN_FINGERPRINT = ("model", "model_config", "logdir", "resume", "visualize", "seed", "print_every", "no_progress",
+                      "eval_batch_size", "num_workers")
 TRIAL_FILE = "trial.json"
 
 
@@ -55,27 +57,32 @@ class Plan:
                 for value in self.values for seed in self.seeds}
 
     def fingerprint(self):
-        """What must be the same for every worker and every rerun of the study."""
-        return {"model": self.study.model, "train_argv": self.train_argv, "given": self.given,
-                "model_config": self.model_config}
+        """What must be the same for every worker and every rerun of the study: the settings that
+        change what a run computes (not its seed, which names the run, nor its logging or batching of
+        evaluation), as JSON values."""
+        args = vars(get_config_parser().parse_args(self.train_argv))
+        settings = {key: value for key, value in args.items() if key not in NOT_IN_FINGERPRINT}
+        return json.loads(json.dumps({"model": self.study.model, "model_config": self.model_config,
+                                      "held": self.given, **settings}))
 
 
 def open_study(plan):
     """Create or load the study; refuse one made with other flags, whose runs could not be mixed."""
     storage, lock = open_storage(plan.storage, plan.study_dir)
-    sampler = optuna.samplers.TPESampler(seed=plan.seeds[0], n_startup_trials=8)
+    # each worker process draws differently: workers seeded alike would propose the same first trials
+    sampler = optuna.samplers.TPESampler(seed=(plan.seeds[0] * 1_000_003 + os.getpid()) % 2**32, n_startup_trials=8)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3)
     with lock.hold(plan.study.name):
         study = optuna.create_study(study_name=plan.study.name, storage=storage, direction="maximize",
                                     sampler=sampler, pruner=pruner, load_if_exists=True)
-        made_with = study.user_attrs.get("fingerprint")
+        made_with, now = study.user_attrs.get("fingerprint"), plan.fingerprint()
         if made_with is None:
-            study.set_user_attr("fingerprint", plan.fingerprint())
-        elif made_with != json.loads(json.dumps(plan.fingerprint())):
-            differing = [key for key in made_with if made_with[key] != json.loads(json.dumps(plan.fingerprint()[key]))]
-            raise UserError(f"study {plan.study.name} in {plan.storage or plan.study_dir} was started with other "
-                            f"{differing[0]} ({made_with[differing[0]]!r}); rerun with the same flags, or use a new "
-                            "--out (or --storage)")
+            study.set_user_attr("fingerprint", now)
+        elif made_with != now:
+            key = next(key for key in sorted({*made_with, *now}) if made_with.get(key) != now.get(key))
+            raise UserError(f"study {plan.study.name} in {plan.storage or plan.study_dir} was started with {key} = "
+                            f"{made_with.get(key)!r}, not {now.get(key)!r}; rerun with the same flags, or use a "
+                            "new --out (or --storage)")
     return study, lock
 
 

@@ -100,6 +100,19 @@ def test_resume_gives_the_same_results_as_an_uninterrupted_run(model, pipeline, 
         assert actual[key] == expected[key], key
 
 
+def test_on_epoch_can_stop_a_run_and_test_can_be_left_out(run_args, tmp_path):
+    from config import get_config_parser
+
+    seen = []
+    args = get_config_parser().parse_args(run_args("mlp", "--logdir", str(tmp_path / "pruned"), epochs=3))
+    results = engine.fit(args, on_epoch=lambda epoch, history: seen.append(list(history["valid_accs"])) or epoch == 2)
+    assert results["status"] == "pruned" and results["epochs_completed"] == 2 and results["test_acc"] is None
+    assert [len(accs) for accs in seen] == [1, 2] and read_results(tmp_path / "pruned")["status"] == "pruned"
+    args = get_config_parser().parse_args(run_args("mlp", "--logdir", str(tmp_path / "untested"), epochs=1))
+    results = engine.fit(args, test=False)
+    assert results["status"] == "completed" and results["test_acc"] is None and results["test_loss"] is None
+
+
 def test_interrupt_keeps_finished_epochs(run_args, tmp_path, monkeypatch):
     logdir = str(tmp_path / "run")
     _interrupt_at(monkeypatch, 3)

@@ -172,4 +172,24 @@ def test_bad_study_flags_are_refused_before_anything_is_written(study_args, tmp_
 def test_a_rerun_with_other_flags_is_refused(study_args, tmp_path, capsys):
     assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
     assert studies_main(study_args("mlp_activation", "--values", "relu", "--weight_decay", "0.1")) == 2
-    assert "was started with other train_argv" in capsys.readouterr().err
+    assert "was started with weight_decay = 0.0005, not 0.1" in capsys.readouterr().err
+
+
+def test_run_all_runs_every_study_then_writes_the_report(study_args, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    import studies.__main__ as cli
+    import studies.report as report
+    from studies.definitions import STUDIES, Dimension
+
+    few = {"mlp_activation": STUDIES["mlp_activation"],
+           "mlp_search": replace(STUDIES["resnet18_best"], name="mlp_search", model="mlp", trials=2, visualize=False,
+                                 space=(Dimension("lr", "float", (1e-4, 1e-2), log=True),))}
+    monkeypatch.setattr(cli, "STUDIES", few)
+    monkeypatch.setattr(report, "STUDIES", few)
+    argv = study_args("mlp_activation")
+    argv[1] = "all"
+    assert studies_main(argv) == 0
+    with open(tmp_path / "out" / "report" / "report.md") as f:
+        text = f.read()
+    assert "## mlp_activation:" in text and "## mlp_search:" in text and "2 search trials finished" in text
