@@ -120,8 +120,9 @@ def make_plan(study, options, train_argv):
                 trials=options.trials or study.trials, storage=options.storage, retry_failed=options.retry_failed)
 
 
-def _worker_env(index):
-    """Worker ``index``'s environment: one GPU of this host's, round robin, when there are several."""
+def _worker_env(index, count):
+    """Worker ``index``'s environment: one GPU of this host's, round robin, when there are several;
+    without a GPU, an equal share of the CPU cores (workers with all cores each would fight over them)."""
     env = dict(os.environ)
     visible = env.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
@@ -131,13 +132,15 @@ def _worker_env(index):
         gpus = [str(i) for i in range(torch.cuda.device_count())]
     if len(gpus) > 1:
         env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+    if not gpus and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // count))
     return env
 
 
 def _launch_workers(count, argv):
     """Start ``count`` worker processes of this same command (each with ``--workers 1``); wait for all."""
     command = [sys.executable, "-m", "studies", *argv, "--workers", "1"]
-    workers = [subprocess.Popen(command, env=_worker_env(i)) for i in range(count)]
+    workers = [subprocess.Popen(command, env=_worker_env(i, count)) for i in range(count)]
     try:
         codes = [worker.wait() for worker in workers]
     except KeyboardInterrupt:  # the workers got the same Ctrl-C; let them save their runs

@@ -225,7 +225,8 @@ def search_section(study, runs, out):
         section.figure(f"{study.name}_search.png", figures.search_figure(trials, f"{study.name}: search"),
                        "validation accuracy of each trial, and the best completed so far")
     if not finals:
-        section.text("The best configuration has not been retrained yet.")
+        section.text("The best configuration has not been retrained yet." if completed else
+                     "No search trial has completed, so there is no configuration to retrain yet.")
         return section
     tests = [run["results"].get("test_acc") for run in finals]
     seconds = [sum(run["results"].get("train_seconds") or []) for run in finals]

@@ -1,12 +1,14 @@
 """A study's worker: claims jobs one after another and trains each with ``training.engine.fit``,
 in this process, so the data set and CUDA stay loaded between runs."""
 import contextlib
+import gc
 import json
 import os
 import traceback
 from dataclasses import dataclass, field
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from config import get_config_parser
@@ -203,6 +205,11 @@ def work(plan):
             return ran
         try:
             run_trial(plan, study, trial)
+            # the run's model, optimizer and graphs are garbage now: give their GPU memory back, so
+            # that workers sharing a GPU and the next run (another model, another size) find it free
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         except BaseException:
             # the job stays open: marked failed without an outcome, it is enqueued again and resumes
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)

@@ -122,6 +122,22 @@ def test_interrupt_keeps_finished_epochs(run_args, tmp_path, monkeypatch):
     assert not [name for name in os.listdir(logdir) if name.startswith(".tmp")]
 
 
+def test_ctrl_c_during_a_write_is_delivered_after_it(tmp_path):
+    import signal
+
+    from training import persistence
+
+    def write(f):
+        f.write(b"first half, ")
+        signal.raise_signal(signal.SIGINT)
+        f.write(b"second half")
+    path = tmp_path / "file"
+    with pytest.raises(KeyboardInterrupt):
+        persistence._atomic_write(str(path), write)
+    assert path.read_text() == "first half, second half"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_real_ctrl_c_leaves_valid_results(fake_data_dir, tiny_configs, tmp_path):
     import signal
     import time

@@ -1,6 +1,7 @@
 """Problem 4's studies on tiny fake data: grids and searches end to end, workers sharing a journal,
 a killed study resuming, failures recorded, and bad flags refused."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -193,3 +194,12 @@ def test_run_all_runs_every_study_then_writes_the_report(study_args, tmp_path, m
     with open(tmp_path / "out" / "report" / "report.md") as f:
         text = f.read()
     assert "## mlp_activation:" in text and "## mlp_search:" in text and "2 search trials finished" in text
+
+
+def test_time_studies_dry_run_times_studies_one_to_three(capsys):
+    from tools import time_studies
+
+    assert time_studies.main(["--dry_run"]) == 0
+    out = capsys.readouterr().out
+    for name in ("mlp_activation", "resnet18_lr", "mlpmixer_patch", "total"):
+        assert re.search(rf"^  {name} +\d+\.\d s", out, re.MULTILINE)

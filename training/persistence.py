@@ -1,10 +1,13 @@
 """What a run leaves on disk: results.json (strict JSON, written atomically) and the per-epoch
 checkpoint (model, optimizer, history and every RNG state, loadable with ``weights_only=True``)."""
+import contextlib
 import json
 import math
 import os
 import random
+import signal
 import tempfile
+import threading
 
 import numpy as np
 import torch
@@ -15,19 +18,41 @@ RESULTS_FILE = "results.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
+@contextlib.contextmanager
+def _stop_signals_held():
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them: a stop that lands inside a
+    write would otherwise surface as the serializer's error instead of an interrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = []
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: handler for signum, handler in previous.items() if handler is not None}
+    for signum in previous:
+        signal.signal(signum, lambda number, frame: held.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(held):
+            signal.raise_signal(signum)
+
+
 def _atomic_write(path, write):
     """Write through ``write(file)`` into a temporary file beside ``path``, then rename it over ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with _stop_signals_held():
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
 
 
 def finite_or_none(value):
