@@ -19,7 +19,7 @@ import optuna
 
 from config import check_args, get_config_parser
 from training.errors import UserError
-from training.models import SCHEMAS, load_model_config
+from training.models import SCHEMAS, load_model_config, validate_model_config
 
 from .definitions import STUDIES, is_model_setting
 from .worker import Plan, open_study, work
@@ -43,9 +43,10 @@ def _parser():
     run.add_argument("--seeds", type=int, default=1,
                      help="runs per grid point (seeds --seed, --seed + 1, ...); final runs of a search")
     run.add_argument("--values", nargs="+", help="the grid's values instead of the study's defaults")
-    run.add_argument("--trials", type=int, help="a search's budget of trials (default: the study's)")
+    run.add_argument("--trials", type=int, help="a search's budget of trials (None: the study's own, 24)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="hold a setting (a main.py flag or a model-config key) at VALUE, JSON-parsed")
+                     help="hold a model-config key at VALUE (JSON), e.g. embed_dim=256; main.py settings are "
+                          "held by giving their flags")
     run.add_argument("--storage", help="Optuna storage: default a journal file in the study's folder (one "
                                        "host); postgresql://user:password@host/db for workers on several machines")
     run.add_argument("--retry_failed", action="store_true", help="run again the runs that raised an error")
@@ -106,10 +107,12 @@ def make_plan(study, options, train_argv):
     given = {**study.fixed, **{key: value for key, value in flags.items() if key in searched}}
     for item in options.set:
         key, sep, text = item.partition("=")
-        if not sep or not (key in vars(args) or is_model_setting(study.model, key)):
-            raise UserError(f"--set {item}: expected KEY=VALUE with KEY a main.py flag or one of the "
-                            f"{study.model} config keys ({', '.join(SCHEMAS[study.model])})")
+        if not sep or not is_model_setting(study.model, key):
+            raise UserError(f"--set {item}: expected KEY=VALUE with KEY one of the {study.model} config keys "
+                            f"({', '.join(SCHEMAS[study.model])}); main.py's settings are given as its flags")
         given[key] = _parse_value(text)
+    held_model_keys = {key: value for key, value in given.items() if is_model_setting(study.model, key)}
+    validate_model_config(study.model, {**model_config, **held_model_keys}, source="--set")
     if study.grid and study.grid.setting in {**flags, **given}:
         raise UserError(f"{study.name} varies {study.grid.setting}; choose its values with --values, not a flag")
     if options.values is not None and not study.grid:

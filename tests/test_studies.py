@@ -158,6 +158,7 @@ def test_diverged_and_failed_runs_are_recorded_and_the_study_goes_on(study_args,
     (["--values", "0.5"], "0.5 is not a valid lr"),
     (["--logdir", "x"], "--logdir is set by the study"),
     (["--set", "width=3"], "--set width=3: expected KEY=VALUE"),
+    (["--set", "lr=3"], "--set lr=3: expected KEY=VALUE"),
     (["--trials", "3"], "no grid"),
 ])
 def test_bad_study_flags_are_refused_before_anything_is_written(study_args, tmp_path, capsys, extra, message):
@@ -167,6 +168,12 @@ def test_bad_study_flags_are_refused_before_anything_is_written(study_args, tmp_
         argv += ["--values", "2"]
     assert studies_main(argv) == 2
     assert message in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_held_model_settings_are_checked_before_anything_is_written(study_args, tmp_path, capsys):
+    assert studies_main(study_args("mlpmixer_best", "--set", "embed_dim=-3")) == 2
+    assert "--set: key 'embed_dim' must be a positive integer, got -3" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "out")
 
 
