@@ -210,3 +210,12 @@ def test_time_studies_dry_run_times_studies_one_to_three(capsys):
     out = capsys.readouterr().out
     for name in ("mlp_activation", "resnet18_lr", "mlpmixer_patch", "total"):
         assert re.search(rf"^  {name} +\d+\.\d s", out, re.MULTILINE)
+
+
+def test_check_targets_dry_run_prints_a_verdict_per_model(capsys):
+    from tools import check_targets
+
+    assert check_targets.main(["--dry_run"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^resnet18 +1 +[\d.]+ +[\d.]+ +[\d.]+  >= 93% in <= 60 s +(met|missed)$", out, re.MULTILINE)
+    assert re.search(r"^mlpmixer +1 .*>= 87% in <= 300 s +(met|missed)$", out, re.MULTILINE)

@@ -1,0 +1,94 @@
+"""Train candidate recipes for issue 4's accuracy targets and say whether each met its target.
+
+    python -m tools.check_targets --data_dir .devdata/data                 # both, on a GPU machine
+    python -m tools.check_targets --data_dir .devdata/data --models resnet18
+    python -m tools.check_targets --dry_run                                # the same code, CPU, fake data
+
+Targets (one H100/H200, the graded architectures, no extra data, tested once on the test set):
+ResNet18 at least 93% test accuracy from at most 60 s of training; MLP-Mixer with 4x4 patches at least
+87% from at most 5 minutes. Training time is the sum of the training epochs' seconds as ``fit`` logs
+them (validation passes excluded); the wall time of the whole run is printed beside it.
+
+The recipes below are candidates, not results: a recipe is published as reaching its target only
+with the output of this script from a GPU run.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+from config import get_config_parser
+from training.engine import fit
+
+RECIPES = {
+    "resnet18": {
+        "target_acc": 0.93, "budget_s": 60.0, "model_config": {"num_classes": 10},
+        "flags": ["--optimizer", "momentum", "--lr", "0.4", "--momentum", "0.9", "--weight_decay", "5e-4",
+                  "--batch_size", "512", "--epochs", "35", "--lr_schedule", "onecycle", "--warmup_fraction", "0.2",
+                  "--label_smoothing", "0.1"],
+    },
+    "mlpmixer": {
+        "target_acc": 0.87, "budget_s": 300.0,
+        "model_config": {"num_classes": 10, "img_size": 32, "patch_size": 4, "embed_dim": 384, "num_blocks": 8,
+                         "drop_rate": 0.1, "activation": "gelu"},
+        "flags": ["--optimizer", "adamw", "--lr", "2e-3", "--weight_decay", "0.05", "--batch_size", "256",
+                  "--epochs", "100", "--lr_schedule", "cosine", "--warmup_fraction", "0.05",
+                  "--label_smoothing", "0.1"],
+    },
+}
+
+
+def check(model, recipe, data_dir, folder, extra=()):
+    """Train ``recipe`` once through ``fit``; returns the measured row."""
+    config_path = os.path.join(folder, f"{model}.json")
+    with open(config_path, "w") as f:
+        json.dump(recipe["model_config"], f)
+    argv = ["--model", model, "--model_config", config_path, "--data_dir", data_dir, "--logdir",
+            os.path.join(folder, model), "--no_progress", *recipe["flags"], *extra]
+    start = time.perf_counter()
+    results = fit(get_config_parser().parse_args(argv))
+    wall = time.perf_counter() - start
+    train_seconds = sum(results["train_seconds"])
+    met = (results["status"] == "completed" and results["test_acc"] >= recipe["target_acc"]
+           and train_seconds <= recipe["budget_s"])
+    return {"model": model, "epochs": results["epochs_completed"], "train_s": train_seconds, "wall_s": wall,
+            "test_acc": results["test_acc"], "target": f">= {recipe['target_acc']:.0%} in <= {recipe['budget_s']:.0f} s",
+            "met": met, "device": results["device_name"], "status": results["status"]}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", default="./data")
+    parser.add_argument("--models", nargs="+", choices=sorted(RECIPES), default=sorted(RECIPES, reverse=True))
+    parser.add_argument("--dry_run", action="store_true", help="CPU, fake data, tiny models, 1 epoch")
+    cli = parser.parse_args(argv)
+    folder = tempfile.mkdtemp(prefix="check-targets-")
+    recipes, extra, data_dir = RECIPES, [], cli.data_dir
+    if cli.dry_run:
+        from training.fake_data import write_fake_cifar10
+
+        data_dir = os.path.join(folder, "data")
+        write_fake_cifar10(data_dir, train_per_batch=24, test=30)
+        tiny = {"resnet18": {"num_classes": 10}, "mlpmixer": {**RECIPES["mlpmixer"]["model_config"], "embed_dim": 16,
+                                                              "num_blocks": 1}}
+        recipes = {name: {**recipe, "model_config": tiny[name]} for name, recipe in RECIPES.items()}
+        extra = ["--device", "cpu", "--epochs", "1", "--valid_size", "100", "--batch_size", "16"]
+    elif not torch.cuda.is_available():
+        sys.exit("error: tools.check_targets measures GPU targets and needs CUDA (or --dry_run)")
+    rows = [check(model, recipes[model], data_dir, folder, extra) for model in cli.models]
+    print(f"\n{'model':<9} {'epochs':>6} {'train s':>8} {'wall s':>8} {'test acc':>8}  {'target':<20} verdict")
+    for row in rows:
+        verdict = "met" if row["met"] else "missed" + ("" if row["status"] == "completed" else f" ({row['status']})")
+        test_acc = float("nan") if row["test_acc"] is None else row["test_acc"]
+        print(f"{row['model']:<9} {row['epochs']:>6} {row['train_s']:>8.1f} {row['wall_s']:>8.1f} "
+              f"{test_acc:>8.4f}  {row['target']:<20} {verdict}")
+    print(f"device: {rows[0]['device']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
