@@ -11,7 +11,6 @@ checkpoint), enqueues the jobs that have no trial yet, and pops a waiting trial.
 lock beside the journal (workers on one host) or a PostgreSQL advisory lock (workers anywhere).
 """
 import contextlib
-import fcntl
 import os
 import socket
 import threading
@@ -22,6 +21,11 @@ import optuna
 from optuna.trial import TrialState
 
 from training.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 JOURNAL_FILE = "journal.log"
 HEARTBEAT_SECONDS = 30
@@ -52,13 +56,23 @@ def open_storage(url, study_dir):
 
 
 class FileLock:
-    """An exclusive ``flock`` on a file: processes on one host."""
+    """An exclusive lock on a file, for processes on one host: ``flock`` where the system has it (the
+    kernel releases it if its holder dies), else Optuna's lock file (Windows)."""
 
-    def __init__(self, path):
+    def __init__(self, path, portable=None):
         self.path = path
+        self.portable = fcntl is None if portable is None else portable
 
     @contextlib.contextmanager
     def hold(self, key):
+        if self.portable:
+            lock = optuna.storages.journal.JournalFileOpenLock(self.path)
+            lock.acquire()
+            try:
+                yield
+            finally:
+                lock.release()
+            return
         with open(self.path, "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
@@ -104,7 +118,8 @@ def _process_alive(pid):
 def is_lost(trial, now=None):
     """A running trial whose worker died: its process is gone (same host) or silent for too long."""
     attrs = trial.user_attrs
-    if attrs.get("host") == socket.gethostname() and "pid" in attrs and not _process_alive(attrs["pid"]):
+    same_host = attrs.get("host") == socket.gethostname() and "pid" in attrs
+    if same_host and os.name == "posix" and not _process_alive(attrs["pid"]):  # Windows' os.kill would kill it
         return True
     last_heard = attrs.get("heartbeat") or trial.datetime_start.timestamp()
     return (now or time.time()) - last_heard > LOST_AFTER_SECONDS

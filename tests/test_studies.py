@@ -48,6 +48,30 @@ def test_concurrent_workers_claim_each_grid_job_exactly_once(tmp_path):
     run_claimers(None, "grid", str(tmp_path / "study"))
 
 
+@pytest.mark.parametrize("portable", [False, True], ids=["flock", "lock-file"])
+def test_the_claims_lock_excludes_other_holders(tmp_path, portable):
+    import threading
+
+    from studies.scheduler import FileLock
+
+    inside, overlaps = [], []
+
+    def hold_repeatedly():
+        lock = FileLock(str(tmp_path / "claims.lock"), portable=portable)
+        for _ in range(20):
+            with lock.hold("study"):
+                inside.append(1)
+                overlaps.append(len(inside) > 1)
+                time.sleep(0.001)
+                inside.pop()
+    threads = [threading.Thread(target=hold_repeatedly) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(overlaps) == 80 and not any(overlaps)
+
+
 def test_two_worker_processes_share_one_journal(study_args, tmp_path):
     out = str(tmp_path / "out")
     result = subprocess.run([sys.executable, "-m", "studies", *study_args("mlp_activation", "--seeds", "3"),
