@@ -243,3 +243,31 @@ def test_check_targets_dry_run_prints_a_verdict_per_model(capsys):
     out = capsys.readouterr().out
     assert re.search(r"^resnet18 +1 +[\d.]+ +[\d.]+ +[\d.]+  >= 93% in <= 60 s +(met|missed)$", out, re.MULTILINE)
     assert re.search(r"^mlpmixer +1 .*>= 87% in <= 300 s +(met|missed)$", out, re.MULTILINE)
+
+
+def test_an_interrupted_search_trial_resumes_with_the_same_settings(study_args, tmp_path, monkeypatch, capsys):
+    out = str(tmp_path / "out")
+    argv = study_args("mlpmixer_best", "--trials", "2", "--set", "embed_dim=16", "--set", "num_blocks=1", epochs=2)
+    real_fit = study_worker.fit
+
+    def fit_interrupted_in_second_trial(args, on_epoch=None, **kwargs):
+        def stop_after_first_epoch(epoch, history):
+            raise KeyboardInterrupt
+        return real_fit(args, on_epoch=stop_after_first_epoch if "trial-0001" in args.logdir else on_epoch, **kwargs)
+    monkeypatch.setattr(study_worker, "fit", fit_interrupted_in_second_trial)
+    assert studies_main(argv) == 130
+    first = {t.number: t for t in load_study(out, "mlpmixer_best").get_trials()}
+    assert first[1].state == TrialState.FAIL and "outcome" not in first[1].user_attrs
+
+    monkeypatch.setattr(study_worker, "fit", real_fit)
+    capsys.readouterr()
+    assert studies_main(argv) == 0
+    assert "trial-0001 (resumed)" in capsys.readouterr().out
+    trials = load_study(out, "mlpmixer_best").get_trials()
+    retried = [t for t in trials if t.user_attrs["run_dir"] == "trial-0001" and t.state == TrialState.COMPLETE]
+    assert len(retried) == 1 and retried[0].params == first[1].params
+    results = read_json(os.path.join(out, "mlpmixer_best", "runs", "trial-0001", "results.json"))
+    assert results["epochs_completed"] == 2 and results["args"]["resume"] is True
+    assert retried[0].intermediate_values == {1: results["valid_accs"][0], 2: results["valid_accs"][1]}
+    assert sum(t.user_attrs["role"] == "search" for t in trials) == 3 and any(
+        t.user_attrs["role"] == "final" for t in trials)
