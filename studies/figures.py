@@ -52,11 +52,11 @@ def curve_figure(groups, key, label, title, legend_title=None):
     return fig
 
 
-def curves_page(groups, title):
+def curves_page(groups, title, legend_title=None):
     """The four curves of a study on one 2x2 page."""
     fig = Figure(figsize=(11, 8))
     for ax, (key, label) in zip(fig.subplots(2, 2).flat, CURVES):
-        draw_curves(ax, groups, key, label)
+        draw_curves(ax, groups, key, label, legend_title)
     fig.suptitle(title)
     fig.tight_layout()
     return fig

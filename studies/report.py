@@ -95,8 +95,13 @@ class Section:
     def table(self, header, rows):
         self.blocks.append(("table", header, rows))
 
-    def figure(self, filename, fig, caption):
-        self.blocks.append(("figure", filename, fig, caption))
+    def figure(self, filename, fig, caption, in_pdf=True):
+        """A figure saved as ``filename`` and shown in report.md, and (unless ``in_pdf`` is False) in the PDF."""
+        self.blocks.append(("figure", filename, fig, caption, in_pdf))
+
+    def pdf_page(self, fig):
+        """A page of the PDF only (the four curves on one page, where report.md shows four PNGs)."""
+        self.blocks.append(("pdf_page", fig))
 
 
 def _ranking_sentences(groups, setting):
@@ -161,7 +166,10 @@ def grid_section(study, runs):
     for key, label in figures.CURVES:
         section.figure(f"{study.name}_{key}.png", figures.curve_figure(groups, key, label, f"{study.name}: {label}",
                                                                        legend_title=setting),
-                       f"{label} against epoch, one line per {setting} (mean over seeds; band: min to max)")
+                       f"{label} against epoch, one line per {setting} (mean over seeds; band: min to max)",
+                       in_pdf=False)
+    section.pdf_page(figures.curves_page(groups, f"{study.name}: one line per {setting} (mean over seeds; band: "
+                                                 "min to max)", legend_title=setting))
     if study.name == "mlpmixer_patch":
         _cost_block(section, groups, setting)
     return section
@@ -310,7 +318,7 @@ def write_markdown(path, sections, header_lines):
                 lines += [block[1], ""]
             elif block[0] == "table":
                 lines += _markdown_table(*block[1:]) + [""]
-            else:
+            elif block[0] == "figure":
                 lines += [f"![{block[3]}]({block[1]})", ""]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -329,7 +337,9 @@ def write_pdf(path, sections, header_lines):
             for start in range(0, max(len(lines), 1), 80):
                 pdf.savefig(figures.text_page(section.title, lines[start:start + 80]))
             for block in section.blocks:
-                if block[0] == "figure":
+                if block[0] == "pdf_page":
+                    pdf.savefig(block[1])
+                elif block[0] == "figure" and block[4]:
                     pdf.savefig(block[2])
 
 
