@@ -111,8 +111,10 @@ def images_figure(images, title):
     Args:
         images: ``(caption, RGB(A) array)`` pairs.
     """
-    fig = Figure(figsize=(5 * len(images), 5.4))
-    axes = np.atleast_1d(fig.subplots(1, len(images)))
+    aspects = [image.shape[1] / image.shape[0] for _, image in images]  # width over height
+    height = min(5.0, 16.0 / sum(aspects))  # a strip of wide pictures stays at most 16 inches wide
+    fig = Figure(figsize=(height * sum(aspects), height + 0.9))
+    axes = np.atleast_1d(fig.subplots(1, len(images), gridspec_kw={"width_ratios": aspects}))
     for ax, (caption, image) in zip(axes, images):
         ax.imshow(image)
         ax.set_title(caption, fontsize=10)

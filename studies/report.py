@@ -46,13 +46,13 @@ def _fmt(value, digits=4):
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def _mean_std(values):
+def _mean_std(values, digits=4):
     values = [v for v in values if v is not None]
     if not values:
         return "-"
     if len(values) == 1:
-        return _fmt(values[0])
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+        return _fmt(values[0], digits)
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def _mean(values):
@@ -240,7 +240,7 @@ def search_section(study, runs, out):
     seconds = [sum(run["results"].get("train_seconds") or []) for run in finals]
     section.text(f"The best configuration, retrained {len(finals)} time(s) (seeds "
                  f"{', '.join(str(run['trial']['seed']) for run in finals if run['trial'])}) on the training split "
-                 f"and tested once each: test accuracy {_mean_std(tests)}; training time {_mean_std(seconds)} s per run "
+                 f"and tested once each: test accuracy {_mean_std(tests)}; training time {_mean_std(seconds, 1)} s per run "
                  f"(training epochs only) on {finals[0]['results'].get('device_name', 'an unknown device')}.")
     args = finals[0]["results"].get("args", {})
     unused = {"momentum"} if args.get("optimizer") != "momentum" else set()
@@ -273,7 +273,8 @@ def _comparison_block(section, mixer_pictures, out):
         section.text("The comparison with the ResNet18 kernels needs the final runs of both searches.")
         return
     section.figure("comparison_mixer_resnet.png", figures.images_figure(
-        [("ResNet18: first-layer 3x3 kernels (RGB)", imread(kernels)), mixer_pictures[0]],
+        [("ResNet18: first-layer 3x3 kernels (RGB)", imread(kernels)),
+         (f"MLP-Mixer: {mixer_pictures[0][0]}", mixer_pictures[0][1])],
         "first layers of the two best models"), "ResNet18 kernels beside the MLP-Mixer's token-mixing weights")
 
 

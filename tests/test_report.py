@@ -99,7 +99,7 @@ def test_report_states_what_the_logs_show(fixture_logs):
     assert "| 2 | 3,000,000 | 4.00 | 11250 |" in text
     assert "2 search trials finished: 1 completed, 1 pruned." in text
     assert "Best trial: 0, final validation accuracy 0.9000 after 2 epochs" in text
-    assert "test accuracy 0.9300; training time 8.0000 s per run (training epochs only) on NVIDIA H100" in text
+    assert "test accuracy 0.9300; training time 8.0 s per run (training epochs only) on NVIDIA H100" in text
     assert "| lr_schedule | onecycle |" in text and "| momentum | 0.900000 |" in text
 
 
