@@ -71,8 +71,10 @@ class Plan:
 def open_study(plan):
     """Create or load the study; refuse one made with other flags, whose runs could not be mixed."""
     storage, lock = open_storage(plan.storage, plan.study_dir)
-    # each worker process draws differently: workers seeded alike would propose the same first trials
-    sampler = optuna.samplers.TPESampler(seed=(plan.seeds[0] * 1_000_003 + os.getpid()) % 2**32, n_startup_trials=8)
+    # each worker process draws differently (workers seeded alike would propose the same first trials),
+    # and counts the trials running elsewhere as poor (constant liar), so that it explores away from them
+    sampler = optuna.samplers.TPESampler(seed=(plan.seeds[0] * 1_000_003 + os.getpid()) % 2**32, n_startup_trials=8,
+                                         constant_liar=True)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3)
     with lock.hold(plan.study.name):
         study = optuna.create_study(study_name=plan.study.name, storage=storage, direction="maximize",
