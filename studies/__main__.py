@@ -22,6 +22,7 @@ from training.errors import UserError
 from training.models import SCHEMAS, load_model_config, validate_model_config
 
 from .definitions import STUDIES, is_model_setting
+from .scheduler import job_states
 from .worker import Plan, open_study, work
 
 STUDY_FLAGS = ("model", "logdir", "resume", "visualize")  # set by the study for each run
@@ -152,8 +153,6 @@ def _launch_workers(count, argv):
 
 
 def _summary(study):
-    from .scheduler import job_states
-
     counts = {}
     for finished, live, latest in job_states(study.get_trials(deepcopy=False)).values():
         outcome = (finished or live or latest).user_attrs.get("outcome") or ("running" if live else "to resume")
@@ -163,12 +162,12 @@ def _summary(study):
 
 def run_study(study, options, train_argv, argv):
     plan = make_plan(study, options, train_argv)
-    optuna_study, _ = open_study(plan)
+    optuna_study, lock = open_study(plan)
     print(f"study {study.name}: {study.question} Output in {plan.study_dir}", flush=True)
     if options.workers > 1:
         code = _launch_workers(options.workers, argv)
     else:
-        work(plan)
+        work(plan, optuna_study, lock)
         code = 0
     print(f"study {study.name}: {_summary(optuna_study)}", flush=True)
     return code

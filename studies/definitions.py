@@ -112,38 +112,31 @@ def is_model_setting(model, setting):
 
 SCHEDULES = ("constant", "cosine", "onecycle")
 
-# ResNet18: SGD with momentum or AdamW, each with its own learning-rate and weight-decay range
-# (AdamW's decay is multiplied by the learning rate, so it needs larger values).
-RESNET18_SPACE = (
-    Dimension("optimizer", "categorical", ("momentum", "adamw")),
-    Dimension("lr", "float", (0.01, 0.4), log=True, when=("optimizer", "momentum"), param="momentum_lr"),
-    Dimension("weight_decay", "float", (1e-5, 2e-3), log=True, when=("optimizer", "momentum"),
-              param="momentum_weight_decay"),
-    Dimension("lr", "float", (2e-4, 5e-3), log=True, when=("optimizer", "adamw"), param="adamw_lr"),
-    Dimension("weight_decay", "float", (1e-3, 0.5), log=True, when=("optimizer", "adamw"),
-              param="adamw_weight_decay"),
-    Dimension("batch_size", "categorical", (128, 256, 512)),
-    Dimension("epochs", "categorical", (10, 20, 30, 40)),
-    Dimension("lr_schedule", "categorical", SCHEDULES),
-    Dimension("warmup_fraction", "float", (0.0, 0.3), when=("lr_schedule", "cosine"), param="cosine_warmup"),
-    Dimension("warmup_fraction", "float", (0.0, 0.3), when=("lr_schedule", "onecycle"), param="onecycle_warmup"),
-    Dimension("label_smoothing", "float", (0.0, 0.2)),
-)
 
-MLPMIXER_SPACE = (
-    Dimension("optimizer", "categorical", ("adamw", "momentum")),
-    Dimension("lr", "float", (2e-4, 5e-3), log=True, when=("optimizer", "adamw"), param="adamw_lr"),
-    Dimension("weight_decay", "float", (1e-3, 0.5), log=True, when=("optimizer", "adamw"),
-              param="adamw_weight_decay"),
-    Dimension("lr", "float", (0.01, 0.4), log=True, when=("optimizer", "momentum"), param="momentum_lr"),
-    Dimension("weight_decay", "float", (1e-5, 2e-3), log=True, when=("optimizer", "momentum"),
-              param="momentum_weight_decay"),
-    Dimension("batch_size", "categorical", (128, 256, 512)),
-    Dimension("epochs", "categorical", (20, 40, 60, 100)),
-    Dimension("lr_schedule", "categorical", SCHEDULES),
-    Dimension("warmup_fraction", "float", (0.0, 0.3), when=("lr_schedule", "cosine"), param="cosine_warmup"),
-    Dimension("warmup_fraction", "float", (0.0, 0.3), when=("lr_schedule", "onecycle"), param="onecycle_warmup"),
-    Dimension("label_smoothing", "float", (0.0, 0.2)),
+def training_space(epochs):
+    """What both searches tune: SGD with momentum or AdamW, each with its own learning-rate and
+    weight-decay range (AdamW's decay is multiplied by the learning rate, so it needs larger values),
+    the batch size, the number of epochs (from ``epochs``), the schedule and its warm-up, label smoothing."""
+    return (
+        Dimension("optimizer", "categorical", ("momentum", "adamw")),
+        Dimension("lr", "float", (0.01, 0.4), log=True, when=("optimizer", "momentum"), param="momentum_lr"),
+        Dimension("weight_decay", "float", (1e-5, 2e-3), log=True, when=("optimizer", "momentum"),
+                  param="momentum_weight_decay"),
+        Dimension("lr", "float", (2e-4, 5e-3), log=True, when=("optimizer", "adamw"), param="adamw_lr"),
+        Dimension("weight_decay", "float", (1e-3, 0.5), log=True, when=("optimizer", "adamw"),
+                  param="adamw_weight_decay"),
+        Dimension("batch_size", "categorical", (128, 256, 512)),
+        Dimension("epochs", "categorical", epochs),
+        Dimension("lr_schedule", "categorical", SCHEDULES),
+        Dimension("warmup_fraction", "float", (0.0, 0.3), when=("lr_schedule", "cosine"), param="cosine_warmup"),
+        Dimension("warmup_fraction", "float", (0.0, 0.3), when=("lr_schedule", "onecycle"),
+                  param="onecycle_warmup"),
+        Dimension("label_smoothing", "float", (0.0, 0.2)),
+    )
+
+
+RESNET18_SPACE = training_space(epochs=(10, 20, 30, 40))
+MLPMIXER_SPACE = training_space(epochs=(20, 40, 60, 100)) + (
     Dimension("embed_dim", "categorical", (128, 192, 256, 384, 512)),
     Dimension("num_blocks", "int", (4, 12)),
     Dimension("drop_rate", "float", (0.0, 0.3)),

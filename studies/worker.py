@@ -194,9 +194,9 @@ def run_trial(plan, study, trial):
     return outcome
 
 
-def work(plan):
-    """Claim and train jobs until none is left; returns how many this worker ran."""
-    study, lock = open_study(plan)
+def work(plan, study, lock):
+    """Claim and train jobs of ``study`` (from ``open_study``) until none is left; returns how many
+    this worker ran."""
     claimer = Claimer(study, lock, grid_jobs=None if plan.study.is_search else plan.grid_jobs(),
                       search_trials=plan.trials, final_seeds=plan.seeds,
                       retry_failed=plan.retry_failed)

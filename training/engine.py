@@ -260,8 +260,9 @@ def fit(args, on_epoch=None, test=True):
 
     if status == "running":
         status = "completed"
-        test_loss, test_acc = evaluate(args.epochs, model, loaders["test"], args, mode="test")[:2] if test else (
-            None, None)
+        test_loss = test_acc = None
+        if test:
+            test_loss, test_acc, _ = evaluate(args.epochs, model, loaders["test"], args, mode="test")
         record(status, (test_loss, test_acc))
         tested = f"test loss {test_loss:.4f}, test accuracy {test_acc:.4f}" if test else "test set not used"
         print(f"best validation accuracy {results.get('best_valid_acc', float('nan')):.4f} "
