@@ -1,6 +1,9 @@
 """Command-line flags of ``main.py``: the template's, with their defaults, and what the runner adds."""
 import argparse
 
+from training.augmentation import AUGMENTATIONS
+from training.optim import SCHEDULES
+
 
 def get_config_parser():
     parser = argparse.ArgumentParser(
@@ -49,13 +52,21 @@ def get_config_parser():
     runner.add_argument("--no_progress", action="store_true", help="hide the per-iteration progress bars.")
 
     recipe = parser.add_argument_group("training recipe (defaults reproduce the template)")
-    recipe.add_argument("--lr_schedule", type=str, default="constant", choices=["constant", "cosine", "onecycle"],
+    recipe.add_argument("--lr_schedule", type=str, default="constant", choices=list(SCHEDULES),
                         help="constant: the template's fixed rate; cosine / onecycle: linear warm-up over "
                              "--warmup_fraction of the steps, then a cosine / linear decay to zero.")
     recipe.add_argument("--warmup_fraction", type=float, default=0.2,
                         help="share of all steps spent warming up (cosine and onecycle).")
     recipe.add_argument("--label_smoothing", type=float, default=0.0,
                         help="label smoothing of utils.cross_entropy_loss.")
+    recipe.add_argument("--augment", type=str, default="template", choices=list(AUGMENTATIONS),
+                        help="training augmentation. template: random horizontal flip and RandomResizedCrop "
+                             "(scale 0.8-1.0), as the course template; padcrop: flip and a random crop of the "
+                             "image padded by 4 mirrored pixels; padcrop_cutout: padcrop, then a random 16x16 "
+                             "square set to the mean.")
+    recipe.add_argument("--tta", type=str, default="none", choices=["none", "flip"],
+                        help="test-time augmentation of validation and test: flip averages the logits of each "
+                             "image and its mirror image.")
 
     speed = parser.add_argument_group("GPU fast path (no effect on a CPU; each can be turned off)")
     speed.add_argument("--precision", type=str, default="auto", choices=["auto", "bf16", "fp32"],

@@ -112,6 +112,10 @@ def make_plan(study, options, train_argv):
             raise UserError(f"--set {item}: expected KEY=VALUE with KEY one of the {study.model} config keys "
                             f"({', '.join(SCHEMAS[study.model])}); main.py's settings are given as its flags")
         given[key] = _parse_value(text)
+    for key in study.fixed:
+        if key in flags or given[key] != study.fixed[key]:
+            raise UserError(f"{study.name} holds {key} at {study.fixed[key]!r} (the question it answers); remove "
+                            f"{'--' + key if key in flags else '--set ' + key}")
     held_model_keys = {key: value for key, value in given.items() if is_model_setting(study.model, key)}
     validate_model_config(study.model, {**model_config, **held_model_keys}, source="--set")
     if study.grid and study.grid.setting in {**flags, **given}:

@@ -7,7 +7,9 @@ these same objects, so what it states is what ran.
 """
 from dataclasses import dataclass, field
 
+from training.augmentation import AUGMENTATIONS
 from training.models import SCHEMAS
+from training.optim import SCHEDULES
 
 
 @dataclass(frozen=True)
@@ -110,13 +112,11 @@ def is_model_setting(model, setting):
     return setting in SCHEMAS[model]
 
 
-SCHEDULES = ("constant", "cosine", "onecycle")
-
-
 def training_space(epochs):
     """What both searches tune: SGD with momentum or AdamW, each with its own learning-rate and
     weight-decay range (AdamW's decay is multiplied by the learning rate, so it needs larger values),
-    the batch size, the number of epochs (from ``epochs``), the schedule and its warm-up, label smoothing."""
+    the batch size, the number of epochs (from ``epochs``), the schedule and its warm-up, label smoothing
+    and the training augmentation."""
     return (
         Dimension("optimizer", "categorical", ("momentum", "adamw")),
         Dimension("lr", "float", (0.01, 0.4), log=True, when=("optimizer", "momentum"), param="momentum_lr"),
@@ -132,6 +132,7 @@ def training_space(epochs):
         Dimension("warmup_fraction", "float", (0.0, 0.3), when=("lr_schedule", "onecycle"),
                   param="onecycle_warmup"),
         Dimension("label_smoothing", "float", (0.0, 0.2)),
+        Dimension("augment", "categorical", tuple(AUGMENTATIONS)),
     )
 
 

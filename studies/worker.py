@@ -82,7 +82,11 @@ def open_study(plan):
         made_with, now = study.user_attrs.get("fingerprint"), plan.fingerprint()
         if made_with is None:
             study.set_user_attr("fingerprint", now)
-        elif made_with != now:
+            made_with = now
+        # a flag that main.py gained after the study began ran at its default until now
+        defaults = json.loads(json.dumps(vars(get_config_parser().parse_args([]))))
+        made_with = {**{key: defaults[key] for key in now.keys() - made_with.keys() if key in defaults}, **made_with}
+        if made_with != now:
             key = next(key for key in sorted({*made_with, *now}) if made_with.get(key) != now.get(key))
             raise UserError(f"study {plan.study.name} in {plan.storage or plan.study_dir} was started with {key} = "
                             f"{made_with.get(key)!r}, not {now.get(key)!r}; rerun with the same flags, or use a "

@@ -61,6 +61,40 @@ def test_torchvision_pipeline_runs(run_args, tmp_path):
     assert read_results(logdir)["pipeline"] == "torchvision"
 
 
+@pytest.mark.parametrize("pipeline", ["tensor", "torchvision"])
+def test_augmentation_and_flip_tta_run_and_are_part_of_resume(pipeline, run_args, tmp_path, capsys):
+    logdir = str(tmp_path / "run")
+    flags = ("--logdir", logdir, "--pipeline", pipeline, "--num_workers", "0", "--tta", "flip")
+    assert main.main(run_args("mlp", *flags, "--augment", "padcrop_cutout", epochs=1)) == 0
+    results = read_results(logdir)
+    assert results["status"] == "completed" and results["args"]["augment"] == "padcrop_cutout"
+    assert results["args"]["tta"] == "flip"
+    assert main.main(run_args("mlp", *flags, "--augment", "padcrop", "--resume", epochs=2)) == 2
+    assert "made with augment='padcrop_cutout', not 'padcrop'" in capsys.readouterr().err
+
+
+def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror(fake_data_dir):
+    import argparse
+    from mlp import MLP
+    from training.cifar10 import load_cifar10
+    from training.pipelines import TensorBatches
+    from utils import cross_entropy_loss
+    torch.manual_seed(0)
+    data = load_cifar10(fake_data_dir)
+    loader = TensorBatches(data.test_images, data.test_labels, 7, "cpu", train=False)
+    model = MLP(3072, [16, 16], 10).eval()
+    images, labels = torch.cat([x for x, _ in loader]), torch.cat([y for _, y in loader])
+    with torch.no_grad():
+        logits = 0.5 * (model(images) + model(images.flip(3)))
+    args = argparse.Namespace(device=torch.device("cpu"), tta="flip", no_progress=True)
+    loss, accuracy, _ = engine.evaluate(1, model, loader, args)
+    assert loss == pytest.approx(cross_entropy_loss(logits, labels).item(), rel=1e-5)
+    assert accuracy == pytest.approx((logits.argmax(1) == labels).float().mean().item())
+    plain = argparse.Namespace(device=torch.device("cpu"), no_progress=True)
+    plain_loss, _, _ = engine.evaluate(1, model, loader, plain)
+    assert plain_loss != pytest.approx(loss, rel=1e-5)
+
+
 def test_checkpoint_loads_with_weights_only(run_args, tmp_path):
     logdir = str(tmp_path / "run")
     main.main(run_args("mlpmixer", "--logdir", logdir, epochs=1))

@@ -177,20 +177,20 @@ def test_diverged_and_failed_runs_are_recorded_and_the_study_goes_on(study_args,
         TrialState.FAIL, TrialState.COMPLETE]
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--lr", "0.1"], "resnet18_lr varies lr"),
-    (["--values", "0.5"], "0.5 is not a valid lr"),
-    (["--logdir", "x"], "--logdir is set by the study"),
-    (["--set", "width=3"], "--set width=3: expected KEY=VALUE"),
-    (["--set", "lr=3"], "--set lr=3: expected KEY=VALUE"),
-    (["--trials", "3"], "no grid"),
+@pytest.mark.parametrize("name, extra, message", [
+    ("resnet18_lr", ["--lr", "0.1"], "resnet18_lr varies lr"),
+    ("resnet18_lr", ["--values", "0.5"], "0.5 is not a valid lr"),
+    ("resnet18_lr", ["--logdir", "x"], "--logdir is set by the study"),
+    ("resnet18_lr", ["--set", "width=3"], "--set width=3: expected KEY=VALUE"),
+    ("resnet18_lr", ["--set", "lr=3"], "--set lr=3: expected KEY=VALUE"),
+    ("resnet18_lr", ["--optimizer", "sgd"], "resnet18_lr holds optimizer at 'adam' (the question it answers); "
+                                            "remove --optimizer"),
+    ("mlpmixer_best", ["--set", "patch_size=8"], "mlpmixer_best holds patch_size at 4 (the question it answers); "
+                                                 "remove --set patch_size"),
+    ("mlpmixer_best", ["--trials", "3", "--values", "2"], "no grid"),
 ])
-def test_bad_study_flags_are_refused_before_anything_is_written(study_args, tmp_path, capsys, extra, message):
-    name = "mlpmixer_best" if "--trials" in extra else "resnet18_lr"
-    argv = study_args(name, *extra)
-    if "--trials" in extra:
-        argv += ["--values", "2"]
-    assert studies_main(argv) == 2
+def test_bad_study_flags_are_refused_before_anything_is_written(study_args, tmp_path, capsys, name, extra, message):
+    assert studies_main(study_args(name, *extra)) == 2
     assert message in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "out")
 
@@ -205,6 +205,16 @@ def test_a_rerun_with_other_flags_is_refused(study_args, tmp_path, capsys):
     assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
     assert studies_main(study_args("mlp_activation", "--values", "relu", "--weight_decay", "0.1")) == 2
     assert "was started with weight_decay = 0.0005, not 0.1" in capsys.readouterr().err
+
+
+def test_a_flag_added_since_the_study_began_counts_at_its_default(study_args, tmp_path, capsys):
+    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
+    study = load_study(str(tmp_path / "out"), "mlp_activation")
+    older = {key: value for key, value in study.user_attrs["fingerprint"].items() if key != "augment"}
+    study.set_user_attr("fingerprint", older)  # as an older version of the package recorded it
+    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
+    assert studies_main(study_args("mlp_activation", "--values", "relu", "--augment", "padcrop")) == 2
+    assert "was started with augment = 'template', not 'padcrop'" in capsys.readouterr().err
 
 
 def test_run_all_runs_every_study_then_writes_the_report(study_args, tmp_path, monkeypatch):
@@ -239,10 +249,13 @@ def test_time_studies_dry_run_times_studies_one_to_three(capsys):
 def test_check_targets_dry_run_prints_a_verdict_per_model(capsys):
     from tools import check_targets
 
-    assert check_targets.main(["--dry_run"]) == 0
+    assert check_targets.main(["--dry_run", "--epochs", "2"]) == 0  # a main.py flag overrides the recipe's
     out = capsys.readouterr().out
-    assert re.search(r"^resnet18 +1 +[\d.]+ +[\d.]+ +[\d.]+  >= 93% in <= 60 s +(met|missed)$", out, re.MULTILINE)
-    assert re.search(r"^mlpmixer +1 .*>= 87% in <= 300 s +(met|missed)$", out, re.MULTILINE)
+    assert re.search(r"^resnet18 +2 +[\d.]+ +[\d.]+ +[\d.]+  >= 93% in <= 60 s +(met|missed)$", out, re.MULTILINE)
+    assert re.search(r"^mlpmixer +2 .*>= 87% in <= 300 s +(met|missed)$", out, re.MULTILINE)
+    with pytest.raises(SystemExit):
+        check_targets.main(["--dry_run", "--no_such_flag"])
+    assert "unrecognized arguments: --no_such_flag" in capsys.readouterr().err
 
 
 def test_an_interrupted_search_trial_resumes_with_the_same_settings(study_args, tmp_path, monkeypatch, capsys):

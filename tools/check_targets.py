@@ -2,6 +2,7 @@
 
     python -m tools.check_targets --data_dir .devdata/data                 # both, on a GPU machine
     python -m tools.check_targets --data_dir .devdata/data --models resnet18
+    python -m tools.check_targets --data_dir .devdata/data --models mlpmixer --epochs 60   # any main.py flag overrides
     python -m tools.check_targets --dry_run                                # the same code, CPU, fake data
 
 Targets (one H100/H200, the graded architectures, no extra data, tested once on the test set):
@@ -27,17 +28,17 @@ from training.engine import fit
 RECIPES = {
     "resnet18": {
         "target_acc": 0.93, "budget_s": 60.0, "model_config": {"num_classes": 10},
-        "flags": ["--optimizer", "momentum", "--lr", "0.4", "--momentum", "0.9", "--weight_decay", "5e-4",
-                  "--batch_size", "512", "--epochs", "35", "--lr_schedule", "onecycle", "--warmup_fraction", "0.2",
-                  "--label_smoothing", "0.1"],
+        "flags": ["--optimizer", "momentum", "--lr", "0.2", "--momentum", "0.9", "--weight_decay", "5e-4",
+                  "--batch_size", "512", "--epochs", "40", "--lr_schedule", "onecycle", "--warmup_fraction", "0.2",
+                  "--label_smoothing", "0.1", "--augment", "padcrop", "--tta", "flip"],
     },
     "mlpmixer": {
         "target_acc": 0.87, "budget_s": 300.0,
-        "model_config": {"num_classes": 10, "img_size": 32, "patch_size": 4, "embed_dim": 384, "num_blocks": 8,
+        "model_config": {"num_classes": 10, "img_size": 32, "patch_size": 4, "embed_dim": 256, "num_blocks": 8,
                          "drop_rate": 0.1, "activation": "gelu"},
         "flags": ["--optimizer", "adamw", "--lr", "2e-3", "--weight_decay", "0.05", "--batch_size", "256",
                   "--epochs", "100", "--lr_schedule", "cosine", "--warmup_fraction", "0.05",
-                  "--label_smoothing", "0.1"],
+                  "--label_smoothing", "0.1", "--augment", "padcrop_cutout", "--tta", "flip"],
     },
 }
 
@@ -61,13 +62,15 @@ def check(model, recipe, data_dir, folder, extra=()):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--data_dir", default="./data")
     parser.add_argument("--models", nargs="+", choices=sorted(RECIPES), default=sorted(RECIPES, reverse=True))
     parser.add_argument("--dry_run", action="store_true", help="CPU, fake data, tiny models, 1 epoch")
-    cli = parser.parse_args(argv)
+    cli, overrides = parser.parse_known_args(argv)
+    get_config_parser().parse_args(overrides)  # a wrong main.py flag stops here, not after a first training run
     folder = tempfile.mkdtemp(prefix="check-targets-")
-    recipes, extra, data_dir = RECIPES, [], cli.data_dir
+    recipes, extra, data_dir = RECIPES, overrides, cli.data_dir
     if cli.dry_run:
         from training.fake_data import write_fake_cifar10
 
@@ -76,7 +79,7 @@ def main(argv=None):
         tiny = {"resnet18": {"num_classes": 10}, "mlpmixer": {**RECIPES["mlpmixer"]["model_config"], "embed_dim": 16,
                                                               "num_blocks": 1}}
         recipes = {name: {**recipe, "model_config": tiny[name]} for name, recipe in RECIPES.items()}
-        extra = ["--device", "cpu", "--epochs", "1", "--valid_size", "100", "--batch_size", "16"]
+        extra = ["--device", "cpu", "--epochs", "1", "--valid_size", "100", "--batch_size", "16", *overrides]
     elif not torch.cuda.is_available():
         sys.exit("error: tools.check_targets measures GPU targets and needs CUDA (or --dry_run)")
     rows = [check(model, recipes[model], data_dir, folder, extra) for model in cli.models]

@@ -22,7 +22,7 @@ from .steps import GraphedTrainStep, TrainStep, autocast_context, epoch_items, m
 
 # settings that must match for --resume to continue a run rather than start a different one
 RESUME_KEYS = ("model", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "seed", "pipeline",
-               "valid_size", "lr_schedule", "warmup_fraction", "label_smoothing")
+               "valid_size", "lr_schedule", "warmup_fraction", "label_smoothing", "augment", "tta")
 
 
 def resolve_device(requested):
@@ -73,7 +73,8 @@ def train(epoch, model, dataloader, optimizer, args, step=None):
 
 @torch.no_grad()
 def evaluate(epoch, model, dataloader, args, mode="val"):
-    """Mean loss and accuracy of ``model`` over ``dataloader``, without gradients.
+    """Mean loss and accuracy of ``model`` over ``dataloader``, without gradients. With ``args.tta``
+    ``flip``, the logits of each image and of its mirror image are averaged.
 
     Returns:
         ``(mean loss, accuracy, seconds)``.
@@ -88,6 +89,8 @@ def evaluate(epoch, model, dataloader, args, mode="val"):
         images, labels = prepare_batch(dataloader, item, args.device, memory_format)
         with autocast_context(args.device, getattr(args, "precision", "fp32")):
             logits = model(images)
+            if getattr(args, "tta", "none") == "flip":
+                logits = 0.5 * (logits.float() + model(images.flip(3)).float())
         loss_sum += cross_entropy_loss(logits, labels) * len(labels)
         correct += compute_accuracy(logits, labels) * len(labels)
         seen += len(labels)
@@ -98,8 +101,8 @@ def make_batches(args, images, labels, train_mode, device):
     batch_size = args.batch_size if train_mode else args.eval_batch_size
     if args.pipeline == "torchvision":
         return torchvision_batches(images, labels, batch_size, train_mode, args.num_workers,
-                                   pin_memory=device.type == "cuda")
-    return TensorBatches(images, labels, batch_size, device, train_mode)
+                                   pin_memory=device.type == "cuda", augment=args.augment)
+    return TensorBatches(images, labels, batch_size, device, train_mode, augment=args.augment)
 
 
 class EpochTable:
