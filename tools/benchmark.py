@@ -6,7 +6,8 @@
 Every row trains the same model with the same batch size on the same split through ``fit``:
 - ``template``: ``--pipeline torchvision`` (DataLoader, PIL transforms), fp32, eager: the course template's way;
 - ``eager``  (CUDA only): data on the GPU, batched augmentation, bf16 / channels-last, eager steps;
-- ``fast``: the default path (on CUDA: the above with the training step in a CUDA graph).
+- ``fast``: the default path (on CUDA: the above with the training step in a CUDA graph);
+- ``compiled`` (with ``--compile``): the default path with the model ``torch.compile``d.
 The last epoch is reported (a GPU run's first epoch includes cuDNN autotuning and graph capture), and with
 ``--repeats N`` the rows are measured N times, interleaved, and each row's fastest run is kept: a shared
 machine's noise then slows both paths alike instead of deciding the ratio.
@@ -22,6 +23,7 @@ ROWS = {
     "template": ["--pipeline", "torchvision", "--precision", "fp32", "--channels_last", "off", "--cuda_graph", "off"],
     "eager": ["--pipeline", "tensor", "--cuda_graph", "off"],
     "fast": ["--pipeline", "tensor"],
+    "compiled": ["--pipeline", "tensor", "--compile"],
 }
 
 
@@ -47,7 +49,7 @@ def print_table(title, rows):
               f"{row['img_s']:11.0f} | {base / row['epoch_s']:10.2f}x")
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="mlp", choices=["mlp", "resnet18", "mlpmixer"])
     parser.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
@@ -56,10 +58,14 @@ def main():
     parser.add_argument("--num_workers", type=int, default=get_config_parser().get_default("num_workers"),
                         help="DataLoader workers of the template pipeline")
     parser.add_argument("--data_dir", default="./data")
+    parser.add_argument("--valid_size", type=int, default=5000, help="training images held out for validation")
     parser.add_argument("--repeats", type=int, default=2, help="measure every row this many times, keep the fastest")
-    cli = parser.parse_args()
+    parser.add_argument("--compile", action="store_true", help="add the compiled row (compiles once per repeat)")
+    cli = parser.parse_args(argv)
     labels = ["template", "eager", "fast"] if cli.device == "cuda" else ["template", "fast"]
-    runs = [[measure(label, cli.model, cli.device, cli.epochs, cli.batch_size, cli.data_dir, cli.num_workers)
+    labels += ["compiled"] if cli.compile else []
+    extra = ["--valid_size", str(cli.valid_size)]
+    runs = [[measure(label, cli.model, cli.device, cli.epochs, cli.batch_size, cli.data_dir, cli.num_workers, extra)
              for label in labels] for _ in range(max(cli.repeats, 1))]
     rows = [min((run[i] for run in runs), key=lambda row: row["epoch_s"]) for i in range(len(labels))]
     print_table(f"{cli.model}, batch {cli.batch_size}, {rows[0]['device']}, last of {cli.epochs} epoch(s), "

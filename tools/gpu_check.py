@@ -12,6 +12,8 @@ Sections (``--sections``, comma-separated):
   captured fast path (``tools.benchmark``), last of ``--bench_epochs`` epochs.
 - ``parity``: for each model, ``--parity_epochs`` epochs of the default recipe on the captured fast path and
   on the eager fp32 path, and their test accuracies.
+- ``compile`` (not run by default: each compilation takes tens of seconds): for each model of ``--models``,
+  the captured step's losses with and without ``torch.compile``, then the benchmark with a ``compiled`` row.
 """
 import argparse
 import contextlib
@@ -56,7 +58,7 @@ class KeepWarmupGradients(GraphedTrainStep):
 
 
 def loss_trace(model_name, batches, plan, device, precision, channels_last, graphed, seed, graph_options,
-               optimizer_name="adamw", lr=1e-3, schedule=None):
+               optimizer_name="adamw", lr=1e-3, schedule=None, compiled=False):
     """Training losses of ``len(plan)`` steps from the same initial weights; returns a CPU tensor."""
     torch.manual_seed(seed)
     model = build_model(model_name, load_model_config(f"model_configs/{model_name}.json", model_name)).to(device)
@@ -64,6 +66,8 @@ def loss_trace(model_name, batches, plan, device, precision, channels_last, grap
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(optimizer_name, model.parameters(), lr, 0.9, 5e-4, capturable=graphed)
     options = dict(graph_options) if graphed else {}
+    if compiled:
+        options["compiled_model"] = torch.compile(model)
     step_class = options.pop("step_class", GraphedTrainStep) if graphed else TrainStep
     step = step_class(model, optimizer, device, precision=precision, channels_last=channels_last,
                       schedule=schedule, **options)
@@ -75,12 +79,17 @@ def loss_trace(model_name, batches, plan, device, precision, channels_last, grap
     return losses.cpu()
 
 
-def tracking(cli, device, graph_options):
+def tracking_batches(cli, device):
+    """The training batches and the first ``--steps`` items of one epoch's plan, the same for every trace."""
     data = load_cifar10(cli.data_dir)
     train_index, _ = split_train_valid(len(data.train_labels), cli.valid_size, 42)
     batches = TensorBatches(data.train_images[train_index], data.train_labels[train_index], 128, device, train=True)
     torch.manual_seed(0)
-    plan = batches.plan()[:cli.steps]
+    return batches, batches.plan()[:cli.steps]
+
+
+def tracking(cli, device, graph_options):
+    batches, plan = tracking_batches(cli, device)
     print(f"\n== tracking: first {len(plan)} training losses, batch 128, AdamW 1e-3, identical batches")
     print(f"{'model':>9} | {'path':>34} | {'finite':>6} | {'first':>7} | {'last':>7} | {'max |d| vs eager fp32':>21} | "
           f"{'max |d| vs eager bf16':>21}")
@@ -123,10 +132,10 @@ def tracking(cli, device, graph_options):
               f"{(traces[1] - traces[0]).abs().max().item():.4f}", flush=True)
 
 
-def benchmark(cli, device):
+def benchmark(cli, device, labels=None):
     extra = ["--valid_size", str(cli.valid_size)]
-    for name in MODELS:
-        labels = ["template", "eager", "fast"] if device.type == "cuda" else ["template", "fast"]
+    labels = labels or (["template", "eager", "fast"] if device.type == "cuda" else ["template", "fast"])
+    for name in cli.models.split(","):
         rows = [measure(label, name, device.type, cli.bench_epochs, 128, cli.data_dir, cli.num_workers, extra)
                 for label in labels]
         print()
@@ -135,11 +144,27 @@ def benchmark(cli, device):
         sys.stdout.flush()
 
 
+def compiled(cli, device, graph_options):
+    """The captured step with and without ``torch.compile``: the same losses, and how much faster."""
+    batches, plan = tracking_batches(cli, device)
+    print(f"\n== compile: first {len(plan)} training losses of the captured bf16 step, without and with torch.compile")
+    for name in cli.models.split(","):
+        channels_last = name == "resnet18" and device.type == "cuda"
+        start = time.perf_counter()
+        plain, fused = (loss_trace(name, batches, plan, device, "bf16", channels_last, True, 0,
+                                   graph_options, compiled=flag)
+                        for flag in (False, True))
+        print(f"{name:>9} | finite {bool(torch.isfinite(fused).all())} | last {plain[-1].item():.4f} vs compiled "
+              f"{fused[-1].item():.4f} | max |d| {(fused - plain).abs().max().item():.4f} | "
+              f"{time.perf_counter() - start:.0f} s with compilation", flush=True)
+    benchmark(cli, device, ["template", "fast", "compiled"])
+
+
 def parity(cli, device):
     print(f"\n== parity: {cli.parity_epochs} epochs of the default recipe (AdamW 1e-3, wd 5e-4, constant lr)")
     print(f"{'model':>9} | {'path':>12} | {'test acc':>8} | {'best valid':>10} | {'train s total':>13}")
     summary = {}
-    for name in MODELS:
+    for name in cli.models.split(","):
         for label, flags in (("fast", ["--pipeline", "tensor"]),
                              ("eager fp32", ["--pipeline", "tensor", "--precision", "fp32", "--cuda_graph", "off",
                                              "--channels_last", "off"])):
@@ -160,12 +185,12 @@ def parity(cli, device):
             json.dump({f"{k[0]}/{k[1]}": v for k, v in summary.items()}, f, indent=1)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default="./data")
     parser.add_argument("--sections", default="tracking,benchmark,parity")
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--models", default=",".join(MODELS), help="models of the tracking section")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated models that every section runs")
     parser.add_argument("--bench_epochs", type=int, default=2)
     parser.add_argument("--parity_epochs", type=int, default=15)
     parser.add_argument("--num_workers", type=int, default=4, help="template pipeline workers (the template's 4)")
@@ -173,7 +198,10 @@ def main():
     parser.add_argument("--json_out", default=None, help="write the parity runs' results here")
     parser.add_argument("--dry_run", action="store_true",
                         help="run on the CPU with fake data and a stand-in for graph capture (checks the script)")
-    cli = parser.parse_args()
+    cli = parser.parse_args(argv)
+    unknown = set(cli.models.split(",")) - set(MODELS)
+    if unknown:
+        parser.error(f"--models: unknown {', '.join(sorted(unknown))}; choose from {', '.join(MODELS)}")
     graph_options = {}
     if cli.dry_run:
         device = torch.device("cpu")
@@ -194,6 +222,8 @@ def main():
         benchmark(cli, device)
     if "parity" in sections:
         parity(cli, device)
+    if "compile" in sections:
+        compiled(cli, device, graph_options)
     print(f"\ngpu_check done in {time.perf_counter() - start:.0f} s")
 
 

@@ -205,7 +205,8 @@ def fit(args, on_epoch=None, test=True):
     step_class = GraphedTrainStep if args.cuda_graph else TrainStep
     step = step_class(model, optimizer, device, precision=args.precision, channels_last=args.channels_last,
                       label_smoothing=args.label_smoothing, schedule=schedule,
-                      first_step=first_epoch * steps_per_epoch)
+                      first_step=first_epoch * steps_per_epoch,
+                      compiled_model=torch.compile(model) if args.compile else None)
     if args.logdir:
         os.makedirs(args.logdir, exist_ok=True)
 
@@ -231,7 +232,8 @@ def fit(args, on_epoch=None, test=True):
 
     table = EpochTable()
     print(f"{args.model}: {results['num_params']:,} parameters on {results['device_name']}, "
-          f"{args.pipeline} pipeline, {args.precision}, CUDA graph {'on' if args.cuda_graph else 'off'}, "
+          f"{args.pipeline} pipeline, {args.precision}, CUDA graph {'on' if args.cuda_graph else 'off'}"
+          f"{', compiled' if args.compile else ''}, "
           f"split {len(train_index)}/{len(valid_index)}/{len(data.test_labels)}")
     print(table.header())
     status = "running"

@@ -3,7 +3,8 @@
 ``TrainStep`` runs it eagerly (the plain path, and the only one on a CPU). ``GraphedTrainStep`` runs
 the same step, with the batch's gather, augmentation and normalisation in front of it, for a few
 eager warm-up steps, then records it once in a CUDA graph and replays that graph for every later
-full batch: one launch per step instead of hundreds, with the same arithmetic.
+full batch: one launch per step instead of hundreds, with the same arithmetic. Either may run a
+``torch.compile``d model; its compilation then happens during the warm-up, before the capture.
 """
 import contextlib
 import warnings
@@ -46,7 +47,7 @@ class TrainStep:
     """One eager optimisation step per call, keeping the epoch's loss and accuracy sums on the device."""
 
     def __init__(self, model, optimizer, device, precision="fp32", channels_last=False, label_smoothing=0.0,
-                 schedule=None, first_step=0):
+                 schedule=None, first_step=0, compiled_model=None):
         """
         Args:
             model: the network, already on ``device``.
@@ -57,8 +58,11 @@ class TrainStep:
             label_smoothing: passed to ``utils.cross_entropy_loss``.
             schedule: maps a global step number to a learning rate; ``None`` keeps the optimizer's.
             first_step: global number of the next step (non-zero when a run resumes).
+            compiled_model: ``torch.compile(model)``, run on batches of the shape of the first batch
+                (every full batch); other batches run ``model`` itself rather than compile a second shape.
         """
         self.model, self.optimizer, self.device = model, optimizer, torch.device(device)
+        self.compiled_model, self.compiled_shape = compiled_model, None
         self.precision, self.label_smoothing, self.schedule = precision, label_smoothing, schedule
         self.memory_format = memory_format_for(channels_last)
         self.step_number = first_step
@@ -82,11 +86,18 @@ class TrainStep:
         if self.schedule is not None:
             set_learning_rate(self.optimizer, self.schedule(self.step_number))
 
+    def _forward(self, images):
+        if self.compiled_model is None:
+            return self.model(images)
+        if self.compiled_shape is None:
+            self.compiled_shape = images.shape
+        return (self.compiled_model if images.shape == self.compiled_shape else self.model)(images)
+
     def compute(self, images, labels):
         """The step itself: everything here may be recorded into a CUDA graph (no host synchronisation)."""
         self.optimizer.zero_grad(set_to_none=True)
         with autocast_context(self.device, self.precision):
-            logits = self.model(images)
+            logits = self._forward(images)
         loss = cross_entropy_loss(logits, labels, self.label_smoothing)
         loss.backward()
         self.optimizer.step()

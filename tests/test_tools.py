@@ -1,0 +1,60 @@
+"""The device-run scripts on the CPU: the GPU check's dry run (fake data, a stand-in for graph capture)
+and the benchmark, with ``torch.compile`` on a backend that needs no C++ build."""
+import os
+import re
+
+import pytest
+import torch
+
+from tools import benchmark, gpu_check
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def quick_compile(monkeypatch):
+    """``torch.compile`` through Dynamo and AOTAutograd only (inductor builds C++ for a CPU: half a minute)."""
+    real_compile, calls = torch.compile, []
+
+    def compile_without_cpp_build(model, **options):
+        calls.append(type(model).__name__)
+        return real_compile(model, backend="aot_eager", **options)
+    monkeypatch.setattr(torch, "compile", compile_without_cpp_build)
+    monkeypatch.chdir(ROOT)
+    return calls
+
+
+def test_gpu_check_dry_run_prints_every_section(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    gpu_check.main(["--dry_run", "--models", "mlp", "--num_workers", "0"])
+    out = capsys.readouterr().out
+    assert re.search(r"mlp \|  captured bf16 \(default fast path\) \|   True \|", out)
+    assert re.search(r"^ +adamw \| finite True \|", out, re.MULTILINE)
+    assert re.search(r"^ +fast \| +[\d.]+ \| .*x$", out, re.MULTILINE)
+    assert re.search(r"^ +mlp \| +difference \| +[+-]\d\.\d{4}$", out, re.MULTILINE)
+    assert "resnet18" not in out
+
+
+def test_gpu_check_compile_section_compares_the_compiled_step(capsys, quick_compile):
+    gpu_check.main(["--dry_run", "--models", "mlp", "--num_workers", "0", "--sections", "compile"])
+    out = capsys.readouterr().out
+    match = re.search(r"^ +mlp \| finite True \| last [\d.]+ vs compiled [\d.]+ \| max \|d\| ([\d.]+) \|", out,
+                      re.MULTILINE)
+    assert match and float(match.group(1)) < 1e-3
+    assert re.search(r"^ +compiled \| +[\d.]+ \| .*x$", out, re.MULTILINE)
+    assert quick_compile == ["MLP", "MLP"]  # the tracking trace, then the benchmark's run
+
+
+def test_gpu_check_refuses_an_unknown_model(capsys):
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--dry_run", "--models", "mlp,vit"])
+    assert "--models: unknown vit; choose from mlp, resnet18, mlpmixer" in capsys.readouterr().err
+
+
+def test_benchmark_prints_each_path_with_its_ratio(fake_data_dir, capsys, quick_compile):
+    benchmark.main(["--device", "cpu", "--data_dir", fake_data_dir, "--repeats", "1", "--num_workers", "0",
+                    "--valid_size", "20", "--compile"])
+    out = capsys.readouterr().out
+    for row in ("template", "fast", "compiled"):
+        assert re.search(rf"^ +{row} \| +[\d.]+ \| +[\d.]+ \| +[\d.]+ \| +\d+ \| +[\d.]+x$", out, re.MULTILINE)
+    assert "eager" not in out  # the eager GPU path is a CUDA row
