@@ -1,7 +1,7 @@
 """Command-line flags of ``main.py``: the template's, with their defaults, and what the runner adds."""
 import argparse
 
-from training.augmentation import AUGMENTATIONS
+from training.augmentation import AUGMENTATIONS, MIXES
 from training.optim import SCHEDULES
 
 
@@ -64,6 +64,10 @@ def get_config_parser():
                              "(scale 0.8-1.0), as the course template; padcrop: flip and a random crop of the "
                              "image padded by 4 mirrored pixels; padcrop_cutout: padcrop, then a random 16x16 "
                              "square set to the mean.")
+    recipe.add_argument("--mix", type=str, default="none", choices=list(MIXES),
+                        help="mix each training image with a random partner from its batch, the loss weighing "
+                             "both labels by a weight drawn uniformly per batch: mixup blends the images, cutmix "
+                             "pastes a box of the partner; training accuracy counts each image's own label.")
     recipe.add_argument("--tta", type=str, default="none", choices=["none", "flip"],
                         help="test-time augmentation of validation and test: flip averages the logits of each "
                              "image and its mirror image.")

@@ -7,7 +7,7 @@ these same objects, so what it states is what ran.
 """
 from dataclasses import dataclass, field
 
-from training.augmentation import AUGMENTATIONS
+from training.augmentation import AUGMENTATIONS, MIXES
 from training.models import SCHEMAS
 from training.optim import SCHEDULES
 
@@ -115,8 +115,8 @@ def is_model_setting(model, setting):
 def training_space(epochs):
     """What both searches tune: SGD with momentum or AdamW, each with its own learning-rate and
     weight-decay range (AdamW's decay is multiplied by the learning rate, so it needs larger values),
-    the batch size, the number of epochs (from ``epochs``), the schedule and its warm-up, label smoothing
-    and the training augmentation."""
+    the batch size, the number of epochs (from ``epochs``), the schedule and its warm-up, label smoothing,
+    the training augmentation and batch mixing."""
     return (
         Dimension("optimizer", "categorical", ("momentum", "adamw")),
         Dimension("lr", "float", (0.01, 0.4), log=True, when=("optimizer", "momentum"), param="momentum_lr"),
@@ -133,6 +133,7 @@ def training_space(epochs):
                   param="onecycle_warmup"),
         Dimension("label_smoothing", "float", (0.0, 0.2)),
         Dimension("augment", "categorical", tuple(AUGMENTATIONS)),
+        Dimension("mix", "categorical", MIXES),
     )
 
 

@@ -1,9 +1,11 @@
 """Batched augmentation against torchvision's transforms of the same name."""
+import pytest
 import torch
 import torch.nn.functional as F
 from torchvision import transforms
 
-from training.augmentation import (CUTOUT_SIZE, Cutout, augmentation_noise, cutout, pad_crop_flip,
+from training.augmentation import (AREAS, CUTOUT_CENTRE, CUTOUT_SIZE, FLIP, LEFT, LOG_RATIOS, MIX, NOISE_COLUMNS, TOP,
+                                   Cutout, augmentation_noise, cutout, mix_batch, pad_crop_flip,
                                    random_resized_crop_flip, sample_crop_boxes)
 
 
@@ -58,7 +60,7 @@ def test_crop_matches_torchvision_resized_crop_for_a_given_box():
     for i in range(8):
         expected = TF.resized_crop(images[i:i + 1].float(), int(top[i]), int(left[i]), int(height[i]), int(width[i]),
                                    [32, 32], interpolation=transforms.InterpolationMode.BILINEAR, antialias=False)
-        if noise[i, -1] < 0.5:
+        if noise[i, FLIP] < 0.5:
             expected = expected.flip(3)
         torch.testing.assert_close(ours[i:i + 1], expected, atol=1e-3, rtol=0)
 
@@ -77,10 +79,10 @@ def test_pad_crop_matches_torchvision_reflect_padded_crop_and_flip():
     ours = pad_crop_flip(images, noise)
     assert ours.dtype == torch.float32 and ours.shape == images.shape
     padded = F.pad(images.float(), (4, 4, 4, 4), mode="reflect")  # what RandomCrop(padding_mode="reflect") crops
-    top, left = (noise[:, -3] * 9).long(), (noise[:, -2] * 9).long()
+    top, left = (noise[:, TOP] * 9).long(), (noise[:, LEFT] * 9).long()
     for i in range(64):
         expected = padded[i, :, top[i]:top[i] + 32, left[i]:left[i] + 32]
-        if noise[i, -1] < 0.5:
+        if noise[i, FLIP] < 0.5:
             expected = expected.flip(2)
         assert torch.equal(ours[i], expected)
 
@@ -90,7 +92,7 @@ def test_pad_crop_offsets_are_uniform_and_flip_is_fair():
     noise = augmentation_noise(18000)
     ramp = torch.arange(32, dtype=torch.uint8).view(1, 1, 1, 32).expand(18000, 1, 32, 32)
     shifted = pad_crop_flip(ramp, noise)
-    unflipped = noise[:, -1] >= 0.5
+    unflipped = noise[:, FLIP] >= 0.5
     offsets = shifted[unflipped, 0, 0, 8].long() - 8  # column 8 reads column 8 + offset, no reflection there
     counts = torch.bincount(offsets + 4, minlength=9)
     assert counts.numel() == 9 and torch.all((counts - unflipped.sum() / 9).abs() < 0.1 * unflipped.sum() / 9)
@@ -102,7 +104,7 @@ def test_cutout_zeroes_one_square_clipped_at_the_border():
     images = torch.ones(500, 3, 32, 32)
     noise = augmentation_noise(500)
     out = cutout(images, noise)
-    centre_y, centre_x = (noise[:, 0] * 32).long(), (noise[:, 1] * 32).long()
+    centre_y, centre_x = (noise[:, CUTOUT_CENTRE] * 32).long().unbind(1)
     half = CUTOUT_SIZE // 2
     rows = (centre_y + half).clamp(max=32) - (centre_y - half).clamp(min=0)
     columns = (centre_x + half).clamp(max=32) - (centre_x - half).clamp(min=0)
@@ -116,3 +118,32 @@ def test_cutout_transform_takes_one_image():
     image = torch.ones(3, 32, 32)
     out = Cutout()(image)
     assert out.shape == image.shape and 3 * (CUTOUT_SIZE // 2) ** 2 <= int((out == 0).sum()) <= 3 * CUTOUT_SIZE ** 2
+
+
+def test_mixup_blends_each_image_with_its_partner_in_the_reversed_batch():
+    images = torch.randn(6, 3, 32, 32)
+    mixed, lam = mix_batch(images, torch.tensor([0.3, 0.5, 0.5]), "mixup")
+    assert lam.item() == pytest.approx(0.3)
+    torch.testing.assert_close(mixed, 0.3 * images + 0.7 * images.flip(0))
+
+
+@pytest.mark.parametrize("lam, centre, box", [
+    (0.75, (0.5, 0.5), (8, 24, 8, 24)),     # side sqrt(0.25) * 32 = 16 around (16, 16)
+    (0.75, (0.0, 0.99), (0, 8, 23, 32)),    # the same box clipped at the top right corner
+    (0.999, (0.5, 0.5), (16, 16, 16, 16)),  # int(sqrt(0.001) * 32) = 1, halved to 0: no box, as in Yun et al.
+])
+def test_cutmix_pastes_a_box_of_the_partner_and_weighs_what_is_left(lam, centre, box):
+    images = torch.randn(4, 3, 32, 32)
+    mixed, weight = mix_batch(images, torch.tensor([lam, *centre]), "cutmix")
+    top, bottom, left, right = box
+    inside = torch.zeros(32, 32, dtype=torch.bool)
+    inside[top:bottom, left:right] = True
+    assert torch.equal(mixed[:, :, inside], images.flip(0)[:, :, inside])
+    assert torch.equal(mixed[:, :, ~inside], images[:, :, ~inside])
+    assert weight.item() == pytest.approx(1 - inside.sum().item() / 1024)
+
+
+def test_every_draw_has_its_own_column_of_the_noise_table():
+    columns = range(NOISE_COLUMNS)
+    used = [*columns[AREAS], *columns[LOG_RATIOS], TOP, LEFT, FLIP, *columns[CUTOUT_CENTRE], *columns[MIX]]
+    assert sorted(used) == list(columns) and augmentation_noise(5)[0, MIX].shape == (3,)

@@ -14,6 +14,7 @@ import main
 from mlpmixer import MLPMixer
 from resnet18 import ResNet18
 from training import engine
+from training.augmentation import MIX
 from training.optim import LRSchedule, build_optimizer, set_learning_rate
 from training.pipelines import TensorBatches
 from training.steps import GraphedTrainStep, TrainStep, autocast_context
@@ -117,6 +118,32 @@ def test_compiled_step_tracks_the_eager_step():
     torch.testing.assert_close(torch.tensor(history), torch.tensor(eager_history), rtol=1e-4, atol=1e-5)
     for a, b in zip(eager_model.state_dict().values(), model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("mix", ["mixup", "cutmix"])
+def test_graphed_step_mixes_batches_as_the_eager_step_does(mix):
+    plain_history, _, _ = _run_epochs(TrainStep)
+    eager_history, eager_model, _ = _run_epochs(TrainStep, mix=mix)
+    graph_history, graph_model, _ = _run_epochs(GraphedTrainStep, capture=lambda run: run,
+                                                eager_context=contextlib.nullcontext, mix=mix)
+    assert graph_history == eager_history != plain_history
+    for a, b in zip(eager_model.state_dict().values(), graph_model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_mixed_loss_weighs_both_labels_of_the_blended_images():
+    batches, model = _pipeline_and_model()
+    reference = copy.deepcopy(model)
+    index, noise = batches.plan()[0]
+    step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), "cpu", mix="mixup")
+    step(batches, (index, noise))
+    images, labels = batches.make_batch(index, noise)
+    lam = noise[0, MIX][0]
+    logits = reference(lam * images + (1 - lam) * images.flip(0))
+    expected = lam * torch.nn.functional.cross_entropy(logits, labels) + (1 - lam) * torch.nn.functional.cross_entropy(
+        logits, labels.flip(0))
+    torch.testing.assert_close(step.last_loss, expected.detach())
+    assert step.correct.item() == (logits.argmax(1) == labels).sum().item()  # accuracy counts each image's own label
 
 
 def test_failed_capture_warns_and_continues_eager():

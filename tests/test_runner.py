@@ -62,13 +62,13 @@ def test_torchvision_pipeline_runs(run_args, tmp_path):
 
 
 @pytest.mark.parametrize("pipeline", ["tensor", "torchvision"])
-def test_augmentation_and_flip_tta_run_and_are_part_of_resume(pipeline, run_args, tmp_path, capsys):
+def test_augmentation_mixing_and_flip_tta_run_and_are_part_of_resume(pipeline, run_args, tmp_path, capsys):
     logdir = str(tmp_path / "run")
-    flags = ("--logdir", logdir, "--pipeline", pipeline, "--num_workers", "0", "--tta", "flip")
+    flags = ("--logdir", logdir, "--pipeline", pipeline, "--num_workers", "0", "--tta", "flip", "--mix", "cutmix")
     assert main.main(run_args("mlp", *flags, "--augment", "padcrop_cutout", epochs=1)) == 0
     results = read_results(logdir)
     assert results["status"] == "completed" and results["args"]["augment"] == "padcrop_cutout"
-    assert results["args"]["tta"] == "flip"
+    assert results["args"]["tta"] == "flip" and results["args"]["mix"] == "cutmix"
     assert main.main(run_args("mlp", *flags, "--augment", "padcrop", "--resume", epochs=2)) == 2
     assert "made with augment='padcrop_cutout', not 'padcrop'" in capsys.readouterr().err
 

@@ -30,6 +30,8 @@ def test_gpu_check_dry_run_prints_every_section(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert re.search(r"mlp \|  captured bf16 \(default fast path\) \|   True \|", out)
     assert re.search(r"^ +adamw \| finite True \|", out, re.MULTILINE)
+    assert re.search(r"^ +cutmix \| finite True \| last eager ([\d.]+) captured \1 \| max \|d\| 0.0000$", out,
+                     re.MULTILINE)
     assert re.search(r"^ +fast \| +[\d.]+ \| .*x$", out, re.MULTILINE)
     assert re.search(r"^ +mlp \| +difference \| +[+-]\d\.\d{4}$", out, re.MULTILINE)
     assert "resnet18" not in out

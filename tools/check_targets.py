@@ -38,7 +38,7 @@ RECIPES = {
                          "drop_rate": 0.1, "activation": "gelu"},
         "flags": ["--optimizer", "adamw", "--lr", "2e-3", "--weight_decay", "0.05", "--batch_size", "256",
                   "--epochs", "100", "--lr_schedule", "cosine", "--warmup_fraction", "0.05",
-                  "--label_smoothing", "0.1", "--augment", "padcrop_cutout", "--tta", "flip"],
+                  "--label_smoothing", "0.1", "--augment", "padcrop", "--mix", "cutmix", "--tta", "flip"],
     },
 }
 

@@ -7,7 +7,8 @@ Sections (``--sections``, comma-separated):
 - ``tracking``: for each model, the first ``--steps`` training losses of the captured bf16 step against the
   eager fp32 step and the eager bf16 step, on identical batches (same permutation, same augmentation noise,
   same initial weights). For the MLP-Mixer, also the captured step under two settings a prototype might
-  have used: a caching autocast region, and capture with no eager warm-up step.
+  have used: a caching autocast region, and capture with no eager warm-up step. Then the MLP's captured
+  step against its eager step for each optimizer (under a schedule) and each batch mixing.
 - ``benchmark``: for each model, seconds per epoch of the template pipeline, the eager fast path and the
   captured fast path (``tools.benchmark``), last of ``--bench_epochs`` epochs.
 - ``parity``: for each model, ``--parity_epochs`` epochs of the default recipe on the captured fast path and
@@ -58,7 +59,7 @@ class KeepWarmupGradients(GraphedTrainStep):
 
 
 def loss_trace(model_name, batches, plan, device, precision, channels_last, graphed, seed, graph_options,
-               optimizer_name="adamw", lr=1e-3, schedule=None, compiled=False):
+               optimizer_name="adamw", lr=1e-3, schedule=None, compiled=False, mix="none"):
     """Training losses of ``len(plan)`` steps from the same initial weights; returns a CPU tensor."""
     torch.manual_seed(seed)
     model = build_model(model_name, load_model_config(f"model_configs/{model_name}.json", model_name)).to(device)
@@ -70,7 +71,7 @@ def loss_trace(model_name, batches, plan, device, precision, channels_last, grap
         options["compiled_model"] = torch.compile(model)
     step_class = options.pop("step_class", GraphedTrainStep) if graphed else TrainStep
     step = step_class(model, optimizer, device, precision=precision, channels_last=channels_last,
-                      schedule=schedule, **options)
+                      schedule=schedule, mix=mix, **options)
     model.train()
     losses = torch.zeros(len(plan), device=device)
     for i, item in enumerate(plan):
@@ -127,9 +128,19 @@ def tracking(cli, device, graph_options):
             return lr * schedule(step)
         traces = [loss_trace("mlp", batches, plan, device, "bf16", False, graphed, 0, graph_options, optimizer_name,
                              lr, scaled) for graphed in (False, True)]
-        print(f"{optimizer_name:>9} | finite {bool(torch.isfinite(traces[1]).all())} | last eager "
-              f"{traces[0][-1].item():.4f} captured {traces[1][-1].item():.4f} | max |d| "
-              f"{(traces[1] - traces[0]).abs().max().item():.4f}", flush=True)
+        print_pair(optimizer_name, traces)
+
+    print(f"\n== tracking batch mixing: MLP, captured bf16 against eager bf16, {len(plan)} steps")
+    for mix in ("mixup", "cutmix"):
+        print_pair(mix, [loss_trace("mlp", batches, plan, device, "bf16", False, graphed, 0, graph_options, mix=mix)
+                         for graphed in (False, True)])
+
+
+def print_pair(label, traces):
+    """One line comparing an eager trace with a captured one."""
+    print(f"{label:>9} | finite {bool(torch.isfinite(traces[1]).all())} | last eager "
+          f"{traces[0][-1].item():.4f} captured {traces[1][-1].item():.4f} | max |d| "
+          f"{(traces[1] - traces[0]).abs().max().item():.4f}", flush=True)
 
 
 def benchmark(cli, device, labels=None):

@@ -7,6 +7,9 @@ Three recipes (``--augment``), each with the distribution of its torchvision cou
 - ``template``: RandomHorizontalFlip + RandomResizedCrop(scale 0.8-1.0, ratio 0.9-1.1), the course template's;
 - ``padcrop``: RandomHorizontalFlip + RandomCrop(32, padding=4, reflect), the usual CIFAR-10 recipe;
 - ``padcrop_cutout``: ``padcrop``, then one 16x16 square set to the data set's mean (Cutout, DeVries & Taylor 2017).
+
+And two ways to mix a batch with itself in reverse order (``--mix``), whose labels the loss then weighs:
+``mixup`` (Zhang et al. 2018) and ``cutmix`` (Yun et al. 2019).
 """
 import math
 
@@ -20,9 +23,13 @@ CROP_PADDING = 4
 CUTOUT_SIZE = 16
 
 
-# per sample: areas and log-ratios of the resized crop's attempts (the first two are also the cutout's
-# centre), then top, left, flip
-NOISE_COLUMNS = 2 * CROP_ATTEMPTS + 3
+# the columns of the noise table: one row of uniforms per image
+AREAS = slice(0, CROP_ATTEMPTS)                        # RandomResizedCrop's attempts: areas,
+LOG_RATIOS = slice(CROP_ATTEMPTS, 2 * CROP_ATTEMPTS)   # and aspect ratios
+TOP, LEFT, FLIP = 2 * CROP_ATTEMPTS, 2 * CROP_ATTEMPTS + 1, 2 * CROP_ATTEMPTS + 2
+CUTOUT_CENTRE = slice(2 * CROP_ATTEMPTS + 3, 2 * CROP_ATTEMPTS + 5)           # y, x
+MIX = slice(2 * CROP_ATTEMPTS + 5, 2 * CROP_ATTEMPTS + 8)  # lambda, box centre y, x: read from a batch's first row
+NOISE_COLUMNS = 2 * CROP_ATTEMPTS + 8
 
 
 def augmentation_noise(batch, device=None):
@@ -47,9 +54,9 @@ def sample_crop_boxes(noise, height, width, scale=CROP_SCALE, ratio=CROP_RATIO):
         ``(top, left, crop_height, crop_width)``, each an int64 tensor ``[batch]``.
     """
     area = height * width
-    target_area = area * (scale[0] + (scale[1] - scale[0]) * noise[:, :CROP_ATTEMPTS])
+    target_area = area * (scale[0] + (scale[1] - scale[0]) * noise[:, AREAS])
     log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(log_low + (log_high - log_low) * noise[:, CROP_ATTEMPTS:2 * CROP_ATTEMPTS])
+    aspect = torch.exp(log_low + (log_high - log_low) * noise[:, LOG_RATIOS])
     crop_w = torch.round(torch.sqrt(target_area * aspect)).long()
     crop_h = torch.round(torch.sqrt(target_area / aspect)).long()
     fits = (crop_w > 0) & (crop_w <= width) & (crop_h > 0) & (crop_h <= height)  # [batch, attempts]
@@ -69,8 +76,8 @@ def sample_crop_boxes(noise, height, width, scale=CROP_SCALE, ratio=CROP_RATIO):
     crop_h = torch.where(any_fit, crop_h, torch.full_like(crop_h, fallback_h))
 
     # a uniform integer offset in [0, size - crop]; the fallback is centred
-    top = (noise[:, -3] * (height - crop_h + 1)).long().clamp_max(height - crop_h)
-    left = (noise[:, -2] * (width - crop_w + 1)).long().clamp_max(width - crop_w)
+    top = (noise[:, TOP] * (height - crop_h + 1)).long().clamp_max(height - crop_h)
+    left = (noise[:, LEFT] * (width - crop_w + 1)).long().clamp_max(width - crop_w)
     top = torch.where(any_fit, top, (height - crop_h) // 2)
     left = torch.where(any_fit, left, (width - crop_w) // 2)
     return top, left, crop_h, crop_w
@@ -94,7 +101,7 @@ def random_resized_crop_flip(images, noise=None, size=32, scale=CROP_SCALE, rati
     if noise is None:
         noise = augmentation_noise(batch, device)
     top, left, crop_h, crop_w = sample_crop_boxes(noise, height, width, scale, ratio)
-    flip = noise[:, -1] < 0.5
+    flip = noise[:, FLIP] < 0.5
     # output pixel u samples the crop at x = left + (u + 0.5) * crop_w / size - 0.5, kept inside the
     # crop as PIL's resize of the cropped image does; grid_sample wants (2 x + 1) / W - 1
     steps = torch.arange(size, device=device, dtype=torch.float32) + 0.5                 # [size]
@@ -129,9 +136,9 @@ def pad_crop_flip(images, noise, pad=CROP_PADDING):
     """
     batch, channels, height, width = images.shape
     device = images.device
-    top = (noise[:, -3] * (2 * pad + 1)).long().clamp_max(2 * pad)  # offset in the padded image, 0..2 pad
-    left = (noise[:, -2] * (2 * pad + 1)).long().clamp_max(2 * pad)
-    flip = noise[:, -1] < 0.5
+    top = (noise[:, TOP] * (2 * pad + 1)).long().clamp_max(2 * pad)  # offset in the padded image, 0..2 pad
+    left = (noise[:, LEFT] * (2 * pad + 1)).long().clamp_max(2 * pad)
+    flip = noise[:, FLIP] < 0.5
     columns = torch.arange(width, device=device)
     columns = torch.where(flip.unsqueeze(1), width - 1 - columns, columns)                       # [batch, width]
     rows = _reflect(top.unsqueeze(1) - pad + torch.arange(height, device=device), height)        # [batch, height]
@@ -147,11 +154,12 @@ def cutout(images, noise, size=CUTOUT_SIZE):
 
     Args:
         images: normalised float ``[batch, channels, height, width]``.
-        noise: the batch's uniforms ``[batch, NOISE_COLUMNS]`` (columns 0 and 1 place the square).
+        noise: the batch's uniforms ``[batch, NOISE_COLUMNS]``.
     """
     batch, _, height, width = images.shape
-    centre_y = (noise[:, 0] * height).long().clamp_max(height - 1).unsqueeze(1)
-    centre_x = (noise[:, 1] * width).long().clamp_max(width - 1).unsqueeze(1)
+    centre = (noise[:, CUTOUT_CENTRE] * torch.tensor([height, width], device=images.device)).long()
+    centre_y = centre[:, :1].clamp_max(height - 1)
+    centre_x = centre[:, 1:].clamp_max(width - 1)
     rows = torch.arange(height, device=images.device)
     columns = torch.arange(width, device=images.device)
     in_rows = (rows >= centre_y - size // 2) & (rows < centre_y + size - size // 2)             # [batch, height]
@@ -175,3 +183,41 @@ AUGMENTATIONS = {
     "padcrop": (pad_crop_flip, False),
     "padcrop_cutout": (pad_crop_flip, True),
 }
+
+
+MIXES = ("none", "mixup", "cutmix")
+
+
+def mix_batch(images, mix_noise, kind):
+    """Mix every image with its partner in the reversed batch (batches come in random order, so the
+    partner is random), with one weight ``lam`` per batch drawn uniformly from [0, 1) (Beta(1, 1)).
+
+    ``mixup`` blends whole images: ``lam * image + (1 - lam) * partner``. ``cutmix`` pastes the partner's
+    pixels into a box of ``1 - lam`` of the image, centred uniformly and clipped at the border, then sets
+    ``lam`` to the share of the image's own pixels left, as Yun et al.'s code does. No host synchronisation,
+    so a CUDA graph can record it.
+
+    Args:
+        images: normalised float ``[batch, channels, height, width]``.
+        mix_noise: three uniforms ``[3]``: ``lam``, then the box centre's row and column.
+        kind: ``mixup`` or ``cutmix``.
+
+    Returns:
+        ``(mixed images, lam)``: the loss weighs each image's own label by ``lam`` (a 0-dim tensor) and
+        its partner's by ``1 - lam``.
+    """
+    lam = mix_noise[0]
+    partner = images.flip(0)
+    if kind == "mixup":
+        return lam * images + (1 - lam) * partner, lam
+    _, _, height, width = images.shape
+    side = torch.sqrt(1 - lam)
+    cut_h, cut_w = (side * height).long(), (side * width).long()
+    centre_y = (mix_noise[1] * height).long().clamp_max(height - 1)
+    centre_x = (mix_noise[2] * width).long().clamp_max(width - 1)
+    rows = torch.arange(height, device=images.device)
+    columns = torch.arange(width, device=images.device)
+    in_rows = (rows >= centre_y - cut_h // 2) & (rows < centre_y + cut_h // 2)                  # clipped at the border
+    in_columns = (columns >= centre_x - cut_w // 2) & (columns < centre_x + cut_w // 2)
+    box = in_rows.unsqueeze(1) & in_columns.unsqueeze(0)                                        # [height, width]
+    return torch.where(box, partner, images), 1 - box.sum() / (height * width)

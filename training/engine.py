@@ -22,7 +22,7 @@ from .steps import GraphedTrainStep, TrainStep, autocast_context, epoch_items, m
 
 # settings that must match for --resume to continue a run rather than start a different one
 RESUME_KEYS = ("model", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "seed", "pipeline",
-               "valid_size", "lr_schedule", "warmup_fraction", "label_smoothing", "augment", "tta")
+               "valid_size", "lr_schedule", "warmup_fraction", "label_smoothing", "augment", "tta", "mix")
 
 
 def resolve_device(requested):
@@ -41,7 +41,7 @@ def _step_for(model, optimizer, args):
     """The eager step that ``train`` uses when the caller gives none (the template's notebook)."""
     return TrainStep(model, optimizer, args.device, precision=getattr(args, "precision", "fp32"),
                      channels_last=getattr(args, "channels_last", False),
-                     label_smoothing=getattr(args, "label_smoothing", 0.0))
+                     label_smoothing=getattr(args, "label_smoothing", 0.0), mix=getattr(args, "mix", "none"))
 
 
 def train(epoch, model, dataloader, optimizer, args, step=None):
@@ -206,7 +206,7 @@ def fit(args, on_epoch=None, test=True):
     step = step_class(model, optimizer, device, precision=args.precision, channels_last=args.channels_last,
                       label_smoothing=args.label_smoothing, schedule=schedule,
                       first_step=first_epoch * steps_per_epoch,
-                      compiled_model=torch.compile(model) if args.compile else None)
+                      compiled_model=torch.compile(model) if args.compile else None, mix=args.mix)
     if args.logdir:
         os.makedirs(args.logdir, exist_ok=True)
 

@@ -13,6 +13,7 @@ import torch
 
 from utils import compute_accuracy, cross_entropy_loss, to_device
 
+from .augmentation import MIX, mix_batch
 from .optim import set_learning_rate
 
 
@@ -47,7 +48,7 @@ class TrainStep:
     """One eager optimisation step per call, keeping the epoch's loss and accuracy sums on the device."""
 
     def __init__(self, model, optimizer, device, precision="fp32", channels_last=False, label_smoothing=0.0,
-                 schedule=None, first_step=0, compiled_model=None):
+                 schedule=None, first_step=0, compiled_model=None, mix="none"):
         """
         Args:
             model: the network, already on ``device``.
@@ -60,9 +61,12 @@ class TrainStep:
             first_step: global number of the next step (non-zero when a run resumes).
             compiled_model: ``torch.compile(model)``, run on batches of the shape of the first batch
                 (every full batch); other batches run ``model`` itself rather than compile a second shape.
+            mix: ``none``, ``mixup`` or ``cutmix`` (``augmentation.mix_batch``); the loss then weighs each
+                image's label and its partner's, while the training accuracy counts the image's own label.
         """
         self.model, self.optimizer, self.device = model, optimizer, torch.device(device)
         self.compiled_model, self.compiled_shape = compiled_model, None
+        self.mix = mix
         self.precision, self.label_smoothing, self.schedule = precision, label_smoothing, schedule
         self.memory_format = memory_format_for(channels_last)
         self.step_number = first_step
@@ -93,12 +97,25 @@ class TrainStep:
             self.compiled_shape = images.shape
         return (self.compiled_model if images.shape == self.compiled_shape else self.model)(images)
 
-    def compute(self, images, labels):
+    def _mix_noise(self, dataloader, item):
+        """The batch's three mixing uniforms: its noise table's first row on the tensor pipeline (which a
+        graph reads from its input buffer), drawn here for any other loader; ``None`` without mixing."""
+        if self.mix == "none":
+            return None
+        if hasattr(dataloader, "plan"):
+            return item[1][0, MIX]
+        return torch.rand(3, device=self.device)
+
+    def compute(self, images, labels, mix_noise=None):
         """The step itself: everything here may be recorded into a CUDA graph (no host synchronisation)."""
         self.optimizer.zero_grad(set_to_none=True)
+        if self.mix != "none":
+            images, lam = mix_batch(images, mix_noise, self.mix)
         with autocast_context(self.device, self.precision):
             logits = self._forward(images)
         loss = cross_entropy_loss(logits, labels, self.label_smoothing)
+        if self.mix != "none":
+            loss = lam * loss + (1 - lam) * cross_entropy_loss(logits, labels.flip(0), self.label_smoothing)
         loss.backward()
         self.optimizer.step()
         batch = labels.shape[0]
@@ -110,7 +127,7 @@ class TrainStep:
         """One step on ``item``, an element of ``epoch_items(dataloader)``."""
         images, labels = prepare_batch(dataloader, item, self.device, self.memory_format)
         self._update_learning_rate()
-        self.compute(images, labels)
+        self.compute(images, labels, self._mix_noise(dataloader, item))
         self.step_number += 1
         self.seen += labels.shape[0]
 
@@ -164,7 +181,8 @@ class GraphedTrainStep(TrainStep):
 
         def whole_step():
             images, labels = dataloader.make_batch(self.static_index, self.static_noise)
-            self.compute(images.contiguous(memory_format=self.memory_format), labels)
+            self.compute(images.contiguous(memory_format=self.memory_format), labels,
+                         self._mix_noise(dataloader, (self.static_index, self.static_noise)))
         try:
             self.replay = self.capture(whole_step)
         except Exception as exc:  # capture can fail for reasons this code cannot foresee: stay correct, go eager
