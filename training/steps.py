@@ -111,6 +111,7 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         if self.mix != "none":
             images, lam = mix_batch(images, mix_noise, self.mix)
+            images = images.contiguous(memory_format=self.memory_format)  # the box's torch.where may change it
         with autocast_context(self.device, self.precision):
             logits = self._forward(images)
         loss = cross_entropy_loss(logits, labels, self.label_smoothing)
