@@ -146,6 +146,24 @@ def test_mixed_loss_weighs_both_labels_of_the_blended_images():
     assert step.correct.item() == (logits.argmax(1) == labels).sum().item()  # accuracy counts each image's own label
 
 
+def test_compiled_resnet_step_updates_the_modules_batch_norm_statistics():
+    """Evaluation runs the module itself, so the compiled training forward must write the running
+    statistics of the module's own batch-norm buffers."""
+    torch.manual_seed(0)
+    model = ResNet18()
+    reference = copy.deepcopy(model)
+    images, labels = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    compiled = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), "cpu",
+                         compiled_model=torch.compile(model, backend="aot_eager"))
+    eager = TrainStep(reference, torch.optim.SGD(reference.parameters(), lr=0.1), "cpu")
+    for _ in range(2):
+        compiled(None, [images, labels])
+        eager(None, [images, labels])
+    for (name, value), expected in zip(model.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(value, expected, rtol=1e-3, atol=1e-4, msg=name)
+    assert not torch.equal(model.state_dict()["bn1.running_mean"], ResNet18().state_dict()["bn1.running_mean"])
+
+
 def test_failed_capture_warns_and_continues_eager():
     def broken(run):
         raise RuntimeError("operation not permitted when stream is capturing")
