@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 from torchvision import transforms
 
-from training.augmentation import (AREAS, CUTOUT_CENTRE, CUTOUT_SIZE, FLIP, LEFT, LOG_RATIOS, MIX, NOISE_COLUMNS, TOP,
-                                   Cutout, augmentation_noise, cutout, mix_batch, pad_crop_flip,
+from training.augmentation import (AREAS, CUTOUT_SIZE, CUTOUT_X, CUTOUT_Y, FLIP, LEFT, LOG_RATIOS, MIX,
+                                   NOISE_COLUMNS, TOP, Cutout, augmentation_noise, cutout, mix_batch, pad_crop_flip,
                                    random_resized_crop_flip, sample_crop_boxes)
 
 
@@ -104,7 +104,7 @@ def test_cutout_zeroes_one_square_clipped_at_the_border():
     images = torch.ones(500, 3, 32, 32)
     noise = augmentation_noise(500)
     out = cutout(images, noise)
-    centre_y, centre_x = (noise[:, CUTOUT_CENTRE] * 32).long().unbind(1)
+    centre_y, centre_x = (noise[:, CUTOUT_Y] * 32).long(), (noise[:, CUTOUT_X] * 32).long()
     half = CUTOUT_SIZE // 2
     rows = (centre_y + half).clamp(max=32) - (centre_y - half).clamp(min=0)
     columns = (centre_x + half).clamp(max=32) - (centre_x - half).clamp(min=0)
@@ -145,5 +145,5 @@ def test_cutmix_pastes_a_box_of_the_partner_and_weighs_what_is_left(lam, centre,
 
 def test_every_draw_has_its_own_column_of_the_noise_table():
     columns = range(NOISE_COLUMNS)
-    used = [*columns[AREAS], *columns[LOG_RATIOS], TOP, LEFT, FLIP, *columns[CUTOUT_CENTRE], *columns[MIX]]
+    used = [*columns[AREAS], *columns[LOG_RATIOS], TOP, LEFT, FLIP, CUTOUT_Y, CUTOUT_X, *columns[MIX]]
     assert sorted(used) == list(columns) and augmentation_noise(5)[0, MIX].shape == (3,)

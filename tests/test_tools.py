@@ -6,6 +6,7 @@ import re
 import pytest
 import torch
 
+from test_fast_path import TEST_BACKEND
 from tools import benchmark, gpu_check
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -13,12 +14,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture
 def quick_compile(monkeypatch):
-    """``torch.compile`` through Dynamo and AOTAutograd only (inductor builds C++ for a CPU: half a minute)."""
+    """``torch.compile`` on the tests' backend (``test_fast_path.TEST_BACKEND``: no C++ build)."""
     real_compile, calls = torch.compile, []
 
     def compile_without_cpp_build(model, **options):
         calls.append(type(model).__name__)
-        return real_compile(model, backend="aot_eager", **options)
+        return real_compile(model, backend=TEST_BACKEND, **options)
     monkeypatch.setattr(torch, "compile", compile_without_cpp_build)
     monkeypatch.chdir(ROOT)
     return calls

@@ -27,7 +27,7 @@ CUTOUT_SIZE = 16
 AREAS = slice(0, CROP_ATTEMPTS)                        # RandomResizedCrop's attempts: areas,
 LOG_RATIOS = slice(CROP_ATTEMPTS, 2 * CROP_ATTEMPTS)   # and aspect ratios
 TOP, LEFT, FLIP = 2 * CROP_ATTEMPTS, 2 * CROP_ATTEMPTS + 1, 2 * CROP_ATTEMPTS + 2
-CUTOUT_CENTRE = slice(2 * CROP_ATTEMPTS + 3, 2 * CROP_ATTEMPTS + 5)           # y, x
+CUTOUT_Y, CUTOUT_X = 2 * CROP_ATTEMPTS + 3, 2 * CROP_ATTEMPTS + 4               # the cutout's centre
 MIX = slice(2 * CROP_ATTEMPTS + 5, 2 * CROP_ATTEMPTS + 8)  # lambda, box centre y, x: read from a batch's first row
 NOISE_COLUMNS = 2 * CROP_ATTEMPTS + 8
 
@@ -157,9 +157,8 @@ def cutout(images, noise, size=CUTOUT_SIZE):
         noise: the batch's uniforms ``[batch, NOISE_COLUMNS]``.
     """
     batch, _, height, width = images.shape
-    centre = (noise[:, CUTOUT_CENTRE] * torch.tensor([height, width], device=images.device)).long()
-    centre_y = centre[:, :1].clamp_max(height - 1)
-    centre_x = centre[:, 1:].clamp_max(width - 1)
+    centre_y = (noise[:, CUTOUT_Y] * height).long().clamp_max(height - 1).unsqueeze(1)
+    centre_x = (noise[:, CUTOUT_X] * width).long().clamp_max(width - 1).unsqueeze(1)
     rows = torch.arange(height, device=images.device)
     columns = torch.arange(width, device=images.device)
     in_rows = (rows >= centre_y - size // 2) & (rows < centre_y + size - size // 2)             # [batch, height]
