@@ -168,23 +168,31 @@ def test_compiled_resnet_step_updates_the_modules_batch_norm_statistics():
 
 class HostTraffic(TorchDispatchMode):
     """Notes the operations a CUDA graph cannot hold: reading a value back to the host (``.item()``,
-    ``bool(tensor)``) and making a tensor from host data (``torch.tensor([...])``)."""
-    FORBIDDEN = ("aten._local_scalar_dense.default", "aten.lift_fresh.default")
+    ``bool(tensor)``), making a tensor from host data (``torch.tensor([...])``), and the operations whose
+    output size depends on the data (``nonzero``, boolean-mask indexing...), which wait for the GPU."""
+    FORBIDDEN = ("aten._local_scalar_dense.default", "aten.lift_fresh.default", "aten.nonzero.default",
+                 "aten.masked_select.default", "aten._unique2.default", "aten.unique_dim.default")
 
     def __init__(self):
         super().__init__()
         self.seen = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if str(func) in self.FORBIDDEN:
+        boolean_index = str(func) == "aten.index.Tensor" and any(
+            index is not None and index.dtype == torch.bool for index in args[1])
+        if str(func) in self.FORBIDDEN or boolean_index:
             self.seen.append(str(func))
         return func(*args, **(kwargs or {}))
 
 
 def test_host_traffic_catches_what_it_looks_for():
+    values = torch.randn(6)
     with HostTraffic() as traffic:
         torch.tensor([3.0, 4.0]).sum().item()
-    assert traffic.seen == ["aten.lift_fresh.default", "aten._local_scalar_dense.default"]
+        values[values > 0].nonzero()
+        values[torch.arange(3)]  # integer indices: fine
+    assert traffic.seen == ["aten.lift_fresh.default", "aten._local_scalar_dense.default", "aten.index.Tensor",
+                            "aten.nonzero.default"]
 
 
 def _host_traffic_of_recorded_step(augment, mix, compile_with=None):
