@@ -202,7 +202,7 @@ def _settings_text(settings):
 
 
 BEST_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs", "lr_schedule", "warmup_fraction",
-             "label_smoothing", "seed", "precision", "pipeline")
+             "label_smoothing", "augment", "mix", "tta", "seed", "precision", "pipeline")
 
 
 def search_section(study, runs, out):
@@ -214,8 +214,10 @@ def search_section(study, runs, out):
     fixed = ", ".join(f"{key}={value}" for key, value in study.fixed.items())
     section.text("Search space (Optuna TPE sampler, median pruner on validation accuracy after each epoch from "
                  "epoch 4, after 5 trials)" + (f"; fixed {fixed}" if fixed else "") + ":")
+    held = {key: trial["settings"][key] for trial in trials for key in trial.get("held", ())}
     section.table(["setting", "Optuna parameter", "distribution"],
-                  [[d.setting, d.name, d.describe()] for d in study.space])
+                  [[d.setting, "-", f"held at {_fmt(held[d.setting])} by the launch's flags"] if d.setting in held
+                   else [d.setting, d.name, d.describe()] for d in study.space])
     counts = {}
     for trial in trials:
         counts[trial["outcome"]] = counts.get(trial["outcome"], 0) + 1

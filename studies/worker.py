@@ -159,7 +159,8 @@ def run_trial(plan, study, trial):
         _report_earlier_epochs(trial, run_dir)
     print(f"trial {trial.number} ({role}) -> {run_dir}{' (resumed)' if args.resume else ''}", flush=True)
     record = {"study": plan.study.name, "trial": trial.number, "role": role, "settings": settings, "seed": seed,
-              "params": trial.params, "source_trial": trial.user_attrs.get("source_trial")}
+              "params": trial.params, "source_trial": trial.user_attrs.get("source_trial"),
+              "held": sorted(key for key in plan.given if key not in plan.study.fixed)}
     value, error = None, None
     try:
         with Heartbeat(trial), open(os.path.join(run_dir, "train.log"), "a") as log, \

@@ -129,6 +129,14 @@ def test_search_runs_its_budget_then_retrains_and_tests_the_best(study_args, tmp
     assert final_results["args"]["lr"] == best.user_attrs["settings"]["lr"]
     assert {"checkpoint.pt", "mlpmixer_token_mixing.png"} <= set(os.listdir(final_dir))
     assert studies_main(argv) == 0 and len(load_study(out, "mlpmixer_best").get_trials()) == 4
+    assert studies_main(["report", "--out", out]) == 0
+    with open(os.path.join(out, "report", "report.md")) as f:
+        text = f.read()
+    for setting, value in (("epochs", 1), ("embed_dim", 16), ("num_blocks", 1)):  # --epochs 1 and the --set keys
+        assert f"| {setting} | - | held at {value} by the launch's flags |" in text
+    assert "| mix | mix | one of none, mixup, cutmix |" in text
+    for key in ("augment", "mix", "tta"):  # in the final runs' full hyperparameters
+        assert re.search(rf"^\| {key} \| {final_results['args'][key]} \|$", text, re.MULTILINE)
 
 
 def test_search_trials_are_pruned_on_validation_accuracy(study_args, tmp_path, monkeypatch):
