@@ -33,7 +33,7 @@ NOISE_COLUMNS = 2 * CROP_ATTEMPTS + 8
 
 
 def augmentation_noise(batch, device=None):
-    """The uniform draws that decide one batch's crops and flips, ``[batch, NOISE_COLUMNS]``.
+    """The uniform draws that decide one batch's crops, flips, cutouts and mixing, ``[batch, NOISE_COLUMNS]``.
 
     Drawing them apart from the augmentation lets a whole epoch's randomness come from one kernel,
     and makes a CUDA-graph replay and an eager step see the same augmentation.
@@ -167,7 +167,7 @@ def cutout(images, noise, size=CUTOUT_SIZE):
 
 
 class Cutout:
-    """``cutout`` as a transform of one normalised ``[channels, height, width]`` image (template pipeline)."""
+    """``cutout`` as a transform of one normalised ``[channels, height, width]`` image (torchvision pipeline)."""
 
     def __init__(self, size=CUTOUT_SIZE):
         self.size = size
