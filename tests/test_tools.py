@@ -48,6 +48,19 @@ def test_gpu_check_compile_section_compares_the_compiled_step(capsys, quick_comp
     assert quick_compile == ["MLP", "MLP"]  # the tracking trace, then the benchmark's run
 
 
+def test_gpu_check_profile_times_each_step_and_tables_the_eager_ones(capsys, quick_compile):
+    gpu_check.main(["--dry_run", "--models", "mlp", "--num_workers", "0", "--sections", "profile",
+                    "--profile_compiled", "--rows", "3"])
+    out = capsys.readouterr().out
+    for label in ("eager", "compiled eager"):
+        assert re.search(rf"^ +mlp \| +{label} \| +[\d.]+ \| +[\d.]+$", out, re.MULTILINE)
+        assert re.search(rf"^mlp, {label} step: top 3 by CPU time over \d+ steps$", out, re.MULTILINE)
+    for label in ("captured", "compiled captured"):
+        assert re.search(rf"^ +mlp \| +{label} \| +[\d.]+ \| +$", out, re.MULTILINE)
+    assert "aten::mm" in out  # the MLP's matrix products are among its top operators
+    assert quick_compile == ["MLP", "MLP"]
+
+
 def test_gpu_check_refuses_an_unknown_model(capsys):
     with pytest.raises(SystemExit):
         gpu_check.main(["--dry_run", "--models", "mlp,vit"])

@@ -15,6 +15,8 @@ Sections (``--sections``, comma-separated):
   on the eager fp32 path, and their test accuracies.
 - ``compile`` (not run by default: each compilation takes tens of seconds): for each model of ``--models``,
   the captured step's losses with and without ``torch.compile``, then the benchmark with a ``compiled`` row.
+- ``profile`` (not run by default): for each model, wall time per step of the eager and the captured step
+  (and of the compiled ones with ``--profile_compiled``), and the top kernels of each eager step.
 """
 import argparse
 import contextlib
@@ -58,9 +60,9 @@ class KeepWarmupGradients(GraphedTrainStep):
             self.optimizer.zero_grad = zero_grad
 
 
-def loss_trace(model_name, batches, plan, device, precision, channels_last, graphed, seed, graph_options,
-               optimizer_name="adamw", lr=1e-3, schedule=None, compiled=False, mix="none"):
-    """Training losses of ``len(plan)`` steps from the same initial weights; returns a CPU tensor."""
+def make_step(model_name, device, precision, channels_last, graphed, seed, graph_options, optimizer_name="adamw",
+              lr=1e-3, schedule=None, compiled=False, mix="none"):
+    """A model with the initial weights of ``seed`` and its training step (eager, or captured if ``graphed``)."""
     torch.manual_seed(seed)
     model = build_model(model_name, load_model_config(f"model_configs/{model_name}.json", model_name)).to(device)
     if channels_last:
@@ -70,9 +72,14 @@ def loss_trace(model_name, batches, plan, device, precision, channels_last, grap
     if compiled:
         options["compiled_model"] = torch.compile(model)
     step_class = options.pop("step_class", GraphedTrainStep) if graphed else TrainStep
-    step = step_class(model, optimizer, device, precision=precision, channels_last=channels_last,
-                      schedule=schedule, mix=mix, **options)
     model.train()
+    return step_class(model, optimizer, device, precision=precision, channels_last=channels_last,
+                      schedule=schedule, mix=mix, **options)
+
+
+def loss_trace(model_name, batches, plan, device, precision, channels_last, graphed, seed, graph_options, **options):
+    """Training losses of ``len(plan)`` steps from the same initial weights; returns a CPU tensor."""
+    step = make_step(model_name, device, precision, channels_last, graphed, seed, graph_options, **options)
     losses = torch.zeros(len(plan), device=device)
     for i, item in enumerate(plan):
         step(batches, item)
@@ -126,8 +133,8 @@ def tracking(cli, device, graph_options):
     for optimizer_name, lr in (("sgd", 0.05), ("momentum", 0.02), ("adam", 1e-3), ("adamw", 1e-3)):
         def scaled(step, lr=lr):
             return lr * schedule(step)
-        traces = [loss_trace("mlp", batches, plan, device, "bf16", False, graphed, 0, graph_options, optimizer_name,
-                             lr, scaled) for graphed in (False, True)]
+        traces = [loss_trace("mlp", batches, plan, device, "bf16", False, graphed, 0, graph_options,
+                             optimizer_name=optimizer_name, lr=lr, schedule=scaled) for graphed in (False, True)]
         print_pair(optimizer_name, traces)
 
     print(f"\n== tracking batch mixing: MLP, captured bf16 against eager bf16, {len(plan)} steps")
@@ -171,6 +178,62 @@ def compiled(cli, device, graph_options):
     benchmark(cli, device, ["template", "fast", "compiled"])
 
 
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def kernel_summary(step, batches, items, device, rows):
+    """Run ``items`` under the profiler; return (device time per step in ms, the table of the top ``rows`` ops).
+
+    On CUDA only kernels are recorded; on a CPU (dry run) the operators' own CPU time stands in for them."""
+    cuda = device.type == "cuda"
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA if cuda
+                                            else torch.profiler.ProfilerActivity.CPU]) as prof:
+        for item in items:
+            step(batches, item)
+        synchronize(device)
+    events = prof.key_averages()
+    column = "self_device_time_total" if cuda else "self_cpu_time_total"
+    total_us = sum(getattr(event, column) for event in events)
+    return total_us / len(items) / 1000, events.table(sort_by=column, row_limit=rows, max_name_column_width=70)
+
+
+def profile(cli, device, graph_options):
+    """Wall time per training step, eager and captured (and compiled with ``--profile_compiled``), and the
+    kernel time of the eager steps: a captured step replays the same kernels without the launch gaps, so
+    their total is the floor that capture alone can reach; lowering it needs fewer or faster kernels."""
+    batches, plan = tracking_batches(cli, device)
+    warm = min(10, len(plan) // 2)
+    timed = plan[warm:]
+    print(f"\n== profile: ms per training step (bf16, batch 128), mean of {len(timed)} steps after {warm} warm-up steps")
+    print(f"{'model':>9} | {'step':>17} | {'wall ms':>8} | {'kernel ms':>9}")
+    for name in cli.models.split(","):
+        channels_last = name == "resnet18" and device.type == "cuda"
+        tables = []
+        for compiled in (False, True) if cli.profile_compiled else (False,):
+            for graphed in (False, True):
+                step = make_step(name, device, "bf16", channels_last, graphed, 0, graph_options, compiled=compiled)
+                for item in plan[:warm]:
+                    step(batches, item)
+                synchronize(device)
+                start = time.perf_counter()
+                for item in timed:
+                    step(batches, item)
+                synchronize(device)
+                wall_ms = (time.perf_counter() - start) / len(timed) * 1000
+                label = ("compiled " if compiled else "") + ("captured" if graphed else "eager")
+                kernels = ""
+                if not graphed:  # a replayed graph's kernels are the eager step's; profile them there
+                    kernel_ms, table = kernel_summary(step, batches, timed, device, cli.rows)
+                    kernels = f"{kernel_ms:9.3f}"
+                    tables.append((label, table))
+                print(f"{name:>9} | {label:>17} | {wall_ms:8.3f} | {kernels:>9}", flush=True)
+        for label, table in tables:
+            print(f"\n{name}, {label} step: top {cli.rows} by {'kernel' if device.type == 'cuda' else 'CPU'} time "
+                  f"over {len(timed)} steps\n{table}", flush=True)
+
+
 def parity(cli, device):
     print(f"\n== parity: {cli.parity_epochs} epochs of the default recipe (AdamW 1e-3, wd 5e-4, constant lr)")
     print(f"{'model':>9} | {'path':>12} | {'test acc':>8} | {'best valid':>10} | {'train s total':>13}")
@@ -207,6 +270,9 @@ def main(argv=None):
     parser.add_argument("--num_workers", type=int, default=4, help="template pipeline workers (the template's 4)")
     parser.add_argument("--valid_size", type=int, default=5000)
     parser.add_argument("--json_out", default=None, help="write the parity runs' results here")
+    parser.add_argument("--rows", type=int, default=15, help="profile: rows of each kernel table")
+    parser.add_argument("--profile_compiled", action="store_true",
+                        help="profile: also the steps of a torch.compile'd model (tens of seconds per compilation)")
     parser.add_argument("--dry_run", action="store_true",
                         help="run on the CPU with fake data and a stand-in for graph capture (checks the script)")
     cli = parser.parse_args(argv)
@@ -235,6 +301,8 @@ def main(argv=None):
         parity(cli, device)
     if "compile" in sections:
         compiled(cli, device, graph_options)
+    if "profile" in sections:
+        profile(cli, device, graph_options)
     print(f"\ngpu_check done in {time.perf_counter() - start:.0f} s")
 
 
