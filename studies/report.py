@@ -290,8 +290,13 @@ def provenance(all_runs):
             f"Devices: {'; '.join(distinct(lambda r: r.get('device_name'))) or 'none logged'}.",
             f"PyTorch: {', '.join(distinct(lambda r: r.get('torch_version')))}.",
             f"Data: {'; '.join(data) or 'none logged'}.",
-            "Split: " + "; ".join(distinct(lambda r: "{train}/{valid}/{test} train/validation/test, disjoint".format(
-                **r.get("split", {"train": "?", "valid": "?", "test": "?"}))))]
+            "Split: " + "; ".join(distinct(_describe_split)) + "."]
+
+
+def _describe_split(results):
+    split = {"train": "?", "valid": "?", "test": "?", **results.get("split", {})}
+    disjoint = {True: "disjoint", False: "overlapping"}.get(split.get("disjoint"), "overlap not logged")
+    return f"{split['train']}/{split['valid']}/{split['test']} train/validation/test, {disjoint}"
 
 
 def _markdown_table(header, rows):
@@ -349,10 +354,11 @@ def write_pdf(path, sections, header_lines):
 def build_report(out, report_dir=None):
     """Write ``report.md``, ``report.pdf`` and every figure as a PNG; returns the report's paths."""
     report_dir = report_dir or os.path.join(out, "report")
-    sections, all_runs = [], []
+    sections, all_runs, not_run = [], [], []
     for study in STUDIES.values():
         runs = load_runs(os.path.join(out, study.name))
         if not runs:
+            not_run.append(study.name)
             continue
         all_runs += runs
         sections.append(search_section(study, runs, out) if study.is_search else grid_section(study, runs))
@@ -365,6 +371,9 @@ def build_report(out, report_dir=None):
             if block[0] == "figure":
                 block[2].savefig(os.path.join(report_dir, block[1]), dpi=120)
     header = provenance(all_runs)
+    if not_run:
+        header.append(f"Not in this report, no runs under {out} yet: {', '.join(not_run)} "
+                      f"(`python -m studies run NAME --out {out}` runs one).")
     markdown, pdf = os.path.join(report_dir, "report.md"), os.path.join(report_dir, "report.pdf")
     write_markdown(markdown, sections, header)
     write_pdf(pdf, sections, header)

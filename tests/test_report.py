@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -89,6 +90,7 @@ def test_report_states_what_the_logs_show(fixture_logs):
     with open(build_report(fixture_logs)[0]) as f:
         text = f.read()
     assert "Devices: NVIDIA H100 80GB HBM3." in text and "test images SHA-1 a7e2580c5033" in text
+    assert "- Split: 45000/5000/10000 train/validation/test, disjoint.\n" in text
     # relu: mean final accuracy (0.50 + 0.52) / 2 = 0.51; tanh 0.46; sigmoid 0.41
     assert "activation relu is highest, 0.0500 above tanh and 0.1000 above the lowest (sigmoid)." in text
     assert "| relu | 2 | 0.5100 ± 0.0141 |" in text
@@ -101,6 +103,16 @@ def test_report_states_what_the_logs_show(fixture_logs):
     assert "Best trial: 0, final validation accuracy 0.9000 after 2 epochs" in text
     assert "test accuracy 0.9300; training time 8.0 s per run (training epochs only) on NVIDIA H100" in text
     assert "| lr_schedule | onecycle |" in text and "| momentum | 0.900000 |" in text
+
+
+def test_report_names_the_studies_that_have_not_run(fixture_logs):
+    for study in ("resnet18_lr", "mlpmixer_best"):
+        shutil.rmtree(os.path.join(fixture_logs, study))
+    with open(build_report(fixture_logs)[0]) as f:
+        text = f.read()
+    assert "## resnet18_lr:" not in text and "## mlp_activation:" in text
+    assert (f"- Not in this report, no runs under {fixture_logs} yet: resnet18_lr, mlpmixer_best "
+            f"(`python -m studies run NAME --out {fixture_logs}` runs one).") in text
 
 
 def test_report_command_refuses_an_empty_folder(tmp_path, capsys):
