@@ -188,6 +188,7 @@ def test_diverged_and_failed_runs_are_recorded_and_the_study_goes_on(study_args,
 @pytest.mark.parametrize("name, extra, message", [
     ("resnet18_lr", ["--lr", "0.1"], "resnet18_lr varies lr"),
     ("resnet18_lr", ["--values", "0.5"], "0.5 is not a valid lr"),
+    ("mlpmixer_patch", ["--values", "four"], "--values: patch_size takes int values; choose from 1, 2, 4, 8, 16, 32"),
     ("resnet18_lr", ["--logdir", "x"], "--logdir is set by the study"),
     ("resnet18_lr", ["--set", "width=3"], "--set width=3: expected KEY=VALUE"),
     ("resnet18_lr", ["--set", "lr=3"], "--set lr=3: expected KEY=VALUE"),
@@ -201,6 +202,14 @@ def test_bad_study_flags_are_refused_before_anything_is_written(study_args, tmp_
     assert studies_main(study_args(name, *extra)) == 2
     assert message in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_list_names_every_study_with_its_grid_or_search_space(capsys):
+    assert studies_main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "mlpmixer_patch (mlpmixer): " in out and "  grid: patch_size in 2, 4, 8, 16" in out
+    assert "  fixed: optimizer=adam" in out and "  grid: lr in 0.1, 0.01, 0.001, 0.0001, 1e-05" in out
+    assert re.search(r"^resnet18_best \(resnet18\): .*\n(  \w+: .+\n)*  augment: ", out, re.MULTILINE)
 
 
 def test_held_model_settings_are_checked_before_anything_is_written(study_args, tmp_path, capsys):
