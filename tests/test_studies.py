@@ -44,6 +44,51 @@ def test_grid_values_and_seeds_extend_a_finished_study(study_args, tmp_path):
         "activation-relu_seed-42", "activation-relu_seed-43", "activation-tanh_seed-42", "activation-tanh_seed-43"}
 
 
+def test_a_sqlite_storage_serves_a_study_and_its_rerun(study_args, tmp_path, capsys):
+    database = tmp_path / "studies.db"
+    argv = study_args("mlp_activation", "--values", "relu", "tanh", "--storage", f"sqlite:///{database}")
+    assert studies_main(argv) == 0
+    storage = optuna.storages.RDBStorage(f"sqlite:///{database}")
+    study = optuna.load_study(study_name="mlp_activation", storage=storage)
+    assert jobs_of(study) == {"activation-relu_seed-42": [TrialState.COMPLETE],
+                              "activation-tanh_seed-42": [TrialState.COMPLETE]}
+    assert not os.path.exists(tmp_path / "out" / "mlp_activation" / "journal.log")
+    capsys.readouterr()
+    assert studies_main(argv) == 0
+    assert "-> " not in capsys.readouterr().out
+
+
+def test_an_unsupported_storage_is_refused_before_anything_is_written(study_args, tmp_path, capsys):
+    assert studies_main(study_args("mlp_activation", "--storage", "mysql://user@host/db")) == 2
+    assert "--storage mysql://user@host/db: unsupported; give a journal file path" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_running_trial_is_lost_when_its_process_is_gone_or_its_heartbeat_stops():
+    import socket
+
+    from studies.scheduler import LOST_AFTER_SECONDS, Heartbeat, is_lost
+
+    study = optuna.create_study()
+    live = study.ask()
+    with Heartbeat(live, interval=0.01):
+        time.sleep(0.2)
+    beat = study.trials[0].user_attrs["heartbeat"]
+    assert time.time() - beat < 5
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    here, elsewhere = socket.gethostname(), socket.gethostname() + "-other"
+    for attrs, lost in (({"host": here, "pid": os.getpid(), "heartbeat": beat}, False),
+                        ({"host": here, "pid": dead.pid, "heartbeat": beat}, True),
+                        ({"host": elsewhere, "pid": dead.pid, "heartbeat": beat}, False),
+                        ({"host": elsewhere, "pid": dead.pid, "heartbeat": beat - LOST_AFTER_SECONDS - 1}, True)):
+        trial = study.ask()
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        assert is_lost(study.trials[trial.number], now=beat) == lost, attrs
+
+
 def test_concurrent_workers_claim_each_grid_job_exactly_once(tmp_path):
     run_claimers(None, "grid", str(tmp_path / "study"))
 
