@@ -156,6 +156,16 @@ def test_interrupt_keeps_finished_epochs(run_args, tmp_path, monkeypatch):
     assert not [name for name in os.listdir(logdir) if name.startswith(".tmp")]
 
 
+def test_interrupt_before_the_first_epoch_exits_130_and_writes_nothing(run_args, tmp_path, monkeypatch, capsys):
+    def load_cifar10(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(engine, "load_cifar10", load_cifar10)
+    logdir = tmp_path / "run"
+    assert main.main(run_args("mlp", "--logdir", str(logdir))) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
+    assert not logdir.exists()
+
+
 def test_ctrl_c_during_a_write_is_delivered_after_it(tmp_path):
     import signal
 
@@ -272,6 +282,10 @@ BAD_FLAGS = [
     (["--lr", "0"], "--lr must be positive"),
     (["--valid_size", "500"], "--valid_size 500 must be between 1 and 119"),
     (["--resume"], "--resume and --visualize need --logdir"),
+    (["--weight_decay", "-0.1"], "--weight_decay and --momentum must not be negative"),
+    (["--num_workers", "-1"], "--num_workers must not be negative, got -1"),
+    (["--warmup_fraction", "1"], "--warmup_fraction must be in [0, 1), got 1.0"),
+    (["--label_smoothing", "-0.1"], "--label_smoothing must be in [0, 1), got -0.1"),
 ]
 
 
