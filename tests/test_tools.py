@@ -29,9 +29,9 @@ def test_gpu_check_dry_run_prints_every_section(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     gpu_check.main(["--dry_run", "--models", "mlp", "--num_workers", "0"])
     out = capsys.readouterr().out
-    assert re.search(r"mlp \|  captured bf16 \(default fast path\) \|   True \|", out)
-    assert re.search(r"^ +adamw \| finite True \|", out, re.MULTILINE)
-    assert re.search(r"^ +cutmix \| finite True \| last eager ([\d.]+) captured \1 \| max \|d\| 0.0000$", out,
+    assert re.search(r"mlp \|  captured bf16 \(default fast path\) \| +none \|", out)
+    assert re.search(r"^ +adamw \| non-finite none \|", out, re.MULTILINE)
+    assert re.search(r"^ +cutmix \| non-finite none \| last eager ([\d.]+) captured \1 \| max \|d\| 0.0000$", out,
                      re.MULTILINE)
     assert re.search(r"^ +fast \| +[\d.]+ \| .*x$", out, re.MULTILINE)
     assert re.search(r"^ +mlp \| +difference \| +[+-]\d\.\d{4}$", out, re.MULTILINE)
@@ -41,7 +41,7 @@ def test_gpu_check_dry_run_prints_every_section(capsys, monkeypatch):
 def test_gpu_check_compile_section_compares_the_compiled_step(capsys, quick_compile):
     gpu_check.main(["--dry_run", "--models", "mlp", "--num_workers", "0", "--sections", "compile"])
     out = capsys.readouterr().out
-    match = re.search(r"^ +mlp \| finite True \| last [\d.]+ vs compiled [\d.]+ \| max \|d\| ([\d.]+) \|", out,
+    match = re.search(r"^ +mlp \| non-finite none \| last [\d.]+ vs compiled [\d.]+ \| max \|d\| ([\d.]+) \|", out,
                       re.MULTILINE)
     assert match and float(match.group(1)) < 1e-3
     assert re.search(r"^ +compiled \| +[\d.]+ \| .*x$", out, re.MULTILINE)
@@ -59,6 +59,11 @@ def test_gpu_check_profile_times_each_step_and_tables_the_eager_ones(capsys, qui
         assert re.search(rf"^ +mlp \| +{label} \| +[\d.]+ \| +$", out, re.MULTILINE)
     assert "aten::mm" in out  # the MLP's matrix products are among its top operators
     assert quick_compile == ["MLP", "MLP"]
+
+
+def test_first_nonfinite_names_the_first_bad_step():
+    assert gpu_check.first_nonfinite(torch.tensor([2.3, 2.1, 1.9])) == "none"
+    assert gpu_check.first_nonfinite(torch.tensor([2.3, 2.1, float("inf"), float("nan")])) == "step 3"
 
 
 def test_gpu_check_refuses_an_unknown_model(capsys):

@@ -6,9 +6,11 @@
 Sections (``--sections``, comma-separated):
 - ``tracking``: for each model, the first ``--steps`` training losses of the captured bf16 step against the
   eager fp32 step and the eager bf16 step, on identical batches (same permutation, same augmentation noise,
-  same initial weights). For the MLP-Mixer, also the captured step under two settings a prototype might
-  have used: a caching autocast region, and capture with no eager warm-up step. Then the MLP's captured
-  step against its eager step for each optimizer (under a schedule) and each batch mixing.
+  same initial weights). For the MLP-Mixer, also the captured step under three settings a prototype might
+  have used: a caching autocast region, capture with no eager warm-up step, and capture with the warm-up's
+  gradients still attached. Then the MLP's captured step against its eager step for each optimizer (under
+  a schedule) and each batch mixing. Each trace names its first non-finite loss, if any; ``--steps 351``
+  covers every full batch of an epoch.
 - ``benchmark``: for each model, seconds per epoch of the template pipeline, the eager fast path and the
   captured fast path (``tools.benchmark``), last of ``--bench_epochs`` epochs.
 - ``parity``: for each model, ``--parity_epochs`` epochs of the default recipe on the captured fast path and
@@ -99,7 +101,7 @@ def tracking_batches(cli, device):
 def tracking(cli, device, graph_options):
     batches, plan = tracking_batches(cli, device)
     print(f"\n== tracking: first {len(plan)} training losses, batch 128, AdamW 1e-3, identical batches")
-    print(f"{'model':>9} | {'path':>34} | {'finite':>6} | {'first':>7} | {'last':>7} | {'max |d| vs eager fp32':>21} | "
+    print(f"{'model':>9} | {'path':>34} | {'non-finite':>10} | {'first':>7} | {'last':>7} | {'max |d| vs eager fp32':>21} | "
           f"{'max |d| vs eager bf16':>21}")
     for name in cli.models.split(","):
         channels_last = name == "resnet18" and device.type == "cuda"
@@ -122,8 +124,8 @@ def tracking(cli, device, graph_options):
             finally:
                 steps_module.autocast_context = original
         for label, losses in rows:
-            finite = bool(torch.isfinite(losses).all())
-            print(f"{name:>9} | {label:>34} | {str(finite):>6} | {losses[0].item():7.4f} | {losses[-1].item():7.4f} | "
+            print(f"{name:>9} | {label:>34} | {first_nonfinite(losses):>10} | {losses[0].item():7.4f} | "
+                  f"{losses[-1].item():7.4f} | "
                   f"{(losses - fp32).abs().max().item():21.4f} | {(losses - bf16).abs().max().item():21.4f}")
         print(f"{'':>9}   ({time.perf_counter() - start:.1f} s)", flush=True)
 
@@ -143,9 +145,15 @@ def tracking(cli, device, graph_options):
                          for graphed in (False, True)])
 
 
+def first_nonfinite(losses):
+    """``"none"``, or the 1-based number of the first step whose loss is NaN or infinite."""
+    bad = (~torch.isfinite(losses)).nonzero()
+    return f"step {bad[0, 0].item() + 1}" if len(bad) else "none"
+
+
 def print_pair(label, traces):
     """One line comparing an eager trace with a captured one."""
-    print(f"{label:>9} | finite {bool(torch.isfinite(traces[1]).all())} | last eager "
+    print(f"{label:>9} | non-finite {first_nonfinite(traces[1])} | last eager "
           f"{traces[0][-1].item():.4f} captured {traces[1][-1].item():.4f} | max |d| "
           f"{(traces[1] - traces[0]).abs().max().item():.4f}", flush=True)
 
@@ -172,7 +180,7 @@ def compiled(cli, device, graph_options):
         plain, fused = (loss_trace(name, batches, plan, device, "bf16", channels_last, True, 0,
                                    graph_options, compiled=flag)
                         for flag in (False, True))
-        print(f"{name:>9} | finite {bool(torch.isfinite(fused).all())} | last {plain[-1].item():.4f} vs compiled "
+        print(f"{name:>9} | non-finite {first_nonfinite(fused)} | last {plain[-1].item():.4f} vs compiled "
               f"{fused[-1].item():.4f} | max |d| {(fused - plain).abs().max().item():.4f} | "
               f"{time.perf_counter() - start:.0f} s with compilation", flush=True)
     benchmark(cli, device, ["template", "fast", "compiled"])
