@@ -306,6 +306,7 @@ def test_time_studies_dry_run_times_studies_one_to_three(capsys):
     out = capsys.readouterr().out
     for name in ("mlp_activation", "resnet18_lr", "mlpmixer_patch", "total"):
         assert re.search(rf"^  {name} +\d+\.\d s", out, re.MULTILINE)
+    assert re.search(r"^time_studies: resnet18_lr took \d+\.\d s, \d+\.\d s so far$", out, re.MULTILINE)
 
 
 def test_check_targets_dry_run_prints_a_verdict_per_model(capsys):

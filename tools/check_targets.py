@@ -82,14 +82,13 @@ def main(argv=None):
         extra = ["--device", "cpu", "--epochs", "1", "--valid_size", "100", "--batch_size", "16", *overrides]
     elif not torch.cuda.is_available():
         sys.exit("error: tools.check_targets measures GPU targets and needs CUDA (or --dry_run)")
-    rows = [check(model, recipes[model], data_dir, folder, extra) for model in cli.models]
-    print(f"\n{'model':<9} {'epochs':>6} {'train s':>8} {'wall s':>8} {'test acc':>8}  {'target':<20} verdict")
-    for row in rows:
+    for model in cli.models:  # each verdict is printed as soon as its run ends: a time limit keeps the earlier ones
+        row = check(model, recipes[model], data_dir, folder, extra)
         verdict = "met" if row["met"] else "missed" + ("" if row["status"] == "completed" else f" ({row['status']})")
         test_acc = float("nan") if row["test_acc"] is None else row["test_acc"]
-        print(f"{row['model']:<9} {row['epochs']:>6} {row['train_s']:>8.1f} {row['wall_s']:>8.1f} "
-              f"{test_acc:>8.4f}  {row['target']:<20} {verdict}")
-    print(f"device: {rows[0]['device']}")
+        print(f"\n{'model':<9} {'epochs':>6} {'train s':>8} {'wall s':>8} {'test acc':>8}  {'target':<20} verdict\n"
+              f"{row['model']:<9} {row['epochs']:>6} {row['train_s']:>8.1f} {row['wall_s']:>8.1f} "
+              f"{test_acc:>8.4f}  {row['target']:<20} {verdict}\ndevice: {row['device']}", flush=True)
     return 0
 
 

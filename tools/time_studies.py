@@ -7,6 +7,8 @@ the check of issue 4's "under 4 minutes on one GPU" target.
 
 Each study's time is measured around its whole command (data loading, every run with its
 validation and test passes, graph captures), from a fresh output folder, after a CUDA synchronize.
+Each study's time is printed as soon as it ends, so a run cut short by a time limit still reports
+the studies it finished.
 """
 import argparse
 import os
@@ -67,6 +69,7 @@ def main(argv=None):
         code = studies_main(["run", name, "--out", out, "--workers", str(cli.workers), *common, *per_study[name]])
         _synchronize()
         seconds[name] = time.perf_counter() - start
+        print(f"time_studies: {name} took {seconds[name]:.1f} s, {sum(seconds.values()):.1f} s so far", flush=True)
         if code != 0:
             sys.exit(f"error: study {name} exited with {code}")
     studies_main(["report", "--out", out])
