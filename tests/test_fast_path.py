@@ -282,6 +282,31 @@ def test_fast_path_flags_resolve_per_device():
         engine.resolve_fast_path(_args(cuda_graph="on"), torch.device("cpu"))
 
 
+@pytest.mark.parametrize("capability, name, precision, channels_last", [
+    ((9, 0), "NVIDIA H100", "bf16", True),
+    ((8, 9), "NVIDIA L4", "bf16", True),
+    ((7, 5), "Tesla T4", "fp32", False),  # Colab's free GPU: bf16 only emulated there
+    ((7, 0), "Tesla V100", "fp32", False),
+])
+def test_auto_precision_is_bf16_only_on_gpus_with_native_bf16(monkeypatch, capability, name, precision,
+                                                               channels_last):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # resolve_fast_path turns it on for CUDA
+    args = _args()
+    engine.resolve_fast_path(args, torch.device("cuda"))
+    assert (args.precision, args.channels_last, args.cuda_graph) == (precision, channels_last, True)
+    forced = _args(precision="bf16")
+    if precision == "bf16":
+        engine.resolve_fast_path(forced, torch.device("cuda"))
+    else:
+        with pytest.warns(UserWarning, match=rf"^{name} has no native bf16 \(compute capability "
+                                             rf"{capability[0]}\.{capability[1]}\): .*use --precision auto or fp32"):
+            engine.resolve_fast_path(forced, torch.device("cuda"))
+    assert forced.precision == "bf16"  # asked for explicitly: kept, with the warning
+
+
 def test_cli_runs_the_fast_path_flags_on_cpu(run_args, tmp_path):
     logdir = str(tmp_path / "run")
     assert main.main(run_args("mlpmixer", "--logdir", logdir, "--precision", "bf16", "--channels_last", "on",

@@ -5,7 +5,8 @@
 
 Every row trains the same model with the same batch size on the same split through ``fit``:
 - ``template``: ``--pipeline torchvision`` (DataLoader, PIL transforms), fp32, eager: the course template's way;
-- ``eager``  (CUDA only): data on the GPU, batched augmentation, bf16 / channels-last, eager steps;
+- ``eager``  (CUDA only): data on the GPU, batched augmentation, the auto precision and layout (bf16 and
+  channels-last on GPUs with native bf16), eager steps;
 - ``fast``: the default path (on CUDA: the above with the training step in a CUDA graph);
 - ``compiled`` (with ``--compile``): the default path with the model ``torch.compile``d.
 The last epoch is reported (a GPU run's first epoch includes cuDNN autotuning and graph capture), and with

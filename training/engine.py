@@ -117,16 +117,30 @@ class EpochTable:
         return " | ".join(f"{value:>{width}{fmt}}" for value, (_, width, fmt) in zip(values, self.COLUMNS))
 
 
+def has_native_bf16(device):
+    """Whether this CUDA GPU computes in bf16 on its tensor cores (compute capability 8.0 or newer: A100,
+    L4, H100...). Older GPUs (Colab's T4, V100) only emulate it: PyTorch gives cuDNN bf16 convolutions
+    from 8.0 on, so there bf16 would be slower than fp32."""
+    return bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def resolve_fast_path(args, device):
     """Turn the ``auto`` fast-path flags into decisions for this device, in place on ``args``.
 
-    On CUDA: bf16 autocast, channels-last for the ResNet, and the CUDA-graph step with the tensor
-    pipeline. On a CPU all three stay off unless asked for (and graphs are never possible there).
+    On a CUDA GPU with native bf16: bf16 autocast, channels-last for the ResNet, and the CUDA-graph
+    step with the tensor pipeline. On an older GPU: the graph in fp32, with the ResNet's default layout
+    (channels-last pays off with tensor-core convolutions). On a CPU all three stay off unless asked for
+    (and graphs are never possible there).
     """
     cuda = device.type == "cuda"
+    tensor_cores = cuda and has_native_bf16(device)
+    if args.precision == "bf16" and cuda and not tensor_cores:
+        warnings.warn(f"{torch.cuda.get_device_name(device)} has no native bf16 (compute capability "
+                      f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))}): bf16 is emulated there "
+                      "and slower than fp32; use --precision auto or fp32")
     if args.precision == "auto":
-        args.precision = "bf16" if cuda else "fp32"
-    args.channels_last = args.channels_last == "on" or (args.channels_last == "auto" and cuda
+        args.precision = "bf16" if tensor_cores else "fp32"
+    args.channels_last = args.channels_last == "on" or (args.channels_last == "auto" and tensor_cores
                                                          and args.model == "resnet18")
     wanted = args.cuda_graph == "on" or args.cuda_graph == "auto"
     possible = cuda and args.pipeline == "tensor"
