@@ -195,7 +195,7 @@ def test_host_traffic_catches_what_it_looks_for():
                             "aten.nonzero.default"]
 
 
-def _host_traffic_of_recorded_step(augment, mix, compile_with=None):
+def _host_traffic_of_recorded_step(augment, mix, compile_with=None, precision="fp32"):
     """What ``HostTraffic`` sees while the graphed step's recorded function runs once (the capture stand-in)."""
     recorded = []
 
@@ -210,7 +210,7 @@ def _host_traffic_of_recorded_step(augment, mix, compile_with=None):
     model = MLPMixer(10, 32, 8, 16, 1, drop_rate=0.1)
     optimizer = build_optimizer("adamw", model.parameters(), 1e-3, 0.9, 5e-4, capturable=True)
     step = GraphedTrainStep(model, optimizer, "cpu", schedule=LRSchedule("cosine", 1e-3, 10), mix=mix,
-                            capture=capture, eager_context=contextlib.nullcontext, warmup_steps=1,
+                            precision=precision, capture=capture, eager_context=contextlib.nullcontext, warmup_steps=1,
                             compiled_model=compile_with(model) if compile_with else None)
     engine.train(1, model, batches, optimizer, argparse.Namespace(device="cpu", print_every=100, no_progress=True),
                  step)
@@ -227,6 +227,56 @@ def test_the_recorded_step_never_waits_for_or_copies_from_the_host(augment, mix)
 def test_the_recorded_compiled_step_never_waits_for_or_copies_from_the_host():
     compile_with = lambda model: torch.compile(model, backend=TEST_BACKEND)  # noqa: E731
     assert _host_traffic_of_recorded_step("padcrop_cutout", "cutmix", compile_with) == []
+
+
+def test_the_recorded_fp16_step_scales_its_loss_without_host_traffic():
+    """fp16's loss scaler with a fused optimizer: the overflow check and the skipped step stay on the device."""
+    assert _host_traffic_of_recorded_step("template", "none", precision="fp16") == []
+
+
+def test_graphed_fp16_step_computes_what_the_eager_fp16_step_computes():
+    eager_history, eager_model, eager_step = _run_epochs(TrainStep, precision="fp16")
+    graph_history, graph_model, graph_step = _run_epochs(GraphedTrainStep, capture=lambda run: run,
+                                                         eager_context=contextlib.nullcontext, precision="fp16")
+    assert graph_history == eager_history
+    for a, b in zip(eager_model.state_dict().values(), graph_model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert eager_step.scaler.state_dict() == graph_step.scaler.state_dict()
+
+
+def test_fp16_step_is_a_loss_scaled_autocast_step():
+    batches, model = _pipeline_and_model()
+    reference = copy.deepcopy(model)
+    optimizer = build_optimizer("adamw", model.parameters(), 1e-2, 0.9, 5e-4)
+    reference_optimizer = build_optimizer("adamw", reference.parameters(), 1e-2, 0.9, 5e-4)
+    scaler = torch.amp.GradScaler("cpu")
+    step = TrainStep(model, optimizer, "cpu", precision="fp16")
+    for index, noise in batches.plan()[:3]:
+        images, labels = batches.make_batch(index, noise)
+        step(batches, (index, noise))
+        reference_optimizer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.float16):
+            logits = reference(images)
+        assert logits.dtype == torch.float16
+        scaler.scale(torch.nn.functional.cross_entropy(logits.float(), labels)).backward()
+        scaler.step(reference_optimizer)
+        scaler.update()
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b)
+    assert step.scaler.state_dict() == scaler.state_dict()
+
+
+def test_fp16_step_skips_an_overflowing_step_and_halves_its_scale():
+    batches, model = _pipeline_and_model()
+    before = copy.deepcopy(model.state_dict())
+    step = TrainStep(model, build_optimizer("adamw", model.parameters(), 1e-2, 0.9, 5e-4), "cpu", precision="fp16")
+    images, labels = batches.make_batch(*batches.plan()[0])
+    step(None, [images * 1e6, labels])  # beyond fp16's range: the gradients are not finite
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert step.scaler.get_scale() == 65536.0 / 2
+    step(None, [images, labels])
+    assert not torch.equal(model.state_dict()["head.weight"], before["head.weight"])
 
 
 def test_failed_capture_warns_and_continues_eager():
@@ -282,6 +332,13 @@ def test_fast_path_flags_resolve_per_device():
         engine.resolve_fast_path(_args(cuda_graph="on"), torch.device("cpu"))
 
 
+def _pretend_cuda_gpu(monkeypatch, capability, name):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # resolve_fast_path turns it on for CUDA
+
+
 @pytest.mark.parametrize("capability, name, precision, channels_last", [
     ((9, 0), "NVIDIA H100", "bf16", True),
     ((8, 9), "NVIDIA L4", "bf16", True),
@@ -290,10 +347,7 @@ def test_fast_path_flags_resolve_per_device():
 ])
 def test_auto_precision_is_bf16_only_on_gpus_with_native_bf16(monkeypatch, capability, name, precision,
                                                                channels_last):
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
-    monkeypatch.setattr(torch.version, "hip", None)
-    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # resolve_fast_path turns it on for CUDA
+    _pretend_cuda_gpu(monkeypatch, capability, name)
     args = _args()
     engine.resolve_fast_path(args, torch.device("cuda"))
     assert (args.precision, args.channels_last, args.cuda_graph) == (precision, channels_last, True)
@@ -305,6 +359,9 @@ def test_auto_precision_is_bf16_only_on_gpus_with_native_bf16(monkeypatch, capab
                                              rf"{capability[0]}\.{capability[1]}\): .*use --precision auto or fp32"):
             engine.resolve_fast_path(forced, torch.device("cuda"))
     assert forced.precision == "bf16"  # asked for explicitly: kept, with the warning
+    half = _args(precision="fp16")
+    engine.resolve_fast_path(half, torch.device("cuda"))
+    assert (half.precision, half.channels_last) == ("fp16", True)  # tensor-core convolutions on every such GPU
 
 
 def test_cli_runs_the_fast_path_flags_on_cpu(run_args, tmp_path):

@@ -100,6 +100,7 @@ def test_checkpoint_loads_with_weights_only(run_args, tmp_path):
     main.main(run_args("mlpmixer", "--logdir", logdir, epochs=1))
     state = torch.load(os.path.join(logdir, "checkpoint.pt"), weights_only=True)
     assert state["epoch"] == 1 and set(state) >= {"model", "optimizer", "rng", "history"}
+    assert state["scaler"] is None  # fp32: no loss scaler
     assert set(state["rng"]) == {"python", "numpy", "torch", "cuda"}
 
 
@@ -132,6 +133,21 @@ def test_resume_gives_the_same_results_as_an_uninterrupted_run(model, pipeline, 
     expected, actual = read_results(straight), read_results(resumed)
     for key in METRICS:
         assert actual[key] == expected[key], key
+
+
+def test_fp16_resume_restores_the_loss_scaler(run_args, tmp_path):
+    logdir = str(tmp_path / "run")
+    assert main.main(run_args("mlp", "--logdir", logdir, "--precision", "fp16", epochs=1)) == 0
+    path = os.path.join(logdir, "checkpoint.pt")
+    state = torch.load(path, weights_only=True)
+    steps_per_epoch = state["scaler"]["_growth_tracker"]  # one per step: no step overflowed
+    assert state["scaler"]["scale"] == 65536.0 and steps_per_epoch > 0
+    state["scaler"].update(scale=1024.0, _growth_tracker=7)  # as if the run had backed off
+    torch.save(state, path)
+    assert main.main(run_args("mlp", "--logdir", logdir, "--precision", "fp16", "--resume", epochs=2)) == 0
+    resumed = torch.load(path, weights_only=True)["scaler"]
+    assert (resumed["scale"], resumed["_growth_tracker"]) == (1024.0, 7 + steps_per_epoch)
+    assert read_results(logdir)["args"]["precision"] == "fp16"
 
 
 def test_on_epoch_can_stop_a_run_and_test_can_be_left_out(run_args, tmp_path):

@@ -33,6 +33,8 @@ def test_gpu_check_dry_run_prints_every_section(capsys, monkeypatch):
     assert re.search(r"^ +adamw \| non-finite none \|", out, re.MULTILINE)
     assert re.search(r"^ +cutmix \| non-finite none \| last eager ([\d.]+) captured \1 \| max \|d\| 0.0000$", out,
                      re.MULTILINE)
+    assert re.search(r"^ +mlp \| non-finite none \| last eager ([\d.]+) captured \1 \| max \|d\| 0.0000$", out,
+                     re.MULTILINE)  # fp16 with its loss scaler
     assert re.search(r"^ +fast \| +[\d.]+ \| .*x$", out, re.MULTILINE)
     assert re.search(r"^ +mlp \| +difference \| +[+-]\d\.\d{4}$", out, re.MULTILINE)
     assert "resnet18" not in out

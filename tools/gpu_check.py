@@ -9,7 +9,8 @@ Sections (``--sections``, comma-separated):
   same initial weights). For the MLP-Mixer, also the captured step under three settings a prototype might
   have used: a caching autocast region, capture with no eager warm-up step, and capture with the warm-up's
   gradients still attached. Then the MLP's captured step against its eager step for each optimizer (under
-  a schedule) and each batch mixing. Each trace names its first non-finite loss, if any; ``--steps 351``
+  a schedule) and each batch mixing, and each model's captured fp16 step (loss scaling in the graph)
+  against its eager fp16 step. Each trace names its first non-finite loss, if any; ``--steps 351``
   covers every full batch of an epoch.
 - ``benchmark``: for each model, seconds per epoch of the template pipeline, the eager fast path and the
   captured fast path (``tools.benchmark``), last of ``--bench_epochs`` epochs.
@@ -143,6 +144,12 @@ def tracking(cli, device, graph_options):
     for mix in ("mixup", "cutmix"):
         print_pair(mix, [loss_trace("mlp", batches, plan, device, "bf16", False, graphed, 0, graph_options, mix=mix)
                          for graphed in (False, True)])
+
+    print(f"\n== tracking fp16 with loss scaling (--precision fp16): captured against eager, {len(plan)} steps")
+    for name in cli.models.split(","):
+        channels_last = name == "resnet18" and device.type == "cuda"
+        print_pair(name, [loss_trace(name, batches, plan, device, "fp16", channels_last, graphed, 0, graph_options)
+                          for graphed in (False, True)])
 
 
 def first_nonfinite(losses):

@@ -128,9 +128,9 @@ def resolve_fast_path(args, device):
     """Turn the ``auto`` fast-path flags into decisions for this device, in place on ``args``.
 
     On a CUDA GPU with native bf16: bf16 autocast, channels-last for the ResNet, and the CUDA-graph
-    step with the tensor pipeline. On an older GPU: the graph in fp32, with the ResNet's default layout
-    (channels-last pays off with tensor-core convolutions). On a CPU all three stay off unless asked for
-    (and graphs are never possible there).
+    step with the tensor pipeline. On an older GPU: the graph in fp32, with the ResNet's default layout,
+    or channels-last with ``--precision fp16`` (the layout pays off with tensor-core convolutions).
+    On a CPU all three stay off unless asked for (and graphs are never possible there).
     """
     cuda = device.type == "cuda"
     tensor_cores = cuda and has_native_bf16(device)
@@ -140,8 +140,8 @@ def resolve_fast_path(args, device):
                       "and slower than fp32; use --precision auto or fp32")
     if args.precision == "auto":
         args.precision = "bf16" if tensor_cores else "fp32"
-    args.channels_last = args.channels_last == "on" or (args.channels_last == "auto" and tensor_cores
-                                                         and args.model == "resnet18")
+    args.channels_last = args.channels_last == "on" or (args.channels_last == "auto" and args.model == "resnet18"
+                                                         and (tensor_cores or cuda and args.precision == "fp16"))
     wanted = args.cuda_graph == "on" or args.cuda_graph == "auto"
     possible = cuda and args.pipeline == "tensor"
     if args.cuda_graph == "on" and not possible:
@@ -221,6 +221,8 @@ def fit(args, on_epoch=None, test=True):
                       label_smoothing=args.label_smoothing, schedule=schedule,
                       first_step=first_epoch * steps_per_epoch,
                       compiled_model=torch.compile(model) if args.compile else None, mix=args.mix)
+    if args.resume and step.scaler is not None and state.get("scaler"):
+        step.scaler.load_state_dict(state["scaler"])
     if args.logdir:
         os.makedirs(args.logdir, exist_ok=True)
 
@@ -266,7 +268,7 @@ def fit(args, on_epoch=None, test=True):
             tqdm.write(table.row(epoch + 1, train_loss, train_acc, valid_loss, valid_acc, train_time + valid_time,
                                  len(train_index) / train_time))
             if args.logdir:
-                persistence.save_checkpoint(args.logdir, model, optimizer, epoch + 1, history, signature)
+                persistence.save_checkpoint(args.logdir, model, optimizer, epoch + 1, history, signature, step.scaler)
                 record("running")
             if on_epoch is not None and on_epoch(epoch + 1, history):
                 status = "pruned"

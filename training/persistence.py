@@ -90,9 +90,11 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(logdir, model, optimizer, epoch, history, signature):
+def save_checkpoint(logdir, model, optimizer, epoch, history, signature, scaler=None):
+    """Write everything a resumed run needs; ``scaler`` is fp16's loss scaler, if the run has one."""
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-             "history": history, "signature": signature, "rng": rng_state()}
+             "history": history, "signature": signature, "rng": rng_state(),
+             "scaler": scaler.state_dict() if scaler is not None else None}
     _atomic_write(os.path.join(logdir, CHECKPOINT_FILE), lambda f: torch.save(state, f))
 
 

@@ -17,15 +17,31 @@ from .augmentation import MIX, mix_batch
 from .optim import set_learning_rate
 
 
+HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def autocast_context(device, precision):
-    """bf16 autocast, or nothing for fp32.
+    """bf16 or fp16 autocast, or nothing for fp32.
 
     The autocast weight cache is off: a graph captured inside a caching autocast region would keep
-    reading bf16 weight copies that the region frees when it exits (garbage or NaN on replay).
+    reading half-precision weight copies that the region frees when it exits (garbage or NaN on replay).
     """
-    if precision == "bf16":
-        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, cache_enabled=False)
+    if precision in HALF_DTYPES:
+        return torch.autocast(device_type=torch.device(device).type, dtype=HALF_DTYPES[precision],
+                              cache_enabled=False)
     return contextlib.nullcontext()
+
+
+def make_grad_scaler(device, precision):
+    """fp16's dynamic loss scaling (small fp16 gradients round to zero without it); ``None`` otherwise.
+
+    With a fused optimizer the scaler's overflow check and skipped step stay on the device, so the
+    step can still be recorded in a CUDA graph."""
+    if precision != "fp16":
+        return None
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler(torch.device(device).type)
+    return torch.cuda.amp.GradScaler()  # torch before 2.3
 
 
 def memory_format_for(channels_last):
@@ -54,7 +70,7 @@ class TrainStep:
             model: the network, already on ``device``.
             optimizer: its optimizer.
             device: where the batches are computed.
-            precision: ``"bf16"`` (autocast) or ``"fp32"``.
+            precision: ``"bf16"`` or ``"fp16"`` (autocast; fp16 with loss scaling) or ``"fp32"``.
             channels_last: feed images in channels-last memory layout (faster convolutions on GPUs).
             label_smoothing: passed to ``utils.cross_entropy_loss``.
             schedule: maps a global step number to a learning rate; ``None`` keeps the optimizer's.
@@ -68,6 +84,7 @@ class TrainStep:
         self.compiled_model, self.compiled_shape = compiled_model, None
         self.mix = mix
         self.precision, self.label_smoothing, self.schedule = precision, label_smoothing, schedule
+        self.scaler = make_grad_scaler(self.device, precision)
         self.memory_format = memory_format_for(channels_last)
         self.step_number = first_step
         self.loss_sum = torch.zeros((), device=self.device)
@@ -117,8 +134,13 @@ class TrainStep:
         loss = cross_entropy_loss(logits, labels, self.label_smoothing)
         if self.mix != "none":
             loss = lam * loss + (1 - lam) * cross_entropy_loss(logits, labels.flip(0), self.label_smoothing)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:  # a step whose scaled gradients overflowed is skipped, and the scale halves
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         batch = labels.shape[0]
         self.loss_sum += loss.detach() * batch
         self.correct += compute_accuracy(logits.detach(), labels) * batch
