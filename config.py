@@ -79,7 +79,8 @@ def get_config_parser():
                             "A100, L4, H100...), fp32 on older GPUs (T4, V100) and on the CPU. fp16: autocast "
                             "with dynamic loss scaling, for the tensor cores of GPUs without bf16.")
     speed.add_argument("--channels_last", type=str, default="auto", choices=["auto", "on", "off"],
-                       help="auto: channels-last memory layout for resnet18 on a CUDA GPU with native bf16.")
+                       help="auto: channels-last memory layout for resnet18 on a CUDA GPU with native bf16, "
+                            "or on any CUDA GPU with --precision fp16.")
     speed.add_argument("--cuda_graph", type=str, default="auto", choices=["auto", "on", "off"],
                        help="auto: on CUDA with --pipeline tensor, record the whole training step (batch "
                             "augmentation included) in a CUDA graph once and replay it; off: eager steps.")
