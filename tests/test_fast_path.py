@@ -330,6 +330,8 @@ def test_fast_path_flags_resolve_per_device():
     assert (forced.precision, forced.channels_last, forced.cuda_graph) == ("bf16", True, False)
     with pytest.warns(UserWarning, match="--cuda_graph on needs CUDA"):
         engine.resolve_fast_path(_args(cuda_graph="on"), torch.device("cpu"))
+    with pytest.warns(UserWarning, match="--precision fp16 is for CUDA GPUs"):
+        engine.resolve_fast_path(_args(precision="fp16"), torch.device("cpu"))
 
 
 def _pretend_cuda_gpu(monkeypatch, capability, name):

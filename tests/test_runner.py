@@ -137,14 +137,16 @@ def test_resume_gives_the_same_results_as_an_uninterrupted_run(model, pipeline, 
 
 def test_fp16_resume_restores_the_loss_scaler(run_args, tmp_path):
     logdir = str(tmp_path / "run")
-    assert main.main(run_args("mlp", "--logdir", logdir, "--precision", "fp16", epochs=1)) == 0
+    with pytest.warns(UserWarning, match="--precision fp16 is for CUDA GPUs"):
+        assert main.main(run_args("mlp", "--logdir", logdir, "--precision", "fp16", epochs=1)) == 0
     path = os.path.join(logdir, "checkpoint.pt")
     state = torch.load(path, weights_only=True)
     steps_per_epoch = state["scaler"]["_growth_tracker"]  # one per step: no step overflowed
     assert state["scaler"]["scale"] == 65536.0 and steps_per_epoch > 0
     state["scaler"].update(scale=1024.0, _growth_tracker=7)  # as if the run had backed off
     torch.save(state, path)
-    assert main.main(run_args("mlp", "--logdir", logdir, "--precision", "fp16", "--resume", epochs=2)) == 0
+    with pytest.warns(UserWarning, match="--precision fp16 is for CUDA GPUs"):
+        assert main.main(run_args("mlp", "--logdir", logdir, "--precision", "fp16", "--resume", epochs=2)) == 0
     resumed = torch.load(path, weights_only=True)["scaler"]
     assert (resumed["scale"], resumed["_growth_tracker"]) == (1024.0, 7 + steps_per_epoch)
     assert read_results(logdir)["args"]["precision"] == "fp16"

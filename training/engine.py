@@ -138,6 +138,8 @@ def resolve_fast_path(args, device):
         warnings.warn(f"{torch.cuda.get_device_name(device)} has no native bf16 (compute capability "
                       f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))}): bf16 is emulated there "
                       "and slower than fp32; use --precision auto or fp32")
+    if args.precision == "fp16" and not cuda:
+        warnings.warn("--precision fp16 is for CUDA GPUs: a CPU usually emulates fp16, much slower than fp32")
     if args.precision == "auto":
         args.precision = "bf16" if tensor_cores else "fp32"
     args.channels_last = args.channels_last == "on" or (args.channels_last == "auto" and args.model == "resnet18"
