@@ -81,3 +81,12 @@ def test_benchmark_prints_each_path_with_its_ratio(fake_data_dir, capsys, quick_
     for row in ("template", "fast", "compiled"):
         assert re.search(rf"^ +{row} \| +[\d.]+ \| +[\d.]+ \| +[\d.]+ \| +\d+ \| +[\d.]+x$", out, re.MULTILINE)
     assert "eager" not in out  # the eager GPU path is a CUDA row
+
+
+def test_benchmark_runs_the_fast_rows_at_each_precision(fake_data_dir, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    benchmark.main(["--device", "cpu", "--data_dir", fake_data_dir, "--repeats", "1", "--num_workers", "0",
+                    "--valid_size", "20", "--precisions", "fp32", "bf16"])
+    rows = re.findall(r"^ +(\w[\w ]*?) \| +[\d.]+ \| +[\d.]+ \| +[\d.]+ \| +\d+ \| +[\d.]+x$",
+                      capsys.readouterr().out, re.MULTILINE)
+    assert rows == ["template", "fast fp32", "fast bf16"]

@@ -2,6 +2,7 @@
 
     python -m tools.benchmark --device cpu                          # MLP, 1 epoch each, on this CPU
     python -m tools.benchmark --model resnet18 --device cuda --epochs 2
+    python -m tools.benchmark --model resnet18 --device cuda --epochs 2 --precisions fp32 fp16   # a T4: which is faster
 
 Every row trains the same model with the same batch size on the same split through ``fit``:
 - ``template``: ``--pipeline torchvision`` (DataLoader, PIL transforms), fp32, eager: the course template's way;
@@ -9,6 +10,7 @@ Every row trains the same model with the same batch size on the same split throu
   channels-last on GPUs with native bf16), eager steps;
 - ``fast``: the default path (on CUDA: the above with the training step in a CUDA graph);
 - ``compiled`` (with ``--compile``): the default path with the model ``torch.compile``d.
+With ``--precisions``, every row but the template's runs at each precision given (``fast fp32``, ``fast fp16``...).
 The last epoch is reported (a GPU run's first epoch includes cuDNN autotuning and graph capture), and with
 ``--repeats N`` the rows are measured N times, interleaved, and each row's fastest run is kept: a shared
 machine's noise then slows both paths alike instead of deciding the ratio.
@@ -28,14 +30,20 @@ ROWS = {
 }
 
 
-def measure(label, model, device, epochs, batch_size, data_dir, num_workers, extra=()):
-    """Train once through ``fit`` with ``ROWS[label]`` flags; return the last epoch's timings."""
+def measure(label, model, device, epochs, batch_size, data_dir, num_workers, extra=(), precision="auto"):
+    """Train once through ``fit`` with ``ROWS[label]`` flags; return the last epoch's timings.
+
+    ``precision`` applies to every row but the template's, which stays fp32; a precision other than
+    ``auto`` is named in the row's label."""
+    flags = ROWS[label] if label == "template" else [*ROWS[label], "--precision", precision]
     argv = ["--model", model, "--model_config", f"model_configs/{model}.json", "--epochs", str(epochs),
             "--device", device, "--data_dir", data_dir, "--batch_size", str(batch_size),
-            "--num_workers", str(num_workers), "--no_progress", *ROWS[label], *extra]
+            "--num_workers", str(num_workers), "--no_progress", *flags, *extra]
     args = get_config_parser().parse_args(argv)
     with contextlib.redirect_stdout(io.StringIO()):
         results = fit(args)
+    if label != "template" and precision != "auto":
+        label = f"{label} {precision}"
     return {"row": label, "train_s": results["train_seconds"][-1], "valid_s": results["valid_seconds"][-1],
             "img_s": results["train_images_per_second"][-1], "device": results["device_name"],
             "test_acc": results["test_acc"], "epoch_s": results["train_seconds"][-1] + results["valid_seconds"][-1]}
@@ -43,10 +51,11 @@ def measure(label, model, device, epochs, batch_size, data_dir, num_workers, ext
 
 def print_table(title, rows):
     print(title)
-    print(f"{'path':>9} | {'train s':>8} | {'valid s':>8} | {'epoch s':>8} | {'train img/s':>11} | {'vs template':>11}")
+    print(f"{'path':>14} | {'train s':>8} | {'valid s':>8} | {'epoch s':>8} | {'train img/s':>11} | "
+          f"{'vs template':>11}")
     base = rows[0]["epoch_s"]
     for row in rows:
-        print(f"{row['row']:>9} | {row['train_s']:8.2f} | {row['valid_s']:8.2f} | {row['epoch_s']:8.2f} | "
+        print(f"{row['row']:>14} | {row['train_s']:8.2f} | {row['valid_s']:8.2f} | {row['epoch_s']:8.2f} | "
               f"{row['img_s']:11.0f} | {base / row['epoch_s']:10.2f}x")
 
 
@@ -62,13 +71,16 @@ def main(argv=None):
     parser.add_argument("--valid_size", type=int, default=5000, help="training images held out for validation")
     parser.add_argument("--repeats", type=int, default=2, help="measure every row this many times, keep the fastest")
     parser.add_argument("--compile", action="store_true", help="add the compiled row (compiles once per repeat)")
+    parser.add_argument("--precisions", nargs="+", default=["auto"], choices=["auto", "bf16", "fp16", "fp32"],
+                        help="run every row but the template's at each of these (e.g. fp32 fp16 on a T4)")
     cli = parser.parse_args(argv)
     labels = ["template", "eager", "fast"] if cli.device == "cuda" else ["template", "fast"]
     labels += ["compiled"] if cli.compile else []
+    plan = [("template", "auto")] + [(label, precision) for label in labels[1:] for precision in cli.precisions]
     extra = ["--valid_size", str(cli.valid_size)]
-    runs = [[measure(label, cli.model, cli.device, cli.epochs, cli.batch_size, cli.data_dir, cli.num_workers, extra)
-             for label in labels] for _ in range(max(cli.repeats, 1))]
-    rows = [min((run[i] for run in runs), key=lambda row: row["epoch_s"]) for i in range(len(labels))]
+    runs = [[measure(label, cli.model, cli.device, cli.epochs, cli.batch_size, cli.data_dir, cli.num_workers, extra,
+                     precision) for label, precision in plan] for _ in range(max(cli.repeats, 1))]
+    rows = [min((run[i] for run in runs), key=lambda row: row["epoch_s"]) for i in range(len(plan))]
     print_table(f"{cli.model}, batch {cli.batch_size}, {rows[0]['device']}, last of {cli.epochs} epoch(s), "
                 f"fastest of {max(cli.repeats, 1)}, template pipeline with {cli.num_workers} workers", rows)
 
