@@ -289,6 +289,7 @@ def provenance(all_runs):
     return [f"Report generated {datetime.datetime.now().isoformat(timespec='seconds')} from {len(all_runs)} runs.",
             f"Devices: {'; '.join(distinct(lambda r: r.get('device_name'))) or 'none logged'}.",
             f"PyTorch: {', '.join(distinct(lambda r: r.get('torch_version')))}.",
+            f"Precision: {', '.join(distinct(lambda r: r.get('args', {}).get('precision', 'not logged')))}.",
             f"Data: {'; '.join(data) or 'none logged'}.",
             "Split: " + "; ".join(distinct(_describe_split)) + "."]
 

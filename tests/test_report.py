@@ -27,7 +27,7 @@ def write_run(out, study, name, settings, valid_accs, outcome="completed", role=
         "best_valid_acc": max(valid_accs) if valid_accs else None, "test_acc": test_acc, "test_loss": None,
         "status": "diverged" if outcome == "diverged" else "completed", "num_params": num_params,
         "device_name": DEVICE, "torch_version": "2.11.0", "model_config": model_config or {},
-        "data": {"dir": "/data", "test_images_sha1": "a7e2580c5033"}, "args": args or {},
+        "data": {"dir": "/data", "test_images_sha1": "a7e2580c5033"}, "args": {"precision": "bf16", **(args or {})},
         "split": {"train": 45000, "valid": 5000, "test": 10000, "disjoint": True},
     }
     with open(os.path.join(folder, "results.json"), "w") as f:
@@ -91,6 +91,7 @@ def test_report_states_what_the_logs_show(fixture_logs):
         text = f.read()
     assert "Devices: NVIDIA H100 80GB HBM3." in text and "test images SHA-1 a7e2580c5033" in text
     assert "- Split: 45000/5000/10000 train/validation/test, disjoint.\n" in text
+    assert "- Precision: bf16.\n" in text
     # relu: mean final accuracy (0.50 + 0.52) / 2 = 0.51; tanh 0.46; sigmoid 0.41
     assert "activation relu is highest, 0.0500 above tanh and 0.1000 above the lowest (sigmoid)." in text
     assert "| relu | 2 | 0.5100 ± 0.0141 |" in text
