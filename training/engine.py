@@ -133,17 +133,17 @@ def resolve_fast_path(args, device):
     On a CPU all three stay off unless asked for (and graphs are never possible there).
     """
     cuda = device.type == "cuda"
-    tensor_cores = cuda and has_native_bf16(device)
-    if args.precision == "bf16" and cuda and not tensor_cores:
+    native_bf16 = cuda and has_native_bf16(device)
+    if args.precision == "bf16" and cuda and not native_bf16:
         warnings.warn(f"{torch.cuda.get_device_name(device)} has no native bf16 (compute capability "
                       f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))}): bf16 is emulated there "
                       "and slower than fp32; use --precision auto or fp32")
     if args.precision == "fp16" and not cuda:
         warnings.warn("--precision fp16 is for CUDA GPUs: a CPU usually emulates fp16, much slower than fp32")
     if args.precision == "auto":
-        args.precision = "bf16" if tensor_cores else "fp32"
+        args.precision = "bf16" if native_bf16 else "fp32"
     args.channels_last = args.channels_last == "on" or (args.channels_last == "auto" and args.model == "resnet18"
-                                                         and (tensor_cores or cuda and args.precision == "fp16"))
+                                                         and (native_bf16 or cuda and args.precision == "fp16"))
     wanted = args.cuda_graph == "on" or args.cuda_graph == "auto"
     possible = cuda and args.pipeline == "tensor"
     if args.cuda_graph == "on" and not possible:
