@@ -1,6 +1,7 @@
 """The CIFAR-10 reader, the fetch step and the split, on fake data in the real on-disk format."""
 import os
 import pickle
+import shutil
 import tarfile
 import urllib.error
 
@@ -85,36 +86,110 @@ def test_missing_file_in_the_folder(tmp_path):
         load_cifar10(str(tmp_path))
 
 
-def test_no_data_and_no_network_gives_one_clear_error(tmp_path, monkeypatch):
-    import torchvision.datasets.utils as tv_utils
-
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-    monkeypatch.setattr(tv_utils, "download_and_extract_archive", offline)
-    with pytest.raises(UserError) as error:
-        load_cifar10(str(tmp_path / "nowhere"))
-    message = str(error.value)
-    assert "download failed" in message and "cifar-10-python.tar.gz" in message and "--data_dir" in message
-    assert "\n" not in message
-    with pytest.raises(UserError, match="not found"):
-        load_cifar10(str(tmp_path / "nowhere"), download=False)
+def _write_archive(path, source_root):
+    with tarfile.open(path, "w:gz") as archive:
+        archive.add(os.path.join(source_root, cifar10.FOLDER), arcname=cifar10.FOLDER)
 
 
-def test_extracts_an_archive_placed_in_data_dir(tmp_path):
+@pytest.fixture
+def fake_archive(tmp_path):
+    """A small CIFAR-10 archive in the official layout (5 x 3 training images, 4 test images)."""
     source = tmp_path / "source"
     write_fake_cifar10(str(source), train_per_batch=3, test=4)
+    path = tmp_path / "source.tar.gz"
+    _write_archive(path, str(source))
+    return path
+
+
+def _serve(monkeypatch, fake_download):
+    import torchvision.datasets.utils as tv_utils
+    monkeypatch.setattr(tv_utils, "download_url", fake_download)
+
+
+def test_downloads_into_place_and_keeps_the_archive(tmp_path, monkeypatch, fake_archive):
+    def download(url, root, filename, md5):
+        assert url == cifar10.URL and md5 == cifar10.ARCHIVE_MD5
+        shutil.copy(fake_archive, os.path.join(root, filename))
+    _serve(monkeypatch, download)
+    data_dir = tmp_path / "new" / "data"
+    data = load_cifar10(str(data_dir))
+    assert len(data.train_labels) == 15 and len(data.test_labels) == 4
+    assert sorted(os.listdir(data_dir)) == sorted([cifar10.ARCHIVE, cifar10.FOLDER])
+
+
+@pytest.mark.parametrize("failure", [urllib.error.URLError("[Errno -3] Temporary failure in name resolution"),
+                                     KeyboardInterrupt()])
+def test_a_failed_or_interrupted_download_leaves_nothing_behind(tmp_path, monkeypatch, failure):
+    def download(url, root, filename, md5):
+        with open(os.path.join(root, filename), "wb") as f:
+            f.write(b"\x1f\x8b half an archive")
+        raise failure
+    _serve(monkeypatch, download)
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("kept")
+    for data_dir in (tmp_path / "new" / "data", existing):
+        with pytest.raises(UserError if isinstance(failure, Exception) else KeyboardInterrupt) as error:
+            load_cifar10(str(data_dir))
+        if error.type is UserError:
+            message = str(error.value)
+            assert "download failed" in message and "cifar-10-python.tar.gz" in message and "--data_dir" in message
+            assert "\n" not in message
+    assert os.listdir(tmp_path) == ["existing"] and os.listdir(existing) == ["notes.txt"]
+
+
+def test_no_data_without_download_names_the_fix(tmp_path):
+    with pytest.raises(UserError, match="not found.*put cifar-10-python.tar.gz"):
+        load_cifar10(str(tmp_path / "nowhere"), download=False)
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_extracts_an_archive_placed_in_data_dir(tmp_path, fake_archive):
     target = tmp_path / "data"
     target.mkdir()
-    with tarfile.open(target / cifar10.ARCHIVE, "w:gz") as archive:
-        archive.add(source / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    shutil.copy(fake_archive, target / cifar10.ARCHIVE)
     data = load_cifar10(str(target), download=False)
     assert len(data.train_labels) == 15 and len(data.test_labels) == 4
+    assert sorted(os.listdir(target)) == sorted([cifar10.ARCHIVE, cifar10.FOLDER])
 
 
-def test_damaged_archive_gives_a_clear_error(tmp_path):
+def test_an_interrupted_extraction_leaves_no_partial_folder(tmp_path, monkeypatch, fake_archive):
+    import torchvision.datasets.utils as tv_utils
+
+    def extract_some(from_path, to_path):
+        os.makedirs(os.path.join(to_path, cifar10.FOLDER))
+        open(os.path.join(to_path, cifar10.FOLDER, "data_batch_1"), "wb").close()
+        raise KeyboardInterrupt
+    monkeypatch.setattr(tv_utils, "extract_archive", extract_some)
+    shutil.copy(fake_archive, tmp_path / cifar10.ARCHIVE)
+    with pytest.raises(KeyboardInterrupt):
+        load_cifar10(str(tmp_path), download=False)
+    assert sorted(os.listdir(tmp_path)) == sorted([cifar10.ARCHIVE, "source", "source.tar.gz"])
+
+
+def test_a_copy_another_process_put_in_place_first_is_used(tmp_path, monkeypatch, fake_archive):
+    def download(url, root, filename, md5):  # meanwhile another process completes its own fetch
+        write_fake_cifar10(str(tmp_path / "data"), train_per_batch=3, test=4)
+        shutil.copy(fake_archive, os.path.join(root, filename))
+    _serve(monkeypatch, download)
+    data = load_cifar10(str(tmp_path / "data"))
+    assert len(data.test_labels) == 4
+    assert sorted(os.listdir(tmp_path / "data")) == sorted([cifar10.ARCHIVE, cifar10.FOLDER])
+
+
+def test_damaged_archive_gives_a_clear_error_and_stays(tmp_path):
     (tmp_path / cifar10.ARCHIVE).write_bytes(b"not a tarball")
     with pytest.raises(UserError, match="could not extract"):
         load_cifar10(str(tmp_path), download=False)
+    assert os.listdir(tmp_path) == [cifar10.ARCHIVE]
+
+
+def test_data_dir_that_is_a_file_or_unwritable_is_refused(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        load_cifar10(str(tmp_path / "a_file"))
+    with pytest.raises(UserError, match="cannot write into --data_dir"):
+        load_cifar10(str(tmp_path / "a_file" / "data"))
 
 
 def test_split_is_disjoint_complete_and_seeded():

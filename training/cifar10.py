@@ -4,9 +4,12 @@ The pickles are read through an unpickler that only admits the few numpy names a
 holds, so a tampered file is refused instead of executed. md5 sums are not checked: a user's own
 copy (or the course's JPEG copy) loads as long as its contents have the right shape.
 """
+import contextlib
 import hashlib
 import os
 import pickle
+import shutil
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,28 +111,69 @@ def load_cifar10(data_dir, download=True):
 
 
 def fetch_cifar10(data_dir, download=True):
-    """Extract ``data_dir/cifar-10-python.tar.gz`` if it is there, else download it with torchvision."""
-    from torchvision.datasets.utils import download_and_extract_archive, extract_archive
+    """Put ``data_dir/cifar-10-batches-py`` in place: extract ``data_dir/cifar-10-python.tar.gz`` if it is
+    there, else download it with torchvision (md5-checked) and extract it.
+
+    The work happens in a staging folder inside ``data_dir`` that is renamed into place only when complete:
+    a failed or interrupted fetch leaves ``data_dir`` as it was, and processes fetching at once do not
+    mix their files. A downloaded archive is kept beside the folder, as torchvision keeps it.
+    """
+    from torchvision.datasets.utils import download_url, extract_archive
 
     archive = os.path.join(data_dir, ARCHIVE)
     where = (f"put {ARCHIVE} (from {URL}) in {os.path.abspath(data_dir)}, or point --data_dir at a folder "
              f"that holds {FOLDER}/")
-    if os.path.isfile(archive):
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise UserError(f"--data_dir {data_dir} is a file, not a folder; {where}")
+    have_archive = os.path.isfile(archive)
+    if not have_archive and not download:
+        raise UserError(f"CIFAR-10 not found at {os.path.join(os.path.abspath(data_dir), FOLDER)}; {where}")
+    created = _missing_ancestors(data_dir)
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".cifar-10-fetch-", dir=data_dir)
+    except OSError as exc:
+        raise UserError(f"cannot write into --data_dir {data_dir} ({exc.strerror}); choose a writable folder, "
+                        f"or {where}") from None
+    try:
+        source = archive
+        if not have_archive:
+            source = os.path.join(staging, ARCHIVE)
+            try:
+                download_url(URL, staging, filename=ARCHIVE, md5=ARCHIVE_MD5)
+            except Exception as exc:  # urllib, ssl, socket and integrity errors all mean the same to the user
+                raise UserError(f"CIFAR-10 not found at {os.path.join(os.path.abspath(data_dir), FOLDER)} and the "
+                                f"download failed ({type(exc).__name__}: {exc}); {where}") from None
         try:
-            extract_archive(archive, data_dir)
+            extract_archive(source, staging)
         except Exception as exc:  # tarfile and gzip raise many types for a damaged archive
             raise UserError(f"could not extract {archive} ({type(exc).__name__}: {exc}); download it again, "
                             f"or {where}") from None
-    elif not download:
-        raise UserError(f"CIFAR-10 not found at {os.path.join(os.path.abspath(data_dir), FOLDER)}; {where}")
-    else:
+        if not os.path.isdir(os.path.join(staging, FOLDER)):
+            raise UserError(f"{archive} did not contain {FOLDER}/; {where}")
+        if not have_archive:
+            os.replace(source, archive)
         try:
-            download_and_extract_archive(URL, data_dir, filename=ARCHIVE, md5=ARCHIVE_MD5)
-        except Exception as exc:  # urllib, ssl, socket and integrity errors all mean the same to the user
-            raise UserError(f"CIFAR-10 not found at {os.path.join(os.path.abspath(data_dir), FOLDER)} and the "
-                            f"download failed ({type(exc).__name__}: {exc}); {where}") from None
-    if not os.path.isdir(os.path.join(data_dir, FOLDER)):
-        raise UserError(f"{archive} did not contain {FOLDER}/; {where}")
+            os.rename(os.path.join(staging, FOLDER), os.path.join(data_dir, FOLDER))
+        except OSError:
+            if not os.path.isdir(os.path.join(data_dir, FOLDER)):
+                raise
+            # another process put its identical copy in place first
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:  # deepest first; each is removed only if the fetch left it empty
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+
+
+def _missing_ancestors(path):
+    """``path`` and those of its parent folders that do not exist yet, deepest first."""
+    missing = []
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
 
 
 def split_train_valid(num_images, valid_size, seed):
