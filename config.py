@@ -1,5 +1,6 @@
 """Command-line flags of ``main.py``: the template's, with their defaults, and what the runner adds."""
 import argparse
+import os
 
 from training.augmentation import AUGMENTATIONS, MIXES
 from training.optim import SCHEDULES
@@ -107,6 +108,8 @@ def check_args(args):
         problems.append(f"--warmup_fraction must be in [0, 1), got {args.warmup_fraction}")
     if not 0.0 <= args.label_smoothing < 1.0:
         problems.append(f"--label_smoothing must be in [0, 1), got {args.label_smoothing}")
+    if args.logdir is not None and os.path.exists(args.logdir) and not os.path.isdir(args.logdir):
+        problems.append(f"--logdir {args.logdir} is a file, not a folder; give a folder path")
     if args.logdir is None and (args.resume or args.visualize):
         problems.append("--resume and --visualize need --logdir")
     return problems

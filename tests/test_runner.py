@@ -304,6 +304,7 @@ BAD_FLAGS = [
     (["--num_workers", "-1"], "--num_workers must not be negative, got -1"),
     (["--warmup_fraction", "1"], "--warmup_fraction must be in [0, 1), got 1.0"),
     (["--label_smoothing", "-0.1"], "--label_smoothing must be in [0, 1), got -0.1"),
+    (["--logdir", os.path.abspath(__file__)], f"--logdir {os.path.abspath(__file__)} is a file, not a folder"),
 ]
 
 
@@ -317,7 +318,7 @@ def test_bad_flags_get_one_clear_line(flags, message, fake_data_dir, tiny_config
 def test_missing_data_gets_one_clear_line(tmp_path, tiny_configs, monkeypatch, capsys):
     import urllib.error
     import torchvision.datasets.utils as tv_utils
-    monkeypatch.setattr(tv_utils, "download_and_extract_archive",
+    monkeypatch.setattr(tv_utils, "download_url",
                         lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("no network")))
     logdir = tmp_path / "run"
     code = main.main(["--model_config", tiny_configs["mlp"], "--data_dir", str(tmp_path / "empty"),
@@ -325,6 +326,14 @@ def test_missing_data_gets_one_clear_line(tmp_path, tiny_configs, monkeypatch, c
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "cifar-10-python.tar.gz" in err and "--data_dir" in err
     assert not logdir.exists()
+
+
+def test_unwritable_logdir_gets_one_clear_line(run_args, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    code = main.main(run_args("mlp", "--logdir", str(tmp_path / "a_file" / "run"), epochs=1))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith(f"error: cannot create --logdir {tmp_path / 'a_file' / 'run'} (Not a directory)")
 
 
 def test_resume_refuses_missing_or_different_checkpoint(run_args, tmp_path, capsys):

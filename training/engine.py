@@ -226,7 +226,10 @@ def fit(args, on_epoch=None, test=True):
     if args.resume and step.scaler is not None and state.get("scaler"):
         step.scaler.load_state_dict(state["scaler"])
     if args.logdir:
-        os.makedirs(args.logdir, exist_ok=True)
+        try:
+            os.makedirs(args.logdir, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create --logdir {args.logdir} ({exc.strerror}); give a writable folder") from None
 
     results = {
         "model": args.model, "model_config": model_config,
