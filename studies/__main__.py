@@ -18,6 +18,7 @@ import sys
 import optuna
 
 from config import check_args, get_config_parser
+from training.cifar10 import load_cifar10
 from training.errors import UserError
 from training.models import SCHEMAS, load_model_config, validate_model_config
 
@@ -122,10 +123,15 @@ def make_plan(study, options, train_argv):
         raise UserError(f"{study.name} varies {study.grid.setting}; choose its values with --values, not a flag")
     if options.values is not None and not study.grid:
         raise UserError(f"--values: {study.name} is a search; it has no grid")
+    if os.path.exists(options.out) and not os.path.isdir(options.out):
+        raise UserError(f"--out {options.out} is a file, not a folder; give a folder path")
+    # read here, once: a missing copy is fetched (or refused) before any worker starts or anything is written
+    data_fingerprint = load_cifar10(args.data_dir).fingerprint()
     return Plan(study=study, study_dir=os.path.join(options.out, study.name), train_argv=train_argv, given=given,
                 model_config=model_config, seeds=[args.seed + i for i in range(options.seeds)],
                 values=_grid_values(study, options.values) if study.grid else [],
-                trials=options.trials or study.trials, storage=options.storage, retry_failed=options.retry_failed)
+                trials=options.trials or study.trials, storage=options.storage, retry_failed=options.retry_failed,
+                data_fingerprint=data_fingerprint)
 
 
 def _worker_env(index, count):

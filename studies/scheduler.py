@@ -42,7 +42,11 @@ def open_storage(url, study_dir):
     """
     if url is None or "://" not in url:
         path = os.path.join(study_dir, JOURNAL_FILE) if url is None else url
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create the folder of {path} ({exc.strerror}); give a writable --out "
+                            "(or --storage)") from None
         backend = optuna.storages.journal.JournalFileBackend(path)
         return optuna.storages.journal.JournalStorage(backend), FileLock(os.path.join(os.path.dirname(os.path.abspath(path)), "claims.lock"))
     if url.startswith("postgresql"):

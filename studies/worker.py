@@ -23,7 +23,7 @@ from .scheduler import Claimer, Heartbeat, open_storage
 
 RUNS_FOLDER = "runs"
 NOT_IN_FINGERPRINT = ("model", "model_config", "logdir", "resume", "visualize", "seed", "print_every", "no_progress",
-                      "eval_batch_size", "num_workers")
+                      "eval_batch_size", "num_workers", "data_dir")
 TRIAL_FILE = "trial.json"
 
 
@@ -42,6 +42,7 @@ class Plan:
         trials: the search's budget.
         storage: None (journal file in ``study_dir``) or a storage URL or path.
         retry_failed: run again the jobs whose run raised an error in an earlier launch.
+        data_fingerprint: ``CIFAR10.fingerprint()`` of the data set at ``--data_dir``.
     """
     study: object
     study_dir: str
@@ -53,6 +54,7 @@ class Plan:
     trials: int = 0
     storage: str = None
     retry_failed: bool = False
+    data_fingerprint: str = None
 
     def grid_jobs(self):
         setting = self.study.grid.setting
@@ -62,11 +64,12 @@ class Plan:
     def fingerprint(self):
         """What must be the same for every worker and every rerun of the study: the settings that
         change what a run computes (not its seed, which names the run, nor its logging or batching of
-        evaluation), as JSON values."""
+        evaluation), as JSON values. The data set counts by its contents, not by its folder, so workers
+        may read their own copies (a node's local disk) and a moved copy still resumes."""
         args = vars(get_config_parser().parse_args(self.train_argv))
         settings = {key: value for key, value in args.items() if key not in NOT_IN_FINGERPRINT}
         return json.loads(json.dumps({"model": self.study.model, "model_config": self.model_config,
-                                      "held": self.given, **settings}))
+                                      "held": self.given, "data": self.data_fingerprint, **settings}))
 
 
 def open_study(plan):
@@ -87,6 +90,9 @@ def open_study(plan):
         # a flag that main.py gained after the study began ran at its default until now
         defaults = json.loads(json.dumps(vars(get_config_parser().parse_args([]))))
         made_with = {**{key: defaults[key] for key in now.keys() - made_with.keys() if key in defaults}, **made_with}
+        if "data" not in made_with:  # recorded by a version that knew the data by its folder only
+            made_with.pop("data_dir", None)
+            made_with["data"] = now["data"]
         if made_with != now:
             key = next(key for key in sorted({*made_with, *now}) if made_with.get(key) != now.get(key))
             raise UserError(f"study {plan.study.name} in {plan.storage or plan.study_dir} was started with {key} = "

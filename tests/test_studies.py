@@ -2,6 +2,7 @@
 a killed study resuming, failures recorded, and bad flags refused."""
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from optuna.trial import TrialState
 from study_helpers import ROOT, jobs_of, load_study, read_json, run_claimers
 from studies import worker as study_worker
 from studies.__main__ import main as studies_main
+from training.fake_data import write_fake_cifar10
 
 
 def test_grid_study_runs_every_point_once_and_a_rerun_trains_nothing(study_args, tmp_path, capsys):
@@ -277,6 +279,48 @@ def test_a_flag_added_since_the_study_began_counts_at_its_default(study_args, tm
     assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
     assert studies_main(study_args("mlp_activation", "--values", "relu", "--augment", "padcrop")) == 2
     assert "was started with augment = 'template', not 'padcrop'" in capsys.readouterr().err
+
+
+def test_missing_data_is_refused_before_anything_is_written(study_args, tmp_path, monkeypatch, capsys):
+    import urllib.error
+    import torchvision.datasets.utils as tv_utils
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr(tv_utils, "download_url", offline)
+    assert studies_main(study_args("mlp_activation", "--data_dir", str(tmp_path / "no_data"))) == 2
+    assert "download failed" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out") and not os.path.exists(tmp_path / "no_data")
+
+
+def test_an_out_that_is_a_file_is_refused(study_args, tmp_path, capsys):
+    argv = study_args("mlp_activation")
+    argv[argv.index("--out") + 1] = str(tmp_path / "taken")
+    (tmp_path / "taken").write_text("")
+    assert studies_main(argv) == 2
+    assert f"--out {tmp_path / 'taken'} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_study_knows_its_data_by_contents_not_by_folder(study_args, fake_data_dir, tmp_path, capsys):
+    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
+    moved = tmp_path / "moved"
+    shutil.copytree(fake_data_dir, moved)
+    assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh", "--data_dir", str(moved))) == 0
+    jobs = jobs_of(load_study(str(tmp_path / "out"), "mlp_activation"))
+    assert {os.path.basename(run): states for run, states in jobs.items()} == {
+        "activation-relu_seed-42": [TrialState.COMPLETE], "activation-tanh_seed-42": [TrialState.COMPLETE]}
+    other = tmp_path / "other"
+    write_fake_cifar10(str(other), train_per_batch=24, test=30, seed=1)
+    assert studies_main(study_args("mlp_activation", "--values", "relu", "--data_dir", str(other))) == 2
+    assert "was started with data = '" in capsys.readouterr().err
+
+
+def test_a_study_recorded_with_its_data_folder_still_resumes(study_args, tmp_path):
+    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
+    study = load_study(str(tmp_path / "out"), "mlp_activation")
+    older = {key: value for key, value in study.user_attrs["fingerprint"].items() if key != "data"}
+    study.set_user_attr("fingerprint", {**older, "data_dir": "/where/it/was"})  # as an older version recorded it
+    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
 
 
 def test_run_all_runs_every_study_then_writes_the_report(study_args, tmp_path, monkeypatch):
