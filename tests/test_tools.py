@@ -90,3 +90,14 @@ def test_benchmark_runs_the_fast_rows_at_each_precision(fake_data_dir, capsys, m
     rows = re.findall(r"^ +(\w[\w ]*?) \| +[\d.]+ \| +[\d.]+ \| +[\d.]+ \| +\d+ \| +[\d.]+x$",
                       capsys.readouterr().out, re.MULTILINE)
     assert rows == ["template", "fast fp32", "fast bf16"]
+
+
+def test_a_tool_given_bad_input_prints_one_line_and_exits_2(tmp_path, capsys):
+    from tools import run_cli
+
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit) as stop:
+        run_cli(lambda: benchmark.main(["--device", "cpu", "--data_dir", str(tmp_path / "a_file")]))
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1
+    assert err.startswith(f"error: --data_dir {tmp_path / 'a_file'} is a file, not a folder")

@@ -1,0 +1,14 @@
+"""Measurement scripts: the benchmark, the GPU check, and the timing of the issue's GPU targets."""
+import sys
+
+from training.errors import UserError
+
+
+def run_cli(main):
+    """Run a tool's ``main`` as a command: exit with its status, or print one line and exit 2 on a bad input."""
+    try:
+        code = main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    sys.exit(code)

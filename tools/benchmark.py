@@ -20,6 +20,7 @@ import contextlib
 import io
 
 from config import get_config_parser
+from tools import run_cli
 from training.engine import fit
 
 ROWS = {
@@ -86,4 +87,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

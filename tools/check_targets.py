@@ -23,6 +23,7 @@ import time
 import torch
 
 from config import get_config_parser
+from tools import run_cli
 from training.engine import fit
 
 RECIPES = {
@@ -93,4 +94,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

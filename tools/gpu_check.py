@@ -31,6 +31,7 @@ import time
 
 import torch
 
+from tools import run_cli
 from tools.benchmark import measure, print_table
 from training import steps as steps_module
 from training.cifar10 import load_cifar10, split_train_valid
@@ -329,4 +330,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)
