@@ -50,13 +50,31 @@ def open_storage(url, study_dir):
         backend = optuna.storages.journal.JournalFileBackend(path)
         return optuna.storages.journal.JournalStorage(backend), FileLock(os.path.join(os.path.dirname(os.path.abspath(path)), "claims.lock"))
     if url.startswith("postgresql"):
+        given = url
         if url.startswith("postgresql://"):  # the driver that requirements.txt installs, whatever SQLAlchemy's default
             url = "postgresql+psycopg://" + url[len("postgresql://"):]
-        return optuna.storages.RDBStorage(url), PostgresLock(url)
+        return _database(url, given), PostgresLock(url)
     if url.startswith("sqlite:///"):
-        return optuna.storages.RDBStorage(url), FileLock(url[len("sqlite:///"):] + ".claims.lock")
+        return _database(url, url), FileLock(url[len("sqlite:///"):] + ".claims.lock")
     raise UserError(f"--storage {url}: unsupported; give a journal file path (one host), a postgresql:// URL "
                     "(several machines) or a sqlite:/// URL")
+
+
+def _database(url, given):
+    """Optuna's storage in the database at ``url`` (the user's ``given`` URL, as SQLAlchemy wants it);
+    one line naming the problem, without the password, if it cannot be opened."""
+    import sqlalchemy
+
+    try:
+        return optuna.storages.RDBStorage(url)
+    except (sqlalchemy.exc.SQLAlchemyError, ValueError) as exc:  # ValueError: a malformed URL
+        try:
+            shown = sqlalchemy.engine.make_url(given).render_as_string(hide_password=True)
+        except (sqlalchemy.exc.ArgumentError, ValueError):
+            shown = "(a malformed URL)"
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise UserError(f"--storage {shown}: cannot open the database ({reason}); check the URL and that the "
+                        "database can be reached from this machine") from None
 
 
 class FileLock:

@@ -66,6 +66,22 @@ def test_an_unsupported_storage_is_refused_before_anything_is_written(study_args
     assert not os.path.exists(tmp_path / "out")
 
 
+@pytest.mark.parametrize("storage, message", [
+    ("postgresql://someone:secret@127.0.0.1:1/studies",
+     "--storage postgresql://someone:***@127.0.0.1:1/studies: cannot open the database (connection failed"),
+    ("postgresql://someone:secret@dbhost:port/studies", "--storage (a malformed URL): cannot open the database"),
+    ("sqlite:////no/such/folder/studies.db", "--storage sqlite:////no/such/folder/studies.db: cannot open the "
+                                             "database (unable to open database file); check the URL"),
+])
+def test_a_database_that_cannot_be_opened_gets_one_line_without_its_password(study_args, tmp_path, capsys,
+                                                                             storage, message):
+    pytest.importorskip("psycopg")
+    assert studies_main(study_args("mlp_activation", "--storage", storage)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {message}") and len(err.splitlines()) == 1 and "secret" not in err
+    assert not os.path.exists(tmp_path / "out")
+
+
 def test_a_running_trial_is_lost_when_its_process_is_gone_or_its_heartbeat_stops():
     import socket
 
