@@ -9,6 +9,9 @@ import textwrap
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.image import imread
 
+from training.errors import UserError
+from training.persistence import atomic_write
+
 from . import figures
 from .definitions import STUDIES
 from .worker import RUNS_FOLDER, TRIAL_FILE
@@ -329,12 +332,15 @@ def write_markdown(path, sections, header_lines):
                 lines += _markdown_table(*block[1:]) + [""]
             elif block[0] == "figure":
                 lines += [f"![{block[3]}]({block[1]})", ""]
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode("utf-8")))
 
 
 def write_pdf(path, sections, header_lines):
-    with PdfPages(path) as pdf:
+    atomic_write(path, lambda f: _write_pdf_pages(f, sections, header_lines))
+
+
+def _write_pdf_pages(file, sections, header_lines):
+    with PdfPages(file) as pdf:
         pdf.savefig(figures.text_page("CIFAR-10: Problem 4 report", header_lines))
         for section in sections:
             lines = []
@@ -364,13 +370,16 @@ def build_report(out, report_dir=None):
         all_runs += runs
         sections.append(search_section(study, runs, out) if study.is_search else grid_section(study, runs))
     if not sections:
-        from training.errors import UserError
         raise UserError(f"no study runs under {out}; run `python -m studies run NAME --out {out}` first")
-    os.makedirs(report_dir, exist_ok=True)
+    try:
+        os.makedirs(report_dir, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the report folder {report_dir} ({exc.strerror}); give a writable "
+                        "--report_dir") from None
     for section in sections:
         for block in section.blocks:
             if block[0] == "figure":
-                block[2].savefig(os.path.join(report_dir, block[1]), dpi=120)
+                atomic_write(os.path.join(report_dir, block[1]), lambda f: block[2].savefig(f, format="png", dpi=120))
     header = provenance(all_runs)
     if not_run:
         header.append(f"Not in this report, no runs under {out} yet: {', '.join(not_run)} "

@@ -127,3 +127,29 @@ def test_study_logs_are_readable_by_the_templates_generate_plots(fixture_logs, t
     generate_plots(folders, [os.path.basename(f) for f in folders], str(tmp_path / "plots"))
     assert sorted(os.listdir(tmp_path / "plots")) == ["train_accs.png", "train_losses.png", "valid_accs.png",
                                                       "valid_losses.png"]
+
+
+def test_an_interrupted_report_keeps_the_previous_one_whole(fixture_logs, monkeypatch):
+    import studies.report as report
+
+    markdown_path, pdf_path = build_report(fixture_logs)
+    with open(pdf_path, "rb") as f:
+        previous = f.read()
+
+    def interrupted(file, sections, header_lines):
+        file.write(b"%PDF-1.4 half a report")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(report, "_write_pdf_pages", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_report(fixture_logs)
+    with open(pdf_path, "rb") as f:
+        assert f.read() == previous
+    assert not [name for name in os.listdir(os.path.dirname(pdf_path)) if name.startswith(".tmp")]
+
+
+def test_a_report_folder_that_cannot_be_made_gets_one_line(fixture_logs, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    assert studies_main(["report", "--out", fixture_logs, "--report_dir", str(tmp_path / "a_file")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: cannot create the report folder {tmp_path / 'a_file'} (File exists); "
+                   "give a writable --report_dir")

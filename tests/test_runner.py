@@ -195,7 +195,7 @@ def test_ctrl_c_during_a_write_is_delivered_after_it(tmp_path):
         f.write(b"second half")
     path = tmp_path / "file"
     with pytest.raises(KeyboardInterrupt):
-        persistence._atomic_write(str(path), write)
+        persistence.atomic_write(str(path), write)
     assert path.read_text() == "first half, second half"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 

@@ -39,7 +39,7 @@ def _stop_signals_held():
             signal.raise_signal(signum)
 
 
-def _atomic_write(path, write):
+def atomic_write(path, write):
     """Write through ``write(file)`` into a temporary file beside ``path``, then rename it over ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
     with _stop_signals_held():
@@ -64,7 +64,7 @@ def finite_or_none(value):
 
 def write_json(path, data):
     text = json.dumps(data, indent=2, allow_nan=False)
-    _atomic_write(path, lambda f: f.write(text.encode("utf-8") + b"\n"))
+    atomic_write(path, lambda f: f.write(text.encode("utf-8") + b"\n"))
 
 
 def rng_state():
@@ -95,7 +95,7 @@ def save_checkpoint(logdir, model, optimizer, epoch, history, signature, scaler=
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
              "history": history, "signature": signature, "rng": rng_state(),
              "scaler": scaler.state_dict() if scaler is not None else None}
-    _atomic_write(os.path.join(logdir, CHECKPOINT_FILE), lambda f: torch.save(state, f))
+    atomic_write(os.path.join(logdir, CHECKPOINT_FILE), lambda f: torch.save(state, f))
 
 
 def load_checkpoint(logdir, signature):
