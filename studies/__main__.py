@@ -4,6 +4,7 @@
     python -m studies run mlp_activation [--workers N] [--seeds N] [main.py flags...]
     python -m studies run all                  # every study, one after another, then the report
     python -m studies report [--out runs]
+    python -m studies status [--out runs] [--storage URL]   # progress, while workers run anywhere
 
 ``main.py`` flags (``--device``, ``--data_dir``, ``--epochs``...) apply to every run of the study;
 a flag that a search would tune is held at the given value instead.
@@ -14,8 +15,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import optuna
+from optuna.trial import TrialState
 
 from config import check_args, get_config_parser
 from training.cifar10 import load_cifar10
@@ -23,8 +26,8 @@ from training.errors import UserError
 from training.models import SCHEMAS, load_model_config, validate_model_config
 
 from .definitions import STUDIES, is_model_setting
-from .scheduler import job_states
-from .worker import Plan, open_study, work
+from .scheduler import JOURNAL_FILE, is_lost, job_states, open_storage
+from .worker import RUNS_FOLDER, Plan, open_study, work
 
 STUDY_FLAGS = ("model", "logdir", "resume", "visualize")  # set by the study for each run
 SHIPPED_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model_configs")
@@ -56,6 +59,10 @@ def _parser():
                                  allow_abbrev=False)
     report.add_argument("--out", default="runs", help="the folder that holds the studies")
     report.add_argument("--report_dir", help="where to write the report (default: OUT/report)")
+    status = commands.add_parser("status", help="each study's runs by outcome, and where and how far each running "
+                                                "run is", allow_abbrev=False)
+    status.add_argument("--out", default="runs", help="the folder that holds the studies")
+    status.add_argument("--storage", help="the studies' database URL, if they run with one")
     return parser
 
 
@@ -194,6 +201,47 @@ def _list():
             print(f"  {dimension.setting}: {dimension.describe()}")
 
 
+def _progress(study_dir, run_dir):
+    """``epoch N of M`` from a run's results.json, or None before its first epoch ends."""
+    try:
+        with open(os.path.join(study_dir, RUNS_FOLDER, run_dir, "results.json")) as f:
+            results = json.load(f)
+        return f"epoch {results['epochs_completed']} of {results['args']['epochs']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _status(out, storage_url):
+    """Print every study that has started: its runs by outcome, then each running run's worker and progress."""
+    if storage_url and storage_url.startswith("sqlite:///") and not os.path.isfile(storage_url[len("sqlite:///"):]):
+        raise UserError(f"--storage {storage_url}: no such database file")
+    shown = 0
+    for name in STUDIES:
+        study_dir = os.path.join(out, name)
+        if storage_url is None and not os.path.isfile(os.path.join(study_dir, JOURNAL_FILE)):
+            continue  # never create a journal just to look
+        storage, _ = open_storage(storage_url, study_dir)
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:  # not in this database
+            continue
+        shown += 1
+        print(f"{name}: {_summary(study) or 'nothing run yet'}")
+        now = time.time()
+        for run_dir, (_, live, _) in sorted(job_states(study.get_trials(deepcopy=False)).items()):
+            if live is None or live.state != TrialState.RUNNING:
+                continue
+            attrs = live.user_attrs
+            heard = now - (attrs.get("heartbeat") or live.datetime_start.timestamp())
+            where = f"on {attrs.get('host', 'an unknown host')} (pid {attrs.get('pid', '?')})"
+            state = ("its worker is gone: the next worker to claim a run resumes it" if is_lost(live, now)
+                     else f"last heard {heard:.0f} s ago")
+            progress = _progress(study_dir, run_dir) or "first epoch"
+            print(f"  {run_dir}: running {where}, {progress}; {state}")
+    if not shown:
+        raise UserError(f"no study has started in {storage_url or out}; `python -m studies run NAME` starts one")
+
+
 def _write_report(out, report_dir=None):
     from .report import build_report
 
@@ -215,6 +263,9 @@ def main(argv=None):
             return 0
         if options.command == "report":
             _write_report(options.out, options.report_dir)
+            return 0
+        if options.command == "status":
+            _status(options.out, options.storage)
             return 0
         if options.name == "all":
             if options.values or options.trials:

@@ -1,5 +1,6 @@
 """Problem 4's studies on tiny fake data: grids and searches end to end, workers sharing a journal,
 a killed study resuming, failures recorded, and bad flags refused."""
+import json
 import os
 import re
 import shutil
@@ -246,6 +247,38 @@ def test_diverged_and_failed_runs_are_recorded_and_the_study_goes_on(study_args,
     trials = load_study(str(tmp_path / "other"), "mlp_activation").get_trials()
     assert [t.state for t in trials if t.user_attrs["run_dir"] == "activation-tanh_seed-42"] == [
         TrialState.FAIL, TrialState.COMPLETE]
+
+
+def test_status_shows_outcomes_and_where_and_how_far_each_running_run_is(study_args, tmp_path, monkeypatch):
+    import contextlib
+    import io
+    import socket
+
+    from studies.__main__ import _status
+
+    out, seen = str(tmp_path / "out"), []
+    real_fit = study_worker.fit
+
+    def fit_looking_at_the_status(args, **kwargs):
+        if "tanh" in args.logdir:  # the second run, while the first is recorded as completed
+            with open(os.path.join(args.logdir, "results.json"), "w") as f:
+                json.dump({"epochs_completed": 1, "args": {"epochs": 3}}, f)
+            with contextlib.redirect_stdout(io.StringIO()) as printed:
+                _status(out, None)
+            seen.append(printed.getvalue())
+        return real_fit(args, **kwargs)
+    monkeypatch.setattr(study_worker, "fit", fit_looking_at_the_status)
+    assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh")) == 0
+    assert re.fullmatch(rf"mlp_activation: 1 completed, 1 running\n  activation-tanh_seed-42: running on "
+                        rf"{re.escape(socket.gethostname())} \(pid {os.getpid()}\), epoch 1 of 3; last heard \d+ s ago\n",
+                        seen[0]), seen[0]
+    assert studies_main(["status", "--out", out]) == 0
+
+
+def test_status_of_a_folder_without_studies_writes_nothing(tmp_path, capsys):
+    assert studies_main(["status", "--out", str(tmp_path / "none")]) == 2
+    assert "no study has started in" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
 
 
 @pytest.mark.parametrize("name, extra, message", [

@@ -74,3 +74,6 @@ def test_two_workers_run_a_study_in_postgres(postgres_url, study_args, tmp_path)
     assert jobs_of(study) == {f"activation-{a}_seed-{s}": [TrialState.COMPLETE]
                               for a in ("relu", "tanh", "sigmoid") for s in (42, 43)}
     assert not os.path.exists(tmp_path / "out" / "mlp_activation" / "journal.log")  # the study lives in the database
+    status = subprocess.run([sys.executable, "-m", "studies", "status", "--storage", postgres_url,
+                             "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and status.stdout == "mlp_activation: 6 completed\n", status.stderr
