@@ -172,7 +172,8 @@ def _launch_workers(count, argv):
 def _summary(study):
     counts = {}
     for finished, live, latest in job_states(study.get_trials(deepcopy=False)).values():
-        outcome = (finished or live or latest).user_attrs.get("outcome") or ("running" if live else "to resume")
+        unfinished = ("running" if live.state == TrialState.RUNNING else "waiting") if live else "to resume"
+        outcome = (finished or live or latest).user_attrs.get("outcome") or unfinished
         counts[outcome] = counts.get(outcome, 0) + 1
     return ", ".join(f"{count} {outcome}" for outcome, count in sorted(counts.items()))
 

@@ -260,7 +260,7 @@ def test_status_shows_outcomes_and_where_and_how_far_each_running_run_is(study_a
     real_fit = study_worker.fit
 
     def fit_looking_at_the_status(args, **kwargs):
-        if "tanh" in args.logdir:  # the second run, while the first is recorded as completed
+        if "sigmoid" in args.logdir:  # the second run: the first is completed, the third waits
             with open(os.path.join(args.logdir, "results.json"), "w") as f:
                 json.dump({"epochs_completed": 1, "args": {"epochs": 3}}, f)
             with contextlib.redirect_stdout(io.StringIO()) as printed:
@@ -268,10 +268,10 @@ def test_status_shows_outcomes_and_where_and_how_far_each_running_run_is(study_a
             seen.append(printed.getvalue())
         return real_fit(args, **kwargs)
     monkeypatch.setattr(study_worker, "fit", fit_looking_at_the_status)
-    assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh")) == 0
-    assert re.fullmatch(rf"mlp_activation: 1 completed, 1 running\n  activation-tanh_seed-42: running on "
-                        rf"{re.escape(socket.gethostname())} \(pid {os.getpid()}\), epoch 1 of 3; last heard \d+ s ago\n",
-                        seen[0]), seen[0]
+    assert studies_main(study_args("mlp_activation")) == 0
+    running = (rf"  activation-sigmoid_seed-42: running on {re.escape(socket.gethostname())} \(pid {os.getpid()}\), "
+               rf"epoch 1 of 3; last heard \d+ s ago\n")
+    assert re.fullmatch(rf"mlp_activation: 1 completed, 1 running, 1 waiting\n{running}", seen[0]), seen[0]
     assert studies_main(["status", "--out", out]) == 0
 
 
