@@ -95,9 +95,13 @@ def open_study(plan):
             made_with["data"] = now["data"]
         if made_with != now:
             key = next(key for key in sorted({*made_with, *now}) if made_with.get(key) != now.get(key))
-            raise UserError(f"study {plan.study.name} in {plan.storage or plan.study_dir} was started with {key} = "
-                            f"{made_with.get(key)!r}, not {now.get(key)!r}; rerun with the same flags, or use a "
-                            "new --out (or --storage)")
+            where = f"study {plan.study.name} in {plan.storage or plan.study_dir}"
+            if key == "data":
+                raise UserError(f"{where} was started on another copy of CIFAR-10 (contents {made_with[key]}, "
+                                f"--data_dir here {now[key]}); point --data_dir at the copy it used, or use a new "
+                                "--out (or --storage)")
+            raise UserError(f"{where} was started with {key} = {made_with.get(key)!r}, not {now.get(key)!r}; rerun "
+                            "with the same flags, or use a new --out (or --storage)")
     return study, lock
 
 

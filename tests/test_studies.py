@@ -361,7 +361,8 @@ def test_a_study_knows_its_data_by_contents_not_by_folder(study_args, fake_data_
     other = tmp_path / "other"
     write_fake_cifar10(str(other), train_per_batch=24, test=30, seed=1)
     assert studies_main(study_args("mlp_activation", "--values", "relu", "--data_dir", str(other))) == 2
-    assert "was started with data = '" in capsys.readouterr().err
+    assert re.search(r"was started on another copy of CIFAR-10 \(contents [0-9a-f]{12}, --data_dir here [0-9a-f]{12}\); "
+                     "point --data_dir at the copy it used", capsys.readouterr().err)
 
 
 def test_a_study_recorded_with_its_data_folder_still_resumes(study_args, tmp_path):
