@@ -206,3 +206,32 @@ def test_split_is_disjoint_complete_and_seeded():
 def test_split_rejects_impossible_sizes(valid_size):
     with pytest.raises(UserError, match="--valid_size"):
         split_train_valid(100, valid_size, seed=0)
+
+
+@pytest.fixture
+def archive_server(fake_archive):
+    """The fake archive served over HTTP on 127.0.0.1, as torchvision's downloader will fetch it."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(fake_archive.parent))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/{fake_archive.name}"
+    server.shutdown()
+
+
+def test_a_real_download_is_checked_and_put_in_place(tmp_path, monkeypatch, fake_archive, archive_server):
+    import hashlib
+
+    monkeypatch.setattr(cifar10, "URL", archive_server)
+    monkeypatch.setattr(cifar10, "ARCHIVE_MD5", "0" * 32)
+    with pytest.raises(UserError, match=r"download failed \(RuntimeError: File not found or corrupted.\)"):
+        load_cifar10(str(tmp_path / "data"))
+    assert not (tmp_path / "data").exists()
+    monkeypatch.setattr(cifar10, "ARCHIVE_MD5", hashlib.md5(fake_archive.read_bytes()).hexdigest())
+    data = load_cifar10(str(tmp_path / "data"))
+    assert len(data.train_labels) == 15 and len(data.test_labels) == 4
+    assert sorted(os.listdir(tmp_path / "data")) == sorted([cifar10.ARCHIVE, cifar10.FOLDER])
