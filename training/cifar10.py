@@ -135,14 +135,14 @@ def fetch_cifar10(data_dir, download=True):
     have_archive = os.path.isfile(archive)
     if not have_archive and not download:
         raise UserError(f"CIFAR-10 not found at {os.path.join(os.path.abspath(data_dir), FOLDER)}; {where}")
-    created = _missing_ancestors(data_dir)
+    created, staging = _missing_ancestors(data_dir), None
     try:
-        os.makedirs(data_dir, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=".cifar-10-fetch-", dir=data_dir)
-    except OSError as exc:
-        raise UserError(f"cannot write into --data_dir {data_dir} ({exc.strerror}); choose a writable folder, "
-                        f"or {where}") from None
-    try:
+        try:
+            os.makedirs(data_dir, exist_ok=True)
+            staging = tempfile.mkdtemp(prefix=".cifar-10-fetch-", dir=data_dir)
+        except OSError as exc:
+            raise UserError(f"cannot write into --data_dir {data_dir} ({exc.strerror}); choose a writable folder, "
+                            f"or {where}") from None
         source = archive
         if not have_archive:
             source = os.path.join(staging, ARCHIVE)
@@ -167,7 +167,8 @@ def fetch_cifar10(data_dir, download=True):
                 raise
             # another process put its identical copy in place first
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         for folder in created:  # deepest first; each is removed only if the fetch left it empty
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
