@@ -101,7 +101,7 @@ def fake_archive(tmp_path):
     return path
 
 
-def _serve(monkeypatch, fake_download):
+def _replace_download(monkeypatch, fake_download):
     import torchvision.datasets.utils as tv_utils
     monkeypatch.setattr(tv_utils, "download_url", fake_download)
 
@@ -110,7 +110,7 @@ def test_downloads_into_place_and_keeps_the_archive(tmp_path, monkeypatch, fake_
     def download(url, root, filename, md5):
         assert url == cifar10.URL and md5 == cifar10.ARCHIVE_MD5
         shutil.copy(fake_archive, os.path.join(root, filename))
-    _serve(monkeypatch, download)
+    _replace_download(monkeypatch, download)
     data_dir = tmp_path / "new" / "data"
     data = load_cifar10(str(data_dir))
     assert len(data.train_labels) == 15 and len(data.test_labels) == 4
@@ -124,7 +124,7 @@ def test_a_failed_or_interrupted_download_leaves_nothing_behind(tmp_path, monkey
         with open(os.path.join(root, filename), "wb") as f:
             f.write(b"\x1f\x8b half an archive")
         raise failure
-    _serve(monkeypatch, download)
+    _replace_download(monkeypatch, download)
     existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "notes.txt").write_text("kept")
@@ -171,7 +171,7 @@ def test_a_copy_another_process_put_in_place_first_is_used(tmp_path, monkeypatch
     def download(url, root, filename, md5):  # meanwhile another process completes its own fetch
         write_fake_cifar10(str(tmp_path / "data"), train_per_batch=3, test=4)
         shutil.copy(fake_archive, os.path.join(root, filename))
-    _serve(monkeypatch, download)
+    _replace_download(monkeypatch, download)
     data = load_cifar10(str(tmp_path / "data"))
     assert len(data.test_labels) == 4
     assert sorted(os.listdir(tmp_path / "data")) == sorted([cifar10.ARCHIVE, cifar10.FOLDER])
