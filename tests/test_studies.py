@@ -1,22 +1,19 @@
-"""Problem 4's studies on tiny fake data: grids and searches end to end, workers sharing a journal,
-a killed study resuming, failures recorded, and bad flags refused."""
+"""Problem 4's studies on tiny fake data: grids and searches end to end, a killed study resuming,
+failures recorded, progress shown, and every study then the report."""
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import optuna
-import pytest
 from optuna.trial import TrialState
 
-from study_helpers import ROOT, jobs_of, load_study, read_json, run_claimers
+from study_helpers import ROOT, jobs_of, load_study, read_json
 from studies import worker as study_worker
 from studies.__main__ import main as studies_main
-from training.fake_data import write_fake_cifar10
 
 
 def test_grid_study_runs_every_point_once_and_a_rerun_trains_nothing(study_args, tmp_path, capsys):
@@ -45,105 +42,6 @@ def test_grid_values_and_seeds_extend_a_finished_study(study_args, tmp_path):
     assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh", "--seeds", "2")) == 0
     assert set(jobs_of(load_study(out, "mlp_activation"))) == {
         "activation-relu_seed-42", "activation-relu_seed-43", "activation-tanh_seed-42", "activation-tanh_seed-43"}
-
-
-def test_a_sqlite_storage_serves_a_study_and_its_rerun(study_args, tmp_path, capsys):
-    database = tmp_path / "studies.db"
-    argv = study_args("mlp_activation", "--values", "relu", "tanh", "--storage", f"sqlite:///{database}")
-    assert studies_main(argv) == 0
-    storage = optuna.storages.RDBStorage(f"sqlite:///{database}")
-    study = optuna.load_study(study_name="mlp_activation", storage=storage)
-    assert jobs_of(study) == {"activation-relu_seed-42": [TrialState.COMPLETE],
-                              "activation-tanh_seed-42": [TrialState.COMPLETE]}
-    assert not os.path.exists(tmp_path / "out" / "mlp_activation" / "journal.log")
-    capsys.readouterr()
-    assert studies_main(argv) == 0
-    assert "-> " not in capsys.readouterr().out
-
-
-def test_an_unsupported_storage_is_refused_before_anything_is_written(study_args, tmp_path, capsys):
-    assert studies_main(study_args("mlp_activation", "--storage", "mysql://user@host/db")) == 2
-    assert "--storage mysql://user@host/db: unsupported; give a journal file path" in capsys.readouterr().err
-    assert not os.path.exists(tmp_path / "out")
-
-
-@pytest.mark.parametrize("storage, message", [
-    ("postgresql://someone:secret@127.0.0.1:1/studies",
-     "--storage postgresql://someone:***@127.0.0.1:1/studies: cannot open the database (connection failed"),
-    ("postgresql://someone:secret@dbhost:port/studies", "--storage (a malformed URL): cannot open the database"),
-    ("sqlite:////no/such/folder/studies.db", "--storage sqlite:////no/such/folder/studies.db: cannot open the "
-                                             "database (unable to open database file); check the URL"),
-])
-def test_a_database_that_cannot_be_opened_gets_one_line_without_its_password(study_args, tmp_path, capsys,
-                                                                             storage, message):
-    pytest.importorskip("psycopg")
-    assert studies_main(study_args("mlp_activation", "--storage", storage)) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: {message}") and len(err.splitlines()) == 1 and "secret" not in err
-    assert not os.path.exists(tmp_path / "out")
-
-
-def test_a_running_trial_is_lost_when_its_process_is_gone_or_its_heartbeat_stops():
-    import socket
-
-    from studies.scheduler import LOST_AFTER_SECONDS, Heartbeat, is_lost
-
-    study = optuna.create_study()
-    live = study.ask()
-    with Heartbeat(live, interval=0.01):
-        time.sleep(0.2)
-    beat = study.trials[0].user_attrs["heartbeat"]
-    assert time.time() - beat < 5
-
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    here, elsewhere = socket.gethostname(), socket.gethostname() + "-other"
-    for attrs, lost in (({"host": here, "pid": os.getpid(), "heartbeat": beat}, False),
-                        ({"host": here, "pid": dead.pid, "heartbeat": beat}, True),
-                        ({"host": elsewhere, "pid": dead.pid, "heartbeat": beat}, False),
-                        ({"host": elsewhere, "pid": dead.pid, "heartbeat": beat - LOST_AFTER_SECONDS - 1}, True)):
-        trial = study.ask()
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        assert is_lost(study.trials[trial.number], now=beat) == lost, attrs
-
-
-def test_concurrent_workers_claim_each_grid_job_exactly_once(tmp_path):
-    run_claimers(None, "grid", str(tmp_path / "study"))
-
-
-@pytest.mark.parametrize("portable", [False, True], ids=["flock", "lock-file"])
-def test_the_claims_lock_excludes_other_holders(tmp_path, portable):
-    import threading
-
-    from studies.scheduler import FileLock
-
-    inside, overlaps = [], []
-
-    def hold_repeatedly():
-        lock = FileLock(str(tmp_path / "claims.lock"), portable=portable)
-        for _ in range(20):
-            with lock.hold("study"):
-                inside.append(1)
-                overlaps.append(len(inside) > 1)
-                time.sleep(0.001)
-                inside.pop()
-    threads = [threading.Thread(target=hold_repeatedly) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(overlaps) == 80 and not any(overlaps)
-
-
-def test_two_worker_processes_share_one_journal(study_args, tmp_path):
-    out = str(tmp_path / "out")
-    result = subprocess.run([sys.executable, "-m", "studies", *study_args("mlp_activation", "--seeds", "3"),
-                             "--workers", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    study = load_study(out, "mlp_activation")
-    assert jobs_of(study) == {f"activation-{a}_seed-{s}": [TrialState.COMPLETE]
-                              for a in ("relu", "tanh", "sigmoid") for s in (42, 43, 44)}
 
 
 def test_a_killed_study_resumes_its_run_from_the_checkpoint(study_args, tmp_path, capsys):
@@ -281,98 +179,6 @@ def test_status_of_a_folder_without_studies_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "none").exists()
 
 
-@pytest.mark.parametrize("name, extra, message", [
-    ("resnet18_lr", ["--lr", "0.1"], "resnet18_lr varies lr"),
-    ("resnet18_lr", ["--values", "0.5"], "0.5 is not a valid lr"),
-    ("mlpmixer_patch", ["--values", "four"], "--values: patch_size takes int values; choose from 1, 2, 4, 8, 16, 32"),
-    ("resnet18_lr", ["--logdir", "x"], "--logdir is set by the study"),
-    ("resnet18_lr", ["--set", "width=3"], "--set width=3: expected KEY=VALUE"),
-    ("resnet18_lr", ["--set", "lr=3"], "--set lr=3: expected KEY=VALUE"),
-    ("resnet18_lr", ["--optimizer", "sgd"], "resnet18_lr holds optimizer at 'adam' (the question it answers); "
-                                            "remove --optimizer"),
-    ("mlpmixer_best", ["--set", "patch_size=8"], "mlpmixer_best holds patch_size at 4 (the question it answers); "
-                                                 "remove --set patch_size"),
-    ("mlpmixer_best", ["--trials", "3", "--values", "2"], "no grid"),
-])
-def test_bad_study_flags_are_refused_before_anything_is_written(study_args, tmp_path, capsys, name, extra, message):
-    assert studies_main(study_args(name, *extra)) == 2
-    assert message in capsys.readouterr().err
-    assert not os.path.exists(tmp_path / "out")
-
-
-def test_list_names_every_study_with_its_grid_or_search_space(capsys):
-    assert studies_main(["list"]) == 0
-    out = capsys.readouterr().out
-    assert "mlpmixer_patch (mlpmixer): " in out and "  grid: patch_size in 2, 4, 8, 16" in out
-    assert "  fixed: optimizer=adam" in out and "  grid: lr in 0.1, 0.01, 0.001, 0.0001, 1e-05" in out
-    assert re.search(r"^resnet18_best \(resnet18\): .*\n(  \w+: .+\n)*  augment: ", out, re.MULTILINE)
-
-
-def test_held_model_settings_are_checked_before_anything_is_written(study_args, tmp_path, capsys):
-    assert studies_main(study_args("mlpmixer_best", "--set", "embed_dim=-3")) == 2
-    assert "--set: key 'embed_dim' must be a positive integer, got -3" in capsys.readouterr().err
-    assert not os.path.exists(tmp_path / "out")
-
-
-def test_a_rerun_with_other_flags_is_refused(study_args, tmp_path, capsys):
-    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
-    assert studies_main(study_args("mlp_activation", "--values", "relu", "--weight_decay", "0.1")) == 2
-    assert "was started with weight_decay = 0.0005, not 0.1" in capsys.readouterr().err
-
-
-def test_a_flag_added_since_the_study_began_counts_at_its_default(study_args, tmp_path, capsys):
-    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
-    study = load_study(str(tmp_path / "out"), "mlp_activation")
-    older = {key: value for key, value in study.user_attrs["fingerprint"].items() if key != "augment"}
-    study.set_user_attr("fingerprint", older)  # as an older version of the package recorded it
-    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
-    assert studies_main(study_args("mlp_activation", "--values", "relu", "--augment", "padcrop")) == 2
-    assert "was started with augment = 'template', not 'padcrop'" in capsys.readouterr().err
-
-
-def test_missing_data_is_refused_before_anything_is_written(study_args, tmp_path, monkeypatch, capsys):
-    import urllib.error
-    import torchvision.datasets.utils as tv_utils
-
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("no network")
-    monkeypatch.setattr(tv_utils, "download_url", offline)
-    assert studies_main(study_args("mlp_activation", "--data_dir", str(tmp_path / "no_data"))) == 2
-    assert "download failed" in capsys.readouterr().err
-    assert not os.path.exists(tmp_path / "out") and not os.path.exists(tmp_path / "no_data")
-
-
-def test_an_out_that_is_a_file_is_refused(study_args, tmp_path, capsys):
-    argv = study_args("mlp_activation")
-    argv[argv.index("--out") + 1] = str(tmp_path / "taken")
-    (tmp_path / "taken").write_text("")
-    assert studies_main(argv) == 2
-    assert f"--out {tmp_path / 'taken'} is a file, not a folder" in capsys.readouterr().err
-
-
-def test_a_study_knows_its_data_by_contents_not_by_folder(study_args, fake_data_dir, tmp_path, capsys):
-    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
-    moved = tmp_path / "moved"
-    shutil.copytree(fake_data_dir, moved)
-    assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh", "--data_dir", str(moved))) == 0
-    jobs = jobs_of(load_study(str(tmp_path / "out"), "mlp_activation"))
-    assert {os.path.basename(run): states for run, states in jobs.items()} == {
-        "activation-relu_seed-42": [TrialState.COMPLETE], "activation-tanh_seed-42": [TrialState.COMPLETE]}
-    other = tmp_path / "other"
-    write_fake_cifar10(str(other), train_per_batch=24, test=30, seed=1)
-    assert studies_main(study_args("mlp_activation", "--values", "relu", "--data_dir", str(other))) == 2
-    assert re.search(r"was started on another copy of CIFAR-10 \(contents [0-9a-f]{12}, --data_dir here [0-9a-f]{12}\); "
-                     "point --data_dir at the copy it used", capsys.readouterr().err)
-
-
-def test_a_study_recorded_with_its_data_folder_still_resumes(study_args, tmp_path):
-    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
-    study = load_study(str(tmp_path / "out"), "mlp_activation")
-    older = {key: value for key, value in study.user_attrs["fingerprint"].items() if key != "data"}
-    study.set_user_attr("fingerprint", {**older, "data_dir": "/where/it/was"})  # as an older version recorded it
-    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
-
-
 def test_run_all_runs_every_study_then_writes_the_report(study_args, tmp_path, monkeypatch):
     from dataclasses import replace
 
@@ -391,28 +197,6 @@ def test_run_all_runs_every_study_then_writes_the_report(study_args, tmp_path, m
     with open(tmp_path / "out" / "report" / "report.md") as f:
         text = f.read()
     assert "## mlp_activation:" in text and "## mlp_search:" in text and "2 search trials finished" in text
-
-
-def test_time_studies_dry_run_times_studies_one_to_three(capsys):
-    from tools import time_studies
-
-    assert time_studies.main(["--dry_run"]) == 0
-    out = capsys.readouterr().out
-    for name in ("mlp_activation", "resnet18_lr", "mlpmixer_patch", "total"):
-        assert re.search(rf"^  {name} +\d+\.\d s", out, re.MULTILINE)
-    assert re.search(r"^time_studies: resnet18_lr took \d+\.\d s, \d+\.\d s so far$", out, re.MULTILINE)
-
-
-def test_check_targets_dry_run_prints_a_verdict_per_model(capsys):
-    from tools import check_targets
-
-    assert check_targets.main(["--dry_run", "--epochs", "2"]) == 0  # a main.py flag overrides the recipe's
-    out = capsys.readouterr().out
-    assert re.search(r"^resnet18 +2 +[\d.]+ +[\d.]+ +[\d.]+  >= 93% in <= 60 s +(met|missed)$", out, re.MULTILINE)
-    assert re.search(r"^mlpmixer +2 .*>= 87% in <= 300 s +(met|missed)$", out, re.MULTILINE)
-    with pytest.raises(SystemExit):
-        check_targets.main(["--dry_run", "--no_such_flag"])
-    assert "unrecognized arguments: --no_such_flag" in capsys.readouterr().err
 
 
 def test_an_interrupted_search_trial_resumes_with_the_same_settings(study_args, tmp_path, monkeypatch, capsys):

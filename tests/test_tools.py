@@ -1,5 +1,6 @@
-"""The device-run scripts on the CPU: the GPU check's dry run (fake data, a stand-in for graph capture)
-and the benchmark, with ``torch.compile`` on a backend that needs no C++ build."""
+"""The device-run scripts on the CPU: the GPU check's dry run (fake data, a stand-in for graph capture),
+the benchmark, with ``torch.compile`` on a backend that needs no C++ build, and the dry runs of the study
+timer and the target check."""
 import os
 import re
 
@@ -101,3 +102,25 @@ def test_a_tool_given_bad_input_prints_one_line_and_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert stop.value.code == 2 and len(err.splitlines()) == 1
     assert err.startswith(f"error: --data_dir {tmp_path / 'a_file'} is a file, not a folder")
+
+
+def test_time_studies_dry_run_times_studies_one_to_three(capsys):
+    from tools import time_studies
+
+    assert time_studies.main(["--dry_run"]) == 0
+    out = capsys.readouterr().out
+    for name in ("mlp_activation", "resnet18_lr", "mlpmixer_patch", "total"):
+        assert re.search(rf"^  {name} +\d+\.\d s", out, re.MULTILINE)
+    assert re.search(r"^time_studies: resnet18_lr took \d+\.\d s, \d+\.\d s so far$", out, re.MULTILINE)
+
+
+def test_check_targets_dry_run_prints_a_verdict_per_model(capsys):
+    from tools import check_targets
+
+    assert check_targets.main(["--dry_run", "--epochs", "2"]) == 0  # a main.py flag overrides the recipe's
+    out = capsys.readouterr().out
+    assert re.search(r"^resnet18 +2 +[\d.]+ +[\d.]+ +[\d.]+  >= 93% in <= 60 s +(met|missed)$", out, re.MULTILINE)
+    assert re.search(r"^mlpmixer +2 .*>= 87% in <= 300 s +(met|missed)$", out, re.MULTILINE)
+    with pytest.raises(SystemExit):
+        check_targets.main(["--dry_run", "--no_such_flag"])
+    assert "unrecognized arguments: --no_such_flag" in capsys.readouterr().err

@@ -1,0 +1,104 @@
+"""A study's launch is checked before anything is written, and a rerun must match what the study began
+with: its flags, its settings and its data."""
+import os
+import re
+import shutil
+
+import pytest
+from optuna.trial import TrialState
+
+from study_helpers import jobs_of, load_study
+from studies.__main__ import main as studies_main
+from training.fake_data import write_fake_cifar10
+
+
+@pytest.mark.parametrize("name, extra, message", [
+    ("resnet18_lr", ["--lr", "0.1"], "resnet18_lr varies lr"),
+    ("resnet18_lr", ["--values", "0.5"], "0.5 is not a valid lr"),
+    ("mlpmixer_patch", ["--values", "four"], "--values: patch_size takes int values; choose from 1, 2, 4, 8, 16, 32"),
+    ("resnet18_lr", ["--logdir", "x"], "--logdir is set by the study"),
+    ("resnet18_lr", ["--set", "width=3"], "--set width=3: expected KEY=VALUE"),
+    ("resnet18_lr", ["--set", "lr=3"], "--set lr=3: expected KEY=VALUE"),
+    ("resnet18_lr", ["--optimizer", "sgd"], "resnet18_lr holds optimizer at 'adam' (the question it answers); "
+                                            "remove --optimizer"),
+    ("mlpmixer_best", ["--set", "patch_size=8"], "mlpmixer_best holds patch_size at 4 (the question it answers); "
+                                                 "remove --set patch_size"),
+    ("mlpmixer_best", ["--trials", "3", "--values", "2"], "no grid"),
+])
+def test_bad_study_flags_are_refused_before_anything_is_written(study_args, tmp_path, capsys, name, extra, message):
+    assert studies_main(study_args(name, *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_list_names_every_study_with_its_grid_or_search_space(capsys):
+    assert studies_main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "mlpmixer_patch (mlpmixer): " in out and "  grid: patch_size in 2, 4, 8, 16" in out
+    assert "  fixed: optimizer=adam" in out and "  grid: lr in 0.1, 0.01, 0.001, 0.0001, 1e-05" in out
+    assert re.search(r"^resnet18_best \(resnet18\): .*\n(  \w+: .+\n)*  augment: ", out, re.MULTILINE)
+
+
+def test_held_model_settings_are_checked_before_anything_is_written(study_args, tmp_path, capsys):
+    assert studies_main(study_args("mlpmixer_best", "--set", "embed_dim=-3")) == 2
+    assert "--set: key 'embed_dim' must be a positive integer, got -3" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_rerun_with_other_flags_is_refused(study_args, tmp_path, capsys):
+    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
+    assert studies_main(study_args("mlp_activation", "--values", "relu", "--weight_decay", "0.1")) == 2
+    assert "was started with weight_decay = 0.0005, not 0.1" in capsys.readouterr().err
+
+
+def test_a_flag_added_since_the_study_began_counts_at_its_default(study_args, tmp_path, capsys):
+    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
+    study = load_study(str(tmp_path / "out"), "mlp_activation")
+    older = {key: value for key, value in study.user_attrs["fingerprint"].items() if key != "augment"}
+    study.set_user_attr("fingerprint", older)  # as an older version of the package recorded it
+    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
+    assert studies_main(study_args("mlp_activation", "--values", "relu", "--augment", "padcrop")) == 2
+    assert "was started with augment = 'template', not 'padcrop'" in capsys.readouterr().err
+
+
+def test_missing_data_is_refused_before_anything_is_written(study_args, tmp_path, monkeypatch, capsys):
+    import urllib.error
+    import torchvision.datasets.utils as tv_utils
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr(tv_utils, "download_url", offline)
+    assert studies_main(study_args("mlp_activation", "--data_dir", str(tmp_path / "no_data"))) == 2
+    assert "download failed" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out") and not os.path.exists(tmp_path / "no_data")
+
+
+def test_an_out_that_is_a_file_is_refused(study_args, tmp_path, capsys):
+    argv = study_args("mlp_activation")
+    argv[argv.index("--out") + 1] = str(tmp_path / "taken")
+    (tmp_path / "taken").write_text("")
+    assert studies_main(argv) == 2
+    assert f"--out {tmp_path / 'taken'} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_study_knows_its_data_by_contents_not_by_folder(study_args, fake_data_dir, tmp_path, capsys):
+    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
+    moved = tmp_path / "moved"
+    shutil.copytree(fake_data_dir, moved)
+    assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh", "--data_dir", str(moved))) == 0
+    jobs = jobs_of(load_study(str(tmp_path / "out"), "mlp_activation"))
+    assert {os.path.basename(run): states for run, states in jobs.items()} == {
+        "activation-relu_seed-42": [TrialState.COMPLETE], "activation-tanh_seed-42": [TrialState.COMPLETE]}
+    other = tmp_path / "other"
+    write_fake_cifar10(str(other), train_per_batch=24, test=30, seed=1)
+    assert studies_main(study_args("mlp_activation", "--values", "relu", "--data_dir", str(other))) == 2
+    assert re.search(r"was started on another copy of CIFAR-10 \(contents [0-9a-f]{12}, --data_dir here [0-9a-f]{12}\); "
+                     "point --data_dir at the copy it used", capsys.readouterr().err)
+
+
+def test_a_study_recorded_with_its_data_folder_still_resumes(study_args, tmp_path):
+    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
+    study = load_study(str(tmp_path / "out"), "mlp_activation")
+    older = {key: value for key, value in study.user_attrs["fingerprint"].items() if key != "data"}
+    study.set_user_attr("fingerprint", {**older, "data_dir": "/where/it/was"})  # as an older version recorded it
+    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0

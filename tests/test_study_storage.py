@@ -1,0 +1,112 @@
+"""Where a study's state lives and how workers share it: the journal file, SQLite and other storages,
+the claims lock, lost runs, and worker processes on one host."""
+import os
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from study_helpers import ROOT, jobs_of, load_study, run_claimers
+from studies.__main__ import main as studies_main
+
+
+def test_a_sqlite_storage_serves_a_study_and_its_rerun(study_args, tmp_path, capsys):
+    database = tmp_path / "studies.db"
+    argv = study_args("mlp_activation", "--values", "relu", "tanh", "--storage", f"sqlite:///{database}")
+    assert studies_main(argv) == 0
+    storage = optuna.storages.RDBStorage(f"sqlite:///{database}")
+    study = optuna.load_study(study_name="mlp_activation", storage=storage)
+    assert jobs_of(study) == {"activation-relu_seed-42": [TrialState.COMPLETE],
+                              "activation-tanh_seed-42": [TrialState.COMPLETE]}
+    assert not os.path.exists(tmp_path / "out" / "mlp_activation" / "journal.log")
+    capsys.readouterr()
+    assert studies_main(argv) == 0
+    assert "-> " not in capsys.readouterr().out
+
+
+def test_an_unsupported_storage_is_refused_before_anything_is_written(study_args, tmp_path, capsys):
+    assert studies_main(study_args("mlp_activation", "--storage", "mysql://user@host/db")) == 2
+    assert "--storage mysql://user@host/db: unsupported; give a journal file path" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.parametrize("storage, message", [
+    ("postgresql://someone:secret@127.0.0.1:1/studies",
+     "--storage postgresql://someone:***@127.0.0.1:1/studies: cannot open the database (connection failed"),
+    ("postgresql://someone:secret@dbhost:port/studies", "--storage (a malformed URL): cannot open the database"),
+    ("sqlite:////no/such/folder/studies.db", "--storage sqlite:////no/such/folder/studies.db: cannot open the "
+                                             "database (unable to open database file); check the URL"),
+])
+def test_a_database_that_cannot_be_opened_gets_one_line_without_its_password(study_args, tmp_path, capsys,
+                                                                             storage, message):
+    pytest.importorskip("psycopg")
+    assert studies_main(study_args("mlp_activation", "--storage", storage)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {message}") and len(err.splitlines()) == 1 and "secret" not in err
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_running_trial_is_lost_when_its_process_is_gone_or_its_heartbeat_stops():
+    import socket
+
+    from studies.scheduler import LOST_AFTER_SECONDS, Heartbeat, is_lost
+
+    study = optuna.create_study()
+    live = study.ask()
+    with Heartbeat(live, interval=0.01):
+        time.sleep(0.2)
+    beat = study.trials[0].user_attrs["heartbeat"]
+    assert time.time() - beat < 5
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    here, elsewhere = socket.gethostname(), socket.gethostname() + "-other"
+    for attrs, lost in (({"host": here, "pid": os.getpid(), "heartbeat": beat}, False),
+                        ({"host": here, "pid": dead.pid, "heartbeat": beat}, True),
+                        ({"host": elsewhere, "pid": dead.pid, "heartbeat": beat}, False),
+                        ({"host": elsewhere, "pid": dead.pid, "heartbeat": beat - LOST_AFTER_SECONDS - 1}, True)):
+        trial = study.ask()
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        assert is_lost(study.trials[trial.number], now=beat) == lost, attrs
+
+
+def test_concurrent_workers_claim_each_grid_job_exactly_once(tmp_path):
+    run_claimers(None, "grid", str(tmp_path / "study"))
+
+
+@pytest.mark.parametrize("portable", [False, True], ids=["flock", "lock-file"])
+def test_the_claims_lock_excludes_other_holders(tmp_path, portable):
+    import threading
+
+    from studies.scheduler import FileLock
+
+    inside, overlaps = [], []
+
+    def hold_repeatedly():
+        lock = FileLock(str(tmp_path / "claims.lock"), portable=portable)
+        for _ in range(20):
+            with lock.hold("study"):
+                inside.append(1)
+                overlaps.append(len(inside) > 1)
+                time.sleep(0.001)
+                inside.pop()
+    threads = [threading.Thread(target=hold_repeatedly) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(overlaps) == 80 and not any(overlaps)
+
+
+def test_two_worker_processes_share_one_journal(study_args, tmp_path):
+    out = str(tmp_path / "out")
+    result = subprocess.run([sys.executable, "-m", "studies", *study_args("mlp_activation", "--seeds", "3"),
+                             "--workers", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    study = load_study(out, "mlp_activation")
+    assert jobs_of(study) == {f"activation-{a}_seed-{s}": [TrialState.COMPLETE]
+                              for a in ("relu", "tanh", "sigmoid") for s in (42, 43, 44)}
