@@ -141,16 +141,19 @@ def make_plan(study, options, train_argv):
                 data_fingerprint=data_fingerprint)
 
 
-def _worker_env(index, count):
-    """Worker ``index``'s environment: one GPU of this host's, round robin, when there are several;
-    without a GPU, an equal share of the CPU cores (workers with all cores each would fight over them)."""
+def _worker_env(index, count, device):
+    """Worker ``index``'s environment: on CUDA, one GPU of this host's, round robin, when there are several;
+    on a CPU (or a host without a GPU), an equal share of the cores (workers with all cores each would
+    fight over them)."""
     env = dict(os.environ)
-    visible = env.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        gpus = [gpu for gpu in visible.split(",") if gpu.strip()]
-    else:
-        import torch
-        gpus = [str(i) for i in range(torch.cuda.device_count())]
+    gpus = []
+    if device == "cuda":
+        visible = env.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:
+            gpus = [gpu for gpu in visible.split(",") if gpu.strip()]
+        else:
+            import torch
+            gpus = [str(i) for i in range(torch.cuda.device_count())]
     if len(gpus) > 1:
         env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
     if not gpus and "OMP_NUM_THREADS" not in env:
@@ -158,10 +161,10 @@ def _worker_env(index, count):
     return env
 
 
-def _launch_workers(count, argv):
+def _launch_workers(count, argv, device):
     """Start ``count`` worker processes of this same command (each with ``--workers 1``); wait for all."""
     command = [sys.executable, "-m", "studies", *argv, "--workers", "1"]
-    workers = [subprocess.Popen(command, env=_worker_env(i, count)) for i in range(count)]
+    workers = [subprocess.Popen(command, env=_worker_env(i, count, device)) for i in range(count)]
     try:
         codes = [worker.wait() for worker in workers]
     except KeyboardInterrupt:  # the workers got the same Ctrl-C; let them save their runs
@@ -183,7 +186,8 @@ def run_study(study, options, train_argv, argv):
     optuna_study, lock = open_study(plan)
     print(f"study {study.name}: {study.question} Output in {plan.study_dir}", flush=True)
     if options.workers > 1:
-        code = _launch_workers(options.workers, argv)
+        device = get_config_parser().parse_args(train_argv).device
+        code = _launch_workers(options.workers, argv, device)
     else:
         work(plan, optuna_study, lock)
         code = 0

@@ -110,3 +110,28 @@ def test_two_worker_processes_share_one_journal(study_args, tmp_path):
     study = load_study(out, "mlp_activation")
     assert jobs_of(study) == {f"activation-{a}_seed-{s}": [TrialState.COMPLETE]
                               for a in ("relu", "tanh", "sigmoid") for s in (42, 43, 44)}
+
+
+@pytest.mark.parametrize("visible, device, expected", [
+    ("0,1,2", "cuda", ["0", "1", "2", "0"]),  # round robin over the GPUs this host shows
+    ("3", "cuda", ["3"] * 4),  # one GPU: every worker shares it
+    ("", "cuda", [""] * 4),  # no GPU visible: the runs fall back to the CPU, which the workers share
+    ("0,1,2", "cpu", ["0,1,2"] * 4),  # CPU runs on a GPU host: GPUs untouched, cores shared
+])
+def test_workers_get_a_gpu_each_or_a_share_of_the_cores(monkeypatch, visible, device, expected):
+    from studies.__main__ import _worker_env
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    envs = [_worker_env(index, 4, device) for index in range(4)]
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in envs] == expected
+    shares_cores = device == "cpu" or not visible
+    assert [env.get("OMP_NUM_THREADS") for env in envs] == ["4" if shares_cores else None] * 4
+
+
+def test_a_thread_count_the_user_set_is_kept(monkeypatch):
+    from studies.__main__ import _worker_env
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert _worker_env(0, 2, "cpu")["OMP_NUM_THREADS"] == "3"
