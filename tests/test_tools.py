@@ -1,8 +1,10 @@
 """The device-run scripts on the CPU: the GPU check's dry run (fake data, a stand-in for graph capture),
 the benchmark, with ``torch.compile`` on a backend that needs no C++ build, and the dry runs of the study
 timer and the target check."""
+import json
 import os
 import re
+import tempfile
 
 import pytest
 import torch
@@ -11,6 +13,16 @@ from test_fast_path import TEST_BACKEND
 from tools import benchmark, gpu_check
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def scratch_checked(tmp_path_factory, monkeypatch):
+    """Temporary files go to a folder of their own, which must be empty again when the test ends: a dry run
+    removes the fake data and logs it made (torch's own compile cache may stay)."""
+    scratch = tmp_path_factory.mktemp("scratch")
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    yield
+    assert [name for name in os.listdir(scratch) if not name.startswith("torchinductor_")] == []
 
 
 @pytest.fixture
@@ -26,9 +38,9 @@ def quick_compile(monkeypatch):
     return calls
 
 
-def test_gpu_check_dry_run_prints_every_section(capsys, monkeypatch):
+def test_gpu_check_dry_run_prints_every_section(capsys, monkeypatch, tmp_path, scratch_checked):
     monkeypatch.chdir(ROOT)
-    gpu_check.main(["--dry_run", "--models", "mlp", "--num_workers", "0"])
+    gpu_check.main(["--dry_run", "--models", "mlp", "--num_workers", "0", "--json_out", str(tmp_path / "parity.json")])
     out = capsys.readouterr().out
     assert re.search(r"mlp \|  captured bf16 \(default fast path\) \| +none \|", out)
     assert re.search(r"^ +adamw \| non-finite none \|", out, re.MULTILINE)
@@ -39,6 +51,9 @@ def test_gpu_check_dry_run_prints_every_section(capsys, monkeypatch):
     assert re.search(r"^ +fast \| +[\d.]+ \| .*x$", out, re.MULTILINE)
     assert re.search(r"^ +mlp \| +difference \| +[+-]\d\.\d{4}$", out, re.MULTILINE)
     assert "resnet18" not in out
+    with open(tmp_path / "parity.json") as f:
+        parity = json.load(f)
+    assert set(parity) == {"mlp/fast", "mlp/eager fp32"} and parity["mlp/fast"]["status"] == "completed"
 
 
 def test_gpu_check_compile_section_compares_the_compiled_step(capsys, quick_compile):
@@ -69,10 +84,16 @@ def test_first_nonfinite_names_the_first_bad_step():
     assert gpu_check.first_nonfinite(torch.tensor([2.3, 2.1, float("inf"), float("nan")])) == "step 3"
 
 
-def test_gpu_check_refuses_an_unknown_model(capsys):
+@pytest.mark.parametrize("flags, message", [
+    (["--models", "mlp,vit"], "--models: unknown vit; choose from mlp, resnet18, mlpmixer"),
+    (["--sections", "tracking,compiled"], "--sections: unknown compiled; choose from tracking, benchmark, parity, "
+                                          "compile, profile"),
+    (["--json_out", "no/such/folder/parity.json"], "--json_out no/such/folder/parity.json: its folder does not exist"),
+])
+def test_gpu_check_refuses_bad_flags_before_it_runs(capsys, flags, message):
     with pytest.raises(SystemExit):
-        gpu_check.main(["--dry_run", "--models", "mlp,vit"])
-    assert "--models: unknown vit; choose from mlp, resnet18, mlpmixer" in capsys.readouterr().err
+        gpu_check.main(["--dry_run", *flags])
+    assert message in capsys.readouterr().err
 
 
 def test_benchmark_prints_each_path_with_its_ratio(fake_data_dir, capsys, quick_compile):
@@ -104,7 +125,7 @@ def test_a_tool_given_bad_input_prints_one_line_and_exits_2(tmp_path, capsys):
     assert err.startswith(f"error: --data_dir {tmp_path / 'a_file'} is a file, not a folder")
 
 
-def test_time_studies_dry_run_times_studies_one_to_three(capsys):
+def test_time_studies_dry_run_times_studies_one_to_three(capsys, scratch_checked):
     from tools import time_studies
 
     assert time_studies.main(["--dry_run"]) == 0
@@ -114,7 +135,7 @@ def test_time_studies_dry_run_times_studies_one_to_three(capsys):
     assert re.search(r"^time_studies: resnet18_lr took \d+\.\d s, \d+\.\d s so far$", out, re.MULTILINE)
 
 
-def test_check_targets_dry_run_prints_a_verdict_per_model(capsys):
+def test_check_targets_dry_run_prints_a_verdict_per_model(capsys, scratch_checked):
     from tools import check_targets
 
     assert check_targets.main(["--dry_run", "--epochs", "2"]) == 0  # a main.py flag overrides the recipe's

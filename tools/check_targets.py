@@ -70,7 +70,18 @@ def main(argv=None):
     parser.add_argument("--dry_run", action="store_true", help="CPU, fake data, tiny models, 1 epoch")
     cli, overrides = parser.parse_known_args(argv)
     get_config_parser().parse_args(overrides)  # a wrong main.py flag stops here, not after a first training run
+    if cli.dry_run:
+        with tempfile.TemporaryDirectory(prefix="check-targets-") as folder:
+            return check_all(cli, overrides, folder)
+    if not torch.cuda.is_available():
+        sys.exit("error: tools.check_targets measures GPU targets and needs CUDA (or --dry_run)")
     folder = tempfile.mkdtemp(prefix="check-targets-")
+    print(f"each run's results.json and checkpoint go to {folder}", flush=True)
+    return check_all(cli, overrides, folder)
+
+
+def check_all(cli, overrides, folder):
+    """Train every chosen recipe (tiny models on fake data for a dry run) and print each verdict."""
     recipes, extra, data_dir = RECIPES, overrides, cli.data_dir
     if cli.dry_run:
         from training.fake_data import write_fake_cifar10
@@ -81,8 +92,6 @@ def main(argv=None):
                                                               "num_blocks": 1}}
         recipes = {name: {**recipe, "model_config": tiny[name]} for name, recipe in RECIPES.items()}
         extra = ["--device", "cpu", "--epochs", "1", "--valid_size", "100", "--batch_size", "16", *overrides]
-    elif not torch.cuda.is_available():
-        sys.exit("error: tools.check_targets measures GPU targets and needs CUDA (or --dry_run)")
     for model in cli.models:  # each verdict is printed as soon as its run ends: a time limit keeps the earlier ones
         row = check(model, recipes[model], data_dir, folder, extra)
         verdict = "met" if row["met"] else "missed" + ("" if row["status"] == "completed" else f" ({row['status']})")

@@ -23,7 +23,6 @@ Sections (``--sections``, comma-separated):
 """
 import argparse
 import contextlib
-import json
 import os
 import sys
 import tempfile
@@ -38,10 +37,12 @@ from training.cifar10 import load_cifar10, split_train_valid
 from training.fake_data import write_fake_cifar10
 from training.models import build_model, load_model_config
 from training.optim import LRSchedule, build_optimizer
+from training.persistence import write_json
 from training.pipelines import TensorBatches
 from training.steps import GraphedTrainStep, TrainStep
 
 MODELS = ("mlp", "resnet18", "mlpmixer")
+SECTIONS = ("tracking", "benchmark", "parity", "compile", "profile")
 
 
 def _caching_autocast(device, precision):
@@ -260,17 +261,18 @@ def profile(cli, device, graph_options):
 def parity(cli, device):
     print(f"\n== parity: {cli.parity_epochs} epochs of the default recipe (AdamW 1e-3, wd 5e-4, constant lr)")
     print(f"{'model':>9} | {'path':>12} | {'test acc':>8} | {'best valid':>10} | {'train s total':>13}")
+    from config import get_config_parser
+    from training.engine import fit
+
     summary = {}
     for name in cli.models.split(","):
         for label, flags in (("fast", ["--pipeline", "tensor"]),
                              ("eager fp32", ["--pipeline", "tensor", "--precision", "fp32", "--cuda_graph", "off",
                                              "--channels_last", "off"])):
-            from config import get_config_parser
-            from training.engine import fit
             argv = ["--model", name, "--model_config", f"model_configs/{name}.json", "--epochs",
                     str(cli.parity_epochs), "--device", device.type, "--data_dir", cli.data_dir, "--no_progress",
                     "--valid_size", str(cli.valid_size), *flags]
-            with contextlib.redirect_stdout(open(os.devnull, "w")):
+            with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
                 results = fit(get_config_parser().parse_args(argv))
             summary[(name, label)] = results
             print(f"{name:>9} | {label:>12} | {results['test_acc']:8.4f} | {results['best_valid_acc']:10.4f} | "
@@ -278,8 +280,7 @@ def parity(cli, device):
         gap = summary[(name, "fast")]["test_acc"] - summary[(name, "eager fp32")]["test_acc"]
         print(f"{name:>9} | {'difference':>12} | {gap:+8.4f}", flush=True)
     if cli.json_out:
-        with open(cli.json_out, "w") as f:
-            json.dump({f"{k[0]}/{k[1]}": v for k, v in summary.items()}, f, indent=1)
+        write_json(cli.json_out, {f"{model}/{path}": results for (model, path), results in summary.items()})
 
 
 def main(argv=None):
@@ -299,13 +300,22 @@ def main(argv=None):
     parser.add_argument("--dry_run", action="store_true",
                         help="run on the CPU with fake data and a stand-in for graph capture (checks the script)")
     cli = parser.parse_args(argv)
-    unknown = set(cli.models.split(",")) - set(MODELS)
-    if unknown:
-        parser.error(f"--models: unknown {', '.join(sorted(unknown))}; choose from {', '.join(MODELS)}")
+    for flag, given, choices in (("--models", cli.models, MODELS), ("--sections", cli.sections, SECTIONS)):
+        unknown = set(given.split(",")) - set(choices)
+        if unknown:
+            parser.error(f"{flag}: unknown {', '.join(sorted(unknown))}; choose from {', '.join(choices)}")
+    if cli.json_out and not os.path.isdir(os.path.dirname(os.path.abspath(cli.json_out))):
+        parser.error(f"--json_out {cli.json_out}: its folder does not exist; create it or give another path")
+    with tempfile.TemporaryDirectory() as scratch:
+        run_sections(cli, scratch)
+
+
+def run_sections(cli, scratch):
+    """Run the chosen sections; a dry run writes its fake data into ``scratch``."""
     graph_options = {}
     if cli.dry_run:
         device = torch.device("cpu")
-        cli.data_dir = tempfile.mkdtemp()
+        cli.data_dir = scratch
         write_fake_cifar10(cli.data_dir, train_per_batch=64, test=40)
         cli.valid_size, cli.steps, cli.bench_epochs, cli.parity_epochs = 40, min(cli.steps, 4), 1, 1
         graph_options = {"capture": lambda run: run, "eager_context": contextlib.nullcontext, "warmup_steps": 1}

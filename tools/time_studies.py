@@ -12,7 +12,6 @@ the studies it finished.
 """
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -54,14 +53,20 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=1, help="worker processes per study (they share the GPU)")
     parser.add_argument("--dry_run", action="store_true", help="CPU, fake data, tiny models, 1 epoch")
     cli = parser.parse_args(argv)
-    out = cli.out or tempfile.mkdtemp(prefix="time-studies-")
     if cli.out and os.path.exists(cli.out):
         sys.exit(f"error: {cli.out} exists; give a new --out so that every run trains from scratch")
-    per_study, common = ({name: [] for name in GRID_STUDIES}, ["--data_dir", cli.data_dir, "--device", "cuda"])
     if cli.dry_run:
-        per_study, common = _dry_run_flags(tempfile.mkdtemp(prefix="time-studies-data-"))
-    elif not torch.cuda.is_available():
+        with tempfile.TemporaryDirectory(prefix="time-studies-") as scratch:
+            per_study, common = _dry_run_flags(os.path.join(scratch, "data"))
+            return time_studies(cli, os.path.join(scratch, "out"), per_study, common)
+    if not torch.cuda.is_available():
         sys.exit("error: tools.time_studies measures the GPU target and needs CUDA (or --dry_run)")
+    return time_studies(cli, cli.out or tempfile.mkdtemp(prefix="time-studies-"),
+                        {name: [] for name in GRID_STUDIES}, ["--data_dir", cli.data_dir, "--device", "cuda"])
+
+
+def time_studies(cli, out, per_study, common):
+    """Run studies 1-3 one after another into ``out``, timing each; then the report."""
     seconds = {}
     for name in GRID_STUDIES:
         _synchronize()
@@ -78,8 +83,6 @@ def main(argv=None):
     for name, value in seconds.items():
         print(f"  {name:<16} {value:8.1f} s")
     print(f"  {'total':<16} {sum(seconds.values()):8.1f} s  (target: under 240 s)")
-    if cli.dry_run:
-        shutil.rmtree(out)
     return 0
 
 
