@@ -60,7 +60,7 @@ def print_table(title, rows):
               f"{row['img_s']:11.0f} | {base / row['epoch_s']:10.2f}x")
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="mlp", choices=["mlp", "resnet18", "mlpmixer"])
     parser.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
@@ -74,7 +74,11 @@ def main(argv=None):
     parser.add_argument("--compile", action="store_true", help="add the compiled row (compiles once per repeat)")
     parser.add_argument("--precisions", nargs="+", default=["auto"], choices=["auto", "bf16", "fp16", "fp32"],
                         help="run every row but the template's at each of these (e.g. fp32 fp16 on a T4)")
-    cli = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    cli = parse_args(argv)
     labels = ["template", "eager", "fast"] if cli.device == "cuda" else ["template", "fast"]
     labels += ["compiled"] if cli.compile else []
     plan = [("template", "auto")] + [(label, precision) for label in labels[1:] for precision in cli.precisions]

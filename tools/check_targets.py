@@ -62,14 +62,21 @@ def check(model, recipe, data_dir, folder, extra=()):
             "met": met, "device": results["device_name"], "status": results["status"]}
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """The script's own flags, and the ``main.py`` flags that override the recipes' (checked here, so that a
+    wrong one stops the script before a first training run)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     parser.add_argument("--data_dir", default="./data")
     parser.add_argument("--models", nargs="+", choices=sorted(RECIPES), default=sorted(RECIPES, reverse=True))
     parser.add_argument("--dry_run", action="store_true", help="CPU, fake data, tiny models, 1 epoch")
     cli, overrides = parser.parse_known_args(argv)
-    get_config_parser().parse_args(overrides)  # a wrong main.py flag stops here, not after a first training run
+    get_config_parser().parse_args(overrides)
+    return cli, overrides
+
+
+def main(argv=None):
+    cli, overrides = parse_args(argv)
     if cli.dry_run:
         with tempfile.TemporaryDirectory(prefix="check-targets-") as folder:
             return check_all(cli, overrides, folder)

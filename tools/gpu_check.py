@@ -283,7 +283,7 @@ def parity(cli, device):
         write_json(cli.json_out, {f"{model}/{path}": results for (model, path), results in summary.items()})
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default="./data")
     parser.add_argument("--sections", default="tracking,benchmark,parity")
@@ -306,6 +306,11 @@ def main(argv=None):
             parser.error(f"{flag}: unknown {', '.join(sorted(unknown))}; choose from {', '.join(choices)}")
     if cli.json_out and not os.path.isdir(os.path.dirname(os.path.abspath(cli.json_out))):
         parser.error(f"--json_out {cli.json_out}: its folder does not exist; create it or give another path")
+    return cli
+
+
+def main(argv=None):
+    cli = parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         run_sections(cli, scratch)
 

@@ -46,13 +46,17 @@ def _dry_run_flags(folder):
         "--data_dir", folder, "--device", "cpu", "--epochs", "1", "--valid_size", "100", "--batch_size", "16"]
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default="./data")
     parser.add_argument("--out", help="output folder (default: a new temporary folder); must not exist")
     parser.add_argument("--workers", type=int, default=1, help="worker processes per study (they share the GPU)")
     parser.add_argument("--dry_run", action="store_true", help="CPU, fake data, tiny models, 1 epoch")
-    cli = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    cli = parse_args(argv)
     if cli.out and os.path.exists(cli.out):
         sys.exit(f"error: {cli.out} exists; give a new --out so that every run trains from scratch")
     if cli.dry_run:

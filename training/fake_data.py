@@ -50,11 +50,16 @@ def write_fake_cifar10(root, train_per_batch=100, test=100, seed=0):
     return folder
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Write a small fake CIFAR-10 in the real on-disk format.")
-    parser.add_argument("root")
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m training.fake_data",
+                                     description="Write a small fake CIFAR-10 in the real on-disk format.")
+    parser.add_argument("root", help="the folder that gets cifar-10-batches-py/ (use it as --data_dir)")
     parser.add_argument("--train_per_batch", type=int, default=100)
     parser.add_argument("--test", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
-    cli = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    cli = parse_args()
     print("wrote", write_fake_cifar10(cli.root, cli.train_per_batch, cli.test, cli.seed))

@@ -1,0 +1,89 @@
+"""Every command that the README and the scripts' usage lines show parses with the flags of the code it
+runs: a flag renamed or removed fails here, not for the user who copies the command."""
+import ast
+import importlib
+import os
+import re
+import shlex
+
+import pytest
+
+from config import check_args, get_config_parser
+from studies.__main__ import _given_flags, _parser as studies_parser
+from training.models import load_model_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCUMENTED = ["README.md", "main.py", "studies/__main__.py", "training/fake_data.py",
+              *(f"tools/{name}" for name in sorted(os.listdir(os.path.join(ROOT, "tools"))) if name.endswith(".py"))]
+NOT_OURS = ("pip ", "pytest", "python ../shared/")  # installers, the test runner, the course's data script
+
+
+def _commands_in_markdown(text):
+    blocks = re.findall(r"```\n(.*?)```", text, re.DOTALL)
+    lines = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+    prose = re.sub(r"```.*?```", "", text, flags=re.DOTALL).replace("\n", " ")
+    return lines + re.findall(r"`(python [^`]*)`", prose)
+
+
+def _commands_in_docstring(path):
+    with open(path) as f:
+        docstring = ast.get_docstring(ast.parse(f.read())) or ""
+    return [line for line in docstring.splitlines() if line.strip().startswith("python ")]
+
+
+def documented_commands():
+    """``(source, command)`` for every shell command shown; synopses with ``[optional]`` parts are left out."""
+    found = []
+    for source in DOCUMENTED:
+        path = os.path.join(ROOT, source)
+        if source.endswith(".md"):
+            with open(path) as f:
+                lines = _commands_in_markdown(f.read())
+        else:
+            lines = _commands_in_docstring(path)
+        for line in lines:
+            for command in line.split("#")[0].split("&&"):
+                command = " ".join(command.split())
+                if command.startswith("python") and "[" not in command and not command.startswith(NOT_OURS):
+                    found.append((source, command))
+    return found
+
+
+def parse_command(words):
+    """Parse ``words`` (a ``python ...`` command) as the code it names would; argparse exits on a bad flag."""
+    if words[:2] == ["python", "main.py"]:
+        args = get_config_parser().parse_args(words[2:])
+        assert check_args(args) == []
+        load_model_config(args.model_config, args.model)
+    elif words[:3] == ["python", "-m", "studies"]:
+        options, train_argv = studies_parser().parse_known_args(words[3:])
+        if options.command == "run":
+            _given_flags(train_argv)
+    elif words[:2] == ["python", "-m"] and words[2].startswith(("tools.", "training.")):
+        importlib.import_module(words[2]).parse_args(words[3:])
+    else:
+        pytest.fail(f"no parser known for {' '.join(words)}")
+
+
+def test_the_documentation_shows_commands_of_every_kind():
+    shown = {command.split()[1] if command.split()[1] != "-m" else command.split()[2]
+             for _, command in documented_commands()}
+    assert {"main.py", "studies", "tools.benchmark", "tools.gpu_check", "tools.time_studies", "tools.check_targets",
+            "training.fake_data"} <= shown
+
+
+@pytest.mark.parametrize("source, command", documented_commands(), ids=lambda value: value)
+def test_a_documented_command_parses(source, command, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    try:
+        parse_command(shlex.split(command))
+    except SystemExit as exc:
+        pytest.fail(f"{source}: `{command}` does not parse (exit {exc.code})")
+
+
+def test_a_wrong_flag_in_a_command_is_caught(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    for command in ("python main.py --model mlp --epochz 2", "python -m studies run mlp_activation --seed_count 3",
+                    "python -m tools.gpu_check --sectionz compile", "python -m tools.check_targets --epochz 3"):
+        with pytest.raises(SystemExit):
+            parse_command(shlex.split(command))
