@@ -6,6 +6,7 @@ import gc
 import json
 import os
 import traceback
+import warnings
 from dataclasses import dataclass, field
 
 import optuna
@@ -77,8 +78,10 @@ def open_study(plan):
     storage, lock = open_storage(plan.storage, plan.study_dir)
     # each worker process draws differently (workers seeded alike would propose the same first trials),
     # and counts the trials running elsewhere as poor (constant liar), so that it explores away from them
-    sampler = optuna.samplers.TPESampler(seed=(plan.seeds[0] * 1_000_003 + os.getpid()) % 2**32, n_startup_trials=8,
-                                         constant_liar=True)
+    with warnings.catch_warnings():  # Optuna 4 marks constant_liar experimental; it is stable from Optuna 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=(plan.seeds[0] * 1_000_003 + os.getpid()) % 2**32,
+                                             n_startup_trials=8, constant_liar=True)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3)
     with lock.hold(plan.study.name):
         study = optuna.create_study(study_name=plan.study.name, storage=storage, direction="maximize",
