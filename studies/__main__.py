@@ -275,13 +275,15 @@ def main(argv=None):
         if options.name == "all":
             if options.values or options.trials:
                 raise UserError("--values and --trials apply to one study; run the studies one by one")
-            code = 0
             position = argv.index("all")
             for name, study in STUDIES.items():
-                study_argv = [*argv[:position], name, *argv[position + 1:]]
-                code = code or run_study(study, options, train_argv, study_argv)
+                code = run_study(study, options, train_argv, [*argv[:position], name, *argv[position + 1:]])
+                if code != 0:
+                    print(f"study {name}: a worker exited with status {code}, so the studies after it did not "
+                          "start; rerun the same command to resume", file=sys.stderr)
+                    return code
             _write_report(options.out)
-            return code
+            return 0
         return run_study(STUDIES[options.name], options, train_argv, argv)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -199,6 +199,24 @@ def test_run_all_runs_every_study_then_writes_the_report(study_args, tmp_path, m
     assert "## mlp_activation:" in text and "## mlp_search:" in text and "2 search trials finished" in text
 
 
+def test_run_all_stops_at_a_study_whose_workers_failed(study_args, tmp_path, monkeypatch, capsys):
+    import studies.__main__ as cli
+
+    started = []
+
+    def workers_interrupted_in_the_first_study(study, options, train_argv, argv):
+        started.append((study.name, argv[argv.index("run") + 1], options.workers))
+        return 130
+    monkeypatch.setattr(cli, "run_study", workers_interrupted_in_the_first_study)
+    argv = study_args("mlp_activation", "--workers", "2")
+    argv[1] = "all"
+    assert studies_main(argv) == 130
+    assert started == [("mlp_activation", "mlp_activation", 2)]
+    assert ("study mlp_activation: a worker exited with status 130, so the studies after it did not start; "
+            "rerun the same command to resume") in capsys.readouterr().err
+    assert not (tmp_path / "out" / "report").exists()
+
+
 def test_an_interrupted_search_trial_resumes_with_the_same_settings(study_args, tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "out")
     argv = study_args("mlpmixer_best", "--trials", "2", "--set", "embed_dim=16", "--set", "num_blocks=1", epochs=2)
