@@ -17,3 +17,20 @@ def test_notebook_runs_top_to_bottom(monkeypatch):
     outputs = "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
                       for output in cell.get("outputs", []))
     assert "test_acc" in outputs and "untrained MLP" in outputs
+
+
+def test_on_colab_the_setup_cell_asks_for_the_repository_url_before_cloning(monkeypatch, tmp_path):
+    import subprocess
+    import sys
+    import types
+
+    nbformat = pytest.importorskip("nbformat")
+    setup = next(cell for cell in nbformat.read(os.path.join(ROOT, "main.ipynb"), as_version=4).cells
+                 if cell.cell_type == "code")
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.chdir(tmp_path)  # a fresh Colab folder: no main.py, no clone yet
+    commands = []
+    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: commands.append(command))
+    with pytest.raises(SystemExit, match="set REPO_URL above to the git URL of your copy"):
+        exec(setup.source, {})
+    assert commands == []
