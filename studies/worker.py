@@ -5,6 +5,7 @@ import contextlib
 import gc
 import json
 import os
+import sys
 import traceback
 import warnings
 from dataclasses import dataclass, field
@@ -142,8 +143,15 @@ def build_args(plan, settings, seed, run_dir, visualize):
     return args
 
 
-def _pruning_callback(trial):
+def _epoch_callback(trial, run_name, epochs, prune, console):
+    """After each epoch: one progress line on ``console`` (the run's own output goes to its train.log),
+    and for a search trial, the validation accuracy to the pruner, whose verdict stops the run."""
     def on_epoch(epoch, history):
+        seconds = history["train_seconds"][-1] + history["valid_seconds"][-1]
+        print(f"  {run_name}: epoch {epoch}/{epochs}, train loss {history['train_losses'][-1]:.4f}, "
+              f"valid acc {history['valid_accs'][-1]:.4f}, {seconds:.1f} s", file=console, flush=True)
+        if not prune:
+            return False
         trial.report(history["valid_accs"][-1], epoch)
         return trial.should_prune()
     return on_epoch
@@ -176,11 +184,12 @@ def run_trial(plan, study, trial):
               "params": trial.params, "source_trial": trial.user_attrs.get("source_trial"),
               "held": sorted(key for key in plan.given if key not in plan.study.fixed)}
     value, error = None, None
+    on_epoch = _epoch_callback(trial, trial.user_attrs["run_dir"], args.epochs, prune=role == "search",
+                               console=sys.stdout)
     try:
         with Heartbeat(trial), open(os.path.join(run_dir, "train.log"), "a") as log, \
                 contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            results = fit(args, on_epoch=_pruning_callback(trial) if role == "search" else None,
-                          test=role != "search")
+            results = fit(args, on_epoch=on_epoch, test=role != "search")
         outcome = results["status"]
         if outcome == "completed" and results["valid_accs"]:
             value = results["valid_accs"][-1]

@@ -30,7 +30,10 @@ def test_grid_study_runs_every_point_once_and_a_rerun_trains_nothing(study_args,
         assert results["status"] == "completed" and results["test_acc"] is not None
         assert trial["outcome"] == "completed" and trial["value"] == results["valid_accs"][-1]
         assert not os.path.exists(os.path.join(folder, "checkpoint.pt"))  # finished runs keep no checkpoint
-    capsys.readouterr()
+    printed = capsys.readouterr().out  # a progress line per epoch on the console; the rest is in train.log
+    for job in expected:
+        assert re.search(rf"^  {job}: epoch 1/1, train loss \d\.\d{{4}}, valid acc \d\.\d{{4}}, \d+\.\d s$", printed,
+                         re.MULTILINE), printed
     assert studies_main(study_args("mlp_activation", "--seeds", "2")) == 0
     assert "-> " not in capsys.readouterr().out  # nothing trained again
     assert len(load_study(out, "mlp_activation").get_trials()) == 6
