@@ -130,9 +130,16 @@ def test_time_studies_dry_run_times_studies_one_to_three(capsys, scratch_checked
 
     assert time_studies.main(["--dry_run"]) == 0
     out = capsys.readouterr().out
-    for name in ("mlp_activation", "resnet18_lr", "mlpmixer_patch", "total"):
-        assert re.search(rf"^  {name} +\d+\.\d s", out, re.MULTILINE)
-    assert re.search(r"^time_studies: resnet18_lr took \d+\.\d s, \d+\.\d s so far$", out, re.MULTILINE)
+    rows = {name: [float(value) for value in values.split()] for name, values in
+            re.findall(r"^  (mlp_activation|resnet18_lr|mlpmixer_patch|total) +([\d. -]+)$", out, re.MULTILINE)}
+    assert set(rows) == {"mlp_activation", "resnet18_lr", "mlpmixer_patch", "total"}
+    for wall, train, valid, rest in rows.values():
+        assert wall > 0 and abs(wall - train - valid - rest) < 0.15  # each rounded to 0.1 s
+    assert rows["total"][1] > 0 and rows["total"][2] > 0  # the runs' logged seconds were found
+    assert [sum(column) for column in zip(*(rows[name] for name in rows if name != "total"))] == pytest.approx(
+        rows["total"], abs=0.2)
+    assert re.search(r"^time_studies: resnet18_lr took \d+\.\d s \(its runs logged \d+\.\d s of training and "
+                     r"\d+\.\d s of validation\), \d+\.\d s so far$", out, re.MULTILINE)
 
 
 def test_check_targets_dry_run_prints_a_verdict_per_model(capsys, scratch_checked):
