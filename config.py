@@ -49,7 +49,8 @@ def get_config_parser():
     runner.add_argument("--valid_size", type=int, default=5000,
                         help="training images held out for validation, disjoint from the rest.")
     runner.add_argument("--resume", action="store_true",
-                        help="continue the run whose checkpoint is in --logdir.")
+                        help="continue the run whose checkpoint is in --logdir, with the same settings; --epochs "
+                             "may grow with a constant learning rate, not under a schedule.")
     runner.add_argument("--no_progress", action="store_true", help="hide the per-iteration progress bars.")
 
     recipe = parser.add_argument_group("training recipe (defaults reproduce the template)")

@@ -347,6 +347,28 @@ def test_resume_refuses_missing_or_different_checkpoint(run_args, tmp_path, caps
     assert open(os.path.join(logdir, "results.json")).read() == before  # nothing lost
 
 
+def test_resume_extends_a_constant_rate_run_but_not_a_scheduled_one(run_args, tmp_path, capsys):
+    constant, cosine = str(tmp_path / "constant"), str(tmp_path / "cosine")
+    assert main.main(run_args("mlp", "--logdir", constant, epochs=1)) == 0
+    assert main.main(run_args("mlp", "--logdir", constant, "--resume", epochs=2)) == 0
+    assert read_results(constant)["epochs_completed"] == 2
+    assert main.main(run_args("mlp", "--logdir", cosine, "--lr_schedule", "cosine", epochs=1)) == 0
+    assert main.main(run_args("mlp", "--logdir", cosine, "--lr_schedule", "cosine", "--resume", epochs=2)) == 2
+    assert "was made with epochs=1, not 2" in capsys.readouterr().err
+
+
+def test_a_checkpoint_from_an_older_version_is_checked_on_the_keys_it_recorded(run_args, tmp_path, capsys):
+    logdir = str(tmp_path / "run")
+    assert main.main(run_args("mlp", "--logdir", logdir, "--lr_schedule", "cosine", epochs=1)) == 0
+    path = os.path.join(logdir, "checkpoint.pt")
+    state = torch.load(path, weights_only=True)
+    del state["signature"]["epochs"]  # as versions before the schedule's length was recorded wrote it
+    torch.save(state, path)
+    assert main.main(run_args("mlp", "--logdir", logdir, "--lr_schedule", "cosine", "--resume", epochs=1)) == 0
+    assert main.main(run_args("mlp", "--logdir", logdir, "--lr_schedule", "onecycle", "--resume", epochs=1)) == 2
+    assert "was made with lr_schedule='cosine', not 'onecycle'" in capsys.readouterr().err
+
+
 def test_damaged_checkpoint_is_refused(run_args, tmp_path, capsys):
     logdir = tmp_path / "run"
     logdir.mkdir()

@@ -205,6 +205,8 @@ def fit(args, on_epoch=None, test=True):
 
     signature = {key: getattr(args, key) for key in RESUME_KEYS}
     signature["model_config"] = model_config
+    if args.lr_schedule != "constant":  # the schedule spans every epoch: another --epochs would bend it mid-run
+        signature["epochs"] = args.epochs
     history = {key: [] for key in ("train_losses", "valid_losses", "train_accs", "valid_accs",
                                    "train_seconds", "valid_seconds", "train_images_per_second")}
     first_epoch = 0

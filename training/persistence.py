@@ -108,9 +108,10 @@ def load_checkpoint(logdir, signature):
     except Exception as exc:  # torch.load raises many types for a damaged or foreign file
         raise UserError(f"--resume: cannot read {path} ({type(exc).__name__}); delete it and start again "
                         "without --resume") from None
-    changed = [key for key in signature if state["signature"].get(key) != signature[key]]
+    made_with = state["signature"]  # a key it lacks was not recorded by the version that wrote it: not checked
+    changed = [key for key in signature if key in made_with and made_with[key] != signature[key]]
     if changed:
         key = changed[0]
-        raise UserError(f"--resume: the checkpoint in {logdir} was made with {key}={state['signature'].get(key)!r}, "
+        raise UserError(f"--resume: the checkpoint in {logdir} was made with {key}={made_with[key]!r}, "
                         f"not {signature[key]!r}; resume with the same settings or use a new --logdir")
     return state
