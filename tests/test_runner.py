@@ -357,6 +357,17 @@ def test_resume_extends_a_constant_rate_run_but_not_a_scheduled_one(run_args, tm
     assert "was made with epochs=1, not 2" in capsys.readouterr().err
 
 
+def test_a_run_that_replaces_an_earlier_one_says_so(run_args, tmp_path, capsys):
+    logdir = str(tmp_path / "run")
+    assert main.main(run_args("mlp", "--logdir", logdir, epochs=1)) == 0
+    assert "note:" not in capsys.readouterr().err
+    assert main.main(run_args("mlp", "--logdir", logdir, epochs=1)) == 0
+    assert (f"note: {os.path.join(logdir, 'results.json')} holds an earlier mlp run (completed after 1 epoch); "
+            "this run replaces it (--resume would continue it instead)") in capsys.readouterr().err
+    assert main.main(run_args("mlp", "--logdir", logdir, "--resume", epochs=2)) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
 def test_a_checkpoint_from_an_older_version_is_checked_on_the_keys_it_recorded(run_args, tmp_path, capsys):
     logdir = str(tmp_path / "run")
     assert main.main(run_args("mlp", "--logdir", logdir, "--lr_schedule", "cosine", epochs=1)) == 0

@@ -1,5 +1,6 @@
 """The training loop: one epoch of training or evaluation, and ``fit``, which runs a whole
 experiment from parsed flags to ``results.json``. The CLI, the notebook and the tests all use it."""
+import json
 import math
 import os
 import platform
@@ -167,6 +168,22 @@ def _describe_device(device):
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def _note_replaced_run(logdir):
+    """Say so when a new run is about to overwrite the results of an earlier one in the same folder."""
+    path = os.path.join(logdir, persistence.RESULTS_FILE)
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path) as f:
+            earlier = json.load(f)
+        epochs = earlier["epochs_completed"]
+        what = (f"an earlier {earlier['model']} run ({earlier['status']} after {epochs} "
+                f"epoch{'' if epochs == 1 else 's'})")
+    except (OSError, ValueError, KeyError, TypeError):
+        what = "an earlier run's results"
+    print(f"note: {path} holds {what}; this run replaces it (--resume would continue it instead)", file=sys.stderr)
+
+
 def fit(args, on_epoch=None, test=True):
     """Run one experiment as ``main.py`` does; return the results dictionary.
 
@@ -232,6 +249,8 @@ def fit(args, on_epoch=None, test=True):
             os.makedirs(args.logdir, exist_ok=True)
         except OSError as exc:
             raise UserError(f"cannot create --logdir {args.logdir} ({exc.strerror}); give a writable folder") from None
+        if not args.resume:
+            _note_replaced_run(args.logdir)
 
     results = {
         "model": args.model, "model_config": model_config,
