@@ -30,10 +30,12 @@ import time
 
 import torch
 
+from config import get_config_parser
 from tools import run_cli
 from tools.benchmark import measure, print_table
 from training import steps as steps_module
 from training.cifar10 import load_cifar10, split_train_valid
+from training.engine import fit
 from training.fake_data import write_fake_cifar10
 from training.models import build_model, load_model_config
 from training.optim import LRSchedule, build_optimizer
@@ -261,9 +263,6 @@ def profile(cli, device, graph_options):
 def parity(cli, device):
     print(f"\n== parity: {cli.parity_epochs} epochs of the default recipe (AdamW 1e-3, wd 5e-4, constant lr)")
     print(f"{'model':>9} | {'path':>12} | {'test acc':>8} | {'best valid':>10} | {'train s total':>13}")
-    from config import get_config_parser
-    from training.engine import fit
-
     summary = {}
     for name in cli.models.split(","):
         for label, flags in (("fast", ["--pipeline", "tensor"]),
