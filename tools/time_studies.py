@@ -13,7 +13,6 @@ Each study's time is printed as soon as it ends, so a run cut short by a time li
 the studies it finished.
 """
 import argparse
-import glob
 import json
 import os
 import sys
@@ -23,7 +22,7 @@ import time
 import torch
 
 from studies.__main__ import main as studies_main
-from studies.worker import RUNS_FOLDER
+from studies.report import load_runs
 
 GRID_STUDIES = ("mlp_activation", "resnet18_lr", "mlpmixer_patch")
 
@@ -74,13 +73,9 @@ def main(argv=None):
 
 def logged_seconds(study_dir):
     """Training and validation seconds summed over the runs' results.json files in ``study_dir``."""
-    train = valid = 0.0
-    for path in glob.glob(os.path.join(study_dir, RUNS_FOLDER, "*", "results.json")):
-        with open(path) as f:
-            results = json.load(f)
-        train += sum(results["train_seconds"])
-        valid += sum(results["valid_seconds"])
-    return train, valid
+    logged = [run["results"] for run in load_runs(study_dir)]
+    return (sum(sum(results.get("train_seconds", [])) for results in logged),
+            sum(sum(results.get("valid_seconds", [])) for results in logged))
 
 
 def time_studies(cli, out, per_study, common):
