@@ -5,6 +5,7 @@ Run with ``pytest`` (the whole suite) or ``pytest test.py`` (these checks alone)
 import json
 import math
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -46,7 +47,7 @@ def forward_backward(model, images, num_classes=10):
 
 def test_graded_files_import_alone(tmp_path):
     for name in GRADED:
-        (tmp_path / name).write_text(open(os.path.join(ROOT, name)).read())
+        (tmp_path / name).write_text(pathlib.Path(ROOT, name).read_text())
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     result = subprocess.run([sys.executable, "-c", "import mlp, resnet18, mlpmixer, utils"], cwd=tmp_path,
                             env=env, capture_output=True, text=True)
@@ -57,7 +58,7 @@ def test_graded_files_import_only_allowed_modules():
     allowed = {"torch", "numpy", "matplotlib"} | set(sys.stdlib_module_names)
     import ast
     for name in GRADED:
-        tree = ast.parse(open(os.path.join(ROOT, name)).read())
+        tree = ast.parse(pathlib.Path(ROOT, name).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 roots = [alias.name.split(".")[0] for alias in node.names]
@@ -208,7 +209,7 @@ def test_resnet18_visualize(tmp_path):
     names = sorted(os.listdir(tmp_path))
     assert names == ["resnet18_kernels_gray.png", "resnet18_kernels_rgb.png"]
     for path in paths:
-        assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+        assert pathlib.Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     normalised = resnet18._normalise_each(model.conv1.weight.detach().permute(0, 2, 3, 1).numpy())
     assert normalised.shape == (64, 3, 3, 3)
     assert abs(normalised.reshape(64, -1).min(axis=1)).max() < 1e-6
@@ -311,7 +312,7 @@ def test_mlpmixer_visualize(tmp_path):
     model = mlpmixer.MLPMixer(**MIXER_CONFIG)
     (path,) = model.visualize(str(tmp_path))
     assert os.listdir(tmp_path) == ["mlpmixer_token_mixing.png"]
-    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert pathlib.Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     order = mlpmixer._paired_frequency_order(model.blocks[0].mlp_tokens.fc1.weight.detach().numpy(), 8)
     assert sorted(order) == list(range(128))  # every unit drawn once
     # each pair's partner is the unit most opposite to it among those left: pairs correlate negatively
@@ -358,7 +359,7 @@ def test_cross_entropy_does_not_use_the_builtins(monkeypatch):
     monkeypatch.setattr(nn, "CrossEntropyLoss", forbidden)
     monkeypatch.setattr(F, "nll_loss", forbidden)
     assert torch.isfinite(utils.cross_entropy_loss(torch.randn(4, 10), torch.tensor([0, 1, 2, 3])))
-    source = open(os.path.join(ROOT, "utils.py")).read()
+    source = pathlib.Path(ROOT, "utils.py").read_text()
     assert "CrossEntropyLoss" not in source.replace("torch.nn.CrossEntropyLoss` or", "")
     assert "F.cross_entropy" not in source and "functional.cross_entropy" not in source
 

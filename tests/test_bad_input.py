@@ -1,6 +1,7 @@
 """Every bad input to main.py gets one clear line on stderr, exit status 2, and nothing written or lost:
 model configs, flags, a missing data copy, an unwritable --logdir, checkpoints that cannot be resumed."""
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -98,10 +99,11 @@ def test_resume_refuses_missing_or_different_checkpoint(run_args, tmp_path, caps
     assert main.main(run_args("mlp", "--logdir", logdir, "--resume", epochs=1)) == 2
     assert "no checkpoint" in capsys.readouterr().err
     assert main.main(run_args("mlp", "--logdir", logdir, epochs=1)) == 0
-    before = open(os.path.join(logdir, "results.json")).read()
+    results = pathlib.Path(logdir, "results.json")
+    before = results.read_text()
     assert main.main(run_args("mlp", "--logdir", logdir, "--resume", "--lr", "0.5", epochs=2)) == 2
     assert "made with lr=0.001, not 0.5" in capsys.readouterr().err
-    assert open(os.path.join(logdir, "results.json")).read() == before  # nothing lost
+    assert results.read_text() == before  # nothing lost
 
 
 def test_damaged_checkpoint_is_refused(run_args, tmp_path, capsys):

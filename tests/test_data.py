@@ -221,6 +221,7 @@ def archive_server(fake_archive):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}/{fake_archive.name}"
     server.shutdown()
+    server.server_close()
 
 
 def test_a_real_download_is_checked_and_put_in_place(tmp_path, monkeypatch, fake_archive, archive_server):

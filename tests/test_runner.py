@@ -229,7 +229,8 @@ def test_divergence_stops_cleanly_with_strict_json(run_args, tmp_path, monkeypat
     monkeypatch.setattr(engine, "train", diverging)
     logdir = str(tmp_path / "run")
     assert main.main(run_args("mlp", "--logdir", logdir, epochs=4)) == 3
-    text = open(os.path.join(logdir, "results.json")).read()
+    with open(os.path.join(logdir, "results.json")) as f:
+        text = f.read()
     assert "NaN" not in text and "Infinity" not in text
     results = read_results(logdir)
     assert results["status"] == "diverged" and results["epochs_completed"] == 1 and results["test_acc"] is None

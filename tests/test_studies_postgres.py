@@ -16,7 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from studies.scheduler import open_storage
-from study_helpers import ROOT, jobs_of, run_claimers
+from study_helpers import ROOT, close_storage, jobs_of, run_claimers
 
 
 def _postgres_bin():
@@ -73,6 +73,7 @@ def test_two_workers_run_a_study_in_postgres(postgres_url, study_args, tmp_path)
     study = optuna.load_study(study_name="mlp_activation", storage=storage)
     assert jobs_of(study) == {f"activation-{a}_seed-{s}": [TrialState.COMPLETE]
                               for a in ("relu", "tanh", "sigmoid") for s in (42, 43)}
+    close_storage(storage)
     assert not os.path.exists(tmp_path / "out" / "mlp_activation" / "journal.log")  # the study lives in the database
     status = subprocess.run([sys.executable, "-m", "studies", "status", "--storage", postgres_url,
                              "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
