@@ -34,3 +34,17 @@ def test_on_colab_the_setup_cell_asks_for_the_repository_url_before_cloning(monk
     with pytest.raises(SystemExit, match="set REPO_URL above to the git URL of your copy"):
         exec(setup.source, {})
     assert commands == []
+
+
+@pytest.mark.parametrize("cuda,epochs", [(True, 15), (False, 2)])
+def test_a_full_run_trains_the_template_epochs_on_a_gpu_and_few_on_a_cpu(cuda, epochs, monkeypatch):
+    import torch
+
+    nbformat = pytest.importorskip("nbformat")
+    settings = next(cell for cell in nbformat.read(os.path.join(ROOT, "main.ipynb"), as_version=4).cells
+                    if cell.cell_type == "code" and "EPOCHS =" in cell.source)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    namespace = {"QUICK": False, "os": os}
+    exec(settings.source, namespace)
+    assert namespace["EPOCHS"] == epochs and namespace["DEVICE"] == ("cuda" if cuda else "cpu")
+    assert namespace["DATA_DIR"] == "./data" and namespace["EXTRA"] == []
