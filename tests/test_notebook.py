@@ -37,7 +37,8 @@ def test_on_colab_the_setup_cell_asks_for_the_repository_url_before_cloning(monk
 
 
 @pytest.mark.parametrize("cuda,epochs", [(True, 15), (False, 2)])
-def test_a_full_run_trains_the_template_epochs_on_a_gpu_and_few_on_a_cpu(cuda, epochs, monkeypatch):
+def test_a_full_run_trains_the_mixer_briefly_on_a_cpu_and_the_study_for_the_template_epochs(cuda, epochs,
+                                                                                             monkeypatch):
     import torch
 
     nbformat = pytest.importorskip("nbformat")
@@ -47,4 +48,5 @@ def test_a_full_run_trains_the_template_epochs_on_a_gpu_and_few_on_a_cpu(cuda, e
     namespace = {"QUICK": False, "os": os}
     exec(settings.source, namespace)
     assert namespace["EPOCHS"] == epochs and namespace["DEVICE"] == ("cuda" if cuda else "cpu")
+    assert namespace["STUDY_EPOCHS"] == 15
     assert namespace["DATA_DIR"] == "./data" and namespace["EXTRA"] == []
