@@ -1,12 +1,11 @@
 """``report.md`` and ``report.pdf`` from the studies' logs: figures, tables and summaries computed
-from each run's ``results.json`` and ``trial.json``; every sentence states what the logs show."""
+from each run's ``results.json`` and ``trial.json``; every sentence states what the logs show.
+``render`` turns the sections into Markdown and PDF."""
 import datetime
 import json
 import os
 import statistics
-import textwrap
 
-from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.image import imread
 
 from training.errors import UserError
@@ -14,8 +13,10 @@ from training.persistence import atomic_write
 
 from . import figures
 from .definitions import STUDIES
+from .render import Section, write_markdown, write_pdf
 from .worker import RUNS_FOLDER, TRIAL_FILE
 
+PROBLEM4_MIN_EPOCHS = 10  # "Train each experiment for at least 10 epochs"
 VISUALISATIONS = {"resnet18": (("resnet18_kernels_rgb.png", "first-layer kernels (RGB)"),
                                ("resnet18_kernels_gray.png", "first-layer kernels (channel average)")),
                   "mlpmixer": (("mlpmixer_token_mixing.png", "first block's token-mixing weights"),)}
@@ -86,27 +87,6 @@ RUN_HEADER = ["run", "outcome", "epochs", "final valid acc", "best valid acc", "
               "s/epoch (train)", "train img/s"]
 
 
-class Section:
-    """A report section as blocks that both the Markdown and the PDF writers render."""
-
-    def __init__(self, title):
-        self.title, self.blocks = title, []
-
-    def text(self, line):
-        self.blocks.append(("text", line))
-
-    def table(self, header, rows):
-        self.blocks.append(("table", header, rows))
-
-    def figure(self, filename, fig, caption, in_pdf=True):
-        """A figure saved as ``filename`` and shown in report.md, and (unless ``in_pdf`` is False) in the PDF."""
-        self.blocks.append(("figure", filename, fig, caption, in_pdf))
-
-    def pdf_page(self, fig):
-        """A page of the PDF only (the four curves on one page, where report.md shows four PNGs)."""
-        self.blocks.append(("pdf_page", fig))
-
-
 def _ranking_sentences(groups, setting):
     """Which value of the grid's setting won on final validation accuracy, and by how much."""
     scores = {name: _mean([(run["results"].get("valid_accs") or [None])[-1] for run in runs
@@ -129,6 +109,15 @@ def _ranking_sentences(groups, setting):
         lines.append("Test accuracy (mean): " + ", ".join(f"{name}: {_fmt(value)}" for name, value in tests.items())
                      + ".")
     return lines
+
+
+def _epochs_sentences(runs, which):
+    """Says so when ``runs`` were set to train for fewer epochs than Problem 4 asks for."""
+    planned = sorted({run["results"]["args"]["epochs"] for run in runs if "epochs" in run["results"].get("args", {})})
+    if not planned or planned[0] >= PROBLEM4_MIN_EPOCHS:
+        return []
+    return [f"{which} were set to train for {' or '.join(map(str, planned))} epochs; Problem 4 asks for at least "
+            f"{PROBLEM4_MIN_EPOCHS}."]
 
 
 def _outcome_sentences(runs):
@@ -157,7 +146,7 @@ def grid_section(study, runs):
     fixed = ", ".join(f"{key}={value}" for key, value in study.fixed.items())
     section.text(f"Grid over {setting}: {', '.join(groups)}"
                  + (f"; fixed {fixed}" if fixed else "") + f"; {len(runs)} runs.")
-    for line in _ranking_sentences(groups, setting) + _outcome_sentences(runs):
+    for line in _epochs_sentences(runs, "These runs") + _ranking_sentences(groups, setting) + _outcome_sentences(runs):
         section.text(line)
     if any(len(members) > 1 for members in groups.values()):
         section.table([setting, "runs", "final valid acc", "best valid acc", "test acc"], [
@@ -247,6 +236,8 @@ def search_section(study, runs, out):
                  f"{', '.join(str(run['trial']['seed']) for run in finals if run['trial'])}) on the training split "
                  f"and tested once each: test accuracy {_mean_std(tests)}; training time {_mean_std(seconds, 1)} s per run "
                  f"(training epochs only) on {finals[0]['results'].get('device_name', 'an unknown device')}.")
+    for line in _epochs_sentences(finals, "The final runs"):
+        section.text(line)
     args = finals[0]["results"].get("args", {})
     unused = {"momentum"} if args.get("optimizer") != "momentum" else set()
     unused |= {"weight_decay"} if args.get("optimizer") == "adam" else set()
@@ -301,61 +292,6 @@ def _describe_split(results):
     split = {"train": "?", "valid": "?", "test": "?", **results.get("split", {})}
     disjoint = {True: "disjoint", False: "overlapping"}.get(split.get("disjoint"), "overlap not logged")
     return f"{split['train']}/{split['valid']}/{split['test']} train/validation/test, {disjoint}"
-
-
-def _markdown_table(header, rows):
-    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-
-
-def _text_table(header, rows, page_width=150):
-    """A monospaced table for the PDF; the last column wraps onto continuation lines."""
-    cells = [list(map(str, header))] + [[str(cell) for cell in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header) - 1)]
-    indent = sum(widths) + 2 * len(widths)
-    lines = []
-    for row in cells:
-        last = textwrap.wrap(row[-1], max(page_width - indent, 20)) or [""]
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + last[0])
-        lines += [" " * indent + more for more in last[1:]]
-    return lines
-
-
-def write_markdown(path, sections, header_lines):
-    lines = ["# CIFAR-10: Problem 4 report", ""] + [f"- {line}" for line in header_lines]
-    for section in sections:
-        lines += ["", f"## {section.title}", ""]
-        for block in section.blocks:
-            if block[0] == "text":
-                lines += [block[1], ""]
-            elif block[0] == "table":
-                lines += _markdown_table(*block[1:]) + [""]
-            elif block[0] == "figure":
-                lines += [f"![{block[3]}]({block[1]})", ""]
-    atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode("utf-8")))
-
-
-def write_pdf(path, sections, header_lines):
-    atomic_write(path, lambda f: _write_pdf_pages(f, sections, header_lines))
-
-
-def _write_pdf_pages(file, sections, header_lines):
-    with PdfPages(file) as pdf:
-        pdf.savefig(figures.text_page("CIFAR-10: Problem 4 report", header_lines))
-        for section in sections:
-            lines = []
-            for block in section.blocks:
-                if block[0] == "text":
-                    lines += textwrap.wrap(block[1], 150) + [""]
-                elif block[0] == "table":
-                    lines += _text_table(*block[1:]) + [""]
-            for start in range(0, max(len(lines), 1), 80):
-                pdf.savefig(figures.text_page(section.title, lines[start:start + 80]))
-            for block in section.blocks:
-                if block[0] == "pdf_page":
-                    pdf.savefig(block[1])
-                elif block[0] == "figure" and block[4]:
-                    pdf.savefig(block[2])
 
 
 def build_report(out, report_dir=None):

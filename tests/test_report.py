@@ -45,11 +45,11 @@ def fixture_logs(tmp_path):
     for activation, base in (("relu", 0.50), ("tanh", 0.45), ("sigmoid", 0.40)):
         for seed, shift in ((42, 0.0), (43, 0.02)):
             write_run(out, "mlp_activation", f"activation-{activation}_seed-{seed}", {"activation": activation},
-                      [base - 0.1, base + shift], seed=seed, test_acc=base)
+                      [base - 0.1, base + shift], seed=seed, test_acc=base, args={"epochs": 15})
     for lr, acc in ((0.1, None), (0.001, 0.80), (0.0001, 0.70)):
         write_run(out, "resnet18_lr", f"lr-{lr}_seed-42", {"optimizer": "adam", "lr": lr},
                   [0.1] if acc is None else [acc - 0.2, acc], outcome="diverged" if acc is None else "completed",
-                  test_acc=acc)
+                  test_acc=acc, args={"epochs": 2})
     for patch, params, seconds in ((2, 3_000_000, 4.0), (4, 2_000_000, 1.0), (8, 1_000_000, 0.5)):
         write_run(out, "mlpmixer_patch", f"patch_size-{patch}_seed-42", {"patch_size": patch}, [0.6, 0.7],
                   test_acc=0.7, num_params=params, seconds=seconds)
@@ -106,6 +106,16 @@ def test_report_states_what_the_logs_show(fixture_logs):
     assert "| lr_schedule | onecycle |" in text and "| momentum | 0.900000 |" in text
 
 
+def test_report_says_which_runs_are_shorter_than_problem_4_asks(fixture_logs):
+    with open(build_report(fixture_logs)[0]) as f:
+        sections = {part.split(":", 1)[0]: part for part in f.read().split("\n## ")[1:]}
+    assert "These runs were set to train for 2 epochs; Problem 4 asks for at least 10." in sections["resnet18_lr"]
+    assert "Problem 4 asks" not in sections["mlp_activation"]  # 15 epochs
+    assert "Problem 4 asks" not in sections["mlpmixer_patch"]  # epochs not logged
+    for study in ("resnet18_best", "mlpmixer_best"):
+        assert "The final runs were set to train for 2 epochs; Problem 4 asks for at least 10." in sections[study]
+
+
 def test_report_names_the_studies_that_have_not_run(fixture_logs):
     for study in ("resnet18_lr", "mlpmixer_best"):
         shutil.rmtree(os.path.join(fixture_logs, study))
@@ -130,7 +140,7 @@ def test_study_logs_are_readable_by_the_templates_generate_plots(fixture_logs, t
 
 
 def test_an_interrupted_report_keeps_the_previous_one_whole(fixture_logs, monkeypatch):
-    import studies.report as report
+    import studies.render as render
 
     pdf_path = os.path.join(fixture_logs, "report", "report.pdf")
     os.makedirs(os.path.dirname(pdf_path))
@@ -140,7 +150,7 @@ def test_an_interrupted_report_keeps_the_previous_one_whole(fixture_logs, monkey
     def interrupted(file, sections, header_lines):
         file.write(b"%PDF-1.4 half a report")
         raise KeyboardInterrupt
-    monkeypatch.setattr(report, "_write_pdf_pages", interrupted)
+    monkeypatch.setattr(render, "_write_pdf_pages", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build_report(fixture_logs)
     with open(pdf_path, "rb") as f:

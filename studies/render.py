@@ -1,0 +1,84 @@
+"""Rendering a report's sections: Markdown with PNG figures, and a PDF (matplotlib only)."""
+import textwrap
+
+from matplotlib.backends.backend_pdf import PdfPages
+
+from training.persistence import atomic_write
+
+from . import figures
+
+
+class Section:
+    """A report section as blocks that both the Markdown and the PDF writers render."""
+
+    def __init__(self, title):
+        self.title, self.blocks = title, []
+
+    def text(self, line):
+        self.blocks.append(("text", line))
+
+    def table(self, header, rows):
+        self.blocks.append(("table", header, rows))
+
+    def figure(self, filename, fig, caption, in_pdf=True):
+        """A figure saved as ``filename`` and shown in report.md, and (unless ``in_pdf`` is False) in the PDF."""
+        self.blocks.append(("figure", filename, fig, caption, in_pdf))
+
+    def pdf_page(self, fig):
+        """A page of the PDF only (the four curves on one page, where report.md shows four PNGs)."""
+        self.blocks.append(("pdf_page", fig))
+
+
+def _markdown_table(header, rows):
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+
+
+def _text_table(header, rows, page_width=150):
+    """A monospaced table for the PDF; the last column wraps onto continuation lines."""
+    cells = [list(map(str, header))] + [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header) - 1)]
+    indent = sum(widths) + 2 * len(widths)
+    lines = []
+    for row in cells:
+        last = textwrap.wrap(row[-1], max(page_width - indent, 20)) or [""]
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + last[0])
+        lines += [" " * indent + more for more in last[1:]]
+    return lines
+
+
+def write_markdown(path, sections, header_lines):
+    lines = ["# CIFAR-10: Problem 4 report", ""] + [f"- {line}" for line in header_lines]
+    for section in sections:
+        lines += ["", f"## {section.title}", ""]
+        for block in section.blocks:
+            if block[0] == "text":
+                lines += [block[1], ""]
+            elif block[0] == "table":
+                lines += _markdown_table(*block[1:]) + [""]
+            elif block[0] == "figure":
+                lines += [f"![{block[3]}]({block[1]})", ""]
+    atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode("utf-8")))
+
+
+def write_pdf(path, sections, header_lines):
+    atomic_write(path, lambda f: _write_pdf_pages(f, sections, header_lines))
+
+
+def _write_pdf_pages(file, sections, header_lines):
+    with PdfPages(file) as pdf:
+        pdf.savefig(figures.text_page("CIFAR-10: Problem 4 report", header_lines))
+        for section in sections:
+            lines = []
+            for block in section.blocks:
+                if block[0] == "text":
+                    lines += textwrap.wrap(block[1], 150) + [""]
+                elif block[0] == "table":
+                    lines += _text_table(*block[1:]) + [""]
+            for start in range(0, max(len(lines), 1), 80):
+                pdf.savefig(figures.text_page(section.title, lines[start:start + 80]))
+            for block in section.blocks:
+                if block[0] == "pdf_page":
+                    pdf.savefig(block[1])
+                elif block[0] == "figure" and block[4]:
+                    pdf.savefig(block[2])
