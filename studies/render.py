@@ -1,4 +1,5 @@
 """Rendering a report's sections: Markdown with PNG figures, and a PDF (matplotlib only)."""
+import os
 import textwrap
 
 from matplotlib.backends.backend_pdf import PdfPages
@@ -45,6 +46,14 @@ def _text_table(header, rows, page_width=150):
         lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + last[0])
         lines += [" " * indent + more for more in last[1:]]
     return lines
+
+
+def write_figures(report_dir, sections):
+    """Every section's figures as PNG files in ``report_dir``, each written atomically."""
+    for section in sections:
+        for block in section.blocks:
+            if block[0] == "figure":
+                atomic_write(os.path.join(report_dir, block[1]), lambda f: block[2].savefig(f, format="png", dpi=120))
 
 
 def write_markdown(path, sections, header_lines):

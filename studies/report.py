@@ -9,11 +9,10 @@ import statistics
 from matplotlib.image import imread
 
 from training.errors import UserError
-from training.persistence import atomic_write
 
 from . import figures
 from .definitions import STUDIES
-from .render import Section, write_markdown, write_pdf
+from .render import Section, write_figures, write_markdown, write_pdf
 from .worker import RUNS_FOLDER, TRIAL_FILE
 
 PROBLEM4_MIN_EPOCHS = 10  # "Train each experiment for at least 10 epochs"
@@ -312,10 +311,7 @@ def build_report(out, report_dir=None):
     except OSError as exc:
         raise UserError(f"cannot create the report folder {report_dir} ({exc.strerror}); give a writable "
                         "--report_dir") from None
-    for section in sections:
-        for block in section.blocks:
-            if block[0] == "figure":
-                atomic_write(os.path.join(report_dir, block[1]), lambda f: block[2].savefig(f, format="png", dpi=120))
+    write_figures(report_dir, sections)
     header = provenance(all_runs)
     if not_run:
         header.append(f"Not in this report, no runs under {out} yet: {', '.join(not_run)} "
