@@ -74,15 +74,15 @@ def get_config_parser():
                         help="test-time augmentation of validation and test: flip averages the logits of each "
                              "image and its mirror image.")
 
-    speed = parser.add_argument_group("GPU fast path (the auto settings change nothing on a CPU; each can be "
-                                      "turned off)")
+    speed = parser.add_argument_group("GPU fast path (on a CPU the auto settings only give the ResNet the "
+                                      "channels-last layout; each can be turned off)")
     speed.add_argument("--precision", type=str, default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                        help="auto: bf16 autocast on a CUDA GPU with native bf16 (compute capability 8.0+: "
                             "A100, L4, H100...), fp32 on older GPUs (T4, V100) and on the CPU. fp16: autocast "
                             "with dynamic loss scaling, for the tensor cores of GPUs without bf16.")
     speed.add_argument("--channels_last", type=str, default="auto", choices=["auto", "on", "off"],
-                       help="auto: channels-last memory layout for resnet18 on a CUDA GPU with native bf16, "
-                            "or on any CUDA GPU with --precision fp16.")
+                       help="auto: channels-last memory layout for resnet18 on a CPU, on a CUDA GPU with "
+                            "native bf16, or on any CUDA GPU with --precision fp16.")
     speed.add_argument("--cuda_graph", type=str, default="auto", choices=["auto", "on", "off"],
                        help="auto: on CUDA with --pipeline tensor, record the whole training step (batch "
                             "augmentation included) in a CUDA graph once and replay it; off: eager steps.")

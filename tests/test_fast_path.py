@@ -324,7 +324,14 @@ def _args(**overrides):
 def test_fast_path_flags_resolve_per_device():
     cpu = _args()
     engine.resolve_fast_path(cpu, torch.device("cpu"))
-    assert (cpu.precision, cpu.channels_last, cpu.cuda_graph) == ("fp32", False, False)
+    assert (cpu.precision, cpu.channels_last, cpu.cuda_graph) == ("fp32", True, False)  # oneDNN's faster layout
+    for model in ("mlp", "mlpmixer"):
+        other = _args(model=model)
+        engine.resolve_fast_path(other, torch.device("cpu"))
+        assert (other.precision, other.channels_last, other.cuda_graph) == ("fp32", False, False)
+    plain = _args(channels_last="off")
+    engine.resolve_fast_path(plain, torch.device("cpu"))
+    assert plain.channels_last is False
     forced = _args(precision="bf16", channels_last="on", model="mlp")
     engine.resolve_fast_path(forced, torch.device("cpu"))
     assert (forced.precision, forced.channels_last, forced.cuda_graph) == ("bf16", True, False)

@@ -36,6 +36,7 @@ def test_each_model_trains_and_writes_results(model, run_args, tmp_path, capsys)
     assert results["split"] == {"train": 100, "valid": 20, "test": 30, "disjoint": True}
     assert results["args"]["model"] == model and results["seed"] == 42 and results["device"] == "cpu"
     assert results["num_params"] > 0 and len(results["train_seconds"]) == epochs
+    assert results["args"]["channels_last"] == (model == "resnet18")  # the auto layout on a CPU
     out = capsys.readouterr().out
     assert "train loss" in out and "img/s" in out and "test accuracy" in out
     files = set(os.listdir(logdir))
@@ -114,7 +115,8 @@ def _interrupt_at(monkeypatch, epoch_to_stop):
     monkeypatch.setattr(engine, "train", train)
 
 
-@pytest.mark.parametrize("model,pipeline,schedule", [("mlpmixer", "tensor", "cosine"), ("mlp", "torchvision", "constant")])
+@pytest.mark.parametrize("model,pipeline,schedule", [("mlpmixer", "tensor", "cosine"), ("mlp", "torchvision", "constant"),
+                                                     ("resnet18", "tensor", "constant")])
 def test_resume_gives_the_same_results_as_an_uninterrupted_run(model, pipeline, schedule, run_args, tmp_path,
                                                                monkeypatch):
     flags = ["--pipeline", pipeline, "--num_workers", "0", "--lr_schedule", schedule]
