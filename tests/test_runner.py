@@ -39,6 +39,7 @@ def test_each_model_trains_and_writes_results(model, run_args, tmp_path, capsys)
     assert results["args"]["channels_last"] == (model == "resnet18")  # the auto layout on a CPU
     out = capsys.readouterr().out
     assert "train loss" in out and "img/s" in out and "test accuracy" in out
+    assert ("fp32, channels-last, CUDA graph off" in out) == (model == "resnet18")
     files = set(os.listdir(logdir))
     assert {"results.json", "checkpoint.pt"} <= files
     if model == "resnet18":

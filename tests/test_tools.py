@@ -152,3 +152,24 @@ def test_check_targets_dry_run_prints_a_verdict_per_model(capsys, scratch_checke
     with pytest.raises(SystemExit):
         check_targets.main(["--dry_run", "--no_such_flag"])
     assert "unrecognized arguments: --no_such_flag" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tool, argv, message", [
+    ("gpu_check", [], "tools.gpu_check needs CUDA (or --dry_run to check the script on a CPU)"),
+    ("check_targets", [], "tools.check_targets measures GPU targets and needs CUDA (or --dry_run)"),
+    ("time_studies", [], "tools.time_studies measures the GPU target and needs CUDA (or --dry_run)"),
+    ("time_studies", ["--out", "EXISTING"], "--out EXISTING exists; give a new --out so that every run trains from "
+                                            "scratch"),
+])
+def test_a_gpu_tool_refuses_with_one_line_and_exit_2(tool, argv, message, tmp_path, capsys, monkeypatch):
+    import importlib
+
+    from tools import run_cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = [str(tmp_path) if flag == "EXISTING" else flag for flag in argv]
+    with pytest.raises(SystemExit) as stop:
+        run_cli(lambda: importlib.import_module(f"tools.{tool}").main(argv))
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == f"error: {message.replace('EXISTING', str(tmp_path))}\n"
+    assert os.listdir(tmp_path) == []

@@ -16,7 +16,6 @@ with the output of this script from a GPU run.
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
@@ -25,6 +24,7 @@ import torch
 from config import get_config_parser
 from tools import run_cli
 from training.engine import fit
+from training.errors import UserError
 
 RECIPES = {
     "resnet18": {
@@ -81,7 +81,7 @@ def main(argv=None):
         with tempfile.TemporaryDirectory(prefix="check-targets-") as folder:
             return check_all(cli, overrides, folder)
     if not torch.cuda.is_available():
-        sys.exit("error: tools.check_targets measures GPU targets and needs CUDA (or --dry_run)")
+        raise UserError("tools.check_targets measures GPU targets and needs CUDA (or --dry_run)")
     folder = tempfile.mkdtemp(prefix="check-targets-")
     print(f"each run's results.json and checkpoint go to {folder}", flush=True)
     return check_all(cli, overrides, folder)

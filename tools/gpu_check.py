@@ -36,6 +36,7 @@ from tools.benchmark import measure, print_table
 from training import steps as steps_module
 from training.cifar10 import load_cifar10, split_train_valid
 from training.engine import fit
+from training.errors import UserError
 from training.fake_data import write_fake_cifar10
 from training.models import build_model, load_model_config
 from training.optim import LRSchedule, build_optimizer
@@ -324,7 +325,7 @@ def run_sections(cli, scratch):
         cli.valid_size, cli.steps, cli.bench_epochs, cli.parity_epochs = 40, min(cli.steps, 4), 1, 1
         graph_options = {"capture": lambda run: run, "eager_context": contextlib.nullcontext, "warmup_steps": 1}
     elif not torch.cuda.is_available():
-        sys.exit("error: tools.gpu_check needs CUDA (or --dry_run to check the script on a CPU)")
+        raise UserError("tools.gpu_check needs CUDA (or --dry_run to check the script on a CPU)")
     else:
         device = torch.device("cuda")
         print(torch.cuda.get_device_name(), "| torch", torch.__version__, flush=True)

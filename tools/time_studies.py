@@ -23,6 +23,8 @@ import torch
 
 from studies.__main__ import main as studies_main
 from studies.report import load_runs
+from tools import run_cli
+from training.errors import UserError
 
 GRID_STUDIES = ("mlp_activation", "resnet18_lr", "mlpmixer_patch")
 
@@ -60,13 +62,13 @@ def parse_args(argv=None):
 def main(argv=None):
     cli = parse_args(argv)
     if cli.out and os.path.exists(cli.out):
-        sys.exit(f"error: {cli.out} exists; give a new --out so that every run trains from scratch")
+        raise UserError(f"--out {cli.out} exists; give a new --out so that every run trains from scratch")
     if cli.dry_run:
         with tempfile.TemporaryDirectory(prefix="time-studies-") as scratch:
             per_study, common = _dry_run_flags(os.path.join(scratch, "data"))
             return time_studies(cli, os.path.join(scratch, "out"), per_study, common)
     if not torch.cuda.is_available():
-        sys.exit("error: tools.time_studies measures the GPU target and needs CUDA (or --dry_run)")
+        raise UserError("tools.time_studies measures the GPU target and needs CUDA (or --dry_run)")
     return time_studies(cli, cli.out or tempfile.mkdtemp(prefix="time-studies-"),
                         {name: [] for name in GRID_STUDIES}, ["--data_dir", cli.data_dir, "--device", "cuda"])
 
@@ -109,4 +111,4 @@ def time_studies(cli, out, per_study, common):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

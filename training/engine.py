@@ -275,7 +275,8 @@ def fit(args, on_epoch=None, test=True):
 
     table = EpochTable()
     print(f"{args.model}: {results['num_params']:,} parameters on {results['device_name']}, "
-          f"{args.pipeline} pipeline, {args.precision}, CUDA graph {'on' if args.cuda_graph else 'off'}"
+          f"{args.pipeline} pipeline, {args.precision}{', channels-last' if args.channels_last else ''}, "
+          f"CUDA graph {'on' if args.cuda_graph else 'off'}"
           f"{', compiled' if args.compile else ''}, "
           f"split {len(train_index)}/{len(valid_index)}/{len(data.test_labels)}")
     print(table.header())
