@@ -69,7 +69,7 @@ def test_the_documentation_shows_commands_of_every_kind():
     shown = {command.split()[1] if command.split()[1] != "-m" else command.split()[2]
              for _, command in documented_commands()}
     assert {"main.py", "studies", "tools.benchmark", "tools.gpu_check", "tools.time_studies", "tools.check_targets",
-            "training.fake_data"} <= shown
+            "tools.layout_benchmark", "training.fake_data"} <= shown
 
 
 @pytest.mark.parametrize("source, command", documented_commands(), ids=lambda value: value)

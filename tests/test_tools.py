@@ -1,6 +1,6 @@
 """The device-run scripts on the CPU: the GPU check's dry run (fake data, a stand-in for graph capture),
-the benchmark, with ``torch.compile`` on a backend that needs no C++ build, and the dry runs of the study
-timer and the target check."""
+the benchmark, with ``torch.compile`` on a backend that needs no C++ build, the layout benchmark, the dry runs
+of the study timer and the target check, and the refusals of the GPU-only tools on a machine without CUDA."""
 import json
 import os
 import re
@@ -173,3 +173,46 @@ def test_a_gpu_tool_refuses_with_one_line_and_exit_2(tool, argv, message, tmp_pa
     assert stop.value.code == 2
     assert capsys.readouterr().err == f"error: {message.replace('EXISTING', str(tmp_path))}\n"
     assert os.listdir(tmp_path) == []
+
+
+def test_layout_benchmark_times_both_layouts_on_the_same_batches(fake_data_dir, capsys, monkeypatch):
+    from tools import layout_benchmark
+
+    monkeypatch.chdir(ROOT)
+    assert layout_benchmark.main(["--device", "cpu", "--data_dir", fake_data_dir, "--batch_size", "16",
+                                  "--steps", "3", "--warmup", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet18, batch 16, cpu" in out and "3 timed steps per layout after 1 untimed, interleaved" in out
+    rows = re.findall(r"^ +(contiguous|channels_last) \| +([\d.]+) \| +[\d.]+ \| +[\d.]+ \| +([\d.]+)x$", out,
+                      re.MULTILINE)
+    assert [name for name, _, _ in rows] == ["contiguous", "channels_last"]
+    assert float(rows[0][2]) == 1.0
+    assert float(rows[1][2]) == pytest.approx(float(rows[0][1]) / float(rows[1][1]), rel=0.02, abs=0.01)
+
+
+def test_layout_benchmark_steps_train_the_same_model_alike(fake_data_dir, monkeypatch):
+    from tools import layout_benchmark
+    from training.cifar10 import load_cifar10
+    from training.pipelines import TensorBatches
+
+    monkeypatch.chdir(ROOT)
+    data = load_cifar10(fake_data_dir)
+    batches = TensorBatches(data.train_images, data.train_labels, 16, torch.device("cpu"), train=True)
+    plan = list(batches.plan())
+    made = []
+    real_make_step = layout_benchmark.make_step
+
+    def make_step(*args, **kwargs):
+        made.append(real_make_step(*args, **kwargs))
+        return made[-1]
+    monkeypatch.setattr(layout_benchmark, "make_step", make_step)
+    seconds = layout_benchmark.time_layouts("resnet18", batches, plan[:3], torch.device("cpu"), "fp32", warmup=1)
+    assert {name: len(values) for name, values in seconds.items()} == {"contiguous": 2, "channels_last": 2}
+    contiguous, channels_last = made
+    assert channels_last.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not contiguous.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    # the same initial weights and batch give the same first loss (later steps drift apart: Adam's first
+    # updates are about +-lr for any gradient, so rounding-sized differences between layouts grow)
+    made.clear()
+    layout_benchmark.time_layouts("resnet18", batches, plan[1:2], torch.device("cpu"), "fp32", warmup=0)
+    torch.testing.assert_close(made[0].last_loss, made[1].last_loss, rtol=1e-5, atol=1e-5)

@@ -68,9 +68,9 @@ class KeepWarmupGradients(GraphedTrainStep):
             self.optimizer.zero_grad = zero_grad
 
 
-def default_channels_last(model_name, device):
-    """The layout the fast path gives ``model_name`` on the GPUs this check runs on (native bf16)."""
-    return model_name == "resnet18" and device.type == "cuda"
+def default_channels_last(model_name):
+    """The layout the fast path gives ``model_name`` on the GPUs this check is for (native bf16) and on a CPU."""
+    return model_name == "resnet18"
 
 
 def make_step(model_name, device, precision, channels_last, graphed, seed, graph_options, optimizer_name="adamw",
@@ -115,7 +115,7 @@ def tracking(cli, device, graph_options):
     print(f"{'model':>9} | {'path':>34} | {'non-finite':>10} | {'first':>7} | {'last':>7} | {'max |d| vs eager fp32':>21} | "
           f"{'max |d| vs eager bf16':>21}")
     for name in cli.models.split(","):
-        channels_last = default_channels_last(name, device)
+        channels_last = default_channels_last(name)
         start = time.perf_counter()
         fp32 = loss_trace(name, batches, plan, device, "fp32", False, False, 0, graph_options)
         bf16 = loss_trace(name, batches, plan, device, "bf16", channels_last, False, 0, graph_options)
@@ -157,7 +157,7 @@ def tracking(cli, device, graph_options):
 
     print(f"\n== tracking fp16 with loss scaling (--precision fp16): captured against eager, {len(plan)} steps")
     for name in cli.models.split(","):
-        channels_last = default_channels_last(name, device)
+        channels_last = default_channels_last(name)
         print_pair(name, [loss_trace(name, batches, plan, device, "fp16", channels_last, graphed, 0, graph_options)
                           for graphed in (False, True)])
 
@@ -192,7 +192,7 @@ def compiled(cli, device, graph_options):
     batches, plan = tracking_batches(cli, device)
     print(f"\n== compile: first {len(plan)} training losses of the captured bf16 step, without and with torch.compile")
     for name in cli.models.split(","):
-        channels_last = default_channels_last(name, device)
+        channels_last = default_channels_last(name)
         start = time.perf_counter()
         plain, fused = (loss_trace(name, batches, plan, device, "bf16", channels_last, True, 0,
                                    graph_options, compiled=flag)
@@ -236,7 +236,7 @@ def profile(cli, device, graph_options):
     print(f"\n== profile: ms per training step (bf16, batch 128), mean of {len(timed)} steps after {warm} warm-up steps")
     print(f"{'model':>9} | {'step':>17} | {'wall ms':>8} | {'kernel ms':>9}")
     for name in cli.models.split(","):
-        channels_last = default_channels_last(name, device)
+        channels_last = default_channels_last(name)
         tables = []
         for compiled in (False, True) if cli.profile_compiled else (False,):
             for graphed in (False, True):

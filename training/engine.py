@@ -163,7 +163,7 @@ def restore_learning_rate_type(optimizer, capturable):
         group["lr"] = torch.tensor(value, device=group["params"][0].device) if capturable else value
 
 
-def _describe_device(device):
+def describe_device(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
@@ -256,7 +256,7 @@ def fit(args, on_epoch=None, test=True):
     results = {
         "model": args.model, "model_config": model_config,
         "args": {key: (str(value) if isinstance(value, torch.device) else value) for key, value in vars(args).items()},
-        "seed": args.seed, "device": device.type, "device_name": _describe_device(device),
+        "seed": args.seed, "device": device.type, "device_name": describe_device(device),
         "torch_version": torch.__version__, "pipeline": args.pipeline, "num_params": count_parameters(model),
         "data": {"dir": os.path.abspath(args.data_dir), "test_images_sha1": data.test_fingerprint()},
         "split": {"train": len(train_index), "valid": len(valid_index), "test": len(data.test_labels),
