@@ -116,8 +116,9 @@ def _interrupt_at(monkeypatch, epoch_to_stop):
     monkeypatch.setattr(engine, "train", train)
 
 
-@pytest.mark.parametrize("model,pipeline,schedule", [("mlpmixer", "tensor", "cosine"), ("mlp", "torchvision", "constant"),
-                                                     ("resnet18", "tensor", "constant")])
+@pytest.mark.parametrize("model,pipeline,schedule", [("mlpmixer", "tensor", "cosine"),
+                                                     ("mlp", "torchvision", "constant"),
+                                                     ("resnet18", "tensor", "constant")])  # channels-last
 def test_resume_gives_the_same_results_as_an_uninterrupted_run(model, pipeline, schedule, run_args, tmp_path,
                                                                monkeypatch):
     flags = ["--pipeline", pipeline, "--num_workers", "0", "--lr_schedule", schedule]

@@ -1,4 +1,5 @@
-"""Measurement scripts: the benchmarks (pipelines, memory layouts), the GPU check, and the timing of the issue's GPU targets."""
+"""Measurement scripts: the benchmarks (pipelines, memory layouts), the GPU check, and the timing of the
+issue's GPU targets."""
 import sys
 
 from training.errors import UserError
