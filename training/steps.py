@@ -71,7 +71,7 @@ class TrainStep:
             optimizer: its optimizer.
             device: where the batches are computed.
             precision: ``"bf16"`` or ``"fp16"`` (autocast; fp16 with loss scaling) or ``"fp32"``.
-            channels_last: feed images in channels-last memory layout (faster convolutions on GPUs).
+            channels_last: feed images in channels-last memory layout (faster convolutions on GPUs and CPUs).
             label_smoothing: passed to ``utils.cross_entropy_loss``.
             schedule: maps a global step number to a learning rate; ``None`` keeps the optimizer's.
             first_step: global number of the next step (non-zero when a run resumes).
