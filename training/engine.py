@@ -132,7 +132,7 @@ def resolve_fast_path(args, device):
     step with the tensor pipeline. On an older GPU: the graph in fp32, with the ResNet's default layout,
     or channels-last with ``--precision fp16`` (the layout pays off with tensor-core convolutions).
     On a CPU: fp32 and eager steps (graphs are never possible there), and channels-last for the ResNet,
-    whose convolutions ran faster in it on this project's CPU (``tools.layout_benchmark``).
+    which trained faster in it on this project's CPU (``tools.layout_benchmark``).
     """
     cuda = device.type == "cuda"
     native_bf16 = cuda and has_native_bf16(device)
