@@ -36,6 +36,21 @@ def test_reads_python3_pickles_with_str_keys(tmp_path):
     assert torch.equal(read_images, torch.from_numpy(images)) and read_labels.tolist() == labels.tolist()
 
 
+@pytest.mark.parametrize("core", ["numpy.core", "numpy._core"])
+def test_reads_arrays_pickled_by_numpy_1_or_2(tmp_path, core):
+    """numpy 1 pickles an array as ``numpy.core.multiarray._reconstruct`` (the official archive's files),
+    numpy 2 as ``numpy._core.multiarray._reconstruct``: either loads under the installed numpy."""
+    images, labels = fake_images(5, 2)
+    pickled = pickle.dumps({b"data": images.reshape(5, -1), b"labels": labels.tolist()}, protocol=2)
+    installed_core = "numpy._core" if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else "numpy.core"
+    pickled = pickled.replace(f"c{installed_core}.multiarray\n".encode(), f"c{core}.multiarray\n".encode())
+    assert f"c{core}.multiarray\n_reconstruct\n".encode() in pickled
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickled)
+    read_images, read_labels = read_batch(str(path))
+    assert torch.equal(read_images, torch.from_numpy(images)) and read_labels.tolist() == labels.tolist()
+
+
 class _Exploit:
     def __init__(self, marker):
         self.marker = marker

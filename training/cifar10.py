@@ -6,6 +6,7 @@ copy (or the course's JPEG copy) loads as long as its contents have the right sh
 """
 import contextlib
 import hashlib
+import importlib
 import os
 import pickle
 import shutil
@@ -28,13 +29,18 @@ IMAGE_SHAPE = (3, 32, 32)
 
 
 def _numpy_reconstructors():
+    """The functions a pickled array names, under either numpy's module names (``numpy.core`` before 2.0,
+    ``numpy._core`` after), taken from the installed numpy's real core: numpy 1.26 also has a
+    ``numpy._core`` package, but only as stubs, without ``numeric``."""
     allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
-    core = getattr(np, "_core", None) or np.core
+    core = "numpy._core" if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else "numpy.core"
+    multiarray = importlib.import_module(f"{core}.multiarray")
+    numeric = importlib.import_module(f"{core}.numeric")
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[(module, "_reconstruct")] = core.multiarray._reconstruct
-        allowed[(module, "scalar")] = core.multiarray.scalar
+        allowed[(module, "_reconstruct")] = multiarray._reconstruct
+        allowed[(module, "scalar")] = multiarray.scalar
     for module in ("numpy.core.numeric", "numpy._core.numeric"):
-        allowed[(module, "_frombuffer")] = core.numeric._frombuffer
+        allowed[(module, "_frombuffer")] = numeric._frombuffer
     import _codecs
     allowed[("_codecs", "encode")] = _codecs.encode  # how Python 3 pickles bytes at protocol 2
     return allowed
