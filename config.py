@@ -1,6 +1,9 @@
 """Command-line flags of ``main.py``: the template's, with their defaults, and what the runner adds."""
 import argparse
 import os
+import re
+
+import torch
 
 from training.augmentation import AUGMENTATIONS, MIXES
 from training.optim import SCHEDULES
@@ -93,9 +96,27 @@ def get_config_parser():
     return parser
 
 
+OLDEST_TORCH = (2, 4)  # the oldest release the whole test suite passes with (README, "Install")
+
+
+def torch_release(version):
+    """``(major, minor)`` of a torch version string such as ``2.4.1+cu121`` or ``2.5.0a0+git1234``."""
+    major, minor = re.match(r"(\d+)\.(\d+)", version).groups()
+    return int(major), int(minor)
+
+
+def torch_too_old():
+    """What is wrong with the installed torch for the runner, the studies and the tools, or ``None``."""
+    if torch_release(torch.__version__) < OLDEST_TORCH:
+        return (f"torch {torch.__version__} is older than {'.'.join(map(str, OLDEST_TORCH))}, the oldest "
+                "release this runner is tested with; upgrade it: pip install -r requirements.txt")
+    return None
+
+
 def check_args(args):
-    """Problems with flag values that argparse's types cannot see; returns a list of messages."""
-    problems = []
+    """Problems with flag values that argparse's types cannot see, and a torch too old to run them; returns
+    a list of messages."""
+    problems = [problem for problem in (torch_too_old(),) if problem]
     for name in ("batch_size", "epochs", "print_every", "eval_batch_size", "valid_size"):
         if getattr(args, name) < 1:
             problems.append(f"--{name} must be at least 1, got {getattr(args, name)}")

@@ -7,8 +7,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import main
+from config import torch_release
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,6 +73,22 @@ def test_bad_flags_get_one_clear_line(flags, message, fake_data_dir, tiny_config
     code = main.main(["--model_config", tiny_configs["mlp"], "--data_dir", fake_data_dir, "--device", "cpu", *flags])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith(f"error: {message}") and len(err.splitlines()) == 1
+
+
+def test_a_torch_older_than_the_oldest_tested_gets_one_clear_line(run_args, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch, "__version__", "2.3.1+cu121")
+    logdir = tmp_path / "run"
+    assert main.main(run_args("mlp", "--logdir", str(logdir), epochs=1)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: torch 2.3.1+cu121 is older than 2.4, the oldest release this runner is tested with; "
+                   "upgrade it: pip install -r requirements.txt")
+    assert not logdir.exists()
+
+
+def test_torch_release_reads_release_builds_and_previews():
+    assert torch_release("2.4.1+cu121") == (2, 4)
+    assert torch_release("2.4.0a0+git3bcc3cd") == (2, 4)  # a container's preview build of 2.4 counts as 2.4
+    assert torch_release("10.0.0") == (10, 0)
 
 
 def test_missing_data_gets_one_clear_line(tmp_path, tiny_configs, monkeypatch, capsys):

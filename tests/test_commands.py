@@ -15,7 +15,7 @@ from training.models import load_model_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCUMENTED = ["README.md", "main.py", "studies/__main__.py", "training/fake_data.py",
               *(f"tools/{name}" for name in sorted(os.listdir(os.path.join(ROOT, "tools"))) if name.endswith(".py"))]
-NOT_OURS = ("pip ", "pytest", "python ../shared/")  # installers, the test runner, the course's data script
+NOT_OURS = ("pip ", "pytest", "python -m venv ", "python ../shared/")  # set-up, the test runner, the course's data script
 
 
 def _commands_in_markdown(text):

@@ -219,9 +219,7 @@ def kernel_summary(step, batches, items, device, rows):
             step(batches, item)
         synchronize(device)
     events = prof.key_averages()
-    column = "self_cpu_time_total"
-    if cuda:  # torch before 2.4 names the device column after CUDA
-        column = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+    column = "self_device_time_total" if cuda else "self_cpu_time_total"
     total_us = sum(getattr(event, column) for event in events)
     return total_us / len(items) / 1000, events.table(sort_by=column, row_limit=rows, max_name_column_width=70)
 

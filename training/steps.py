@@ -39,9 +39,7 @@ def make_grad_scaler(device, precision):
     step can still be recorded in a CUDA graph."""
     if precision != "fp16":
         return None
-    if hasattr(torch.amp, "GradScaler"):
-        return torch.amp.GradScaler(torch.device(device).type)
-    return torch.cuda.amp.GradScaler()  # torch before 2.3
+    return torch.amp.GradScaler(torch.device(device).type)
 
 
 def memory_format_for(channels_last):
