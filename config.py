@@ -116,7 +116,8 @@ def torch_too_old():
 def check_args(args):
     """Problems with flag values that argparse's types cannot see, and a torch too old to run them; returns
     a list of messages."""
-    problems = [problem for problem in (torch_too_old(),) if problem]
+    too_old = torch_too_old()
+    problems = [too_old] if too_old else []
     for name in ("batch_size", "epochs", "print_every", "eval_batch_size", "valid_size"):
         if getattr(args, name) < 1:
             problems.append(f"--{name} must be at least 1, got {getattr(args, name)}")
