@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from config import check_args, get_config_parser
-from training.cifar10 import load_cifar10
+from training.cifar10 import check_valid_size, load_cifar10
 from training.errors import UserError
 from training.models import SCHEMAS, load_model_config, validate_model_config
 
@@ -133,12 +133,13 @@ def make_plan(study, options, train_argv):
     if os.path.exists(options.out) and not os.path.isdir(options.out):
         raise UserError(f"--out {options.out} is a file, not a folder; give a folder path")
     # read here, once: a missing copy is fetched (or refused) before any worker starts or anything is written
-    data_fingerprint = load_cifar10(args.data_dir).fingerprint()
+    data = load_cifar10(args.data_dir)
+    check_valid_size(len(data.train_labels), args.valid_size)
     return Plan(study=study, study_dir=os.path.join(options.out, study.name), train_argv=train_argv, given=given,
                 model_config=model_config, seeds=[args.seed + i for i in range(options.seeds)],
                 values=_grid_values(study, options.values) if study.grid else [],
                 trials=options.trials or study.trials, storage=options.storage, retry_failed=options.retry_failed,
-                data_fingerprint=data_fingerprint)
+                data_fingerprint=data.fingerprint())
 
 
 def _worker_env(index, count, device):

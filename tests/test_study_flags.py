@@ -24,6 +24,7 @@ from training.fake_data import write_fake_cifar10
     ("mlpmixer_best", ["--set", "patch_size=8"], "mlpmixer_best holds patch_size at 4 (the question it answers); "
                                                  "remove --set patch_size"),
     ("mlpmixer_best", ["--trials", "3", "--values", "2"], "no grid"),
+    ("mlp_activation", ["--valid_size", "5000"], "--valid_size 5000 must be between 1 and"),
 ])
 def test_bad_study_flags_are_refused_before_anything_is_written(study_args, tmp_path, capsys, name, extra, message):
     assert studies_main(study_args(name, *extra)) == 2

@@ -190,10 +190,15 @@ def _missing_ancestors(path):
     return missing
 
 
-def split_train_valid(num_images, valid_size, seed):
-    """One permutation of the training images from ``seed``, cut into disjoint (train, valid) index tensors."""
+def check_valid_size(num_images, valid_size):
+    """Refuse a validation share that would leave no training or no validation image."""
     if not 0 < valid_size < num_images:
         raise UserError(f"--valid_size {valid_size} must be between 1 and {num_images - 1} "
                         f"(the training set has {num_images} images)")
+
+
+def split_train_valid(num_images, valid_size, seed):
+    """One permutation of the training images from ``seed``, cut into disjoint (train, valid) index tensors."""
+    check_valid_size(num_images, valid_size)
     order = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed))
     return order[:num_images - valid_size], order[num_images - valid_size:]
