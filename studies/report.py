@@ -86,11 +86,18 @@ RUN_HEADER = ["run", "outcome", "epochs", "final valid acc", "best valid acc", "
               "s/epoch (train)", "train img/s"]
 
 
+def _and_list(names):
+    """``a``, ``a and b``, ``a, b and c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 def _ranking_sentences(groups, setting):
     """Which value of the grid's setting won on final validation accuracy, and by how much."""
     scores = {name: _mean([(run["results"].get("valid_accs") or [None])[-1] for run in runs
                            if (run["trial"] or {}).get("outcome") == "completed"]) for name, runs in groups.items()}
-    ranked = sorted(((score, name) for name, score in scores.items() if score is not None), reverse=True)
+    # stable: settings that tie keep the grid's order
+    ranked = sorted(((score, name) for name, score in scores.items() if score is not None),
+                    key=lambda pair: pair[0], reverse=True)
     if not ranked:
         return ["No run has completed yet."]
     order = ", ".join(f"{name}: {score:.4f}" for score, name in ranked)
@@ -99,10 +106,10 @@ def _ranking_sentences(groups, setting):
         best = ranked[0][0]
         leaders = [name for score, name in ranked if score == best]
         if len(leaders) > 1:
-            lines.append(f"{setting} {' and '.join(leaders)} tie for the highest, {best:.4f}.")
+            lines.append(f"{setting} {_and_list(leaders)} tie for the highest, {best:.4f}.")
         else:
-            lines.append(f"{setting} {leaders[0]} is highest, {best - ranked[1][0]:.4f} above {ranked[1][1]} and "
-                         f"{best - ranked[-1][0]:.4f} above the lowest ({ranked[-1][1]}).")
+            lines.append(f"{setting} {leaders[0]} is highest, {best - ranked[1][0]:.4f} above the next "
+                         f"({ranked[1][1]}) and {best - ranked[-1][0]:.4f} above the lowest ({ranked[-1][1]}).")
     tests = {name: _mean([run["results"].get("test_acc") for run in groups[name]]) for _, name in ranked}
     if any(value is not None for value in tests.values()):
         lines.append("Test accuracy (mean): " + ", ".join(f"{name}: {_fmt(value)}" for name, value in tests.items())
@@ -231,9 +238,11 @@ def search_section(study, runs, out):
         return section
     tests = [run["results"].get("test_acc") for run in finals]
     seconds = [sum(run["results"].get("train_seconds") or []) for run in finals]
-    section.text(f"The best configuration, retrained {len(finals)} time(s) (seeds "
-                 f"{', '.join(str(run['trial']['seed']) for run in finals if run['trial'])}) on the training split "
-                 f"and tested once each: test accuracy {_mean_std(tests)}; training time {_mean_std(seconds, 1)} s per run "
+    seeds = [str(run["trial"]["seed"]) for run in finals if run["trial"]]
+    times = "once" if len(finals) == 1 else f"{len(finals)} times"
+    section.text(f"The best configuration, retrained {times} ({'seed' if len(seeds) == 1 else 'seeds'} "
+                 f"{_and_list(seeds)}) on the training split "
+                 f"and tested {'once' if len(finals) == 1 else 'once each'}: test accuracy {_mean_std(tests)}; training time {_mean_std(seconds, 1)} s per run "
                  f"(training epochs only) on {finals[0]['results'].get('device_name', 'an unknown device')}.")
     for line in _epochs_sentences(finals, "The final runs"):
         section.text(line)

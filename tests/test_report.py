@@ -93,16 +93,17 @@ def test_report_states_what_the_logs_show(fixture_logs):
     assert "- Split: 45000/5000/10000 train/validation/test, disjoint.\n" in text
     assert "- Precision: bf16.\n" in text
     # relu: mean final accuracy (0.50 + 0.52) / 2 = 0.51; tanh 0.46; sigmoid 0.41
-    assert "activation relu is highest, 0.0500 above tanh and 0.1000 above the lowest (sigmoid)." in text
+    assert "activation relu is highest, 0.0500 above the next (tanh) and 0.1000 above the lowest (sigmoid)." in text
     assert "| relu | 2 | 0.5100 ± 0.0141 |" in text
     assert "lr-0.1_seed-42 diverged: its training loss was not finite in epoch 2." in text
-    assert "lr 0.001 is highest, 0.1000 above 0.0001" in text
+    assert "lr 0.001 is highest, 0.1000 above the next (0.0001)" in text
     # seconds per epoch leave out the first: 4.0, 1.0 and 0.5 s
     assert "a training epoch takes from 0.50 s (patch_size 8) to 4.00 s (patch_size 2), 8.0 times as long." in text
     assert "| 2 | 3,000,000 | 4.00 | 11250 |" in text
+    assert "patch_size 2, 4 and 8 tie for the highest, 0.7000." in text
     assert "2 search trials finished: 1 completed, 1 pruned." in text
     assert "Best trial: 0, final validation accuracy 0.9000 after 2 epochs" in text
-    assert "test accuracy 0.9300; training time 8.0 s per run (training epochs only) on NVIDIA H100" in text
+    assert "retrained once (seed 42) on the training split and tested once: test accuracy 0.9300; training time 8.0 s per run (training epochs only) on NVIDIA H100" in text
     assert "| lr_schedule | onecycle |" in text and "| momentum | 0.900000 |" in text
 
 
@@ -114,6 +115,16 @@ def test_report_says_which_runs_are_shorter_than_problem_4_asks(fixture_logs):
     assert "Problem 4 asks" not in sections["mlpmixer_patch"]  # epochs not logged
     for study in ("resnet18_best", "mlpmixer_best"):
         assert "The final runs were set to train for 2 epochs; Problem 4 asks for at least 10." in sections[study]
+
+
+def test_report_counts_the_final_runs_of_a_search_and_names_their_seeds(fixture_logs):
+    best = {"optimizer": "momentum", "lr": 0.1, "epochs": 2}
+    write_run(fixture_logs, "resnet18_best", "final_seed-43", best, [0.8, 0.9], role="final", trial=3,
+              seed=43, test_acc=0.91, args={**best, "seed": 43})
+    with open(build_report(fixture_logs)[0]) as f:
+        text = f.read()
+    assert ("The best configuration, retrained 2 times (seeds 42 and 43) on the training split and tested once "
+            "each: test accuracy 0.9200 ± 0.0141;") in text
 
 
 def test_report_names_the_studies_that_have_not_run(fixture_logs):
