@@ -108,8 +108,9 @@ def _ranking_sentences(groups, setting):
         if len(leaders) > 1:
             lines.append(f"{setting} {_and_list(leaders)} tie for the highest, {best:.4f}.")
         else:
+            lowest = f" and {best - ranked[-1][0]:.4f} above the lowest ({ranked[-1][1]})" if len(ranked) > 2 else ""
             lines.append(f"{setting} {leaders[0]} is highest, {best - ranked[1][0]:.4f} above the next "
-                         f"({ranked[1][1]}) and {best - ranked[-1][0]:.4f} above the lowest ({ranked[-1][1]}).")
+                         f"({ranked[1][1]}){lowest}.")
     tests = {name: _mean([run["results"].get("test_acc") for run in groups[name]]) for _, name in ranked}
     if any(value is not None for value in tests.values()):
         lines.append("Test accuracy (mean): " + ", ".join(f"{name}: {_fmt(value)}" for name, value in tests.items())

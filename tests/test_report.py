@@ -96,7 +96,7 @@ def test_report_states_what_the_logs_show(fixture_logs):
     assert "activation relu is highest, 0.0500 above the next (tanh) and 0.1000 above the lowest (sigmoid)." in text
     assert "| relu | 2 | 0.5100 ± 0.0141 |" in text
     assert "lr-0.1_seed-42 diverged: its training loss was not finite in epoch 2." in text
-    assert "lr 0.001 is highest, 0.1000 above the next (0.0001)" in text
+    assert "lr 0.001 is highest, 0.1000 above the next (0.0001).\n" in text  # the two that did not diverge
     # seconds per epoch leave out the first: 4.0, 1.0 and 0.5 s
     assert "a training epoch takes from 0.50 s (patch_size 8) to 4.00 s (patch_size 2), 8.0 times as long." in text
     assert "| 2 | 3,000,000 | 4.00 | 11250 |" in text
