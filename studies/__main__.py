@@ -26,7 +26,7 @@ from training.errors import UserError
 from training.models import SCHEMAS, load_model_config, validate_model_config
 
 from .definitions import STUDIES, is_model_setting
-from .scheduler import JOURNAL_FILE, is_lost, job_states, open_storage
+from .scheduler import JOURNAL_FILE, close_storage, is_lost, job_states, open_storage
 from .worker import RUNS_FOLDER, Plan, open_study, work
 
 STUDY_FLAGS = ("model", "logdir", "resume", "visualize")  # set by the study for each run
@@ -184,16 +184,20 @@ def _summary(study):
 
 def run_study(study, options, train_argv, argv):
     plan = make_plan(study, options, train_argv)
-    optuna_study, lock = open_study(plan)
-    print(f"study {study.name}: {study.question} Output in {plan.study_dir}", flush=True)
-    if options.workers > 1:
-        device = get_config_parser().parse_args(train_argv).device
-        code = _launch_workers(options.workers, argv, device)
-    else:
-        work(plan, optuna_study, lock)
-        code = 0
-    print(f"study {study.name}: {_summary(optuna_study)}", flush=True)
-    return code
+    storage, lock = open_storage(plan.storage, plan.study_dir)
+    try:
+        optuna_study = open_study(plan, storage, lock)
+        print(f"study {study.name}: {study.question} Output in {plan.study_dir}", flush=True)
+        if options.workers > 1:
+            device = get_config_parser().parse_args(train_argv).device
+            code = _launch_workers(options.workers, argv, device)
+        else:
+            work(plan, optuna_study, lock)
+            code = 0
+        print(f"study {study.name}: {_summary(optuna_study)}", flush=True)
+        return code
+    finally:
+        close_storage(storage)
 
 
 def _list():
@@ -217,6 +221,28 @@ def _progress(study_dir, run_dir):
         return None
 
 
+def _print_status(name, study_dir, storage):
+    """Print study ``name``'s runs by outcome and each running run's worker and progress; False if
+    ``storage`` does not hold it."""
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:  # not in this database
+        return False
+    print(f"{name}: {_summary(study) or 'nothing run yet'}")
+    now = time.time()
+    for run_dir, (_, live, _) in sorted(job_states(study.get_trials(deepcopy=False)).items()):
+        if live is None or live.state != TrialState.RUNNING:
+            continue
+        attrs = live.user_attrs
+        heard = now - (attrs.get("heartbeat") or live.datetime_start.timestamp())
+        where = f"on {attrs.get('host', 'an unknown host')} (pid {attrs.get('pid', '?')})"
+        state = ("its worker is gone: the next worker to claim a run resumes it" if is_lost(live, now)
+                 else f"last heard {heard:.0f} s ago")
+        progress = _progress(study_dir, run_dir) or "first epoch"
+        print(f"  {run_dir}: running {where}, {progress}; {state}")
+    return True
+
+
 def _status(out, storage_url):
     """Print every study that has started: its runs by outcome, then each running run's worker and progress."""
     if storage_url and storage_url.startswith("sqlite:///") and not os.path.isfile(storage_url[len("sqlite:///"):]):
@@ -228,22 +254,9 @@ def _status(out, storage_url):
             continue  # never create a journal just to look
         storage, _ = open_storage(storage_url, study_dir)
         try:
-            study = optuna.load_study(study_name=name, storage=storage)
-        except KeyError:  # not in this database
-            continue
-        shown += 1
-        print(f"{name}: {_summary(study) or 'nothing run yet'}")
-        now = time.time()
-        for run_dir, (_, live, _) in sorted(job_states(study.get_trials(deepcopy=False)).items()):
-            if live is None or live.state != TrialState.RUNNING:
-                continue
-            attrs = live.user_attrs
-            heard = now - (attrs.get("heartbeat") or live.datetime_start.timestamp())
-            where = f"on {attrs.get('host', 'an unknown host')} (pid {attrs.get('pid', '?')})"
-            state = ("its worker is gone: the next worker to claim a run resumes it" if is_lost(live, now)
-                     else f"last heard {heard:.0f} s ago")
-            progress = _progress(study_dir, run_dir) or "first epoch"
-            print(f"  {run_dir}: running {where}, {progress}; {state}")
+            shown += _print_status(name, study_dir, storage)
+        finally:
+            close_storage(storage)
     if not shown:
         raise UserError(f"no study has started in {storage_url or out}; `python -m studies run NAME` starts one")
 

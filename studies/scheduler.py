@@ -60,6 +60,14 @@ def open_storage(url, study_dir):
                     "(several machines) or a sqlite:/// URL")
 
 
+def close_storage(storage):
+    """Close a database storage's pooled connections (a journal file holds none), so that a process that
+    goes on after a study (``run all``, ``status``) keeps no idle connection to the database."""
+    if isinstance(storage, optuna.storages.RDBStorage):
+        storage.remove_session()
+        storage.engine.dispose()
+
+
 def _database(url, given):
     """Optuna's storage in the database at ``url`` (the user's ``given`` URL, as SQLAlchemy wants it);
     one line naming the problem, without the password, if it cannot be opened."""

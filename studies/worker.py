@@ -21,7 +21,7 @@ from training.errors import UserError
 from training.models import validate_model_config
 
 from .definitions import is_model_setting
-from .scheduler import Claimer, Heartbeat, open_storage
+from .scheduler import Claimer, Heartbeat
 
 RUNS_FOLDER = "runs"
 NOT_IN_FINGERPRINT = ("model", "model_config", "logdir", "resume", "visualize", "seed", "print_every", "no_progress",
@@ -74,9 +74,9 @@ class Plan:
                                       "held": self.given, "data": self.data_fingerprint, **settings}))
 
 
-def open_study(plan):
-    """Create or load the study; refuse one made with other flags, whose runs could not be mixed."""
-    storage, lock = open_storage(plan.storage, plan.study_dir)
+def open_study(plan, storage, lock):
+    """Create or load the study in ``storage`` (from ``open_storage``); refuse one made with other flags,
+    whose runs could not be mixed."""
     # each worker process draws differently (workers seeded alike would propose the same first trials),
     # and counts the trials running elsewhere as poor (constant liar), so that it explores away from them
     with warnings.catch_warnings():  # Optuna 4 marks constant_liar experimental; it is stable from Optuna 5
@@ -106,7 +106,7 @@ def open_study(plan):
                                 "--out (or --storage)")
             raise UserError(f"{where} was started with {key} = {made_with.get(key)!r}, not {now.get(key)!r}; rerun "
                             "with the same flags, or use a new --out (or --storage)")
-    return study, lock
+    return study
 
 
 def run_settings(plan, trial):

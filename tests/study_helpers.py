@@ -7,7 +7,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from studies.scheduler import Claimer, open_storage
+from studies.scheduler import Claimer, close_storage, open_storage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,14 +28,6 @@ def jobs_of(study):
     for trial in study.get_trials():
         jobs.setdefault(trial.user_attrs["run_dir"], []).append(trial.state)
     return jobs
-
-
-def close_storage(storage):
-    """Close a database storage's pooled connections (a no-op for a journal), so that none is left open
-    when the test's server stops."""
-    if isinstance(storage, optuna.storages.RDBStorage):
-        storage.remove_session()
-        storage.engine.dispose()
 
 
 def _claim_and_finish(storage_url, folder, name, jobs, seconds):

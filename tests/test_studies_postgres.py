@@ -15,8 +15,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from studies.scheduler import open_storage
-from study_helpers import ROOT, close_storage, jobs_of, run_claimers
+from studies.scheduler import close_storage, open_storage
+from study_helpers import ROOT, jobs_of, run_claimers
 
 
 def _postgres_bin():

@@ -11,6 +11,8 @@ from optuna.trial import TrialState
 
 from study_helpers import ROOT, jobs_of, load_study, run_claimers
 from studies.__main__ import main as studies_main
+from studies.definitions import STUDIES
+from studies.scheduler import close_storage
 
 
 def test_a_sqlite_storage_serves_a_study_and_its_rerun(study_args, tmp_path, capsys):
@@ -21,10 +23,29 @@ def test_a_sqlite_storage_serves_a_study_and_its_rerun(study_args, tmp_path, cap
     study = optuna.load_study(study_name="mlp_activation", storage=storage)
     assert jobs_of(study) == {"activation-relu_seed-42": [TrialState.COMPLETE],
                               "activation-tanh_seed-42": [TrialState.COMPLETE]}
+    close_storage(storage)
     assert not os.path.exists(tmp_path / "out" / "mlp_activation" / "journal.log")
     capsys.readouterr()
     assert studies_main(argv) == 0
     assert "-> " not in capsys.readouterr().out
+
+
+def test_run_and_status_leave_no_database_connection_open(study_args, tmp_path, monkeypatch, capsys):
+    from studies import scheduler
+
+    opened = []
+
+    def recording(url, given):
+        opened.append(database(url, given))
+        return opened[-1]
+    database = scheduler._database
+    monkeypatch.setattr(scheduler, "_database", recording)
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    assert studies_main(study_args("mlp_activation", "--values", "relu", "--storage", url)) == 0
+    assert studies_main(["status", "--storage", url, "--out", str(tmp_path / "out")]) == 0
+    assert "mlp_activation: 1 completed" in capsys.readouterr().out
+    assert len(opened) == 1 + len(STUDIES)  # the run's, then one per study that status looked for
+    assert [storage.engine.pool.checkedin() for storage in opened] == [0] * len(opened)
 
 
 def test_an_unsupported_storage_is_refused_before_anything_is_written(study_args, tmp_path, capsys):
