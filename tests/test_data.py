@@ -1,4 +1,5 @@
 """The CIFAR-10 reader, the fetch step and the split, on fake data in the real on-disk format."""
+import io
 import os
 import pickle
 import shutil
@@ -159,7 +160,10 @@ def test_no_data_without_download_names_the_fix(tmp_path):
     assert not (tmp_path / "nowhere").exists()
 
 
-def test_extracts_an_archive_placed_in_data_dir(tmp_path, fake_archive):
+@pytest.mark.parametrize("tar_filters", [True, False], ids=["tarfile with filters", "tarfile before filters"])
+def test_extracts_an_archive_placed_in_data_dir(tmp_path, monkeypatch, fake_archive, tar_filters):
+    if not tar_filters:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
     target = tmp_path / "data"
     target.mkdir()
     shutil.copy(fake_archive, target / cifar10.ARCHIVE)
@@ -169,13 +173,11 @@ def test_extracts_an_archive_placed_in_data_dir(tmp_path, fake_archive):
 
 
 def test_an_interrupted_extraction_leaves_no_partial_folder(tmp_path, monkeypatch, fake_archive):
-    import torchvision.datasets.utils as tv_utils
-
     def extract_some(from_path, to_path):
         os.makedirs(os.path.join(to_path, cifar10.FOLDER))
         open(os.path.join(to_path, cifar10.FOLDER, "data_batch_1"), "wb").close()
         raise KeyboardInterrupt
-    monkeypatch.setattr(tv_utils, "extract_archive", extract_some)
+    monkeypatch.setattr(cifar10, "extract_archive", extract_some)
     shutil.copy(fake_archive, tmp_path / cifar10.ARCHIVE)
     with pytest.raises(KeyboardInterrupt):
         load_cifar10(str(tmp_path), download=False)
@@ -190,6 +192,31 @@ def test_a_copy_another_process_put_in_place_first_is_used(tmp_path, monkeypatch
     data = load_cifar10(str(tmp_path / "data"))
     assert len(data.test_labels) == 4
     assert sorted(os.listdir(tmp_path / "data")) == sorted([cifar10.ARCHIVE, cifar10.FOLDER])
+
+
+@pytest.mark.parametrize("name, kind", [("../../escaped.txt", tarfile.REGTYPE), ("{home}/escaped.txt", tarfile.REGTYPE),
+                                        (f"{cifar10.FOLDER}/link", tarfile.SYMTYPE),
+                                        (f"{cifar10.FOLDER}/device", tarfile.CHRTYPE)])
+def test_an_archive_that_would_write_outside_its_folder_is_refused_whole(tmp_path, fake_archive, name, kind):
+    home = tmp_path / "home"
+    data_dir = home / "data"
+    data_dir.mkdir(parents=True)
+    name = name.format(home=home)
+    payload = b"written outside --data_dir"
+    with tarfile.open(fake_archive) as source, tarfile.open(data_dir / cifar10.ARCHIVE, "w:gz") as tampered:
+        for member in source.getmembers():
+            tampered.addfile(member, source.extractfile(member) if member.isfile() else None)
+        extra = tarfile.TarInfo(name)
+        extra.type = kind
+        extra.linkname = "../../../escaped.txt" if kind == tarfile.SYMTYPE else ""
+        extra.size = len(payload) if kind == tarfile.REGTYPE else 0
+        tampered.addfile(extra, io.BytesIO(payload) if kind == tarfile.REGTYPE else None)
+    with pytest.raises(UserError) as error:
+        load_cifar10(str(data_dir), download=False)
+    message = str(error.value)
+    assert message.startswith(f"unsafe archive {data_dir / cifar10.ARCHIVE}: its member {name!r} is not a plain "
+                              "file or folder inside it; delete the archive") and "\n" not in message
+    assert os.listdir(data_dir) == [cifar10.ARCHIVE] and os.listdir(home) == ["data"]
 
 
 def test_damaged_archive_gives_a_clear_error_and_stays(tmp_path):

@@ -10,6 +10,7 @@ import importlib
 import os
 import pickle
 import shutil
+import tarfile
 import tempfile
 from dataclasses import dataclass
 
@@ -131,7 +132,7 @@ def fetch_cifar10(data_dir, download=True):
     a failed or interrupted fetch leaves ``data_dir`` as it was, and processes fetching at once do not
     mix their files. A downloaded archive is kept beside the folder, as torchvision keeps it.
     """
-    from torchvision.datasets.utils import download_url, extract_archive
+    from torchvision.datasets.utils import download_url
 
     archive = os.path.join(data_dir, ARCHIVE)
     where = (f"put {ARCHIVE} (from {URL}) in {os.path.abspath(data_dir)}, or point --data_dir at a folder "
@@ -159,6 +160,8 @@ def fetch_cifar10(data_dir, download=True):
                                 f"download failed ({type(exc).__name__}: {exc}); {where}") from None
         try:
             extract_archive(source, staging)
+        except UserError:
+            raise
         except Exception as exc:  # tarfile and gzip raise many types for a damaged archive
             raise UserError(f"could not extract {archive} ({type(exc).__name__}: {exc}); download it again, "
                             f"or {where}") from None
@@ -178,6 +181,23 @@ def fetch_cifar10(data_dir, download=True):
         for folder in created:  # deepest first; each is removed only if the fetch left it empty
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
+
+
+def extract_archive(archive, destination):
+    """Extract the tar ``archive`` into ``destination``, refusing it whole if any member is not a plain
+    file or folder that stays inside ``destination``: an archive placed in ``--data_dir`` is not
+    checksummed, and a tampered one could otherwise write anywhere the user can (``../`` names, absolute
+    paths, links)."""
+    with tarfile.open(archive, "r:*") as tar:
+        members = tar.getmembers()
+        for member in members:
+            path = os.path.normpath(member.name)
+            if not (member.isfile() or member.isdir()) or os.path.isabs(path) or path.split(os.sep)[0] == os.pardir:
+                raise UserError(f"unsafe archive {archive}: its member {member.name!r} is not a plain file or "
+                                "folder inside it; delete the archive and download CIFAR-10 again")
+        # the "data" filter (Python 3.12, and security releases before it) also drops odd permission bits
+        tar.extractall(destination, members=members,
+                       **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
 
 
 def _missing_ancestors(path):
