@@ -240,11 +240,13 @@ def search_section(study, runs, out):
     tests = [run["results"].get("test_acc") for run in finals]
     seconds = [sum(run["results"].get("train_seconds") or []) for run in finals]
     seeds = [str(run["trial"]["seed"]) for run in finals if run["trial"]]
-    times = "once" if len(finals) == 1 else f"{len(finals)} times"
-    section.text(f"The best configuration, retrained {times} ({'seed' if len(seeds) == 1 else 'seeds'} "
-                 f"{_and_list(seeds)}) on the training split "
-                 f"and tested {'once' if len(finals) == 1 else 'once each'}: test accuracy {_mean_std(tests)}; training time {_mean_std(seconds, 1)} s per run "
-                 f"(training epochs only) on {finals[0]['results'].get('device_name', 'an unknown device')}.")
+    retrained = "once" if len(finals) == 1 else f"{len(finals)} times"
+    if seeds:
+        retrained += f" ({'seed' if len(seeds) == 1 else 'seeds'} {_and_list(seeds)})"
+    section.text(f"The best configuration, retrained {retrained} on the training split and tested once"
+                 f"{'' if len(finals) == 1 else ' each'}: test accuracy {_mean_std(tests)}; training time "
+                 f"{_mean_std(seconds, 1)} s per run (training epochs only) on "
+                 f"{finals[0]['results'].get('device_name', 'an unknown device')}.")
     for line in _epochs_sentences(finals, "The final runs"):
         section.text(line)
     args = finals[0]["results"].get("args", {})
