@@ -7,12 +7,13 @@ with *final* jobs that retrain the best configuration (one per seed) and test it
 
 A worker claims a job under the study's lock, so two workers never enqueue or start the same job:
 it marks trials of dead workers as failed (their job is then enqueued again and resumes from its
-checkpoint), enqueues the jobs that have no trial yet, and pops a waiting trial. The lock is a file
+checkpoint; a worker is dead when its process is gone, on its own host, or silent for too long, elsewhere), enqueues the jobs that have no trial yet, and pops a waiting trial. The lock is a file
 lock beside the journal (workers on one host) or a PostgreSQL advisory lock (workers anywhere).
 """
 import contextlib
 import os
 import socket
+import sys
 import threading
 import time
 import zlib
@@ -131,26 +132,48 @@ class PostgresLock:
                 connection.execute(self.text("SELECT pg_advisory_unlock(:id)"), {"id": lock_id})
 
 
-def _process_alive(pid):
+def _proc_stat(pid):
+    """The fields of ``/proc/PID/stat`` after the command's name, or None where /proc does not say."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def process_started(pid):
+    """When process ``pid`` started, in clock ticks after boot; None where /proc does not say. With the pid,
+    it names one process: a pid is reused after its process exits, its start time is not."""
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def _process_state(pid):
+    """``(alive, started)``: whether process ``pid`` runs (a zombie, killed but not yet waited for, does not),
+    and its ``process_started``."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
+        return False, None
     except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a killed process nobody has waited for yet
-    except OSError:
-        return True
+        pass
+    fields = _proc_stat(pid)
+    if fields is None:
+        return True, None
+    return fields[0] != "Z", int(fields[19])
 
 
 def is_lost(trial, now=None):
-    """A running trial whose worker died: its process is gone (same host) or silent for too long."""
+    """A running trial whose worker died. On the worker's own host its process decides: gone, or its pid now
+    another process's, is lost; alive is not, however long it has been silent (a laptop that slept). Elsewhere
+    (or where a process cannot be told from a reused pid), a worker silent for ``LOST_AFTER_SECONDS`` is lost."""
     attrs = trial.user_attrs
-    same_host = attrs.get("host") == socket.gethostname() and "pid" in attrs
-    if same_host and os.name == "posix" and not _process_alive(attrs["pid"]):  # Windows' os.kill would kill it
-        return True
+    if attrs.get("host") == socket.gethostname() and "pid" in attrs and os.name == "posix":  # Windows' os.kill kills
+        alive, started = _process_state(attrs["pid"])
+        if not alive:
+            return True
+        if started is not None and attrs.get("pid_started") is not None:
+            return started != attrs["pid_started"]
     last_heard = attrs.get("heartbeat") or trial.datetime_start.timestamp()
     return (now or time.time()) - last_heard > LOST_AFTER_SECONDS
 
@@ -164,11 +187,19 @@ class Heartbeat:
         self.thread = threading.Thread(target=self._beat, daemon=True)
 
     def _beat(self):
+        failing = False
         while not self.stopped.wait(self.interval):
             try:
                 self.trial.set_user_attr("heartbeat", time.time())
-            except Exception:  # the trial was finished meanwhile (declared lost): nothing left to mark
-                return
+            except Exception as exc:  # a storage out of reach for a while, or a trial declared lost: say it once
+                if not failing:
+                    print(f"heartbeat of trial {self.trial.number} failed ({type(exc).__name__}: {exc}); trying "
+                          f"again every {self.interval:g} s", file=sys.stderr, flush=True)
+                failing = True
+                continue
+            if failing:
+                print(f"heartbeat of trial {self.trial.number} restored", file=sys.stderr, flush=True)
+            failing = False
 
     def __enter__(self):
         self.thread.start()
@@ -274,5 +305,6 @@ class Claimer:
                 trial.set_user_attr("run_dir", f"trial-{trial.number:04d}")
             trial.set_user_attr("host", socket.gethostname())
             trial.set_user_attr("pid", os.getpid())
+            trial.set_user_attr("pid_started", process_started(os.getpid()))
             trial.set_user_attr("heartbeat", time.time())
             return trial

@@ -167,7 +167,7 @@ def _report_earlier_epochs(trial, run_dir):
                     trial.report(accuracy, epoch)
 
 
-def run_trial(plan, study, trial):
+def run_trial(plan, study, lock, trial):
     """Train the claimed trial's run and record its outcome; returns the outcome's name.
 
     Completed runs are COMPLETE with their final validation accuracy as value; pruned runs are
@@ -208,15 +208,17 @@ def run_trial(plan, study, trial):
     if role != "final":  # a finished run needs no checkpoint; the final runs keep the best model's weights
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(run_dir, persistence.CHECKPOINT_FILE))
-    trial.set_user_attr("outcome", outcome)
-    if error:
-        trial.set_user_attr("error", error)
     record.update(outcome=outcome, value=value, error=error)
     persistence.write_json(os.path.join(run_dir, TRIAL_FILE), record)
-    try:
+    with lock.hold(study.study_name):  # where claims declare trials lost: the trial cannot finish meanwhile
+        if study.get_trials(deepcopy=False)[trial.number].state.is_finished():
+            print(f"trial {trial.number} had been declared lost while it ran; it will train again, and {run_dir} "
+                  "keeps its results until then", flush=True)
+            return outcome
+        trial.set_user_attr("outcome", outcome)
+        if error:
+            trial.set_user_attr("error", error)
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        print(f"trial {trial.number} had been declared lost meanwhile; its result stays in {run_dir}", flush=True)
     print(f"trial {trial.number}: {outcome}" + (f", final validation accuracy {value:.4f}" if value is not None
                                                  else f" ({error})" if error else ""), flush=True)
     return outcome
@@ -234,7 +236,7 @@ def work(plan, study, lock):
         if trial is None:
             return ran
         try:
-            run_trial(plan, study, trial)
+            run_trial(plan, study, lock, trial)
             # the run's model, optimizer and graphs are garbage now: give their GPU memory back, so
             # that workers sharing a GPU and the next run (another model, another size) find it free
             gc.collect()

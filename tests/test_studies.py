@@ -246,3 +246,30 @@ def test_an_interrupted_search_trial_resumes_with_the_same_settings(study_args, 
     assert retried[0].intermediate_values == {1: results["valid_accs"][0], 2: results["valid_accs"][1]}
     assert sum(t.user_attrs["role"] == "search" for t in trials) == 3 and any(
         t.user_attrs["role"] == "final" for t in trials)
+
+
+def test_a_worker_whose_trial_was_declared_lost_meanwhile_keeps_its_results_and_goes_on(study_args, tmp_path,
+                                                                                       monkeypatch, capsys):
+    out = str(tmp_path / "out")
+    real_fit = study_worker.fit
+    declared = []
+
+    def fit_then_declared_lost(args, **kwargs):
+        results = real_fit(args, **kwargs)
+        if not declared:  # what another worker's claim does to a run whose worker it takes for dead
+            study = load_study(out, "mlp_activation")
+            [running] = study.get_trials(states=(TrialState.RUNNING,))
+            study.tell(running.number, state=TrialState.FAIL)
+            declared.append(running.number)
+        return results
+    monkeypatch.setattr(study_worker, "fit", fit_then_declared_lost)
+    assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh")) == 0
+    printed = capsys.readouterr().out
+    assert (f"trial {declared[0]} had been declared lost while it ran; it will train again, and "
+            f"{os.path.join(out, 'mlp_activation', 'runs', 'activation-relu_seed-42')} keeps its results until "
+            "then") in printed
+    assert jobs_of(load_study(out, "mlp_activation")) == {
+        "activation-relu_seed-42": [TrialState.FAIL, TrialState.COMPLETE],
+        "activation-tanh_seed-42": [TrialState.COMPLETE]}
+    results = read_json(os.path.join(out, "mlp_activation", "runs", "activation-relu_seed-42", "results.json"))
+    assert results["status"] == "completed"

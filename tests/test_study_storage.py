@@ -95,6 +95,47 @@ def test_a_running_trial_is_lost_when_its_process_is_gone_or_its_heartbeat_stops
         assert is_lost(study.trials[trial.number], now=beat) == lost, attrs
 
 
+@pytest.mark.skipif(not os.path.isfile("/proc/self/stat"), reason="process start times come from /proc")
+def test_on_its_own_host_a_claimed_trial_is_lost_exactly_when_its_process_is(tmp_path):
+    from studies.scheduler import LOST_AFTER_SECONDS, Claimer, FileLock, is_lost
+
+    study = optuna.create_study()
+    claimer = Claimer(study, FileLock(str(tmp_path / "claims.lock")), grid_jobs={"job": {"seed": 0}})
+    claimed = claimer.claim()
+    attrs = dict(study.trials[claimed.number].user_attrs)
+    silent = time.time() + LOST_AFTER_SECONDS + 60  # as after a laptop's sleep: no heartbeat, process alive
+    assert not is_lost(study.trials[claimed.number], now=silent)
+    reused = study.ask()  # its pid now names another process, started at another time
+    for key, value in {**attrs, "pid_started": attrs["pid_started"] + 1}.items():
+        reused.set_user_attr(key, value)
+    assert is_lost(study.trials[reused.number])
+
+
+def test_a_heartbeat_outlives_a_storage_that_fails_for_a_while(capsys):
+    from studies.scheduler import Heartbeat
+
+    class TrialOfAFlakyStorage:
+        number = 7
+
+        def __init__(self):
+            self.calls, self.beats = 0, []
+
+        def set_user_attr(self, key, value):
+            self.calls += 1
+            if self.calls <= 3:
+                raise OSError("connection reset (simulated)")
+            self.beats.append(value)
+    trial = TrialOfAFlakyStorage()
+    with Heartbeat(trial, interval=0.01):
+        deadline = time.time() + 10
+        while not trial.beats and time.time() < deadline:
+            time.sleep(0.01)
+    assert trial.beats
+    assert capsys.readouterr().err.splitlines() == [
+        "heartbeat of trial 7 failed (OSError: connection reset (simulated)); trying again every 0.01 s",
+        "heartbeat of trial 7 restored"]
+
+
 def test_concurrent_workers_claim_each_grid_job_exactly_once(tmp_path):
     run_claimers(None, "grid", str(tmp_path / "study"))
 
