@@ -86,6 +86,11 @@ RUN_HEADER = ["run", "outcome", "epochs", "final valid acc", "best valid acc", "
               "s/epoch (train)", "train img/s"]
 
 
+def _count(number, noun):
+    """``1 run``, ``2 runs``."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def _and_list(names):
     """``a``, ``a and b``, ``a, b and c``."""
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
@@ -123,7 +128,8 @@ def _epochs_sentences(runs, which):
     planned = sorted({run["results"]["args"]["epochs"] for run in runs if "epochs" in run["results"].get("args", {})})
     if not planned or planned[0] >= PROBLEM4_MIN_EPOCHS:
         return []
-    return [f"{which} were set to train for {' or '.join(map(str, planned))} epochs; Problem 4 asks for at least "
+    return [f"{which} were set to train for {' or '.join(map(str, planned))} "
+            f"epoch{'' if planned == [1] else 's'}; Problem 4 asks for at least "
             f"{PROBLEM4_MIN_EPOCHS}."]
 
 
@@ -135,9 +141,10 @@ def _outcome_sentences(runs):
         if outcome == "diverged":
             lines.append(f"{run['name']} diverged: its training loss was not finite in epoch {epochs + 1}.")
         elif outcome == "error":
-            lines.append(f"{run['name']} failed: {run['trial'].get('error')}.")
+            lines.append(f"{run['name']} failed: {run['trial'].get('error') or 'see its train.log'}.")
         elif outcome is None:
-            lines.append(f"{run['name']} has not finished ({epochs} epochs logged); rerun the study to complete it.")
+            lines.append(f"{run['name']} has not finished ({_count(epochs, 'epoch')} logged); rerun the study to "
+                         "complete it.")
     return lines
 
 
@@ -152,7 +159,7 @@ def grid_section(study, runs):
             groups[str(choice)] = members
     fixed = ", ".join(f"{key}={value}" for key, value in study.fixed.items())
     section.text(f"Grid over {setting}: {', '.join(groups)}"
-                 + (f"; fixed {fixed}" if fixed else "") + f"; {len(runs)} runs.")
+                 + (f"; fixed {fixed}" if fixed else "") + f"; {_count(len(runs), 'run')}.")
     for line in _epochs_sentences(runs, "These runs") + _ranking_sentences(groups, setting) + _outcome_sentences(runs):
         section.text(line)
     if any(len(members) > 1 for members in groups.values()):
@@ -220,13 +227,13 @@ def search_section(study, runs, out):
     counts = {}
     for trial in trials:
         counts[trial["outcome"]] = counts.get(trial["outcome"], 0) + 1
-    section.text(f"{len(trials)} search trials finished: " + (", ".join(f"{n} {outcome}" for outcome, n in
+    section.text(f"{_count(len(trials), 'search trial')} finished: " + (", ".join(f"{n} {outcome}" for outcome, n in
                                                                        sorted(counts.items())) or "none") + ".")
     completed = [t for t in trials if t["outcome"] == "completed"]
     if completed:
         best = max(completed, key=lambda t: (t["value"], -t["trial"]))
         section.text(f"Best trial: {best['trial']}, final validation accuracy {best['value']:.4f} after "
-                     f"{best['epochs']} epochs; its settings: {_settings_text(best['settings'])}.")
+                     f"{_count(best['epochs'], 'epoch')}; its settings: {_settings_text(best['settings'])}.")
     section.table(["trial", "outcome", "epochs", "last valid acc", "settings"],
                   [[t["trial"], t["outcome"], _fmt(t["epochs"]), _fmt(t["last_valid_acc"]),
                     _settings_text(t["settings"])] for t in sorted(trials, key=lambda t: t["trial"])])
@@ -291,7 +298,7 @@ def provenance(all_runs):
         return sorted({str(get(run["results"])) for run in all_runs if run["results"]})
     data = distinct(lambda r: f"{r.get('data', {}).get('dir', 'unknown folder')} (test images SHA-1 "
                               f"{r.get('data', {}).get('test_images_sha1', 'not logged')})")
-    return [f"Report generated {datetime.datetime.now().isoformat(timespec='seconds')} from {len(all_runs)} runs.",
+    return [f"Report generated {datetime.datetime.now().isoformat(timespec='seconds')} from {_count(len(all_runs), 'run')}.",
             f"Devices: {'; '.join(distinct(lambda r: r.get('device_name'))) or 'none logged'}.",
             f"PyTorch: {', '.join(distinct(lambda r: r.get('torch_version')))}.",
             f"Precision: {', '.join(distinct(lambda r: r.get('args', {}).get('precision', 'not logged')))}.",

@@ -175,3 +175,24 @@ def test_a_report_folder_that_cannot_be_made_gets_one_line(fixture_logs, tmp_pat
     err = capsys.readouterr().err.strip()
     assert err == (f"error: cannot create the report folder {tmp_path / 'a_file'} (File exists); "
                    "give a writable --report_dir")
+
+
+def test_a_report_of_studies_under_way_says_what_is_missing_with_counts_in_words(tmp_path):
+    out = str(tmp_path / "runs")
+    for activation, accs, outcome in (("relu", [0.5], "completed"), ("tanh", [0.3], "error"), ("sigmoid", [0.2], None)):
+        folder = write_run(out, "mlp_activation", f"activation-{activation}_seed-42", {"activation": activation}, accs,
+                           outcome=outcome or "completed", test_acc=0.5 if outcome == "completed" else None,
+                           args={"epochs": 1})
+        if outcome is None:  # still training: no trial.json yet
+            os.remove(os.path.join(folder, "trial.json"))
+    write_run(out, "resnet18_best", "trial-0000", {"lr": 0.1}, [0.9], role="search")
+    markdown_path, _ = build_report(out)
+    with open(markdown_path) as f:
+        text = f.read()
+    for sentence in ("Report generated ", " from 4 runs.", "Grid over activation: relu, tanh, sigmoid; 3 runs.",
+                     "These runs were set to train for 1 epoch; Problem 4 asks for at least 10.",
+                     "activation-sigmoid_seed-42 has not finished (1 epoch logged); rerun the study to complete it.",
+                     "activation-tanh_seed-42 failed: see its train.log.", "1 search trial finished: 1 completed.",
+                     "Best trial: 0, final validation accuracy 0.9000 after 1 epoch; its settings: lr=0.1000.",
+                     "The best configuration has not been retrained yet."):
+        assert sentence in text, sentence
