@@ -25,6 +25,7 @@ from training.cifar10 import check_valid_size, load_cifar10
 from training.errors import UserError
 from training.models import SCHEMAS, load_model_config, validate_model_config
 
+from .console import say
 from .definitions import STUDIES, is_model_setting
 from .scheduler import JOURNAL_FILE, close_storage, is_lost, job_states, open_storage
 from .worker import RUNS_FOLDER, Plan, open_study, work
@@ -187,14 +188,14 @@ def run_study(study, options, train_argv, argv):
     storage, lock = open_storage(plan.storage, plan.study_dir)
     try:
         optuna_study = open_study(plan, storage, lock)
-        print(f"study {study.name}: {study.question} Output in {plan.study_dir}", flush=True)
+        say(f"study {study.name}: {study.question} Output in {plan.study_dir}")
         if options.workers > 1:
             device = get_config_parser().parse_args(train_argv).device
             code = _launch_workers(options.workers, argv, device)
         else:
             work(plan, optuna_study, lock)
             code = 0
-        print(f"study {study.name}: {_summary(optuna_study)}", flush=True)
+        say(f"study {study.name}: {_summary(optuna_study)}")
         return code
     finally:
         close_storage(storage)
@@ -300,10 +301,10 @@ def main(argv=None):
             return 0
         return run_study(STUDIES[options.name], options, train_argv, argv)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
+        say("\ninterrupted: rerun the same command to resume", file=sys.stderr)
         return 130
 
 

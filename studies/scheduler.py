@@ -23,6 +23,8 @@ from optuna.trial import TrialState
 
 from training.errors import UserError
 
+from .console import say
+
 try:
     import fcntl
 except ImportError:  # Windows
@@ -193,12 +195,12 @@ class Heartbeat:
                 self.trial.set_user_attr("heartbeat", time.time())
             except Exception as exc:  # a storage out of reach for a while, or a trial declared lost: say it once
                 if not failing:
-                    print(f"heartbeat of trial {self.trial.number} failed ({type(exc).__name__}: {exc}); trying "
-                          f"again every {self.interval:g} s", file=sys.stderr, flush=True)
+                    say(f"heartbeat of trial {self.trial.number} failed ({type(exc).__name__}: {exc}); trying "
+                        f"again every {self.interval:g} s", file=sys.stderr)
                 failing = True
                 continue
             if failing:
-                print(f"heartbeat of trial {self.trial.number} restored", file=sys.stderr, flush=True)
+                say(f"heartbeat of trial {self.trial.number} restored", file=sys.stderr)
             failing = False
 
     def __enter__(self):
@@ -289,8 +291,8 @@ class Claimer:
             now = time.time()
             for trial in trials:
                 if trial.state == TrialState.RUNNING and is_lost(trial, now):
-                    print(f"trial {trial.number} ({trial.user_attrs.get('run_dir')}): its worker is gone; "
-                          "the run will resume from its checkpoint", flush=True)
+                    say(f"trial {trial.number} ({trial.user_attrs.get('run_dir')}): its worker is gone; "
+                        "the run will resume from its checkpoint")
                     self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
             trials = self.study.get_trials(deepcopy=False)
             jobs = job_states(trials)

@@ -20,6 +20,7 @@ from training.engine import fit
 from training.errors import UserError
 from training.models import validate_model_config
 
+from .console import say
 from .definitions import is_model_setting
 from .scheduler import Claimer, Heartbeat
 
@@ -148,8 +149,8 @@ def _epoch_callback(trial, run_name, epochs, prune, console):
     and for a search trial, the validation accuracy to the pruner, whose verdict stops the run."""
     def on_epoch(epoch, history):
         seconds = history["train_seconds"][-1] + history["valid_seconds"][-1]
-        print(f"  {run_name}: epoch {epoch}/{epochs}, train loss {history['train_losses'][-1]:.4f}, "
-              f"valid acc {history['valid_accs'][-1]:.4f}, {seconds:.1f} s", file=console, flush=True)
+        say(f"  {run_name}: epoch {epoch}/{epochs}, train loss {history['train_losses'][-1]:.4f}, "
+            f"valid acc {history['valid_accs'][-1]:.4f}, {seconds:.1f} s", file=console)
         if not prune:
             return False
         trial.report(history["valid_accs"][-1], epoch)
@@ -179,7 +180,7 @@ def run_trial(plan, study, lock, trial):
     args = build_args(plan, settings, seed, run_dir, visualize=plan.study.visualize and role == "final")
     if role == "search":
         _report_earlier_epochs(trial, run_dir)
-    print(f"trial {trial.number} ({role}) -> {run_dir}{' (resumed)' if args.resume else ''}", flush=True)
+    say(f"trial {trial.number} ({role}) -> {run_dir}{' (resumed)' if args.resume else ''}")
     record = {"study": plan.study.name, "trial": trial.number, "role": role, "settings": settings, "seed": seed,
               "params": trial.params, "source_trial": trial.user_attrs.get("source_trial"),
               "held": sorted(key for key in plan.given if key not in plan.study.fixed)}
@@ -212,15 +213,15 @@ def run_trial(plan, study, lock, trial):
     persistence.write_json(os.path.join(run_dir, TRIAL_FILE), record)
     with lock.hold(study.study_name):  # where claims declare trials lost: the trial cannot finish meanwhile
         if study.get_trials(deepcopy=False)[trial.number].state.is_finished():
-            print(f"trial {trial.number} had been declared lost while it ran; it will train again, and {run_dir} "
-                  "keeps its results until then", flush=True)
+            say(f"trial {trial.number} had been declared lost while it ran; it will train again, and {run_dir} "
+                "keeps its results until then")
             return outcome
         trial.set_user_attr("outcome", outcome)
         if error:
             trial.set_user_attr("error", error)
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
-    print(f"trial {trial.number}: {outcome}" + (f", final validation accuracy {value:.4f}" if value is not None
-                                                 else f" ({error})" if error else ""), flush=True)
+    say(f"trial {trial.number}: {outcome}" + (f", final validation accuracy {value:.4f}" if value is not None
+                                               else f" ({error})" if error else ""))
     return outcome
 
 

@@ -273,3 +273,23 @@ def test_a_worker_whose_trial_was_declared_lost_meanwhile_keeps_its_results_and_
         "activation-tanh_seed-42": [TrialState.COMPLETE]}
     results = read_json(os.path.join(out, "mlp_activation", "runs", "activation-relu_seed-42", "results.json"))
     assert results["status"] == "completed"
+
+
+def test_workers_write_each_console_line_in_one_write(study_args, monkeypatch):
+    class Terminal:  # what several workers' lines land on: a line split over two writes could be cut in two
+        def __init__(self):
+            self.writes = []
+
+        def write(self, text):
+            self.writes.append(text)
+            return len(text)
+
+        def flush(self):
+            pass
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    assert studies_main(study_args("mlp_activation", "--values", "relu", epochs=2)) == 0
+    assert len(terminal.writes) == 6 and all(text.endswith("\n") and text.count("\n") == 1 for text in terminal.writes)
+    starts = ("study mlp_activation: Which", "trial 0 (grid) -> ", "  activation-relu_seed-42: epoch 1/2,",
+              "  activation-relu_seed-42: epoch 2/2,", "trial 0: completed", "study mlp_activation: 1 completed")
+    assert all(text.startswith(start) for text, start in zip(terminal.writes, starts)), terminal.writes
