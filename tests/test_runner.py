@@ -259,14 +259,21 @@ def test_optimizers_follow_the_template(optimizer):
         assert group["momentum"] == expected[2]
 
 
-def test_resume_extends_a_constant_rate_run_but_not_a_scheduled_one(run_args, tmp_path, capsys):
+def test_resume_extends_a_constant_rate_run_but_not_a_scheduled_one_and_says_when_nothing_is_left(run_args, tmp_path, capsys):
     constant, cosine = str(tmp_path / "constant"), str(tmp_path / "cosine")
     assert main.main(run_args("mlp", "--logdir", constant, epochs=1)) == 0
     assert main.main(run_args("mlp", "--logdir", constant, "--resume", epochs=2)) == 0
     assert read_results(constant)["epochs_completed"] == 2
+    capsys.readouterr()
+    assert main.main(run_args("mlp", "--logdir", constant, "--resume", epochs=2)) == 0
+    assert (f"note: the checkpoint in {constant} has 2 epochs, and --epochs 2 asks for no more: nothing left to "
+            "train (a larger --epochs trains on); the test set is evaluated again") in capsys.readouterr().err
+    assert read_results(constant)["epochs_completed"] == 2
     assert main.main(run_args("mlp", "--logdir", cosine, "--lr_schedule", "cosine", epochs=1)) == 0
     assert main.main(run_args("mlp", "--logdir", cosine, "--lr_schedule", "cosine", "--resume", epochs=2)) == 2
     assert "was made with epochs=1, not 2" in capsys.readouterr().err
+    assert main.main(run_args("mlp", "--logdir", cosine, "--lr_schedule", "cosine", "--resume", epochs=1)) == 0
+    assert "nothing left to train; the test set is evaluated again" in capsys.readouterr().err
 
 
 def test_a_run_that_replaces_an_earlier_one_says_so(run_args, tmp_path, capsys):

@@ -235,6 +235,10 @@ def fit(args, on_epoch=None, test=True):
         restore_learning_rate_type(optimizer, args.cuda_graph)
         history, first_epoch = state["history"], state["epoch"]
         persistence.set_rng_state(state["rng"])
+        if first_epoch >= args.epochs:
+            more = " (a larger --epochs trains on)" if args.lr_schedule == "constant" else ""
+            print(f"note: the checkpoint in {args.logdir} has {first_epoch} epochs, and --epochs {args.epochs} asks "
+                  f"for no more: nothing left to train{more}; the test set is evaluated again", file=sys.stderr)
     steps_per_epoch = len(loaders["train"])
     schedule = None if args.lr_schedule == "constant" else LRSchedule(
         args.lr_schedule, args.lr, args.epochs * steps_per_epoch, args.warmup_fraction)
