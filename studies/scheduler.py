@@ -180,6 +180,15 @@ def is_lost(trial, now=None):
     return (now or time.time()) - last_heard > LOST_AFTER_SECONDS
 
 
+def _abandoned_here(trial):
+    """Whether ``trial`` was claimed by this very process: a worker claims only between runs, so a trial it
+    still holds as running was abandoned (a notebook's kernel lives on after a run whose outcome could not be
+    recorded), though its process is alive."""
+    attrs = trial.user_attrs
+    return (attrs.get("host") == socket.gethostname() and attrs.get("pid") == os.getpid()
+            and attrs.get("pid_started") == process_started(os.getpid()))
+
+
 class Heartbeat:
     """Marks a trial alive every ``HEARTBEAT_SECONDS`` while its run trains."""
 
@@ -290,7 +299,7 @@ class Claimer:
             trials = self.study.get_trials(deepcopy=False)
             now = time.time()
             for trial in trials:
-                if trial.state == TrialState.RUNNING and is_lost(trial, now):
+                if trial.state == TrialState.RUNNING and (is_lost(trial, now) or _abandoned_here(trial)):
                     say(f"trial {trial.number} ({trial.user_attrs.get('run_dir')}): its worker is gone; "
                         "the run will resume from its checkpoint")
                     self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)

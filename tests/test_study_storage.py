@@ -109,6 +109,11 @@ def test_on_its_own_host_a_claimed_trial_is_lost_exactly_when_its_process_is(tmp
     for key, value in {**attrs, "pid_started": attrs["pid_started"] + 1}.items():
         reused.set_user_attr(key, value)
     assert is_lost(study.trials[reused.number])
+    # a process that claims again holds no run: its trial still running was abandoned (a notebook's kernel
+    # lives on after a run whose outcome could not be recorded), and its job is claimed again
+    again = Claimer(study, FileLock(str(tmp_path / "claims.lock")), grid_jobs={"job": {"seed": 0}}).claim()
+    assert study.trials[claimed.number].state == TrialState.FAIL
+    assert again.user_attrs["run_dir"] == "job" and again.number not in (claimed.number, reused.number)
 
 
 def test_a_heartbeat_outlives_a_storage_that_fails_for_a_while(capsys):
