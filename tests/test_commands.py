@@ -14,7 +14,8 @@ from training.models import load_model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCUMENTED = ["README.md", "main.py", "studies/__main__.py", "training/fake_data.py",
-              *(f"tools/{name}" for name in sorted(os.listdir(os.path.join(ROOT, "tools"))) if name.endswith(".py"))]
+              *(f"tools/{name}" for name in sorted(os.listdir(os.path.join(ROOT, "tools")))
+                if name.endswith((".py", ".sh")))]
 NOT_OURS = ("pip ", "pytest", "python -m venv ", "python ../shared/")  # set-up, the test runner, the course's data script
 
 
@@ -31,6 +32,13 @@ def _commands_in_docstring(path):
     return [line for line in docstring.splitlines() if line.strip().startswith("python ")]
 
 
+def _commands_in_shell_steps(path):
+    """The commands of a script's ``step SECONDS NAME COMMAND...`` lines, its variables given sample values."""
+    with open(path) as f:
+        steps = [shlex.split(line)[3:] for line in f if line.startswith("step ")]
+    return [" ".join(words).replace("$DATA", "data").replace("$OUT", "out") for words in steps]
+
+
 def documented_commands():
     """``(source, command)`` for every shell command shown; synopses with ``[optional]`` parts are left out."""
     found = []
@@ -39,6 +47,8 @@ def documented_commands():
         if source.endswith(".md"):
             with open(path) as f:
                 lines = _commands_in_markdown(f.read())
+        elif source.endswith(".sh"):
+            lines = _commands_in_shell_steps(path)
         else:
             lines = _commands_in_docstring(path)
         for line in lines:

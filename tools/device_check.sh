@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The one device call that measures what issues 3 and 4 still lack, most needed first. Each step has its own
+# time limit, so a step that overruns costs only itself; each step's output goes to the console and to
+# $OUT/<step>.txt. From the repository root on a GPU machine (the device tool: carry .devdata and .whl,
+# timeout_s 600, then give the machine back):
+#
+#     bash tools/device_check.sh
+#
+# .devdata/ holds the course's CIFAR-10 copy (cifar10_jpeg_q75.npz and make_cifar10.py from ../shared/data);
+# .whl/ holds wheels of Optuna and its dependencies for the device's Python, which has torch but not Optuna
+# (pip download optuna --only-binary=:all: --python-version 3.12 --dest .whl). Both are git-ignored.
+set -u
+OUT=${OUT:-device_check_logs}
+DATA=.devdata/data
+mkdir -p "$OUT"
+
+for wheel in .whl/*.whl; do  # a wheel is a zip archive: unpacked, it is installed (the device may lack pip)
+    [ -f "$wheel" ] && { python -m zipfile -e "$wheel" /tmp/site || exit 1; }
+done
+export PYTHONPATH=/tmp/site
+python .devdata/make_cifar10.py "$DATA" > /dev/null || exit 1
+
+step() {  # step SECONDS NAME COMMAND...
+    local seconds=$1 name=$2
+    shift 2
+    echo "== $name (at most $seconds s): $*"
+    timeout "$seconds" "$@" 2>&1 | tee "$OUT/$name.txt"
+    local status=${PIPESTATUS[0]}
+    if [ "$status" = 124 ]; then echo "== $name: stopped at its limit of $seconds s"; else echo "== $name: exit status $status"; fi
+}
+
+# issue 3: does torch.compile bring ResNet18 to 1.0 s and the MLP-Mixer to 0.8 s per epoch, with the same losses?
+step 170 compile python -m tools.gpu_check --data_dir "$DATA" --sections compile --models resnet18,mlpmixer
+# issue 3: does any captured MLP-Mixer step give a non-finite loss over a whole epoch of full batches?
+step 60 nan_hunt python -m tools.gpu_check --data_dir "$DATA" --sections tracking --models mlpmixer --steps 351
+# issue 4: ResNet18 at 93% test accuracy from at most 60 s of training
+step 120 resnet18_target python -m tools.check_targets --data_dir "$DATA" --models resnet18
+# issue 4: studies 1-3 in under 4 minutes (each study's time is printed as it ends)
+step 230 studies_1_3 python -m tools.time_studies --data_dir "$DATA" --out "$OUT/studies"
