@@ -31,6 +31,7 @@ from .scheduler import JOURNAL_FILE, close_storage, is_lost, job_states, open_st
 from .worker import RUNS_FOLDER, Plan, open_study, work
 
 STUDY_FLAGS = ("model", "logdir", "resume", "visualize")  # set by the study for each run
+LAUNCHED_WORKER = "STUDIES_LAUNCHED_WORKER"  # in the environment of the workers that --workers N starts
 SHIPPED_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model_configs")
 
 
@@ -160,6 +161,7 @@ def _worker_env(index, count, device):
         env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
     if not gpus and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // count))
+    env[LAUNCHED_WORKER] = "1"
     return env
 
 
@@ -186,16 +188,19 @@ def _summary(study):
 def run_study(study, options, train_argv, argv):
     plan = make_plan(study, options, train_argv)
     storage, lock = open_storage(plan.storage, plan.study_dir)
+    launched = os.environ.get(LAUNCHED_WORKER) == "1"  # then the launch says what the study is and how it ended
     try:
         optuna_study = open_study(plan, storage, lock)
-        say(f"study {study.name}: {study.question} Output in {plan.study_dir}")
+        if not launched:
+            say(f"study {study.name}: {study.question} Output in {plan.study_dir}")
         if options.workers > 1:
             device = get_config_parser().parse_args(train_argv).device
             code = _launch_workers(options.workers, argv, device)
         else:
             work(plan, optuna_study, lock)
             code = 0
-        say(f"study {study.name}: {_summary(optuna_study)}")
+        if not launched:
+            say(f"study {study.name}: {_summary(optuna_study)}")
         return code
     finally:
         close_storage(storage)

@@ -177,6 +177,8 @@ def test_two_worker_processes_share_one_journal(study_args, tmp_path):
     study = load_study(out, "mlp_activation")
     assert jobs_of(study) == {f"activation-{a}_seed-{s}": [TrialState.COMPLETE]
                               for a in ("relu", "tanh", "sigmoid") for s in (42, 43, 44)}
+    study_lines = [line for line in result.stdout.splitlines() if line.startswith("study mlp_activation: ")]
+    assert len(study_lines) == 2 and study_lines[1] == "study mlp_activation: 9 completed", study_lines  # the launch's
 
 
 @pytest.mark.parametrize("visible, device, expected", [
