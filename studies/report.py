@@ -227,8 +227,8 @@ def search_section(study, runs, out):
     counts = {}
     for trial in trials:
         counts[trial["outcome"]] = counts.get(trial["outcome"], 0) + 1
-    section.text(f"{_count(len(trials), 'search trial')} finished: " + (", ".join(f"{n} {outcome}" for outcome, n in
-                                                                       sorted(counts.items())) or "none") + ".")
+    tally = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "none"
+    section.text(f"{_count(len(trials), 'search trial')} finished: {tally}.")
     completed = [t for t in trials if t["outcome"] == "completed"]
     if completed:
         best = max(completed, key=lambda t: (t["value"], -t["trial"]))
@@ -298,7 +298,8 @@ def provenance(all_runs):
         return sorted({str(get(run["results"])) for run in all_runs if run["results"]})
     data = distinct(lambda r: f"{r.get('data', {}).get('dir', 'unknown folder')} (test images SHA-1 "
                               f"{r.get('data', {}).get('test_images_sha1', 'not logged')})")
-    return [f"Report generated {datetime.datetime.now().isoformat(timespec='seconds')} from {_count(len(all_runs), 'run')}.",
+    generated = datetime.datetime.now().isoformat(timespec="seconds")
+    return [f"Report generated {generated} from {_count(len(all_runs), 'run')}.",
             f"Devices: {'; '.join(distinct(lambda r: r.get('device_name'))) or 'none logged'}.",
             f"PyTorch: {', '.join(distinct(lambda r: r.get('torch_version')))}.",
             f"Precision: {', '.join(distinct(lambda r: r.get('args', {}).get('precision', 'not logged')))}.",

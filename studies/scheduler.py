@@ -7,8 +7,9 @@ with *final* jobs that retrain the best configuration (one per seed) and test it
 
 A worker claims a job under the study's lock, so two workers never enqueue or start the same job:
 it marks trials of dead workers as failed (their job is then enqueued again and resumes from its
-checkpoint; a worker is dead when its process is gone, on its own host, or silent for too long, elsewhere), enqueues the jobs that have no trial yet, and pops a waiting trial. The lock is a file
-lock beside the journal (workers on one host) or a PostgreSQL advisory lock (workers anywhere).
+checkpoint; a worker is dead when its process is gone, on its own host, or when it has been silent for
+too long, elsewhere), enqueues the jobs that have no trial yet, and pops a waiting trial. The lock is a
+file lock beside the journal (workers on one host) or a PostgreSQL advisory lock (workers anywhere).
 """
 import contextlib
 import os

@@ -259,7 +259,7 @@ def test_optimizers_follow_the_template(optimizer):
         assert group["momentum"] == expected[2]
 
 
-def test_resume_extends_a_constant_rate_run_but_not_a_scheduled_one_and_says_when_nothing_is_left(run_args, tmp_path, capsys):
+def test_resume_extends_a_constant_rate_run_not_a_scheduled_one_and_says_when_nothing_is_left(run_args, tmp_path, capsys):
     constant, cosine = str(tmp_path / "constant"), str(tmp_path / "cosine")
     assert main.main(run_args("mlp", "--logdir", constant, epochs=1)) == 0
     assert main.main(run_args("mlp", "--logdir", constant, "--resume", epochs=2)) == 0

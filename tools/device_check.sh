@@ -26,7 +26,11 @@ step() {  # step SECONDS NAME COMMAND...
     echo "== $name (at most $seconds s): $*"
     timeout "$seconds" "$@" 2>&1 | tee "$OUT/$name.txt"
     local status=${PIPESTATUS[0]}
-    if [ "$status" = 124 ]; then echo "== $name: stopped at its limit of $seconds s"; else echo "== $name: exit status $status"; fi
+    if [ "$status" = 124 ]; then
+        echo "== $name: stopped at its limit of $seconds s"
+    else
+        echo "== $name: exit status $status"
+    fi
 }
 
 # issue 3: does torch.compile bring ResNet18 to 1.0 s and the MLP-Mixer to 0.8 s per epoch, with the same losses?
