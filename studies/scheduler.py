@@ -269,11 +269,13 @@ class Claimer:
         return not errored_earlier
 
     def _enqueue(self, params, **attrs):
-        self.study.enqueue_trial(params, user_attrs=attrs)
+        # job_params: a trial that fails before its run draws them (suggest) records no params of its own
+        self.study.enqueue_trial(params, user_attrs={**attrs, "job_params": params})
 
     def _plan_jobs(self, trials, jobs):
         """Enqueue every job that is neither finished nor waiting or running."""
-        open_jobs = {run_dir: (latest.params, latest.user_attrs) for run_dir, (finished, live, latest) in jobs.items()
+        open_jobs = {run_dir: (latest.params or latest.user_attrs.get("job_params", {}), latest.user_attrs)
+                     for run_dir, (finished, live, latest) in jobs.items()
                      if live is None and not self._done(finished)}
         if self.grid_jobs is not None:
             for run_dir, params in self.grid_jobs.items():

@@ -204,3 +204,16 @@ def test_a_thread_count_the_user_set_is_kept(monkeypatch):
 
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert _worker_env(0, 2, "cpu")["OMP_NUM_THREADS"] == "3"
+
+
+def test_a_job_whose_trial_failed_before_drawing_its_settings_is_claimed_again_with_them(tmp_path):
+    from studies.scheduler import Claimer, FileLock
+
+    study = optuna.create_study()
+    claimer = Claimer(study, FileLock(str(tmp_path / "claims.lock")), grid_jobs={"a-1": {"seed": 1}, "a-2": {"seed": 2}})
+    first = claimer.claim()
+    study.tell(first.number, state=TrialState.FAIL)  # what a worker does when its run raises before suggest
+    for run_dir, seed in (("a-2", 2), ("a-1", 1)):
+        trial = claimer.claim()
+        assert trial.user_attrs["run_dir"] == run_dir and trial.suggest_int("seed", 0, 2**31 - 1) == seed
+        study.tell(trial, 1.0)
