@@ -261,6 +261,7 @@ class Claimer:
         self.study, self.lock = study, lock
         self.grid_jobs, self.search_trials, self.final_seeds = grid_jobs, search_trials, final_seeds
         self.retry_before = len(study.get_trials(deepcopy=False)) if retry_failed else -1
+        self.running_elsewhere = 0
 
     def _done(self, finished):
         if finished is None:
@@ -297,7 +298,8 @@ class Claimer:
         return len(searched) >= self.search_trials and all(self._done(finished) for finished, _, _ in searched.values())
 
     def claim(self):
-        """The next trial for this worker (RUNNING, with its ``run_dir`` set), or None when no job is left."""
+        """The next trial for this worker (RUNNING, with its ``run_dir`` set), or None when no job is left to
+        claim now; ``running_elsewhere`` then says how many runs other workers are training."""
         with self.lock.hold(self.study.study_name):
             trials = self.study.get_trials(deepcopy=False)
             now = time.time()
@@ -312,6 +314,7 @@ class Claimer:
             waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
             searched = sum(1 for state in jobs.values() if state[2].user_attrs.get("role") == "search")
             if not waiting and (self.grid_jobs is not None or searched >= self.search_trials):
+                self.running_elsewhere = sum(trial.state == TrialState.RUNNING for trial in trials)
                 return None
             trial = self.study.ask()
             if "run_dir" not in trial.user_attrs:  # a new search trial, drawn by the sampler

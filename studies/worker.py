@@ -6,6 +6,7 @@ import gc
 import json
 import os
 import sys
+import time
 import traceback
 import warnings
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from .definitions import is_model_setting
 from .scheduler import Claimer, Heartbeat
 
 RUNS_FOLDER = "runs"
+POLL_SECONDS = 2  # how often a worker with nothing to claim looks again while others train
 NOT_IN_FINGERPRINT = ("model", "model_config", "logdir", "resume", "visualize", "seed", "print_every", "no_progress",
                       "eval_batch_size", "num_workers", "data_dir")
 TRIAL_FILE = "trial.json"
@@ -226,16 +228,26 @@ def run_trial(plan, study, lock, trial):
 
 
 def work(plan, study, lock):
-    """Claim and train jobs of ``study`` (from ``open_study``) until none is left; returns how many
-    this worker ran."""
+    """Claim and train jobs of ``study`` (from ``open_study``) until the study is done; returns how many
+    this worker ran. While other workers train the last runs, it waits for what they may leave: a search's
+    final runs, which only its last trial's end creates, and the run of a worker that dies."""
     claimer = Claimer(study, lock, grid_jobs=None if plan.study.is_search else plan.grid_jobs(),
                       search_trials=plan.trials, final_seeds=plan.seeds,
                       retry_failed=plan.retry_failed)
-    ran = 0
+    ran, said_waiting = 0, False
     while True:
         trial = claimer.claim()
         if trial is None:
-            return ran
+            if not claimer.running_elsewhere:
+                return ran
+            if not said_waiting:
+                runs = claimer.running_elsewhere
+                say(f"no run to claim: waiting while {runs} run{'s train' if runs > 1 else ' trains'} in other "
+                    "workers (a search's final runs follow its last trial; a run whose worker dies is taken over)")
+                said_waiting = True
+            time.sleep(POLL_SECONDS)
+            continue
+        said_waiting = False
         try:
             run_trial(plan, study, lock, trial)
             # the run's model, optimizer and graphs are garbage now: give their GPU memory back, so

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -153,7 +154,6 @@ def test_diverged_and_failed_runs_are_recorded_and_the_study_goes_on(study_args,
 def test_status_shows_outcomes_and_where_and_how_far_each_running_run_is(study_args, tmp_path, monkeypatch):
     import contextlib
     import io
-    import socket
 
     from studies.__main__ import _status
 
@@ -293,3 +293,38 @@ def test_workers_write_each_console_line_in_one_write(study_args, monkeypatch):
     starts = ("study mlp_activation: Which", "trial 0 (grid) -> ", "  activation-relu_seed-42: epoch 1/2,",
               "  activation-relu_seed-42: epoch 2/2,", "trial 0: completed", "study mlp_activation: 1 completed")
     assert all(text.startswith(start) for text, start in zip(terminal.writes, starts)), terminal.writes
+
+
+def test_a_worker_with_nothing_to_claim_waits_and_takes_over_the_run_of_a_worker_that_dies(study_args, tmp_path,
+                                                                                          monkeypatch, capsys):
+    from studies.scheduler import open_storage, process_started
+
+    out = str(tmp_path / "out")
+    storage, _ = open_storage(None, os.path.join(out, "mlp_activation"))
+    study = optuna.create_study(study_name="mlp_activation", storage=storage, direction="maximize")
+    relu = {"activation": "relu", "seed": 42}
+    study.enqueue_trial(relu, user_attrs={"run_dir": "activation-relu_seed-42", "role": "grid", "job_params": relu})
+    held = study.ask()  # the relu run, claimed by another worker on this host
+    other_worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    for key, value in {"host": socket.gethostname(), "pid": other_worker.pid,
+                       "pid_started": process_started(other_worker.pid), "heartbeat": time.time()}.items():
+        held.set_user_attr(key, value)
+    real_sleep, waits = time.sleep, []
+
+    def wait_while_the_other_worker_dies(seconds):
+        waits.append(seconds)
+        other_worker.kill()  # its process now gone, its run is lost: the waiting worker takes it over
+        real_sleep(0.1)
+    monkeypatch.setattr(time, "sleep", wait_while_the_other_worker_dies)
+    try:
+        assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh")) == 0
+    finally:
+        other_worker.kill()
+        other_worker.wait()
+    assert jobs_of(load_study(out, "mlp_activation")) == {
+        "activation-relu_seed-42": [TrialState.FAIL, TrialState.COMPLETE], "activation-tanh_seed-42": [TrialState.COMPLETE]}
+    printed = capsys.readouterr().out
+    assert waits == [study_worker.POLL_SECONDS] and printed.count("no run to claim: waiting while 1 run trains in other workers") == 1
+    assert f"trial {held.number} (activation-relu_seed-42): its worker is gone" in printed
+    assert read_json(os.path.join(out, "mlp_activation", "runs", "activation-relu_seed-42", "results.json"))[
+        "model_config"]["activation"] == "relu"
