@@ -146,13 +146,28 @@ def build_args(plan, settings, seed, run_dir, visualize):
     return args
 
 
-def _epoch_callback(trial, run_name, epochs, prune, console):
-    """After each epoch: one progress line on ``console`` (the run's own output goes to its train.log),
-    and for a search trial, the validation accuracy to the pruner, whose verdict stops the run."""
+class RunTakenOver(Exception):
+    """Another worker's claim declared this run's trial lost while it trained: the run is that worker's now."""
+
+
+def _declared_lost(study, trial):
+    """Whether a claim has declared ``trial`` lost; False while the storage is out of reach from here."""
+    try:
+        return study.get_trials(deepcopy=False)[trial.number].state.is_finished()
+    except Exception:  # the next epoch asks again
+        return False
+
+
+def _epoch_callback(study, trial, run_name, epochs, prune, console):
+    """After each epoch: one progress line on ``console`` (the run's own output goes to its train.log);
+    ``RunTakenOver`` if the trial was declared lost meanwhile; and for a search trial, the validation
+    accuracy to the pruner, whose verdict stops the run."""
     def on_epoch(epoch, history):
         seconds = history["train_seconds"][-1] + history["valid_seconds"][-1]
         say(f"  {run_name}: epoch {epoch}/{epochs}, train loss {history['train_losses'][-1]:.4f}, "
             f"valid acc {history['valid_accs'][-1]:.4f}, {seconds:.1f} s", file=console)
+        if _declared_lost(study, trial):
+            raise RunTakenOver
         if not prune:
             return False
         trial.report(history["valid_accs"][-1], epoch)
@@ -187,7 +202,7 @@ def run_trial(plan, study, lock, trial):
               "params": trial.params, "source_trial": trial.user_attrs.get("source_trial"),
               "held": sorted(key for key in plan.given if key not in plan.study.fixed)}
     value, error = None, None
-    on_epoch = _epoch_callback(trial, trial.user_attrs["run_dir"], args.epochs, prune=role == "search",
+    on_epoch = _epoch_callback(study, trial, trial.user_attrs["run_dir"], args.epochs, prune=role == "search",
                                console=sys.stdout)
     try:
         with Heartbeat(trial), open(os.path.join(run_dir, "train.log"), "a") as log, \
@@ -198,6 +213,10 @@ def run_trial(plan, study, lock, trial):
             value = results["valid_accs"][-1]
     except (UserError, KeyboardInterrupt):
         raise
+    except RunTakenOver:
+        say(f"trial {trial.number} was declared lost while it trained: it stops here, and the worker that claims "
+            "its run resumes it from the last checkpoint")
+        return "taken over"
     except Exception as exc:  # a failed run is recorded and the study goes on
         outcome, error = "error", f"{type(exc).__name__}: {exc}"
         with open(os.path.join(run_dir, "train.log"), "a") as log:
@@ -208,16 +227,16 @@ def run_trial(plan, study, lock, trial):
     if value is None and state == TrialState.COMPLETE:
         outcome, state = "error", TrialState.FAIL
         error = "no validation accuracy was recorded"
-    if role != "final":  # a finished run needs no checkpoint; the final runs keep the best model's weights
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(run_dir, persistence.CHECKPOINT_FILE))
     record.update(outcome=outcome, value=value, error=error)
-    persistence.write_json(os.path.join(run_dir, TRIAL_FILE), record)
     with lock.hold(study.study_name):  # where claims declare trials lost: the trial cannot finish meanwhile
-        if study.get_trials(deepcopy=False)[trial.number].state.is_finished():
-            say(f"trial {trial.number} had been declared lost while it ran; it will train again, and {run_dir} "
-                "keeps its results until then")
-            return outcome
+        if study.get_trials(deepcopy=False)[trial.number].state.is_finished():  # the folder is left as it is
+            say(f"trial {trial.number} was declared lost while it trained: the worker that claims its run resumes "
+                f"it from the checkpoint it left in {run_dir}")
+            return "taken over"
+        persistence.write_json(os.path.join(run_dir, TRIAL_FILE), record)
+        if role != "final":  # a finished run needs no checkpoint; the final runs keep the best model's weights
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(run_dir, persistence.CHECKPOINT_FILE))
         trial.set_user_attr("outcome", outcome)
         if error:
             trial.set_user_attr("error", error)

@@ -248,9 +248,10 @@ def test_an_interrupted_search_trial_resumes_with_the_same_settings(study_args, 
         t.user_attrs["role"] == "final" for t in trials)
 
 
-def test_a_worker_whose_trial_was_declared_lost_meanwhile_keeps_its_results_and_goes_on(study_args, tmp_path,
-                                                                                       monkeypatch, capsys):
+def test_a_run_declared_lost_after_its_last_epoch_is_resumed_from_its_checkpoint_not_retrained(study_args, tmp_path,
+                                                                                                monkeypatch, capsys):
     out = str(tmp_path / "out")
+    relu_dir = os.path.join(out, "mlp_activation", "runs", "activation-relu_seed-42")
     real_fit = study_worker.fit
     declared = []
 
@@ -265,14 +266,41 @@ def test_a_worker_whose_trial_was_declared_lost_meanwhile_keeps_its_results_and_
     monkeypatch.setattr(study_worker, "fit", fit_then_declared_lost)
     assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh")) == 0
     printed = capsys.readouterr().out
-    assert (f"trial {declared[0]} had been declared lost while it ran; it will train again, and "
-            f"{os.path.join(out, 'mlp_activation', 'runs', 'activation-relu_seed-42')} keeps its results until "
-            "then") in printed
+    assert (f"trial {declared[0]} was declared lost while it trained: the worker that claims its run resumes it "
+            f"from the checkpoint it left in {relu_dir}") in printed
+    assert f"-> {relu_dir} (resumed)" in printed
+    with open(os.path.join(relu_dir, "train.log")) as f:
+        assert "nothing left to train" in f.read()
     assert jobs_of(load_study(out, "mlp_activation")) == {
         "activation-relu_seed-42": [TrialState.FAIL, TrialState.COMPLETE],
         "activation-tanh_seed-42": [TrialState.COMPLETE]}
+    assert read_json(os.path.join(relu_dir, "results.json"))["status"] == "completed"
+
+
+def test_a_run_declared_lost_while_it_trains_stops_and_the_next_claim_resumes_it(study_args, tmp_path, monkeypatch,
+                                                                                capsys):
+    out = str(tmp_path / "out")
+    real_fit = study_worker.fit
+    declared = []
+
+    def fit_declared_lost_after_its_first_epoch(args, on_epoch=None, **kwargs):
+        def declared_lost_then_on_epoch(epoch, history):
+            if not declared:
+                study = load_study(out, "mlp_activation")
+                [running] = study.get_trials(states=(TrialState.RUNNING,))
+                study.tell(running.number, state=TrialState.FAIL)
+                declared.append(running.number)
+            return on_epoch(epoch, history)
+        return real_fit(args, on_epoch=declared_lost_then_on_epoch, **kwargs)
+    monkeypatch.setattr(study_worker, "fit", fit_declared_lost_after_its_first_epoch)
+    assert studies_main(study_args("mlp_activation", "--values", "relu", epochs=3)) == 0
+    printed = capsys.readouterr().out
+    assert "trial 0 was declared lost while it trained: it stops here" in printed
+    assert "activation-relu_seed-42: epoch 2/3" in printed.split("it stops here")[1]  # trained on only once resumed
     results = read_json(os.path.join(out, "mlp_activation", "runs", "activation-relu_seed-42", "results.json"))
-    assert results["status"] == "completed"
+    assert results["epochs_completed"] == 3 and results["args"]["resume"] is True
+    assert jobs_of(load_study(out, "mlp_activation")) == {"activation-relu_seed-42": [TrialState.FAIL,
+                                                                                      TrialState.COMPLETE]}
 
 
 def test_workers_write_each_console_line_in_one_write(study_args, monkeypatch):
