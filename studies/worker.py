@@ -186,7 +186,8 @@ def _report_earlier_epochs(trial, run_dir):
 
 
 def run_trial(plan, study, lock, trial):
-    """Train the claimed trial's run and record its outcome; returns the outcome's name.
+    """Train the claimed trial's run and record its outcome; returns the outcome's name, or ``taken over``
+    when a claim declared the trial lost meanwhile (the run is then left to the worker that claims it).
 
     Completed runs are COMPLETE with their final validation accuracy as value; pruned runs are
     PRUNED; diverged runs and runs that raised are FAIL with ``outcome`` saying which.
