@@ -98,8 +98,10 @@ def _and_list(names):
 
 def _ranking_sentences(groups, setting):
     """Which value of the grid's setting won on final validation accuracy, and by how much."""
-    scores = {name: _mean([(run["results"].get("valid_accs") or [None])[-1] for run in runs
-                           if (run["trial"] or {}).get("outcome") == "completed"]) for name, runs in groups.items()}
+    finals = {name: [value for value in (_final_valid_acc(run) for run in runs
+                                         if (run["trial"] or {}).get("outcome") == "completed") if value is not None]
+              for name, runs in groups.items()}
+    scores = {name: _mean(values) for name, values in finals.items()}
     # stable: settings that tie keep the grid's order
     ranked = sorted(((score, name) for name, score in scores.items() if score is not None),
                     key=lambda pair: pair[0], reverse=True)
@@ -116,11 +118,29 @@ def _ranking_sentences(groups, setting):
             lowest = f" and {best - ranked[-1][0]:.4f} above the lowest ({ranked[-1][1]})" if len(ranked) > 2 else ""
             lines.append(f"{setting} {leaders[0]} is highest, {best - ranked[1][0]:.4f} above the next "
                          f"({ranked[1][1]}){lowest}.")
+            runner_up = ranked[1][1]
+            lines.append(_separation_sentence(setting, leaders[0], finals[leaders[0]], runner_up, finals[runner_up]))
     tests = {name: _mean([run["results"].get("test_acc") for run in groups[name]]) for _, name in ranked}
     if any(value is not None for value in tests.values()):
         lines.append("Test accuracy (mean): " + ", ".join(f"{name}: {_fmt(value)}" for name, value in tests.items())
                      + ".")
     return lines
+
+
+def _final_valid_acc(run):
+    return (run["results"].get("valid_accs") or [None])[-1]
+
+
+def _separation_sentence(setting, leader, leader_finals, runner_up, runner_up_finals):
+    """Whether the seeds separate the two highest settings: every run of one above every run of the other."""
+    if len(leader_finals) < 2 or len(runner_up_finals) < 2:
+        return (f"{setting} {leader} or {runner_up} has a single completed run, so the spread over seeds is unknown "
+                "(`--seeds N` repeats every setting).")
+    spans = (f"{leader} {min(leader_finals):.4f} to {max(leader_finals):.4f}, "
+             f"{runner_up} {min(runner_up_finals):.4f} to {max(runner_up_finals):.4f}")
+    if min(leader_finals) > max(runner_up_finals):
+        return f"Every {leader} run ended above every {runner_up} run ({spans})."
+    return f"Their runs overlap ({spans}): these seeds do not separate {leader} from {runner_up}."
 
 
 def _epochs_sentences(runs, which):
@@ -165,7 +185,7 @@ def grid_section(study, runs):
     if any(len(members) > 1 for members in groups.values()):
         section.table([setting, "runs", "final valid acc", "best valid acc", "test acc"], [
             [name, len(members),
-             _mean_std([(run["results"].get("valid_accs") or [None])[-1] for run in members]),
+             _mean_std([_final_valid_acc(run) for run in members]),
              _mean_std([run["results"].get("best_valid_acc") for run in members]),
              _mean_std([run["results"].get("test_acc") for run in members])] for name, members in groups.items()])
     section.table(RUN_HEADER, [run_row(run) for members in groups.values() for run in members])
@@ -213,7 +233,7 @@ BEST_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "batch_size", "epoch
 
 def search_section(study, runs, out):
     section = Section(f"{study.name}: {study.question}")
-    trials = [dict(run["trial"], last_valid_acc=(run["results"].get("valid_accs") or [None])[-1],
+    trials = [dict(run["trial"], last_valid_acc=_final_valid_acc(run),
                    epochs=run["results"].get("epochs_completed"))
               for run in runs if run["trial"] and run["trial"]["role"] == "search"]
     finals = [run for run in runs if run["name"].startswith("final_")]
