@@ -206,7 +206,8 @@ def run_trial(plan, study, lock, trial):
     on_epoch = _epoch_callback(study, trial, trial.user_attrs["run_dir"], args.epochs, prune=role == "search",
                                console=sys.stdout)
     try:
-        with Heartbeat(trial), open(os.path.join(run_dir, "train.log"), "a") as log, \
+        # line-buffered: `tail -f train.log` follows the run, and a killed worker's log keeps its last epoch
+        with Heartbeat(trial), open(os.path.join(run_dir, "train.log"), "a", buffering=1) as log, \
                 contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             results = fit(args, on_epoch=on_epoch, test=role != "search")
         outcome = results["status"]

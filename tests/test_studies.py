@@ -356,3 +356,22 @@ def test_a_worker_with_nothing_to_claim_waits_and_takes_over_the_run_of_a_worker
     assert f"trial {held.number} (activation-relu_seed-42): its worker is gone" in printed
     assert read_json(os.path.join(out, "mlp_activation", "runs", "activation-relu_seed-42", "results.json"))[
         "model_config"]["activation"] == "relu"
+
+
+def test_a_runs_train_log_holds_each_epoch_as_soon_as_it_ends(study_args, tmp_path, monkeypatch):
+    logged_at_epoch_end, epoch_callback = [], study_worker._epoch_callback
+
+    def reading_the_log(study, trial, run_name, epochs, prune, console):
+        on_epoch = epoch_callback(study, trial, run_name, epochs, prune, console)
+
+        def read_then_go_on(epoch, history):
+            with open(os.path.join(tmp_path, "out", "mlp_activation", "runs", run_name, "train.log")) as f:
+                logged_at_epoch_end.append(f.read())
+            return on_epoch(epoch, history)
+        return read_then_go_on
+
+    monkeypatch.setattr(study_worker, "_epoch_callback", reading_the_log)
+    assert studies_main(study_args("mlp_activation", "--values", "relu", epochs=2)) == 0
+    assert len(logged_at_epoch_end) == 2
+    for epoch, text in enumerate(logged_at_epoch_end, start=1):
+        assert re.search(rf"^ +{epoch} \|", text, re.MULTILINE), text
