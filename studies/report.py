@@ -254,6 +254,10 @@ def search_section(study, runs, out):
         best = max(completed, key=lambda t: (t["value"], -t["trial"]))
         section.text(f"Best trial: {best['trial']}, final validation accuracy {best['value']:.4f} after "
                      f"{_count(best['epochs'], 'epoch')}; its settings: {_settings_text(best['settings'])}.")
+        tied = sorted(t["trial"] for t in completed if t["value"] == best["value"] and t is not best)
+        if tied:
+            section.text(f"{'Trial' if len(tied) == 1 else 'Trials'} {_and_list([str(n) for n in tied])} reached the "
+                         "same validation accuracy; the earliest trial is the one retrained.")
     section.table(["trial", "outcome", "epochs", "last valid acc", "settings"],
                   [[t["trial"], t["outcome"], _fmt(t["epochs"]), _fmt(t["last_valid_acc"]),
                     _settings_text(t["settings"])] for t in sorted(trials, key=lambda t: t["trial"])])
@@ -280,7 +284,8 @@ def search_section(study, runs, out):
     unused = {"momentum"} if args.get("optimizer") != "momentum" else set()
     unused |= {"weight_decay"} if args.get("optimizer") == "adam" else set()
     unused |= {"warmup_fraction"} if args.get("lr_schedule") == "constant" else set()
-    best_rows = [[key, _fmt(args[key], 6)] for key in BEST_KEYS if key in args and key not in unused]
+    best_rows = [[key, ", ".join(seeds) if key == "seed" and seeds else _fmt(args[key], 6)]
+                 for key in BEST_KEYS if key in args and key not in unused]
     best_rows += [[f"model: {key}", _fmt(value)] for key, value in finals[0]["results"].get("model_config", {}).items()]
     section.text("Full hyperparameters of the final runs:")
     section.table(["hyperparameter", "value"], best_rows)

@@ -211,3 +211,19 @@ def test_a_report_says_when_the_seeds_do_not_separate_the_two_highest_settings(t
     assert "activation tanh is highest, 0.0050 above the next (relu)" in text
     assert ("Their runs overlap (tanh 0.5500 to 0.5600, relu 0.5000 to 0.6000): these seeds do not separate tanh "
             "from relu.") in text
+
+
+def test_a_search_section_names_tied_trials_and_every_seed_of_the_final_runs(tmp_path):
+    out = str(tmp_path / "runs")
+    settings = {"optimizer": "adamw", "lr": 0.001, "epochs": 2}
+    for trial in (0, 1, 2):
+        write_run(out, "resnet18_best", f"trial-000{trial}", {**settings, "lr": 0.001 * (trial + 1)},
+                  [0.5, 0.8 if trial < 2 else 0.7], role="search", trial=trial)
+    for seed in (42, 43):
+        write_run(out, "resnet18_best", f"final_seed-{seed}", settings, [0.5, 0.8], role="final", trial=1 + seed,
+                  seed=seed, test_acc=0.79, args={**settings, "seed": seed})
+    with open(build_report(out)[0]) as f:
+        text = f.read()
+    assert "Best trial: 0, final validation accuracy 0.8000" in text
+    assert "Trial 1 reached the same validation accuracy; the earliest trial is the one retrained." in text
+    assert "retrained 2 times (seeds 42 and 43)" in text and "| seed | 42, 43 |" in text
