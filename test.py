@@ -303,7 +303,7 @@ def test_mlpmixer_forward_matches_parts():
     torch.testing.assert_close(model(images), model.head(tokens.mean(dim=1)))
 
 
-@pytest.mark.parametrize("patch_size", [2, 4, 16])
+@pytest.mark.parametrize("patch_size", [1, 2, 4, 8, 16, 32])  # every size the patch study may run
 def test_mlpmixer_forward_backward(patch_size):
     forward_backward(mlpmixer.MLPMixer(10, 32, patch_size, 32, 2, drop_rate=0.1), torch.randn(2, 3, 32, 32))
 
@@ -320,6 +320,12 @@ def test_mlpmixer_visualize(tmp_path):
     w = w - w.mean(dim=1, keepdim=True)
     first, second = w[order[0]], w[order[1]]
     assert F.cosine_similarity(first, second, dim=0) < 0
+
+
+@pytest.mark.parametrize("patch_size", [1, 32])  # the largest patch grid (32x32) and the smallest (1x1)
+def test_mlpmixer_visualize_at_the_extreme_patch_sizes(tmp_path, patch_size):
+    (path,) = mlpmixer.MLPMixer(10, 32, patch_size, 32, 2).visualize(str(tmp_path))
+    assert pathlib.Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ---------------------------------------------------------------- utils.py
