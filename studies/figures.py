@@ -124,9 +124,19 @@ def images_figure(images, title):
     return fig
 
 
+PAGE_INCHES = (11, 8.5)
+TEXT_POINTS, TEXT_TOP, TEXT_BOTTOM = 7.5, 0.90, 0.03  # font size; where the text starts and must end (page fractions)
+# matplotlib sets lines 1.2 font sizes apart; a monospaced character is 0.6 font sizes wide
+TEXT_PAGE_LINES = int((TEXT_TOP - TEXT_BOTTOM) * PAGE_INCHES[1] * 72 / (1.2 * TEXT_POINTS))
+TEXT_PAGE_COLUMNS = 150  # 9.4 of the page's 11 inches
+
+
 def text_page(title, lines):
-    """A page of monospaced text for the PDF: a section's summary and tables."""
-    fig = Figure(figsize=(11, 8.5))
+    """A page of monospaced text for the PDF: a section's summary and tables, at most ``TEXT_PAGE_LINES`` lines
+    of at most ``TEXT_PAGE_COLUMNS`` characters."""
+    if len(lines) > TEXT_PAGE_LINES or max(map(len, lines), default=0) > TEXT_PAGE_COLUMNS:
+        raise ValueError(f"the text exceeds a page of {TEXT_PAGE_LINES} lines of {TEXT_PAGE_COLUMNS} characters")
+    fig = Figure(figsize=PAGE_INCHES)
     fig.text(0.04, 0.95, title, fontsize=15, weight="bold", va="top")
-    fig.text(0.04, 0.90, "\n".join(lines), fontsize=7.5, family="monospace", va="top")
+    fig.text(0.04, TEXT_TOP, "\n".join(lines), fontsize=TEXT_POINTS, family="monospace", va="top")
     return fig

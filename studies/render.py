@@ -35,7 +35,7 @@ def _markdown_table(header, rows):
     return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
 
 
-def _text_table(header, rows, page_width=150):
+def _text_table(header, rows, page_width=figures.TEXT_PAGE_COLUMNS):
     """A monospaced table for the PDF; the last column wraps onto continuation lines."""
     cells = [list(map(str, header))] + [[str(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header) - 1)]
@@ -76,18 +76,27 @@ def write_pdf(path, sections, header_lines):
 
 def _write_pdf_pages(file, sections, header_lines):
     with PdfPages(file) as pdf:
-        pdf.savefig(figures.text_page("CIFAR-10: Problem 4 report", header_lines))
+        _text_pages(pdf, "CIFAR-10: Problem 4 report", header_lines)
         for section in sections:
             lines = []
             for block in section.blocks:
                 if block[0] == "text":
-                    lines += textwrap.wrap(block[1], 150) + [""]
+                    lines += textwrap.wrap(block[1], figures.TEXT_PAGE_COLUMNS) + [""]
                 elif block[0] == "table":
                     lines += _text_table(*block[1:]) + [""]
-            for start in range(0, max(len(lines), 1), 80):
-                pdf.savefig(figures.text_page(section.title, lines[start:start + 80]))
+            _text_pages(pdf, section.title, lines)
             for block in section.blocks:
                 if block[0] == "pdf_page":
                     pdf.savefig(block[1])
                 elif block[0] == "figure" and block[4]:
                     pdf.savefig(block[2])
+
+
+def _text_pages(pdf, title, lines):
+    """``lines`` on as many pages as they need; a line wider than a page goes on, indented, below it."""
+    columns, per_page = figures.TEXT_PAGE_COLUMNS, figures.TEXT_PAGE_LINES
+    fitted = []
+    for line in lines:
+        fitted += [line] if len(line) <= columns else textwrap.wrap(line, columns, subsequent_indent="    ")
+    for start in range(0, max(len(fitted), 1), per_page):
+        pdf.savefig(figures.text_page(title + (" (continued)" if start else ""), fitted[start:start + per_page]))

@@ -6,9 +6,12 @@ import shutil
 
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.image import imsave
 
+from studies import figures
 from studies.__main__ import main as studies_main
+from studies.definitions import STUDIES
 from studies.report import build_report
 from utils import generate_plots
 
@@ -227,3 +230,40 @@ def test_a_search_section_names_tied_trials_and_every_seed_of_the_final_runs(tmp
     assert "Best trial: 0, final validation accuracy 0.8000" in text
     assert "Trial 1 reached the same validation accuracy; the earliest trial is the one retrained." in text
     assert "retrained 2 times (seeds 42 and 43)" in text and "| seed | 42, 43 |" in text
+
+
+def test_a_full_text_page_fits_inside_the_pdf_page():
+    lines = ["W" * figures.TEXT_PAGE_COLUMNS] * figures.TEXT_PAGE_LINES
+    fig = figures.text_page("a section", lines)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    page = fig.bbox
+    for text in fig.texts:
+        box = text.get_window_extent(renderer)
+        assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1, box
+    with pytest.raises(ValueError):
+        figures.text_page("a section", lines + ["one line too many"])
+
+
+def test_every_line_of_a_long_section_and_of_the_header_reaches_the_pdf(fixture_logs, monkeypatch):
+    out = fixture_logs
+    shutil.rmtree(os.path.join(out, "mlpmixer_patch"))  # the header then names it in a line wider than a page
+    for trial in range(2, 70):  # a search long enough for several pages
+        write_run(out, "resnet18_best", f"trial-{trial:04d}", {"lr": 0.001 * trial, "note": "x" * 200}, [0.5],
+                  role="search", trial=trial)
+    pages, text_page = [], figures.text_page
+
+    def recording_text_page(title, lines):
+        pages.append((title, lines))
+        return text_page(title, lines)
+
+    monkeypatch.setattr(figures, "text_page", recording_text_page)
+    markdown_path, _ = build_report(out)
+    on_pages = "\n".join(line.strip() for _, lines in pages for line in lines)
+    for trial in range(2, 70):
+        assert re.search(rf"^{trial} +completed", on_pages, re.MULTILINE), trial
+    search_title = f"resnet18_best: {STUDIES['resnet18_best'].question}"
+    assert [title for title, _ in pages].count(f"{search_title} (continued)") > 1
+    with open(markdown_path) as f:
+        header = [line[2:].rstrip("\n") for line in f if line.startswith("- ")]
+    assert any(len(line) > figures.TEXT_PAGE_COLUMNS for line in header)
+    assert all(line in on_pages.replace("\n", " ") for line in header)
