@@ -97,6 +97,7 @@ def search_figure(trials, title):
         best = np.maximum.accumulate([value for _, value in completed])
         ax.step([number for number, _ in completed], best, where="post", color="black", label="best so far")
     ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("validation accuracy (last epoch run)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)

@@ -267,3 +267,10 @@ def test_every_line_of_a_long_section_and_of_the_header_reaches_the_pdf(fixture_
         header = [line[2:].rstrip("\n") for line in f if line.startswith("- ")]
     assert any(len(line) > figures.TEXT_PAGE_COLUMNS for line in header)
     assert all(line in on_pages.replace("\n", " ") for line in header)
+
+
+def test_the_search_figure_marks_whole_trial_numbers_only():
+    trials = [{"trial": n, "outcome": "completed", "last_valid_acc": 0.5 + 0.1 * n} for n in range(4)]
+    ax = figures.search_figure(trials, "search").axes[0]
+    ticks = [tick for tick in ax.get_xticks() if ax.get_xlim()[0] <= tick <= ax.get_xlim()[1]]
+    assert ticks and all(float(tick).is_integer() for tick in ticks), ticks
