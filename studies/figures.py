@@ -1,4 +1,5 @@
 """The report's figures, drawn with matplotlib's object API (no global pyplot state)."""
+import textwrap
 import warnings
 
 import numpy as np
@@ -106,6 +107,9 @@ def search_figure(trials, title):
     return fig
 
 
+CAPTION_POINTS = 10
+
+
 def images_figure(images, title):
     """Pictures side by side (the first-layer visualisations), each with its caption.
 
@@ -116,9 +120,11 @@ def images_figure(images, title):
     height = min(5.0, 16.0 / sum(aspects))  # a strip of wide pictures stays at most 16 inches wide
     fig = Figure(figsize=(height * sum(aspects), height + 0.9))
     axes = np.atleast_1d(fig.subplots(1, len(images), gridspec_kw={"width_ratios": aspects}))
-    for ax, (caption, image) in zip(axes, images):
+    for ax, aspect, (caption, image) in zip(axes, aspects, images):
         ax.imshow(image)
-        ax.set_title(caption, fontsize=10)
+        # a caption wider than its picture would run into its neighbour or off the page: wrap it
+        ax.set_title(textwrap.fill(caption, max(12, int(height * aspect * 72 / (0.6 * CAPTION_POINTS)))),
+                     fontsize=CAPTION_POINTS)
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()

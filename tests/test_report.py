@@ -274,3 +274,13 @@ def test_the_search_figure_marks_whole_trial_numbers_only():
     ax = figures.search_figure(trials, "search").axes[0]
     ticks = [tick for tick in ax.get_xticks() if ax.get_xlim()[0] <= tick <= ax.get_xlim()[1]]
     assert ticks and all(float(tick).is_integer() for tick in ticks), ticks
+
+
+def test_a_caption_wider_than_its_picture_stays_on_the_figure():
+    square, strip = np.ones((70, 70, 3)), np.ones((40, 400, 3))  # the kernels beside a long token-mixing strip
+    fig = figures.images_figure([("ResNet18: first-layer 3x3 kernels (RGB)", square),
+                                 ("MLP-Mixer: first block's token-mixing weights", strip)], "first layers")
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    for ax in fig.axes:
+        box = ax.title.get_window_extent(renderer)
+        assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1, (ax.title.get_text(), box)
