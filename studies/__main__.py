@@ -110,8 +110,9 @@ def make_plan(study, options, train_argv):
     problems = check_args(args)
     if problems:
         raise UserError(problems[0])
-    if options.workers < 1 or options.seeds < 1 or (options.trials is not None and options.trials < 1):
-        raise UserError("--workers, --seeds and --trials must be at least 1")
+    for name in ("workers", "seeds", "trials"):
+        if getattr(options, name) is not None and getattr(options, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(options, name)}")
     config_path = flags.get("model_config", os.path.join(SHIPPED_CONFIGS, f"{study.model}.json"))
     model_config = load_model_config(config_path, study.model)
     searched = {dimension.setting for dimension in study.space}

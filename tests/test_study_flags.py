@@ -25,6 +25,9 @@ from training.fake_data import write_fake_cifar10
                                                  "remove --set patch_size"),
     ("mlpmixer_best", ["--trials", "3", "--values", "2"], "no grid"),
     ("mlp_activation", ["--valid_size", "5000"], "--valid_size 5000 must be between 1 and"),
+    ("mlp_activation", ["--workers", "0"], "--workers must be at least 1, got 0"),
+    ("mlp_activation", ["--seeds", "-2"], "--seeds must be at least 1, got -2"),
+    ("resnet18_best", ["--trials", "0"], "--trials must be at least 1, got 0"),
 ])
 def test_bad_study_flags_are_refused_before_anything_is_written(study_args, tmp_path, capsys, name, extra, message):
     assert studies_main(study_args(name, *extra)) == 2
