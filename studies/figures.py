@@ -122,7 +122,8 @@ def images_figure(images, title):
     axes = np.atleast_1d(fig.subplots(1, len(images), gridspec_kw={"width_ratios": aspects}))
     for ax, aspect, (caption, image) in zip(axes, aspects, images):
         ax.imshow(image)
-        # a caption wider than its picture would run into its neighbour or off the page: wrap it
+        # a caption wider than its picture would run into its neighbour or off the page: wrap it (a character
+        # is at most about 0.6 font sizes wide)
         ax.set_title(textwrap.fill(caption, max(12, int(height * aspect * 72 / (0.6 * CAPTION_POINTS)))),
                      fontsize=CAPTION_POINTS)
         ax.axis("off")
@@ -133,9 +134,9 @@ def images_figure(images, title):
 
 PAGE_INCHES = (11, 8.5)
 TEXT_POINTS, TEXT_TOP, TEXT_BOTTOM = 7.5, 0.90, 0.03  # font size; where the text starts and must end (page fractions)
-# matplotlib sets lines 1.2 font sizes apart; a monospaced character is 0.6 font sizes wide
+# matplotlib sets lines 1.2 font sizes apart
 TEXT_PAGE_LINES = int((TEXT_TOP - TEXT_BOTTOM) * PAGE_INCHES[1] * 72 / (1.2 * TEXT_POINTS))
-TEXT_PAGE_COLUMNS = 150  # 9.4 of the page's 11 inches
+TEXT_PAGE_COLUMNS = 150  # about 9 of the page's 11 inches at this font size
 
 
 def text_page(title, lines):

@@ -77,7 +77,7 @@ def run_row(run):
     images = results.get("split", {}).get("train")
     outcome = trial.get("outcome") or ("running or stopped" if results else "not started")
     return [run["name"], outcome, _fmt(results.get("epochs_completed")),
-            _fmt((results.get("valid_accs") or [None])[-1]), _fmt(results.get("best_valid_acc")),
+            _fmt(_final_valid_acc(run)), _fmt(results.get("best_valid_acc")),
             _fmt(results.get("test_acc")), _fmt(results.get("num_params")), _fmt(seconds, 2),
             _fmt(images / seconds if images and seconds else None, 0)]
 
