@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from config import check_args, get_config_parser
 from training.cifar10 import check_valid_size, load_cifar10
 from training.errors import UserError
-from training.models import SCHEMAS, load_model_config, validate_model_config
+from training.models import SCHEMAS, SHIPPED_CONFIG_DIR, load_model_config, validate_model_config
 
 from .console import say
 from .definitions import STUDIES, is_model_setting
@@ -32,7 +32,6 @@ from .worker import RUNS_FOLDER, Plan, open_study, work
 
 STUDY_FLAGS = ("model", "logdir", "resume", "visualize")  # set by the study for each run
 LAUNCHED_WORKER = "STUDIES_LAUNCHED_WORKER"  # in the environment of the workers that --workers N starts
-SHIPPED_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model_configs")
 
 
 def _parser():
@@ -113,7 +112,7 @@ def make_plan(study, options, train_argv):
     for name in ("workers", "seeds", "trials"):
         if getattr(options, name) is not None and getattr(options, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(options, name)}")
-    config_path = flags.get("model_config", os.path.join(SHIPPED_CONFIGS, f"{study.model}.json"))
+    config_path = flags.get("model_config", os.path.join(SHIPPED_CONFIG_DIR, f"{study.model}.json"))
     model_config = load_model_config(config_path, study.model)
     searched = {dimension.setting for dimension in study.space}
     given = {**study.fixed, **{key: value for key, value in flags.items() if key in searched}}

@@ -54,6 +54,32 @@ def test_bad_model_config_gets_one_clear_line(name, text, model, message, tmp_pa
     assert not logdir.exists()
 
 
+@pytest.mark.parametrize("model", ["mlp", "resnet18", "mlpmixer"])
+def test_a_missing_config_names_the_packages_config_for_the_model_from_any_folder(model, tmp_path, monkeypatch,
+                                                                                  fake_data_dir, capsys):
+    """From the repository the hint is the path a student types; from elsewhere it is a path that exists there."""
+    for cwd, expected in ((ROOT, f"model_configs/{model}.json"),
+                          (tmp_path, os.path.join(ROOT, "model_configs", f"{model}.json"))):
+        monkeypatch.chdir(cwd)
+        code = main.main(["--model", model, "--model_config", "nope.json", "--data_dir", fake_data_dir,
+                          "--device", "cpu"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and f"pass --model_config {expected} (the package's config for --model {model})" in err
+        assert os.path.isfile(expected)
+
+
+@pytest.mark.parametrize("model,config_of", [("resnet18", "mlp"), ("mlpmixer", "mlp"), ("mlp", "mlpmixer")])
+def test_another_models_config_is_named_as_such(model, config_of, fake_data_dir, capsys, monkeypatch):
+    """``python main.py --model resnet18`` keeps the template's default --model_config, the MLP's."""
+    monkeypatch.chdir(ROOT)
+    flags = [] if config_of == "mlp" else ["--model_config", f"model_configs/{config_of}.json"]
+    code = main.main(["--model", model, *flags, "--data_dir", fake_data_dir, "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith(f"error: {'./' if not flags else ''}model_configs/{config_of}.json is a config "
+                                        f"for --model {config_of}, not {model}; pass --model_config "
+                                        f"model_configs/{model}.json")
+
+
 BAD_FLAGS = [
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--batch_size", "-4"], "--batch_size must be at least 1"),

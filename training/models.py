@@ -9,6 +9,7 @@ IMAGE_SIZE = 32
 IMAGE_FEATURES = 3 * IMAGE_SIZE * IMAGE_SIZE
 NUM_CLASSES = 10
 REQUIRED = object()
+SHIPPED_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model_configs")
 
 
 def _positive_int(value):
@@ -97,11 +98,21 @@ def validate_model_config(model, config, source="model config"):
     return resolved
 
 
+def shipped_config_path(model):
+    """The package's config for ``model``, relative to the working directory when it lies below it."""
+    path = os.path.join(SHIPPED_CONFIG_DIR, f"{model}.json")
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # on Windows, a working directory on another drive
+        return path
+    return path if relative.startswith(os.pardir) else relative
+
+
 def load_model_config(path, model):
     """Read and validate a model config file; every problem becomes a one-line ``UserError``."""
-    shipped = ", ".join(f"model_configs/{name}.json" for name in MODEL_NAMES)
     if not os.path.isfile(path):
-        raise UserError(f"model config not found: {path}; pass --model_config with one of {shipped}")
+        raise UserError(f"model config not found: {path}; pass --model_config {shipped_config_path(model)} "
+                        f"(the package's config for --model {model})")
     try:
         with open(path, encoding="utf-8") as f:
             config = json.load(f)
@@ -109,7 +120,23 @@ def load_model_config(path, model):
         raise UserError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read the model config ({exc})") from None
+    meant_for = _model_the_config_fits(config, model)
+    if meant_for:
+        raise UserError(f"{path} is a config for --model {meant_for}, not {model}; "
+                        f"pass --model_config {shipped_config_path(model)}")
     return validate_model_config(model, config, source=path)
+
+
+def _model_the_config_fits(config, model):
+    """Another model whose schema holds every key of ``config`` and all its required ones, when ``model``'s does not."""
+    if not isinstance(config, dict) or set(config) <= set(SCHEMAS[model]):
+        return None
+    for other in MODEL_NAMES:
+        schema = SCHEMAS[other]
+        required = {key for key, (_, default) in schema.items() if default is REQUIRED}
+        if other != model and required <= set(config) <= set(schema):
+            return other
+    return None
 
 
 def build_model(model, config):
