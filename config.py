@@ -63,7 +63,7 @@ def get_config_parser():
     recipe.add_argument("--warmup_fraction", type=float, default=0.2,
                         help="share of all steps spent warming up (cosine and onecycle).")
     recipe.add_argument("--label_smoothing", type=float, default=0.0,
-                        help="label smoothing of utils.cross_entropy_loss.")
+                        help="label smoothing: the share of each label's mass spread uniformly over the classes.")
     recipe.add_argument("--augment", type=str, default="template", choices=list(AUGMENTATIONS),
                         help="training augmentation. template: random horizontal flip and RandomResizedCrop "
                              "(scale 0.8-1.0), as the course template; padcrop: flip and a random crop of the "

@@ -70,6 +70,52 @@ def test_graded_files_import_only_allowed_modules():
                 assert root in allowed, f"{name} imports {root}"
 
 
+# the template's signatures (../shared/TEMPLATE_API.md), which the autograder calls by name and by default
+TEMPLATE_SIGNATURES = {
+    (mlp.Linear, "__init__"): "(self, in_features, out_features)",
+    (mlp.Linear, "forward"): "(self, input)",
+    (mlp.MLP, "__init__"): "(self, input_size, hidden_sizes, num_classes, activation='relu')",
+    (mlp.MLP, "_build_layers"): "(self, input_size, hidden_sizes, num_classes)",
+    (mlp.MLP, "activation_fn"): "(self, activation, inputs)",
+    (mlp.MLP, "_initialize_linear_layer"): "(self, module)",
+    (mlp.MLP, "forward"): "(self, images)",
+    (resnet18.BasicBlock, "__init__"): "(self, in_planes, planes, stride=1)",
+    (resnet18.BasicBlock, "forward"): "(self, x)",
+    (resnet18.ResNet18, "__init__"): "(self, num_classes=10)",
+    (resnet18.ResNet18, "_make_layer"): "(self, in_planes, planes, stride)",
+    (resnet18.ResNet18, "forward"): "(self, images)",
+    (resnet18.ResNet18, "visualize"): "(self, logdir)",
+    (mlpmixer.PatchEmbed, "__init__"): "(self, img_size, patch_size, in_chans=3, embed_dim=768)",
+    (mlpmixer.PatchEmbed, "forward"): "(self, x)",
+    (mlpmixer.Mlp, "__init__"): f"(self, in_features, hidden_features, act_layer={nn.GELU!r}, drop=0.0)",
+    (mlpmixer.Mlp, "forward"): "(self, x)",
+    (mlpmixer.MixerBlock, "__init__"): "(self, dim, seq_len, mlp_ratio=(0.5, 4.0), activation='gelu', drop=0.0, "
+                                       "drop_path=0.0)",
+    (mlpmixer.MixerBlock, "forward"): "(self, x)",
+    (mlpmixer.MLPMixer, "__init__"): "(self, num_classes, img_size, patch_size, embed_dim, num_blocks, drop_rate=0.0, "
+                                     "activation='gelu')",
+    (mlpmixer.MLPMixer, "forward"): "(self, images)",
+    (mlpmixer.MLPMixer, "visualize"): "(self, logdir)",
+    (utils, "generate_plots"): "(list_of_dirs, legend_names, save_path)",
+    (utils, "seed_experiment"): "(seed)",
+    (utils, "to_device"): "(tensors, device)",
+    (utils, "cross_entropy_loss"): "(logits, labels)",
+    (utils, "compute_accuracy"): "(logits, labels)",
+}
+
+
+@pytest.mark.parametrize("owner,name", TEMPLATE_SIGNATURES, ids=[f"{getattr(o, '__name__', o)}.{n}"
+                                                                 for o, n in TEMPLATE_SIGNATURES])
+def test_graded_names_keep_the_templates_signatures(owner, name):
+    """Parameter names, order and defaults as the template has them (type annotations aside)."""
+    import inspect
+    signature = inspect.signature(getattr(owner, name))
+    bare = signature.replace(parameters=[p.replace(annotation=inspect.Parameter.empty)
+                                         for p in signature.parameters.values()],
+                             return_annotation=inspect.Signature.empty)
+    assert str(bare) == TEMPLATE_SIGNATURES[owner, name]
+
+
 # ---------------------------------------------------------------- mlp.py
 
 def test_linear_matches_reference():
@@ -341,8 +387,6 @@ def test_cross_entropy_matches_builtin_values_and_gradients():
     (reference_grad,) = torch.autograd.grad(reference, logits)
     torch.testing.assert_close(ours, reference)
     torch.testing.assert_close(grad, reference_grad)
-    smoothed = utils.cross_entropy_loss(logits, labels, label_smoothing=0.1)
-    torch.testing.assert_close(smoothed, F.cross_entropy(logits, labels, label_smoothing=0.1))
 
 
 def test_cross_entropy_is_stable_for_large_logits():

@@ -61,13 +61,12 @@ def to_device(tensors, device):
         raise NotImplementedError("Unknown type {0}".format(type(tensors)))
 
 
-def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of a batch, from a log-softmax computed with the log-sum-exp trick.
 
     Args:
         logits: ``[batch, classes]`` unnormalised scores.
         labels: ``[batch]`` class indices.
-        label_smoothing: mass spread uniformly over all classes (0 gives the plain loss).
 
     Returns:
         a scalar tensor.
@@ -79,8 +78,6 @@ def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothi
     shifted = logits - logits.max(dim=1, keepdim=True).values.detach()  # [batch, classes], max 0 per row
     log_probs = shifted - torch.log(torch.exp(shifted).sum(dim=1, keepdim=True))
     nll = -log_probs.gather(1, labels.long().unsqueeze(1)).squeeze(1)  # [batch]
-    if label_smoothing:
-        nll = (1.0 - label_smoothing) * nll - label_smoothing * log_probs.mean(dim=1)
     return nll.mean()
 
 

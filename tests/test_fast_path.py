@@ -18,7 +18,7 @@ from training import engine
 from training.augmentation import AUGMENTATIONS, MIX, MIXES
 from training.optim import LRSchedule, build_optimizer, set_learning_rate
 from training.pipelines import TensorBatches
-from training.steps import GraphedTrainStep, TrainStep, autocast_context
+from training.steps import GraphedTrainStep, TrainStep, autocast_context, smoothed_loss
 
 # torch.compile as inductor traces it (Dynamo, AOTAutograd, inductor's decompositions and partitioner), with
 # eager kernels instead of the C++ that inductor would build on a CPU (half a minute per model here). Plain
@@ -286,6 +286,25 @@ def test_failed_capture_warns_and_continues_eager():
     with pytest.warns(UserWarning, match="CUDA graph capture failed.*continuing with eager steps"):
         history, _, step = _run_epochs(GraphedTrainStep, capture=broken, eager_context=contextlib.nullcontext)
     assert step.capture_failed and step.replay is None and history == eager_history
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1, 0.5])
+def test_smoothed_loss_matches_the_builtin_values_and_gradients(label_smoothing):
+    torch.manual_seed(0)
+    logits = torch.randn(16, 10, dtype=torch.float64, requires_grad=True) * 5
+    labels = torch.randint(0, 10, (16,))
+    ours = smoothed_loss(logits, labels, label_smoothing)
+    reference = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    torch.testing.assert_close(ours.double(), reference)
+    torch.testing.assert_close(torch.autograd.grad(ours, logits)[0], torch.autograd.grad(reference, logits)[0])
+
+
+def test_smoothed_loss_of_half_precision_logits_is_computed_in_float32():
+    logits = (torch.randn(8, 10) * 30).bfloat16()
+    labels = torch.randint(0, 10, (8,))
+    loss = smoothed_loss(logits, labels, 0.1)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits.float(), labels, label_smoothing=0.1))
 
 
 def test_train_step_matches_a_hand_written_step():

@@ -20,6 +20,22 @@ from .optim import set_learning_rate
 HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def smoothed_loss(logits, labels, label_smoothing):
+    """``utils.cross_entropy_loss`` against labels that keep ``1 - label_smoothing`` of their mass and
+    spread the rest uniformly over the classes.
+
+    The uniform part is the mean over classes of ``-log p_c``, which is ``logsumexp(z) - mean(z)``. It
+    lives here, not in the graded loss, whose signature is the template's ``(logits, labels)``.
+    """
+    loss = cross_entropy_loss(logits, labels)
+    if not label_smoothing:
+        return loss
+    if logits.dtype in HALF_DTYPES.values():
+        logits = logits.float()  # as the graded loss does: half-precision log-sum-exp loses digits
+    uniform = (torch.logsumexp(logits, dim=1) - logits.mean(dim=1)).mean()
+    return (1.0 - label_smoothing) * loss + label_smoothing * uniform
+
+
 def autocast_context(device, precision):
     """bf16 or fp16 autocast, or nothing for fp32.
 
@@ -70,7 +86,7 @@ class TrainStep:
             device: where the batches are computed.
             precision: ``"bf16"`` or ``"fp16"`` (autocast; fp16 with loss scaling) or ``"fp32"``.
             channels_last: feed images in channels-last memory layout (faster convolutions on GPUs and CPUs).
-            label_smoothing: passed to ``utils.cross_entropy_loss``.
+            label_smoothing: the share of each label's mass spread over all classes (``smoothed_loss``).
             schedule: maps a global step number to a learning rate; ``None`` keeps the optimizer's.
             first_step: global number of the next step (non-zero when a run resumes).
             compiled_model: ``torch.compile(model)``, run on batches of the shape of the first batch
@@ -129,9 +145,9 @@ class TrainStep:
             images = images.contiguous(memory_format=self.memory_format)  # the box's torch.where may change it
         with autocast_context(self.device, self.precision):
             logits = self._forward(images)
-        loss = cross_entropy_loss(logits, labels, self.label_smoothing)
+        loss = smoothed_loss(logits, labels, self.label_smoothing)
         if self.mix != "none":
-            loss = lam * loss + (1 - lam) * cross_entropy_loss(logits, labels.flip(0), self.label_smoothing)
+            loss = lam * loss + (1 - lam) * smoothed_loss(logits, labels.flip(0), self.label_smoothing)
         if self.scaler is None:
             loss.backward()
             self.optimizer.step()
