@@ -133,8 +133,10 @@ def _final_valid_acc(run):
 
 def _separation_sentence(setting, leader, leader_finals, runner_up, runner_up_finals):
     """Whether the seeds separate the two highest settings: every run of one above every run of the other."""
-    if len(leader_finals) < 2 or len(runner_up_finals) < 2:
-        return (f"{setting} {leader} or {runner_up} has a single completed run, so the spread over seeds is unknown "
+    single = [name for name, finals in ((leader, leader_finals), (runner_up, runner_up_finals)) if len(finals) < 2]
+    if single:
+        who = f"{single[0]} has" if len(single) == 1 else f"{leader} and {runner_up} each have"
+        return (f"{setting} {who} a single completed run, so the spread over seeds is unknown "
                 "(`--seeds N` repeats every setting).")
     spans = (f"{leader} {min(leader_finals):.4f} to {max(leader_finals):.4f}, "
              f"{runner_up} {min(runner_up_finals):.4f} to {max(runner_up_finals):.4f}")
@@ -189,13 +191,13 @@ def grid_section(study, runs):
              _mean_std([run["results"].get("best_valid_acc") for run in members]),
              _mean_std([run["results"].get("test_acc") for run in members])] for name, members in groups.items()])
     section.table(RUN_HEADER, [run_row(run) for members in groups.values() for run in members])
+    lines = f"one line per {setting} " + ("(mean over seeds; band: min to max)"
+                                          if any(len(members) > 1 for members in groups.values()) else "(one run each)")
     for key, label in figures.CURVES:
         section.figure(f"{study.name}_{key}.png", figures.curve_figure(groups, key, label, f"{study.name}: {label}",
                                                                        legend_title=setting),
-                       f"{label} against epoch, one line per {setting} (mean over seeds; band: min to max)",
-                       in_pdf=False)
-    section.pdf_page(figures.curves_page(groups, f"{study.name}: one line per {setting} (mean over seeds; band: "
-                                                 "min to max)", legend_title=setting))
+                       f"{label} against epoch, {lines}", in_pdf=False)
+    section.pdf_page(figures.curves_page(groups, f"{study.name}: {lines}", legend_title=setting))
     if study.name == "mlpmixer_patch":
         _cost_block(section, groups, setting)
     return section

@@ -101,7 +101,9 @@ def test_report_states_what_the_logs_show(fixture_logs):
     assert "| relu | 2 | 0.5100 ± 0.0141 |" in text
     assert "lr-0.1_seed-42 diverged: its training loss was not finite in epoch 2." in text
     assert "lr 0.001 is highest, 0.1000 above the next (0.0001).\n" in text  # the two that did not diverge
-    assert "lr 0.001 or 0.0001 has a single completed run, so the spread over seeds is unknown" in text
+    assert "lr 0.001 and 0.0001 each have a single completed run, so the spread over seeds is unknown" in text
+    assert "validation accuracy against epoch, one line per activation (mean over seeds; band: min to max)" in text
+    assert "validation accuracy against epoch, one line per lr (one run each)" in text
     # seconds per epoch leave out the first: 4.0, 1.0 and 0.5 s
     assert "a training epoch takes from 0.50 s (patch_size 8) to 4.00 s (patch_size 2), 8.0 times as long." in text
     assert "| 2 | 3,000,000 | 4.00 | 11250 |" in text
@@ -214,6 +216,18 @@ def test_a_report_says_when_the_seeds_do_not_separate_the_two_highest_settings(t
     assert "activation tanh is highest, 0.0050 above the next (relu)" in text
     assert ("Their runs overlap (tanh 0.5500 to 0.5600, relu 0.5000 to 0.6000): these seeds do not separate tanh "
             "from relu.") in text
+
+
+def test_a_report_names_the_one_setting_whose_spread_is_unknown(tmp_path):
+    out = str(tmp_path / "runs")
+    for activation, finals in (("relu", (0.50, 0.52)), ("tanh", (0.60,)), ("sigmoid", (0.30, 0.31))):
+        for seed, final in zip((42, 43), finals):
+            write_run(out, "mlp_activation", f"activation-{activation}_seed-{seed}", {"activation": activation},
+                      [0.2, final], seed=seed, test_acc=final)
+    with open(build_report(out)[0]) as f:
+        text = f.read()
+    assert ("activation tanh has a single completed run, so the spread over seeds is unknown (`--seeds N` repeats "
+            "every setting).") in text
 
 
 def test_a_search_section_names_tied_trials_and_every_seed_of_the_final_runs(tmp_path):
