@@ -96,10 +96,13 @@ def _and_list(names):
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
+def _completed(runs):
+    return [run for run in runs if (run["trial"] or {}).get("outcome") == "completed"]
+
+
 def _ranking_sentences(groups, setting):
     """Which value of the grid's setting won on final validation accuracy, and by how much."""
-    finals = {name: [value for value in (_final_valid_acc(run) for run in runs
-                                         if (run["trial"] or {}).get("outcome") == "completed") if value is not None]
+    finals = {name: [value for value in map(_final_valid_acc, _completed(runs)) if value is not None]
               for name, runs in groups.items()}
     scores = {name: _mean(values) for name, values in finals.items()}
     # stable: settings that tie keep the grid's order
@@ -185,11 +188,13 @@ def grid_section(study, runs):
     for line in _epochs_sentences(runs, "These runs") + _ranking_sentences(groups, setting) + _outcome_sentences(runs):
         section.text(line)
     if any(len(members) > 1 for members in groups.values()):
-        section.table([setting, "runs", "final valid acc", "best valid acc", "test acc"], [
-            [name, len(members),
-             _mean_std([_final_valid_acc(run) for run in members]),
-             _mean_std([run["results"].get("best_valid_acc") for run in members]),
-             _mean_std([run["results"].get("test_acc") for run in members])] for name, members in groups.items()])
+        # over completed runs, as the ranking above: an unfinished run's last epoch is not its final accuracy
+        section.table([setting, "completed runs", "final valid acc", "best valid acc", "test acc"], [
+            [name, f"{len(done)}" if len(done) == len(members) else f"{len(done)} of {len(members)}",
+             _mean_std([_final_valid_acc(run) for run in done]),
+             _mean_std([run["results"].get("best_valid_acc") for run in done]),
+             _mean_std([run["results"].get("test_acc") for run in done])]
+            for name, members in groups.items() for done in [_completed(members)]])
     section.table(RUN_HEADER, [run_row(run) for members in groups.values() for run in members])
     lines = f"one line per {setting} " + ("(mean over seeds; band: min to max)"
                                           if any(len(members) > 1 for members in groups.values()) else "(one run each)")

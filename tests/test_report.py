@@ -218,6 +218,19 @@ def test_a_report_says_when_the_seeds_do_not_separate_the_two_highest_settings(t
             "from relu.") in text
 
 
+def test_a_grids_seed_table_counts_completed_runs_only(tmp_path):
+    out = str(tmp_path / "runs")
+    for activation, finals in (("relu", (0.50, 0.52)), ("tanh", (0.45, 0.47))):
+        for seed, final in zip((42, 43), finals):
+            write_run(out, "mlp_activation", f"activation-{activation}_seed-{seed}", {"activation": activation},
+                      [0.2, final], seed=seed, test_acc=final)
+    write_run(out, "mlp_activation", "activation-relu_seed-44", {"activation": "relu"}, [0.1], outcome=None, seed=44)
+    with open(build_report(out)[0]) as f:
+        text = f.read()
+    assert "| relu | 2 of 3 | 0.5100 ± 0.0141 | 0.5100 ± 0.0141 | 0.5100 ± 0.0141 |" in text
+    assert "| tanh | 2 | 0.4600 ± 0.0141 |" in text
+
+
 def test_a_report_names_the_one_setting_whose_spread_is_unknown(tmp_path):
     out = str(tmp_path / "runs")
     for activation, finals in (("relu", (0.50, 0.52)), ("tanh", (0.60,)), ("sigmoid", (0.30, 0.31))):
