@@ -234,6 +234,20 @@ def test_data_dir_that_is_a_file_or_unwritable_is_refused(tmp_path):
         load_cifar10(str(tmp_path / "a_file" / "data"))
 
 
+def test_data_dir_pointing_at_the_batches_themselves_gets_the_folder_to_pass(tmp_path, fake_data_dir):
+    """Nothing is downloaded into, or staged inside, a folder of batch files given as --data_dir."""
+    batches = os.path.join(fake_data_dir, cifar10.FOLDER)
+    with pytest.raises(UserError, match=f"is the cifar-10-batches-py folder itself; pass the folder that holds it: "
+                                        f"--data_dir {fake_data_dir}$"):
+        load_cifar10(batches)
+    renamed = shutil.copytree(batches, tmp_path / "my_cifar")
+    before = sorted(os.listdir(renamed))
+    with pytest.raises(UserError, match=f"rename {renamed} to {tmp_path / cifar10.FOLDER} and pass --data_dir "
+                                        f"{tmp_path}$"):
+        load_cifar10(str(renamed))
+    assert sorted(os.listdir(renamed)) == before
+
+
 def test_split_is_disjoint_complete_and_seeded():
     train, valid = split_train_valid(50000, 5000, seed=42)
     assert len(train) == 45000 and len(valid) == 5000

@@ -139,6 +139,14 @@ def fetch_cifar10(data_dir, download=True):
              f"that holds {FOLDER}/")
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise UserError(f"--data_dir {data_dir} is a file, not a folder; {where}")
+    if all(os.path.isfile(os.path.join(data_dir, name)) for name in (*TRAIN_FILES, TEST_FILE)):
+        folder, parent = os.path.abspath(data_dir), os.path.dirname(os.path.abspath(data_dir))
+        if os.path.basename(folder) == FOLDER:
+            raise UserError(f"--data_dir {data_dir} is the {FOLDER} folder itself; pass the folder that holds it: "
+                            f"--data_dir {parent}")
+        raise UserError(f"--data_dir {data_dir} holds the CIFAR-10 batch files themselves; they belong in a folder "
+                        f"named {FOLDER} inside --data_dir: rename {folder} to {os.path.join(parent, FOLDER)} "
+                        f"and pass --data_dir {parent}")
     have_archive = os.path.isfile(archive)
     if not have_archive and not download:
         raise UserError(f"CIFAR-10 not found at {os.path.join(os.path.abspath(data_dir), FOLDER)}; {where}")
