@@ -196,7 +196,8 @@ def test_host_traffic_catches_what_it_looks_for():
 
 
 def _host_traffic_of_recorded_step(augment, mix, compile_with=None, precision="fp32"):
-    """What ``HostTraffic`` sees while the graphed step's recorded function runs once (the capture stand-in)."""
+    """What ``HostTraffic`` sees while the graphed step's recorded function runs once (the capture stand-in),
+    with label smoothing on, as the candidate recipes train."""
     recorded = []
 
     def capture(run):
@@ -210,7 +211,7 @@ def _host_traffic_of_recorded_step(augment, mix, compile_with=None, precision="f
     model = MLPMixer(10, 32, 8, 16, 1, drop_rate=0.1)
     optimizer = build_optimizer("adamw", model.parameters(), 1e-3, 0.9, 5e-4, capturable=True)
     step = GraphedTrainStep(model, optimizer, "cpu", schedule=LRSchedule("cosine", 1e-3, 10), mix=mix,
-                            precision=precision, capture=capture, eager_context=contextlib.nullcontext, warmup_steps=1,
+                            label_smoothing=0.1, precision=precision, capture=capture, eager_context=contextlib.nullcontext, warmup_steps=1,
                             compiled_model=compile_with(model) if compile_with else None)
     engine.train(1, model, batches, optimizer, argparse.Namespace(device="cpu", print_every=100, no_progress=True),
                  step)
