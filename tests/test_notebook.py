@@ -17,6 +17,9 @@ def test_notebook_runs_top_to_bottom(monkeypatch):
     outputs = "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
                       for output in cell.get("outputs", []))
     assert "test_acc" in outputs and "untrained MLP" in outputs
+    # the study cell prints its report's summary: the ranking, the spread over seeds, the test accuracies
+    for start in ("Final validation accuracy by activation", "activation ", "Test accuracy (mean): "):
+        assert f"\n{start}" in "\n" + outputs, start
 
 
 def test_on_colab_the_setup_cell_asks_for_the_repository_url_before_cloning(monkeypatch, tmp_path):
