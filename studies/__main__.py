@@ -31,6 +31,8 @@ from .scheduler import JOURNAL_FILE, close_storage, is_lost, job_states, open_st
 from .worker import RUNS_FOLDER, Plan, open_study, work
 
 STUDY_FLAGS = ("model", "logdir", "resume", "visualize")  # set by the study for each run
+# one training epoch on the full data, measured on this project's 2-core CPU machine (README, "Problem 4")
+CPU_EPOCH_SECONDS = {"resnet18": 1613, "mlpmixer": 473}
 LAUNCHED_WORKER = "STUDIES_LAUNCHED_WORKER"  # in the environment of the workers that --workers N starts
 
 
@@ -185,6 +187,19 @@ def _summary(study):
     return ", ".join(f"{count} {outcome}" for outcome, count in sorted(counts.items()))
 
 
+def _note_cpu_cost(study, args):
+    """Say before a ResNet18 or MLP-Mixer study starts on a CPU what one epoch cost on one, so that nobody
+    waits days for ``run all`` on a laptop unwarned."""
+    import torch
+
+    on_cpu = args.device == "cpu" or not torch.cuda.is_available()
+    if on_cpu and study.model in CPU_EPOCH_SECONDS:
+        say(f"note: {study.name} trains {study.model} on the CPU, where one training epoch of the full data took "
+            f"{CPU_EPOCH_SECONDS[study.model]} s on this project's 2-core machine (README, 'Problem 4'); on a CPU "
+            "only mlp_activation is practical: run this study on a GPU (--device cuda), or try it with fewer "
+            "--epochs", file=sys.stderr)
+
+
 def run_study(study, options, train_argv, argv):
     plan = make_plan(study, options, train_argv)
     storage, lock = open_storage(plan.storage, plan.study_dir)
@@ -193,6 +208,7 @@ def run_study(study, options, train_argv, argv):
         optuna_study = open_study(plan, storage, lock)
         if not launched:
             say(f"study {study.name}: {study.question} Output in {plan.study_dir}")
+            _note_cpu_cost(study, get_config_parser().parse_args(train_argv))
         if options.workers > 1:
             device = get_config_parser().parse_args(train_argv).device
             code = _launch_workers(options.workers, argv, device)

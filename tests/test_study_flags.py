@@ -106,3 +106,30 @@ def test_a_study_recorded_with_its_data_folder_still_resumes(study_args, tmp_pat
     older = {key: value for key, value in study.user_attrs["fingerprint"].items() if key != "data"}
     study.set_user_attr("fingerprint", {**older, "data_dir": "/where/it/was"})  # as an older version recorded it
     assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
+
+
+@pytest.mark.parametrize("name, device, cuda, noted", [
+    ("resnet18_lr", "cpu", True, True), ("mlpmixer_patch", "cuda", False, True), ("resnet18_best", "cuda", True, False),
+    ("mlp_activation", "cpu", False, False)])
+def test_a_resnet_or_mixer_study_on_a_cpu_says_first_what_an_epoch_costs_there(name, device, cuda, noted, capsys,
+                                                                               monkeypatch):
+    import torch
+
+    from config import get_config_parser
+    from studies.__main__ import CPU_EPOCH_SECONDS, STUDIES, _note_cpu_cost
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    _note_cpu_cost(STUDIES[name], get_config_parser().parse_args(["--device", device]))
+    err = capsys.readouterr().err
+    seconds = CPU_EPOCH_SECONDS.get(STUDIES[name].model)
+    assert (f"one training epoch of the full data took {seconds} s" in err) == noted
+    assert ("only mlp_activation is practical" in err) == noted
+
+
+def test_the_cpu_epoch_costs_the_studies_quote_are_the_readmes():
+    from studies.__main__ import CPU_EPOCH_SECONDS
+
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")) as f:
+        readme = " ".join(f.read().split())
+    assert (f"One training epoch took {CPU_EPOCH_SECONDS['mlpmixer']} s there for the default MLP-Mixer and "
+            f"{CPU_EPOCH_SECONDS['resnet18']} s for ResNet18") in readme
