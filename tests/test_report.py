@@ -42,9 +42,8 @@ def write_run(out, study, name, settings, valid_accs, outcome="completed", role=
     return folder
 
 
-@pytest.fixture
-def fixture_logs(tmp_path):
-    out = str(tmp_path / "runs")
+def write_fixture_logs(out):
+    """Logs of every study: grids with two seeds, a diverged run, searches with a pruned trial and final runs."""
     for activation, base in (("relu", 0.50), ("tanh", 0.45), ("sigmoid", 0.40)):
         for seed, shift in ((42, 0.0), (43, 0.02)):
             write_run(out, "mlp_activation", f"activation-{activation}_seed-{seed}", {"activation": activation},
@@ -68,11 +67,23 @@ def fixture_logs(tmp_path):
     return out
 
 
-def test_report_has_every_study_figure_and_table(fixture_logs, tmp_path):
-    markdown_path, pdf_path = build_report(fixture_logs)
-    report_dir = os.path.dirname(markdown_path)
+@pytest.fixture
+def fixture_logs(tmp_path):
+    return write_fixture_logs(str(tmp_path / "runs"))
+
+
+@pytest.fixture(scope="module")
+def fixture_report(tmp_path_factory):
+    """``(markdown path, pdf path, markdown text)`` of the report of the fixture logs, built once for the
+    tests that only read it (a build with its PDF takes seconds)."""
+    markdown_path, pdf_path = build_report(write_fixture_logs(str(tmp_path_factory.mktemp("report") / "runs")))
     with open(markdown_path) as f:
-        text = f.read()
+        return markdown_path, pdf_path, f.read()
+
+
+def test_report_has_every_study_figure_and_table(fixture_report):
+    markdown_path, pdf_path, text = fixture_report
+    report_dir = os.path.dirname(markdown_path)
     for study in ("mlp_activation", "resnet18_lr", "mlpmixer_patch", "resnet18_best", "mlpmixer_best"):
         assert f"## {study}:" in text
     for study in ("mlp_activation", "resnet18_lr", "mlpmixer_patch"):
@@ -89,9 +100,8 @@ def test_report_has_every_study_figure_and_table(fixture_logs, tmp_path):
     assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type /Page\b", pdf)) == 17
 
 
-def test_report_states_what_the_logs_show(fixture_logs):
-    with open(build_report(fixture_logs)[0]) as f:
-        text = f.read()
+def test_report_states_what_the_logs_show(fixture_report):
+    text = fixture_report[2]
     assert "Devices: NVIDIA H100 80GB HBM3." in text and "test images SHA-1 a7e2580c5033" in text
     assert "- Split: 45000/5000/10000 train/validation/test, disjoint.\n" in text
     assert "- Precision: bf16.\n" in text
@@ -114,9 +124,8 @@ def test_report_states_what_the_logs_show(fixture_logs):
     assert "| lr_schedule | onecycle |" in text and "| momentum | 0.900000 |" in text
 
 
-def test_report_says_which_runs_are_shorter_than_problem_4_asks(fixture_logs):
-    with open(build_report(fixture_logs)[0]) as f:
-        sections = {part.split(":", 1)[0]: part for part in f.read().split("\n## ")[1:]}
+def test_report_says_which_runs_are_shorter_than_problem_4_asks(fixture_report):
+    sections = {part.split(":", 1)[0]: part for part in fixture_report[2].split("\n## ")[1:]}
     assert "These runs were set to train for 2 epochs; Problem 4 asks for at least 10." in sections["resnet18_lr"]
     assert "Problem 4 asks" not in sections["mlp_activation"]  # 15 epochs
     assert "Problem 4 asks" not in sections["mlpmixer_patch"]  # epochs not logged
