@@ -22,6 +22,32 @@ def read_results(logdir):
         return json.loads(f.read(), parse_constant=lambda name: pytest.fail(f"non-strict JSON constant {name}"))
 
 
+def test_the_runner_keeps_the_templates_flags_defaults_and_model_configs():
+    """The template's runner contract (../shared/TEMPLATE_API.md, "The runner"), which students' commands rely on."""
+    from config import get_config_parser
+
+    parser = get_config_parser()
+    defaults = vars(parser.parse_args([]))
+    assert {key: defaults[key] for key in ("batch_size", "model", "model_config", "epochs", "optimizer", "lr",
+                                           "momentum", "weight_decay", "logdir", "seed", "device", "print_every",
+                                           "visualize")} == {
+        "batch_size": 128, "model": "mlp", "model_config": "./model_configs/mlp.json", "epochs": 15,
+        "optimizer": "adamw", "lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4, "logdir": None, "seed": 42,
+        "device": "cuda", "print_every": 80, "visualize": False}
+    choices = {action.dest: action.choices for action in parser._actions}
+    assert choices["model"] == ["mlp", "resnet18", "mlpmixer"]
+    assert choices["optimizer"] == ["sgd", "momentum", "adam", "adamw"] and choices["device"] == ["cpu", "cuda"]
+    configs = {}
+    for name in ("mlp", "resnet18", "mlpmixer"):
+        with open(os.path.join(ROOT, "model_configs", f"{name}.json")) as f:
+            configs[name] = json.load(f)
+    assert configs == {
+        "mlp": {"input_size": 3072, "hidden_sizes": [1024, 512, 64, 64], "num_classes": 10, "activation": "relu"},
+        "resnet18": {"num_classes": 10},
+        "mlpmixer": {"num_classes": 10, "img_size": 32, "patch_size": 4, "embed_dim": 256, "num_blocks": 4,
+                     "drop_rate": 0.0, "activation": "gelu"}}
+
+
 @pytest.mark.parametrize("model", ["mlp", "resnet18", "mlpmixer"])
 def test_each_model_trains_and_writes_results(model, run_args, tmp_path, capsys):
     logdir = str(tmp_path / "run")
