@@ -68,7 +68,8 @@ def test_a_missing_config_names_the_packages_config_for_the_model_from_any_folde
         assert os.path.isfile(expected)
 
 
-@pytest.mark.parametrize("model,config_of", [("resnet18", "mlp"), ("mlpmixer", "mlp"), ("mlp", "mlpmixer")])
+@pytest.mark.parametrize("model,config_of", [("resnet18", "mlp"), ("mlpmixer", "mlp"), ("mlp", "mlpmixer"),
+                                             ("mlpmixer", "resnet18"), ("mlp", "resnet18")])
 def test_another_models_config_is_named_as_such(model, config_of, fake_data_dir, capsys, monkeypatch):
     """``python main.py --model resnet18`` keeps the template's default --model_config, the MLP's."""
     monkeypatch.chdir(ROOT)

@@ -127,16 +127,17 @@ def load_model_config(path, model):
     return validate_model_config(model, config, source=path)
 
 
+def _fits(config, model):
+    """Whether ``config`` has every required key of ``model``'s schema and no other key."""
+    schema = SCHEMAS[model]
+    return {key for key, (_, default) in schema.items() if default is REQUIRED} <= set(config) <= set(schema)
+
+
 def _model_the_config_fits(config, model):
-    """Another model whose schema holds every key of ``config`` and all its required ones, when ``model``'s does not."""
-    if not isinstance(config, dict) or set(config) <= set(SCHEMAS[model]):
+    """Another model whose keys ``config`` has, when it does not have ``model``'s."""
+    if not isinstance(config, dict) or _fits(config, model):
         return None
-    for other in MODEL_NAMES:
-        schema = SCHEMAS[other]
-        required = {key for key, (_, default) in schema.items() if default is REQUIRED}
-        if other != model and required <= set(config) <= set(schema):
-            return other
-    return None
+    return next((other for other in MODEL_NAMES if other != model and _fits(config, other)), None)
 
 
 def build_model(model, config):
