@@ -230,6 +230,22 @@ def test_ctrl_c_during_a_write_is_delivered_after_it(tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+@pytest.mark.skipif(os.name != "posix", reason="file modes beyond read-only are POSIX")
+def test_results_and_checkpoint_get_the_mode_a_plain_open_gives(fake_data_dir, tiny_configs, tmp_path):
+    """An atomic write goes through mkstemp, which makes files readable by their owner only; on a shared disk
+    the course's staff and a study's other machines must read them as they read a plain file."""
+    logdir = tmp_path / "run"
+    script = (f"import sys, main; open({str(tmp_path / 'plain')!r}, 'w').close(); sys.exit(main.main(["
+              f"'--model_config', {tiny_configs['mlp']!r}, '--data_dir', {fake_data_dir!r}, '--valid_size', '20', "
+              f"'--epochs', '1', '--device', 'cpu', '--logdir', {str(logdir)!r}, '--no_progress']))")
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                         preexec_fn=lambda: os.umask(0o027))
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "plain").stat().st_mode & 0o777 == 0o640
+    for name in ("results.json", "checkpoint.pt"):
+        assert (logdir / name).stat().st_mode & 0o777 == 0o640, name
+
+
 def test_real_ctrl_c_leaves_valid_results(fake_data_dir, tiny_configs, tmp_path):
     import signal
     import time

@@ -1,6 +1,7 @@
 """What a run leaves on disk: results.json (strict JSON, written atomically) and the per-epoch
 checkpoint (model, optimizer, history and every RNG state, loadable with ``weights_only=True``)."""
 import contextlib
+import functools
 import json
 import math
 import os
@@ -39,12 +40,29 @@ def _stop_signals_held():
             signal.raise_signal(signum)
 
 
+@functools.lru_cache(maxsize=None)
+def _new_file_mode():
+    """The mode ``open`` gives a new file under this process's umask (0644 under the usual 022).
+
+    ``os.umask`` can only be read by setting it: it is set to 077 for that instant, once per process, so
+    that a file another thread (a study worker's heartbeat) makes meanwhile is only more private."""
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path, write):
-    """Write through ``write(file)`` into a temporary file beside ``path``, then rename it over ``path``."""
+    """Write through ``write(file)`` into a temporary file beside ``path``, then rename it over ``path``.
+
+    ``mkstemp`` makes its file readable by its owner only; the file gets the mode that ``open`` would
+    have given it, so that results and reports on a shared disk stay readable by the course's staff
+    and the other machines of a study, as the template's ``results.json`` is."""
     folder = os.path.dirname(os.path.abspath(path))
+    mode = _new_file_mode()
     with _stop_signals_held():
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
         try:
+            os.chmod(tmp, mode)
             with os.fdopen(fd, "wb") as f:
                 write(f)
                 f.flush()
