@@ -206,12 +206,12 @@ def run_study(study, options, train_argv, argv):
     launched = os.environ.get(LAUNCHED_WORKER) == "1"  # then the launch says what the study is and how it ended
     try:
         optuna_study = open_study(plan, storage, lock)
+        args = get_config_parser().parse_args(train_argv)
         if not launched:
             say(f"study {study.name}: {study.question} Output in {plan.study_dir}")
-            _note_cpu_cost(study, get_config_parser().parse_args(train_argv))
+            _note_cpu_cost(study, args)
         if options.workers > 1:
-            device = get_config_parser().parse_args(train_argv).device
-            code = _launch_workers(options.workers, argv, device)
+            code = _launch_workers(options.workers, argv, args.device)
         else:
             work(plan, optuna_study, lock)
             code = 0

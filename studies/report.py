@@ -189,20 +189,23 @@ def grid_section(study, runs):
         section.text(line)
     if any(len(members) > 1 for members in groups.values()):
         # over completed runs, as the ranking above: an unfinished run's last epoch is not its final accuracy
-        section.table([setting, "completed runs", "final valid acc", "best valid acc", "test acc"], [
-            [name, f"{len(done)}" if len(done) == len(members) else f"{len(done)} of {len(members)}",
-             _mean_std([_final_valid_acc(run) for run in done]),
-             _mean_std([run["results"].get("best_valid_acc") for run in done]),
-             _mean_std([run["results"].get("test_acc") for run in done])]
-            for name, members in groups.items() for done in [_completed(members)]])
+        rows = []
+        for name, members in groups.items():
+            done = _completed(members)
+            rows.append([name, f"{len(done)}" if len(done) == len(members) else f"{len(done)} of {len(members)}",
+                         _mean_std([_final_valid_acc(run) for run in done]),
+                         _mean_std([run["results"].get("best_valid_acc") for run in done]),
+                         _mean_std([run["results"].get("test_acc") for run in done])])
+        section.table([setting, "completed runs", "final valid acc", "best valid acc", "test acc"], rows)
     section.table(RUN_HEADER, [run_row(run) for members in groups.values() for run in members])
-    lines = f"one line per {setting} " + ("(mean over seeds; band: min to max)"
-                                          if any(len(members) > 1 for members in groups.values()) else "(one run each)")
+    lines_are = f"one line per {setting} " + ("(mean over seeds; band: min to max)"
+                                              if any(len(members) > 1 for members in groups.values())
+                                              else "(one run each)")
     for key, label in figures.CURVES:
         section.figure(f"{study.name}_{key}.png", figures.curve_figure(groups, key, label, f"{study.name}: {label}",
                                                                        legend_title=setting),
-                       f"{label} against epoch, {lines}", in_pdf=False)
-    section.pdf_page(figures.curves_page(groups, f"{study.name}: {lines}", legend_title=setting))
+                       f"{label} against epoch, {lines_are}", in_pdf=False)
+    section.pdf_page(figures.curves_page(groups, f"{study.name}: {lines_are}", legend_title=setting))
     if study.name == "mlpmixer_patch":
         _cost_block(section, groups, setting)
     return section
