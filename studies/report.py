@@ -187,7 +187,8 @@ def grid_section(study, runs):
                  + (f"; fixed {fixed}" if fixed else "") + f"; {_count(len(runs), 'run')}.")
     for line in _epochs_sentences(runs, "These runs") + _ranking_sentences(groups, setting) + _outcome_sentences(runs):
         section.text(line)
-    if any(len(members) > 1 for members in groups.values()):
+    several_seeds = any(len(members) > 1 for members in groups.values())
+    if several_seeds:
         # over completed runs, as the ranking above: an unfinished run's last epoch is not its final accuracy
         rows = []
         for name, members in groups.items():
@@ -198,8 +199,7 @@ def grid_section(study, runs):
                          _mean_std([run["results"].get("test_acc") for run in done])])
         section.table([setting, "completed runs", "final valid acc", "best valid acc", "test acc"], rows)
     section.table(RUN_HEADER, [run_row(run) for members in groups.values() for run in members])
-    lines_are = f"one line per {setting} " + ("(mean over seeds; band: min to max)"
-                                              if any(len(members) > 1 for members in groups.values())
+    lines_are = f"one line per {setting} " + ("(mean over seeds; band: min to max)" if several_seeds
                                               else "(one run each)")
     for key, label in figures.CURVES:
         section.figure(f"{study.name}_{key}.png", figures.curve_figure(groups, key, label, f"{study.name}: {label}",
