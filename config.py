@@ -1,5 +1,6 @@
 """Command-line flags of ``main.py``: the template's, with their defaults, and what the runner adds."""
 import argparse
+import math
 import os
 import re
 
@@ -96,6 +97,7 @@ def get_config_parser():
     return parser
 
 
+MAX_SEED = 2**32 - 1  # numpy.random.seed refuses anything outside [0, 2**32 - 1]
 OLDEST_TORCH = (2, 4)  # the oldest release the whole test suite passes with (README, "Install")
 
 
@@ -121,10 +123,13 @@ def check_args(args):
     for name in ("batch_size", "epochs", "print_every", "eval_batch_size", "valid_size"):
         if getattr(args, name) < 1:
             problems.append(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if not args.lr > 0:
-        problems.append(f"--lr must be positive, got {args.lr}")
-    if args.weight_decay < 0 or args.momentum < 0:
-        problems.append("--weight_decay and --momentum must not be negative")
+    if not 0 <= args.seed <= MAX_SEED:
+        problems.append(f"--seed must be between 0 and {MAX_SEED} (numpy's seed range), got {args.seed}")
+    if not 0 < args.lr < math.inf:
+        problems.append(f"--lr must be a positive finite number, got {args.lr}")
+    if not (0 <= args.weight_decay < math.inf and 0 <= args.momentum < math.inf):
+        problems.append("--weight_decay and --momentum must be finite and not negative, got "
+                        f"{args.weight_decay} and {args.momentum}")
     if args.num_workers < 0:
         problems.append(f"--num_workers must not be negative, got {args.num_workers}")
     if not 0.0 <= args.warmup_fraction < 1.0:

@@ -20,7 +20,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from config import check_args, get_config_parser
+from config import MAX_SEED, check_args, get_config_parser
 from training.cifar10 import check_valid_size, load_cifar10
 from training.errors import UserError
 from training.models import SCHEMAS, SHIPPED_CONFIG_DIR, load_model_config, validate_model_config
@@ -114,6 +114,10 @@ def make_plan(study, options, train_argv):
     for name in ("workers", "seeds", "trials"):
         if getattr(options, name) is not None and getattr(options, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(options, name)}")
+    last_seed = args.seed + options.seeds - 1
+    if last_seed > MAX_SEED:
+        raise UserError(f"--seeds {options.seeds} from --seed {args.seed} reaches seed {last_seed}, past numpy's "
+                        f"largest ({MAX_SEED}); lower --seed")
     config_path = flags.get("model_config", os.path.join(SHIPPED_CONFIG_DIR, f"{study.model}.json"))
     model_config = load_model_config(config_path, study.model)
     searched = {dimension.setting for dimension in study.space}

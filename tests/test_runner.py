@@ -204,6 +204,12 @@ def test_interrupt_keeps_finished_epochs(run_args, tmp_path, monkeypatch):
     assert not [name for name in os.listdir(logdir) if name.startswith(".tmp")]
 
 
+def test_an_interrupt_without_logdir_says_that_nothing_was_saved(run_args, monkeypatch, capsys):
+    _interrupt_at(monkeypatch, 2)
+    assert main.main(run_args("mlp", epochs=3)) == 130
+    assert capsys.readouterr().err.strip().endswith("interrupted: 1 finished epoch, not saved (no --logdir)")
+
+
 def test_interrupt_before_the_first_epoch_exits_130_and_writes_nothing(run_args, tmp_path, monkeypatch, capsys):
     def load_cifar10(*args, **kwargs):
         raise KeyboardInterrupt

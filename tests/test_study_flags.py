@@ -28,6 +28,8 @@ from training.fake_data import write_fake_cifar10
     ("mlp_activation", ["--workers", "0"], "--workers must be at least 1, got 0"),
     ("mlp_activation", ["--seeds", "-2"], "--seeds must be at least 1, got -2"),
     ("resnet18_best", ["--trials", "0"], "--trials must be at least 1, got 0"),
+    ("mlp_activation", ["--seed", "4294967294", "--seeds", "3"],
+     "--seeds 3 from --seed 4294967294 reaches seed 4294967296, past numpy's largest (4294967295); lower --seed"),
 ])
 def test_bad_study_flags_are_refused_before_anything_is_written(study_args, tmp_path, capsys, name, extra, message):
     assert studies_main(study_args(name, *extra)) == 2

@@ -308,8 +308,11 @@ def fit(args, on_epoch=None, test=True):
                 break
     except KeyboardInterrupt:
         status = "interrupted"
-        print(f"\ninterrupted: results.json keeps the {len(history['train_losses'])} finished epochs; "
-              "continue with --resume", file=sys.stderr)
+        finished = len(history["train_losses"])
+        epochs = f"{finished} finished epoch{'' if finished == 1 else 's'}"
+        kept = (f"results.json keeps the {epochs}; continue with --resume" if args.logdir
+                else f"{epochs}, not saved (no --logdir)")
+        print(f"\ninterrupted: {kept}", file=sys.stderr)
 
     if status == "running":
         status = "completed"
