@@ -20,10 +20,12 @@ class Axis:
         setting: the flag or model-config key that varies.
         values: the values run by default.
         choices: every value the setting may take on request (``--values``).
+        at_least: how many of the choices Problem 4 asks to run; ``None``: every one of ``values``.
     """
     setting: str
     values: tuple
     choices: tuple
+    at_least: int = None
 
     def __post_init__(self):
         assert set(self.values) <= set(self.choices), f"{self.setting}: default values outside the choices"
@@ -151,7 +153,7 @@ STUDIES = {study.name: study for study in (
           grid=Axis("lr", (0.1, 0.01, 0.001, 0.0001, 0.00001), (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0003,
                                                                  0.0001, 0.00003, 0.00001, 0.000001))),
     Study("mlpmixer_patch", "mlpmixer", "How does the patch size affect the MLP-Mixer's accuracy, size and speed?",
-          grid=Axis("patch_size", (2, 4, 8, 16), (1, 2, 4, 8, 16, 32))),
+          grid=Axis("patch_size", (2, 4, 8, 16), (1, 2, 4, 8, 16, 32), at_least=3)),
     Study("resnet18_best", "resnet18", "Which hyperparameters train ResNet18 best?", space=RESNET18_SPACE,
           trials=24, visualize=True),
     Study("mlpmixer_best", "mlpmixer", "Which hyperparameters train the MLP-Mixer with 4x4 patches best?",

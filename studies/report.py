@@ -158,6 +158,21 @@ def _epochs_sentences(runs, which):
             f"{PROBLEM4_MIN_EPOCHS}."]
 
 
+def _coverage_sentences(axis, groups):
+    """Says so when the settings that ran fall short of what Problem 4 asks the grid to compare."""
+    if axis.at_least is None:
+        missing = [str(value) for value in axis.values if str(value) not in groups]
+        if not missing:
+            return []
+        return [f"Problem 4 asks for {axis.setting} {_and_list([str(value) for value in axis.values])}; "
+                f"{_and_list(missing)} did not run here (`--values {' '.join(missing)}` adds "
+                f"{'it' if len(missing) == 1 else 'them'} to this study)."]
+    if len(groups) >= axis.at_least:
+        return []
+    return [f"Problem 4 asks for at least {axis.at_least} {axis.setting} values; "
+            f"{'only ' + _and_list(list(groups)) if groups else 'none'} ran here (`--values` adds more to this study)."]
+
+
 def _outcome_sentences(runs):
     lines = []
     for run in runs:
@@ -185,7 +200,8 @@ def grid_section(study, runs):
     fixed = ", ".join(f"{key}={value}" for key, value in study.fixed.items())
     section.text(f"Grid over {setting}: {', '.join(groups)}"
                  + (f"; fixed {fixed}" if fixed else "") + f"; {_count(len(runs), 'run')}.")
-    for line in _epochs_sentences(runs, "These runs") + _ranking_sentences(groups, setting) + _outcome_sentences(runs):
+    for line in (_epochs_sentences(runs, "These runs") + _coverage_sentences(study.grid, groups)
+                 + _ranking_sentences(groups, setting) + _outcome_sentences(runs)):
         section.text(line)
     several_seeds = any(len(members) > 1 for members in groups.values())
     if several_seeds:

@@ -124,6 +124,19 @@ def test_report_states_what_the_logs_show(fixture_report):
     assert "| lr_schedule | onecycle |" in text and "| momentum | 0.900000 |" in text
 
 
+def test_report_names_the_settings_problem_4_asks_for_that_did_not_run(fixture_report, fixture_logs):
+    sections = {part.split(":", 1)[0]: part for part in fixture_report[2].split("\n## ")[1:]}
+    assert ("Problem 4 asks for lr 0.1, 0.01, 0.001, 0.0001 and 1e-05; 0.01 and 1e-05 did not run here "
+            "(`--values 0.01 1e-05` adds them to this study).") in sections["resnet18_lr"]
+    shutil.rmtree(os.path.join(fixture_logs, "mlpmixer_patch", "runs", "patch_size-8_seed-42"))
+    shutil.rmtree(os.path.join(fixture_logs, "mlp_activation", "runs", "activation-tanh_seed-43"))
+    with open(build_report(fixture_logs)[0]) as f:
+        text = f.read()
+    assert ("Problem 4 asks for at least 3 patch_size values; only 2 and 4 ran here (`--values` adds more to "
+            "this study).") in text
+    assert "Problem 4 asks for activation" not in text  # tanh still has its seed-42 run
+
+
 def test_report_says_which_runs_are_shorter_than_problem_4_asks(fixture_report):
     sections = {part.split(":", 1)[0]: part for part in fixture_report[2].split("\n## ")[1:]}
     assert "These runs were set to train for 2 epochs; Problem 4 asks for at least 10." in sections["resnet18_lr"]
