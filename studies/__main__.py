@@ -12,7 +12,6 @@ a flag that a search would tune is held at the given value instead.
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from optuna.trial import TrialState
 
 from config import MAX_SEED, check_args, get_config_parser
 from training.cifar10 import check_valid_size, load_cifar10
-from training.errors import UserError
+from training.errors import UserError, stop_on_sigterm_as_on_ctrl_c
 from training.models import SCHEMAS, SHIPPED_CONFIG_DIR, load_model_config, validate_model_config
 
 from .console import say
@@ -294,10 +293,6 @@ def _write_report(out, report_dir=None):
         print(f"wrote {path}")
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     options, train_argv = _parser().parse_known_args(argv)
@@ -334,5 +329,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # a batch system's stop saves the run like Ctrl-C
+    stop_on_sigterm_as_on_ctrl_c()
     sys.exit(main())

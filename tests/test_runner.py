@@ -252,7 +252,8 @@ def test_results_and_checkpoint_get_the_mode_a_plain_open_gives(fake_data_dir, t
         assert (logdir / name).stat().st_mode & 0o777 == 0o640, name
 
 
-def test_real_ctrl_c_leaves_valid_results(fake_data_dir, tiny_configs, tmp_path):
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])  # Ctrl-C; a batch system's or a notebook host's stop
+def test_a_real_stop_signal_leaves_valid_results(stop, fake_data_dir, tiny_configs, tmp_path):
     import signal
     import time
     logdir = tmp_path / "run"
@@ -263,7 +264,7 @@ def test_real_ctrl_c_leaves_valid_results(fake_data_dir, tiny_configs, tmp_path)
     deadline = time.time() + 120
     while not (logdir / "results.json").exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(getattr(signal, stop))
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "Traceback" not in err
