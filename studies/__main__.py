@@ -12,6 +12,7 @@ a flag that a search would tune is held at the given value instead.
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -171,13 +172,28 @@ def _worker_env(index, count, device):
 
 
 def _launch_workers(count, argv, device):
-    """Start ``count`` worker processes of this same command (each with ``--workers 1``); wait for all."""
+    """Start ``count`` worker processes of this same command (each with ``--workers 1``); wait for all.
+
+    Ctrl-C reaches every worker from the terminal; a SIGTERM sent to this process alone (``kill``,
+    ``timeout``) is passed on to the workers, which then save their runs and stop as after Ctrl-C."""
     command = [sys.executable, "-m", "studies", *argv, "--workers", "1"]
-    workers = [subprocess.Popen(command, env=_worker_env(i, count, device)) for i in range(count)]
+    workers = []
+
+    def pass_on(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop suffices while the workers save their runs
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, pass_on)
     try:
+        workers.extend(subprocess.Popen(command, env=_worker_env(i, count, device)) for i in range(count))
         codes = [worker.wait() for worker in workers]
-    except KeyboardInterrupt:  # the workers got the same Ctrl-C; let them save their runs
+    except KeyboardInterrupt:  # let the workers save their runs
         codes = [worker.wait() for worker in workers]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return max(codes, key=abs)
 
 

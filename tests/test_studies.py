@@ -10,6 +10,7 @@ import sys
 import time
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from study_helpers import ROOT, jobs_of, load_study, read_json
@@ -70,6 +71,32 @@ def test_a_killed_study_resumes_its_run_from_the_checkpoint(study_args, tmp_path
     assert results["args"]["resume"] is True
     states = jobs_of(load_study(out, "mlp_activation"))["activation-relu_seed-42"]
     assert states == [TrialState.FAIL, TrialState.COMPLETE]  # the lost trial, then the one that finished
+
+
+@pytest.mark.parametrize("whom", ["launcher", "job"])
+def test_a_sigterm_stops_the_workers_and_keeps_their_runs(whom, study_args, tmp_path):
+    """``kill`` or ``timeout`` signal the launcher only, which passes the stop on; a batch system signals every
+    process of the job, so each worker gets it twice (its own, and the launcher's)."""
+    out = str(tmp_path / "out")
+    argv = study_args("mlp_activation", "--values", "relu", "tanh", "--workers", "2", "--no_progress", epochs=100000)
+    process = subprocess.Popen([sys.executable, "-m", "studies", *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    runs = [os.path.join(out, "mlp_activation", "runs", f"activation-{a}_seed-42") for a in ("relu", "tanh")]
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not all(os.path.exists(os.path.join(run, "results.json")) for run in runs):
+            time.sleep(0.2)
+        if whom == "launcher":
+            process.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(process.pid, signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, err
+    for run in runs:
+        assert read_json(os.path.join(run, "results.json"))["status"] == "interrupted"
 
 
 def test_search_runs_its_budget_then_retrains_and_tests_the_best(study_args, tmp_path):

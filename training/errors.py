@@ -7,6 +7,9 @@ class UserError(Exception):
 
 
 def _raise_interrupt(signum, frame):
+    # a second SIGTERM (a batch system signals every process of a job, a study's launcher passes its own on
+    # to its workers) must not cut short the saving that the first one started
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
