@@ -97,3 +97,13 @@ def test_a_wrong_flag_in_a_command_is_caught(monkeypatch):
                     "python -m tools.gpu_check --sectionz compile", "python -m tools.check_targets --epochz 3"):
         with pytest.raises(SystemExit):
             parse_command(shlex.split(command))
+
+
+def test_the_readme_layout_names_every_module():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        layout = f.read().split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`([\w/.]+)`", layout))
+    for package in ("training", "studies", "tools"):
+        for name in os.listdir(os.path.join(ROOT, package)):
+            if name.endswith((".py", ".sh")) and name != "__init__.py":
+                assert f"{package}/{name}" in named, f"{package}/{name} is missing from the README's layout table"
