@@ -52,7 +52,8 @@ def open_storage(url, study_dir):
             raise UserError(f"cannot create the folder of {path} ({exc.strerror}); give a writable --out "
                             "(or --storage)") from None
         backend = optuna.storages.journal.JournalFileBackend(path)
-        return optuna.storages.journal.JournalStorage(backend), FileLock(os.path.join(os.path.dirname(os.path.abspath(path)), "claims.lock"))
+        lock = FileLock(os.path.join(os.path.dirname(os.path.abspath(path)), "claims.lock"))
+        return optuna.storages.journal.JournalStorage(backend), lock
     if url.startswith("postgresql"):
         given = url
         if url.startswith("postgresql://"):  # the driver that requirements.txt installs, whatever SQLAlchemy's default
