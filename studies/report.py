@@ -134,6 +134,31 @@ def _final_valid_acc(run):
     return (run["results"].get("valid_accs") or [None])[-1]
 
 
+def _fit_sentences(groups, setting):
+    """How far each setting's training accuracy ended above its validation accuracy, and at which epoch its
+    validation accuracy peaked: the logs' evidence of over- or underfitting."""
+    gaps, peaks = [], []
+    for name, runs in groups.items():
+        done = _completed(runs)
+        train = _mean([(run["results"].get("train_accs") or [None])[-1] for run in done])
+        valid = _mean([_final_valid_acc(run) for run in done])
+        if train is not None and valid is not None:
+            gaps.append(f"{name} {train:.4f} against {valid:.4f} (gap {train - valid:+.4f})")
+        best = sorted({run["results"]["best_epoch"] for run in done if run["results"].get("best_epoch")})
+        if best:
+            peaks.append(f"{name} {best[0]}" if len(best) == 1 else f"{name} {best[0]} to {best[-1]}")
+    lines = []
+    if gaps:
+        lines.append(f"Training against validation accuracy at the last epoch, by {setting} (mean over completed "
+                     f"runs; training accuracy is the epoch's mean over its augmented batches): {', '.join(gaps)}.")
+    if peaks:
+        epochs = sorted({run["results"].get("epochs_completed") for runs in groups.values()
+                         for run in _completed(runs)} - {None})
+        lines.append(f"Epoch of the highest validation accuracy (of {' or '.join(map(str, epochs))}), by {setting}: "
+                     f"{', '.join(peaks)}.")
+    return lines
+
+
 def _separation_sentence(setting, leader, leader_finals, runner_up, runner_up_finals):
     """Whether the seeds separate the two highest settings: every run of one above every run of the other."""
     single = [name for name, finals in ((leader, leader_finals), (runner_up, runner_up_finals)) if len(finals) < 2]
@@ -201,7 +226,7 @@ def grid_section(study, runs):
     section.text(f"Grid over {setting}: {', '.join(groups)}"
                  + (f"; fixed {fixed}" if fixed else "") + f"; {_count(len(runs), 'run')}.")
     for line in (_epochs_sentences(runs, "These runs") + _coverage_sentences(study.grid, groups)
-                 + _ranking_sentences(groups, setting) + _outcome_sentences(runs)):
+                 + _ranking_sentences(groups, setting) + _fit_sentences(groups, setting) + _outcome_sentences(runs)):
         section.text(line)
     several_seeds = any(len(members) > 1 for members in groups.values())
     if several_seeds:

@@ -28,6 +28,7 @@ def write_run(out, study, name, settings, valid_accs, outcome="completed", role=
         "train_accs": [a + 0.05 for a in valid_accs], "valid_accs": valid_accs,
         "train_seconds": [seconds * 3] + [seconds] * (epochs - 1), "epochs_completed": epochs,
         "best_valid_acc": max(valid_accs) if valid_accs else None, "test_acc": test_acc, "test_loss": None,
+        "best_epoch": valid_accs.index(max(valid_accs)) + 1 if valid_accs else None,
         "status": "diverged" if outcome == "diverged" else "completed", "num_params": num_params,
         "device_name": DEVICE, "torch_version": "2.11.0", "model_config": model_config or {},
         "data": {"dir": "/data", "test_images_sha1": "a7e2580c5033"}, "args": {"precision": "bf16", **(args or {})},
@@ -122,6 +123,21 @@ def test_report_states_what_the_logs_show(fixture_report):
     assert "Best trial: 0, final validation accuracy 0.9000 after 2 epochs" in text
     assert "retrained once (seed 42) on the training split and tested once: test accuracy 0.9300; training time 8.0 s per run (training epochs only) on NVIDIA H100" in text
     assert "| lr_schedule | onecycle |" in text and "| momentum | 0.900000 |" in text
+
+
+def test_report_states_each_settings_fit_from_the_logs(fixture_report):
+    sections = {part.split(":", 1)[0]: part for part in fixture_report[2].split("\n## ")[1:]}
+    # relu: training accuracy (0.55 + 0.57) / 2 = 0.56 against validation (0.50 + 0.52) / 2 = 0.51
+    assert ("Training against validation accuracy at the last epoch, by activation (mean over completed runs; "
+            "training accuracy is the epoch's mean over its augmented batches): relu 0.5600 against 0.5100 (gap "
+            "+0.0500), tanh 0.5100 against 0.4600 (gap +0.0500), sigmoid 0.4600 against 0.4100 (gap +0.0500)."
+            ) in sections["mlp_activation"]
+    assert "Epoch of the highest validation accuracy (of 2), by activation: relu 2, tanh 2, sigmoid 2." in sections[
+        "mlp_activation"]
+    # the diverged lr 0.1 is not a completed run: neither sentence counts it
+    assert "by lr (mean over completed runs; training accuracy is the epoch's mean over its augmented batches): " \
+           "0.001 0.8500 against 0.8000 (gap +0.0500), 0.0001 0.7500 against 0.7000 (gap +0.0500)." in sections[
+               "resnet18_lr"]
 
 
 def test_report_names_the_settings_problem_4_asks_for_that_did_not_run(fixture_report, fixture_logs):
