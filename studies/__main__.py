@@ -247,7 +247,11 @@ def _list():
         if study.fixed:
             print("  fixed: " + ", ".join(f"{key}={value}" for key, value in study.fixed.items()))
         if study.grid:
-            print(f"  grid: {study.grid.setting} in {', '.join(map(str, study.grid.values))}")
+            grid = study.grid
+            more = (f" (--values: any of {', '.join(map(str, grid.choices))}"
+                    + (f"; Problem 4 asks for at least {grid.at_least})" if grid.at_least else ")")
+                    if grid.choices != grid.values else "")
+            print(f"  grid: {grid.setting} in {', '.join(map(str, grid.values))}{more}")
         for dimension in study.space:
             print(f"  {dimension.setting}: {dimension.describe()}")
 

@@ -40,7 +40,9 @@ def test_bad_study_flags_are_refused_before_anything_is_written(study_args, tmp_
 def test_list_names_every_study_with_its_grid_or_search_space(capsys):
     assert studies_main(["list"]) == 0
     out = capsys.readouterr().out
-    assert "mlpmixer_patch (mlpmixer): " in out and "  grid: patch_size in 2, 4, 8, 16" in out
+    assert "mlpmixer_patch (mlpmixer): " in out and ("  grid: patch_size in 2, 4, 8, 16 (--values: any of 1, 2, 4, "
+                                                   "8, 16, 32; Problem 4 asks for at least 3)\n") in out
+    assert "  grid: activation in relu, tanh, sigmoid\n" in out
     assert "  fixed: optimizer=adam" in out and "  grid: lr in 0.1, 0.01, 0.001, 0.0001, 1e-05" in out
     assert re.search(r"^resnet18_best \(resnet18\): .*\n(  \w+: .+\n)*  augment: ", out, re.MULTILINE)
 
