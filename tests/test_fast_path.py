@@ -16,7 +16,7 @@ from mlpmixer import MLPMixer
 from resnet18 import ResNet18
 from training import engine
 from training.augmentation import AUGMENTATIONS, MIX, MIXES
-from training.optim import LRSchedule, build_optimizer, set_learning_rate
+from training.optim import LRSchedule, build_optimizer, load_optimizer_state, set_learning_rate
 from training.pipelines import TensorBatches
 from training.steps import GraphedTrainStep, TrainStep, autocast_context, smoothed_loss
 
@@ -55,6 +55,30 @@ def test_capturable_optimizer_reads_its_learning_rate_tensor_in_place(name):
         plain.step()
         graph.step()
     torch.testing.assert_close(graph_parameter, plain_parameter)
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam", "adamw"])
+@pytest.mark.parametrize("saved_capturable", [False, True], ids=["eager_to_graph", "graph_to_eager"])
+def test_a_resumed_optimizer_keeps_how_this_run_built_it(name, saved_capturable):
+    """A checkpoint made on a CPU or with --cuda_graph off, resumed with a graph, must leave a capturable
+    optimizer (else the graph's capture fails), and the other way round; the updates stay the same."""
+    torch.manual_seed(0)
+    saved_parameter = torch.nn.Parameter(torch.randn(5))
+    saving = build_optimizer(name, [saved_parameter], 0.1, 0.9, 0.01, capturable=saved_capturable)
+    saved_parameter.grad = torch.sin(saved_parameter.detach() * 3)
+    saving.step()
+    resumed_parameter = torch.nn.Parameter(saved_parameter.detach().clone())
+    resumed = build_optimizer(name, [resumed_parameter], 0.1, 0.9, 0.01, capturable=not saved_capturable)
+    built = {key: value for key, value in resumed.param_groups[0].items() if key in ("capturable", "fused", "foreach")}
+    load_optimizer_state(resumed, copy.deepcopy(saving.state_dict()))  # as from a file: no shared tensors
+    group = resumed.param_groups[0]
+    assert {key: group[key] for key in built} == built
+    assert isinstance(group["lr"], torch.Tensor) is (not saved_capturable) and float(group["lr"]) == pytest.approx(0.1)
+    for parameter in (saved_parameter, resumed_parameter):
+        parameter.grad = torch.cos(parameter.detach() * 2)
+    saving.step()
+    resumed.step()
+    torch.testing.assert_close(resumed_parameter, saved_parameter)
 
 
 def _pipeline_and_model(model_class=MLPMixer):

@@ -17,7 +17,7 @@ from . import persistence
 from .cifar10 import load_cifar10, split_train_valid
 from .errors import UserError
 from .models import build_model, count_parameters, load_model_config
-from .optim import LRSchedule, build_optimizer
+from .optim import LRSchedule, build_optimizer, load_optimizer_state
 from .pipelines import TensorBatches, torchvision_batches
 from .steps import GraphedTrainStep, TrainStep, autocast_context, epoch_items, memory_format_for, prepare_batch
 
@@ -155,14 +155,6 @@ def resolve_fast_path(args, device):
         torch.backends.cudnn.benchmark = True
 
 
-def restore_learning_rate_type(optimizer, capturable):
-    """A loaded optimizer state carries the learning rate as it was saved (a float, or a tensor on the
-    saving machine's device); a graph needs a tensor on this device, the eager path a float."""
-    for group in optimizer.param_groups:
-        value = float(group["lr"])
-        group["lr"] = torch.tensor(value, device=group["params"][0].device) if capturable else value
-
-
 def describe_device(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -231,8 +223,7 @@ def fit(args, on_epoch=None, test=True):
     if args.resume:
         state = persistence.load_checkpoint(args.logdir, signature)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        restore_learning_rate_type(optimizer, args.cuda_graph)
+        load_optimizer_state(optimizer, state["optimizer"])
         history, first_epoch = state["history"], state["epoch"]
         persistence.set_rng_state(state["rng"])
         if first_epoch >= args.epochs:

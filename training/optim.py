@@ -7,6 +7,7 @@ from .errors import UserError
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle")
+IMPLEMENTATION_FLAGS = ("capturable", "fused", "foreach")  # how an optimizer computes, not what
 
 
 def build_optimizer(name, parameters, lr, momentum, weight_decay, capturable=False):
@@ -38,6 +39,26 @@ def build_optimizer(name, parameters, lr, momentum, weight_decay, capturable=Fal
         return optimizer_class(parameters, fused=True, **options)
     except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device or torch version
         return optimizer_class(parameters, **options)
+
+
+def load_optimizer_state(optimizer, saved):
+    """Load a checkpoint's optimizer state into ``optimizer`` as this run built it.
+
+    A state dict carries each group's implementation flags (``capturable``, ``fused``, ``foreach``) and its
+    learning rate as the saving run had them (a float, or a tensor on that machine's device). Loaded as saved,
+    a checkpoint made without a CUDA graph (on a CPU, or with ``--cuda_graph off``) would leave the optimizer
+    uncapturable, and the resumed run's capture would fail. So the saved groups take this optimizer's flags
+    and its learning rate's type and device first; loading then also puts each step counter where these
+    flags want it (on the GPU for a capturable optimizer).
+    """
+    groups = []
+    for saved_group, group in zip(saved["param_groups"], optimizer.param_groups):
+        lr = float(saved_group["lr"])
+        if isinstance(group["lr"], torch.Tensor):
+            lr = torch.tensor(lr, device=group["lr"].device)
+        flags = {key: group[key] for key in IMPLEMENTATION_FLAGS if key in group}
+        groups.append({**saved_group, **flags, "lr": lr})
+    optimizer.load_state_dict({**saved, "param_groups": groups})
 
 
 def set_learning_rate(optimizer, value):
