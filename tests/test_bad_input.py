@@ -11,6 +11,7 @@ import torch
 
 import main
 from config import torch_release
+from training.models import load_model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,6 +40,12 @@ BAD_CONFIGS = [
     ("drop.json", '{"num_classes": 10, "img_size": 32, "patch_size": 4, "embed_dim": 8, "num_blocks": 1, '
                   '"drop_rate": 1.5}', "mlpmixer", "'drop_rate' must be a number in"),
 ]
+
+
+def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path):
+    path = tmp_path / "resnet18.json"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"num_classes": 10}')  # as Windows Notepad saves UTF-8
+    assert load_model_config(str(path), "resnet18") == {"num_classes": 10}
 
 
 @pytest.mark.parametrize("name,text,model,message", BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])

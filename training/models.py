@@ -114,7 +114,7 @@ def load_model_config(path, model):
         raise UserError(f"model config not found: {path}; pass --model_config {shipped_config_path(model)} "
                         f"(the package's config for --model {model})")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: also a file that Windows Notepad saved with a BOM
             config = json.load(f)
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
