@@ -6,7 +6,7 @@ import sys
 
 from config import get_config_parser
 from training.engine import evaluate, fit, train
-from training.errors import UserError, stop_on_sigterm_as_on_ctrl_c
+from training.errors import UserError, set_up_command_line
 
 __all__ = ["train", "evaluate", "main"]
 
@@ -27,5 +27,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    stop_on_sigterm_as_on_ctrl_c()
+    set_up_command_line()
     sys.exit(main())

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from config import MAX_SEED, check_args, get_config_parser
 from training.cifar10 import check_valid_size, load_cifar10
-from training.errors import UserError, stop_on_sigterm_as_on_ctrl_c
+from training.errors import UserError, set_up_command_line
 from training.models import SCHEMAS, SHIPPED_CONFIG_DIR, load_model_config, validate_model_config
 
 from .console import say
@@ -349,5 +349,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    stop_on_sigterm_as_on_ctrl_c()
+    set_up_command_line()
     sys.exit(main())

@@ -252,6 +252,16 @@ def test_results_and_checkpoint_get_the_mode_a_plain_open_gives(fake_data_dir, t
         assert (logdir / name).stat().st_mode & 0o777 == 0o640, name
 
 
+def test_the_command_prints_a_warning_as_one_line(fake_data_dir, tiny_configs):
+    run = subprocess.run([sys.executable, "main.py", "--model_config", tiny_configs["mlp"], "--data_dir",
+                          fake_data_dir, "--valid_size", "20", "--epochs", "1", "--device", "cpu", "--precision",
+                          "fp16", "--no_progress"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    warning = [line for line in run.stderr.splitlines() if "fp16" in line]
+    assert warning == ["warning: --precision fp16 is for CUDA GPUs: a CPU usually emulates fp16, much slower than "
+                       "fp32"], run.stderr
+
+
 @pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])  # Ctrl-C; a batch system's or a notebook host's stop
 def test_a_real_stop_signal_leaves_valid_results(stop, fake_data_dir, tiny_configs, tmp_path):
     import signal

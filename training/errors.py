@@ -1,5 +1,6 @@
-"""What a user causes and the runner answers in one line: a bad input, or a stop."""
+"""What a user causes and the runner answers in one line: a bad input, a warning, or a stop."""
 import signal
+import warnings
 
 
 class UserError(Exception):
@@ -13,8 +14,18 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def stop_on_sigterm_as_on_ctrl_c():
-    """A batch system's stop (SLURM's time limit, a cancelled job) sends SIGTERM: the run then keeps its
-    finished epochs and says so, as after Ctrl-C, instead of dying mid-epoch with results.json saying
-    ``running``. For the command-line entry points only: a notebook's kernel keeps its own handlers."""
+def _one_line_warning(message, category, filename, lineno, line=None):
+    return f"warning: {message}\n"
+
+
+def set_up_command_line():
+    """What the command-line entry points (``main.py``, ``python -m studies``) change in their process; a
+    notebook that imports them keeps its kernel's own settings.
+
+    - A batch system's stop (SLURM's time limit, a cancelled job) sends SIGTERM: the run then keeps its
+      finished epochs and says so, as after Ctrl-C, instead of dying mid-epoch with results.json saying
+      ``running``.
+    - A warning prints as one line, ``warning: ...``, without the file, line and source that Python adds.
+    """
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    warnings.formatwarning = _one_line_warning
