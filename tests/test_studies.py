@@ -240,6 +240,8 @@ def test_run_all_stops_at_a_study_whose_workers_failed(study_args, tmp_path, mon
     monkeypatch.setattr(cli, "run_study", workers_interrupted_in_the_first_study)
     argv = study_args("mlp_activation", "--workers", "2")
     argv[1] = "all"
+    position = argv.index("--model_config")  # the studies of all train three models: none is given one config
+    del argv[position:position + 2]
     assert studies_main(argv) == 130
     assert started == [("mlp_activation", "mlp_activation", 2)]
     assert ("study mlp_activation: a worker exited with status 130, so the studies after it did not start; "

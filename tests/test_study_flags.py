@@ -37,6 +37,15 @@ def test_bad_study_flags_are_refused_before_anything_is_written(study_args, tmp_
     assert not os.path.exists(tmp_path / "out")
 
 
+def test_run_all_refuses_one_model_config_for_studies_of_three_models(study_args, tmp_path, capsys):
+    argv = study_args("mlp_activation")
+    argv[1] = "all"
+    assert studies_main(argv) == 2
+    assert ("error: --model_config applies to one model, and the studies train mlp, mlpmixer, resnet18; run the "
+            "studies one by one") in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out")
+
+
 def test_list_names_every_study_with_its_grid_or_search_space(capsys):
     assert studies_main(["list"]) == 0
     out = capsys.readouterr().out
