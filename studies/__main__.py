@@ -331,9 +331,9 @@ def main(argv=None):
             if options.values or options.trials:
                 raise UserError("--values and --trials apply to one study; run the studies one by one")
             models = sorted({study.model for study in STUDIES.values()})
-            if "model_config" in _given_flags(train_argv) and len(models) > 1:
-                raise UserError(f"--model_config applies to one model, and the studies train {', '.join(models)}; "
-                                "run the studies one by one")
+            if ("model_config" in _given_flags(train_argv) or options.set) and len(models) > 1:
+                raise UserError(f"--model_config and --set apply to one model, and the studies train "
+                                f"{', '.join(models)}; run the studies one by one")
             position = argv.index("all")
             for name, study in STUDIES.items():
                 code = run_study(study, options, train_argv, [*argv[:position], name, *argv[position + 1:]])

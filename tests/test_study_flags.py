@@ -37,12 +37,16 @@ def test_bad_study_flags_are_refused_before_anything_is_written(study_args, tmp_
     assert not os.path.exists(tmp_path / "out")
 
 
-def test_run_all_refuses_one_model_config_for_studies_of_three_models(study_args, tmp_path, capsys):
-    argv = study_args("mlp_activation")
+@pytest.mark.parametrize("flags", [[], ["--set", "num_classes=10"]], ids=["model_config", "set"])
+def test_run_all_refuses_one_model_config_for_studies_of_three_models(flags, study_args, tmp_path, capsys):
+    argv = study_args("mlp_activation", *flags)
     argv[1] = "all"
+    if flags:  # --set alone
+        position = argv.index("--model_config")
+        del argv[position:position + 2]
     assert studies_main(argv) == 2
-    assert ("error: --model_config applies to one model, and the studies train mlp, mlpmixer, resnet18; run the "
-            "studies one by one") in capsys.readouterr().err
+    assert ("error: --model_config and --set apply to one model, and the studies train mlp, mlpmixer, resnet18; "
+            "run the studies one by one") in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "out")
 
 
