@@ -252,6 +252,29 @@ def test_results_and_checkpoint_get_the_mode_a_plain_open_gives(fake_data_dir, t
         assert (logdir / name).stat().st_mode & 0o777 == 0o640, name
 
 
+def test_a_disk_that_fills_up_mid_run_gets_one_line_and_keeps_the_last_epoch(run_args, tmp_path, monkeypatch,
+                                                                             capsys):
+    import errno
+
+    from training import persistence
+
+    logdir = tmp_path / "run"
+    assert main.main(run_args("mlp", "--logdir", str(logdir), epochs=1)) == 0
+    real_fsync, writes = persistence.os.fsync, []
+
+    def fsync_until_full(fd):
+        writes.append(fd)
+        if len(writes) > 2:  # epoch 1's checkpoint and results.json fit, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+    monkeypatch.setattr(persistence.os, "fsync", fsync_until_full)
+    assert main.main(run_args("mlp", "--logdir", str(logdir), epochs=3)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: cannot write {logdir / 'checkpoint.pt'} (No space left on device); make room")
+    assert read_results(logdir)["epochs_completed"] == 1
+    assert not [name for name in os.listdir(logdir) if name.startswith(".tmp")]
+
+
 def test_the_command_prints_a_warning_as_one_line(fake_data_dir, tiny_configs):
     run = subprocess.run([sys.executable, "main.py", "--model_config", tiny_configs["mlp"], "--data_dir",
                           fake_data_dir, "--valid_size", "20", "--epochs", "1", "--device", "cpu", "--precision",

@@ -60,7 +60,10 @@ def atomic_write(path, write):
     folder = os.path.dirname(os.path.abspath(path))
     mode = _new_file_mode()
     with _stop_signals_held():
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+        except OSError as exc:
+            raise _cannot_write(path, exc) from None
         try:
             os.chmod(tmp, mode)
             with os.fdopen(fd, "wb") as f:
@@ -68,9 +71,17 @@ def atomic_write(path, write):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as exc:
             os.unlink(tmp)
+            if isinstance(exc, OSError):  # a full disk, a quota, a folder made read-only meanwhile
+                raise _cannot_write(path, exc) from None
             raise
+
+
+def _cannot_write(path, exc):
+    return UserError(f"cannot write {path} ({exc.strerror or exc}); make room on that disk (or under your quota) "
+                     "or give a writable folder; what was written before is intact, and --resume or a rerun of the "
+                     "study continues from it")
 
 
 def finite_or_none(value):
