@@ -12,6 +12,7 @@ too long, elsewhere), enqueues the jobs that have no trial yet, and pops a waiti
 file lock beside the journal (workers on one host) or a PostgreSQL advisory lock (workers anywhere).
 """
 import contextlib
+import json
 import os
 import socket
 import sys
@@ -51,9 +52,16 @@ def open_storage(url, study_dir):
         except OSError as exc:
             raise UserError(f"cannot create the folder of {path} ({exc.strerror}); give a writable --out "
                             "(or --storage)") from None
+        _cut_off_a_partial_record(path)
         backend = optuna.storages.journal.JournalFileBackend(path)
         lock = FileLock(os.path.join(os.path.dirname(os.path.abspath(path)), "claims.lock"))
-        return optuna.storages.journal.JournalStorage(backend), lock
+        try:
+            return optuna.storages.journal.JournalStorage(backend), lock
+        except ValueError:  # json's decode errors included
+            raise UserError(f"the study's journal {path} is damaged at line {_first_damaged_line(path)}: a record "
+                            "was cut short (a full disk, a crash) and others were written after it; remove that line "
+                            "(keep a copy of the file), or move the journal aside to start the study's records "
+                            "afresh") from None
     if url.startswith("postgresql"):
         given = url
         if url.startswith("postgresql://"):  # the driver that requirements.txt installs, whatever SQLAlchemy's default
@@ -63,6 +71,41 @@ def open_storage(url, study_dir):
         return _database(url, url), FileLock(url[len("sqlite:///"):] + ".claims.lock")
     raise UserError(f"--storage {url}: unsupported; give a journal file path (one host), a postgresql:// URL "
                     "(several machines) or a sqlite:/// URL")
+
+
+def _cut_off_a_partial_record(path):
+    """A journal whose writer stopped mid-record (a full disk, a crash) ends without a newline; the next record
+    appended would join that partial one into a line that no reader can parse. So the partial record is cut off
+    and kept beside the journal, under the lock that Optuna's writers hold, so that none is writing meanwhile."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
+    lock = optuna.storages.journal.JournalFileSymlinkLock(path)
+    lock.acquire()
+    try:
+        with open(path, "rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) == b"\n":
+                return
+            f.seek(0)
+            content = f.read()
+            end = content.rfind(b"\n") + 1
+            with open(path + ".partial", "ab") as kept:
+                kept.write(content[end:] + b"\n")
+            f.truncate(end)
+    finally:
+        lock.release()
+    say(f"note: the study's journal {path} ended in a record cut short (a full disk, a crash); it was cut off and "
+        f"kept in {path}.partial", file=sys.stderr)
+
+
+def _first_damaged_line(path):
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                json.loads(line)
+            except ValueError:
+                return number
+    return None
 
 
 def close_storage(storage):

@@ -70,6 +70,27 @@ def test_a_database_that_cannot_be_opened_gets_one_line_without_its_password(stu
     assert not os.path.exists(tmp_path / "out")
 
 
+def test_a_journal_cut_short_mid_record_is_repaired_and_one_damaged_inside_is_named(study_args, tmp_path, capsys):
+    argv = study_args("mlp_activation", "--values", "relu")
+    assert studies_main(argv) == 0
+    journal = tmp_path / "out" / "mlp_activation" / "journal.log"
+    whole = journal.read_bytes()
+    partial = b'{"op_code": 5, "worker_id": "w", "trial_id": 0, "par'  # a writer stopped mid-record
+    journal.write_bytes(whole + partial)
+    capsys.readouterr()
+    assert studies_main(argv) == 0  # resumes: nothing left to train
+    assert "-> " not in capsys.readouterr().out
+    repaired = journal.read_bytes()  # the rerun's own records follow the cut
+    assert repaired.startswith(whole) and partial not in repaired
+    assert (tmp_path / "out" / "mlp_activation" / "journal.log.partial").read_bytes() == partial + b"\n"
+    whole = repaired
+    lines = whole.splitlines(keepends=True)
+    journal.write_bytes(b"".join(lines[:3]) + partial + b"".join(lines[3:]))  # records appended after the cut
+    assert studies_main(argv) == 2
+    assert (f"error: the study's journal {journal} is damaged at line 4: a record was cut short"
+            in capsys.readouterr().err)
+
+
 def test_a_running_trial_is_lost_when_its_process_is_gone_or_its_heartbeat_stops():
     import socket
 
