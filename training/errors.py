@@ -4,7 +4,7 @@ import warnings
 
 
 class UserError(Exception):
-    """A bad input (config, flag, data folder) that the user can fix; the message says how."""
+    """A problem the user can fix (a bad config, flag or data folder; a full disk): the message says how."""
 
 
 def _raise_interrupt(signum, frame):
