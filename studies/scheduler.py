@@ -77,16 +77,14 @@ def _cut_off_a_partial_record(path):
     """A journal whose writer stopped mid-record (a full disk, a crash) ends without a newline; the next record
     appended would join that partial one into a line that no reader can parse. So the partial record is cut off
     and kept beside the journal, under the lock that Optuna's writers hold, so that none is writing meanwhile."""
-    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+    if not _ends_mid_record(path):  # the usual case, seen without taking the writers' lock
         return
     lock = optuna.storages.journal.JournalFileSymlinkLock(path)
     lock.acquire()
     try:
+        if not _ends_mid_record(path):  # a live writer was finishing its record
+            return
         with open(path, "rb+") as f:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) == b"\n":
-                return
-            f.seek(0)
             content = f.read()
             end = content.rfind(b"\n") + 1
             with open(path + ".partial", "ab") as kept:
@@ -96,6 +94,14 @@ def _cut_off_a_partial_record(path):
         lock.release()
     say(f"note: the study's journal {path} ended in a record cut short (a full disk, a crash); it was cut off and "
         f"kept in {path}.partial", file=sys.stderr)
+
+
+def _ends_mid_record(path):
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return False
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
 
 
 def _first_damaged_line(path):
