@@ -30,6 +30,8 @@ POLL_SECONDS = 2  # how often a worker with nothing to claim looks again while o
 NOT_IN_FINGERPRINT = ("model", "model_config", "logdir", "resume", "visualize", "seed", "print_every", "no_progress",
                       "eval_batch_size", "num_workers", "data_dir")
 TRIAL_FILE = "trial.json"
+PRUNE_FROM_EPOCH = 4  # a search trial's first epochs are never pruned: every recipe starts slowly somewhere
+PRUNE_AFTER_TRIALS = 5  # completed trials whose median a trial is compared with
 
 
 @dataclass
@@ -77,6 +79,13 @@ class Plan:
                                       "held": self.given, "data": self.data_fingerprint, **settings}))
 
 
+def search_pruner():
+    """The median pruner of the searches: from epoch ``PRUNE_FROM_EPOCH`` on, a trial whose validation accuracy
+    is below the median of the completed trials' at the same epoch is stopped."""
+    # its steps are 1-based epochs, and Optuna prunes from step n_warmup_steps on
+    return optuna.pruners.MedianPruner(n_startup_trials=PRUNE_AFTER_TRIALS, n_warmup_steps=PRUNE_FROM_EPOCH)
+
+
 def open_study(plan, storage, lock):
     """Create or load the study in ``storage`` (from ``open_storage``); refuse one made with other flags,
     whose runs could not be mixed."""
@@ -86,7 +95,7 @@ def open_study(plan, storage, lock):
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(seed=(plan.seeds[0] * 1_000_003 + os.getpid()) % 2**32,
                                              n_startup_trials=8, constant_liar=True)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3)
+    pruner = search_pruner()
     with lock.hold(plan.study.name):
         study = optuna.create_study(study_name=plan.study.name, storage=storage, direction="maximize",
                                     sampler=sampler, pruner=pruner, load_if_exists=True)
@@ -161,7 +170,8 @@ def _declared_lost(study, trial):
 def _epoch_callback(study, trial, run_name, epochs, prune, console):
     """After each epoch: one progress line on ``console`` (the run's own output goes to its train.log);
     ``RunTakenOver`` if the trial was declared lost meanwhile; and for a search trial, the validation
-    accuracy to the pruner, whose verdict stops the run."""
+    accuracy to the pruner, whose verdict stops the run before its last epoch (after it, stopping would save
+    nothing and would only throw away a finished run)."""
     def on_epoch(epoch, history):
         seconds = history["train_seconds"][-1] + history["valid_seconds"][-1]
         say(f"  {run_name}: epoch {epoch}/{epochs}, train loss {history['train_losses'][-1]:.4f}, "
@@ -171,7 +181,7 @@ def _epoch_callback(study, trial, run_name, epochs, prune, console):
         if not prune:
             return False
         trial.report(history["valid_accs"][-1], epoch)
-        return trial.should_prune()
+        return epoch < epochs and trial.should_prune()
     return on_epoch
 
 

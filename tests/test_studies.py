@@ -149,6 +149,37 @@ def test_search_trials_are_pruned_on_validation_accuracy(study_args, tmp_path, m
     assert not any(t.user_attrs["role"] == "final" for t in trials)  # nothing completed: no best to retrain
 
 
+def test_the_search_pruner_spares_the_first_three_epochs_and_waits_for_five_completed_trials():
+    def verdicts_on_a_poor_trial(completed):
+        study = optuna.create_study(direction="maximize", pruner=study_worker.search_pruner())
+        for _ in range(completed):
+            good = study.ask()
+            for epoch in range(1, 7):
+                good.report(0.9, epoch)
+            study.tell(good, 0.9)
+        poor, verdicts = study.ask(), []
+        for epoch in range(1, 7):
+            poor.report(0.1, epoch)
+            verdicts.append(poor.should_prune())
+        return verdicts
+
+    assert study_worker.PRUNE_FROM_EPOCH == 4 and study_worker.PRUNE_AFTER_TRIALS == 5  # as the README says
+    assert verdicts_on_a_poor_trial(5) == [False, False, False, True, True, True]
+    assert verdicts_on_a_poor_trial(4) == [False] * 6
+
+
+def test_a_search_trial_is_never_pruned_after_its_last_epoch(study_args, tmp_path, monkeypatch):
+    monkeypatch.setattr(optuna.pruners.MedianPruner, "prune", lambda self, study, trial: True)
+    out = str(tmp_path / "out")
+    assert studies_main(study_args("mlpmixer_best", "--trials", "2", "--set", "embed_dim=16", "--set",
+                                   "num_blocks=1", epochs=1)) == 0
+    trials = load_study(out, "mlpmixer_best").get_trials()
+    search = [t for t in trials if t.user_attrs["role"] == "search"]
+    assert [t.state for t in search] == [TrialState.COMPLETE] * 2
+    assert all(t.value == t.intermediate_values[1] for t in search)
+    assert [t.state for t in trials if t.user_attrs["role"] == "final"] == [TrialState.COMPLETE]
+
+
 def test_diverged_and_failed_runs_are_recorded_and_the_study_goes_on(study_args, tmp_path, monkeypatch):
     out = str(tmp_path / "out")
     assert studies_main(study_args("mlp_activation", "--values", "relu", "--optimizer", "sgd", "--lr", "1e30")) == 0
