@@ -49,7 +49,8 @@ def _parser():
     run.add_argument("--workers", type=int, default=1,
                      help="worker processes on this host (spread over the GPUs when there are several)")
     run.add_argument("--seeds", type=int, default=1,
-                     help="runs per grid point (seeds --seed, --seed + 1, ...); final runs of a search")
+                     help="runs per grid point (seeds --seed, --seed + 1, ...); final runs of a search (seeds "
+                          "--seed + 1, ...; its trials train with --seed)")
     run.add_argument("--values", nargs="+", help="the grid's values instead of the study's defaults")
     run.add_argument("--trials", type=int, help="a search's budget of trials (None: the study's own, 24)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -101,6 +102,16 @@ def _grid_values(study, texts):
     return values
 
 
+def _run_seeds(study, seed, count):
+    """The seeds of a grid's runs per setting, or of a search's final runs: its trials train with ``seed``,
+    and a final run with that seed would repeat the best trial exactly."""
+    first = seed if study.grid else seed + 1
+    if first + count - 1 > MAX_SEED:
+        raise UserError(f"--seeds {count} from --seed {seed} reaches seed {first + count - 1} in {study.name}, past "
+                        f"numpy's largest ({MAX_SEED}); lower --seed")
+    return [first + i for i in range(count)]
+
+
 def make_plan(study, options, train_argv):
     """Check every flag of a study's launch, before anything is written, and return its ``Plan``."""
     flags = _given_flags(train_argv)
@@ -114,10 +125,7 @@ def make_plan(study, options, train_argv):
     for name in ("workers", "seeds", "trials"):
         if getattr(options, name) is not None and getattr(options, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(options, name)}")
-    last_seed = args.seed + options.seeds - 1
-    if last_seed > MAX_SEED:
-        raise UserError(f"--seeds {options.seeds} from --seed {args.seed} reaches seed {last_seed}, past numpy's "
-                        f"largest ({MAX_SEED}); lower --seed")
+    seeds = _run_seeds(study, args.seed, options.seeds)
     config_path = flags.get("model_config", os.path.join(SHIPPED_CONFIG_DIR, f"{study.model}.json"))
     model_config = load_model_config(config_path, study.model)
     searched = {dimension.setting for dimension in study.space}
@@ -144,7 +152,7 @@ def make_plan(study, options, train_argv):
     data = load_cifar10(args.data_dir)
     check_valid_size(len(data.train_labels), args.valid_size)
     return Plan(study=study, study_dir=os.path.join(options.out, study.name), train_argv=train_argv, given=given,
-                model_config=model_config, seeds=[args.seed + i for i in range(options.seeds)],
+                model_config=model_config, seed=args.seed, seeds=seeds,
                 values=_grid_values(study, options.values) if study.grid else [],
                 trials=options.trials or study.trials, storage=options.storage, retry_failed=options.retry_failed,
                 data_fingerprint=data.fingerprint())
@@ -334,6 +342,9 @@ def main(argv=None):
             if ("model_config" in _given_flags(train_argv) or options.set) and len(models) > 1:
                 raise UserError(f"--model_config and --set apply to one model, and the studies train "
                                 f"{', '.join(models)}; run the studies one by one")
+            seed = get_config_parser().parse_args(train_argv).seed
+            for study in STUDIES.values():  # before the first study starts, not when a later one would
+                _run_seeds(study, seed, options.seeds)
             position = argv.index("all")
             for name, study in STUDIES.items():
                 code = run_study(study, options, train_argv, [*argv[:position], name, *argv[position + 1:]])

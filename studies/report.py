@@ -330,6 +330,13 @@ def search_section(study, runs, out):
                  f"{'' if len(finals) == 1 else ' each'}: test accuracy {_mean_std(tests)}; training time "
                  f"{_mean_std(seconds, 1)} s per run (training epochs only) on "
                  f"{finals[0]['results'].get('device_name', 'an unknown device')}.")
+    source = next((t for t in trials if finals[0]["trial"] and t["trial"] == finals[0]["trial"].get("source_trial")),
+                  None)
+    retrained_accs = [acc for acc in map(_final_valid_acc, finals) if acc is not None]
+    if source and source["value"] is not None and retrained_accs:
+        section.text(f"Final validation accuracy of the retrained runs: {_mean_std(retrained_accs)}, against "
+                     f"{source['value']:.4f} for trial {source['trial']} (seed {source['seed']}), which the search "
+                     "ranked best.")
     for line in _epochs_sentences(finals, "The final runs"):
         section.text(line)
     args = finals[0]["results"].get("args", {})

@@ -44,7 +44,9 @@ class Plan:
         train_argv: the ``main.py`` flags every run gets (validated).
         given: settings held fixed: the study's own and those set by the user's flags.
         model_config: the base model config (validated), before a run's settings change it.
-        seeds: one run per seed for every grid point, and one final run per seed for a search.
+        seed: the launch's ``--seed``: a search's trials all train with it, and its sampler draws from it.
+        seeds: one run per seed for every grid point (``--seed``, ``--seed + 1``...), and one final run per
+            seed for a search (``--seed + 1``...: the best trial retrained with its own seed would repeat it).
         values: the grid's values.
         trials: the search's budget.
         storage: None (journal file in ``study_dir``) or a storage URL or path.
@@ -56,6 +58,7 @@ class Plan:
     train_argv: list
     given: dict
     model_config: dict
+    seed: int
     seeds: list
     values: list = field(default_factory=list)
     trials: int = 0
@@ -93,7 +96,7 @@ def open_study(plan, storage, lock):
     # and counts the trials running elsewhere as poor (constant liar), so that it explores away from them
     with warnings.catch_warnings():  # Optuna 4 marks constant_liar experimental; it is stable from Optuna 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=(plan.seeds[0] * 1_000_003 + os.getpid()) % 2**32,
+        sampler = optuna.samplers.TPESampler(seed=(plan.seed * 1_000_003 + os.getpid()) % 2**32,
                                              n_startup_trials=8, constant_liar=True)
     pruner = search_pruner()
     with lock.hold(plan.study.name):
@@ -133,7 +136,7 @@ def run_settings(plan, trial):
         return trial.user_attrs["settings"], trial.suggest_int("seed", 0, 2**31 - 1)
     settings = plan.study.sample(trial, plan.given)
     trial.set_user_attr("settings", settings)
-    return settings, plan.seeds[0]
+    return settings, plan.seed
 
 
 def build_args(plan, settings, seed, run_dir, visualize):

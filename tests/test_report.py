@@ -19,7 +19,7 @@ DEVICE = "NVIDIA H100 80GB HBM3"
 
 
 def write_run(out, study, name, settings, valid_accs, outcome="completed", role="grid", seed=42, test_acc=None,
-              num_params=1000, seconds=2.0, model_config=None, args=None, trial=0):
+              num_params=1000, seconds=2.0, model_config=None, args=None, trial=0, source_trial=None):
     folder = os.path.join(out, study, "runs", name)
     os.makedirs(folder)
     epochs = len(valid_accs)
@@ -38,7 +38,7 @@ def write_run(out, study, name, settings, valid_accs, outcome="completed", role=
         json.dump(results, f)
     with open(os.path.join(folder, "trial.json"), "w") as f:
         json.dump({"study": study, "trial": trial, "role": role, "settings": settings, "seed": seed,
-                   "outcome": outcome, "value": valid_accs[-1] if outcome == "completed" else None,
+                   "source_trial": source_trial, "outcome": outcome, "value": valid_accs[-1] if outcome == "completed" else None,
                    "error": None}, f)
     return folder
 
@@ -62,8 +62,9 @@ def write_fixture_logs(out):
                                   ("mlpmixer_best", "mlpmixer", "mlpmixer_token_mixing.png")):
         write_run(out, study, "trial-0000", best, [0.8, 0.9], role="search", trial=0)
         write_run(out, study, "trial-0001", {**best, "lr": 0.3}, [0.2], role="search", outcome="pruned", trial=1)
-        final = write_run(out, study, "final_seed-42", best, [0.8, 0.9], role="final", trial=2, test_acc=0.93,
-                          args={**best, "momentum": 0.9, "seed": 42}, model_config={"num_classes": 10})
+        final = write_run(out, study, "final_seed-43", best, [0.8, 0.88], role="final", seed=43, trial=2,
+                          source_trial=0, test_acc=0.93, args={**best, "momentum": 0.9, "seed": 43},
+                          model_config={"num_classes": 10})
         imsave(os.path.join(final, picture), np.random.default_rng(0).random((40, 40, 3)))
     return out
 
@@ -121,7 +122,7 @@ def test_report_states_what_the_logs_show(fixture_report):
     assert "patch_size 2, 4 and 8 tie for the highest, 0.7000." in text
     assert "2 search trials finished: 1 completed, 1 pruned." in text
     assert "Best trial: 0, final validation accuracy 0.9000 after 2 epochs" in text
-    assert "retrained once (seed 42) on the training split and tested once: test accuracy 0.9300; training time 8.0 s per run (training epochs only) on NVIDIA H100" in text
+    assert "retrained once (seed 43) on the training split and tested once: test accuracy 0.9300; training time 8.0 s per run (training epochs only) on NVIDIA H100" in text
     assert "| lr_schedule | onecycle |" in text and "| momentum | 0.900000 |" in text
 
 
@@ -164,12 +165,14 @@ def test_report_says_which_runs_are_shorter_than_problem_4_asks(fixture_report):
 
 def test_report_counts_the_final_runs_of_a_search_and_names_their_seeds(fixture_logs):
     best = {"optimizer": "momentum", "lr": 0.1, "epochs": 2}
-    write_run(fixture_logs, "resnet18_best", "final_seed-43", best, [0.8, 0.9], role="final", trial=3,
-              seed=43, test_acc=0.91, args={**best, "seed": 43})
+    write_run(fixture_logs, "resnet18_best", "final_seed-44", best, [0.8, 0.9], role="final", trial=3,
+              seed=44, source_trial=0, test_acc=0.91, args={**best, "seed": 44})
     with open(build_report(fixture_logs)[0]) as f:
         text = f.read()
-    assert ("The best configuration, retrained 2 times (seeds 42 and 43) on the training split and tested once "
+    assert ("The best configuration, retrained 2 times (seeds 43 and 44) on the training split and tested once "
             "each: test accuracy 0.9200 ± 0.0141;") in text
+    assert ("Final validation accuracy of the retrained runs: 0.8900 ± 0.0141, against 0.9000 for trial 0 (seed 42), "
+            "which the search ranked best.") in text
 
 
 def test_report_names_the_studies_that_have_not_run(fixture_logs):

@@ -114,11 +114,11 @@ def test_search_runs_its_budget_then_retrains_and_tests_the_best(study_args, tmp
     runs = os.path.join(out, "mlpmixer_best", "runs")
     for trial in search:
         results = read_json(os.path.join(runs, trial.user_attrs["run_dir"], "results.json"))
-        assert results["test_acc"] is None  # no search trial sees the test set
+        assert results["test_acc"] is None and results["seed"] == 42  # no search trial sees the test set
         assert results["model_config"]["patch_size"] == 4 and results["model_config"]["embed_dim"] == 16
-    final_dir = os.path.join(runs, "final_seed-42")
+    final_dir = os.path.join(runs, "final_seed-43")  # a fresh seed: with the trials' 42 it would repeat the best
     final_results = read_json(os.path.join(final_dir, "results.json"))
-    assert final_results["test_acc"] is not None
+    assert final_results["test_acc"] is not None and final_results["seed"] == 43
     assert final_results["args"]["lr"] == best.user_attrs["settings"]["lr"]
     assert {"checkpoint.pt", "mlpmixer_token_mixing.png"} <= set(os.listdir(final_dir))
     assert studies_main(argv) == 0 and len(load_study(out, "mlpmixer_best").get_trials()) == 4

@@ -29,7 +29,10 @@ from training.fake_data import write_fake_cifar10
     ("mlp_activation", ["--seeds", "-2"], "--seeds must be at least 1, got -2"),
     ("resnet18_best", ["--trials", "0"], "--trials must be at least 1, got 0"),
     ("mlp_activation", ["--seed", "4294967294", "--seeds", "3"],
-     "--seeds 3 from --seed 4294967294 reaches seed 4294967296, past numpy's largest (4294967295); lower --seed"),
+     "--seeds 3 from --seed 4294967294 reaches seed 4294967296 in mlp_activation, past numpy's largest "
+     "(4294967295); lower --seed"),
+    ("resnet18_best", ["--seed", "4294967295"],  # its final run takes the seed after its trials'
+     "--seeds 1 from --seed 4294967295 reaches seed 4294967296 in resnet18_best"),
 ])
 def test_bad_study_flags_are_refused_before_anything_is_written(study_args, tmp_path, capsys, name, extra, message):
     assert studies_main(study_args(name, *extra)) == 2
@@ -47,6 +50,16 @@ def test_run_all_refuses_one_model_config_for_studies_of_three_models(flags, stu
     assert studies_main(argv) == 2
     assert ("error: --model_config and --set apply to one model, and the studies train mlp, mlpmixer, resnet18; "
             "run the studies one by one") in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_run_all_checks_every_studys_seeds_before_the_first_starts(study_args, tmp_path, capsys):
+    argv = study_args("mlp_activation", "--seed", "4294967295")
+    argv[1] = "all"
+    position = argv.index("--model_config")
+    del argv[position:position + 2]
+    assert studies_main(argv) == 2
+    assert "reaches seed 4294967296 in resnet18_best" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "out")
 
 
