@@ -20,7 +20,7 @@ def main(argv=None):
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # before the first epoch or during the final test: fit keeps what had finished
+    except KeyboardInterrupt:  # before the first epoch or while visualising (fit handles one in training and testing)
         print("\ninterrupted", file=sys.stderr)
         return EXIT_CODES["interrupted"]
     return EXIT_CODES[results["status"]]

@@ -204,6 +204,28 @@ def test_interrupt_keeps_finished_epochs(run_args, tmp_path, monkeypatch):
     assert not [name for name in os.listdir(logdir) if name.startswith(".tmp")]
 
 
+def test_an_interrupt_during_the_test_evaluation_marks_the_run_interrupted_and_resume_tests_it(run_args, tmp_path,
+                                                                                               monkeypatch, capsys):
+    logdir = str(tmp_path / "run")
+    real_evaluate = engine.evaluate
+
+    def evaluate(epoch, model, dataloader, args, mode="val"):
+        if mode == "test":
+            raise KeyboardInterrupt
+        return real_evaluate(epoch, model, dataloader, args, mode)
+    monkeypatch.setattr(engine, "evaluate", evaluate)
+    assert main.main(run_args("mlp", "--logdir", logdir, epochs=2)) == 130
+    results = read_results(logdir)
+    assert results["status"] == "interrupted" and results["epochs_completed"] == 2 and results["test_acc"] is None
+    assert capsys.readouterr().err.strip().endswith(
+        "interrupted during the test evaluation: results.json keeps the 2 finished epochs; --resume evaluates the "
+        "test set")
+    monkeypatch.setattr(engine, "evaluate", real_evaluate)
+    assert main.main(run_args("mlp", "--logdir", logdir, "--resume", epochs=2)) == 0
+    results = read_results(logdir)
+    assert results["status"] == "completed" and results["epochs_completed"] == 2 and results["test_acc"] is not None
+
+
 def test_an_interrupt_without_logdir_says_that_nothing_was_saved(run_args, monkeypatch, capsys):
     _interrupt_at(monkeypatch, 2)
     assert main.main(run_args("mlp", epochs=3)) == 130
@@ -349,13 +371,13 @@ def test_resume_extends_a_constant_rate_run_not_a_scheduled_one_and_says_when_no
     capsys.readouterr()
     assert main.main(run_args("mlp", "--logdir", constant, "--resume", epochs=2)) == 0
     assert (f"note: the checkpoint in {constant} has 2 epochs, and --epochs 2 asks for no more: nothing left to "
-            "train (a larger --epochs trains on); the test set is evaluated again") in capsys.readouterr().err
+            "train (a larger --epochs trains on); the test set is evaluated") in capsys.readouterr().err
     assert read_results(constant)["epochs_completed"] == 2
     assert main.main(run_args("mlp", "--logdir", cosine, "--lr_schedule", "cosine", epochs=1)) == 0
     assert main.main(run_args("mlp", "--logdir", cosine, "--lr_schedule", "cosine", "--resume", epochs=2)) == 2
     assert "was made with epochs=1, not 2" in capsys.readouterr().err
     assert main.main(run_args("mlp", "--logdir", cosine, "--lr_schedule", "cosine", "--resume", epochs=1)) == 0
-    assert "nothing left to train; the test set is evaluated again" in capsys.readouterr().err
+    assert "nothing left to train; the test set is evaluated" in capsys.readouterr().err
 
 
 def test_a_run_that_replaces_an_earlier_one_says_so(run_args, tmp_path, capsys):

@@ -229,7 +229,7 @@ def fit(args, on_epoch=None, test=True):
         if first_epoch >= args.epochs:
             more = " (a larger --epochs trains on)" if args.lr_schedule == "constant" else ""
             print(f"note: the checkpoint in {args.logdir} has {first_epoch} epochs, and --epochs {args.epochs} asks "
-                  f"for no more: nothing left to train{more}; the test set is evaluated again", file=sys.stderr)
+                  f"for no more: nothing left to train{more}; the test set is evaluated", file=sys.stderr)
     steps_per_epoch = len(loaders["train"])
     schedule = None if args.lr_schedule == "constant" else LRSchedule(
         args.lr_schedule, args.lr, args.epochs * steps_per_epoch, args.warmup_fraction)
@@ -276,6 +276,7 @@ def fit(args, on_epoch=None, test=True):
           f"split {len(train_index)}/{len(valid_index)}/{len(data.test_labels)}")
     print(table.header())
     status = "running"
+    test_loss = test_acc = None
     try:
         for epoch in range(first_epoch, args.epochs):
             train_loss, train_acc, train_time = train(epoch + 1, model, loaders["train"], optimizer, args, step)
@@ -297,19 +298,22 @@ def fit(args, on_epoch=None, test=True):
                 status = "pruned"
                 print(f"pruned after epoch {epoch + 1}")
                 break
+        if status == "running":
+            status = "testing"
+            if test:
+                test_loss, test_acc, _ = evaluate(args.epochs, model, loaders["test"], args, mode="test")
+            status = "completed"
     except KeyboardInterrupt:
+        testing = status == "testing"
         status = "interrupted"
         finished = len(history["train_losses"])
         epochs = f"{finished} finished epoch{'' if finished == 1 else 's'}"
-        kept = (f"results.json keeps the {epochs}; continue with --resume" if args.logdir
+        kept = (f"results.json keeps the {epochs}; "
+                f"{'--resume evaluates the test set' if testing else 'continue with --resume'}" if args.logdir
                 else f"{epochs}, not saved (no --logdir)")
-        print(f"\ninterrupted: {kept}", file=sys.stderr)
+        print(f"\ninterrupted{' during the test evaluation' if testing else ''}: {kept}", file=sys.stderr)
 
-    if status == "running":
-        status = "completed"
-        test_loss = test_acc = None
-        if test:
-            test_loss, test_acc, _ = evaluate(args.epochs, model, loaders["test"], args, mode="test")
+    if status == "completed":
         record(status, (test_loss, test_acc))
         tested = f"test loss {test_loss:.4f}, test accuracy {test_acc:.4f}" if test else "test set not used"
         print(f"best validation accuracy {results.get('best_valid_acc', float('nan')):.4f} "
