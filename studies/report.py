@@ -13,7 +13,7 @@ from training.errors import UserError
 from . import figures
 from .definitions import STUDIES
 from .render import Section, write_figures, write_markdown, write_pdf
-from .worker import PRUNE_AFTER_TRIALS, PRUNE_FROM_EPOCH, RUNS_FOLDER, TRIAL_FILE
+from .worker import PRUNE_AFTER_TRIALS, PRUNE_FROM_EPOCH, PRUNE_PEERS, RUNS_FOLDER, TRIAL_FILE
 
 PROBLEM4_MIN_EPOCHS = 10  # "Train each experiment for at least 10 epochs"
 VISUALISATIONS = {"resnet18": (("resnet18_kernels_rgb.png", "first-layer kernels (RGB)"),
@@ -289,9 +289,10 @@ def search_section(study, runs, out):
               for run in runs if run["trial"] and run["trial"]["role"] == "search"]
     finals = [run for run in runs if run["name"].startswith("final_")]
     fixed = ", ".join(f"{key}={value}" for key, value in study.fixed.items())
-    section.text("Search space (Optuna TPE sampler, median pruner on validation accuracy after each epoch from "
-                 f"epoch {PRUNE_FROM_EPOCH} to the last but one, after {PRUNE_AFTER_TRIALS} completed trials)"
-                 + (f"; fixed {fixed}" if fixed else "") + ":")
+    section.text(f"Search space (Optuna TPE sampler; median pruner: from epoch {PRUNE_FROM_EPOCH} to a trial's last but "
+                 f"one, once {PRUNE_AFTER_TRIALS} trials have completed, a trial stops if its best validation accuracy "
+                 "so far is below the median at that epoch of the completed trials with as many epochs, when there "
+                 f"are at least {PRUNE_PEERS})" + (f"; fixed {fixed}" if fixed else "") + ":")
     held = {key: trial["settings"][key] for trial in trials for key in trial.get("held", ())}
     section.table(["setting", "Optuna parameter", "distribution"],
                   [[d.setting, "-", f"held at {_fmt(held[d.setting])} by the launch's flags"] if d.setting in held

@@ -5,6 +5,7 @@ import contextlib
 import gc
 import json
 import os
+import statistics
 import sys
 import time
 import traceback
@@ -31,7 +32,8 @@ NOT_IN_FINGERPRINT = ("model", "model_config", "logdir", "resume", "visualize", 
                       "eval_batch_size", "num_workers", "data_dir")
 TRIAL_FILE = "trial.json"
 PRUNE_FROM_EPOCH = 4  # a search trial's first epochs are never pruned: every recipe starts slowly somewhere
-PRUNE_AFTER_TRIALS = 5  # completed trials whose median a trial is compared with
+PRUNE_AFTER_TRIALS = 5  # completed trials before any trial is pruned
+PRUNE_PEERS = 2  # completed trials with a trial's number of epochs, whose median it is compared with
 
 
 @dataclass
@@ -82,11 +84,33 @@ class Plan:
                                       "held": self.given, "data": self.data_fingerprint, **settings}))
 
 
-def search_pruner():
-    """The median pruner of the searches: from epoch ``PRUNE_FROM_EPOCH`` on, a trial whose validation accuracy
-    is below the median of the completed trials' at the same epoch is stopped."""
-    # its steps are 1-based epochs, and Optuna prunes from step n_warmup_steps on
-    return optuna.pruners.MedianPruner(n_startup_trials=PRUNE_AFTER_TRIALS, n_warmup_steps=PRUNE_FROM_EPOCH)
+class SameBudgetMedianPruner(optuna.pruners.BasePruner):
+    """The median stopping rule among trials that train for as many epochs.
+
+    From epoch ``PRUNE_FROM_EPOCH`` on, once ``PRUNE_AFTER_TRIALS`` trials have completed, a trial stops when
+    its best validation accuracy so far is below the median, at the same epoch, of the completed trials with
+    its number of epochs (at least ``PRUNE_PEERS`` of them). Optuna's ``MedianPruner`` compares with every
+    completed trial: under a decaying schedule a 10-epoch trial has annealed by epoch 10 while a 40-epoch one
+    is still at its peak learning rate there, so long trials would be pruned for their budget, not their
+    settings."""
+
+    def prune(self, study, trial):
+        epoch = trial.last_step
+        if epoch is None or epoch < PRUNE_FROM_EPOCH:
+            return False
+        completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if len(completed) < PRUNE_AFTER_TRIALS:
+            return False
+        budget = _epoch_budget(trial)
+        peers = [peer.intermediate_values[epoch] for peer in completed
+                 if _epoch_budget(peer) == budget and epoch in peer.intermediate_values]
+        if len(peers) < PRUNE_PEERS:
+            return False
+        return max(trial.intermediate_values.values()) < statistics.median(peers)
+
+
+def _epoch_budget(trial):
+    return trial.user_attrs.get("settings", {}).get("epochs")
 
 
 def open_study(plan, storage, lock):
@@ -98,7 +122,7 @@ def open_study(plan, storage, lock):
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(seed=(plan.seed * 1_000_003 + os.getpid()) % 2**32,
                                              n_startup_trials=8, constant_liar=True)
-    pruner = search_pruner()
+    pruner = SameBudgetMedianPruner()
     with lock.hold(plan.study.name):
         study = optuna.create_study(study_name=plan.study.name, storage=storage, direction="maximize",
                                     sampler=sampler, pruner=pruner, load_if_exists=True)

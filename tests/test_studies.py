@@ -138,7 +138,7 @@ def test_search_trials_are_pruned_on_validation_accuracy(study_args, tmp_path, m
     def always_prune(self, study, trial):
         reported.append(trial.number)
         return True
-    monkeypatch.setattr(optuna.pruners.MedianPruner, "prune", always_prune)
+    monkeypatch.setattr(study_worker.SameBudgetMedianPruner, "prune", always_prune)
     out = str(tmp_path / "out")
     assert studies_main(study_args("mlpmixer_best", "--trials", "2", "--set", "embed_dim=16", "--set",
                                    "num_blocks=1", epochs=3)) == 0
@@ -149,27 +149,36 @@ def test_search_trials_are_pruned_on_validation_accuracy(study_args, tmp_path, m
     assert not any(t.user_attrs["role"] == "final" for t in trials)  # nothing completed: no best to retrain
 
 
-def test_the_search_pruner_spares_the_first_three_epochs_and_waits_for_five_completed_trials():
-    def verdicts_on_a_poor_trial(completed):
-        study = optuna.create_study(direction="maximize", pruner=study_worker.search_pruner())
-        for _ in range(completed):
-            good = study.ask()
+def test_the_search_pruner_compares_a_trial_from_epoch_4_with_completed_trials_of_its_epoch_budget():
+    def verdicts(completed):
+        """Whether a 40-epoch trial at 0.5 in every epoch is pruned after epochs 1 to 6, beside ``completed``:
+        (epoch budget, accuracy in every epoch) of each completed trial."""
+        study = optuna.create_study(direction="maximize", pruner=study_worker.SameBudgetMedianPruner())
+        for budget, accuracy in completed:
+            peer = study.ask()
+            peer.set_user_attr("settings", {"epochs": budget, "lr": 0.1})
             for epoch in range(1, 7):
-                good.report(0.9, epoch)
-            study.tell(good, 0.9)
-        poor, verdicts = study.ask(), []
+                peer.report(accuracy, epoch)
+            study.tell(peer, accuracy)
+        trial, pruned = study.ask(), []
+        trial.set_user_attr("settings", {"epochs": 40, "lr": 0.2})
         for epoch in range(1, 7):
-            poor.report(0.1, epoch)
-            verdicts.append(poor.should_prune())
-        return verdicts
+            trial.report(0.5, epoch)
+            pruned.append(trial.should_prune())
+        return pruned
 
-    assert study_worker.PRUNE_FROM_EPOCH == 4 and study_worker.PRUNE_AFTER_TRIALS == 5  # as the README says
-    assert verdicts_on_a_poor_trial(5) == [False, False, False, True, True, True]
-    assert verdicts_on_a_poor_trial(4) == [False] * 6
+    # as the README says: from epoch 4, after 5 completed trials, among at least 2 with its epochs
+    assert (study_worker.PRUNE_FROM_EPOCH, study_worker.PRUNE_AFTER_TRIALS, study_worker.PRUNE_PEERS) == (4, 5, 2)
+    assert verdicts([(40, 0.9)] * 5) == [False] * 3 + [True] * 3
+    assert verdicts([(40, 0.9)] * 4) == [False] * 6  # too few completed trials
+    assert verdicts([(10, 0.9)] * 5) == [False] * 6  # better trials, but of another budget
+    assert verdicts([(10, 0.9)] * 4 + [(40, 0.9)]) == [False] * 6  # one peer is too few
+    assert verdicts([(10, 0.9)] * 3 + [(40, 0.9), (40, 0.4)]) == [False] * 3 + [True] * 3  # median 0.65
+    assert verdicts([(10, 0.9)] * 3 + [(40, 0.3), (40, 0.4)]) == [False] * 6  # above its peers' median
 
 
 def test_a_search_trial_is_never_pruned_after_its_last_epoch(study_args, tmp_path, monkeypatch):
-    monkeypatch.setattr(optuna.pruners.MedianPruner, "prune", lambda self, study, trial: True)
+    monkeypatch.setattr(study_worker.SameBudgetMedianPruner, "prune", lambda self, study, trial: True)
     out = str(tmp_path / "out")
     assert studies_main(study_args("mlpmixer_best", "--trials", "2", "--set", "embed_dim=16", "--set",
                                    "num_blocks=1", epochs=1)) == 0
