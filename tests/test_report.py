@@ -12,6 +12,7 @@ from matplotlib.image import imsave
 from studies import figures
 from studies.__main__ import main as studies_main
 from studies.definitions import STUDIES
+from studies.overlap import shared_processor_sentence, shared_processors
 from studies.report import build_report
 from utils import generate_plots
 
@@ -19,7 +20,7 @@ DEVICE = "NVIDIA H100 80GB HBM3"
 
 
 def write_run(out, study, name, settings, valid_accs, outcome="completed", role="grid", seed=42, test_acc=None,
-              num_params=1000, seconds=2.0, model_config=None, args=None, trial=0, source_trial=None):
+              num_params=1000, seconds=2.0, model_config=None, args=None, trial=0, source_trial=None, logged=None):
     folder = os.path.join(out, study, "runs", name)
     os.makedirs(folder)
     epochs = len(valid_accs)
@@ -32,7 +33,7 @@ def write_run(out, study, name, settings, valid_accs, outcome="completed", role=
         "status": "diverged" if outcome == "diverged" else "completed", "num_params": num_params,
         "device_name": DEVICE, "torch_version": "2.11.0", "model_config": model_config or {},
         "data": {"dir": "/data", "test_images_sha1": "a7e2580c5033"}, "args": {"precision": "bf16", **(args or {})},
-        "split": {"train": 45000, "valid": 5000, "test": 10000, "disjoint": True},
+        "split": {"train": 45000, "valid": 5000, "test": 10000, "disjoint": True}, **(logged or {}),
     }
     with open(os.path.join(folder, "results.json"), "w") as f:
         json.dump(results, f)
@@ -298,6 +299,42 @@ def test_a_search_section_names_tied_trials_and_every_seed_of_the_final_runs(tmp
     assert "Best trial: 0, final validation accuracy 0.8000" in text
     assert "Trial 1 reached the same validation accuracy; the earliest trial is the one retrained." in text
     assert "retrained 2 times (seeds 42 and 43)" in text and "| seed | 42, 43 |" in text
+
+
+def test_the_runs_that_shared_a_processor_while_they_trained_are_found_from_their_epoch_times():
+    def run(name, ends, host="node1", device="GPU-a", study="mlpmixer_patch", seconds=10.0):
+        results = {"host": host, "device_id": device, "epoch_end_times": ends, "train_seconds": [seconds] * len(ends),
+                   "valid_seconds": [1.0] * len(ends)}
+        return {"name": name, "path": f"/out/{study}/runs/{name}", "results": results}
+
+    runs = [run("a", [100, 111]), run("b", [105, 116]),       # a and b overlap on GPU-a
+            run("c", [105, 116], device="GPU-b"),              # the same time on another GPU
+            run("d", [200, 211]),                              # after a and b
+            run("e", [105, 116], host="node2"),                # another machine
+            run("f", [150, 300]),                              # resumed: its epochs bracket d's, neither meets it
+            run("g", [208], study="mlp_activation", seconds=3.0),  # another study's run beside d
+            {"name": "h", "path": "/out/mlpmixer_patch/runs/h", "results": {"train_seconds": [10.0]}}]  # older logs
+    shared = shared_processors(runs)
+    assert {path: sorted(others) for path, others in shared.items()} == {
+        "/out/mlpmixer_patch/runs/a": ["/out/mlpmixer_patch/runs/b"],
+        "/out/mlpmixer_patch/runs/b": ["/out/mlpmixer_patch/runs/a"],
+        "/out/mlpmixer_patch/runs/d": ["/out/mlp_activation/runs/g"],
+        "/out/mlp_activation/runs/g": ["/out/mlpmixer_patch/runs/d"]}
+    assert shared_processor_sentence(runs[:4], shared) == (
+        "Trained while another run used the same processor (host and GPU, or CPU), so their seconds per epoch "
+        "include that sharing: a (with b); b (with a); d (with mlp_activation/g).")
+    assert shared_processor_sentence(runs[2:3], shared) is None
+
+
+def test_a_grid_section_names_its_runs_that_trained_side_by_side(tmp_path):
+    out = str(tmp_path / "runs")
+    for patch, ends in ((4, [100.0, 104.0]), (8, [102.0, 106.0]), (16, [300.0, 304.0])):
+        write_run(out, "mlpmixer_patch", f"patch_size-{patch}_seed-42", {"patch_size": patch}, [0.6, 0.7],
+                  logged={"host": "node1", "device_id": "cpu", "epoch_end_times": ends})
+    with open(build_report(out)[0]) as f:
+        text = f.read()
+    assert ("so their seconds per epoch include that sharing: patch_size-4_seed-42 (with patch_size-8_seed-42); "
+            "patch_size-8_seed-42 (with patch_size-4_seed-42).") in text
 
 
 def test_a_full_text_page_fits_inside_the_pdf_page():

@@ -2,8 +2,10 @@
 divergence. Bad input is in test_bad_input.py."""
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -401,6 +403,36 @@ def test_a_checkpoint_from_an_older_version_is_checked_on_the_keys_it_recorded(r
     assert main.main(run_args("mlp", "--logdir", logdir, "--lr_schedule", "cosine", "--resume", epochs=1)) == 0
     assert main.main(run_args("mlp", "--logdir", logdir, "--lr_schedule", "onecycle", "--resume", epochs=1)) == 2
     assert "was made with lr_schedule='cosine', not 'onecycle'" in capsys.readouterr().err
+
+
+def test_each_epoch_logs_when_it_ended_and_a_checkpoint_without_those_times_resumes(run_args, tmp_path):
+    logdir = str(tmp_path / "run")
+    before = time.time()
+    assert main.main(run_args("mlp", "--logdir", logdir, epochs=1)) == 0
+    results = read_results(logdir)
+    assert before < results["epoch_end_times"][0] < time.time()
+    assert results["host"] == socket.gethostname() and results["device_id"] == "cpu"
+    path = os.path.join(logdir, "checkpoint.pt")
+    state = torch.load(path, weights_only=True)
+    del state["history"]["epoch_end_times"]  # as versions before the epochs' times were logged wrote it
+    torch.save(state, path)
+    assert main.main(run_args("mlp", "--logdir", logdir, "--resume", epochs=2)) == 0
+    [older, newer] = read_results(logdir)["epoch_end_times"]
+    assert older is None and results["epoch_end_times"][0] < newer < time.time()
+
+
+def test_a_gpu_is_identified_by_its_uuid_or_else_by_its_index_among_all_gpus(monkeypatch):
+    from types import SimpleNamespace
+
+    properties = SimpleNamespace(uuid="58d1")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: properties)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert engine.device_identity(torch.device("cuda", 0)) == "GPU-58d1"
+    properties = SimpleNamespace()  # a torch that does not give the UUID
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # as the studies' launcher sets it for each worker
+    assert engine.device_identity(torch.device("cuda")) == "cuda:5"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert engine.device_identity(torch.device("cuda", 0)) == "cuda:0"
 
 
 def test_cuda_request_falls_back_to_cpu_with_a_warning():

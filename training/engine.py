@@ -4,6 +4,7 @@ import json
 import math
 import os
 import platform
+import socket
 import sys
 import time
 import warnings
@@ -161,6 +162,20 @@ def describe_device(device):
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def device_identity(device):
+    """Which processor of this host ran: ``cpu``, or the GPU's UUID (the CUDA index the process sees, mapped
+    through ``CUDA_VISIBLE_DEVICES``, where torch does not give the UUID). Runs with the same host and
+    identity that trained at the same time shared it, and their seconds include that."""
+    if device.type != "cuda":
+        return "cpu"
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+    if uuid is not None:
+        return f"GPU-{uuid}"
+    visible = [name.strip() for name in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if name.strip()]
+    return f"cuda:{visible[index] if index < len(visible) else index}"
+
+
 def _note_replaced_run(logdir):
     """Say so when a new run is about to overwrite the results of an earlier one in the same folder."""
     path = os.path.join(logdir, persistence.RESULTS_FILE)
@@ -217,14 +232,15 @@ def fit(args, on_epoch=None, test=True):
     signature["model_config"] = model_config
     if args.lr_schedule != "constant":  # the schedule spans every epoch: another --epochs would bend it mid-run
         signature["epochs"] = args.epochs
-    history = {key: [] for key in ("train_losses", "valid_losses", "train_accs", "valid_accs",
-                                   "train_seconds", "valid_seconds", "train_images_per_second")}
+    history = {key: [] for key in ("train_losses", "valid_losses", "train_accs", "valid_accs", "train_seconds",
+                                   "valid_seconds", "train_images_per_second", "epoch_end_times")}
     first_epoch = 0
     if args.resume:
         state = persistence.load_checkpoint(args.logdir, signature)
         model.load_state_dict(state["model"])
         load_optimizer_state(optimizer, state["optimizer"])
         history, first_epoch = state["history"], state["epoch"]
+        history.setdefault("epoch_end_times", [None] * first_epoch)  # a checkpoint older than this key
         persistence.set_rng_state(state["rng"])
         if first_epoch >= args.epochs:
             more = " (a larger --epochs trains on)" if args.lr_schedule == "constant" else ""
@@ -252,6 +268,7 @@ def fit(args, on_epoch=None, test=True):
         "model": args.model, "model_config": model_config,
         "args": {key: (str(value) if isinstance(value, torch.device) else value) for key, value in vars(args).items()},
         "seed": args.seed, "device": device.type, "device_name": describe_device(device),
+        "host": socket.gethostname(), "device_id": device_identity(device),
         "torch_version": torch.__version__, "pipeline": args.pipeline, "num_params": count_parameters(model),
         "data": {"dir": os.path.abspath(args.data_dir), "test_images_sha1": data.test_fingerprint()},
         "split": {"train": len(train_index), "valid": len(valid_index), "test": len(data.test_labels),
@@ -286,8 +303,10 @@ def fit(args, on_epoch=None, test=True):
                       "(try a smaller --lr)", file=sys.stderr)
                 break
             valid_loss, valid_acc, valid_time = evaluate(epoch + 1, model, loaders["valid"], args)
-            for key, value in zip(history, (train_loss, valid_loss, train_acc, valid_acc, train_time, valid_time,
-                                            len(train_index) / train_time)):
+            logged = {"train_losses": train_loss, "valid_losses": valid_loss, "train_accs": train_acc,
+                      "valid_accs": valid_acc, "train_seconds": train_time, "valid_seconds": valid_time,
+                      "train_images_per_second": len(train_index) / train_time, "epoch_end_times": time.time()}
+            for key, value in logged.items():
                 history[key].append(persistence.finite_or_none(value))
             tqdm.write(table.row(epoch + 1, train_loss, train_acc, valid_loss, valid_acc, train_time + valid_time,
                                  len(train_index) / train_time))
