@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import main
+from utils import compute_accuracy
 from training import engine
 from training.optim import build_optimizer
 
@@ -82,6 +83,23 @@ def test_mlp_learns_the_fake_data(run_args, tmp_path):
     results = read_results(logdir)
     assert results["train_losses"][-1] < results["train_losses"][0]
     assert results["test_acc"] > 0.3  # ten classes: chance is 0.1
+
+
+def test_accuracies_are_exact_fractions_of_the_images_so_equal_ones_compare_equal():
+    import argparse
+
+    labels = torch.arange(50) % 10
+    guesses = torch.where(torch.arange(50) < 30, labels, (labels + 1) % 10)  # 30 of 50 right
+    logits = torch.nn.functional.one_hot(guesses, 10).float()
+    assert compute_accuracy(logits, labels) * 50 != 30  # float32 rounding: 0.6 * 50 is 30.000002
+
+    class Guesser(torch.nn.Module):
+        def forward(self, images):
+            return logits
+
+    args = argparse.Namespace(device=torch.device("cpu"), print_every=80, no_progress=True)
+    _, accuracy, _ = engine.evaluate(1, Guesser(), [[torch.zeros(50, 3, 32, 32), labels]], args)
+    assert accuracy == 0.6
 
 
 def test_torchvision_pipeline_runs(run_args, tmp_path):

@@ -12,7 +12,7 @@ import warnings
 import torch
 from tqdm.auto import tqdm
 
-from utils import compute_accuracy, cross_entropy_loss, seed_experiment
+from utils import cross_entropy_loss, seed_experiment
 
 from . import persistence
 from .cifar10 import load_cifar10, split_train_valid
@@ -20,7 +20,8 @@ from .errors import UserError
 from .models import build_model, count_parameters, load_model_config
 from .optim import LRSchedule, build_optimizer, load_optimizer_state
 from .pipelines import TensorBatches, torchvision_batches
-from .steps import GraphedTrainStep, TrainStep, autocast_context, epoch_items, memory_format_for, prepare_batch
+from .steps import (GraphedTrainStep, TrainStep, autocast_context, correct_count, epoch_items, memory_format_for,
+                    prepare_batch)
 
 # settings that must match for --resume to continue a run rather than start a different one
 RESUME_KEYS = ("model", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "seed", "pipeline",
@@ -94,7 +95,7 @@ def evaluate(epoch, model, dataloader, args, mode="val"):
             if getattr(args, "tta", "none") == "flip":
                 logits = 0.5 * (logits.float() + model(images.flip(3)).float())
         loss_sum += cross_entropy_loss(logits, labels) * len(labels)
-        correct += compute_accuracy(logits, labels) * len(labels)
+        correct += correct_count(logits, labels)
         seen += len(labels)
     return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1), time.perf_counter() - start
 
