@@ -31,7 +31,7 @@ POLL_SECONDS = 2  # how often a worker with nothing to claim looks again while o
 NOT_IN_FINGERPRINT = ("model", "model_config", "logdir", "resume", "visualize", "seed", "print_every", "no_progress",
                       "eval_batch_size", "num_workers", "data_dir")
 TRIAL_FILE = "trial.json"
-PRUNE_FROM_EPOCH = 4  # a search trial's first epochs are never pruned: every recipe starts slowly somewhere
+PRUNE_FROM_EPOCH = 4  # a trial's first epochs (warm-up, the highest learning rates) say little of where it ends
 PRUNE_AFTER_TRIALS = 5  # completed trials before any trial is pruned
 PRUNE_PEERS = 2  # completed trials with a trial's number of epochs, whose median it is compared with
 
