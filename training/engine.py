@@ -164,17 +164,14 @@ def describe_device(device):
 
 
 def device_identity(device):
-    """Which processor of this host ran: ``cpu``, or the GPU's UUID (the CUDA index the process sees, mapped
-    through ``CUDA_VISIBLE_DEVICES``, where torch does not give the UUID). Runs with the same host and
-    identity that trained at the same time shared it, and their seconds include that."""
+    """Which processor of this host ran: ``cpu``, or the GPU's UUID; None where torch does not give it (2.4 does
+    not; a CUDA index cannot stand in for it, since a batch system may show each job its GPU as index 0).
+    Runs with the same host and identity that trained at the same time shared it, and their seconds show it."""
     if device.type != "cuda":
         return "cpu"
     index = device.index if device.index is not None else torch.cuda.current_device()
     uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
-    if uuid is not None:
-        return f"GPU-{uuid}"
-    visible = [name.strip() for name in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if name.strip()]
-    return f"cuda:{visible[index] if index < len(visible) else index}"
+    return None if uuid is None else f"GPU-{uuid}"
 
 
 def _note_replaced_run(logdir):
