@@ -206,12 +206,18 @@ def _launch_workers(count, argv, device):
 
 
 def _summary(study):
+    """A study's runs by outcome: ``3 completed``; for a search, ``search trials: ...; final runs: ...``."""
     counts = {}
     for finished, live, latest in job_states(study.get_trials(deepcopy=False)).values():
         unfinished = ("running" if live.state == TrialState.RUNNING else "waiting") if live else "to resume"
         outcome = (finished or live or latest).user_attrs.get("outcome") or unfinished
-        counts[outcome] = counts.get(outcome, 0) + 1
-    return ", ".join(f"{count} {outcome}" for outcome, count in sorted(counts.items()))
+        role = counts.setdefault(latest.user_attrs.get("role", "grid"), {})
+        role[outcome] = role.get(outcome, 0) + 1
+    tallies = {role: ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
+               for role, outcomes in counts.items()}
+    return "; ".join(tallies[role] if role == "grid" else f"{label}: {tallies[role]}"
+                     for role, label in (("grid", ""), ("search", "search trials"), ("final", "final runs"))
+                     if role in tallies)
 
 
 def _note_cpu_cost(study, args):

@@ -99,10 +99,11 @@ def test_a_sigterm_stops_the_workers_and_keeps_their_runs(whom, study_args, tmp_
         assert read_json(os.path.join(run, "results.json"))["status"] == "interrupted"
 
 
-def test_search_runs_its_budget_then_retrains_and_tests_the_best(study_args, tmp_path):
+def test_search_runs_its_budget_then_retrains_and_tests_the_best(study_args, tmp_path, capsys):
     out = str(tmp_path / "out")
     argv = study_args("mlpmixer_best", "--trials", "3", "--set", "embed_dim=16", "--set", "num_blocks=1")
     assert studies_main(argv) == 0
+    assert capsys.readouterr().out.endswith("study mlpmixer_best: search trials: 3 completed; final runs: 1 completed\n")
     study = load_study(out, "mlpmixer_best")
     trials = study.get_trials()
     search = [t for t in trials if t.user_attrs["role"] == "search"]
