@@ -3,13 +3,14 @@ import json
 import os
 import re
 import shutil
+from unittest import mock
 
 import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.image import imsave
 
-from studies import figures
+from studies import figures, report
 from studies.__main__ import main as studies_main
 from studies.definitions import STUDIES
 from studies.overlap import shared_processor_sentence, shared_processors
@@ -68,6 +69,14 @@ def write_fixture_logs(out):
                           model_config={"num_classes": 10})
         imsave(os.path.join(final, picture), np.random.default_rng(0).random((40, 40, 3)))
     return out
+
+
+def markdown_of(out):
+    """The text of the report of the logs in ``out``, built without its PDF (seconds saved for the tests that
+    read the Markdown; the PDF's own tests build it)."""
+    with mock.patch.object(report, "write_pdf", lambda *args, **kwargs: None):
+        with open(build_report(out)[0]) as f:
+            return f.read()
 
 
 @pytest.fixture
@@ -148,8 +157,7 @@ def test_report_names_the_settings_problem_4_asks_for_that_did_not_run(fixture_r
             "(`--values 0.01 1e-05` adds them to this study).") in sections["resnet18_lr"]
     shutil.rmtree(os.path.join(fixture_logs, "mlpmixer_patch", "runs", "patch_size-8_seed-42"))
     shutil.rmtree(os.path.join(fixture_logs, "mlp_activation", "runs", "activation-tanh_seed-43"))
-    with open(build_report(fixture_logs)[0]) as f:
-        text = f.read()
+    text = markdown_of(fixture_logs)
     assert ("Problem 4 asks for at least 3 patch_size values; only 2 and 4 ran here (`--values` adds more to "
             "this study).") in text
     assert "Problem 4 asks for activation" not in text  # tanh still has its seed-42 run
@@ -168,8 +176,7 @@ def test_report_counts_the_final_runs_of_a_search_and_names_their_seeds(fixture_
     best = {"optimizer": "momentum", "lr": 0.1, "epochs": 2}
     write_run(fixture_logs, "resnet18_best", "final_seed-44", best, [0.8, 0.9], role="final", trial=3,
               seed=44, source_trial=0, test_acc=0.91, args={**best, "seed": 44})
-    with open(build_report(fixture_logs)[0]) as f:
-        text = f.read()
+    text = markdown_of(fixture_logs)
     assert ("The best configuration, retrained 2 times (seeds 43 and 44) on the training split and tested once "
             "each: test accuracy 0.9200 ± 0.0141;") in text
     assert ("Final validation accuracy of the retrained runs: 0.8900 ± 0.0141, against 0.9000 for trial 0 (seed 42), "
@@ -179,8 +186,7 @@ def test_report_counts_the_final_runs_of_a_search_and_names_their_seeds(fixture_
 def test_report_names_the_studies_that_have_not_run(fixture_logs):
     for study in ("resnet18_lr", "mlpmixer_best"):
         shutil.rmtree(os.path.join(fixture_logs, study))
-    with open(build_report(fixture_logs)[0]) as f:
-        text = f.read()
+    text = markdown_of(fixture_logs)
     assert "## resnet18_lr:" not in text and "## mlp_activation:" in text
     assert (f"- Not in this report, no runs under {fixture_logs} yet: resnet18_lr, mlpmixer_best "
             f"(`python -m studies run NAME --out {fixture_logs}` runs one).") in text
@@ -253,8 +259,7 @@ def test_a_report_says_when_the_seeds_do_not_separate_the_two_highest_settings(t
         for seed, final in zip((42, 43), finals):
             write_run(out, "mlp_activation", f"activation-{activation}_seed-{seed}", {"activation": activation},
                       [0.2, final], seed=seed, test_acc=final)
-    with open(build_report(out)[0]) as f:
-        text = f.read()
+    text = markdown_of(out)
     assert "activation tanh is highest, 0.0050 above the next (relu)" in text
     assert ("Their runs overlap (tanh 0.5500 to 0.5600, relu 0.5000 to 0.6000): these seeds do not separate tanh "
             "from relu.") in text
@@ -267,8 +272,7 @@ def test_a_grids_seed_table_counts_completed_runs_only(tmp_path):
             write_run(out, "mlp_activation", f"activation-{activation}_seed-{seed}", {"activation": activation},
                       [0.2, final], seed=seed, test_acc=final)
     write_run(out, "mlp_activation", "activation-relu_seed-44", {"activation": "relu"}, [0.1], outcome=None, seed=44)
-    with open(build_report(out)[0]) as f:
-        text = f.read()
+    text = markdown_of(out)
     assert "| relu | 2 of 3 | 0.5100 ± 0.0141 | 0.5100 ± 0.0141 | 0.5100 ± 0.0141 |" in text
     assert "| tanh | 2 | 0.4600 ± 0.0141 |" in text
 
@@ -279,8 +283,7 @@ def test_a_report_names_the_one_setting_whose_spread_is_unknown(tmp_path):
         for seed, final in zip((42, 43), finals):
             write_run(out, "mlp_activation", f"activation-{activation}_seed-{seed}", {"activation": activation},
                       [0.2, final], seed=seed, test_acc=final)
-    with open(build_report(out)[0]) as f:
-        text = f.read()
+    text = markdown_of(out)
     assert ("activation tanh has a single completed run, so the spread over seeds is unknown (`--seeds N` repeats "
             "every setting).") in text
 
@@ -294,8 +297,7 @@ def test_a_search_section_names_tied_trials_and_every_seed_of_the_final_runs(tmp
     for seed in (42, 43):
         write_run(out, "resnet18_best", f"final_seed-{seed}", settings, [0.5, 0.8], role="final", trial=1 + seed,
                   seed=seed, test_acc=0.79, args={**settings, "seed": seed})
-    with open(build_report(out)[0]) as f:
-        text = f.read()
+    text = markdown_of(out)
     assert "Best trial: 0, final validation accuracy 0.8000" in text
     assert "Trial 1 reached the same validation accuracy; the earliest trial is the one retrained." in text
     assert "retrained 2 times (seeds 42 and 43)" in text and "| seed | 42, 43 |" in text
@@ -331,8 +333,7 @@ def test_a_grid_section_names_its_runs_that_trained_side_by_side(tmp_path):
     for patch, ends in ((4, [100.0, 104.0]), (8, [102.0, 106.0]), (16, [300.0, 304.0])):
         write_run(out, "mlpmixer_patch", f"patch_size-{patch}_seed-42", {"patch_size": patch}, [0.6, 0.7],
                   logged={"host": "node1", "device_id": "cpu", "epoch_end_times": ends})
-    with open(build_report(out)[0]) as f:
-        text = f.read()
+    text = markdown_of(out)
     assert ("so their seconds per epoch include that sharing: patch_size-4_seed-42 (with patch_size-8_seed-42); "
             "patch_size-8_seed-42 (with patch_size-4_seed-42).") in text
 
