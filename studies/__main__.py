@@ -215,9 +215,10 @@ def _summary(study):
         role[outcome] = role.get(outcome, 0) + 1
     tallies = {role: ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
                for role, outcomes in counts.items()}
-    return "; ".join(tallies[role] if role == "grid" else f"{label}: {tallies[role]}"
-                     for role, label in (("grid", ""), ("search", "search trials"), ("final", "final runs"))
-                     if role in tallies)
+    if "grid" in tallies:
+        return tallies["grid"]
+    return "; ".join(f"{label}: {tallies[role]}" for role, label in (("search", "search trials"),
+                                                                     ("final", "final runs")) if role in tallies)
 
 
 def _note_cpu_cost(study, args):

@@ -23,13 +23,14 @@ def _read_json(path):
 
 
 def load_runs(study_dir):
-    """Every run folder of a study: ``{name, path, trial, results}`` (``trial`` None while unfinished)."""
+    """Every run folder of a study: ``{study, name, path, trial, results}`` (``trial`` None while unfinished)."""
     folder = os.path.join(study_dir, RUNS_FOLDER)
     runs = []
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         path = os.path.join(folder, name)
         results = _read_json(os.path.join(path, "results.json")) or {}
-        runs.append({"name": name, "path": path, "trial": _read_json(os.path.join(path, TRIAL_FILE)),
+        runs.append({"study": os.path.basename(study_dir), "name": name, "path": path,
+                     "trial": _read_json(os.path.join(path, TRIAL_FILE)),
                      "results": results})
     return runs
 

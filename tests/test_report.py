@@ -307,7 +307,7 @@ def test_the_runs_that_shared_a_processor_while_they_trained_are_found_from_thei
     def run(name, ends, host="node1", device="GPU-a", study="mlpmixer_patch", seconds=10.0):
         results = {"host": host, "device_id": device, "epoch_end_times": ends, "train_seconds": [seconds] * len(ends),
                    "valid_seconds": [1.0] * len(ends)}
-        return {"name": name, "path": f"/out/{study}/runs/{name}", "results": results}
+        return {"study": study, "name": name, "path": f"/out/{study}/runs/{name}", "results": results}
 
     runs = [run("a", [100, 111]), run("b", [105, 116]),       # a and b overlap on GPU-a
             run("c", [105, 116], device="GPU-b"),              # the same time on another GPU
@@ -315,9 +315,10 @@ def test_the_runs_that_shared_a_processor_while_they_trained_are_found_from_thei
             run("e", [105, 116], host="node2"),                # another machine
             run("f", [150, 300]),                              # resumed: its epochs bracket d's, neither meets it
             run("g", [208], study="mlp_activation", seconds=3.0),  # another study's run beside d
-            {"name": "h", "path": "/out/mlpmixer_patch/runs/h", "results": {"train_seconds": [10.0]}}]  # older logs
+            {"study": "mlpmixer_patch", "name": "h", "path": "/out/mlpmixer_patch/runs/h",
+             "results": {"train_seconds": [10.0]}}]  # older logs, without epoch times
     shared = shared_processors(runs)
-    assert {path: sorted(others) for path, others in shared.items()} == {
+    assert {path: sorted(other["path"] for other in others) for path, others in shared.items()} == {
         "/out/mlpmixer_patch/runs/a": ["/out/mlpmixer_patch/runs/b"],
         "/out/mlpmixer_patch/runs/b": ["/out/mlpmixer_patch/runs/a"],
         "/out/mlpmixer_patch/runs/d": ["/out/mlp_activation/runs/g"],
