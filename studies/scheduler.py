@@ -57,11 +57,8 @@ def open_storage(url, study_dir):
         lock = FileLock(os.path.join(os.path.dirname(os.path.abspath(path)), "claims.lock"))
         try:
             return optuna.storages.journal.JournalStorage(backend), lock
-        except ValueError:  # json's decode errors included
-            raise UserError(f"the study's journal {path} is damaged at line {_first_damaged_line(path)}: a record "
-                            "was cut short (a full disk, a crash) and others were written after it; remove that line "
-                            "(keep a copy of the file), or move the journal aside to start the study's records "
-                            "afresh") from None
+        except ValueError as exc:  # json's decode errors included
+            raise _unreadable_journal(path, exc) from None
     if url.startswith("postgresql"):
         given = url
         if url.startswith("postgresql://"):  # the driver that requirements.txt installs, whatever SQLAlchemy's default
@@ -102,6 +99,17 @@ def _ends_mid_record(path):
     with open(path, "rb") as f:
         f.seek(-1, os.SEEK_END)
         return f.read(1) != b"\n"
+
+
+def _unreadable_journal(path, exc):
+    damaged = _first_damaged_line(path)
+    if damaged is None:  # every line is JSON, and Optuna still refuses one of them: another Optuna wrote it
+        return UserError(f"Optuna {optuna.__version__} cannot read the study's journal {path} ({exc}); it may have "
+                         "been written by another version of Optuna: run the study with that version, or move the "
+                         "journal aside to start the study's records afresh")
+    return UserError(f"the study's journal {path} is damaged at line {damaged}: a record was cut short (a full disk, "
+                     "a crash) and others were written after it; remove that line (keep a copy of the file), or move "
+                     "the journal aside to start the study's records afresh")
 
 
 def _first_damaged_line(path):

@@ -91,6 +91,23 @@ def test_a_journal_cut_short_mid_record_is_repaired_and_one_damaged_inside_is_na
             in capsys.readouterr().err)
 
 
+def test_a_journal_this_optuna_cannot_read_is_named_without_blaming_a_line(study_args, tmp_path, capsys):
+    import json
+
+    argv = study_args("mlp_activation", "--values", "relu")
+    assert studies_main(argv) == 0
+    journal = tmp_path / "out" / "mlp_activation" / "journal.log"
+    records = [json.loads(line) for line in journal.read_text().splitlines()]
+    param = next(record for record in records if "distribution" in record)
+    param["distribution"] = json.dumps({"name": "DistributionOfALaterOptuna", "attributes": {}})
+    journal.write_text("".join(json.dumps(record) + "\n" for record in records))
+    capsys.readouterr()
+    assert studies_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: Optuna {optuna.__version__} cannot read the study's journal {journal} (")
+    assert "written by another version of Optuna" in err and "damaged" not in err and len(err.splitlines()) == 1
+
+
 def test_a_running_trial_is_lost_when_its_process_is_gone_or_its_heartbeat_stops():
     import socket
 
