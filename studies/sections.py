@@ -139,8 +139,9 @@ def _separation_sentence(setting, leader, leader_finals, runner_up, runner_up_fi
     """Whether the seeds separate the two highest settings: every run of one above every run of the other."""
     single = [name for name, finals in ((leader, leader_finals), (runner_up, runner_up_finals)) if len(finals) < 2]
     if single:
-        who = f"{single[0]} has" if len(single) == 1 else f"{leader} and {runner_up} each have"
-        return (f"{setting} {who} a single completed run, so the spread over seeds is unknown "
+        who = (f"{single[0]} has one completed run" if len(single) == 1
+               else f"{leader} and {runner_up}, the two highest, have one completed run each")
+        return (f"{setting} {who}: whether other seeds keep {leader} above {runner_up} is unknown "
                 "(`--seeds N` repeats every setting).")
     spans = (f"{leader} {min(leader_finals):.4f} to {max(leader_finals):.4f}, "
              f"{runner_up} {min(runner_up_finals):.4f} to {max(runner_up_finals):.4f}")

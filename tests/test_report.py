@@ -123,7 +123,8 @@ def test_report_states_what_the_logs_show(fixture_report):
     assert "| relu | 2 | 0.5100 ± 0.0141 |" in text
     assert "lr-0.1_seed-42 diverged: its training loss was not finite in epoch 2." in text
     assert "lr 0.001 is highest, 0.1000 above the next (0.0001).\n" in text  # the two that did not diverge
-    assert "lr 0.001 and 0.0001 each have a single completed run, so the spread over seeds is unknown" in text
+    assert ("lr 0.001 and 0.0001, the two highest, have one completed run each: whether other seeds keep 0.001 above "
+            "0.0001 is unknown") in text
     assert "validation accuracy against epoch, one line per activation (mean over seeds; band: min to max)" in text
     assert "validation accuracy against epoch, one line per lr (one run each)" in text
     # seconds per epoch leave out the first: 4.0, 1.0 and 0.5 s
@@ -284,8 +285,8 @@ def test_a_report_names_the_one_setting_whose_spread_is_unknown(tmp_path):
             write_run(out, "mlp_activation", f"activation-{activation}_seed-{seed}", {"activation": activation},
                       [0.2, final], seed=seed, test_acc=final)
     text = markdown_of(out)
-    assert ("activation tanh has a single completed run, so the spread over seeds is unknown (`--seeds N` repeats "
-            "every setting).") in text
+    assert ("activation tanh has one completed run: whether other seeds keep tanh above relu is unknown (`--seeds N` "
+            "repeats every setting).") in text
 
 
 def test_a_search_section_names_tied_trials_and_every_seed_of_the_final_runs(tmp_path):

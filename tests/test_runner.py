@@ -450,6 +450,13 @@ def test_a_gpu_is_identified_by_its_uuid_and_not_by_an_index_a_batch_system_may_
     assert engine.device_identity(torch.device("cuda", 0)) is None
 
 
+def test_a_cpu_is_described_with_its_number_of_threads(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # a study worker's share of the cores
+    assert engine.describe_device(torch.device("cpu")).endswith(", 1 thread)")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert engine.describe_device(torch.device("cpu")).endswith(", 8 threads)")
+
+
 def test_cuda_request_falls_back_to_cpu_with_a_warning():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
