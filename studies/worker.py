@@ -113,19 +113,27 @@ def _epoch_budget(trial):
     return trial.user_attrs.get("settings", {}).get("epochs")
 
 
+def search_sampler(seed, trial_number):
+    """The TPE sampler that draws search trial ``trial_number``, seeded by ``--seed`` and that number.
+
+    So a search run again with the same flags draws the same trials, given the same results before them; a
+    search resumed after an interruption draws what it would have drawn uninterrupted (a sampler seeded once per
+    launch would start its random draws over, and repeat the first trials' settings); and workers drawing side
+    by side, each with its own trial number, never draw alike. Trials running elsewhere count as poor (constant
+    liar), so that a worker explores away from them."""
+    with warnings.catch_warnings():  # Optuna 4 marks constant_liar experimental; it is stable from Optuna 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=(seed * 1_000_003 + trial_number) % 2**32, n_startup_trials=8,
+                                          constant_liar=True)
+
+
 def open_study(plan, storage, lock):
     """Create or load the study in ``storage`` (from ``open_storage``); refuse one made with other flags,
     whose runs could not be mixed."""
-    # each worker process draws differently (workers seeded alike would propose the same first trials),
-    # and counts the trials running elsewhere as poor (constant liar), so that it explores away from them
-    with warnings.catch_warnings():  # Optuna 4 marks constant_liar experimental; it is stable from Optuna 5
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=(plan.seed * 1_000_003 + os.getpid()) % 2**32,
-                                             n_startup_trials=8, constant_liar=True)
-    pruner = SameBudgetMedianPruner()
-    with lock.hold(plan.study.name):
+    with lock.hold(plan.study.name):  # the sampler is replaced before each search trial draws (run_settings)
         study = optuna.create_study(study_name=plan.study.name, storage=storage, direction="maximize",
-                                    sampler=sampler, pruner=pruner, load_if_exists=True)
+                                    sampler=search_sampler(plan.seed, 0), pruner=SameBudgetMedianPruner(),
+                                    load_if_exists=True)
         made_with, now = study.user_attrs.get("fingerprint"), plan.fingerprint()
         if made_with is None:
             study.set_user_attr("fingerprint", now)
@@ -158,6 +166,7 @@ def run_settings(plan, trial):
         return {**plan.given, axis.setting: value}, trial.suggest_int("seed", 0, 2**31 - 1)
     if role == "final":
         return trial.user_attrs["settings"], trial.suggest_int("seed", 0, 2**31 - 1)
+    trial.study.sampler = search_sampler(plan.seed, trial.number)
     settings = plan.study.sample(trial, plan.given)
     trial.set_user_attr("settings", settings)
     return settings, plan.seed

@@ -178,6 +178,33 @@ def test_the_search_pruner_compares_a_trial_from_epoch_4_with_completed_trials_o
     assert verdicts([(10, 0.9)] * 3 + [(40, 0.3), (40, 0.4)]) == [False] * 6  # above its peers' median
 
 
+def test_a_search_draws_the_same_trials_when_run_again_and_when_resumed(tmp_path):
+    from studies.definitions import STUDIES
+    from studies.scheduler import Claimer, open_storage
+
+    def search(folder, seed, launches):
+        """The settings of 12 search trials (past TPE's 8 random ones) drawn over ``launches`` launches, in
+        this process as a notebook would relaunch; each trial's value is a function of its settings."""
+        drawn = []
+        for trials in launches:
+            storage, lock = open_storage(None, str(tmp_path / folder))
+            plan = study_worker.Plan(STUDIES["resnet18_best"], str(tmp_path / folder), [], {}, {}, seed=seed,
+                                     seeds=[seed + 1], trials=trials)
+            study = study_worker.open_study(plan, storage, lock)
+            claimer = Claimer(study, lock, search_trials=trials, final_seeds=[])
+            while (trial := claimer.claim()) is not None:
+                settings, _ = study_worker.run_settings(plan, trial)
+                drawn.append(settings)
+                study.tell(trial, settings["label_smoothing"] - abs(settings["lr"] - 0.05))
+        return drawn
+
+    uninterrupted = search("a", 42, [12])
+    assert len({json.dumps(settings, sort_keys=True) for settings in uninterrupted}) == 12
+    assert search("b", 42, [12]) == uninterrupted
+    assert search("c", 42, [5, 12]) == uninterrupted  # stopped after 5 trials, then resumed
+    assert search("d", 7, [12]) != uninterrupted
+
+
 def test_a_search_trial_is_never_pruned_after_its_last_epoch(study_args, tmp_path, monkeypatch):
     monkeypatch.setattr(study_worker.SameBudgetMedianPruner, "prune", lambda self, study, trial: True)
     out = str(tmp_path / "out")
