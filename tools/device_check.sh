@@ -7,8 +7,12 @@
 #     bash tools/device_check.sh
 #
 # .devdata/ holds the course's CIFAR-10 copy (cifar10_jpeg_q75.npz and make_cifar10.py from ../shared/data);
-# .whl/ holds wheels of Optuna and its dependencies for the device's Python, which has torch but not Optuna
-# (pip download optuna --only-binary=:all: --python-version 3.12 --dest .whl). Both are git-ignored.
+# .whl/ holds wheels of Optuna and its dependencies for the device's Python 3.12, which has torch, numpy and tqdm
+# but not Optuna (6.4 MB; the device's own numpy and tqdm are kept). Both are git-ignored. To make .whl:
+#
+#     pip download optuna==5.0.0 --only-binary=:all: --python-version 3.12 --implementation cp \
+#         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#         --dest .whl && rm .whl/numpy-* .whl/tqdm-*
 set -u
 OUT=${OUT:-device_check_logs}
 DATA=.devdata/data
@@ -18,6 +22,7 @@ for wheel in .whl/*.whl; do  # a wheel is a zip archive: unpacked, it is install
     [ -f "$wheel" ] && { python -m zipfile -e "$wheel" /tmp/site || exit 1; }
 done
 export PYTHONPATH=/tmp/site
+python -c "import optuna" 2>/dev/null || echo "== no Optuna (.whl missing?): the studies_1_3 step will fail; see the header"
 python .devdata/make_cifar10.py "$DATA" > /dev/null || exit 1
 
 step() {  # step SECONDS NAME COMMAND...
