@@ -348,7 +348,7 @@ class Claimer:
                     open_jobs[run_dir] = ({"seed": seed}, {"role": "final", "settings": best.user_attrs["settings"],
                                                            "source_trial": best.number})
         for run_dir, (params, attrs) in sorted(open_jobs.items()):
-            kept = {key: attrs[key] for key in ("role", "settings", "source_trial") if key in attrs}
+            kept = {key: attrs[key] for key in ("role", "settings", "source_trial", "search_index") if key in attrs}
             self._enqueue(params, run_dir=run_dir, **kept)
 
     def search_complete(self, trials, jobs):
@@ -378,6 +378,7 @@ class Claimer:
             if "run_dir" not in trial.user_attrs:  # a new search trial, drawn by the sampler
                 trial.set_user_attr("role", "search")
                 trial.set_user_attr("run_dir", f"trial-{trial.number:04d}")
+                trial.set_user_attr("search_index", searched)  # seeds its draws (worker.search_sampler)
             trial.set_user_attr("host", socket.gethostname())
             trial.set_user_attr("pid", os.getpid())
             trial.set_user_attr("pid_started", process_started(os.getpid()))

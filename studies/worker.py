@@ -113,17 +113,18 @@ def _epoch_budget(trial):
     return trial.user_attrs.get("settings", {}).get("epochs")
 
 
-def search_sampler(seed, trial_number):
-    """The TPE sampler that draws search trial ``trial_number``, seeded by ``--seed`` and that number.
+def search_sampler(seed, search_index):
+    """The TPE sampler that draws the search's trial number ``search_index`` (0, 1...: its place among the search's
+    trials, which a retry of an interrupted trial keeps), seeded by ``--seed`` and that place.
 
     So a search run again with the same flags draws the same trials, given the same results before them; a
     search resumed after an interruption draws what it would have drawn uninterrupted (a sampler seeded once per
     launch would start its random draws over, and repeat the first trials' settings); and workers drawing side
-    by side, each with its own trial number, never draw alike. Trials running elsewhere count as poor (constant
+    by side, each claiming its own place, never draw alike. Trials running elsewhere count as poor (constant
     liar), so that a worker explores away from them."""
     with warnings.catch_warnings():  # Optuna 4 marks constant_liar experimental; it is stable from Optuna 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=(seed * 1_000_003 + trial_number) % 2**32, n_startup_trials=8,
+        return optuna.samplers.TPESampler(seed=(seed * 1_000_003 + search_index) % 2**32, n_startup_trials=8,
                                           constant_liar=True)
 
 
@@ -166,7 +167,8 @@ def run_settings(plan, trial):
         return {**plan.given, axis.setting: value}, trial.suggest_int("seed", 0, 2**31 - 1)
     if role == "final":
         return trial.user_attrs["settings"], trial.suggest_int("seed", 0, 2**31 - 1)
-    trial.study.sampler = search_sampler(plan.seed, trial.number)
+    # a search begun by a version that did not record search_index: its Optuna trial number stands in
+    trial.study.sampler = search_sampler(plan.seed, trial.user_attrs.get("search_index", trial.number))
     settings = plan.study.sample(trial, plan.given)
     trial.set_user_attr("settings", settings)
     return settings, plan.seed

@@ -182,11 +182,12 @@ def test_a_search_draws_the_same_trials_when_run_again_and_when_resumed(tmp_path
     from studies.definitions import STUDIES
     from studies.scheduler import Claimer, open_storage
 
-    def search(folder, seed, launches):
-        """The settings of 12 search trials (past TPE's 8 random ones) drawn over ``launches`` launches, in
-        this process as a notebook would relaunch; each trial's value is a function of its settings."""
+    def search(folder, seed, launches, killed_mid_run=False):
+        """The settings of the completed trials of a search of 12 (past TPE's 8 random ones) over ``launches``
+        launches (budgets), in this process as a notebook would relaunch; each trial's value is a function of its
+        settings. ``killed_mid_run``: the first launch's last trial stops mid-run, as a killed worker's does."""
         drawn = []
-        for trials in launches:
+        for launch, trials in enumerate(launches):
             storage, lock = open_storage(None, str(tmp_path / folder))
             plan = study_worker.Plan(STUDIES["resnet18_best"], str(tmp_path / folder), [], {}, {}, seed=seed,
                                      seeds=[seed + 1], trials=trials)
@@ -194,6 +195,9 @@ def test_a_search_draws_the_same_trials_when_run_again_and_when_resumed(tmp_path
             claimer = Claimer(study, lock, search_trials=trials, final_seeds=[])
             while (trial := claimer.claim()) is not None:
                 settings, _ = study_worker.run_settings(plan, trial)
+                if killed_mid_run and launch == 0 and len(drawn) == trials - 1:
+                    study.tell(trial, state=TrialState.FAIL)  # as work() does: the job is enqueued again
+                    break
                 drawn.append(settings)
                 study.tell(trial, settings["label_smoothing"] - abs(settings["lr"] - 0.05))
         return drawn
@@ -202,7 +206,8 @@ def test_a_search_draws_the_same_trials_when_run_again_and_when_resumed(tmp_path
     assert len({json.dumps(settings, sort_keys=True) for settings in uninterrupted}) == 12
     assert search("b", 42, [12]) == uninterrupted
     assert search("c", 42, [5, 12]) == uninterrupted  # stopped after 5 trials, then resumed
-    assert search("d", 7, [12]) != uninterrupted
+    assert search("d", 42, [5, 12], killed_mid_run=True) == uninterrupted  # trial 4 retried, then 5 onwards
+    assert search("e", 7, [12]) != uninterrupted
 
 
 def test_a_search_trial_is_never_pruned_after_its_last_epoch(study_args, tmp_path, monkeypatch):
