@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from config import get_config_parser
 from training import persistence
 from training.engine import fit
-from training.errors import UserError
+from training.errors import LogdirBusy, UserError
 from training.models import validate_model_config
 
 from .console import say
@@ -28,6 +28,7 @@ from .scheduler import Claimer, Heartbeat
 
 RUNS_FOLDER = "runs"
 POLL_SECONDS = 2  # how often a worker with nothing to claim looks again while others train
+LOGDIR_POLL_SECONDS = 10  # how often a worker looks again whether a run's folder is free (each look reads the data)
 NOT_IN_FINGERPRINT = ("model", "model_config", "logdir", "resume", "visualize", "seed", "print_every", "no_progress",
                       "eval_batch_size", "num_workers", "data_dir")
 TRIAL_FILE = "trial.json"
@@ -233,6 +234,22 @@ def _report_earlier_epochs(trial, run_dir):
                     trial.report(accuracy, epoch)
 
 
+def _fit_when_the_folder_is_free(args, build, on_epoch, test, console):
+    """``fit(args)``; while another worker still writes the run's folder (its trial was declared lost while it
+    trained: it stops at the end of its epoch), wait, then resume from the checkpoint it left, with ``build()``'s
+    fresh flags."""
+    said = False
+    while True:
+        try:
+            return fit(args, on_epoch=on_epoch, test=test)
+        except LogdirBusy as busy:
+            if not said:
+                say(f"{busy}: waiting for it to stop at the end of its epoch", file=console)
+                said = True
+            time.sleep(LOGDIR_POLL_SECONDS)
+            args = build()
+
+
 def run_trial(plan, study, lock, trial):
     """Train the claimed trial's run and record its outcome; returns the outcome's name, or ``taken over``
     when a claim declared the trial lost meanwhile (the run is then left to the worker that claims it).
@@ -243,7 +260,10 @@ def run_trial(plan, study, lock, trial):
     role = trial.user_attrs["role"]
     run_dir = os.path.join(plan.study_dir, RUNS_FOLDER, trial.user_attrs["run_dir"])
     settings, seed = run_settings(plan, trial)
-    args = build_args(plan, settings, seed, run_dir, visualize=plan.study.visualize and role == "final")
+
+    def build():
+        return build_args(plan, settings, seed, run_dir, visualize=plan.study.visualize and role == "final")
+    args = build()
     if role == "search":
         _report_earlier_epochs(trial, run_dir)
     say(f"trial {trial.number} ({role}) -> {run_dir}{' (resumed)' if args.resume else ''}")
@@ -251,13 +271,14 @@ def run_trial(plan, study, lock, trial):
               "params": trial.params, "source_trial": trial.user_attrs.get("source_trial"),
               "held": sorted(key for key in plan.given if key not in plan.study.fixed)}
     value, error = None, None
+    console = sys.stdout  # the worker's; the run's own output goes to its train.log
     on_epoch = _epoch_callback(study, trial, trial.user_attrs["run_dir"], args.epochs, prune=role == "search",
-                               console=sys.stdout)
+                               console=console)
     try:
         # line-buffered: `tail -f train.log` follows the run, and a killed worker's log keeps its last epoch
         with Heartbeat(trial), open(os.path.join(run_dir, "train.log"), "a", buffering=1) as log, \
                 contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            results = fit(args, on_epoch=on_epoch, test=role != "search")
+            results = _fit_when_the_folder_is_free(args, build, on_epoch, role != "search", console=console)
         outcome = results["status"]
         if outcome == "completed" and results["valid_accs"]:
             value = results["valid_accs"][-1]

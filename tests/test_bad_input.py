@@ -1,5 +1,6 @@
 """Every bad input to main.py gets one clear line on stderr, exit status 2, and nothing written or lost:
-model configs, flags, a missing data copy, an unwritable --logdir, checkpoints that cannot be resumed."""
+model configs, flags, a missing data copy, an unwritable --logdir or one that another run writes, checkpoints
+that cannot be resumed."""
 import os
 import pathlib
 import re
@@ -182,3 +183,42 @@ def test_cli_subprocess_help_and_error_exit_codes(tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: model config not found")
     assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.skipif(os.name != "posix", reason="runs hold their --logdir with flock, which Windows lacks")
+def test_a_logdir_that_another_run_writes_is_refused_and_freed_when_that_run_dies(run_args, tmp_path, capsys):
+    logdir = tmp_path / "run"
+    assert main.main(run_args("mlp", "--logdir", str(logdir), epochs=1)) == 0  # a finished run frees its folder
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom training.persistence import logdir_held\n"
+                               "with logdir_held(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)",
+                               str(logdir)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        before = {path.name: path.read_bytes() for path in logdir.iterdir()}
+        capsys.readouterr()
+        for extra in ([], ["--resume", "--epochs", "2"]):
+            assert main.main(run_args("mlp", "--logdir", str(logdir), *extra)) == 2
+            assert capsys.readouterr().err == (f"error: --logdir {logdir} is being written by another run (pid "
+                                               f"{holder.pid} on {os.uname().nodename}); wait for it to end, or give "
+                                               "another --logdir\n")
+            assert {path.name: path.read_bytes() for path in logdir.iterdir()} == before  # nothing written or lost
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    assert main.main(run_args("mlp", "--logdir", str(logdir), "--resume", epochs=2)) == 0  # no stale lock
+
+
+def test_a_logdir_on_a_filesystem_without_locks_is_written_unheld_with_a_warning(run_args, tmp_path, monkeypatch):
+    import errno
+    import types
+
+    from training import persistence
+
+    def flock(f, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+    monkeypatch.setattr(persistence, "fcntl", types.SimpleNamespace(flock=flock, LOCK_EX=2, LOCK_NB=4, LOCK_UN=8))
+    logdir = tmp_path / "run"
+    with pytest.warns(UserWarning, match=f"cannot lock --logdir {logdir} .*: nothing keeps a second run out of it"):
+        assert main.main(run_args("mlp", "--logdir", str(logdir), epochs=1)) == 0
+    assert (logdir / "results.json").is_file()

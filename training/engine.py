@@ -1,5 +1,6 @@
 """The training loop: one epoch of training or evaluation, and ``fit``, which runs a whole
 experiment from parsed flags to ``results.json``. The CLI, the notebook and the tests all use it."""
+import contextlib
 import json
 import math
 import os
@@ -195,7 +196,8 @@ def fit(args, on_epoch=None, test=True):
     """Run one experiment as ``main.py`` does; return the results dictionary.
 
     Bad input raises ``UserError`` before anything is written. With ``args.logdir``, results.json
-    and a checkpoint are rewritten after every epoch, so an interrupted run can be resumed.
+    and a checkpoint are rewritten after every epoch, so an interrupted run can be resumed; the folder is
+    held while the run writes it, and ``LogdirBusy`` is raised if another run holds it.
 
     Args:
         args: the parsed flags of ``main.py``.
@@ -204,6 +206,11 @@ def fit(args, on_epoch=None, test=True):
         test: evaluate on the test set once training completes; a search passes False so that
             no trial's configuration is ever chosen with test data in view.
     """
+    with contextlib.ExitStack() as held:
+        return _fit(args, on_epoch, test, held)
+
+
+def _fit(args, on_epoch, test, held):
     from config import check_args
 
     problems = check_args(args)
@@ -260,6 +267,7 @@ def fit(args, on_epoch=None, test=True):
             os.makedirs(args.logdir, exist_ok=True)
         except OSError as exc:
             raise UserError(f"cannot create --logdir {args.logdir} ({exc.strerror}); give a writable folder") from None
+        held.enter_context(persistence.logdir_held(args.logdir))
         if not args.resume:
             _note_replaced_run(args.logdir)
 

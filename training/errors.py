@@ -7,6 +7,10 @@ class UserError(Exception):
     """A problem the user can fix (a bad config, flag or data folder; a full disk): the message says how."""
 
 
+class LogdirBusy(UserError):
+    """Another run is writing into the ``--logdir`` that this run was given."""
+
+
 def _raise_interrupt(signum, frame):
     # a second SIGTERM (a batch system signals every process of a job, a study's launcher passes its own on
     # to its workers) must not cut short the saving that the first one started

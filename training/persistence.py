@@ -7,16 +7,24 @@ import math
 import os
 import random
 import signal
+import socket
 import tempfile
 import threading
+import warnings
 
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import LogdirBusy, UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, and runs are not locked out of each other's --logdir there
+    fcntl = None
 
 RESULTS_FILE = "results.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+LOCK_FILE = ".run.lock"
 
 
 @contextlib.contextmanager
@@ -76,6 +84,44 @@ def atomic_write(path, write):
             if isinstance(exc, OSError):  # a full disk, a quota, a folder made read-only meanwhile
                 raise _cannot_write(path, exc) from None
             raise
+
+
+@contextlib.contextmanager
+def logdir_held(logdir):
+    """Hold ``logdir`` while a run writes into it, so that a second run into the same folder is refused with
+    ``LogdirBusy`` instead of interleaving its epochs with the first one's in results.json and the checkpoint.
+    It is an ``flock`` on a file in the folder, which the kernel releases when its holder exits or dies: no
+    stale lock outlives a run. The file keeps who holds it, for the refusal's message."""
+    if fcntl is None:
+        yield
+        return
+    path = os.path.join(logdir, LOCK_FILE)
+    try:
+        f = open(path, "a+")
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "a process that is starting"
+            raise LogdirBusy(f"--logdir {logdir} is being written by another run ({holder}); wait for it to end, "
+                             "or give another --logdir") from None
+        except OSError as exc:  # a filesystem without locks (an NFS mount with nolock): the run goes on unheld
+            warnings.warn(f"cannot lock --logdir {logdir} ({exc.strerror}): nothing keeps a second run out of it")
+            yield
+            return
+        try:
+            f.truncate(0)
+            f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            f.flush()
+        except OSError as exc:
+            raise _cannot_write(path, exc) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _cannot_write(path, exc):
