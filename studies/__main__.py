@@ -267,6 +267,9 @@ def _list():
                     + (f"; Problem 4 asks for at least {grid.at_least})" if grid.at_least else ")")
                     if grid.choices != grid.values else "")
             print(f"  grid: {grid.setting} in {', '.join(map(str, grid.values))}{more}")
+        if study.is_search:
+            print(f"  search: {study.trials} trials (--trials N) over the settings below, then the best configuration "
+                  "retrained and tested once per seed (--seeds N)")
         for dimension in study.space:
             print(f"  {dimension.setting}: {dimension.describe()}")
 

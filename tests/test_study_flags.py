@@ -70,7 +70,9 @@ def test_list_names_every_study_with_its_grid_or_search_space(capsys):
                                                    "8, 16, 32; Problem 4 asks for at least 3)\n") in out
     assert "  grid: activation in relu, tanh, sigmoid\n" in out
     assert "  fixed: optimizer=adam" in out and "  grid: lr in 0.1, 0.01, 0.001, 0.0001, 1e-05" in out
-    assert re.search(r"^resnet18_best \(resnet18\): .*\n(  \w+: .+\n)*  augment: ", out, re.MULTILINE)
+    assert re.search(r"^resnet18_best \(resnet18\): .*\n  search: 24 trials \(--trials N\) over the settings below, "
+                     r"then the best configuration retrained and tested once per seed \(--seeds N\)\n(  \w+: .+\n)*"
+                     r"  augment: ", out, re.MULTILINE)
 
 
 def test_held_model_settings_are_checked_before_anything_is_written(study_args, tmp_path, capsys):
