@@ -108,7 +108,7 @@ def logdir_held(logdir):
             holder = f.read().strip() or "a process that is starting"
             raise LogdirBusy(f"--logdir {logdir} is being written by another run ({holder}); wait for it to end, "
                              "or give another --logdir") from None
-        except OSError as exc:  # a filesystem without locks (an NFS mount with nolock): the run goes on unheld
+        except OSError as exc:  # a filesystem without flock (Lustre mounted without it, some FUSE ones): run unheld
             warnings.warn(f"cannot lock --logdir {logdir} ({exc.strerror}): nothing keeps a second run out of it")
             yield
             return
