@@ -321,7 +321,8 @@ def _status(out, storage_url):
         finally:
             close_storage(storage)
     if not shown:
-        raise UserError(f"no study has started in {storage_url or out}; `python -m studies run NAME` starts one")
+        where = f"--storage {storage_url} --out {out}" if storage_url else f"--out {out}"
+        raise UserError(f"no study has started in {storage_url or out}; `python -m studies run NAME {where}` starts one")
 
 
 def _write_report(out, report_dir=None):

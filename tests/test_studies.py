@@ -277,8 +277,10 @@ def test_status_shows_outcomes_and_where_and_how_far_each_running_run_is(study_a
 
 
 def test_status_of_a_folder_without_studies_writes_nothing(tmp_path, capsys):
-    assert studies_main(["status", "--out", str(tmp_path / "none")]) == 2
-    assert "no study has started in" in capsys.readouterr().err
+    none = tmp_path / "none"
+    assert studies_main(["status", "--out", str(none)]) == 2
+    assert capsys.readouterr().err == (f"error: no study has started in {none}; `python -m studies run NAME --out "
+                                       f"{none}` starts one\n")
     assert not (tmp_path / "none").exists()
 
 
