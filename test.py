@@ -275,8 +275,9 @@ def test_patch_embed():
     patch = x[:, :, 4:8, 8:12]
     expected = torch.einsum("bchw,ochw->bo", patch, embed.proj.weight) + embed.proj.bias
     torch.testing.assert_close(out[:, 10], expected, rtol=1e-4, atol=1e-5)
-    with pytest.raises(AssertionError):
-        embed(torch.randn(1, 3, 28, 28))
+    for height, width in ((28, 28), (32, 28), (28, 32)):
+        with pytest.raises(AssertionError):
+            embed(torch.randn(1, 3, height, width))
 
 
 def test_mixer_block_matches_reference():
@@ -322,6 +323,10 @@ def test_mlpmixer_structure_and_parameter_count():
                                                       "norm2.weight", "norm2.bias", "mlp_channels.fc1.weight",
                                                       "mlp_channels.fc1.bias")]
     assert keys[-4:] == ["norm.weight", "norm.bias", "head.weight", "head.bias"]
+    assert model.norm.eps == 1e-5  # the template's plain nn.LayerNorm(embed_dim); the blocks' norms take 1e-6
+    dropping = mlpmixer.MLPMixer(**{**MIXER_CONFIG, "drop_rate": 0.2})
+    assert {module.p for block in dropping.blocks for module in block.modules() if isinstance(module, nn.Dropout)} \
+        == {0.2}
 
 
 def test_mlpmixer_initialisation():
@@ -338,6 +343,8 @@ def test_mlpmixer_initialisation():
     conv = model.patchemb.proj.weight
     expected_std = math.sqrt(2.0 / (conv.shape[1] * conv.shape[2] * conv.shape[3]))
     assert abs(conv.std().item() - expected_std) / expected_std < 0.05
+    # normal, not uniform: 8% of a normal's draws lie beyond the largest value of a uniform of that std
+    assert (conv.abs() > math.sqrt(3) * expected_std).float().mean() > 0.05
     assert torch.all(model.patchemb.proj.bias == 0)
 
 
@@ -446,7 +453,7 @@ def test_seed_experiment_makes_runs_repeat():
     assert torch.equal(first[0], second[0]) and first[1:] == second[1:]
 
 
-def test_generate_plots(tmp_path):
+def test_generate_plots(tmp_path, monkeypatch):
     runs = []
     for name, offset in (("relu", 0.0), ("tanh", 0.1)):
         folder = tmp_path / name
@@ -455,6 +462,18 @@ def test_generate_plots(tmp_path):
             "train_losses": [2.0 - offset, 1.5], "valid_losses": [2.1, 1.6], "train_accs": [0.3, 0.4 + offset],
             "valid_accs": [0.28, 0.38], "test_loss": 1.6, "test_acc": 0.38}))
         runs.append(str(folder))
+    from matplotlib.figure import Figure
+
+    saved, savefig = [], Figure.savefig
+
+    def recording(figure, path, *args, **kwargs):
+        saved.append((os.path.basename(path), figure.axes[0]))
+        return savefig(figure, path, *args, **kwargs)
+    monkeypatch.setattr(Figure, "savefig", recording)
     utils.generate_plots(runs, ["relu", "tanh"], str(tmp_path / "plots"))
     assert sorted(os.listdir(tmp_path / "plots")) == ["train_accs.png", "train_losses.png", "valid_accs.png",
                                                       "valid_losses.png"]
+    for name, ax in saved:  # one line per run, in the legend under its name, against epochs 1 and 2
+        assert ax.get_legend_handles_labels()[1] == ["relu", "tanh"], name
+        assert [list(line.get_xdata()) for line in ax.get_lines()] == [[1, 2], [1, 2]], name
+        assert ax.get_xlabel() == "epochs"
