@@ -175,6 +175,8 @@ def test_mlp_forward_matches_reference(activation, fn):
     expected = x @ model.output_layer.weight.T + model.output_layer.bias
     torch.testing.assert_close(model(images), expected)
     torch.testing.assert_close(model(images.flatten(1)), expected)  # flat input works too
+    # a channels-last batch (--channels_last on) is flattened in the same pixel order
+    torch.testing.assert_close(model(images.to(memory_format=torch.channels_last)), expected)
     torch.testing.assert_close(model.activation_fn(activation, images), fn(images))
 
 
@@ -441,8 +443,9 @@ def test_to_device():
     assert set(moved) == {"a", "b"}
     images, labels = utils.to_device([tensor, tensor.long()], "cpu")
     assert labels.dtype == torch.long
-    with pytest.raises(NotImplementedError):
-        utils.to_device("not a tensor", "cpu")
+    for other in ("not a tensor", (tensor, tensor)):  # only a list, as the template's
+        with pytest.raises(NotImplementedError):
+            utils.to_device(other, "cpu")
 
 
 def test_seed_experiment_makes_runs_repeat():
