@@ -13,7 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from study_helpers import ROOT, jobs_of, load_study, read_json
+from helpers import ROOT, jobs_of, load_study, read_json
 from studies import worker as study_worker
 from studies.__main__ import main as studies_main
 

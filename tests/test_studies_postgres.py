@@ -16,7 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from studies.scheduler import close_storage, open_storage
-from study_helpers import ROOT, jobs_of, run_claimers
+from helpers import ROOT, jobs_of, run_claimers
 
 
 def _postgres_bin():

@@ -7,7 +7,7 @@ import shutil
 import pytest
 from optuna.trial import TrialState
 
-from study_helpers import jobs_of, load_study
+from helpers import jobs_of, load_study
 from studies.__main__ import main as studies_main
 from training.fake_data import write_fake_cifar10
 

@@ -9,7 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from study_helpers import ROOT, jobs_of, load_study, run_claimers
+from helpers import ROOT, jobs_of, load_study, run_claimers
 from studies.__main__ import main as studies_main
 from studies.definitions import STUDIES
 from studies.scheduler import close_storage

@@ -1,15 +1,23 @@
-"""Helpers of the study tests: reading a study back, and workers that claim jobs without training."""
+"""Helpers of the tests: reading a run's results.json strictly, reading a study back, and workers that claim jobs
+without training."""
 import json
 import multiprocessing
 import os
 import time
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from studies.scheduler import Claimer, close_storage, open_storage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read_results(logdir):
+    """A run's results.json, failing on the non-strict constants (NaN, Infinity) that JSON does not allow."""
+    with open(os.path.join(logdir, "results.json")) as f:
+        return json.loads(f.read(), parse_constant=lambda name: pytest.fail(f"non-strict JSON constant {name}"))
 
 
 def load_study(out, name):
