@@ -237,3 +237,40 @@ def test_train_and_evaluate_importable_with_template_signatures(fake_data_dir):
     assert loss > 0 and 0 <= acc <= 1 and seconds > 0
     loss, acc, seconds = main.evaluate(1, model, loader, args, mode="val")
     assert loss > 0 and 0 <= acc <= 1
+
+
+def test_evaluate_runs_the_model_in_eval_mode_and_leaves_its_batch_norm_statistics(fake_data_dir):
+    import argparse
+
+    from training.cifar10 import load_cifar10
+    from training.pipelines import TensorBatches
+    from utils import cross_entropy_loss
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3072, 32), torch.nn.BatchNorm1d(32),
+                                torch.nn.ReLU(), torch.nn.Dropout(0.5), torch.nn.Linear(32, 10))
+    data = load_cifar10(fake_data_dir)
+    loader = TensorBatches(data.test_images, data.test_labels, 25, "cpu", train=False)
+    statistics = model[2].running_mean.clone()
+    args = argparse.Namespace(device="cpu", print_every=80)
+    loss, _, _ = engine.evaluate(1, model.train(), loader, args)
+    assert not model.training and torch.equal(model[2].running_mean, statistics)
+    with torch.no_grad():
+        expected = sum(cross_entropy_loss(model(images), labels).item() * len(labels)
+                       for images, labels in (batch[:2] for batch in loader)) / len(data.test_labels)
+    assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_best_validation_epoch_is_the_highest_not_the_last(run_args, tmp_path, monkeypatch, capsys):
+    evaluate, accuracies = engine.evaluate, iter([0.5, 0.7, 0.6])
+
+    def scripted(epoch, model, dataloader, args, mode="val"):
+        loss, accuracy, seconds = evaluate(epoch, model, dataloader, args, mode)
+        return loss, next(accuracies) if mode == "val" else accuracy, seconds
+    monkeypatch.setattr(engine, "evaluate", scripted)
+    logdir = str(tmp_path / "run")
+    assert main.main(run_args("mlp", "--logdir", logdir, epochs=3)) == 0
+    results = read_results(logdir)
+    assert results["valid_accs"] == [0.5, 0.7, 0.6]
+    assert (results["best_valid_acc"], results["best_epoch"]) == (0.7, 2)
+    assert "best validation accuracy 0.7000 (epoch 2); test loss" in capsys.readouterr().out
