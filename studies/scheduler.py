@@ -35,7 +35,9 @@ except ImportError:  # Windows
 JOURNAL_FILE = "journal.log"
 HEARTBEAT_SECONDS = 30
 LOST_AFTER_SECONDS = 180  # a running trial whose worker has not been heard of for this long is lost
-FINISHED_OUTCOMES = ("completed", "diverged", "pruned", "error")
+# a failed trial with one of these outcomes finished its job (--retry_failed runs the errors again); one without an
+# outcome was stopped (a kill, Ctrl-C, a lost worker), and its job resumes
+FINISHING_FAILURES = ("diverged", "error")
 
 
 def open_storage(url, study_dir):
@@ -289,7 +291,7 @@ def job_states(trials):
             continue
         finished, live, _ = jobs.get(run_dir, (None, None, None))
         if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-                trial.state == TrialState.FAIL and trial.user_attrs.get("outcome") in FINISHED_OUTCOMES):
+                trial.state == TrialState.FAIL and trial.user_attrs.get("outcome") in FINISHING_FAILURES):
             finished = trial
         elif trial.state in (TrialState.WAITING, TrialState.RUNNING):
             live = trial

@@ -278,6 +278,16 @@ def test_a_grids_seed_table_counts_completed_runs_only(tmp_path):
     assert "| tanh | 2 | 0.4600 ± 0.0141 |" in text
 
 
+def test_seeds_that_meet_at_one_value_do_not_separate_two_settings(tmp_path):
+    out = str(tmp_path / "runs")
+    for activation, finals in (("relu", (0.50, 0.52)), ("tanh", (0.48, 0.50))):
+        for seed, final in zip((42, 43), finals):
+            write_run(out, "mlp_activation", f"activation-{activation}_seed-{seed}", {"activation": activation},
+                      [0.2, final], seed=seed, test_acc=final)
+    assert ("Their runs overlap (relu 0.5000 to 0.5200, tanh 0.4800 to 0.5000): these seeds do not separate relu "
+            "from tanh.") in markdown_of(out)
+
+
 def test_a_report_names_the_one_setting_whose_spread_is_unknown(tmp_path):
     out = str(tmp_path / "runs")
     for activation, finals in (("relu", (0.50, 0.52)), ("tanh", (0.60,)), ("sigmoid", (0.30, 0.31))):

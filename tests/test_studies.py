@@ -210,6 +210,20 @@ def test_a_search_draws_the_same_trials_when_run_again_and_when_resumed(tmp_path
     assert search("e", 7, [12]) != uninterrupted
 
 
+def test_of_tied_search_trials_the_earliest_is_retrained_as_the_report_says():
+    from studies.scheduler import best_search_trial
+
+    study = optuna.create_study(direction="maximize")
+    for value in (0.5, 0.7, 0.7, 0.6):
+        trial = study.ask()
+        trial.set_user_attr("role", "search")
+        study.tell(trial, value)
+    final = study.ask()
+    final.set_user_attr("role", "final")
+    study.tell(final, 0.9)  # a final run's accuracy does not make it a search trial
+    assert best_search_trial(study.get_trials()).number == 1
+
+
 def test_a_search_trial_is_never_pruned_after_its_last_epoch(study_args, tmp_path, monkeypatch):
     monkeypatch.setattr(study_worker.SameBudgetMedianPruner, "prune", lambda self, study, trial: True)
     out = str(tmp_path / "out")
