@@ -359,6 +359,12 @@ def test_bf16_autocast_and_channels_last_on_cpu():
         assert model.linear(torch.randn(2, 512)).dtype == torch.float32
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_keeps_no_weight_cache_whose_copies_a_captured_graph_would_read_after_they_are_freed(precision):
+    with autocast_context("cpu", precision):
+        assert torch.is_autocast_cache_enabled() is False
+
+
 def _args(**overrides):
     base = dict(precision="auto", channels_last="auto", cuda_graph="auto", pipeline="tensor", model="resnet18")
     base.update(overrides)
