@@ -70,6 +70,19 @@ def test_refuses_a_pickle_that_would_run_code(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("protocol", [2, 4])  # builtins are __builtin__ at protocol 2, as in the official files
+@pytest.mark.parametrize("call", [(eval, ("1",)), (exec, ("1",)), (getattr, (0, "real")), (__import__, ("os",))])
+def test_refuses_every_global_but_numpy_arrays(tmp_path, call, protocol):
+    class Call:
+        def __reduce__(self):
+            return call
+    path = tmp_path / "data_batch_1"
+    with open(path, "wb") as f:
+        pickle.dump({b"data": Call(), b"labels": [0]}, f, protocol=protocol)
+    with pytest.raises(UserError, match=rf"refused to load global (__builtin__|builtins)\.{call[0].__name__}:"):
+        read_batch(str(path))
+
+
 def test_truncated_file_names_the_file(tmp_path):
     images, labels = fake_images(10, 0)
     path = tmp_path / "data_batch_3"
@@ -85,6 +98,7 @@ def test_truncated_file_names_the_file(tmp_path):
     ({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, "uint8"),
     ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, "labels"),
     ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, "labels"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [-1, 0]}, "labels"),
     ({b"labels": [0, 1]}, "data"),
 ])
 def test_malformed_contents_are_refused(tmp_path, batch, problem):
