@@ -189,6 +189,7 @@ def test_cli_subprocess_help_and_error_exit_codes(tmp_path):
 def test_a_logdir_that_another_run_writes_is_refused_and_freed_when_that_run_dies(run_args, tmp_path, capsys):
     logdir = tmp_path / "run"
     assert main.main(run_args("mlp", "--logdir", str(logdir), epochs=1)) == 0  # a finished run frees its folder
+    assert not (logdir / ".run.lock").exists()
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom training.persistence import logdir_held\n"
                                "with logdir_held(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)",
                                str(logdir)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -222,3 +223,28 @@ def test_a_logdir_on_a_filesystem_without_locks_is_written_unheld_with_a_warning
     with pytest.warns(UserWarning, match=f"cannot lock --logdir {logdir} .*: nothing keeps a second run out of it"):
         assert main.main(run_args("mlp", "--logdir", str(logdir), epochs=1)) == 0
     assert (logdir / "results.json").is_file()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="runs hold their --logdir with flock, which Windows lacks")
+def test_a_lock_file_removed_by_its_holder_while_another_run_opened_it_is_not_taken_as_free(tmp_path, monkeypatch):
+    import fcntl
+
+    from training import persistence
+
+    lock_path, held_by_another = tmp_path / persistence.LOCK_FILE, []
+
+    def open_as_the_holder_leaves(path, mode):
+        opened = open(path, mode)
+        if not held_by_another:  # the run that held the old file removes it and ends; a third run locks a new one
+            os.unlink(path)
+            held_by_another.append(open(path, "a+"))
+            held_by_another[0].write("pid 7 on elsewhere\n")
+            held_by_another[0].flush()
+            fcntl.flock(held_by_another[0], fcntl.LOCK_EX)
+        return opened
+    monkeypatch.setattr(persistence, "open", open_as_the_holder_leaves, raising=False)
+    with pytest.raises(persistence.LogdirBusy, match=r"being written by another run \(pid 7 on elsewhere\)"):
+        with persistence.logdir_held(str(tmp_path)):
+            pass
+    held_by_another[0].close()
+    assert lock_path.read_text() == "pid 7 on elsewhere\n"

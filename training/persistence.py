@@ -90,38 +90,54 @@ def atomic_write(path, write):
 def logdir_held(logdir):
     """Hold ``logdir`` while a run writes into it, so that a second run into the same folder is refused with
     ``LogdirBusy`` instead of interleaving its epochs with the first one's in results.json and the checkpoint.
-    It is an ``flock`` on a file in the folder, which the kernel releases when its holder exits or dies: no
-    stale lock outlives a run. The file keeps who holds it, for the refusal's message."""
+
+    It is an ``flock`` on ``LOCK_FILE`` in the folder, which says who holds it (for the refusal's message). The
+    kernel drops the lock when its holder exits or dies, so no stale lock outlives a run; a run that ends
+    removes the file, and a run that locked a file which its holder removed meanwhile locks the new one."""
     if fcntl is None:
         yield
         return
     path = os.path.join(logdir, LOCK_FILE)
-    try:
-        f = open(path, "a+")
-    except OSError as exc:
-        raise _cannot_write(path, exc) from None
-    with f:
+    while True:
+        try:
+            f = open(path, "a+")
+        except OSError as exc:
+            raise _cannot_write(path, exc) from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "a process that is starting"
+            f.close()
             raise LogdirBusy(f"--logdir {logdir} is being written by another run ({holder}); wait for it to end, "
                              "or give another --logdir") from None
         except OSError as exc:  # a filesystem without flock (Lustre mounted without it, some FUSE ones): run unheld
+            f.close()
             warnings.warn(f"cannot lock --logdir {logdir} ({exc.strerror}): nothing keeps a second run out of it")
             yield
             return
+        if _same_file(f, path):
+            break
+        f.close()
+    with f:  # closing it drops the lock, after the file is removed: one who locks the old file then retries
         try:
-            f.truncate(0)
-            f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-            f.flush()
-        except OSError as exc:
-            raise _cannot_write(path, exc) from None
-        try:
+            try:
+                f.truncate(0)
+                f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+                f.flush()
+            except OSError as exc:
+                raise _cannot_write(path, exc) from None
             yield
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def _same_file(f, path):
+    try:
+        return os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def _cannot_write(path, exc):
