@@ -71,6 +71,17 @@ def write_fixture_logs(out):
     return out
 
 
+def write_activation_runs(tmp_path, finals_by_activation):
+    """mlp_activation runs, one per final validation accuracy of each ``(activation, finals)``, seeds 42, 43...;
+    returns their --out."""
+    out = str(tmp_path / "runs")
+    for activation, finals in finals_by_activation:
+        for seed, final in enumerate(finals, start=42):
+            write_run(out, "mlp_activation", f"activation-{activation}_seed-{seed}", {"activation": activation},
+                      [0.2, final], seed=seed, test_acc=final)
+    return out
+
+
 def markdown_of(out):
     """The text of the report of the logs in ``out``, built without its PDF (seconds saved for the tests that
     read the Markdown; the PDF's own tests build it)."""
@@ -255,11 +266,7 @@ def test_a_report_of_studies_under_way_says_what_is_missing_with_counts_in_words
 
 
 def test_a_report_says_when_the_seeds_do_not_separate_the_two_highest_settings(tmp_path):
-    out = str(tmp_path / "runs")
-    for activation, finals in (("relu", (0.50, 0.60)), ("tanh", (0.55, 0.56)), ("sigmoid", (0.30, 0.31))):
-        for seed, final in zip((42, 43), finals):
-            write_run(out, "mlp_activation", f"activation-{activation}_seed-{seed}", {"activation": activation},
-                      [0.2, final], seed=seed, test_acc=final)
+    out = write_activation_runs(tmp_path, (("relu", (0.50, 0.60)), ("tanh", (0.55, 0.56)), ("sigmoid", (0.30, 0.31))))
     text = markdown_of(out)
     assert "activation tanh is highest, 0.0050 above the next (relu)" in text
     assert ("Their runs overlap (tanh 0.5500 to 0.5600, relu 0.5000 to 0.6000): these seeds do not separate tanh "
@@ -267,11 +274,7 @@ def test_a_report_says_when_the_seeds_do_not_separate_the_two_highest_settings(t
 
 
 def test_a_grids_seed_table_counts_completed_runs_only(tmp_path):
-    out = str(tmp_path / "runs")
-    for activation, finals in (("relu", (0.50, 0.52)), ("tanh", (0.45, 0.47))):
-        for seed, final in zip((42, 43), finals):
-            write_run(out, "mlp_activation", f"activation-{activation}_seed-{seed}", {"activation": activation},
-                      [0.2, final], seed=seed, test_acc=final)
+    out = write_activation_runs(tmp_path, (("relu", (0.50, 0.52)), ("tanh", (0.45, 0.47))))
     write_run(out, "mlp_activation", "activation-relu_seed-44", {"activation": "relu"}, [0.1], outcome=None, seed=44)
     text = markdown_of(out)
     assert "| relu | 2 of 3 | 0.5100 ± 0.0141 | 0.5100 ± 0.0141 | 0.5100 ± 0.0141 |" in text
@@ -279,21 +282,13 @@ def test_a_grids_seed_table_counts_completed_runs_only(tmp_path):
 
 
 def test_seeds_that_meet_at_one_value_do_not_separate_two_settings(tmp_path):
-    out = str(tmp_path / "runs")
-    for activation, finals in (("relu", (0.50, 0.52)), ("tanh", (0.48, 0.50))):
-        for seed, final in zip((42, 43), finals):
-            write_run(out, "mlp_activation", f"activation-{activation}_seed-{seed}", {"activation": activation},
-                      [0.2, final], seed=seed, test_acc=final)
+    out = write_activation_runs(tmp_path, (("relu", (0.50, 0.52)), ("tanh", (0.48, 0.50))))
     assert ("Their runs overlap (relu 0.5000 to 0.5200, tanh 0.4800 to 0.5000): these seeds do not separate relu "
             "from tanh.") in markdown_of(out)
 
 
 def test_a_report_names_the_one_setting_whose_spread_is_unknown(tmp_path):
-    out = str(tmp_path / "runs")
-    for activation, finals in (("relu", (0.50, 0.52)), ("tanh", (0.60,)), ("sigmoid", (0.30, 0.31))):
-        for seed, final in zip((42, 43), finals):
-            write_run(out, "mlp_activation", f"activation-{activation}_seed-{seed}", {"activation": activation},
-                      [0.2, final], seed=seed, test_acc=final)
+    out = write_activation_runs(tmp_path, (("relu", (0.50, 0.52)), ("tanh", (0.60,)), ("sigmoid", (0.30, 0.31))))
     text = markdown_of(out)
     assert ("activation tanh has one completed run: whether other seeds keep tanh above relu is unknown (`--seeds N` "
             "repeats every setting).") in text
