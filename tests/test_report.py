@@ -287,6 +287,16 @@ def test_seeds_that_meet_at_one_value_do_not_separate_two_settings(tmp_path):
             "from tanh.") in markdown_of(out)
 
 
+def test_a_grid_with_some_runs_set_below_10_epochs_says_so_and_gives_the_spread_of_peak_epochs(tmp_path):
+    out = str(tmp_path / "runs")
+    for seed, valid_accs, epochs in ((42, [0.3, 0.5, 0.4], 15), (43, [0.3, 0.4, 0.5], 5)):
+        write_run(out, "mlp_activation", f"activation-relu_seed-{seed}", {"activation": "relu"}, valid_accs,
+                  seed=seed, args={"epochs": epochs})
+    text = markdown_of(out)
+    assert "These runs were set to train for 5 or 15 epochs; Problem 4 asks for at least 10." in text
+    assert "Epoch of the highest validation accuracy (of 3), by activation: relu 2 to 3." in text
+
+
 def test_a_report_names_the_one_setting_whose_spread_is_unknown(tmp_path):
     out = write_activation_runs(tmp_path, (("relu", (0.50, 0.52)), ("tanh", (0.60,)), ("sigmoid", (0.30, 0.31))))
     text = markdown_of(out)
@@ -310,9 +320,9 @@ def test_a_search_section_names_tied_trials_and_every_seed_of_the_final_runs(tmp
 
 
 def test_the_runs_that_shared_a_processor_while_they_trained_are_found_from_their_epoch_times():
-    def run(name, ends, host="node1", device="GPU-a", study="mlpmixer_patch", seconds=10.0):
+    def run(name, ends, host="node1", device="GPU-a", study="mlpmixer_patch", seconds=10.0, valid=1.0):
         results = {"host": host, "device_id": device, "epoch_end_times": ends, "train_seconds": [seconds] * len(ends),
-                   "valid_seconds": [1.0] * len(ends)}
+                   "valid_seconds": [valid] * len(ends)}
         return {"study": study, "name": name, "path": f"/out/{study}/runs/{name}", "results": results}
 
     runs = [run("a", [100, 111]), run("b", [105, 116]),       # a and b overlap on GPU-a
@@ -322,13 +332,17 @@ def test_the_runs_that_shared_a_processor_while_they_trained_are_found_from_thei
             run("f", [150, 300]),                              # resumed: its epochs bracket d's, neither meets it
             run("g", [208], study="mlp_activation", seconds=3.0),  # another study's run beside d
             {"study": "mlpmixer_patch", "name": "h", "path": "/out/mlpmixer_patch/runs/h",
-             "results": {"train_seconds": [10.0]}}]  # older logs, without epoch times
+             "results": {"train_seconds": [10.0]}},  # older logs, without epoch times
+            run("i", [400, 431]), run("j", [411, 420]),  # j trained between i's two epochs (i resumed), touching both
+            run("k", [500], valid=5.0), run("l", [488], seconds=2.0)]  # l trained while k validated (485 to 500)
     shared = shared_processors(runs)
     assert {path: sorted(other["path"] for other in others) for path, others in shared.items()} == {
         "/out/mlpmixer_patch/runs/a": ["/out/mlpmixer_patch/runs/b"],
         "/out/mlpmixer_patch/runs/b": ["/out/mlpmixer_patch/runs/a"],
         "/out/mlpmixer_patch/runs/d": ["/out/mlp_activation/runs/g"],
-        "/out/mlp_activation/runs/g": ["/out/mlpmixer_patch/runs/d"]}
+        "/out/mlp_activation/runs/g": ["/out/mlpmixer_patch/runs/d"],
+        "/out/mlpmixer_patch/runs/k": ["/out/mlpmixer_patch/runs/l"],
+        "/out/mlpmixer_patch/runs/l": ["/out/mlpmixer_patch/runs/k"]}
     assert shared_processor_sentence(runs[:4], shared) == (
         "Trained while another run used the same processor (host and GPU, or CPU), so their seconds per epoch "
         "include that sharing: a (with b); b (with a); d (with mlp_activation/g).")
