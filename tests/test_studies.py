@@ -120,7 +120,9 @@ def test_search_runs_its_budget_then_retrains_and_tests_the_best(study_args, tmp
     final_dir = os.path.join(runs, "final_seed-43")  # a fresh seed: with the trials' 42 it would repeat the best
     final_results = read_json(os.path.join(final_dir, "results.json"))
     assert final_results["test_acc"] is not None and final_results["seed"] == 43
-    assert final_results["args"]["lr"] == best.user_attrs["settings"]["lr"]
+    for setting, value in best.user_attrs["settings"].items():  # the best trial's settings, each of them
+        assert final_results["model_config" if setting in ("embed_dim", "num_blocks", "drop_rate", "patch_size")
+                             else "args"][setting] == value, setting
     assert {"checkpoint.pt", "mlpmixer_token_mixing.png"} <= set(os.listdir(final_dir))
     assert studies_main(argv) == 0 and len(load_study(out, "mlpmixer_best").get_trials()) == 4
     assert studies_main(["report", "--out", out]) == 0
@@ -131,6 +133,20 @@ def test_search_runs_its_budget_then_retrains_and_tests_the_best(study_args, tmp
     assert "| mix | mix | one of none, mixup, cutmix |" in text
     for key in ("augment", "mix", "tta"):  # in the final runs' full hyperparameters
         assert re.search(rf"^\| {key} \| {final_results['args'][key]} \|$", text, re.MULTILINE)
+
+
+def test_a_run_is_ranked_by_its_last_validation_accuracy_not_its_best(study_args, tmp_path, monkeypatch):
+    from training import engine
+
+    evaluate, accuracies = engine.evaluate, iter([0.5, 0.7, 0.6])
+
+    def scripted(epoch, model, dataloader, args, mode="val"):
+        loss, accuracy, seconds = evaluate(epoch, model, dataloader, args, mode)
+        return loss, next(accuracies) if mode == "val" else accuracy, seconds
+    monkeypatch.setattr(engine, "evaluate", scripted)
+    assert studies_main(study_args("mlp_activation", "--values", "relu", epochs=3)) == 0
+    [trial] = load_study(str(tmp_path / "out"), "mlp_activation").get_trials()
+    assert trial.value == 0.6
 
 
 def test_search_trials_are_pruned_on_validation_accuracy(study_args, tmp_path, monkeypatch):
@@ -151,9 +167,9 @@ def test_search_trials_are_pruned_on_validation_accuracy(study_args, tmp_path, m
 
 
 def test_the_search_pruner_compares_a_trial_from_epoch_4_with_completed_trials_of_its_epoch_budget():
-    def verdicts(completed):
-        """Whether a 40-epoch trial at 0.5 in every epoch is pruned after epochs 1 to 6, beside ``completed``:
-        (epoch budget, accuracy in every epoch) of each completed trial."""
+    def verdicts(completed, trial_accuracies=(0.5,) * 6):
+        """Whether a 40-epoch trial with ``trial_accuracies`` in epochs 1 to 6 is pruned after each of them,
+        beside ``completed``: (epoch budget, accuracy in every epoch) of each completed trial."""
         study = optuna.create_study(direction="maximize", pruner=study_worker.SameBudgetMedianPruner())
         for budget, accuracy in completed:
             peer = study.ask()
@@ -163,13 +179,15 @@ def test_the_search_pruner_compares_a_trial_from_epoch_4_with_completed_trials_o
             study.tell(peer, accuracy)
         trial, pruned = study.ask(), []
         trial.set_user_attr("settings", {"epochs": 40, "lr": 0.2})
-        for epoch in range(1, 7):
-            trial.report(0.5, epoch)
+        for epoch, accuracy in enumerate(trial_accuracies, start=1):
+            trial.report(accuracy, epoch)
             pruned.append(trial.should_prune())
         return pruned
 
     # as the README says: from epoch 4, after 5 completed trials, among at least 2 with its epochs
     assert (study_worker.PRUNE_FROM_EPOCH, study_worker.PRUNE_AFTER_TRIALS, study_worker.PRUNE_PEERS) == (4, 5, 2)
+    # its best so far, not its latest: a trial at 0.95 by epoch 3 that dips to 0.5 stays beside peers at 0.9
+    assert verdicts([(40, 0.9)] * 5, trial_accuracies=[0.95] * 3 + [0.5] * 3) == [False] * 6
     assert verdicts([(40, 0.9)] * 5) == [False] * 3 + [True] * 3
     assert verdicts([(40, 0.9)] * 4) == [False] * 6  # too few completed trials
     assert verdicts([(10, 0.9)] * 5) == [False] * 6  # better trials, but of another budget

@@ -81,10 +81,12 @@ def test_held_model_settings_are_checked_before_anything_is_written(study_args, 
     assert not os.path.exists(tmp_path / "out")
 
 
-def test_a_rerun_with_other_flags_is_refused(study_args, tmp_path, capsys):
+@pytest.mark.parametrize("flag, value, message", [("--weight_decay", "0.1", "weight_decay = 0.0005, not 0.1"),
+                                                  ("--epochs", "2", "epochs = 1, not 2")])
+def test_a_rerun_with_other_flags_is_refused(study_args, tmp_path, capsys, flag, value, message):
     assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
-    assert studies_main(study_args("mlp_activation", "--values", "relu", "--weight_decay", "0.1")) == 2
-    assert "was started with weight_decay = 0.0005, not 0.1" in capsys.readouterr().err
+    assert studies_main(study_args("mlp_activation", "--values", "relu", flag, value)) == 2
+    assert f"was started with {message}" in capsys.readouterr().err
 
 
 def test_a_flag_added_since_the_study_began_counts_at_its_default(study_args, tmp_path, capsys):
