@@ -1,19 +1,15 @@
-"""Problem 4's studies on tiny fake data: grids and searches end to end, a killed study resuming,
-failures recorded, progress shown, and every study then the report."""
+"""Problem 4's studies on tiny fake data: grids and searches end to end, failures recorded, progress shown, and
+every study then the report. Interrupted studies are in test_study_interruptions.py."""
 import json
 import os
 import re
-import signal
 import socket
-import subprocess
 import sys
-import time
 
 import optuna
-import pytest
 from optuna.trial import TrialState
 
-from helpers import ROOT, jobs_of, load_study, read_json
+from helpers import jobs_of, load_study, read_json
 from studies import worker as study_worker
 from studies.__main__ import main as studies_main
 
@@ -47,56 +43,6 @@ def test_grid_values_and_seeds_extend_a_finished_study(study_args, tmp_path):
     assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh", "--seeds", "2")) == 0
     assert set(jobs_of(load_study(out, "mlp_activation"))) == {
         "activation-relu_seed-42", "activation-relu_seed-43", "activation-tanh_seed-42", "activation-tanh_seed-43"}
-
-
-def test_a_killed_study_resumes_its_run_from_the_checkpoint(study_args, tmp_path, capsys):
-    out = str(tmp_path / "out")
-    argv = study_args("mlp_activation", "--values", "relu", epochs=60)
-    process = subprocess.Popen([sys.executable, "-m", "studies", *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    results_path = os.path.join(out, "mlp_activation", "runs", "activation-relu_seed-42", "results.json")
-    deadline = time.time() + 120
-    while time.time() < deadline and not (os.path.exists(results_path)
-                                          and read_json(results_path)["epochs_completed"] >= 2):
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    done_before = read_json(results_path)["epochs_completed"]
-    assert 2 <= done_before < 60
-
-    assert studies_main(argv) == 0
-    assert "(resumed)" in capsys.readouterr().out
-    results = read_json(results_path)
-    assert results["status"] == "completed" and results["epochs_completed"] == 60
-    assert results["args"]["resume"] is True
-    states = jobs_of(load_study(out, "mlp_activation"))["activation-relu_seed-42"]
-    assert states == [TrialState.FAIL, TrialState.COMPLETE]  # the lost trial, then the one that finished
-
-
-@pytest.mark.parametrize("whom", ["launcher", "job"])
-def test_a_sigterm_stops_the_workers_and_keeps_their_runs(whom, study_args, tmp_path):
-    """``kill`` or ``timeout`` signal the launcher only, which passes the stop on; a batch system signals every
-    process of the job, so each worker gets it twice (its own, and the launcher's)."""
-    out = str(tmp_path / "out")
-    argv = study_args("mlp_activation", "--values", "relu", "tanh", "--workers", "2", "--no_progress", epochs=100000)
-    process = subprocess.Popen([sys.executable, "-m", "studies", *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
-    runs = [os.path.join(out, "mlp_activation", "runs", f"activation-{a}_seed-42") for a in ("relu", "tanh")]
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not all(os.path.exists(os.path.join(run, "results.json")) for run in runs):
-            time.sleep(0.2)
-        if whom == "launcher":
-            process.send_signal(signal.SIGTERM)
-        else:
-            os.killpg(process.pid, signal.SIGTERM)
-        _, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-    assert process.returncode == 130, err
-    for run in runs:
-        assert read_json(os.path.join(run, "results.json"))["status"] == "interrupted"
 
 
 def test_search_runs_its_budget_then_retrains_and_tests_the_best(study_args, tmp_path, capsys):
@@ -356,110 +302,6 @@ def test_run_all_stops_at_a_study_whose_workers_failed(study_args, tmp_path, mon
     assert not (tmp_path / "out" / "report").exists()
 
 
-def test_an_interrupted_search_trial_resumes_with_the_same_settings(study_args, tmp_path, monkeypatch, capsys):
-    out = str(tmp_path / "out")
-    argv = study_args("mlpmixer_best", "--trials", "2", "--set", "embed_dim=16", "--set", "num_blocks=1", epochs=2)
-    real_fit = study_worker.fit
-
-    def fit_interrupted_in_second_trial(args, on_epoch=None, **kwargs):
-        def stop_after_first_epoch(epoch, history):
-            raise KeyboardInterrupt
-        return real_fit(args, on_epoch=stop_after_first_epoch if "trial-0001" in args.logdir else on_epoch, **kwargs)
-    monkeypatch.setattr(study_worker, "fit", fit_interrupted_in_second_trial)
-    assert studies_main(argv) == 130
-    first = {t.number: t for t in load_study(out, "mlpmixer_best").get_trials()}
-    assert first[1].state == TrialState.FAIL and "outcome" not in first[1].user_attrs
-
-    monkeypatch.setattr(study_worker, "fit", real_fit)
-    capsys.readouterr()
-    assert studies_main(argv) == 0
-    assert "trial-0001 (resumed)" in capsys.readouterr().out
-    trials = load_study(out, "mlpmixer_best").get_trials()
-    retried = [t for t in trials if t.user_attrs["run_dir"] == "trial-0001" and t.state == TrialState.COMPLETE]
-    assert len(retried) == 1 and retried[0].params == first[1].params
-    results = read_json(os.path.join(out, "mlpmixer_best", "runs", "trial-0001", "results.json"))
-    assert results["epochs_completed"] == 2 and results["args"]["resume"] is True
-    assert retried[0].intermediate_values == {1: results["valid_accs"][0], 2: results["valid_accs"][1]}
-    assert sum(t.user_attrs["role"] == "search" for t in trials) == 3 and any(
-        t.user_attrs["role"] == "final" for t in trials)
-
-
-def test_a_run_declared_lost_after_its_last_epoch_is_resumed_from_its_checkpoint_not_retrained(study_args, tmp_path,
-                                                                                                monkeypatch, capsys):
-    out = str(tmp_path / "out")
-    relu_dir = os.path.join(out, "mlp_activation", "runs", "activation-relu_seed-42")
-    real_fit = study_worker.fit
-    declared = []
-
-    def fit_then_declared_lost(args, **kwargs):
-        results = real_fit(args, **kwargs)
-        if not declared:  # what another worker's claim does to a run whose worker it takes for dead
-            study = load_study(out, "mlp_activation")
-            [running] = study.get_trials(states=(TrialState.RUNNING,))
-            study.tell(running.number, state=TrialState.FAIL)
-            declared.append(running.number)
-        return results
-    monkeypatch.setattr(study_worker, "fit", fit_then_declared_lost)
-    assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh")) == 0
-    printed = capsys.readouterr().out
-    assert (f"trial {declared[0]} was declared lost while it trained: the worker that claims its run resumes it "
-            f"from the checkpoint it left in {relu_dir}") in printed
-    assert f"-> {relu_dir} (resumed)" in printed
-    with open(os.path.join(relu_dir, "train.log")) as f:
-        assert "nothing left to train" in f.read()
-    assert jobs_of(load_study(out, "mlp_activation")) == {
-        "activation-relu_seed-42": [TrialState.FAIL, TrialState.COMPLETE],
-        "activation-tanh_seed-42": [TrialState.COMPLETE]}
-    assert read_json(os.path.join(relu_dir, "results.json"))["status"] == "completed"
-
-
-def test_a_run_declared_lost_while_it_trains_stops_and_the_next_claim_resumes_it(study_args, tmp_path, monkeypatch,
-                                                                                capsys):
-    out = str(tmp_path / "out")
-    real_fit = study_worker.fit
-    declared = []
-
-    def fit_declared_lost_after_its_first_epoch(args, on_epoch=None, **kwargs):
-        def declared_lost_then_on_epoch(epoch, history):
-            if not declared:
-                study = load_study(out, "mlp_activation")
-                [running] = study.get_trials(states=(TrialState.RUNNING,))
-                study.tell(running.number, state=TrialState.FAIL)
-                declared.append(running.number)
-            return on_epoch(epoch, history)
-        return real_fit(args, on_epoch=declared_lost_then_on_epoch, **kwargs)
-    monkeypatch.setattr(study_worker, "fit", fit_declared_lost_after_its_first_epoch)
-    assert studies_main(study_args("mlp_activation", "--values", "relu", epochs=3)) == 0
-    printed = capsys.readouterr().out
-    assert "trial 0 was declared lost while it trained: it stops here" in printed
-    assert "activation-relu_seed-42: epoch 2/3" in printed.split("it stops here")[1]  # trained on only once resumed
-    results = read_json(os.path.join(out, "mlp_activation", "runs", "activation-relu_seed-42", "results.json"))
-    assert results["epochs_completed"] == 3 and results["args"]["resume"] is True
-    assert jobs_of(load_study(out, "mlp_activation")) == {"activation-relu_seed-42": [TrialState.FAIL,
-                                                                                      TrialState.COMPLETE]}
-
-
-def test_a_worker_waits_while_a_run_declared_lost_still_writes_its_folder_then_resumes_it(study_args, tmp_path,
-                                                                                         monkeypatch, capsys):
-    from training.errors import LogdirBusy
-
-    fit, calls = study_worker.fit, []
-
-    def busy_at_first(args, **kwargs):
-        calls.append(args)
-        if len(calls) == 1:  # the worker that ran this trial before it was declared lost is finishing its epoch
-            raise LogdirBusy(f"--logdir {args.logdir} is being written by another run (pid 1 on elsewhere)")
-        return fit(args, **kwargs)
-    monkeypatch.setattr(study_worker, "fit", busy_at_first)
-    monkeypatch.setattr(study_worker, "LOGDIR_POLL_SECONDS", 0)
-    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
-    out = capsys.readouterr().out
-    assert "is being written by another run (pid 1 on elsewhere): waiting for it to stop at the end of its epoch" in out
-    assert len(calls) == 2 and calls[0] is not calls[1]  # flags built afresh: the other run may have left a checkpoint
-    [trial] = load_study(str(tmp_path / "out"), "mlp_activation").get_trials()
-    assert trial.state == TrialState.COMPLETE
-
-
 def test_workers_write_each_console_line_in_one_write(study_args, monkeypatch):
     class Terminal:  # what several workers' lines land on: a line split over two writes could be cut in two
         def __init__(self):
@@ -478,41 +320,6 @@ def test_workers_write_each_console_line_in_one_write(study_args, monkeypatch):
     starts = ("study mlp_activation: Which", "trial 0 (grid) -> ", "  activation-relu_seed-42: epoch 1/2,",
               "  activation-relu_seed-42: epoch 2/2,", "trial 0: completed", "study mlp_activation: 1 completed")
     assert all(text.startswith(start) for text, start in zip(terminal.writes, starts)), terminal.writes
-
-
-def test_a_worker_with_nothing_to_claim_waits_and_takes_over_the_run_of_a_worker_that_dies(study_args, tmp_path,
-                                                                                          monkeypatch, capsys):
-    from studies.scheduler import open_storage, process_started
-
-    out = str(tmp_path / "out")
-    storage, _ = open_storage(None, os.path.join(out, "mlp_activation"))
-    study = optuna.create_study(study_name="mlp_activation", storage=storage, direction="maximize")
-    relu = {"activation": "relu", "seed": 42}
-    study.enqueue_trial(relu, user_attrs={"run_dir": "activation-relu_seed-42", "role": "grid", "job_params": relu})
-    held = study.ask()  # the relu run, claimed by another worker on this host
-    other_worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    for key, value in {"host": socket.gethostname(), "pid": other_worker.pid,
-                       "pid_started": process_started(other_worker.pid), "heartbeat": time.time()}.items():
-        held.set_user_attr(key, value)
-    real_sleep, waits = time.sleep, []
-
-    def wait_while_the_other_worker_dies(seconds):
-        waits.append(seconds)
-        other_worker.kill()  # its process now gone, its run is lost: the waiting worker takes it over
-        real_sleep(0.1)
-    monkeypatch.setattr(time, "sleep", wait_while_the_other_worker_dies)
-    try:
-        assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh")) == 0
-    finally:
-        other_worker.kill()
-        other_worker.wait()
-    assert jobs_of(load_study(out, "mlp_activation")) == {
-        "activation-relu_seed-42": [TrialState.FAIL, TrialState.COMPLETE], "activation-tanh_seed-42": [TrialState.COMPLETE]}
-    printed = capsys.readouterr().out
-    assert waits == [study_worker.POLL_SECONDS] and printed.count("no run to claim: waiting while 1 run trains in other workers") == 1
-    assert f"trial {held.number} (activation-relu_seed-42): its worker is gone" in printed
-    assert read_json(os.path.join(out, "mlp_activation", "runs", "activation-relu_seed-42", "results.json"))[
-        "model_config"]["activation"] == "relu"
 
 
 def test_a_runs_train_log_holds_each_epoch_as_soon_as_it_ends(study_args, tmp_path, monkeypatch):
