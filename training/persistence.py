@@ -113,6 +113,8 @@ def logdir_held(logdir):
                              "or give another --logdir") from None
         except OSError as exc:  # a filesystem without flock (Lustre mounted without it, some FUSE ones): run unheld
             f.close()
+            with contextlib.suppress(OSError):  # an empty file that holds nothing would only mislead
+                os.unlink(path)
             warnings.warn(f"cannot lock --logdir {logdir} ({exc.strerror}): nothing keeps a second run out of it")
             yield
             return
