@@ -250,3 +250,27 @@ def test_each_epoch_logs_when_it_ended_and_a_checkpoint_without_those_times_resu
     assert main.main(run_args("mlp", "--logdir", logdir, "--resume", epochs=2)) == 0
     [older, newer] = read_results(logdir)["epoch_end_times"]
     assert older is None and results["epoch_end_times"][0] < newer < time.time()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="runs hold their --logdir with flock, which Windows lacks")
+def test_a_resume_reads_the_checkpoint_only_once_it_holds_the_folder(run_args, tmp_path, monkeypatch):
+    import fcntl
+
+    from training import persistence
+
+    logdir = tmp_path / "run"
+    assert main.main(run_args("mlp", "--logdir", str(logdir), epochs=1)) == 0
+    load, held_while_read = persistence.load_checkpoint, []
+
+    def load_checkpoint(*args):  # a run still writing the folder could replace the checkpoint until it is held
+        lock_path = logdir / persistence.LOCK_FILE
+        with open(lock_path if lock_path.exists() else os.devnull) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held_while_read.append(False)
+            except BlockingIOError:
+                held_while_read.append(True)
+        return load(*args)
+    monkeypatch.setattr(persistence, "load_checkpoint", load_checkpoint)
+    assert main.main(run_args("mlp", "--logdir", str(logdir), "--resume", epochs=2)) == 0
+    assert held_while_read == [True]

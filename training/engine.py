@@ -234,6 +234,15 @@ def _fit(args, on_epoch, test, held):
     optimizer = build_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum, args.weight_decay,
                                 capturable=args.cuda_graph)
 
+    if args.logdir:  # held before the checkpoint is read: a run that still writes the folder could change it
+        try:
+            os.makedirs(args.logdir, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create --logdir {args.logdir} ({exc.strerror}); give a writable folder") from None
+        held.enter_context(persistence.logdir_held(args.logdir))
+        if not args.resume:
+            _note_replaced_run(args.logdir)
+
     signature = {key: getattr(args, key) for key in RESUME_KEYS}
     signature["model_config"] = model_config
     if args.lr_schedule != "constant":  # the schedule spans every epoch: another --epochs would bend it mid-run
@@ -262,14 +271,6 @@ def _fit(args, on_epoch, test, held):
                       compiled_model=torch.compile(model) if args.compile else None, mix=args.mix)
     if args.resume and step.scaler is not None and state.get("scaler"):
         step.scaler.load_state_dict(state["scaler"])
-    if args.logdir:
-        try:
-            os.makedirs(args.logdir, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot create --logdir {args.logdir} ({exc.strerror}); give a writable folder") from None
-        held.enter_context(persistence.logdir_held(args.logdir))
-        if not args.resume:
-            _note_replaced_run(args.logdir)
 
     results = {
         "model": args.model, "model_config": model_config,
