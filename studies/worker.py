@@ -224,19 +224,21 @@ def _epoch_callback(study, trial, run_name, epochs, prune, console):
     return on_epoch
 
 
-def _report_earlier_epochs(trial, run_dir):
-    """A resumed search trial tells the pruner the validation accuracies of the epochs already run."""
+def _report_earlier_epochs(study, trial, run_dir):
+    """A resumed search trial tells the pruner the validation accuracies of the epochs already run that it has
+    not told yet (those an earlier worker ran, and those it finished while this one waited for the folder)."""
     path = os.path.join(run_dir, persistence.RESULTS_FILE)
     if os.path.isfile(path):
+        told = study.get_trials(deepcopy=False)[trial.number].intermediate_values
         with open(path) as f:
             for epoch, accuracy in enumerate(json.load(f).get("valid_accs", []), start=1):
-                if accuracy is not None:
+                if accuracy is not None and epoch not in told:
                     trial.report(accuracy, epoch)
 
 
-def _fit_when_the_folder_is_free(args, build, on_epoch, test, console):
+def _fit_when_the_folder_is_free(args, prepare, on_epoch, test, console):
     """``fit(args)``; while another worker still writes the run's folder (its trial was declared lost while it
-    trained: it stops at the end of its epoch), wait, then resume from the checkpoint it left, with ``build()``'s
+    trained: it stops at the end of its epoch), wait, then resume from the checkpoint it left, with ``prepare()``'s
     fresh flags."""
     said = False
     while True:
@@ -247,7 +249,7 @@ def _fit_when_the_folder_is_free(args, build, on_epoch, test, console):
                 say(f"{busy}: waiting for it to stop at the end of its epoch", file=console)
                 said = True
             time.sleep(LOGDIR_POLL_SECONDS)
-            args = build()
+            args = prepare()
 
 
 def run_trial(plan, study, lock, trial):
@@ -261,11 +263,13 @@ def run_trial(plan, study, lock, trial):
     run_dir = os.path.join(plan.study_dir, RUNS_FOLDER, trial.user_attrs["run_dir"])
     settings, seed = run_settings(plan, trial)
 
-    def build():
+    def prepare():
+        """The run's flags, built afresh each time: a worker this one waited for may have left epochs, which a
+        search trial tells the pruner."""
+        if role == "search":
+            _report_earlier_epochs(study, trial, run_dir)
         return build_args(plan, settings, seed, run_dir, visualize=plan.study.visualize and role == "final")
-    args = build()
-    if role == "search":
-        _report_earlier_epochs(trial, run_dir)
+    args = prepare()
     say(f"trial {trial.number} ({role}) -> {run_dir}{' (resumed)' if args.resume else ''}")
     record = {"study": plan.study.name, "trial": trial.number, "role": role, "settings": settings, "seed": seed,
               "params": trial.params, "source_trial": trial.user_attrs.get("source_trial"),
@@ -278,7 +282,7 @@ def run_trial(plan, study, lock, trial):
         # line-buffered: `tail -f train.log` follows the run, and a killed worker's log keeps its last epoch
         with Heartbeat(trial), open(os.path.join(run_dir, "train.log"), "a", buffering=1) as log, \
                 contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            results = _fit_when_the_folder_is_free(args, build, on_epoch, role != "search", console=console)
+            results = _fit_when_the_folder_is_free(args, prepare, on_epoch, role != "search", console=console)
         outcome = results["status"]
         if outcome == "completed" and results["valid_accs"]:
             value = results["valid_accs"][-1]

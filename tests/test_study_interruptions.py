@@ -170,6 +170,31 @@ def test_a_worker_waits_while_a_run_declared_lost_still_writes_its_folder_then_r
     assert trial.state == TrialState.COMPLETE
 
 
+def test_a_search_trial_tells_the_pruner_the_epoch_that_a_run_declared_lost_finished_while_it_waited(
+        study_args, tmp_path, monkeypatch):
+    from training.errors import LogdirBusy
+
+    fit, calls = study_worker.fit, []
+
+    def busy_while_the_other_worker_finishes_an_epoch(args, on_epoch=None, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:  # the worker that ran this trial before it was declared lost ends its first epoch
+            def stop_after_it(epoch, history):
+                raise KeyboardInterrupt
+            fit(args, on_epoch=stop_after_it, **kwargs)
+            raise LogdirBusy(f"--logdir {args.logdir} is being written by another run (pid 1 on elsewhere)")
+        return fit(args, on_epoch=on_epoch, **kwargs)
+    monkeypatch.setattr(study_worker, "fit", busy_while_the_other_worker_finishes_an_epoch)
+    monkeypatch.setattr(study_worker, "LOGDIR_POLL_SECONDS", 0)
+    out = str(tmp_path / "out")
+    assert studies_main(study_args("mlpmixer_best", "--trials", "1", "--set", "embed_dim=16", "--set", "num_blocks=1",
+                                   epochs=2)) == 0
+    [trial] = [t for t in load_study(out, "mlpmixer_best").get_trials() if t.user_attrs["role"] == "search"]
+    results = read_json(os.path.join(out, "mlpmixer_best", "runs", "trial-0000", "results.json"))
+    assert calls[1].resume and results["epochs_completed"] == 2
+    assert trial.intermediate_values == {1: results["valid_accs"][0], 2: results["valid_accs"][1]}
+
+
 def test_a_worker_with_nothing_to_claim_waits_and_takes_over_the_run_of_a_worker_that_dies(study_args, tmp_path,
                                                                                           monkeypatch, capsys):
     from studies.scheduler import open_storage, process_started
