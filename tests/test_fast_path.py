@@ -1,6 +1,6 @@
-"""The GPU fast path's logic, on the CPU: learning-rate schedules that a graph can read, the graphed
-step's control flow (warm-up, capture once, replay with fresh inputs, eager partial batches, fallback),
-autocast and channels-last plumbing, and flag resolution."""
+"""The GPU fast path's logic, on the CPU: the graphed step's control flow (warm-up, capture once, replay with fresh
+inputs, eager partial batches, fallback), autocast and channels-last plumbing, and flag resolution. The tensor
+learning rate that a graph reads is in test_optim.py."""
 import argparse
 import contextlib
 import copy
@@ -16,7 +16,7 @@ from mlpmixer import MLPMixer
 from resnet18 import ResNet18
 from training import engine
 from training.augmentation import AUGMENTATIONS, MIX, MIXES
-from training.optim import LRSchedule, build_optimizer, load_optimizer_state, set_learning_rate
+from training.optim import LRSchedule, build_optimizer
 from training.pipelines import TensorBatches
 from training.steps import GraphedTrainStep, TrainStep, autocast_context, smoothed_loss
 
@@ -24,61 +24,6 @@ from training.steps import GraphedTrainStep, TrainStep, autocast_context, smooth
 # eager kernels instead of the C++ that inductor would build on a CPU (half a minute per model here). Plain
 # aot_eager is not used: it fails on dropout behind a transpose (pytorch/pytorch#120035), inductor does not.
 TEST_BACKEND = "aot_eager_decomp_partition"
-
-
-def test_schedules():
-    constant = LRSchedule("constant", 0.1, 100)
-    assert [constant(s) for s in (0, 50, 99)] == [0.1, 0.1, 0.1]
-    cosine = LRSchedule("cosine", 0.1, 100, warmup_fraction=0.2)
-    assert cosine(0) == pytest.approx(0.1 / 20) and cosine(19) == pytest.approx(0.1)
-    assert cosine(20) == pytest.approx(0.1) and cosine(60) == pytest.approx(0.05) and cosine(100) == pytest.approx(0)
-    onecycle = LRSchedule("onecycle", 0.2, 10, warmup_fraction=0.5)
-    assert [round(onecycle(s), 6) for s in range(10)] == [0.04, 0.08, 0.12, 0.16, 0.2, 0.2, 0.16, 0.12, 0.08, 0.04]
-    assert LRSchedule("cosine", 0.1, 10, warmup_fraction=0.0)(0) == pytest.approx(0.1)
-
-
-@pytest.mark.parametrize("name", ["sgd", "momentum", "adam", "adamw"])
-def test_capturable_optimizer_reads_its_learning_rate_tensor_in_place(name):
-    torch.manual_seed(0)
-    plain_parameter = torch.nn.Parameter(torch.randn(5))
-    graph_parameter = torch.nn.Parameter(plain_parameter.detach().clone())
-    plain = build_optimizer(name, [plain_parameter], 0.1, 0.9, 0.01)
-    graph = build_optimizer(name, [graph_parameter], 0.1, 0.9, 0.01, capturable=True)
-    lr_tensor = graph.param_groups[0]["lr"]
-    assert isinstance(lr_tensor, torch.Tensor) and not isinstance(plain.param_groups[0]["lr"], torch.Tensor)
-    for lr in (0.1, 0.05, 0.3):
-        set_learning_rate(plain, lr)
-        set_learning_rate(graph, lr)
-        assert graph.param_groups[0]["lr"] is lr_tensor  # same storage: a replayed graph sees the new value
-        for parameter in (plain_parameter, graph_parameter):
-            parameter.grad = torch.sin(parameter.detach() * 3)
-        plain.step()
-        graph.step()
-    torch.testing.assert_close(graph_parameter, plain_parameter)
-
-
-@pytest.mark.parametrize("name", ["sgd", "momentum", "adam", "adamw"])
-@pytest.mark.parametrize("saved_capturable", [False, True], ids=["eager_to_graph", "graph_to_eager"])
-def test_a_resumed_optimizer_keeps_how_this_run_built_it(name, saved_capturable):
-    """A checkpoint made on a CPU or with --cuda_graph off, resumed with a graph, must leave a capturable
-    optimizer (else the graph's capture fails), and the other way round; the updates stay the same."""
-    torch.manual_seed(0)
-    saved_parameter = torch.nn.Parameter(torch.randn(5))
-    saving = build_optimizer(name, [saved_parameter], 0.1, 0.9, 0.01, capturable=saved_capturable)
-    saved_parameter.grad = torch.sin(saved_parameter.detach() * 3)
-    saving.step()
-    resumed_parameter = torch.nn.Parameter(saved_parameter.detach().clone())
-    resumed = build_optimizer(name, [resumed_parameter], 0.1, 0.9, 0.01, capturable=not saved_capturable)
-    built = {key: value for key, value in resumed.param_groups[0].items() if key in ("capturable", "fused", "foreach")}
-    load_optimizer_state(resumed, copy.deepcopy(saving.state_dict()))  # as from a file: no shared tensors
-    group = resumed.param_groups[0]
-    assert {key: group[key] for key in built} == built
-    assert isinstance(group["lr"], torch.Tensor) is (not saved_capturable) and float(group["lr"]) == pytest.approx(0.1)
-    for parameter in (saved_parameter, resumed_parameter):
-        parameter.grad = torch.cos(parameter.detach() * 2)
-    saving.step()
-    resumed.step()
-    torch.testing.assert_close(resumed_parameter, saved_parameter)
 
 
 def _pipeline_and_model(model_class=MLPMixer):
