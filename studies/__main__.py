@@ -332,6 +332,15 @@ def _write_report(out, report_dir=None):
         print(f"wrote {path}")
 
 
+def _one_study_argv(argv, name):
+    """The arguments of ``run all`` with ``name`` in place of the ``all`` that names the study (a flag's value may
+    be ``all`` too, as in ``--out all``), for the workers that ``--workers N`` starts."""
+    options, train_argv = _parser().parse_known_args(argv)
+    wanted = (argparse.Namespace(**{**vars(options), "name": name}), train_argv)
+    candidates = ([*argv[:i], name, *argv[i + 1:]] for i, token in enumerate(argv) if token == "all")
+    return next(candidate for candidate in candidates if _parser().parse_known_args(candidate) == wanted)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     options, train_argv = _parser().parse_known_args(argv)
@@ -356,9 +365,8 @@ def main(argv=None):
             seed = get_config_parser().parse_args(train_argv).seed
             for study in STUDIES.values():  # before the first study starts, not when a later one would
                 _run_seeds(study, seed, options.seeds)
-            position = argv.index("all")
             for name, study in STUDIES.items():
-                code = run_study(study, options, train_argv, [*argv[:position], name, *argv[position + 1:]])
+                code = run_study(study, options, train_argv, _one_study_argv(argv, name))
                 if code != 0:
                     print(f"study {name}: a worker exited with status {code}, so the studies after it did not "
                           "start; rerun the same command to resume", file=sys.stderr)

@@ -302,6 +302,14 @@ def test_run_all_stops_at_a_study_whose_workers_failed(study_args, tmp_path, mon
     assert not (tmp_path / "out" / "report").exists()
 
 
+def test_run_all_gives_each_studys_workers_its_name_where_all_named_the_study_not_where_a_flag_is_all():
+    from studies.__main__ import _one_study_argv
+
+    argv = ["run", "--out", "all", "all", "--data_dir", "all", "--workers", "2"]
+    assert _one_study_argv(argv, "resnet18_lr") == ["run", "--out", "all", "resnet18_lr", "--data_dir", "all",
+                                                    "--workers", "2"]
+
+
 def test_workers_write_each_console_line_in_one_write(study_args, monkeypatch):
     class Terminal:  # what several workers' lines land on: a line split over two writes could be cut in two
         def __init__(self):
