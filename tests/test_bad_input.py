@@ -156,12 +156,12 @@ def test_resume_refuses_missing_or_different_checkpoint(run_args, tmp_path, caps
     logdir = str(tmp_path / "run")
     assert main.main(run_args("mlp", "--logdir", logdir, "--resume", epochs=1)) == 2
     assert "no checkpoint" in capsys.readouterr().err
+    assert not os.path.exists(logdir)  # not even an empty folder
     assert main.main(run_args("mlp", "--logdir", logdir, epochs=1)) == 0
-    results = pathlib.Path(logdir, "results.json")
-    before = results.read_text()
+    before = {path.name: path.read_bytes() for path in pathlib.Path(logdir).iterdir()}
     assert main.main(run_args("mlp", "--logdir", logdir, "--resume", "--lr", "0.5", epochs=2)) == 2
     assert "made with lr=0.001, not 0.5" in capsys.readouterr().err
-    assert results.read_text() == before  # nothing lost
+    assert {path.name: path.read_bytes() for path in pathlib.Path(logdir).iterdir()} == before  # nothing written or lost
 
 
 def test_damaged_checkpoint_is_refused(run_args, tmp_path, capsys):

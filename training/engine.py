@@ -235,6 +235,8 @@ def _fit(args, on_epoch, test, held):
                                 capturable=args.cuda_graph)
 
     if args.logdir:  # held before the checkpoint is read: a run that still writes the folder could change it
+        if args.resume:  # refused before the folder is made: a mistyped --logdir would be left behind, empty
+            persistence.require_checkpoint(args.logdir)
         try:
             os.makedirs(args.logdir, exist_ok=True)
         except OSError as exc:

@@ -191,11 +191,17 @@ def save_checkpoint(logdir, model, optimizer, epoch, history, signature, scaler=
     atomic_write(os.path.join(logdir, CHECKPOINT_FILE), lambda f: torch.save(state, f))
 
 
-def load_checkpoint(logdir, signature):
-    """Load ``logdir``'s checkpoint, refusing one made by a different run configuration."""
+def require_checkpoint(logdir):
+    """Refuse ``--resume`` into a folder that holds no checkpoint; returns the checkpoint's path."""
     path = os.path.join(logdir, CHECKPOINT_FILE)
     if not os.path.isfile(path):
         raise UserError(f"--resume: no checkpoint at {path}; run without --resume to start this run")
+    return path
+
+
+def load_checkpoint(logdir, signature):
+    """Load ``logdir``'s checkpoint, refusing one made by a different run configuration."""
+    path = require_checkpoint(logdir)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types for a damaged or foreign file
