@@ -4,12 +4,13 @@ import json
 import os
 import re
 import socket
+import subprocess
 import sys
 
 import optuna
 from optuna.trial import TrialState
 
-from helpers import jobs_of, load_study, read_json
+from helpers import ROOT, jobs_of, load_study, read_json
 from studies import worker as study_worker
 from studies.__main__ import main as studies_main
 
@@ -308,6 +309,14 @@ def test_run_all_gives_each_studys_workers_its_name_where_all_named_the_study_no
     argv = ["run", "--out", "all", "all", "--data_dir", "all", "--workers", "2"]
     assert _one_study_argv(argv, "resnet18_lr") == ["run", "--out", "all", "resnet18_lr", "--data_dir", "all",
                                                     "--workers", "2"]
+
+
+def test_a_study_prints_its_own_lines_and_none_of_optunas_log(study_args):
+    result = subprocess.run([sys.executable, "-m", "studies", *study_args("mlp_activation", "--values", "relu")],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("study mlp_activation: Which activation") and "trial 0: completed" in result.stdout
+    assert not re.search(r"^\[[A-Z] \d{4}-\d\d-\d\d ", result.stdout + result.stderr, re.MULTILINE), result.stderr
 
 
 def test_workers_write_each_console_line_in_one_write(study_args, monkeypatch):
