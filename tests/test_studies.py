@@ -72,7 +72,10 @@ def test_search_runs_its_budget_then_retrains_and_tests_the_best(study_args, tmp
                              else "args"][setting] == value, setting
     assert {"checkpoint.pt", "mlpmixer_token_mixing.png"} <= set(os.listdir(final_dir))
     assert studies_main(argv) == 0 and len(load_study(out, "mlpmixer_best").get_trials()) == 4
+    capsys.readouterr()
     assert studies_main(["report", "--out", out]) == 0
+    report_dir = os.path.join(out, "report")
+    assert capsys.readouterr().out.splitlines() == [f"wrote {report_dir}/report.md", f"wrote {report_dir}/report.pdf"]
     with open(os.path.join(out, "report", "report.md")) as f:
         text = f.read()
     for setting, value in (("epochs", 1), ("embed_dim", 16), ("num_blocks", 1)):  # --epochs 1 and the --set keys

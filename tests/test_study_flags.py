@@ -160,6 +160,15 @@ def test_a_resnet_or_mixer_study_on_a_cpu_says_first_what_an_epoch_costs_there(n
     assert ("only mlp_activation is practical" in err) == noted
 
 
+@pytest.mark.parametrize("name, values, noted", [("resnet18_lr", "0.001", True), ("mlp_activation", "relu", False)])
+def test_a_study_launched_on_a_cpu_gives_the_note_before_its_runs(name, values, noted, study_args, monkeypatch, capsys):
+    import studies.__main__ as cli
+
+    monkeypatch.setattr(cli, "work", lambda plan, study, lock: None)  # the runs themselves are not needed
+    assert cli.main(study_args(name, "--values", values)) == 0
+    assert (f"note: {name} trains" in capsys.readouterr().err) == noted
+
+
 def test_the_cpu_epoch_costs_the_studies_quote_are_the_readmes():
     from studies.__main__ import CPU_EPOCH_SECONDS
 
