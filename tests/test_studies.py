@@ -243,18 +243,22 @@ def test_status_shows_outcomes_and_where_and_how_far_each_running_run_is(study_a
     real_fit = study_worker.fit
 
     def fit_looking_at_the_status(args, **kwargs):
-        if "sigmoid" in args.logdir:  # the second run: the first is completed, the third waits
+        if "sigmoid" in args.logdir:  # the second run, one epoch in
             with open(os.path.join(args.logdir, "results.json"), "w") as f:
                 json.dump({"epochs_completed": 1, "args": {"epochs": 3}}, f)
-            with contextlib.redirect_stdout(io.StringIO()) as printed:
-                _status(out, None)
-            seen.append(printed.getvalue())
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            _status(out, None)
+        seen.append(printed.getvalue())
         return real_fit(args, **kwargs)
     monkeypatch.setattr(study_worker, "fit", fit_looking_at_the_status)
     assert studies_main(study_args("mlp_activation")) == 0
+    assert [printed.splitlines()[0] for printed in seen] == ["mlp_activation: 1 running, 2 waiting",
+                                                             "mlp_activation: 1 completed, 1 running, 1 waiting",
+                                                             "mlp_activation: 2 completed, 1 running"]
     running = (rf"  activation-sigmoid_seed-42: running on {re.escape(socket.gethostname())} \(pid {os.getpid()}\), "
-               rf"epoch 1 of 3; last heard \d+ s ago\n")
-    assert re.fullmatch(rf"mlp_activation: 1 completed, 1 running, 1 waiting\n{running}", seen[0]), seen[0]
+               rf"epoch 1 of 3; last heard \d s ago\n")  # heard from when its run began, seconds ago
+    assert re.fullmatch(rf"mlp_activation: 1 completed, 1 running, 1 waiting\n{running}", seen[1]), seen[1]
+    assert re.search(r"activation-relu_seed-42: running .*, first epoch; last heard \d s ago\n$", seen[0]), seen[0]
     assert studies_main(["status", "--out", out]) == 0
 
 
