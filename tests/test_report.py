@@ -7,7 +7,6 @@ from unittest import mock
 
 import numpy as np
 import pytest
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.image import imsave
 
 from studies import figures, report
@@ -359,18 +358,6 @@ def test_a_grid_section_names_its_runs_that_trained_side_by_side(tmp_path):
             "patch_size-8_seed-42 (with patch_size-4_seed-42).") in text
 
 
-def test_a_full_text_page_fits_inside_the_pdf_page():
-    lines = ["W" * figures.TEXT_PAGE_COLUMNS] * figures.TEXT_PAGE_LINES
-    fig = figures.text_page("a section", lines)
-    renderer = FigureCanvasAgg(fig).get_renderer()
-    page = fig.bbox
-    for text in fig.texts:
-        box = text.get_window_extent(renderer)
-        assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1, box
-    with pytest.raises(ValueError):
-        figures.text_page("a section", lines + ["one line too many"])
-
-
 def test_every_line_of_a_long_section_and_of_the_header_reaches_the_pdf(fixture_logs, monkeypatch):
     out = fixture_logs
     shutil.rmtree(os.path.join(out, "mlpmixer_patch"))  # the header then names it in a line wider than a page
@@ -394,20 +381,3 @@ def test_every_line_of_a_long_section_and_of_the_header_reaches_the_pdf(fixture_
         header = [line[2:].rstrip("\n") for line in f if line.startswith("- ")]
     assert any(len(line) > figures.TEXT_PAGE_COLUMNS for line in header)
     assert all(line in on_pages.replace("\n", " ") for line in header)
-
-
-def test_the_search_figure_marks_whole_trial_numbers_only():
-    trials = [{"trial": n, "outcome": "completed", "last_valid_acc": 0.5 + 0.1 * n} for n in range(4)]
-    ax = figures.search_figure(trials, "search").axes[0]
-    ticks = [tick for tick in ax.get_xticks() if ax.get_xlim()[0] <= tick <= ax.get_xlim()[1]]
-    assert ticks and all(float(tick).is_integer() for tick in ticks), ticks
-
-
-def test_a_caption_wider_than_its_picture_stays_on_the_figure():
-    square, strip = np.ones((70, 70, 3)), np.ones((40, 400, 3))  # the kernels beside a long token-mixing strip
-    fig = figures.images_figure([("ResNet18: first-layer 3x3 kernels (RGB)", square),
-                                 ("MLP-Mixer: first block's token-mixing weights", strip)], "first layers")
-    renderer = FigureCanvasAgg(fig).get_renderer()
-    for ax in fig.axes:
-        box = ax.title.get_window_extent(renderer)
-        assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1, (ax.title.get_text(), box)

@@ -1,0 +1,50 @@
+"""The report's building blocks on their own: the PDF's text pages and tables, and the figures' axes and captions.
+The report built from logs is in test_report.py."""
+import numpy as np
+import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+from studies import figures
+from studies.render import _text_table
+
+
+def test_a_full_text_page_fits_inside_the_pdf_page():
+    lines = ["W" * figures.TEXT_PAGE_COLUMNS] * figures.TEXT_PAGE_LINES
+    fig = figures.text_page("a section", lines)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    page = fig.bbox
+    for text in fig.texts:
+        box = text.get_window_extent(renderer)
+        assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1, box
+    with pytest.raises(ValueError):
+        figures.text_page("a section", lines + ["one line too many"])
+
+
+def test_the_search_figure_marks_whole_trial_numbers_only():
+    trials = [{"trial": n, "outcome": "completed", "last_valid_acc": 0.5 + 0.1 * n} for n in range(4)]
+    ax = figures.search_figure(trials, "search").axes[0]
+    ticks = [tick for tick in ax.get_xticks() if ax.get_xlim()[0] <= tick <= ax.get_xlim()[1]]
+    assert ticks and all(float(tick).is_integer() for tick in ticks), ticks
+
+
+def test_a_caption_wider_than_its_picture_stays_on_the_figure():
+    square, strip = np.ones((70, 70, 3)), np.ones((40, 400, 3))  # the kernels beside a long token-mixing strip
+    fig = figures.images_figure([("ResNet18: first-layer 3x3 kernels (RGB)", square),
+                                 ("MLP-Mixer: first block's token-mixing weights", strip)], "first layers")
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    for ax in fig.axes:
+        box = ax.title.get_window_extent(renderer)
+        assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1, (ax.title.get_text(), box)
+
+
+def test_a_pdf_table_wraps_its_last_column_under_that_column_within_the_page():
+    note = " ".join(f"word{i}" for i in range(40))
+    lines = _text_table(("setting", "value", "note"), [("lr", "0.1", note), ("epochs", "15", "short")], page_width=60)
+    column = lines[0].index("note")
+    assert lines[0].split() == ["setting", "value", "note"] and lines[-1].split() == ["epochs", "15", "short"]
+    assert all(len(line) <= 60 for line in lines)
+    wrapped = lines[1:-1]
+    assert len(wrapped) > 1 and wrapped[0][:column].split() == ["lr", "0.1"]
+    assert all(not line[:column].strip() for line in wrapped[1:])  # continuation lines: the last column only
+    assert all(line[column] != " " for line in wrapped)
+    assert " ".join(line[column:] for line in wrapped).split() == note.split()  # every word, in order
