@@ -378,6 +378,10 @@ def test_every_line_of_a_long_section_and_of_the_header_reaches_the_pdf(fixture_
     search_title = f"resnet18_best: {STUDIES['resnet18_best'].question}"
     assert [title for title, _ in pages].count(f"{search_title} (continued)") > 1
     with open(markdown_path) as f:
-        header = [line[2:].rstrip("\n") for line in f if line.startswith("- ")]
+        markdown = f.read().splitlines()
+    header = [line[2:] for line in markdown if line.startswith("- ")]
     assert any(len(line) > figures.TEXT_PAGE_COLUMNS for line in header)
     assert all(line in on_pages.replace("\n", " ") for line in header)
+    sentences = [line for line in markdown if line and not line.startswith(("#", "|", "![", "- "))]
+    flowing = " ".join(on_pages.split())
+    assert len(sentences) > 10 and all(" ".join(line.split()) in flowing for line in sentences)
