@@ -114,6 +114,8 @@ def test_report_has_every_study_figure_and_table(fixture_report):
     for name in ("mlpmixer_patch_cost", "resnet18_best_search", "resnet18_best_final_curves",
                  "resnet18_best_visualisation", "mlpmixer_best_visualisation", "comparison_mixer_resnet"):
         assert f"({name}.png)" in text
+    assert ("![parameters, seconds per training epoch and images per second against patch_size]"
+            "(mlpmixer_patch_cost.png)") in text  # each picture with its caption
     for image in re.findall(r"\]\((\S+\.png)\)", text):
         assert os.path.getsize(os.path.join(report_dir, image)) > 1000
     with open(pdf_path, "rb") as f:
