@@ -39,7 +39,7 @@ def draw_curves(ax, groups, key, label, legend_title=None):
     ax.set_xlabel("epoch")
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
-    if groups:
+    if ax.get_legend_handles_labels()[0]:  # runs that have not ended an epoch draw no line
         ax.legend(fontsize=8, title=legend_title, title_fontsize=8)
 
 

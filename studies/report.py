@@ -37,17 +37,21 @@ def load_runs(study_dir):
 
 def provenance(all_runs):
     """Which devices, software and data produced the logs."""
-    def distinct(get):
-        return sorted({str(get(run["results"])) for run in all_runs if run["results"]})
-    data = distinct(lambda r: f"{r.get('data', {}).get('dir', 'unknown folder')} (test images SHA-1 "
-                              f"{r.get('data', {}).get('test_images_sha1', 'not logged')})")
+    def listed(get, separator=", "):
+        """The distinct values that ``get`` reads from the runs' results; none before a run ends its first epoch."""
+        values = sorted({str(get(run["results"])) for run in all_runs if run["results"]})
+        return separator.join(values) or "none logged yet"
+
+    def data(results):
+        return (f"{results.get('data', {}).get('dir', 'unknown folder')} (test images SHA-1 "
+                f"{results.get('data', {}).get('test_images_sha1', 'not logged')})")
     generated = datetime.datetime.now().isoformat(timespec="seconds")
     return [f"Report generated {generated} from {counted(len(all_runs), 'run')}.",
-            f"Devices: {'; '.join(distinct(lambda r: r.get('device_name'))) or 'none logged'}.",
-            f"PyTorch: {', '.join(distinct(lambda r: r.get('torch_version')))}.",
-            f"Precision: {', '.join(distinct(lambda r: r.get('args', {}).get('precision', 'not logged')))}.",
-            f"Data: {'; '.join(data) or 'none logged'}.",
-            "Split: " + "; ".join(distinct(_describe_split)) + "."]
+            f"Devices: {listed(lambda r: r.get('device_name'), '; ')}.",
+            f"PyTorch: {listed(lambda r: r.get('torch_version'))}.",
+            f"Precision: {listed(lambda r: r.get('args', {}).get('precision', 'not logged'))}.",
+            f"Data: {listed(data, '; ')}.",
+            f"Split: {listed(_describe_split, '; ')}."]
 
 
 def _describe_split(results):

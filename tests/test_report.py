@@ -205,6 +205,19 @@ def test_report_names_the_studies_that_have_not_run(fixture_logs):
             f"(`python -m studies run NAME --out {fixture_logs}` runs one).") in text
 
 
+def test_a_report_of_runs_before_their_first_epoch_says_that_nothing_is_logged_yet(tmp_path):
+    import warnings
+
+    os.makedirs(tmp_path / "runs" / "mlp_activation" / "runs" / "activation-relu_seed-42")  # as a run starts
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as matplotlib's for a legend of curves without a point
+        markdown_path, _ = build_report(str(tmp_path / "runs"))
+    with open(markdown_path) as f:
+        text = f.read()
+    for what in ("Devices", "PyTorch", "Precision", "Data", "Split"):
+        assert f"\n- {what}: none logged yet.\n" in text, what
+
+
 def test_report_command_refuses_an_empty_folder(tmp_path, capsys):
     assert studies_main(["report", "--out", str(tmp_path)]) == 2
     assert "no study runs under" in capsys.readouterr().err
