@@ -223,6 +223,10 @@ def test_a_logdir_on_a_filesystem_without_locks_is_written_unheld_with_a_warning
     with pytest.warns(UserWarning, match=f"cannot lock --logdir {logdir} .*: nothing keeps a second run out of it"):
         assert main.main(run_args("mlp", "--logdir", str(logdir), epochs=1)) == 0
     assert sorted(path.name for path in logdir.iterdir()) == ["checkpoint.pt", "results.json"]  # no lock file left
+    (logdir / ".run.lock").write_text("pid 7 on elsewhere\n")  # where flock works, that host may hold it
+    with pytest.warns(UserWarning, match="nothing keeps a second run out of it"):
+        assert main.main(run_args("mlp", "--logdir", str(logdir), "--resume", epochs=2)) == 0
+    assert (logdir / ".run.lock").read_text() == "pid 7 on elsewhere\n"  # another's file is left to it
 
 
 @pytest.mark.skipif(os.name != "posix", reason="runs hold their --logdir with flock, which Windows lacks")

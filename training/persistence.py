@@ -99,6 +99,7 @@ def logdir_held(logdir):
         return
     path = os.path.join(logdir, LOCK_FILE)
     while True:
+        created = not os.path.exists(path)
         try:
             f = open(path, "a+")
         except OSError as exc:
@@ -113,8 +114,9 @@ def logdir_held(logdir):
                              "or give another --logdir") from None
         except OSError as exc:  # a filesystem without flock (Lustre mounted without it, some FUSE ones): run unheld
             f.close()
-            with contextlib.suppress(OSError):  # an empty file that holds nothing would only mislead
-                os.unlink(path)
+            if created:  # an empty file that holds nothing would only mislead; another's is left to it
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
             warnings.warn(f"cannot lock --logdir {logdir} ({exc.strerror}): nothing keeps a second run out of it")
             yield
             return
