@@ -161,7 +161,7 @@ def test_a_resnet_or_mixer_study_on_a_cpu_says_first_what_an_epoch_costs_there(n
 
 
 @pytest.mark.parametrize("name, values, noted", [("resnet18_lr", "0.001", True), ("mlp_activation", "relu", False)])
-def test_a_study_launched_on_a_cpu_gives_the_note_before_its_runs(name, values, noted, study_args, monkeypatch, capsys):
+def test_a_study_launched_on_a_cpu_prints_the_cost_note(name, values, noted, study_args, monkeypatch, capsys):
     import studies.__main__ as cli
 
     monkeypatch.setattr(cli, "work", lambda plan, study, lock: None)  # the runs themselves are not needed
