@@ -84,10 +84,15 @@ def cost_figure(rows, setting):
 
 
 def search_figure(trials, title):
-    """Each search trial's last validation accuracy by trial number, with the best so far."""
+    """Each search trial's last validation accuracy by trial number, with the best so far.
+
+    Args:
+        trials: ``{trial, outcome, last_valid_acc}`` per trial; those without a validation accuracy are left out.
+    """
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.subplots()
-    styles = {"completed": ("o", "completed"), "pruned": ("x", "pruned"), "diverged": ("v", "diverged")}
+    styles = {"completed": ("o", "completed"), "pruned": ("x", "pruned"), "diverged": ("v", "diverged"),
+              "error": ("s", "raised an error")}
     for outcome, (marker, label) in styles.items():
         points = [(t["trial"], t["last_valid_acc"]) for t in trials
                   if t["outcome"] == outcome and t["last_valid_acc"] is not None]

@@ -292,9 +292,11 @@ def search_section(study, runs, out, shared):
     section.table(["trial", "outcome", "epochs", "last valid acc", "settings"],
                   [[t["trial"], t["outcome"], _fmt(t["epochs"]), _fmt(t["last_valid_acc"]),
                     _settings_text(t["settings"])] for t in sorted(trials, key=lambda t: t["trial"])])
-    if trials:
+    if any(t["last_valid_acc"] is not None for t in trials):
         section.figure(f"{study.name}_search.png", figures.search_figure(trials, f"{study.name}: search"),
                        "validation accuracy of each trial, and the best completed so far")
+    elif trials:
+        section.text("No finished search trial ended an epoch, so there is no figure of their validation accuracy.")
     if not finals:
         section.text("The best configuration has not been retrained yet." if completed else
                      "No search trial has completed, so there is no configuration to retrain yet.")

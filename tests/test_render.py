@@ -27,6 +27,16 @@ def test_the_search_figure_marks_whole_trial_numbers_only():
     assert ticks and all(float(tick).is_integer() for tick in ticks), ticks
 
 
+def test_the_search_figure_shows_every_trial_that_logged_an_accuracy_by_its_outcome():
+    outcomes = ("completed", "pruned", "diverged", "error")
+    trials = [{"trial": n, "outcome": outcome, "last_valid_acc": 0.125 * (n + 1)} for n, outcome in enumerate(outcomes)]
+    trials.append({"trial": 4, "outcome": "error", "last_valid_acc": None})  # raised before its first epoch
+    ax = figures.search_figure(trials, "search").axes[0]
+    drawn = {collection.get_label(): collection.get_offsets().tolist() for collection in ax.collections}
+    assert drawn == {"completed": [[0, 0.125]], "pruned": [[1, 0.25]], "diverged": [[2, 0.375]],
+                     "raised an error": [[3, 0.5]]}
+
+
 def test_a_caption_wider_than_its_picture_stays_on_the_figure():
     square, strip = np.ones((70, 70, 3)), np.ones((40, 400, 3))  # the kernels beside a long token-mixing strip
     fig = figures.images_figure([("ResNet18: first-layer 3x3 kernels (RGB)", square),

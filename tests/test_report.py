@@ -218,6 +218,19 @@ def test_a_report_of_runs_before_their_first_epoch_says_that_nothing_is_logged_y
         assert f"\n- {what}: none logged yet.\n" in text, what
 
 
+def test_a_search_whose_finished_trials_ended_no_epoch_has_no_empty_figure(tmp_path):
+    import warnings
+
+    out = str(tmp_path / "runs")
+    write_run(out, "resnet18_best", "trial-0000", {"lr": 0.5}, [], role="search", outcome="diverged")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as matplotlib's for a legend without a point
+        text = markdown_of(out)
+    assert "1 search trial finished: 1 diverged." in text
+    assert "No finished search trial ended an epoch, so there is no figure of their validation accuracy." in text
+    assert not os.path.exists(os.path.join(out, "report", "resnet18_best_search.png"))
+
+
 def test_report_command_refuses_an_empty_folder(tmp_path, capsys):
     assert studies_main(["report", "--out", str(tmp_path)]) == 2
     assert "no study runs under" in capsys.readouterr().err
