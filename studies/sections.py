@@ -51,7 +51,7 @@ def run_row(run):
     results, trial = run["results"], run["trial"] or {}
     seconds = epoch_seconds(results)
     images = results.get("split", {}).get("train")
-    outcome = trial.get("outcome") or ("running or stopped" if results else "not started")
+    outcome = trial.get("outcome") or ("running or stopped" if results else "no epoch logged")
     return [run["name"], outcome, _fmt(results.get("epochs_completed")),
             _fmt(_final_valid_acc(run)), _fmt(results.get("best_valid_acc")),
             _fmt(results.get("test_acc")), _fmt(results.get("num_params")), _fmt(seconds, 2),
@@ -301,47 +301,57 @@ def search_section(study, runs, out, shared):
         section.text("The best configuration has not been retrained yet." if completed else
                      "No search trial has completed, so there is no configuration to retrain yet.")
         return section
-    tests = [run["results"].get("test_acc") for run in finals]
-    seconds = [sum(run["results"].get("train_seconds") or []) for run in finals]
-    seeds = [str(run["trial"]["seed"]) for run in finals if run["trial"]]
-    retrained = "once" if len(finals) == 1 else f"{len(finals)} times"
-    if seeds:
+    done = _completed(finals)  # a final run still training, or one that diverged, has no test accuracy
+    if done:
+        tests = [run["results"].get("test_acc") for run in done]
+        seconds = [sum(run["results"].get("train_seconds") or []) for run in done]
+        seeds = [str(run["trial"]["seed"]) for run in done]
+        retrained = "once" if len(done) == 1 else f"{len(done)} times"
         retrained += f" ({'seed' if len(seeds) == 1 else 'seeds'} {_and_list(seeds)})"
-    section.text(f"The best configuration, retrained {retrained} on the training split and tested once"
-                 f"{'' if len(finals) == 1 else ' each'}: test accuracy {_mean_std(tests)}; training time "
-                 f"{_mean_std(seconds, 1)} s per run (training epochs only) on "
-                 f"{finals[0]['results'].get('device_name', 'an unknown device')}.")
-    source = next((t for t in trials if finals[0]["trial"] and t["trial"] == finals[0]["trial"].get("source_trial")),
-                  None)
-    retrained_accs = [acc for acc in map(_final_valid_acc, finals) if acc is not None]
-    if source and source["value"] is not None and retrained_accs:
-        section.text(f"Final validation accuracy of the retrained runs: {_mean_std(retrained_accs)}, against "
-                     f"{source['value']:.4f} for trial {source['trial']} (seed {source['seed']}), which the search "
-                     "ranked best.")
-    for line in _epochs_sentences(finals, "The final runs"):
+        section.text(f"The best configuration, retrained {retrained} on the training split and tested once"
+                     f"{'' if len(done) == 1 else ' each'}: test accuracy {_mean_std(tests)}; training time "
+                     f"{_mean_std(seconds, 1)} s per run (training epochs only) on "
+                     f"{done[0]['results'].get('device_name', 'an unknown device')}.")
+        source = next((t for t in trials if t["trial"] == done[0]["trial"].get("source_trial")), None)
+        retrained_accs = [acc for acc in map(_final_valid_acc, done) if acc is not None]
+        if source and source["value"] is not None and retrained_accs:
+            section.text(f"Final validation accuracy of the retrained runs: {_mean_std(retrained_accs)}, against "
+                         f"{source['value']:.4f} for trial {source['trial']} (seed {source['seed']}), which the "
+                         "search ranked best.")
+    else:
+        section.text(f"No final run has completed yet, so the best configuration has no test accuracy "
+                     f"({counted(len(finals), 'final run')} started).")
+    for line in _outcome_sentences(finals) + _epochs_sentences(finals, "The final runs"):
         section.text(line)
-    args = finals[0]["results"].get("args", {})
-    unused = {"momentum"} if args.get("optimizer") != "momentum" else set()
-    unused |= {"weight_decay"} if args.get("optimizer") == "adam" else set()
-    unused |= {"warmup_fraction"} if args.get("lr_schedule") == "constant" else set()
-    best_rows = [[key, ", ".join(seeds) if key == "seed" and seeds else _fmt(args[key], 6)]
-                 for key in BEST_KEYS if key in args and key not in unused]
-    best_rows += [[f"model: {key}", _fmt(value)] for key, value in finals[0]["results"].get("model_config", {}).items()]
-    section.text("Full hyperparameters of the final runs:")
-    section.table(["hyperparameter", "value"], best_rows)
+    logged = next((run for run in done + finals if run["results"].get("args")), None)
+    if logged:
+        args = logged["results"]["args"]
+        unused = {"momentum"} if args.get("optimizer") != "momentum" else set()
+        unused |= {"weight_decay"} if args.get("optimizer") == "adam" else set()
+        unused |= {"warmup_fraction"} if args.get("lr_schedule") == "constant" else set()
+        seeds = [str(run["trial"]["seed"]) for run in finals if run["trial"]]
+        best_rows = [[key, ", ".join(seeds) if key == "seed" and seeds else _fmt(args[key], 6)]
+                     for key in BEST_KEYS if key in args and key not in unused]
+        best_rows += [[f"model: {key}", _fmt(value)] for key, value in logged["results"].get("model_config", {}).items()]
+        section.text("Full hyperparameters of the final runs:")
+        section.table(["hyperparameter", "value"], best_rows)
     section.table(RUN_HEADER, [run_row(run) for run in finals])
     _shared_processor_text(section, finals, shared)  # the trials' times are not reported
     section.figure(f"{study.name}_final_curves.png", figures.curves_page({"final": finals}, f"{study.name}: final runs"),
                    "training curves of the final runs")
-    pictures = [(caption, imread(os.path.join(finals[0]["path"], filename)))
-                for filename, caption in VISUALISATIONS.get(study.model, ())
-                if os.path.isfile(os.path.join(finals[0]["path"], filename))]
+    pictures = next(filter(None, (_visualisations(run, study.model) for run in done)), [])
     if pictures:
         section.figure(f"{study.name}_visualisation.png", figures.images_figure(pictures, study.name),
                        "first-layer weights of the best model")
     if study.model == "mlpmixer":
         _comparison_block(section, pictures, out)
     return section
+
+
+def _visualisations(run, model):
+    """``(caption, image)`` of each first-layer picture that ``run`` saved."""
+    return [(caption, imread(os.path.join(run["path"], filename))) for filename, caption in VISUALISATIONS.get(model, ())
+            if os.path.isfile(os.path.join(run["path"], filename))]
 
 
 def _shared_processor_text(section, runs, shared):
@@ -351,11 +361,11 @@ def _shared_processor_text(section, runs, shared):
 
 
 def _comparison_block(section, mixer_pictures, out):
-    resnet_final = os.path.join(out, "resnet18_best", RUNS_FOLDER)
-    finals = sorted(name for name in os.listdir(resnet_final) if name.startswith("final_")) if os.path.isdir(
-        resnet_final) else []
-    kernels = os.path.join(resnet_final, finals[0], "resnet18_kernels_rgb.png") if finals else None
-    if not mixer_pictures or not kernels or not os.path.isfile(kernels):
+    folder = os.path.join(out, "resnet18_best", RUNS_FOLDER)
+    finals = sorted(name for name in os.listdir(folder) if name.startswith("final_")) if os.path.isdir(folder) else []
+    kernels = next(filter(os.path.isfile, (os.path.join(folder, name, "resnet18_kernels_rgb.png") for name in finals)),
+                   None)
+    if not mixer_pictures or not kernels:
         section.text("The comparison with the ResNet18 kernels needs the final runs of both searches.")
         return
     section.figure("comparison_mixer_resnet.png", figures.images_figure(

@@ -196,6 +196,42 @@ def test_report_counts_the_final_runs_of_a_search_and_names_their_seeds(fixture_
             "which the search ranked best.") in text
 
 
+def test_a_search_report_counts_only_the_final_runs_that_completed(fixture_logs):
+    best = {"optimizer": "momentum", "lr": 0.1, "epochs": 2}
+    for study, picture in (("resnet18_best", "resnet18_kernels_rgb.png"), ("mlpmixer_best", "mlpmixer_token_mixing.png")):
+        shutil.rmtree(os.path.join(fixture_logs, study, "runs", "final_seed-43"))
+        write_run(fixture_logs, study, "final_seed-43", best, [0.1], outcome="diverged", role="final", seed=43,
+                  trial=2, source_trial=0, args={**best, "seed": 43})
+        kept = write_run(fixture_logs, study, "final_seed-44", best, [0.8, 0.87], role="final", seed=44, trial=3,
+                         source_trial=0, test_acc=0.92, args={**best, "seed": 44})
+        imsave(os.path.join(kept, picture), np.random.default_rng(0).random((40, 40, 3)))
+    text = markdown_of(fixture_logs)
+    section = text[text.index("## resnet18_best"):text.index("## mlpmixer_best")]
+    assert "retrained once (seed 44) on the training split and tested once: test accuracy 0.9200;" in section
+    assert "Final validation accuracy of the retrained runs: 0.8700, against 0.9000 for trial 0" in section
+    assert "final_seed-43 diverged: its training loss was not finite in epoch 2." in section
+    assert "| seed | 43, 44 |" in section
+    assert "![first-layer weights of the best model](resnet18_best_visualisation.png)" in section
+    assert "comparison_mixer_resnet.png" in text  # from the ResNet's final run that saved its kernels
+
+
+def test_a_search_report_while_its_final_run_trains_claims_no_test_accuracy(tmp_path):
+    import warnings
+
+    out = str(tmp_path / "runs")
+    write_run(out, "resnet18_best", "trial-0000", {"optimizer": "momentum", "lr": 0.1, "epochs": 2}, [0.5, 0.6],
+              role="search")
+    os.makedirs(os.path.join(out, "resnet18_best", "runs", "final_seed-43"))  # claimed, before its first epoch
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text = markdown_of(out)
+    assert "No final run has completed yet, so the best configuration has no test accuracy (1 final run started)." \
+        in text
+    assert "final_seed-43 has not finished (0 epochs logged)" in text
+    assert "| final_seed-43 | no epoch logged | - |" in text
+    assert "retrained" not in text and "Full hyperparameters" not in text
+
+
 def test_report_names_the_studies_that_have_not_run(fixture_logs):
     for study in ("resnet18_lr", "mlpmixer_best"):
         shutil.rmtree(os.path.join(fixture_logs, study))
