@@ -243,11 +243,16 @@ def _cost_block(section, groups, setting):
     rows.sort()
     section.table([setting, "parameters", "s/epoch (train)", "train img/s"],
                   [[value, _fmt(params), _fmt(seconds, 2), _fmt(rate, 0)] for value, params, seconds, rate in rows])
-    most, least = max(rows, key=lambda r: r[1]), min(rows, key=lambda r: r[1])
-    slow, fast = max(rows, key=lambda r: r[2]), min(rows, key=lambda r: r[2])
-    section.text(f"Parameters range from {least[1]:,} ({setting} {least[0]}) to {most[1]:,} ({setting} {most[0]}); "
-                 f"a training epoch takes from {fast[2]:.2f} s ({setting} {fast[0]}) to {slow[2]:.2f} s "
-                 f"({setting} {slow[0]}), {slow[2] / fast[2]:.1f} times as long.")
+    if len(rows) == 1:
+        (value, params, seconds, _), = rows
+        section.text(f"Only {setting} {value} has a timed epoch ({params:,} parameters, {seconds:.2f} s per training "
+                     "epoch): there is nothing to compare it with yet.")
+    else:
+        most, least = max(rows, key=lambda r: r[1]), min(rows, key=lambda r: r[1])
+        slow, fast = max(rows, key=lambda r: r[2]), min(rows, key=lambda r: r[2])
+        section.text(f"Parameters range from {least[1]:,} ({setting} {least[0]}) to {most[1]:,} ({setting} "
+                     f"{most[0]}); a training epoch takes from {fast[2]:.2f} s ({setting} {fast[0]}) to "
+                     f"{slow[2]:.2f} s ({setting} {slow[0]}), {slow[2] / fast[2]:.1f} times as long.")
     section.figure("mlpmixer_patch_cost.png", figures.cost_figure(rows, setting),
                    f"parameters, seconds per training epoch and images per second against {setting}")
 

@@ -176,6 +176,15 @@ def test_report_names_the_settings_problem_4_asks_for_that_did_not_run(fixture_r
     assert "Problem 4 asks for activation" not in text  # tanh still has its seed-42 run
 
 
+def test_a_patch_size_study_with_one_timed_setting_compares_nothing(tmp_path):
+    out = str(tmp_path / "runs")
+    write_run(out, "mlpmixer_patch", "patch_size-4_seed-42", {"patch_size": 4}, [0.6, 0.7], num_params=2_000_000)
+    text = markdown_of(out)
+    assert ("Only patch_size 4 has a timed epoch (2,000,000 parameters, 2.00 s per training epoch): there is nothing "
+            "to compare it with yet.") in text
+    assert "Parameters range" not in text
+
+
 def test_report_says_which_runs_are_shorter_than_problem_4_asks(fixture_report):
     sections = {part.split(":", 1)[0]: part for part in fixture_report[2].split("\n## ")[1:]}
     assert "These runs were set to train for 2 epochs; Problem 4 asks for at least 10." in sections["resnet18_lr"]
