@@ -143,7 +143,9 @@ def make_plan(study, options, train_argv):
     held_model_keys = {key: value for key, value in given.items() if is_model_setting(study.model, key)}
     validate_model_config(study.model, {**model_config, **held_model_keys}, source="--set")
     if study.grid and study.grid.setting in {**flags, **given}:
-        raise UserError(f"{study.name} varies {study.grid.setting}; choose its values with --values, not a flag")
+        setting = study.grid.setting
+        raise UserError(f"{study.name} varies {setting}; choose its values with --values, not "
+                        f"{'--' + setting if setting in flags else '--set ' + setting}")
     if options.values is not None and not study.grid:
         raise UserError(f"--values: {study.name} is a search; it has no grid")
     if os.path.exists(options.out) and not os.path.isdir(options.out):

@@ -13,7 +13,9 @@ from training.fake_data import write_fake_cifar10
 
 
 @pytest.mark.parametrize("name, extra, message", [
-    ("resnet18_lr", ["--lr", "0.1"], "resnet18_lr varies lr"),
+    ("resnet18_lr", ["--lr", "0.1"], "resnet18_lr varies lr; choose its values with --values, not --lr"),
+    ("mlp_activation", ["--set", "activation=tanh"],
+     "mlp_activation varies activation; choose its values with --values, not --set activation"),
     ("resnet18_lr", ["--values", "0.5"], "0.5 is not a valid lr"),
     ("mlpmixer_patch", ["--values", "four"], "--values: patch_size takes int values; choose from 1, 2, 4, 8, 16, 32"),
     ("resnet18_lr", ["--logdir", "x"], "--logdir is set by the study"),
