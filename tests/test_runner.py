@@ -68,6 +68,22 @@ def test_each_model_trains_and_writes_results(model, run_args, tmp_path, capsys)
         assert "mlpmixer_token_mixing.png" in files
 
 
+def test_visualize_for_the_mlp_warns_before_training_and_draws_nothing(run_args, tmp_path):
+    import warnings
+
+    from config import get_config_parser
+
+    logdir = str(tmp_path / "run")
+    args = get_config_parser().parse_args(run_args("mlp", "--logdir", logdir, "--visualize", epochs=1))
+    warned_by_the_first_epoch = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        engine.fit(args, on_epoch=lambda epoch, history: warned_by_the_first_epoch.extend(map(str, caught)))
+    assert any("--visualize: mlp has no first-layer visualisation (resnet18 and mlpmixer have one); the run trains "
+               "without it" in warning for warning in warned_by_the_first_epoch), warned_by_the_first_epoch
+    assert not [name for name in os.listdir(logdir) if name.endswith(".png")]
+
+
 def test_mlp_learns_the_fake_data(run_args, tmp_path):
     logdir = str(tmp_path / "run")
     assert main.main(run_args("mlp", "--logdir", logdir, "--lr", "3e-3", epochs=4)) == 0

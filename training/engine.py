@@ -229,6 +229,9 @@ def _fit(args, on_epoch, test, held):
     }
     resolve_fast_path(args, device)
     model = build_model(args.model, model_config).to(device)
+    if args.visualize and not hasattr(model, "visualize"):  # said now, not after the whole run
+        warnings.warn(f"--visualize: {args.model} has no first-layer visualisation (resnet18 and mlpmixer have "
+                      "one); the run trains without it")
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum, args.weight_decay,
@@ -347,12 +350,9 @@ def _fit(args, on_epoch, test, held):
         tested = f"test loss {test_loss:.4f}, test accuracy {test_acc:.4f}" if test else "test set not used"
         print(f"best validation accuracy {results.get('best_valid_acc', float('nan')):.4f} "
               f"(epoch {results.get('best_epoch')}); {tested}")
-        if args.visualize:
-            if hasattr(model, "visualize"):
-                for path in model.visualize(args.logdir) or []:
-                    print(f"wrote {path}")
-            else:
-                print(f"--visualize: {args.model} has no visualisation", file=sys.stderr)
+        if args.visualize and hasattr(model, "visualize"):
+            for path in model.visualize(args.logdir) or []:
+                print(f"wrote {path}")
     else:
         record(status)
     return results
