@@ -1,0 +1,170 @@
+"""The report's sentences for logs that the fixture of test_report.py does not hold: studies under way, runs
+that failed or ended no epoch, a single setting, seeds that do or do not separate settings, tied trials, and
+runs that shared a processor."""
+import os
+import warnings
+
+from report_logs import markdown_of, write_activation_runs, write_run
+from studies.overlap import shared_processor_sentence, shared_processors
+from studies.report import build_report
+
+
+def test_a_patch_size_study_with_one_timed_setting_compares_nothing(tmp_path):
+    out = str(tmp_path / "runs")
+    write_run(out, "mlpmixer_patch", "patch_size-4_seed-42", {"patch_size": 4}, [0.6, 0.7], num_params=2_000_000)
+    text = markdown_of(out)
+    assert ("Only patch_size 4 has a timed epoch (2,000,000 parameters, 2.00 s per training epoch): there is nothing "
+            "to compare it with yet.") in text
+    assert "Parameters range" not in text
+
+
+def test_a_search_report_while_its_final_run_trains_claims_no_test_accuracy(tmp_path):
+    out = str(tmp_path / "runs")
+    write_run(out, "resnet18_best", "trial-0000", {"optimizer": "momentum", "lr": 0.1, "epochs": 2}, [0.5, 0.6],
+              role="search")
+    os.makedirs(os.path.join(out, "resnet18_best", "runs", "final_seed-43"))  # claimed, before its first epoch
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text = markdown_of(out)
+    assert "No final run has completed yet, so the best configuration has no test accuracy (1 final run started)." \
+        in text
+    assert "final_seed-43 has not finished (0 epochs logged)" in text
+    assert "| final_seed-43 | no epoch logged | - |" in text
+    assert "retrained" not in text and "Full hyperparameters" not in text
+
+
+def test_a_report_of_runs_before_their_first_epoch_says_that_nothing_is_logged_yet(tmp_path):
+    os.makedirs(tmp_path / "runs" / "mlp_activation" / "runs" / "activation-relu_seed-42")  # as a run starts
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as matplotlib's for a legend of curves without a point
+        markdown_path, _ = build_report(str(tmp_path / "runs"))
+    with open(markdown_path) as f:
+        text = f.read()
+    for what in ("Devices", "PyTorch", "Precision", "Data", "Split"):
+        assert f"\n- {what}: none logged yet.\n" in text, what
+
+
+def test_a_search_whose_finished_trials_ended_no_epoch_has_no_empty_figure(tmp_path):
+    out = str(tmp_path / "runs")
+    write_run(out, "resnet18_best", "trial-0000", {"lr": 0.5}, [], role="search", outcome="diverged")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as matplotlib's for a legend without a point
+        text = markdown_of(out)
+    assert "1 search trial finished: 1 diverged." in text
+    assert "No finished search trial ended an epoch, so there is no figure of their validation accuracy." in text
+    assert not os.path.exists(os.path.join(out, "report", "resnet18_best_search.png"))
+
+
+def test_a_report_of_studies_under_way_says_what_is_missing_with_counts_in_words(tmp_path):
+    out = str(tmp_path / "runs")
+    for activation, accs, outcome in (("relu", [0.5], "completed"), ("tanh", [0.3], "error"), ("sigmoid", [0.2], None)):
+        folder = write_run(out, "mlp_activation", f"activation-{activation}_seed-42", {"activation": activation}, accs,
+                           outcome=outcome or "completed", test_acc=0.5 if outcome == "completed" else None,
+                           args={"epochs": 1})
+        if outcome is None:  # still training: no trial.json yet
+            os.remove(os.path.join(folder, "trial.json"))
+    write_run(out, "resnet18_best", "trial-0000", {"lr": 0.1}, [0.9], role="search")
+    markdown_path, _ = build_report(out)
+    with open(markdown_path) as f:
+        text = f.read()
+    for sentence in ("Report generated ", " from 4 runs.", "Grid over activation: relu, tanh, sigmoid; 3 runs.",
+                     "These runs were set to train for 1 epoch; Problem 4 asks for at least 10.",
+                     "activation-sigmoid_seed-42 has not finished (1 epoch logged); rerun the study to complete it.",
+                     "activation-tanh_seed-42 failed: see its train.log.", "1 search trial finished: 1 completed.",
+                     "Best trial: 0, final validation accuracy 0.9000 after 1 epoch; its settings: lr=0.1000.",
+                     "The best configuration has not been retrained yet."):
+        assert sentence in text, sentence
+
+
+def test_a_report_says_when_the_seeds_do_not_separate_the_two_highest_settings(tmp_path):
+    out = write_activation_runs(tmp_path, (("relu", (0.50, 0.60)), ("tanh", (0.55, 0.56)), ("sigmoid", (0.30, 0.31))))
+    text = markdown_of(out)
+    assert "activation tanh is highest, 0.0050 above the next (relu)" in text
+    assert ("Their runs overlap (tanh 0.5500 to 0.5600, relu 0.5000 to 0.6000): these seeds do not separate tanh "
+            "from relu.") in text
+
+
+def test_a_grids_seed_table_counts_completed_runs_only(tmp_path):
+    out = write_activation_runs(tmp_path, (("relu", (0.50, 0.52)), ("tanh", (0.45, 0.47))))
+    write_run(out, "mlp_activation", "activation-relu_seed-44", {"activation": "relu"}, [0.1], outcome=None, seed=44)
+    text = markdown_of(out)
+    assert "| relu | 2 of 3 | 0.5100 ± 0.0141 | 0.5100 ± 0.0141 | 0.5100 ± 0.0141 |" in text
+    assert "| tanh | 2 | 0.4600 ± 0.0141 |" in text
+
+
+def test_seeds_that_meet_at_one_value_do_not_separate_two_settings(tmp_path):
+    out = write_activation_runs(tmp_path, (("relu", (0.50, 0.52)), ("tanh", (0.48, 0.50))))
+    assert ("Their runs overlap (relu 0.5000 to 0.5200, tanh 0.4800 to 0.5000): these seeds do not separate relu "
+            "from tanh.") in markdown_of(out)
+
+
+def test_a_grid_with_some_runs_set_below_10_epochs_says_so_and_gives_the_spread_of_peak_epochs(tmp_path):
+    out = str(tmp_path / "runs")
+    for seed, valid_accs, epochs in ((42, [0.3, 0.5, 0.4], 15), (43, [0.3, 0.4, 0.5], 5)):
+        write_run(out, "mlp_activation", f"activation-relu_seed-{seed}", {"activation": "relu"}, valid_accs,
+                  seed=seed, args={"epochs": epochs})
+    text = markdown_of(out)
+    assert "These runs were set to train for 5 or 15 epochs; Problem 4 asks for at least 10." in text
+    assert "Epoch of the highest validation accuracy (of 3), by activation: relu 2 to 3." in text
+
+
+def test_a_report_names_the_one_setting_whose_spread_is_unknown(tmp_path):
+    out = write_activation_runs(tmp_path, (("relu", (0.50, 0.52)), ("tanh", (0.60,)), ("sigmoid", (0.30, 0.31))))
+    text = markdown_of(out)
+    assert ("activation tanh has one completed run: whether other seeds keep tanh above relu is unknown (`--seeds N` "
+            "repeats every setting).") in text
+
+
+def test_a_search_section_names_tied_trials_and_every_seed_of_the_final_runs(tmp_path):
+    out = str(tmp_path / "runs")
+    settings = {"optimizer": "adamw", "lr": 0.001, "epochs": 2}
+    for trial in (0, 1, 2):
+        write_run(out, "resnet18_best", f"trial-000{trial}", {**settings, "lr": 0.001 * (trial + 1)},
+                  [0.5, 0.8 if trial < 2 else 0.7], role="search", trial=trial)
+    for seed in (42, 43):
+        write_run(out, "resnet18_best", f"final_seed-{seed}", settings, [0.5, 0.8], role="final", trial=1 + seed,
+                  seed=seed, test_acc=0.79, args={**settings, "seed": seed})
+    text = markdown_of(out)
+    assert "Best trial: 0, final validation accuracy 0.8000" in text
+    assert "Trial 1 reached the same validation accuracy; the earliest trial is the one retrained." in text
+    assert "retrained 2 times (seeds 42 and 43)" in text and "| seed | 42, 43 |" in text
+
+
+def test_the_runs_that_shared_a_processor_while_they_trained_are_found_from_their_epoch_times():
+    def run(name, ends, host="node1", device="GPU-a", study="mlpmixer_patch", seconds=10.0, valid=1.0):
+        results = {"host": host, "device_id": device, "epoch_end_times": ends, "train_seconds": [seconds] * len(ends),
+                   "valid_seconds": [valid] * len(ends)}
+        return {"study": study, "name": name, "path": f"/out/{study}/runs/{name}", "results": results}
+
+    runs = [run("a", [100, 111]), run("b", [105, 116]),       # a and b overlap on GPU-a
+            run("c", [105, 116], device="GPU-b"),              # the same time on another GPU
+            run("d", [200, 211]),                              # after a and b
+            run("e", [105, 116], host="node2"),                # another machine
+            run("f", [150, 300]),                              # resumed: its epochs bracket d's, neither meets it
+            run("g", [208], study="mlp_activation", seconds=3.0),  # another study's run beside d
+            {"study": "mlpmixer_patch", "name": "h", "path": "/out/mlpmixer_patch/runs/h",
+             "results": {"train_seconds": [10.0]}},  # older logs, without epoch times
+            run("i", [400, 431]), run("j", [411, 420]),  # j trained between i's two epochs (i resumed), touching both
+            run("k", [500], valid=5.0), run("l", [488], seconds=2.0)]  # l trained while k validated (485 to 500)
+    shared = shared_processors(runs)
+    assert {path: sorted(other["path"] for other in others) for path, others in shared.items()} == {
+        "/out/mlpmixer_patch/runs/a": ["/out/mlpmixer_patch/runs/b"],
+        "/out/mlpmixer_patch/runs/b": ["/out/mlpmixer_patch/runs/a"],
+        "/out/mlpmixer_patch/runs/d": ["/out/mlp_activation/runs/g"],
+        "/out/mlp_activation/runs/g": ["/out/mlpmixer_patch/runs/d"],
+        "/out/mlpmixer_patch/runs/k": ["/out/mlpmixer_patch/runs/l"],
+        "/out/mlpmixer_patch/runs/l": ["/out/mlpmixer_patch/runs/k"]}
+    assert shared_processor_sentence(runs[:4], shared) == (
+        "Trained while another run used the same processor (host and GPU, or CPU), so their seconds per epoch "
+        "include that sharing: a (with b); b (with a); d (with mlp_activation/g).")
+    assert shared_processor_sentence(runs[2:3], shared) is None
+
+
+def test_a_grid_section_names_its_runs_that_trained_side_by_side(tmp_path):
+    out = str(tmp_path / "runs")
+    for patch, ends in ((4, [100.0, 104.0]), (8, [102.0, 106.0]), (16, [300.0, 304.0])):
+        write_run(out, "mlpmixer_patch", f"patch_size-{patch}_seed-42", {"patch_size": patch}, [0.6, 0.7],
+                  logged={"host": "node1", "device_id": "cpu", "epoch_end_times": ends})
+    text = markdown_of(out)
+    assert ("so their seconds per epoch include that sharing: patch_size-4_seed-42 (with patch_size-8_seed-42); "
+            "patch_size-8_seed-42 (with patch_size-4_seed-42).") in text
