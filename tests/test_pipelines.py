@@ -9,10 +9,12 @@ from training.pipelines import CIFAR10_MEAN, CIFAR10_STD, Normalize, TensorBatch
 
 
 def test_normalize_matches_template_transform():
+    template_mean, template_std = (0.49139968, 0.48215841, 0.44653091), (0.24703223, 0.24348513, 0.26158784)
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     ours = Normalize("cpu")(images.float())
-    reference = transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD)(images.float() / 255)
+    reference = transforms.Normalize(template_mean, template_std)(images.float() / 255)
     torch.testing.assert_close(ours, reference)
+    assert (CIFAR10_MEAN, CIFAR10_STD) == (template_mean, template_std)  # torchvision_batches' Normalize too
 
 
 def test_tensor_batches_cover_every_image_once():
