@@ -302,10 +302,17 @@ def search_section(study, runs, out, shared):
                        "validation accuracy of each trial, and the best completed so far")
     elif trials:
         section.text("No finished search trial ended an epoch, so there is no figure of their validation accuracy.")
-    if not finals:
+    if finals:
+        _finals_block(section, study, trials, finals, out, shared)
+    else:
         section.text("The best configuration has not been retrained yet." if completed else
                      "No search trial has completed, so there is no configuration to retrain yet.")
-        return section
+    return section
+
+
+def _finals_block(section, study, trials, finals, out, shared):
+    """What a search's final runs show: the best configuration's test accuracy from those that completed, the
+    others' outcomes, its full hyperparameters, the runs' table and curves, and the best model's pictures."""
     done = _completed(finals)  # a final run still training, or one that diverged, has no test accuracy
     if done:
         tests = [run["results"].get("test_acc") for run in done]
@@ -350,7 +357,6 @@ def search_section(study, runs, out, shared):
                        "first-layer weights of the best model")
     if study.model == "mlpmixer":
         _comparison_block(section, pictures, out)
-    return section
 
 
 def _visualisations(run, model):
