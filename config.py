@@ -10,10 +10,20 @@ from training.augmentation import AUGMENTATIONS, MIXES
 from training.optim import SCHEDULES
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each flag's default, except where there is none to name: an unset value or an off switch
+    (``(default: None)``, ``(default: False)`` say nothing)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def get_config_parser():
     parser = argparse.ArgumentParser(
         description="Train an MLP, a ResNet18 or an MLP-Mixer on CIFAR-10 and write results.json.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
 
     template = parser.add_argument_group("template flags (defaults as in the course template)")
     template.add_argument("--batch_size", type=int, default=128, help="batch size for training.")

@@ -20,7 +20,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from config import MAX_SEED, check_args, get_config_parser
+from config import MAX_SEED, HelpFormatter, check_args, get_config_parser
 from training.cifar10 import check_valid_size, load_cifar10
 from training.errors import UserError, set_up_command_line
 from training.models import SCHEMAS, SHIPPED_CONFIG_DIR, load_model_config, validate_model_config
@@ -43,7 +43,7 @@ def _parser():
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="the studies, their grids and search spaces")
     run = commands.add_parser("run", help="run (or resume) a study; other flags go to every run, as main.py's",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+                              formatter_class=HelpFormatter, allow_abbrev=False)
     run.add_argument("name", choices=[*STUDIES, "all"], help="the study; all: every study, then the report")
     run.add_argument("--out", default="runs", help="output folder: one subfolder per study")
     run.add_argument("--workers", type=int, default=1,
@@ -52,7 +52,8 @@ def _parser():
                      help="runs per grid point (seeds --seed, --seed + 1, ...); final runs of a search (seeds "
                           "--seed + 1, ...; its trials train with --seed)")
     run.add_argument("--values", nargs="+", help="the grid's values instead of the study's defaults")
-    run.add_argument("--trials", type=int, help="a search's budget of trials (None: the study's own, 24)")
+    run.add_argument("--trials", type=int, help="a search's budget of trials (default: the study's own: " + ", ".join(
+        f"{study.name} {study.trials}" for study in STUDIES.values() if study.is_search) + ")")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="hold a model-config key at VALUE (JSON), e.g. embed_dim=256; main.py settings are "
                           "held by giving their flags")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import main
-from config import torch_release
+from config import get_config_parser, torch_release
 from training.models import load_model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -183,6 +183,17 @@ def test_cli_subprocess_help_and_error_exit_codes(tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: model config not found")
     assert "Traceback" not in bad.stderr
+
+
+def test_help_names_the_defaults_that_exist_and_no_empty_ones(capsys):
+    from studies.__main__ import main as studies_main
+
+    with pytest.raises(SystemExit) as exited:
+        studies_main(["run", "--help"])
+    assert exited.value.code == 0
+    for text in (get_config_parser().format_help(), capsys.readouterr().out):
+        assert "(default: " in text
+        assert not re.search(r"\(default: (None|False|\[\])\)", text), text
 
 
 @pytest.mark.skipif(os.name != "posix", reason="runs hold their --logdir with flock, which Windows lacks")
