@@ -25,6 +25,11 @@ def _fmt(value, digits=4):
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _exact(value):
+    """A setting as the run was given it, to be copied into a command: every digit of a float."""
+    return repr(value) if isinstance(value, float) else _fmt(value)
+
+
 def _mean_std(values, digits=4):
     values = [v for v in values if v is not None]
     if not values:
@@ -342,9 +347,10 @@ def _finals_block(section, study, trials, finals, out, shared):
         unused |= {"weight_decay"} if args.get("optimizer") == "adam" else set()
         unused |= {"warmup_fraction"} if args.get("lr_schedule") == "constant" else set()
         seeds = [str(run["trial"]["seed"]) for run in finals if run["trial"]]
-        best_rows = [[key, ", ".join(seeds) if key == "seed" and seeds else _fmt(args[key], 6)]
+        best_rows = [[key, ", ".join(seeds) if key == "seed" and seeds else _exact(args[key])]
                      for key in BEST_KEYS if key in args and key not in unused]
-        best_rows += [[f"model: {key}", _fmt(value)] for key, value in logged["results"].get("model_config", {}).items()]
+        best_rows += [[f"model: {key}", _exact(value)]
+                      for key, value in logged["results"].get("model_config", {}).items()]
         section.text("Full hyperparameters of the final runs:")
         section.table(["hyperparameter", "value"], best_rows)
     section.table(RUN_HEADER, [run_row(run) for run in finals])

@@ -74,7 +74,8 @@ def test_report_states_what_the_logs_show(fixture_report):
     assert "2 search trials finished: 1 completed, 1 pruned." in text
     assert "Best trial: 0, final validation accuracy 0.9000 after 2 epochs" in text
     assert "retrained once (seed 43) on the training split and tested once: test accuracy 0.9300; training time 8.0 s per run (training epochs only) on NVIDIA H100" in text
-    assert "| lr_schedule | onecycle |" in text and "| momentum | 0.900000 |" in text
+    assert "| lr_schedule | onecycle |" in text and "| momentum | 0.9 |" in text
+    assert "| weight_decay | 0.0005 |" in text
 
 
 def test_report_states_each_settings_fit_from_the_logs(fixture_report):

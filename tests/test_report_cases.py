@@ -168,3 +168,15 @@ def test_a_grid_section_names_its_runs_that_trained_side_by_side(tmp_path):
     text = markdown_of(out)
     assert ("so their seconds per epoch include that sharing: patch_size-4_seed-42 (with patch_size-8_seed-42); "
             "patch_size-8_seed-42 (with patch_size-4_seed-42).") in text
+
+
+def test_a_search_states_the_final_runs_hyperparameters_with_every_digit(tmp_path):
+    out = str(tmp_path / "runs")
+    best = {"optimizer": "adamw", "lr": 0.0012345678912345, "weight_decay": 0.00027346, "epochs": 2}
+    write_run(out, "mlpmixer_best", "trial-0000", best, [0.5, 0.6], role="search")
+    write_run(out, "mlpmixer_best", "final_seed-43", best, [0.5, 0.6], role="final", seed=43, trial=1, source_trial=0,
+              test_acc=0.6, args={**best, "seed": 43}, model_config={"drop_rate": 0.123456789, "embed_dim": 384})
+    text = markdown_of(out)
+    for row in ("| lr | 0.0012345678912345 |", "| weight_decay | 0.00027346 |", "| model: drop_rate | 0.123456789 |",
+                "| model: embed_dim | 384 |"):
+        assert row in text, row
