@@ -57,6 +57,18 @@ def test_torchvision_training_batches_are_augmented_and_normalised():
     assert not math.isclose(float(x.mean()), 0.0, abs_tol=1e-9)
 
 
+def test_the_torchvision_pipeline_trains_with_the_templates_transforms():
+    images, labels = torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64)
+    flip, crop, *rest = torchvision_batches(images, labels, 4, train=True, num_workers=0).dataset.transform.transforms
+    assert isinstance(flip, transforms.RandomHorizontalFlip) and flip.p == 0.5
+    assert isinstance(crop, transforms.RandomResizedCrop)
+    assert (tuple(crop.size), tuple(crop.scale), tuple(crop.ratio)) == ((32, 32), (0.8, 1.0), (0.9, 1.1))
+    assert [type(step) for step in rest] == [transforms.ToTensor, transforms.Normalize]
+    _, pad_crop, *_ = torchvision_batches(images, labels, 4, train=True, num_workers=0,
+                                          augment="padcrop").dataset.transform.transforms
+    assert (pad_crop.size, pad_crop.padding, pad_crop.padding_mode) == ((32, 32), 4, "reflect")
+
+
 @pytest.mark.parametrize("augment", ["template", "padcrop", "padcrop_cutout"])
 def test_both_pipelines_augment_each_recipe(augment):
     """A constant image stays constant under every crop and flip; a cutout sets one square to the mean (0)."""
