@@ -1,9 +1,12 @@
 """The device-run scripts on the CPU: the GPU check's dry run (fake data, a stand-in for graph capture),
 the benchmark, with ``torch.compile`` on a backend that needs no C++ build, the layout benchmark, the dry runs
-of the study timer and the target check, and the refusals of the GPU-only tools on a machine without CUDA."""
+of the study timer and the target check, the refusals of the GPU-only tools on a machine without CUDA, and the
+device call's choice of steps."""
 import json
 import os
 import re
+import shutil
+import subprocess
 import tempfile
 
 import pytest
@@ -225,3 +228,46 @@ def test_layout_benchmark_steps_train_the_same_model_alike(fake_data_dir, monkey
     made.clear()
     layout_benchmark.time_layouts("resnet18", batches, plan[1:2], torch.device("cpu"), "fp32", warmup=0)
     torch.testing.assert_close(made[0].last_loss, made[1].last_loss, rtol=1e-5, atol=1e-5)
+
+
+def _device_call(folder, steps):
+    """``bash tools/device_check.sh STEPS`` in ``folder``, with a ``python`` that logs its arguments."""
+    os.makedirs(folder / "tools")
+    shutil.copy(os.path.join(ROOT, "tools", "device_check.sh"), folder / "tools")
+    stand_in = folder / "bin" / "python"
+    os.makedirs(stand_in.parent)
+    stand_in.write_text(f'#!/bin/sh\necho "$*" >> {folder}/python.log\n')
+    stand_in.chmod(0o755)
+    env = {**os.environ, "PATH": f"{stand_in.parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("OUT", None)
+    return subprocess.run(["bash", "tools/device_check.sh", *steps], cwd=folder, env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the device call is a bash script")
+@pytest.mark.parametrize("steps, expected", [
+    ([], ["compile", "nan_hunt", "resnet18_target", "studies_1_3"]),
+    (["mlpmixer_target", "nan_hunt"], ["nan_hunt", "mlpmixer_target"]),  # in the script's order
+])
+def test_the_device_call_runs_the_steps_asked_for(tmp_path, steps, expected):
+    commands = {"compile": "-m tools.gpu_check --data_dir .devdata/data --sections compile",
+                "nan_hunt": "-m tools.gpu_check --data_dir .devdata/data --sections tracking --models mlpmixer",
+                "resnet18_target": "-m tools.check_targets --data_dir .devdata/data --models resnet18",
+                "studies_1_3": "-m tools.time_studies --data_dir .devdata/data",
+                "mlpmixer_target": "-m tools.check_targets --data_dir .devdata/data --models mlpmixer"}
+    ran = _device_call(tmp_path, steps)
+    assert ran.returncode == 0, ran.stderr
+    with open(tmp_path / "python.log") as f:
+        training = [line for line in f.read().splitlines() if line.startswith("-m tools.")]
+    assert len(training) == len(expected) and all(line.startswith(commands[name])
+                                                  for line, name in zip(training, expected)), training
+    assert sorted(os.listdir(tmp_path / "device_check_logs")) == sorted(f"{name}.txt" for name in expected)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the device call is a bash script")
+def test_the_device_call_refuses_an_unknown_step_before_anything_runs(tmp_path):
+    ran = _device_call(tmp_path, ["nan_hunt", "mixer_target"])
+    assert ran.returncode == 2
+    assert ran.stderr.strip() == ("error: unknown step mixer_target; choose from compile nan_hunt resnet18_target "
+                                  "studies_1_3 mlpmixer_target")
+    assert not os.path.exists(tmp_path / "python.log") and not os.path.exists(tmp_path / "device_check_logs")
