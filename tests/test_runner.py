@@ -84,6 +84,20 @@ def test_visualize_for_the_mlp_warns_before_training_and_draws_nothing(run_args,
     assert not [name for name in os.listdir(logdir) if name.endswith(".png")]
 
 
+def test_a_loss_that_overflowed_in_evaluation_is_logged_as_null_and_the_run_goes_on(run_args, tmp_path, monkeypatch):
+    evaluate = engine.evaluate
+
+    def overflowing(*args, **kwargs):  # as logits past the precision's range would give
+        loss, acc, seconds = evaluate(*args, **kwargs)
+        return float("inf") if kwargs.get("mode") == "test" else float("nan"), acc, seconds
+    monkeypatch.setattr(engine, "evaluate", overflowing)
+    logdir = str(tmp_path / "run")
+    assert main.main(run_args("mlp", "--logdir", logdir, epochs=2)) == 0
+    results = read_results(logdir)  # strict JSON: no NaN, no Infinity
+    assert results["status"] == "completed" and results["valid_losses"] == [None, None]
+    assert results["test_loss"] is None and 0 <= results["test_acc"] <= 1
+
+
 def test_mlp_learns_the_fake_data(run_args, tmp_path):
     logdir = str(tmp_path / "run")
     assert main.main(run_args("mlp", "--logdir", logdir, "--lr", "3e-3", epochs=4)) == 0
