@@ -57,6 +57,19 @@ def test_torchvision_training_batches_are_augmented_and_normalised():
     assert not math.isclose(float(x.mean()), 0.0, abs_tol=1e-9)
 
 
+def test_the_torchvision_pipeline_shuffles_training_batches_only_with_the_workers_asked_for():
+    images = torch.zeros(64, 3, 32, 32, dtype=torch.uint8)
+    labels = torch.arange(64)
+    torch.manual_seed(0)
+    train = torchvision_batches(images, labels, 16, train=True, num_workers=0)
+    orders = [torch.cat([y for _, y in train]).tolist() for _ in range(2)]
+    assert all(sorted(order) == list(range(64)) for order in orders)  # every image once per epoch
+    assert orders[0] != list(range(64)) and orders[0] != orders[1]  # in a new order each epoch
+    evaluation = torchvision_batches(images, labels, 16, train=False, num_workers=0)
+    assert torch.cat([y for _, y in evaluation]).tolist() == list(range(64))
+    assert torchvision_batches(images, labels, 16, train=True, num_workers=2).num_workers == 2
+
+
 def test_the_torchvision_pipeline_trains_with_the_templates_transforms():
     images, labels = torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64)
     flip, crop, *rest = torchvision_batches(images, labels, 4, train=True, num_workers=0).dataset.transform.transforms
