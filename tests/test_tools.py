@@ -14,6 +14,7 @@ import torch
 
 from test_fast_path import TEST_BACKEND
 from tools import benchmark, gpu_check
+from training.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -149,11 +150,28 @@ def test_check_targets_dry_run_prints_a_verdict_per_model(capsys, scratch_checke
 
     assert check_targets.main(["--dry_run", "--epochs", "2"]) == 0  # a main.py flag overrides the recipe's
     out = capsys.readouterr().out
-    assert re.search(r"^resnet18 +2 +[\d.]+ +[\d.]+ +[\d.]+  >= 93% in <= 60 s +(met|missed)$", out, re.MULTILINE)
-    assert re.search(r"^mlpmixer +2 .*>= 87% in <= 300 s +(met|missed)$", out, re.MULTILINE)
+    assert re.search(r"^resnet18 +42 +2 +[\d.]+ +[\d.]+ +[\d.]+  >= 93% in <= 60 s +(met|missed)$", out,
+                     re.MULTILINE)
+    assert re.search(r"^mlpmixer +42 +2 .*>= 87% in <= 300 s +(met|missed)$", out, re.MULTILINE)
     with pytest.raises(SystemExit):
         check_targets.main(["--dry_run", "--no_such_flag"])
     assert "unrecognized arguments: --no_such_flag" in capsys.readouterr().err
+
+
+def test_check_targets_judges_several_seeds_on_their_mean(capsys, scratch_checked):
+    from tools import check_targets
+
+    assert check_targets.main(["--dry_run", "--models", "mlpmixer", "--seeds", "2", "--seed", "7"]) == 0
+    out = capsys.readouterr().out
+    runs = re.findall(r"^mlpmixer +(\d+) +1 +[\d.]+ +[\d.]+ +([\d.]+)  ", out, re.MULTILINE)
+    assert [seed for seed, _ in runs] == ["7", "8"]
+    accs = [float(acc) for _, acc in runs]
+    mean = re.search(r"^mlpmixer over 2 seeds: test accuracy ([\d.]+) ± ([\d.]+) \(2 of 2 runs completed\), longest "
+                     r"training [\d.]+ s; target >= 87% in <= 300 s: (met|missed)$", out, re.MULTILINE)
+    assert mean and float(mean.group(1)) == pytest.approx(sum(accs) / 2, abs=1e-4)
+    assert mean.group(3) == ("met" if sum(accs) / 2 >= 0.87 else "missed")
+    with pytest.raises(UserError, match="--seeds must be at least 1, got 0"):
+        check_targets.main(["--dry_run", "--seeds", "0"])
 
 
 @pytest.mark.parametrize("tool, argv, message", [
