@@ -35,7 +35,7 @@ def draw_curves(ax, groups, key, label, legend_title=None):
                 warnings.simplefilter("ignore", RuntimeWarning)  # epochs where every run had stopped
                 ax.fill_between(epochs, np.nanmin(values, axis=0), np.nanmax(values, axis=0),
                                 color=line.get_color(), alpha=0.2, linewidth=0)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.set_xlabel("epoch")
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
@@ -103,7 +103,7 @@ def search_figure(trials, title):
         best = np.maximum.accumulate([value for _, value in completed])
         ax.step([number for number, _ in completed], best, where="post", color="black", label="best so far")
     ax.set_xlabel("trial")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.set_ylabel("validation accuracy (last epoch run)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)

@@ -20,11 +20,26 @@ def test_a_full_text_page_fits_inside_the_pdf_page():
         figures.text_page("a section", lines + ["one line too many"])
 
 
-def test_the_search_figure_marks_whole_trial_numbers_only():
-    trials = [{"trial": n, "outcome": "completed", "last_valid_acc": 0.5 + 0.1 * n} for n in range(4)]
-    ax = figures.search_figure(trials, "search").axes[0]
-    ticks = [tick for tick in ax.get_xticks() if ax.get_xlim()[0] <= tick <= ax.get_xlim()[1]]
-    assert ticks and all(float(tick).is_integer() for tick in ticks), ticks
+def _visible_ticks(ax):
+    low, high = ax.get_xlim()
+    return [float(tick) for tick in ax.get_xticks() if low <= tick <= high]
+
+
+@pytest.mark.parametrize("count", [1, 4])
+def test_the_search_figure_marks_whole_trial_numbers_only(count):
+    trials = [{"trial": n, "outcome": "completed", "last_valid_acc": 0.5 + 0.1 * n} for n in range(count)]
+    ticks = _visible_ticks(figures.search_figure(trials, "search").axes[0])
+    assert ticks and all(tick.is_integer() for tick in ticks), ticks
+
+
+@pytest.mark.parametrize("epochs", [1, 3, 40])
+def test_the_curves_mark_whole_epochs_only(epochs):
+    run = {"results": {key: [0.5] * epochs for key, _ in figures.CURVES}}
+    for fig in (figures.curves_page({"final": [run]}, "final runs"),
+                figures.curve_figure({"relu": [run]}, "valid_accs", "validation accuracy", "activation")):
+        for ax in fig.axes:
+            ticks = _visible_ticks(ax)
+            assert ticks and all(tick.is_integer() for tick in ticks), ticks
 
 
 def test_the_search_figure_shows_every_trial_that_logged_an_accuracy_by_its_outcome():
