@@ -140,6 +140,12 @@ def _fit_sentences(groups, setting):
     return lines
 
 
+def _span(values):
+    """``0.5000 to 0.5200``, or ``all 0.5000`` when every value is the same."""
+    low, high = f"{min(values):.4f}", f"{max(values):.4f}"
+    return f"all {low}" if low == high else f"{low} to {high}"
+
+
 def _separation_sentence(setting, leader, leader_finals, runner_up, runner_up_finals):
     """Whether the seeds separate the two highest settings: every run of one above every run of the other."""
     single = [name for name, finals in ((leader, leader_finals), (runner_up, runner_up_finals)) if len(finals) < 2]
@@ -148,8 +154,7 @@ def _separation_sentence(setting, leader, leader_finals, runner_up, runner_up_fi
                else f"{leader} and {runner_up}, the two highest, have one completed run each")
         return (f"{setting} {who}: whether other seeds keep {leader} above {runner_up} is unknown "
                 "(`--seeds N` repeats every setting).")
-    spans = (f"{leader} {min(leader_finals):.4f} to {max(leader_finals):.4f}, "
-             f"{runner_up} {min(runner_up_finals):.4f} to {max(runner_up_finals):.4f}")
+    spans = f"{leader} {_span(leader_finals)}, {runner_up} {_span(runner_up_finals)}"
     if min(leader_finals) > max(runner_up_finals):
         return f"Every {leader} run ended above every {runner_up} run ({spans})."
     return f"Their runs overlap ({spans}): these seeds do not separate {leader} from {runner_up}."

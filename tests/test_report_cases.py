@@ -98,6 +98,12 @@ def test_seeds_that_meet_at_one_value_do_not_separate_two_settings(tmp_path):
             "from tanh.") in markdown_of(out)
 
 
+def test_seeds_that_all_ended_at_one_value_are_stated_as_one_value(tmp_path):
+    out = write_activation_runs(tmp_path, (("relu", (0.95, 1.0)), ("tanh", (1.0, 1.0))))
+    assert ("Their runs overlap (tanh all 1.0000, relu 0.9500 to 1.0000): these seeds do not separate tanh "
+            "from relu.") in markdown_of(out)
+
+
 def test_a_grid_with_some_runs_set_below_10_epochs_says_so_and_gives_the_spread_of_peak_epochs(tmp_path):
     out = str(tmp_path / "runs")
     for seed, valid_accs, epochs in ((42, [0.3, 0.5, 0.4], 15), (43, [0.3, 0.4, 0.5], 5)):
