@@ -99,6 +99,23 @@ def test_a_wrong_flag_in_a_command_is_caught(monkeypatch):
             parse_command(shlex.split(command))
 
 
+def test_the_readme_flags_table_lists_every_flag_of_main_py_with_its_default():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        table = f.read().split("\n## Flags\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| `--")]
+    documented = {flag.strip("| `"): default for flag, default, *_ in rows}
+    defaults = {f"--{name}": value for name, value in vars(get_config_parser().parse_args([])).items()}
+    assert sorted(documented) == sorted(defaults)
+    for flag, shown in documented.items():
+        default = defaults[flag]
+        if default is None or default is False:
+            assert shown in ("none", "off"), (flag, shown)
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            assert float(shown) == default, (flag, shown)
+        else:
+            assert shown == default, (flag, shown)
+
+
 def test_the_readme_layout_names_every_module():
     with open(os.path.join(ROOT, "README.md")) as f:
         layout = f.read().split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
