@@ -2,6 +2,7 @@
 runs: a flag renamed or removed fails here, not for the user who copies the command."""
 import ast
 import importlib
+import json
 import os
 import re
 import shlex
@@ -114,6 +115,19 @@ def test_the_readme_flags_table_lists_every_flag_of_main_py_with_its_default():
             assert float(shown) == default, (flag, shown)
         else:
             assert shown == default, (flag, shown)
+
+
+def test_the_readme_results_table_names_every_key_that_a_run_writes(run_args, tmp_path):
+    import main
+
+    with open(os.path.join(ROOT, "README.md")) as f:
+        table = f.read().split("\n## `results.json`\n", 1)[1].split("\n## ", 1)[0]
+    documented = {key for line in table.splitlines() if line.startswith("| `")
+                  for key in re.findall(r"`(\w+)`", line.split(" | ")[0])}
+    logdir = str(tmp_path / "run")
+    assert main.main(run_args("mlp", "--logdir", logdir, epochs=1)) == 0
+    with open(os.path.join(logdir, "results.json")) as f:
+        assert documented == set(json.load(f))
 
 
 def test_the_readme_layout_names_every_module():
