@@ -336,8 +336,10 @@ def work(plan, study, lock):
                 return ran
             if not said_waiting:
                 runs = claimer.running_elsewhere
+                why = ("a search's final runs follow its last trial; " if plan.study.is_search else "") + \
+                    "a run whose worker dies is taken over"
                 say(f"no run to claim: waiting while {runs} run{'s train' if runs > 1 else ' trains'} in other "
-                    "workers (a search's final runs follow its last trial; a run whose worker dies is taken over)")
+                    f"workers ({why})")
                 said_waiting = True
             time.sleep(POLL_SECONDS)
             continue

@@ -224,7 +224,8 @@ def test_a_worker_with_nothing_to_claim_waits_and_takes_over_the_run_of_a_worker
     assert jobs_of(load_study(out, "mlp_activation")) == {
         "activation-relu_seed-42": [TrialState.FAIL, TrialState.COMPLETE], "activation-tanh_seed-42": [TrialState.COMPLETE]}
     printed = capsys.readouterr().out
-    assert waits == [study_worker.POLL_SECONDS] and printed.count("no run to claim: waiting while 1 run trains in other workers") == 1
+    assert waits == [study_worker.POLL_SECONDS] and printed.count(
+        "no run to claim: waiting while 1 run trains in other workers (a run whose worker dies is taken over)") == 1
     assert f"trial {held.number} (activation-relu_seed-42): its worker is gone" in printed
     assert read_json(os.path.join(out, "mlp_activation", "runs", "activation-relu_seed-42", "results.json"))[
         "model_config"]["activation"] == "relu"
