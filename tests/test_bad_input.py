@@ -27,6 +27,7 @@ BAD_CONFIGS = [
     ("missing.json", None, "mlp", "model config not found"),
     ("broken.json", '{"num_classes": 10,', "resnet18", "invalid JSON at line 1"),
     ("list.json", "[1, 2]", "resnet18", "expected a JSON object"),
+    ("number.json", "42", "mlp", "expected a JSON object of mlp settings, got int"),
     ("unknown.json", '{"num_classes": 10, "depth": 3}', "resnet18", "unknown key 'depth'.*valid keys: num_classes"),
     ("type.json", '{"input_size": 3072, "hidden_sizes": "big", "num_classes": 10}', "mlp",
      "'hidden_sizes' must be a list of positive integers"),
