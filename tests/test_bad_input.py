@@ -31,6 +31,10 @@ BAD_CONFIGS = [
     ("unknown.json", '{"num_classes": 10, "depth": 3}', "resnet18", "unknown key 'depth'.*valid keys: num_classes"),
     ("type.json", '{"input_size": 3072, "hidden_sizes": "big", "num_classes": 10}', "mlp",
      "'hidden_sizes' must be a list of positive integers"),
+    ("one_size.json", '{"input_size": 3072, "hidden_sizes": 64, "num_classes": 10}', "mlp",
+     "'hidden_sizes' must be a list of positive integers, got 64"),
+    ("zero_size.json", '{"input_size": 3072, "hidden_sizes": [64, 0], "num_classes": 10}', "mlp",
+     r"'hidden_sizes' must be a list of positive integers, got \[64, 0\]"),
     ("short.json", '{"input_size": 3072, "hidden_sizes": [64], "num_classes": 10}', "mlp", "at least two"),
     ("act.json", '{"input_size": 3072, "hidden_sizes": [8, 8], "num_classes": 10, "activation": "gelu"}', "mlp",
      "'activation' must be one of 'relu', 'tanh', 'sigmoid'"),
@@ -60,7 +64,25 @@ def test_bad_model_config_gets_one_clear_line(name, text, model, message, tmp_pa
     assert code == 2
     assert len(err.splitlines()) == 1 and err.startswith("error: ")
     assert re.search(message, err), err
+    assert path in err  # the line names the file to fix
     assert not logdir.exists()
+
+
+@pytest.mark.parametrize("given, model", [(given, model) for given in ("mlp", "resnet18", "mlpmixer")
+                                          for model in ("mlp", "resnet18", "mlpmixer") if given != model])
+def test_another_models_config_is_named_with_the_one_to_pass(given, model, fake_data_dir, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    code = main.main(["--model", model, "--model_config", f"model_configs/{given}.json", "--data_dir", fake_data_dir,
+                      "--device", "cpu"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (f"error: model_configs/{given}.json is a config for --model {given}, "
+                                               f"not {model}; pass --model_config model_configs/{model}.json")
+
+
+def test_a_config_with_only_another_models_required_keys_is_named_as_that_models(tmp_path, fake_data_dir, capsys):
+    path = _write(tmp_path, "mine.json", '{"input_size": 3072, "hidden_sizes": [64, 32], "num_classes": 10}')
+    code = main.main(["--model", "mlpmixer", "--model_config", path, "--data_dir", fake_data_dir, "--device", "cpu"])
+    assert code == 2 and f"{path} is a config for --model mlp, not mlpmixer" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("model", ["mlp", "resnet18", "mlpmixer"])
