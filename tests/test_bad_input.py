@@ -1,6 +1,7 @@
 """Every bad input to main.py gets one clear line on stderr, exit status 2, and nothing written or lost:
 model configs, flags, a missing data copy, an unwritable --logdir or one that another run writes, checkpoints
 that cannot be resumed."""
+import json
 import os
 import pathlib
 import re
@@ -52,6 +53,17 @@ def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path):
     path = tmp_path / "resnet18.json"
     path.write_bytes(b"\xef\xbb\xbf" + b'{"num_classes": 10}')  # as Windows Notepad saves UTF-8
     assert load_model_config(str(path), "resnet18") == {"num_classes": 10}
+
+
+@pytest.mark.parametrize("model, text, defaults", [
+    ("mlp", '{"input_size": 3072, "hidden_sizes": [64, 32], "num_classes": 10}', {"activation": "relu"}),
+    ("resnet18", "{}", {"num_classes": 10}),
+    ("mlpmixer", '{"num_classes": 10, "img_size": 32, "patch_size": 4, "embed_dim": 8, "num_blocks": 1}',
+     {"drop_rate": 0.0, "activation": "gelu"}),
+])
+def test_a_config_without_the_keys_that_have_defaults_gets_the_templates_defaults(model, text, defaults, tmp_path):
+    given = json.loads(text)
+    assert load_model_config(_write(tmp_path, "config.json", text), model) == {**given, **defaults}
 
 
 @pytest.mark.parametrize("name,text,model,message", BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
