@@ -46,6 +46,8 @@ BAD_CONFIGS = [
     ("classes.json", '{"num_classes": 100}', "resnet18", "must be 10 for CIFAR-10"),
     ("drop.json", '{"num_classes": 10, "img_size": 32, "patch_size": 4, "embed_dim": 8, "num_blocks": 1, '
                   '"drop_rate": 1.5}', "mlpmixer", "'drop_rate' must be a number in"),
+    ("drop_one.json", '{"num_classes": 10, "img_size": 32, "patch_size": 4, "embed_dim": 8, "num_blocks": 1, '
+                      '"drop_rate": 1.0}', "mlpmixer", r"'drop_rate' must be a number in \[0, 1\), got 1.0"),
 ]
 
 
@@ -60,6 +62,8 @@ def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path):
     ("resnet18", "{}", {"num_classes": 10}),
     ("mlpmixer", '{"num_classes": 10, "img_size": 32, "patch_size": 4, "embed_dim": 8, "num_blocks": 1}',
      {"drop_rate": 0.0, "activation": "gelu"}),
+    ("mlpmixer", '{"num_classes": 10, "img_size": 32, "patch_size": 4, "embed_dim": 8, "num_blocks": 1, '
+                 '"drop_rate": 0.0}', {"activation": "gelu"}),  # no dropout is a valid rate
 ])
 def test_a_config_without_the_keys_that_have_defaults_gets_the_templates_defaults(model, text, defaults, tmp_path):
     given = json.loads(text)
