@@ -172,6 +172,16 @@ def test_a_search_draws_each_setting_from_the_distribution_its_space_states():
                     assert dimension.bounds[0] <= value <= dimension.bounds[1]
 
 
+def test_the_search_space_is_described_as_it_is_drawn():
+    from studies.definitions import STUDIES
+
+    described = {dimension.name: dimension.describe() for dimension in STUDIES["mlpmixer_best"].space}
+    assert described["momentum_lr"] == "float in [0.01, 0.4], log scale (when optimizer = momentum)"
+    assert described["label_smoothing"] == "float in [0, 0.2]"
+    assert described["num_blocks"] == "int in [4, 12]"
+    assert described["batch_size"] == "one of 128, 256, 512"
+
+
 def test_a_search_draws_the_same_trials_when_run_again_and_when_resumed(tmp_path):
     from studies.definitions import STUDIES
     from studies.scheduler import Claimer, open_storage
