@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import main
-from config import get_config_parser, torch_release
+from config import get_config_parser, torch_release, torch_too_old
 from training.models import load_model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -168,6 +168,13 @@ def test_torch_release_reads_release_builds_and_previews():
     assert torch_release("2.4.1+cu121") == (2, 4)
     assert torch_release("2.4.0a0+git3bcc3cd") == (2, 4)  # a container's preview build of 2.4 counts as 2.4
     assert torch_release("10.0.0") == (10, 0)
+
+
+@pytest.mark.parametrize("version, refused", [("2.3.1", True), ("2.4.0", False), ("2.4.0a0+git3bcc3cd", False),
+                                              ("10.0.0", False)])
+def test_the_oldest_tested_torch_release_is_accepted_and_only_older_ones_refused(version, refused, monkeypatch):
+    monkeypatch.setattr(torch, "__version__", version)
+    assert (torch_too_old() is not None) == refused
 
 
 def test_missing_data_gets_one_clear_line(tmp_path, tiny_configs, monkeypatch, capsys):
