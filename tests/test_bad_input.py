@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import main
-from config import get_config_parser, torch_release, torch_too_old
+from config import check_args, get_config_parser, torch_release, torch_too_old
 from training.models import load_model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -143,6 +143,8 @@ BAD_FLAGS = [
     (["--num_workers", "-1"], "--num_workers must not be negative, got -1"),
     (["--warmup_fraction", "1"], "--warmup_fraction must be in [0, 1), got 1.0"),
     (["--label_smoothing", "-0.1"], "--label_smoothing must be in [0, 1), got -0.1"),
+    (["--label_smoothing", "1"], "--label_smoothing must be in [0, 1), got 1.0"),
+    (["--warmup_fraction", "-0.1"], "--warmup_fraction must be in [0, 1), got -0.1"),
     (["--logdir", os.path.abspath(__file__)], f"--logdir {os.path.abspath(__file__)} is a file, not a folder"),
 ]
 
@@ -152,6 +154,13 @@ def test_bad_flags_get_one_clear_line(flags, message, fake_data_dir, tiny_config
     code = main.main(["--model_config", tiny_configs["mlp"], "--data_dir", fake_data_dir, "--device", "cpu", *flags])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith(f"error: {message}") and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("flags", [["--seed", "0"], ["--seed", "4294967295"], ["--warmup_fraction", "0"],
+                                   ["--label_smoothing", "0"], ["--weight_decay", "0", "--momentum", "0"],
+                                   ["--num_workers", "0"], ["--epochs", "1", "--batch_size", "1", "--valid_size", "1"]])
+def test_flag_values_at_the_edge_of_their_range_are_accepted(flags):
+    assert check_args(get_config_parser().parse_args(flags)) == []
 
 
 def test_a_torch_older_than_the_oldest_tested_gets_one_clear_line(run_args, tmp_path, monkeypatch, capsys):
