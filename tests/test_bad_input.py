@@ -140,6 +140,7 @@ BAD_FLAGS = [
     (["--weight_decay", "-0.1"], "--weight_decay and --momentum must be finite and not negative, got -0.1 and 0.9"),
     (["--weight_decay", "inf"], "--weight_decay and --momentum must be finite and not negative, got inf and 0.9"),
     (["--momentum", "nan"], "--weight_decay and --momentum must be finite and not negative, got 0.0005 and nan"),
+    (["--momentum", "inf"], "--weight_decay and --momentum must be finite and not negative, got 0.0005 and inf"),
     (["--num_workers", "-1"], "--num_workers must not be negative, got -1"),
     (["--warmup_fraction", "1"], "--warmup_fraction must be in [0, 1), got 1.0"),
     (["--label_smoothing", "-0.1"], "--label_smoothing must be in [0, 1), got -0.1"),
