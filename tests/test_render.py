@@ -33,13 +33,14 @@ def test_the_search_figure_marks_whole_trial_numbers_only(count):
 
 
 @pytest.mark.parametrize("epochs", [1, 3, 40])
-def test_the_curves_mark_whole_epochs_only(epochs):
+def test_the_curves_mark_whole_epochs_only_under_their_axis_labels(epochs):
     run = {"results": {key: [0.5] * epochs for key, _ in figures.CURVES}}
-    for fig in (figures.curves_page({"final": [run]}, "final runs"),
-                figures.curve_figure({"relu": [run]}, "valid_accs", "validation accuracy", "activation")):
-        for ax in fig.axes:
-            ticks = _visible_ticks(ax)
-            assert ticks and all(tick.is_integer() for tick in ticks), ticks
+    page = figures.curves_page({"final": [run]}, "final runs")
+    single = figures.curve_figure({"relu": [run]}, "valid_accs", "validation accuracy", "activation")
+    for ax, label in [*zip(page.axes, [label for _, label in figures.CURVES]), (single.axes[0], "validation accuracy")]:
+        ticks = _visible_ticks(ax)
+        assert ticks and all(tick.is_integer() for tick in ticks), ticks
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("epoch", label)
 
 
 def test_the_search_figure_shows_every_trial_that_logged_an_accuracy_by_its_outcome():
