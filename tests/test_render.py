@@ -36,7 +36,10 @@ def test_the_search_figure_marks_whole_trial_numbers_only(count):
 def test_the_curves_mark_whole_epochs_only_under_their_axis_labels(epochs):
     run = {"results": {key: [0.5] * epochs for key, _ in figures.CURVES}}
     page = figures.curves_page({"final": [run]}, "final runs")
-    single = figures.curve_figure({"relu": [run]}, "valid_accs", "validation accuracy", "activation")
+    single = figures.curve_figure({"relu": [run]}, "valid_accs", "validation accuracy", "mlp_activation: validation "
+                                  "accuracy", legend_title="activation")
+    assert single.axes[0].get_title() == "mlp_activation: validation accuracy"
+    assert single.axes[0].get_legend().get_title().get_text() == "activation"
     for ax, label in [*zip(page.axes, [label for _, label in figures.CURVES]), (single.axes[0], "validation accuracy")]:
         ticks = _visible_ticks(ax)
         assert ticks and all(tick.is_integer() for tick in ticks), ticks
