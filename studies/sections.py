@@ -372,7 +372,8 @@ def _finals_block(section, study, trials, finals, out, shared):
 
 def _visualisations(run, model):
     """``(caption, image)`` of each first-layer picture that ``run`` saved."""
-    return [(caption, imread(os.path.join(run["path"], filename))) for filename, caption in VISUALISATIONS.get(model, ())
+    return [(caption, imread(os.path.join(run["path"], filename)))
+            for filename, caption in VISUALISATIONS.get(model, ())
             if os.path.isfile(os.path.join(run["path"], filename))]
 
 

@@ -33,7 +33,8 @@ def write_run(out, study, name, settings, valid_accs, outcome="completed", role=
         json.dump(results, f)
     with open(os.path.join(folder, "trial.json"), "w") as f:
         json.dump({"study": study, "trial": trial, "role": role, "settings": settings, "seed": seed,
-                   "source_trial": source_trial, "outcome": outcome, "value": valid_accs[-1] if outcome == "completed" else None,
+                   "source_trial": source_trial, "outcome": outcome,
+                   "value": valid_accs[-1] if outcome == "completed" else None,
                    "error": None}, f)
     return folder
 

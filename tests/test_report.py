@@ -127,7 +127,8 @@ def test_report_counts_the_final_runs_of_a_search_and_names_their_seeds(fixture_
 
 def test_a_search_report_counts_only_the_final_runs_that_completed(fixture_logs):
     best = {"optimizer": "momentum", "lr": 0.1, "epochs": 2}
-    for study, picture in (("resnet18_best", "resnet18_kernels_rgb.png"), ("mlpmixer_best", "mlpmixer_token_mixing.png")):
+    pictures = {"resnet18_best": "resnet18_kernels_rgb.png", "mlpmixer_best": "mlpmixer_token_mixing.png"}
+    for study, picture in pictures.items():
         shutil.rmtree(os.path.join(fixture_logs, study, "runs", "final_seed-43"))
         write_run(fixture_logs, study, "final_seed-43", best, [0.1], outcome="diverged", role="final", seed=43,
                   trial=2, source_trial=0, args={**best, "seed": 43})

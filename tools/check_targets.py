@@ -48,11 +48,9 @@ RECIPES = {
 }
 
 
-def check(model, recipe, data_dir, folder, seed, extra=()):
-    """Train ``recipe`` once through ``fit`` with ``seed``; returns the measured row."""
-    config_path = os.path.join(folder, f"{model}.json")
-    with open(config_path, "w") as f:
-        json.dump(recipe["model_config"], f)
+def check(model, recipe, config_path, data_dir, folder, seed, extra=()):
+    """Train ``recipe`` (its model config written to ``config_path``) once through ``fit`` with ``seed``; returns
+    the measured row."""
     argv = ["--model", model, "--model_config", config_path, "--data_dir", data_dir, "--logdir",
             os.path.join(folder, f"{model}_seed-{seed}"), "--no_progress", *recipe["flags"], *extra,
             "--seed", str(seed)]
@@ -62,7 +60,8 @@ def check(model, recipe, data_dir, folder, seed, extra=()):
     train_seconds = sum(results["train_seconds"])
     met = (results["status"] == "completed" and results["test_acc"] >= recipe["target_acc"]
            and train_seconds <= recipe["budget_s"])
-    return {"model": model, "seed": seed, "epochs": results["epochs_completed"], "train_s": train_seconds, "wall_s": wall,
+    return {"model": model, "seed": seed, "epochs": results["epochs_completed"], "train_s": train_seconds,
+            "wall_s": wall,
             "test_acc": results["test_acc"], "target": f">= {recipe['target_acc']:.0%} in <= {recipe['budget_s']:.0f} s",
             "met": met, "device": results["device_name"], "status": results["status"]}
 
@@ -132,9 +131,12 @@ def check_all(cli, overrides, folder):
         recipes = {name: {**recipe, "model_config": tiny[name]} for name, recipe in RECIPES.items()}
         extra = ["--device", "cpu", "--epochs", "1", "--valid_size", "100", "--batch_size", "16", *overrides]
     for model in cli.models:  # each run's row is printed as soon as it ends: a time limit keeps the earlier ones
+        config_path = os.path.join(folder, f"{model}.json")
+        with open(config_path, "w") as f:
+            json.dump(recipes[model]["model_config"], f)
         rows = []
         for seed in range(cli.seed, cli.seed + cli.seeds):
-            rows.append(check(model, recipes[model], data_dir, folder, seed, extra))
+            rows.append(check(model, recipes[model], config_path, data_dir, folder, seed, extra))
             print(_row_text(rows[-1]), flush=True)
         if len(rows) > 1:
             print(_mean_text(rows, recipes[model]), flush=True)
