@@ -6,17 +6,31 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
+import warnings
 
 import pytest
 import torch
 
 from test_fast_path import TEST_BACKEND
+import tools
 from tools import benchmark, gpu_check
+from training import errors
 from training.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def command_line_state():
+    """``run_cli`` sets up its process as a command (one-line warnings, SIGTERM as Ctrl-C); pytest's is put back."""
+    sigterm, formatwarning = signal.getsignal(signal.SIGTERM), warnings.formatwarning
+    yield
+    signal.signal(signal.SIGTERM, sigterm)
+    warnings.formatwarning = formatwarning
 
 
 @pytest.fixture
@@ -128,6 +142,47 @@ def test_a_tool_given_bad_input_prints_one_line_and_exits_2(tmp_path, capsys):
     assert err.startswith(f"error: --data_dir {tmp_path / 'a_file'} is a file, not a folder")
 
 
+def test_a_tool_prints_a_warning_as_one_line(fake_data_dir):
+    command = [sys.executable, "-m", "tools.benchmark", "--device", "cpu", "--data_dir", fake_data_dir, "--repeats",
+               "1", "--num_workers", "0", "--valid_size", "20", "--precisions", "fp16"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "warning: --precision fp16 is for CUDA GPUs: a CPU usually emulates fp16, much slower than fp32\n"
+
+
+@pytest.mark.parametrize("tool, argv", [
+    ("benchmark", ["--device", "cpu", "--repeats", "2", "--precisions", "fp32", "bf16"]),
+    ("check_targets", ["--dry_run", "--seeds", "2"]),
+    ("gpu_check", ["--dry_run", "--sections", "parity", "--parity_epochs", "1"]),
+])
+def test_a_tool_stops_at_the_first_run_that_ctrl_c_or_sigterm_interrupted(tool, argv, capsys, monkeypatch,
+                                                                          scratch_checked):
+    import importlib
+
+    runs = []
+
+    def interrupted_fit(args):
+        assert signal.getsignal(signal.SIGTERM) is errors._raise_interrupt  # a SIGTERM interrupts as Ctrl-C does
+        assert warnings.formatwarning is errors._one_line_warning
+        runs.append(args.model)
+        return {"status": "interrupted"}
+    monkeypatch.setattr(tools, "fit", interrupted_fit)
+    with pytest.raises(SystemExit) as stop:
+        tools.run_cli(lambda: importlib.import_module(f"tools.{tool}").main(argv))
+    assert stop.value.code == 130 and len(runs) == 1
+    assert capsys.readouterr().err.endswith("\ninterrupted\n")
+
+
+def test_the_study_timer_stops_at_a_study_that_was_interrupted(capsys, monkeypatch, scratch_checked):
+    from tools import time_studies
+
+    studies = []
+    monkeypatch.setattr(time_studies, "studies_main", lambda argv: studies.append(argv[1]) or 130)
+    with pytest.raises(SystemExit) as stop:
+        tools.run_cli(lambda: time_studies.main(["--dry_run"]))
+    assert stop.value.code == 130 and studies == ["mlp_activation"]
+
+
 def test_time_studies_dry_run_times_studies_one_to_three(capsys, scratch_checked):
     from tools import time_studies
 
@@ -175,6 +230,7 @@ def test_check_targets_judges_several_seeds_on_their_mean(capsys, scratch_checke
 
 
 @pytest.mark.parametrize("tool, argv, message", [
+    ("benchmark", [], "--device cuda: CUDA is not available here; use --device cpu"),
     ("gpu_check", [], "tools.gpu_check needs CUDA (or --dry_run to check the script on a CPU)"),
     ("check_targets", [], "tools.check_targets measures GPU targets and needs CUDA (or --dry_run)"),
     ("time_studies", [], "tools.time_studies measures the GPU target and needs CUDA (or --dry_run)"),

@@ -19,9 +19,11 @@ import argparse
 import contextlib
 import io
 
+import torch
+
 from config import get_config_parser
-from tools import run_cli
-from training.engine import fit
+from tools import fit_or_stop, run_cli
+from training.errors import UserError
 
 ROWS = {
     "template": ["--pipeline", "torchvision", "--precision", "fp32", "--channels_last", "off", "--cuda_graph", "off"],
@@ -42,7 +44,7 @@ def measure(label, model, device, epochs, batch_size, data_dir, num_workers, ext
             "--num_workers", str(num_workers), "--no_progress", *flags, *extra]
     args = get_config_parser().parse_args(argv)
     with contextlib.redirect_stdout(io.StringIO()):
-        results = fit(args)
+        results = fit_or_stop(args)
     if label != "template" and precision != "auto":
         label = f"{label} {precision}"
     return {"row": label, "train_s": results["train_seconds"][-1], "valid_s": results["valid_seconds"][-1],
@@ -79,6 +81,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     cli = parse_args(argv)
+    if cli.device == "cuda" and not torch.cuda.is_available():  # its rows on the CPU would be another benchmark
+        raise UserError("--device cuda: CUDA is not available here; use --device cpu")
     labels = ["template", "eager", "fast"] if cli.device == "cuda" else ["template", "fast"]
     labels += ["compiled"] if cli.compile else []
     plan = [("template", "auto")] + [(label, precision) for label in labels[1:] for precision in cli.precisions]

@@ -26,8 +26,7 @@ import time
 import torch
 
 from config import MAX_SEED, get_config_parser
-from tools import run_cli
-from training.engine import fit
+from tools import fit_or_stop, run_cli
 from training.errors import UserError
 
 RECIPES = {
@@ -55,7 +54,7 @@ def check(model, recipe, config_path, data_dir, folder, seed, extra=()):
             os.path.join(folder, f"{model}_seed-{seed}"), "--no_progress", *recipe["flags"], *extra,
             "--seed", str(seed)]
     start = time.perf_counter()
-    results = fit(get_config_parser().parse_args(argv))
+    results = fit_or_stop(get_config_parser().parse_args(argv))
     wall = time.perf_counter() - start
     train_seconds = sum(results["train_seconds"])
     met = (results["status"] == "completed" and results["test_acc"] >= recipe["target_acc"]

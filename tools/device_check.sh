@@ -37,7 +37,7 @@ step() {  # step SECONDS NAME COMMAND...: runs COMMAND when NAME is one of the s
     shift 2
     [[ " $STEPS " == *" $name "* ]] || return 0
     echo "== $name (at most $seconds s): $*"
-    timeout "$seconds" "$@" 2>&1 | tee "$OUT/$name.txt"
+    timeout -k 15 "$seconds" "$@" 2>&1 | tee "$OUT/$name.txt"  # SIGTERM stops a tool as Ctrl-C; KILL 15 s on
     local status=${PIPESTATUS[0]}
     if [ "$status" = 124 ]; then
         echo "== $name: stopped at its limit of $seconds s"

@@ -31,11 +31,10 @@ import time
 import torch
 
 from config import get_config_parser
-from tools import run_cli
+from tools import fit_or_stop, run_cli
 from tools.benchmark import measure, print_table
 from training import steps as steps_module
 from training.cifar10 import load_cifar10, split_train_valid
-from training.engine import fit
 from training.errors import UserError
 from training.fake_data import write_fake_cifar10
 from training.models import build_model, load_model_config
@@ -271,7 +270,7 @@ def parity(cli, device):
                     str(cli.parity_epochs), "--device", device.type, "--data_dir", cli.data_dir, "--no_progress",
                     "--valid_size", str(cli.valid_size), *flags]
             with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
-                results = fit(get_config_parser().parse_args(argv))
+                results = fit_or_stop(get_config_parser().parse_args(argv))
             summary[(name, label)] = results
             print(f"{name:>9} | {label:>12} | {results['test_acc']:8.4f} | {results['best_valid_acc']:10.4f} | "
                   f"{sum(results['train_seconds']):13.1f}", flush=True)

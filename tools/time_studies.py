@@ -96,6 +96,8 @@ def time_studies(cli, out, per_study, common):
         rows[name] = (wall, *logged_seconds(os.path.join(out, name)))
         print(f"time_studies: {name} took {wall:.1f} s (its runs logged {rows[name][1]:.1f} s of training and "
               f"{rows[name][2]:.1f} s of validation), {sum(row[0] for row in rows.values()):.1f} s so far", flush=True)
+        if code == 130:  # the study saved its runs and says so; a timing with the stop ignored would be wrong
+            raise KeyboardInterrupt
         if code != 0:
             sys.exit(f"error: study {name} exited with {code}")
     studies_main(["report", "--out", out])
