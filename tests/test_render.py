@@ -77,3 +77,43 @@ def test_a_pdf_table_wraps_its_last_column_under_that_column_within_the_page():
     assert all(not line[:column].strip() for line in wrapped[1:])  # continuation lines: the last column only
     assert all(line[column] != " " for line in wrapped)
     assert " ".join(line[column:] for line in wrapped).split() == note.split()  # every word, in order
+
+
+def test_a_curve_is_the_mean_of_its_seeds_per_epoch_with_their_range_shaded():
+    def run(valid_accs):
+        return {"results": {"valid_accs": valid_accs}}
+    groups = {"relu": [run([0.1, 0.5, 0.9]), run([0.3, 0.7])],  # the second seed stopped after two epochs
+              "tanh": [run([0.4, None, 0.6])]}  # an epoch logged as null
+    ax = figures.curve_figure(groups, "valid_accs", "validation accuracy", "title").axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert sorted(lines) == ["relu (mean of 2)", "tanh"]
+    assert lines["relu (mean of 2)"].get_xdata().tolist() == [1, 2, 3]
+    np.testing.assert_allclose(lines["relu (mean of 2)"].get_ydata(), [0.2, 0.6, 0.9])
+    np.testing.assert_allclose(lines["tanh"].get_ydata(), [0.4, np.nan, 0.6])
+    spread, = ax.collections  # one shaded band, for the setting with several seeds
+    corners = spread.get_paths()[0].vertices
+    for epoch, low, high in [(1, 0.1, 0.3), (2, 0.5, 0.7), (3, 0.9, 0.9)]:
+        at_epoch = corners[np.isclose(corners[:, 0], epoch), 1]
+        assert (at_epoch.min(), at_epoch.max()) == pytest.approx((low, high)), epoch
+
+
+def test_the_search_figure_steps_through_the_best_completed_trial_so_far():
+    trials = [{"trial": 0, "outcome": "completed", "last_valid_acc": 0.5},
+              {"trial": 1, "outcome": "pruned", "last_valid_acc": 0.9},  # a pruned trial is no candidate
+              {"trial": 3, "outcome": "completed", "last_valid_acc": 0.7},
+              {"trial": 2, "outcome": "completed", "last_valid_acc": 0.4}]
+    best, = figures.search_figure(trials, "search").axes[0].get_lines()
+    assert best.get_label() == "best so far" and best.get_drawstyle() == "steps-post"
+    assert (best.get_xdata().tolist(), best.get_ydata().tolist()) == ([0, 2, 3], [0.5, 0.5, 0.7])
+
+
+def test_the_cost_figure_plots_each_measure_against_the_setting_on_a_log2_axis():
+    rows = [(2, 1200, 30.5, 1500.0), (4, 900, 10.25, 4400.0), (8, 800, 4.5, 10000.0)]
+    axes = figures.cost_figure(rows, "patch_size").axes
+    labels = ["parameters", "seconds per training epoch", "training images per second"]
+    for column, (ax, label) in enumerate(zip(axes, labels), start=1):
+        line, = ax.get_lines()
+        assert line.get_xdata().tolist() == [2, 4, 8]
+        assert line.get_ydata().tolist() == [row[column] for row in rows]
+        assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_xscale()) == ("patch_size", label, "log")
+        assert [tick.get_text() for tick in ax.get_xticklabels()] == ["2", "4", "8"]
