@@ -55,6 +55,17 @@ def test_run_all_refuses_one_model_config_for_studies_of_three_models(flags, stu
     assert not os.path.exists(tmp_path / "out")
 
 
+@pytest.mark.parametrize("flags", [["--values", "relu"], ["--trials", "3"]])
+def test_run_all_refuses_the_flags_of_one_studys_grid_or_search(flags, study_args, tmp_path, capsys):
+    argv = study_args("mlp_activation", *flags)
+    argv[1] = "all"
+    position = argv.index("--model_config")
+    del argv[position:position + 2]
+    assert studies_main(argv) == 2
+    assert capsys.readouterr().err == "error: --values and --trials apply to one study; run the studies one by one\n"
+    assert not os.path.exists(tmp_path / "out")
+
+
 def test_run_all_checks_every_studys_seeds_before_the_first_starts(study_args, tmp_path, capsys):
     argv = study_args("mlp_activation", "--seed", "4294967295")
     argv[1] = "all"

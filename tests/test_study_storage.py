@@ -48,6 +48,22 @@ def test_run_and_status_leave_no_database_connection_open(study_args, tmp_path, 
     assert [storage.engine.pool.checkedin() for storage in opened] == [0] * len(opened)
 
 
+def test_status_of_a_database_names_a_missing_file_and_a_study_with_nothing_run(tmp_path, capsys):
+    missing = f"sqlite:///{tmp_path / 'missing.db'}"
+    assert studies_main(["status", "--storage", missing, "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"error: --storage {missing}: no such database file\n"
+    assert os.listdir(tmp_path) == []  # looking created no database
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    storage = optuna.storages.RDBStorage(url)  # a database that holds no study yet
+    assert studies_main(["status", "--storage", url, "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (f"error: no study has started in {url}; `python -m studies run NAME --storage "
+                                       f"{url} --out {tmp_path / 'out'}` starts one\n")
+    optuna.create_study(study_name="resnet18_lr", storage=storage)  # a launch stopped before its first claim
+    close_storage(storage)
+    assert studies_main(["status", "--storage", url, "--out", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().out == "resnet18_lr: nothing run yet\n"
+
+
 def test_an_unsupported_storage_is_refused_before_anything_is_written(study_args, tmp_path, capsys):
     assert studies_main(study_args("mlp_activation", "--storage", "mysql://user@host/db")) == 2
     assert "--storage mysql://user@host/db: unsupported; give a journal file path" in capsys.readouterr().err
