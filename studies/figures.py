@@ -32,7 +32,7 @@ def draw_curves(ax, groups, key, label, legend_title=None):
         line, = ax.plot(epochs, mean, marker="o", markersize=3, label=f"{name}{suffix}")
         if len(runs) > 1:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # epochs where every run had stopped
+                warnings.simplefilter("ignore", RuntimeWarning)  # an epoch that every run logged as null
                 ax.fill_between(epochs, np.nanmin(values, axis=0), np.nanmax(values, axis=0),
                                 color=line.get_color(), alpha=0.2, linewidth=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))

@@ -97,6 +97,13 @@ def test_a_curve_is_the_mean_of_its_seeds_per_epoch_with_their_range_shaded():
         assert (at_epoch.min(), at_epoch.max()) == pytest.approx((low, high)), epoch
 
 
+@pytest.mark.filterwarnings("error")
+def test_an_epoch_that_every_seed_logged_as_null_leaves_a_gap_without_a_warning():
+    runs = [{"results": {"valid_losses": [1.0, None, 0.5]}}, {"results": {"valid_losses": [1.2, None, 0.7]}}]
+    ax = figures.curve_figure({"sigmoid": runs}, "valid_losses", "validation loss", "title").axes[0]
+    np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), [1.1, np.nan, 0.6])
+
+
 def test_the_search_figure_steps_through_the_best_completed_trial_so_far():
     trials = [{"trial": 0, "outcome": "completed", "last_valid_acc": 0.5},
               {"trial": 1, "outcome": "pruned", "last_valid_acc": 0.9},  # a pruned trial is no candidate
