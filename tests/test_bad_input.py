@@ -220,12 +220,26 @@ def test_resume_refuses_missing_or_different_checkpoint(run_args, tmp_path, caps
     assert {path.name: path.read_bytes() for path in pathlib.Path(logdir).iterdir()} == before  # nothing written or lost
 
 
-def test_damaged_checkpoint_is_refused(run_args, tmp_path, capsys):
+@pytest.mark.parametrize("content, message", [
+    (b"garbage", "cannot read {path} (UnpicklingError); delete it and start again without --resume"),
+    ({"model": {}, "epoch": 3}, "{path} is not a checkpoint that main.py wrote (it has no optimizer); move it "
+                                "elsewhere and start again without --resume, or give the --logdir of the run to "
+                                "continue"),
+    (torch.zeros(3), "{path} is not a checkpoint that main.py wrote (it holds a Tensor, not a dict)"),
+])
+def test_a_damaged_or_foreign_checkpoint_is_refused_in_one_line(content, message, run_args, tmp_path, capsys):
     logdir = tmp_path / "run"
     logdir.mkdir()
-    (logdir / "checkpoint.pt").write_bytes(b"garbage")
+    path = logdir / "checkpoint.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    before = path.read_bytes()
     assert main.main(run_args("mlp", "--logdir", str(logdir), "--resume")) == 2
-    assert "cannot read" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --resume: {message.format(path=path)}") and len(err.splitlines()) == 1
+    assert os.listdir(logdir) == ["checkpoint.pt"] and path.read_bytes() == before
 
 
 def test_cli_subprocess_help_and_error_exit_codes(tmp_path):

@@ -25,6 +25,7 @@ except ImportError:  # Windows: no flock, and runs are not locked out of each ot
 RESULTS_FILE = "results.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 LOCK_FILE = ".run.lock"
+CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "history", "signature", "rng")  # what every version wrote
 
 
 @contextlib.contextmanager
@@ -209,6 +210,11 @@ def load_checkpoint(logdir, signature):
     except Exception as exc:  # torch.load raises many types for a damaged or foreign file
         raise UserError(f"--resume: cannot read {path} ({type(exc).__name__}); delete it and start again "
                         "without --resume") from None
+    missing = [key for key in CHECKPOINT_KEYS if key not in state] if isinstance(state, dict) else []
+    if missing or not isinstance(state, dict):  # a torch file that another program saved under this name
+        found = f"it has no {missing[0]}" if missing else f"it holds a {type(state).__name__}, not a dict"
+        raise UserError(f"--resume: {path} is not a checkpoint that main.py wrote ({found}); move it elsewhere and "
+                        "start again without --resume, or give the --logdir of the run to continue")
     made_with = state["signature"]  # a key it lacks was not recorded by the version that wrote it: not checked
     changed = [key for key in signature if key in made_with and made_with[key] != signature[key]]
     if changed:
