@@ -51,6 +51,18 @@ BAD_CONFIGS = [
 ]
 
 
+def test_a_model_config_that_is_a_folder_is_refused_naming_the_file_to_pass(fake_data_dir, tmp_path, capsys,
+                                                                           monkeypatch):
+    monkeypatch.chdir(ROOT)
+    argv = ["--model", "mlpmixer", "--model_config", "model_configs", "--data_dir", fake_data_dir,
+            "--device", "cpu", "--logdir", str(tmp_path / "run")]
+    assert main.main(argv) == 2
+    assert capsys.readouterr().err == ("error: --model_config model_configs is a folder, not a model config file; "
+                                       "pass --model_config model_configs/mlpmixer.json (the package's config for "
+                                       "--model mlpmixer)\n")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path):
     path = tmp_path / "resnet18.json"
     path.write_bytes(b"\xef\xbb\xbf" + b'{"num_classes": 10}')  # as Windows Notepad saves UTF-8

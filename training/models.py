@@ -110,6 +110,9 @@ def shipped_config_path(model):
 
 def load_model_config(path, model):
     """Read and validate a model config file; every problem becomes a one-line ``UserError``."""
+    if os.path.isdir(path):
+        raise UserError(f"--model_config {path} is a folder, not a model config file; pass --model_config "
+                        f"{shipped_config_path(model)} (the package's config for --model {model})")
     if not os.path.isfile(path):
         raise UserError(f"model config not found: {path}; pass --model_config {shipped_config_path(model)} "
                         f"(the package's config for --model {model})")
