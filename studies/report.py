@@ -10,28 +10,50 @@ from training.errors import UserError
 from .definitions import STUDIES
 from .overlap import shared_processors
 from .render import write_figures, write_markdown, write_pdf
-from .sections import counted, grid_section, search_section
+from .search_sections import search_section
+from .sections import counted, grid_section
 from .worker import RUNS_FOLDER, TRIAL_FILE
 
 
-def _read_json(path):
+TRIAL_KEYS = ("trial", "role", "settings", "seed", "outcome", "value")  # what the sections read from every trial.json
+
+
+def _read_json(path, unreadable, required=()):
+    """The JSON object in ``path``, or None if there is none yet; a file that is there but cannot be read as one
+    with the ``required`` keys is named, with why, in ``unreadable`` (a run writes both files atomically: only a
+    hand or a damaged disk does that)."""
+    if not os.path.exists(path):
+        return None
     try:
         with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
+            data = json.load(f)
+    except json.JSONDecodeError as exc:
+        unreadable.append((path, f"invalid JSON at line {exc.lineno} column {exc.colno}"))
         return None
+    except (OSError, UnicodeDecodeError) as exc:
+        unreadable.append((path, getattr(exc, "strerror", None) or str(exc)))
+        return None
+    if not isinstance(data, dict):
+        unreadable.append((path, "not a JSON object"))
+        return None
+    missing = [key for key in required if key not in data]
+    if missing:
+        unreadable.append((path, f"no {missing[0]!r} key"))
+        return None
+    return data
 
 
 def load_runs(study_dir):
-    """Every run folder of a study: ``{study, name, path, trial, results}`` (``trial`` None while unfinished)."""
+    """Every run folder of a study: ``{study, name, path, trial, results, unreadable}`` (``trial`` None while
+    unfinished; ``unreadable``: ``(path, why)`` of each of the run's files that is there but could not be read)."""
     folder = os.path.join(study_dir, RUNS_FOLDER)
     runs = []
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        path = os.path.join(folder, name)
-        results = _read_json(os.path.join(path, "results.json")) or {}
+        path, unreadable = os.path.join(folder, name), []
+        results = _read_json(os.path.join(path, "results.json"), unreadable) or {}
         runs.append({"study": os.path.basename(study_dir), "name": name, "path": path,
-                     "trial": _read_json(os.path.join(path, TRIAL_FILE)),
-                     "results": results})
+                     "trial": _read_json(os.path.join(path, TRIAL_FILE), unreadable, TRIAL_KEYS),
+                     "results": results, "unreadable": unreadable})
     return runs
 
 
@@ -79,6 +101,9 @@ def build_report(out, report_dir=None):
                         "--report_dir") from None
     write_figures(report_dir, sections)
     header = provenance(all_runs)
+    unreadable = [f"{path} ({why})" for run in all_runs for path, why in run["unreadable"]]
+    if unreadable:
+        header.append(f"Unreadable files, whose values are missing below: {'; '.join(unreadable)}.")
     if not_run:
         header.append(f"Not in this report, no runs under {out} yet: {', '.join(not_run)} "
                       f"(`python -m studies run NAME --out {out}` runs one).")

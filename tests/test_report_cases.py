@@ -186,3 +186,25 @@ def test_a_search_states_the_final_runs_hyperparameters_with_every_digit(tmp_pat
     for row in ("| lr | 0.0012345678912345 |", "| weight_decay | 0.00027346 |", "| model: drop_rate | 0.123456789 |",
                 "| model: embed_dim | 384 |"):
         assert row in text, row
+
+
+def test_a_report_names_the_run_files_it_cannot_read_and_goes_on(tmp_path):
+    out = str(tmp_path / "runs")
+    runs = os.path.join(out, "mlp_activation", "runs")
+    for activation, accs in (("relu", [0.5, 0.6]), ("tanh", [0.3, 0.4]), ("sigmoid", [0.2, 0.25])):
+        write_run(out, "mlp_activation", f"activation-{activation}_seed-42", {"activation": activation}, accs)
+    with open(os.path.join(runs, "activation-tanh_seed-42", "results.json"), "w") as f:
+        f.write('{"valid_accs": [0.3,')  # cut off
+    with open(os.path.join(runs, "activation-sigmoid_seed-42", "trial.json"), "w") as f:
+        f.write('{"trial": 2, "role": "grid"}')  # no settings, no outcome
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text = markdown_of(out)
+    tanh, sigmoid = (os.path.join(runs, f"activation-{name}_seed-42") for name in ("tanh", "sigmoid"))
+    assert (f"\n- Unreadable files, whose values are missing below: {sigmoid}/trial.json (no 'settings' key); "
+            f"{tanh}/results.json (invalid JSON at line 1 column 21).\n") in text
+    assert "| activation-tanh_seed-42 | completed (results.json unreadable) | - | - |" in text
+    assert "| activation-sigmoid_seed-42 | unknown (trial.json unreadable) | 2 | 0.2500 |" in text
+    assert "activation-sigmoid_seed-42: its outcome is unknown, since its trial.json is unreadable." in text
+    assert "activation-sigmoid_seed-42 has not finished" not in text
+    assert "highest first: relu: 0.6000." in text  # the run that could be read still ranks

@@ -1,0 +1,140 @@
+"""The report's section of a search study: its space, its trials and their outcomes, the best configuration's
+final runs with their test accuracy and full hyperparameters, and the best model's first-layer pictures (for the
+MLP-Mixer, set beside the ResNet18's kernels)."""
+import os
+
+from matplotlib.image import imread
+
+from . import figures
+from .render import Section
+from .sections import (RUN_HEADER, and_list, completed_runs, counted, epochs_sentences, exact, final_valid_acc, fmt,
+                       mean_std, outcome_sentences, run_row, shared_processor_text)
+from .worker import PRUNE_AFTER_TRIALS, PRUNE_FROM_EPOCH, PRUNE_PEERS, RUNS_FOLDER
+
+VISUALISATIONS = {"resnet18": (("resnet18_kernels_rgb.png", "first-layer kernels (RGB)"),
+                               ("resnet18_kernels_gray.png", "first-layer kernels (channel average)")),
+                  "mlpmixer": (("mlpmixer_token_mixing.png", "first block's token-mixing weights"),)}
+
+
+def _settings_text(settings):
+    return ", ".join(f"{key}={fmt(value)}" for key, value in sorted(settings.items()))
+
+
+BEST_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs", "lr_schedule", "warmup_fraction",
+             "label_smoothing", "augment", "mix", "tta", "seed", "precision", "pipeline")
+
+
+def search_section(study, runs, out, shared):
+    section = Section(f"{study.name}: {study.question}")
+    trials = [dict(run["trial"], last_valid_acc=final_valid_acc(run),
+                   epochs=run["results"].get("epochs_completed"))
+              for run in runs if run["trial"] and run["trial"]["role"] == "search"]
+    finals = [run for run in runs if run["name"].startswith("final_")]
+    fixed = ", ".join(f"{key}={value}" for key, value in study.fixed.items())
+    section.text(f"Search space (Optuna TPE sampler; median pruner: from epoch {PRUNE_FROM_EPOCH} to a trial's last but "
+                 f"one, once {PRUNE_AFTER_TRIALS} trials have completed, a trial stops if its best validation accuracy "
+                 "so far is below the median at that epoch of the completed trials with as many epochs, when there "
+                 f"are at least {PRUNE_PEERS})" + (f"; fixed {fixed}" if fixed else "") + ":")
+    held = {key: trial["settings"][key] for trial in trials for key in trial.get("held", ())}
+    section.table(["setting", "Optuna parameter", "distribution"],
+                  [[d.setting, "-", f"held at {fmt(held[d.setting])} by the launch's flags"] if d.setting in held
+                   else [d.setting, d.name, d.describe()] for d in study.space])
+    counts = {}
+    for trial in trials:
+        counts[trial["outcome"]] = counts.get(trial["outcome"], 0) + 1
+    tally = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "none"
+    section.text(f"{counted(len(trials), 'search trial')} finished: {tally}.")
+    completed = [t for t in trials if t["outcome"] == "completed"]
+    if completed:
+        best = max(completed, key=lambda t: (t["value"], -t["trial"]))
+        section.text(f"Best trial: {best['trial']}, final validation accuracy {best['value']:.4f} after "
+                     f"{counted(best['epochs'], 'epoch')}; its settings: {_settings_text(best['settings'])}.")
+        tied = sorted(t["trial"] for t in completed if t["value"] == best["value"] and t is not best)
+        if tied:
+            section.text(f"{'Trial' if len(tied) == 1 else 'Trials'} {and_list([str(n) for n in tied])} reached the "
+                         "same validation accuracy; the earliest trial is the one retrained.")
+    section.table(["trial", "outcome", "epochs", "last valid acc", "settings"],
+                  [[t["trial"], t["outcome"], fmt(t["epochs"]), fmt(t["last_valid_acc"]),
+                    _settings_text(t["settings"])] for t in sorted(trials, key=lambda t: t["trial"])])
+    if any(t["last_valid_acc"] is not None for t in trials):
+        section.figure(f"{study.name}_search.png", figures.search_figure(trials, f"{study.name}: search"),
+                       "validation accuracy of each trial, and the best completed so far")
+    elif trials:
+        section.text("No finished search trial ended an epoch, so there is no figure of their validation accuracy.")
+    if finals:
+        _finals_block(section, study, trials, finals, out, shared)
+    else:
+        section.text("The best configuration has not been retrained yet." if completed else
+                     "No search trial has completed, so there is no configuration to retrain yet.")
+    return section
+
+
+def _finals_block(section, study, trials, finals, out, shared):
+    """What a search's final runs show: the best configuration's test accuracy from those that completed, the
+    others' outcomes, its full hyperparameters, the runs' table and curves, and the best model's pictures."""
+    done = completed_runs(finals)  # a final run still training, or one that diverged, has no test accuracy
+    if done:
+        tests = [run["results"].get("test_acc") for run in done]
+        seconds = [sum(run["results"].get("train_seconds") or []) for run in done]
+        seeds = [str(run["trial"]["seed"]) for run in done]
+        retrained = "once" if len(done) == 1 else f"{len(done)} times"
+        retrained += f" ({'seed' if len(seeds) == 1 else 'seeds'} {and_list(seeds)})"
+        section.text(f"The best configuration, retrained {retrained} on the training split and tested once"
+                     f"{'' if len(done) == 1 else ' each'}: test accuracy {mean_std(tests)}; training time "
+                     f"{mean_std(seconds, 1)} s per run (training epochs only) on "
+                     f"{done[0]['results'].get('device_name', 'an unknown device')}.")
+        source = next((t for t in trials if t["trial"] == done[0]["trial"].get("source_trial")), None)
+        retrained_accs = [acc for acc in map(final_valid_acc, done) if acc is not None]
+        if source and source["value"] is not None and retrained_accs:
+            section.text(f"Final validation accuracy of the retrained runs: {mean_std(retrained_accs)}, against "
+                         f"{source['value']:.4f} for trial {source['trial']} (seed {source['seed']}), which the "
+                         "search ranked best.")
+    else:
+        section.text(f"No final run has completed yet, so the best configuration has no test accuracy "
+                     f"({counted(len(finals), 'final run')} started).")
+    for line in outcome_sentences(finals) + epochs_sentences(finals, "The final runs"):
+        section.text(line)
+    logged = next((run for run in done + finals if run["results"].get("args")), None)
+    if logged:
+        args = logged["results"]["args"]
+        unused = {"momentum"} if args.get("optimizer") != "momentum" else set()
+        unused |= {"weight_decay"} if args.get("optimizer") == "adam" else set()
+        unused |= {"warmup_fraction"} if args.get("lr_schedule") == "constant" else set()
+        seeds = [str(run["trial"]["seed"]) for run in finals if run["trial"]]
+        best_rows = [[key, ", ".join(seeds) if key == "seed" and seeds else exact(args[key])]
+                     for key in BEST_KEYS if key in args and key not in unused]
+        best_rows += [[f"model: {key}", exact(value)]
+                      for key, value in logged["results"].get("model_config", {}).items()]
+        section.text("Full hyperparameters of the final runs:")
+        section.table(["hyperparameter", "value"], best_rows)
+    section.table(RUN_HEADER, [run_row(run) for run in finals])
+    shared_processor_text(section, finals, shared)  # the trials' times are not reported
+    section.figure(f"{study.name}_final_curves.png", figures.curves_page({"final": finals}, f"{study.name}: final runs"),
+                   "training curves of the final runs")
+    pictures = next(filter(None, (_visualisations(run, study.model) for run in done)), [])
+    if pictures:
+        section.figure(f"{study.name}_visualisation.png", figures.images_figure(pictures, study.name),
+                       "first-layer weights of the best model")
+    if study.model == "mlpmixer":
+        _comparison_block(section, pictures, out)
+
+
+def _visualisations(run, model):
+    """``(caption, image)`` of each first-layer picture that ``run`` saved."""
+    return [(caption, imread(os.path.join(run["path"], filename)))
+            for filename, caption in VISUALISATIONS.get(model, ())
+            if os.path.isfile(os.path.join(run["path"], filename))]
+
+
+def _comparison_block(section, mixer_pictures, out):
+    folder = os.path.join(out, "resnet18_best", RUNS_FOLDER)
+    finals = sorted(name for name in os.listdir(folder) if name.startswith("final_")) if os.path.isdir(folder) else []
+    kernels = next(filter(os.path.isfile, (os.path.join(folder, name, "resnet18_kernels_rgb.png") for name in finals)),
+                   None)
+    if not mixer_pictures or not kernels:
+        section.text("The comparison with the ResNet18 kernels needs the final runs of both searches.")
+        return
+    section.figure("comparison_mixer_resnet.png", figures.images_figure(
+        [("ResNet18: first-layer 3x3 kernels (RGB)", imread(kernels)),
+         (f"MLP-Mixer: {mixer_pictures[0][0]}", mixer_pictures[0][1])],
+        "first layers of the two best models"), "ResNet18 kernels beside the MLP-Mixer's token-mixing weights")
