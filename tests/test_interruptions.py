@@ -139,19 +139,22 @@ def test_ctrl_c_during_a_write_is_delivered_after_it(tmp_path):
 
 
 @pytest.mark.skipif(os.name != "posix", reason="file modes beyond read-only are POSIX")
-def test_results_and_checkpoint_get_the_mode_a_plain_open_gives(fake_data_dir, tiny_configs, tmp_path):
+@pytest.mark.parametrize("umask, mode", [(0o027, 0o640), (0o002, 0o664)])
+def test_results_and_checkpoint_get_the_mode_a_plain_open_gives(umask, mode, fake_data_dir, tiny_configs, tmp_path):
     """An atomic write goes through mkstemp, which makes files readable by their owner only; on a shared disk
-    the course's staff and a study's other machines must read them as they read a plain file."""
+    the course's staff and a study's other machines must read them as they read a plain file. Reading the
+    umask to know that mode must leave it as it was, for the files the process makes afterwards."""
     logdir = tmp_path / "run"
-    script = (f"import sys, main; open({str(tmp_path / 'plain')!r}, 'w').close(); sys.exit(main.main(["
+    script = (f"import sys, main; code = main.main(["
               f"'--model_config', {tiny_configs['mlp']!r}, '--data_dir', {fake_data_dir!r}, '--valid_size', '20', "
-              f"'--epochs', '1', '--device', 'cpu', '--logdir', {str(logdir)!r}, '--no_progress']))")
+              f"'--epochs', '1', '--device', 'cpu', '--logdir', {str(logdir)!r}, '--no_progress']); "
+              f"open({str(tmp_path / 'plain')!r}, 'w').close(); sys.exit(code)")
     run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
-                         preexec_fn=lambda: os.umask(0o027))
+                         preexec_fn=lambda: os.umask(umask))
     assert run.returncode == 0, run.stderr
-    assert (tmp_path / "plain").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "plain").stat().st_mode & 0o777 == mode
     for name in ("results.json", "checkpoint.pt"):
-        assert (logdir / name).stat().st_mode & 0o777 == 0o640, name
+        assert (logdir / name).stat().st_mode & 0o777 == mode, name
 
 
 def test_a_disk_that_fills_up_mid_run_gets_one_line_and_keeps_the_last_epoch(run_args, tmp_path, monkeypatch,
