@@ -157,25 +157,30 @@ def test_results_and_checkpoint_get_the_mode_a_plain_open_gives(umask, mode, fak
         assert (logdir / name).stat().st_mode & 0o777 == mode, name
 
 
-def test_a_disk_that_fills_up_mid_run_gets_one_line_and_keeps_the_last_epoch(run_args, tmp_path, monkeypatch,
-                                                                             capsys):
+@pytest.mark.parametrize("failing, error", [
+    ("fsync", "No space left on device"),  # the data does not fit
+    ("mkstemp", "Disk quota exceeded"),  # not even a new file does
+])
+def test_a_disk_that_fills_up_mid_run_gets_one_line_and_keeps_the_last_epoch(failing, error, run_args, tmp_path,
+                                                                             monkeypatch, capsys):
     import errno
 
     from training import persistence
 
     logdir = tmp_path / "run"
     assert main.main(run_args("mlp", "--logdir", str(logdir), epochs=1)) == 0
-    real_fsync, writes = persistence.os.fsync, []
+    module = persistence.os if failing == "fsync" else persistence.tempfile
+    real, calls = getattr(module, failing), []
 
-    def fsync_until_full(fd):
-        writes.append(fd)
-        if len(writes) > 2:  # epoch 1's checkpoint and results.json fit, then the disk is full
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_fsync(fd)
-    monkeypatch.setattr(persistence.os, "fsync", fsync_until_full)
+    def until_full(*args, **kwargs):
+        calls.append(args)
+        if len(calls) > 2:  # epoch 1's checkpoint and results.json fit, then the disk is full
+            raise OSError(errno.ENOSPC if failing == "fsync" else errno.EDQUOT, error)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(module, failing, until_full)
     assert main.main(run_args("mlp", "--logdir", str(logdir), epochs=3)) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith(f"error: cannot write {logdir / 'checkpoint.pt'} (No space left on device); make room")
+    assert err[-1].startswith(f"error: cannot write {logdir / 'checkpoint.pt'} ({error}); make room")
     assert read_results(logdir)["epochs_completed"] == 1
     assert not [name for name in os.listdir(logdir) if name.startswith(".tmp")]
 
