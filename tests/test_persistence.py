@@ -1,0 +1,89 @@
+"""What a run leaves on disk, piece by piece: atomic writes from any thread, errors that must not be swallowed, and
+the hold on a --logdir (a stale lock file, a filesystem or platform without flock, a lock file that cannot be made).
+Whole runs that write, fill a disk or are refused are in test_interruptions.py and test_bad_input.py."""
+import errno
+import os
+import socket
+import threading
+
+import pytest
+
+from training import persistence
+from training.errors import UserError
+
+
+def test_an_atomic_write_works_from_a_thread_other_than_the_main_one(tmp_path):
+    path = tmp_path / "results.json"
+    failures = []
+
+    def write():
+        try:
+            persistence.write_json(str(path), {"epochs_completed": 1})
+        except Exception as exc:  # a thread's exception would not fail the test
+            failures.append(exc)
+    worker = threading.Thread(target=write)
+    worker.start()
+    worker.join()
+    assert failures == [] and path.read_text() == '{\n  "epochs_completed": 1\n}\n'
+
+
+def test_an_error_while_writing_propagates_and_leaves_the_previous_file_whole(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text("previous\n")
+
+    def failing(f):
+        f.write(b"half")
+        raise ValueError("the serializer failed")
+    with pytest.raises(ValueError, match="the serializer failed"):
+        persistence.atomic_write(str(path), failing)
+    assert path.read_text() == "previous\n" and os.listdir(tmp_path) == ["results.json"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="runs hold their --logdir with flock, which Windows lacks")
+def test_a_lock_file_that_a_killed_run_left_is_taken_over_and_names_its_new_holder(tmp_path):
+    lock = tmp_path / persistence.LOCK_FILE
+    lock.write_text("pid 7 on elsewhere, a longer line than the next holder's\n")  # no process holds it any more
+    with persistence.logdir_held(str(tmp_path)):
+        assert lock.read_text() == f"pid {os.getpid()} on {socket.gethostname()}\n"
+    assert not lock.exists()
+
+
+def test_without_flock_a_logdir_is_written_unheld_and_no_lock_file_is_made(tmp_path, monkeypatch):
+    monkeypatch.setattr(persistence, "fcntl", None)  # Windows
+    with persistence.logdir_held(str(tmp_path)):
+        assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="runs hold their --logdir with flock, which Windows lacks")
+@pytest.mark.parametrize("failing", ["open", "write"])
+def test_a_lock_file_that_cannot_be_made_or_written_gets_one_line(failing, tmp_path, monkeypatch):
+    real_open = open
+
+    class Unwritable:
+        """A lock file whose writes fail, as on a disk that filled up."""
+        def __init__(self, f):
+            self.f = f
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def truncate(self, size):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def opening(path, mode):
+        if failing == "open":
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        return Unwritable(real_open(path, mode))
+    monkeypatch.setattr(persistence, "open", opening, raising=False)
+    error = "Disk quota exceeded" if failing == "open" else "No space left on device"
+    with pytest.raises(UserError, match=rf"^cannot write {tmp_path / persistence.LOCK_FILE} \({error}\); make room"):
+        with persistence.logdir_held(str(tmp_path)):
+            pytest.fail("the run went on without its hold")
+    assert os.listdir(tmp_path) == []
