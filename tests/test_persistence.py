@@ -87,3 +87,20 @@ def test_a_lock_file_that_cannot_be_made_or_written_gets_one_line(failing, tmp_p
         with persistence.logdir_held(str(tmp_path)):
             pytest.fail("the run went on without its hold")
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="runs hold their --logdir with flock, which Windows lacks")
+def test_a_lock_file_removed_by_its_holder_while_this_run_opened_it_is_made_anew(tmp_path, monkeypatch):
+    real_open, opened = open, []
+
+    def open_as_the_holder_leaves(path, mode):
+        f = real_open(path, mode)
+        if not opened:  # the run that held it ends and removes it between this run's open and its flock
+            os.unlink(path)
+        opened.append(f)
+        return f
+    monkeypatch.setattr(persistence, "open", open_as_the_holder_leaves, raising=False)
+    with persistence.logdir_held(str(tmp_path)):
+        assert len(opened) == 2 and opened[0].closed  # the removed file was let go, and a new one is held
+        assert (tmp_path / persistence.LOCK_FILE).read_text() == f"pid {os.getpid()} on {socket.gethostname()}\n"
+    assert os.listdir(tmp_path) == []
