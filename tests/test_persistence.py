@@ -104,3 +104,30 @@ def test_a_lock_file_removed_by_its_holder_while_this_run_opened_it_is_made_anew
         assert len(opened) == 2 and opened[0].closed  # the removed file was let go, and a new one is held
         assert (tmp_path / persistence.LOCK_FILE).read_text() == f"pid {os.getpid()} on {socket.gethostname()}\n"
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="runs hold their --logdir with flock, which Windows lacks")
+@pytest.mark.parametrize("case", ["held by another run", "no flock on this filesystem"])
+def test_a_lock_file_that_this_run_cannot_hold_is_closed(case, tmp_path, monkeypatch):
+    import fcntl
+    import types
+    import warnings
+
+    real_open, opened = open, []
+    monkeypatch.setattr(persistence, "open", lambda path, mode: opened.append(real_open(path, mode)) or opened[-1],
+                        raising=False)
+    with real_open(tmp_path / persistence.LOCK_FILE, "a+") as holder:
+        if case == "held by another run":
+            holder.write("pid 7 on elsewhere\n")
+            holder.flush()
+            fcntl.flock(holder, fcntl.LOCK_EX)  # another open file: its lock excludes this process's too
+            with pytest.raises(persistence.LogdirBusy, match=r"another run \(pid 7 on elsewhere\)"):
+                with persistence.logdir_held(str(tmp_path)):
+                    pass
+        else:
+            def flock(f, operation):
+                raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+            monkeypatch.setattr(persistence, "fcntl", types.SimpleNamespace(flock=flock, LOCK_EX=2, LOCK_NB=4))
+            with warnings.catch_warnings(record=True), persistence.logdir_held(str(tmp_path)):
+                pass
+    assert len(opened) == 1 and opened[0].closed
