@@ -131,3 +131,12 @@ def test_a_lock_file_that_this_run_cannot_hold_is_closed(case, tmp_path, monkeyp
             with warnings.catch_warnings(record=True), persistence.logdir_held(str(tmp_path)):
                 pass
     assert len(opened) == 1 and opened[0].closed
+
+
+def test_results_are_strict_json_in_lines_a_person_can_read(tmp_path):
+    path = tmp_path / "results.json"
+    with pytest.raises(ValueError):  # a NaN that skipped finite_or_none stops the write instead of breaking JSON
+        persistence.write_json(str(path), {"valid_losses": [float("nan")]})
+    assert os.listdir(tmp_path) == []
+    persistence.write_json(str(path), {"valid_losses": [persistence.finite_or_none(float("inf")), 0.5]})
+    assert path.read_text() == '{\n  "valid_losses": [\n    null,\n    0.5\n  ]\n}\n'
