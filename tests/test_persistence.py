@@ -140,3 +140,18 @@ def test_results_are_strict_json_in_lines_a_person_can_read(tmp_path):
     assert os.listdir(tmp_path) == []
     persistence.write_json(str(path), {"valid_losses": [persistence.finite_or_none(float("inf")), 0.5]})
     assert path.read_text() == '{\n  "valid_losses": [\n    null,\n    0.5\n  ]\n}\n'
+
+
+def test_the_saved_random_states_restore_every_generator_that_training_may_draw_from():
+    import random
+
+    import numpy as np
+    import torch
+
+    state = persistence.rng_state()
+    drawn = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(1)  # what ran between the checkpoint and the resume
+    np.random.seed(1)
+    torch.manual_seed(1)
+    persistence.set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == drawn
