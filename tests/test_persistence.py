@@ -155,3 +155,21 @@ def test_the_saved_random_states_restore_every_generator_that_training_may_draw_
     torch.manual_seed(1)
     persistence.set_rng_state(state)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == drawn
+
+
+class _MakesAFolderWhenUnpickled:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def test_a_checkpoint_that_would_run_code_when_loaded_is_refused_unrun(tmp_path):
+    import torch
+
+    marker = tmp_path / "code_ran"
+    torch.save({"model": _MakesAFolderWhenUnpickled(str(marker))}, tmp_path / persistence.CHECKPOINT_FILE)
+    with pytest.raises(UserError, match=r"^--resume: cannot read .*checkpoint\.pt \(UnpicklingError\)"):
+        persistence.load_checkpoint(str(tmp_path), {})
+    assert not marker.exists()
