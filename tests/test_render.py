@@ -39,6 +39,7 @@ def test_the_curves_mark_whole_epochs_only_under_their_axis_labels(epochs):
     single = figures.curve_figure({"relu": [run]}, "valid_accs", "validation accuracy", "mlp_activation: validation "
                                   "accuracy", legend_title="activation")
     assert single.axes[0].get_title() == "mlp_activation: validation accuracy"
+    assert [text.get_text() for text in page.texts] == ["final runs"]  # the PDF page's title
     assert single.axes[0].get_legend().get_title().get_text() == "activation"
     for ax, label in [*zip(page.axes, [label for _, label in figures.CURVES]), (single.axes[0], "validation accuracy")]:
         ticks = _visible_ticks(ax)
