@@ -181,6 +181,7 @@ def test_the_study_timer_stops_at_a_study_that_was_interrupted(capsys, monkeypat
     with pytest.raises(SystemExit) as stop:
         tools.run_cli(lambda: time_studies.main(["--dry_run"]))
     assert stop.value.code == 130 and studies == ["mlp_activation"]
+    assert "took" not in capsys.readouterr().out  # no time is given for a study cut short
 
 
 def test_time_studies_dry_run_times_studies_one_to_three(capsys, scratch_checked):

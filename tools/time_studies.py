@@ -93,11 +93,11 @@ def time_studies(cli, out, per_study, common):
         code = studies_main(["run", name, "--out", out, "--workers", str(cli.workers), *common, *per_study[name]])
         _synchronize()
         wall = time.perf_counter() - start
+        if code == 130:  # the study saved its runs and said so; the time of a study cut short is no timing
+            raise KeyboardInterrupt
         rows[name] = (wall, *logged_seconds(os.path.join(out, name)))
         print(f"time_studies: {name} took {wall:.1f} s (its runs logged {rows[name][1]:.1f} s of training and "
               f"{rows[name][2]:.1f} s of validation), {sum(row[0] for row in rows.values()):.1f} s so far", flush=True)
-        if code == 130:  # the study saved its runs and says so; a timing with the stop ignored would be wrong
-            raise KeyboardInterrupt
         if code != 0:
             sys.exit(f"error: study {name} exited with {code}")
     studies_main(["report", "--out", out])
