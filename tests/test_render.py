@@ -110,7 +110,10 @@ def test_the_search_figure_steps_through_the_best_completed_trial_so_far():
               {"trial": 1, "outcome": "pruned", "last_valid_acc": 0.9},  # a pruned trial is no candidate
               {"trial": 3, "outcome": "completed", "last_valid_acc": 0.7},
               {"trial": 2, "outcome": "completed", "last_valid_acc": 0.4}]
-    best, = figures.search_figure(trials, "search").axes[0].get_lines()
+    ax = figures.search_figure(trials, "resnet18_best: search").axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("trial", "validation accuracy (last epoch run)",
+                                                                   "resnet18_best: search")
+    best, = ax.get_lines()
     assert best.get_label() == "best so far" and best.get_drawstyle() == "steps-post"
     assert (best.get_xdata().tolist(), best.get_ydata().tolist()) == ([0, 2, 3], [0.5, 0.5, 0.7])
 
