@@ -55,6 +55,8 @@ def test_the_search_figure_shows_every_trial_that_logged_an_accuracy_by_its_outc
     drawn = {collection.get_label(): collection.get_offsets().tolist() for collection in ax.collections}
     assert drawn == {"completed": [[0, 0.125]], "pruned": [[1, 0.25]], "diverged": [[2, 0.375]],
                      "raised an error": [[3, 0.5]]}
+    assert sorted(text.get_text() for text in ax.get_legend().get_texts()) == [
+        "best so far", "completed", "diverged", "pruned", "raised an error"]
 
 
 def test_a_caption_wider_than_its_picture_stays_on_the_figure():
