@@ -130,3 +130,14 @@ def test_the_cost_figure_plots_each_measure_against_the_setting_on_a_log2_axis()
         assert line.get_ydata().tolist() == [row[column] for row in rows]
         assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_xscale()) == ("patch_size", label, "log")
         assert [tick.get_text() for tick in ax.get_xticklabels()] == ["2", "4", "8"]
+
+
+def test_the_pictures_figure_draws_each_picture_at_its_own_width():
+    square, strip = np.random.rand(70, 70, 3), np.random.rand(40, 400, 3)
+    fig = figures.images_figure([("kernels", square), ("token mixing", strip)], "first layers")
+    assert [ax.get_title() for ax in fig.axes] == ["kernels", "token mixing"]
+    for ax, image in zip(fig.axes, (square, strip)):
+        drawn, = ax.get_images()
+        np.testing.assert_array_equal(drawn.get_array(), image)
+    assert fig.axes[0].get_gridspec().get_width_ratios() == [1.0, 10.0]  # widths in proportion, heights alike
+    assert [text.get_text() for text in fig.texts] == ["first layers"]
