@@ -147,7 +147,8 @@ def test_a_tool_prints_a_warning_as_one_line(fake_data_dir):
                "1", "--num_workers", "0", "--valid_size", "20", "--precisions", "fp16"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stderr == "warning: --precision fp16 is for CUDA GPUs: a CPU usually emulates fp16, much slower than fp32\n"
+    assert done.stderr == ("warning: --precision fp16 is for CUDA GPUs: a CPU usually emulates fp16, much slower "
+                           "than fp32\n")
 
 
 @pytest.mark.parametrize("tool, argv", [
