@@ -60,8 +60,8 @@ def check(model, recipe, config_path, data_dir, folder, seed, extra=()):
     met = (results["status"] == "completed" and results["test_acc"] >= recipe["target_acc"]
            and train_seconds <= recipe["budget_s"])
     return {"model": model, "seed": seed, "epochs": results["epochs_completed"], "train_s": train_seconds,
-            "wall_s": wall,
-            "test_acc": results["test_acc"], "target": f">= {recipe['target_acc']:.0%} in <= {recipe['budget_s']:.0f} s",
+            "wall_s": wall, "test_acc": results["test_acc"],
+            "target": f">= {recipe['target_acc']:.0%} in <= {recipe['budget_s']:.0f} s",
             "met": met, "device": results["device_name"], "status": results["status"]}
 
 
