@@ -10,10 +10,14 @@ learn something from a few hundred images.
 import argparse
 import os
 import pickle
+import shutil
+import sys
+import tempfile
 
 import numpy as np
 
 from .cifar10 import FOLDER, NUM_CLASSES, TEST_FILE, TRAIN_FILES
+from .errors import UserError
 
 
 def fake_images(count, seed):
@@ -36,18 +40,52 @@ def write_batch(path, images, labels, name):
 
 
 def write_fake_cifar10(root, train_per_batch=100, test=100, seed=0):
-    """Write ``root/cifar-10-batches-py`` with 5 x ``train_per_batch`` training and ``test`` test images."""
+    """Write ``root/cifar-10-batches-py`` with 5 x ``train_per_batch`` training and ``test`` test images.
+
+    A ``root`` that already has that folder is refused, as it may hold the real data set; the files are written
+    in a staging folder inside ``root`` that is renamed into place only when complete, so a failed or interrupted
+    write leaves no partial copy that a run would later read."""
+    if train_per_batch < 1 or test < 1:
+        raise UserError(f"a fake CIFAR-10 needs at least one image in each file (asked for {train_per_batch} per "
+                        f"training batch and {test} test images); give --train_per_batch and --test of 1 or more")
     folder = os.path.join(root, FOLDER)
-    os.makedirs(folder, exist_ok=True)
-    for index, name in enumerate(TRAIN_FILES):
-        images, labels = fake_images(train_per_batch, seed + index)
-        write_batch(os.path.join(folder, name), images, labels, f"training batch {index + 1} of 5")
-    images, labels = fake_images(test, seed + 99)
-    write_batch(os.path.join(folder, TEST_FILE), images, labels, "testing batch 1 of 1")
-    with open(os.path.join(folder, "batches.meta"), "wb") as f:
-        pickle.dump({b"label_names": [f"class{k}".encode() for k in range(NUM_CLASSES)],
-                     b"num_cases_per_batch": train_per_batch, b"num_vis": 3072}, f, protocol=2)
+    if os.path.lexists(folder):
+        raise UserError(f"{folder} already exists (it may be the real data set) and is left as it is; give a DIR "
+                        f"without {FOLDER}/ in it, or remove that folder first")
+    os.makedirs(root, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".fake-cifar-10-", dir=root)
+    try:
+        written = os.path.join(staging, FOLDER)
+        os.mkdir(written)  # not the staging folder itself, which mkdtemp makes private to its owner
+        for index, name in enumerate(TRAIN_FILES):
+            images, labels = fake_images(train_per_batch, seed + index)
+            write_batch(os.path.join(written, name), images, labels, f"training batch {index + 1} of 5")
+        images, labels = fake_images(test, seed + 99)
+        write_batch(os.path.join(written, TEST_FILE), images, labels, "testing batch 1 of 1")
+        with open(os.path.join(written, "batches.meta"), "wb") as f:
+            pickle.dump({b"label_names": [f"class{k}".encode() for k in range(NUM_CLASSES)],
+                         b"num_cases_per_batch": train_per_batch, b"num_vis": 3072}, f, protocol=2)
+        os.rename(written, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def main(argv=None):
+    cli = parse_args(argv)
+    try:
+        print("wrote", write_fake_cifar10(cli.root, cli.train_per_batch, cli.test, cli.seed))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: cannot write a fake CIFAR-10 into {cli.root} ({exc.strerror}); choose a writable folder",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    return 0
 
 
 def parse_args(argv=None):
@@ -61,5 +99,4 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    cli = parse_args()
-    print("wrote", write_fake_cifar10(cli.root, cli.train_per_batch, cli.test, cli.seed))
+    sys.exit(main())

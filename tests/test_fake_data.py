@@ -1,0 +1,68 @@
+"""The fake CIFAR-10 writer: what the runs read, never written over a copy that is there, nothing left half-written."""
+import os
+
+import pytest
+
+from training import fake_data
+from training.cifar10 import FOLDER, load_cifar10
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _files(root):
+    return {os.path.relpath(os.path.join(folder, name), root): _read(os.path.join(folder, name))
+            for folder, _, names in os.walk(root) for name in names}
+
+
+def test_the_command_writes_a_copy_that_loads_with_the_counts_asked_for(tmp_path, capsys):
+    assert fake_data.main([str(tmp_path), "--train_per_batch", "3", "--test", "7", "--seed", "5"]) == 0
+    assert capsys.readouterr().out == f"wrote {tmp_path / FOLDER}\n"
+    assert os.listdir(tmp_path) == [FOLDER]  # no staging folder left beside it
+    data = load_cifar10(str(tmp_path), download=False)
+    assert len(data.train_labels) == 15 and len(data.test_labels) == 7
+    images, _ = fake_data.fake_images(3, 5)  # data_batch_1 is drawn from the seed
+    assert (data.train_images[:3].numpy() == images).all()
+
+
+def test_a_folder_that_has_a_copy_is_refused_and_left_as_it_is(tmp_path, capsys):
+    fake_data.write_fake_cifar10(str(tmp_path), train_per_batch=2, test=2, seed=1)
+    before = _files(tmp_path)
+    assert fake_data.main([str(tmp_path), "--train_per_batch", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / FOLDER} already exists") and err.count("\n") == 1
+    assert "remove that folder" in err
+    assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("flags, asked", [(["--train_per_batch", "0"], "0 per training batch"),
+                                          (["--test", "-2"], "-2 test images")])
+def test_a_count_below_one_is_refused_before_anything_is_written(flags, asked, tmp_path, capsys):
+    root = tmp_path / "new"
+    assert fake_data.main([str(root), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: a fake CIFAR-10 needs at least one image") and asked in err
+    assert "--train_per_batch and --test of 1 or more" in err and err.count("\n") == 1
+    assert not root.exists()
+
+
+@pytest.mark.parametrize("stop", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_a_write_cut_short_leaves_no_copy_behind(stop, tmp_path, capsys, monkeypatch):
+    written = []
+
+    def write_batch(path, images, labels, name):
+        if len(written) == 3:
+            raise stop
+        written.append(path)
+        open(path, "wb").close()
+    monkeypatch.setattr(fake_data, "write_batch", write_batch)
+    code = fake_data.main([str(tmp_path), "--train_per_batch", "2"])
+    err = capsys.readouterr().err
+    if isinstance(stop, OSError):
+        assert (code, err) == (2, f"error: cannot write a fake CIFAR-10 into {tmp_path} (No space left on device); "
+                                  "choose a writable folder\n")
+    else:
+        assert (code, err) == (130, "\ninterrupted\n")
+    assert len(written) == 3 and os.listdir(tmp_path) == []
