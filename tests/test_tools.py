@@ -174,15 +174,17 @@ def test_a_tool_stops_at_the_first_run_that_ctrl_c_or_sigterm_interrupted(tool, 
     assert capsys.readouterr().err.endswith("\ninterrupted\n")
 
 
-def test_the_study_timer_stops_at_a_study_that_was_interrupted(capsys, monkeypatch, scratch_checked):
+@pytest.mark.parametrize("code", [130, 2])  # interrupted; an input refused in one line, nothing trained
+def test_the_study_timer_stops_at_a_study_that_was_interrupted_or_refused(code, capsys, monkeypatch,
+                                                                          scratch_checked):
     from tools import time_studies
 
     studies = []
-    monkeypatch.setattr(time_studies, "studies_main", lambda argv: studies.append(argv[1]) or 130)
+    monkeypatch.setattr(time_studies, "studies_main", lambda argv: studies.append(argv[1]) or code)
     with pytest.raises(SystemExit) as stop:
         tools.run_cli(lambda: time_studies.main(["--dry_run"]))
-    assert stop.value.code == 130 and studies == ["mlp_activation"]
-    assert "took" not in capsys.readouterr().out  # no time is given for a study cut short
+    assert stop.value.code == code and studies == ["mlp_activation"]
+    assert "took" not in capsys.readouterr().out  # no time is given for a study cut short or never run
 
 
 def test_time_studies_dry_run_times_studies_one_to_three(capsys, scratch_checked):
@@ -238,6 +240,7 @@ def test_check_targets_judges_several_seeds_on_their_mean(capsys, scratch_checke
     ("time_studies", [], "tools.time_studies measures the GPU target and needs CUDA (or --dry_run)"),
     ("time_studies", ["--out", "EXISTING"], "--out EXISTING exists; give a new --out so that every run trains from "
                                             "scratch"),
+    ("time_studies", ["--dry_run", "--workers", "0"], "--workers must be at least 1, got 0"),
 ])
 def test_a_gpu_tool_refuses_with_one_line_and_exit_2(tool, argv, message, tmp_path, capsys, monkeypatch):
     import importlib

@@ -56,7 +56,10 @@ def parse_args(argv=None):
     parser.add_argument("--out", help="output folder (default: a new temporary folder); must not exist")
     parser.add_argument("--workers", type=int, default=1, help="worker processes per study (they share the GPU)")
     parser.add_argument("--dry_run", action="store_true", help="CPU, fake data, tiny models, 1 epoch")
-    return parser.parse_args(argv)
+    cli = parser.parse_args(argv)
+    if cli.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {cli.workers}")
+    return cli
 
 
 def main(argv=None):
@@ -95,6 +98,8 @@ def time_studies(cli, out, per_study, common):
         wall = time.perf_counter() - start
         if code == 130:  # the study saved its runs and said so; the time of a study cut short is no timing
             raise KeyboardInterrupt
+        if code == 2:  # the study refused an input in one line and trained nothing: there is nothing to time
+            return code
         rows[name] = (wall, *logged_seconds(os.path.join(out, name)))
         print(f"time_studies: {name} took {wall:.1f} s (its runs logged {rows[name][1]:.1f} s of training and "
               f"{rows[name][2]:.1f} s of validation), {sum(row[0] for row in rows.values()):.1f} s so far", flush=True)
