@@ -106,6 +106,12 @@ def test_first_nonfinite_names_the_first_bad_step():
     (["--sections", "tracking,compiled"], "--sections: unknown compiled; choose from tracking, benchmark, parity, "
                                           "compile, profile"),
     (["--json_out", "no/such/folder/parity.json"], "--json_out no/such/folder/parity.json: its folder does not exist"),
+    (["--steps", "0"], "--steps must be at least 1, got 0"),
+    (["--bench_epochs", "0"], "--bench_epochs must be at least 1, got 0"),
+    (["--parity_epochs", "-1"], "--parity_epochs must be at least 1, got -1"),
+    (["--rows", "0"], "--rows must be at least 1, got 0"),
+    (["--valid_size", "0"], "--valid_size must be at least 1, got 0"),
+    (["--num_workers", "-1"], "--num_workers must be not negative, got -1"),
 ])
 def test_gpu_check_refuses_bad_flags_before_it_runs(capsys, flags, message):
     with pytest.raises(SystemExit):
@@ -279,6 +285,20 @@ def test_layout_benchmark_times_both_layouts_on_the_same_batches(fake_data_dir, 
     assert [name for name, _, _ in rows] == ["contiguous", "channels_last"]
     assert float(rows[0][2]) == 1.0
     assert float(rows[1][2]) == pytest.approx(float(rows[0][1]) / float(rows[1][1]), rel=0.02, abs=0.01)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch_size", "0"], "--batch_size must be at least 1, got 0"),
+    (["--steps", "0"], "--steps 0 --warmup 2: give at least 1 timed step and no negative warmup"),
+    (["--warmup", "-1"], "--steps 30 --warmup -1: give at least 1 timed step and no negative warmup"),
+    (["--batch_size", "64", "--steps", "2"], "--warmup 2 + --steps 2 exceed the 1 full batches of 64 images in an epoch; "
+                                             "ask for fewer steps"),
+])
+def test_layout_benchmark_refuses_counts_it_cannot_time(flags, message, fake_data_dir, capsys):
+    from tools import layout_benchmark
+
+    with pytest.raises(UserError, match=re.escape(message)):
+        layout_benchmark.main(["--device", "cpu", "--data_dir", fake_data_dir, *flags])
 
 
 def test_layout_benchmark_steps_train_the_same_model_alike(fake_data_dir, monkeypatch):

@@ -301,6 +301,10 @@ def parse_args(argv=None):
         unknown = set(given.split(",")) - set(choices)
         if unknown:
             parser.error(f"{flag}: unknown {', '.join(sorted(unknown))}; choose from {', '.join(choices)}")
+    for flag, least in (("steps", 1), ("bench_epochs", 1), ("parity_epochs", 1), ("rows", 1), ("valid_size", 1),
+                        ("num_workers", 0)):
+        if getattr(cli, flag) < least:  # checked before the first section, not when its section comes
+            parser.error(f"--{flag} must be {'at least 1' if least else 'not negative'}, got {getattr(cli, flag)}")
     if cli.json_out and not os.path.isdir(os.path.dirname(os.path.abspath(cli.json_out))):
         parser.error(f"--json_out {cli.json_out}: its folder does not exist; create it or give another path")
     return cli

@@ -57,6 +57,8 @@ def main(argv=None):
     cli = parse_args(argv)
     if cli.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: CUDA is not available here; use --device cpu")
+    if cli.batch_size < 1:
+        raise UserError(f"--batch_size must be at least 1, got {cli.batch_size}")
     if cli.steps < 1 or cli.warmup < 0:
         raise UserError(f"--steps {cli.steps} --warmup {cli.warmup}: give at least 1 timed step and no negative warmup")
     device = torch.device(cli.device)
