@@ -107,6 +107,16 @@ def get_config_parser():
     return parser
 
 
+def given_flags(argv, prog):
+    """The ``main.py`` flags that ``argv`` sets, with their parsed values; argparse exits on errors, naming
+    ``prog`` (the command that passes them on)."""
+    parser = get_config_parser()
+    parser.prog = prog
+    unset = object()  # not a string, so argparse does not convert it as it would a default
+    parser.set_defaults(**{dest: unset for dest in vars(parser.parse_args([]))})
+    return {key: value for key, value in vars(parser.parse_args(argv)).items() if value is not unset}
+
+
 MAX_SEED = 2**32 - 1  # numpy.random.seed refuses anything outside [0, 2**32 - 1]
 OLDEST_TORCH = (2, 4)  # the oldest release the whole test suite passes with (README, "Install")
 

@@ -20,7 +20,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from config import MAX_SEED, HelpFormatter, check_args, get_config_parser
+from config import MAX_SEED, HelpFormatter, check_args, get_config_parser, given_flags
 from training.cifar10 import check_valid_size, load_cifar10
 from training.errors import UserError, set_up_command_line
 from training.models import SCHEMAS, SHIPPED_CONFIG_DIR, load_model_config, validate_model_config
@@ -33,6 +33,7 @@ from .worker import RUNS_FOLDER, Plan, open_study, work
 STUDY_FLAGS = ("model", "logdir", "resume", "visualize")  # set by the study for each run
 # one training epoch on the full data, measured on this project's 2-core CPU machine (README, "Problem 4")
 CPU_EPOCH_SECONDS = {"resnet18": 1613, "mlpmixer": 473}
+RUN_PROG = "python -m studies run NAME"  # argparse names it in its errors about main.py flags
 LAUNCHED_WORKER = "STUDIES_LAUNCHED_WORKER"  # in the environment of the workers that --workers N starts
 
 
@@ -71,15 +72,6 @@ def _parser():
     return parser
 
 
-def _given_flags(train_argv):
-    """The ``main.py`` flags that ``train_argv`` sets, with their parsed values (argparse exits on errors)."""
-    parser = get_config_parser()
-    parser.prog = "python -m studies run NAME"
-    unset = object()  # not a string, so argparse does not convert it as it would a default
-    parser.set_defaults(**{dest: unset for dest in vars(parser.parse_args([]))})
-    return {key: value for key, value in vars(parser.parse_args(train_argv)).items() if value is not unset}
-
-
 def _parse_value(text):
     try:
         return json.loads(text)
@@ -115,7 +107,7 @@ def _run_seeds(study, seed, count):
 
 def make_plan(study, options, train_argv):
     """Check every flag of a study's launch, before anything is written, and return its ``Plan``."""
-    flags = _given_flags(train_argv)
+    flags = given_flags(train_argv, RUN_PROG)
     for name in STUDY_FLAGS:
         if name in flags:
             raise UserError(f"--{name} is set by the study for each run; remove it")
@@ -362,7 +354,7 @@ def main(argv=None):
             if options.values or options.trials:
                 raise UserError("--values and --trials apply to one study; run the studies one by one")
             models = sorted({study.model for study in STUDIES.values()})
-            if ("model_config" in _given_flags(train_argv) or options.set) and len(models) > 1:
+            if ("model_config" in given_flags(train_argv, RUN_PROG) or options.set) and len(models) > 1:
                 raise UserError(f"--model_config and --set apply to one model, and the studies train "
                                 f"{', '.join(models)}; run the studies one by one")
             seed = get_config_parser().parse_args(train_argv).seed

@@ -239,6 +239,28 @@ def test_check_targets_judges_several_seeds_on_their_mean(capsys, scratch_checke
         check_targets.main(["--dry_run", "--seeds", "0"])
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--logdir", "runs/mine"], "--logdir: each run gets a new folder, so that no seed's run writes over another's"),
+    (["--model", "mlp"], "--model: the script trains each recipe's own model (choose them with --models)"),
+    (["--model_config", "model_configs/mlpmixer.json"], "--model_config: each recipe has its own model config"),
+    (["--resume"], "--resume: each run starts afresh in a new folder"),
+])
+def test_check_targets_refuses_the_flags_it_sets_for_each_run(flags, message, monkeypatch):
+    from tools import check_targets
+
+    monkeypatch.setattr(tools, "fit", lambda args: pytest.fail("a run was started"))
+    with pytest.raises(UserError, match=re.escape(message) + ".*; remove it$"):
+        check_targets.main(["--dry_run", "--seeds", "2", *flags])
+
+
+def test_benchmark_refuses_fewer_than_one_repeat(monkeypatch):
+    from tools import benchmark
+
+    monkeypatch.setattr(tools, "fit", lambda args: pytest.fail("a run was started"))
+    with pytest.raises(UserError, match=r"^--repeats must be at least 1, got 0$"):
+        benchmark.main(["--device", "cpu", "--repeats", "0"])
+
+
 @pytest.mark.parametrize("tool, argv, message", [
     ("benchmark", [], "--device cuda: CUDA is not available here; use --device cpu"),
     ("gpu_check", [], "tools.gpu_check needs CUDA (or --dry_run to check the script on a CPU)"),

@@ -83,15 +83,17 @@ def main(argv=None):
     cli = parse_args(argv)
     if cli.device == "cuda" and not torch.cuda.is_available():  # its rows on the CPU would be another benchmark
         raise UserError("--device cuda: CUDA is not available here; use --device cpu")
+    if cli.repeats < 1:
+        raise UserError(f"--repeats must be at least 1, got {cli.repeats}")
     labels = ["template", "eager", "fast"] if cli.device == "cuda" else ["template", "fast"]
     labels += ["compiled"] if cli.compile else []
     plan = [("template", "auto")] + [(label, precision) for label in labels[1:] for precision in cli.precisions]
     extra = ["--valid_size", str(cli.valid_size)]
     runs = [[measure(label, cli.model, cli.device, cli.epochs, cli.batch_size, cli.data_dir, cli.num_workers, extra,
-                     precision) for label, precision in plan] for _ in range(max(cli.repeats, 1))]
+                     precision) for label, precision in plan] for _ in range(cli.repeats)]
     rows = [min((run[i] for run in runs), key=lambda row: row["epoch_s"]) for i in range(len(plan))]
     print_table(f"{cli.model}, batch {cli.batch_size}, {rows[0]['device']}, last of {cli.epochs} epoch(s), "
-                f"fastest of {max(cli.repeats, 1)}, template pipeline with {cli.num_workers} workers", rows)
+                f"fastest of {cli.repeats}, template pipeline with {cli.num_workers} workers", rows)
 
 
 if __name__ == "__main__":

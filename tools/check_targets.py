@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from config import MAX_SEED, get_config_parser
+from config import MAX_SEED, get_config_parser, given_flags
 from tools import fit_or_stop, run_cli
 from training.errors import UserError
 
@@ -44,6 +44,13 @@ RECIPES = {
                   "--epochs", "100", "--lr_schedule", "cosine", "--warmup_fraction", "0.05",
                   "--label_smoothing", "0.1", "--augment", "padcrop", "--mix", "cutmix", "--tta", "flip"],
     },
+}
+
+SET_PER_RUN = {  # main.py flags that the script sets for every run, and why
+    "model": "the script trains each recipe's own model (choose them with --models)",
+    "model_config": "each recipe has its own model config (RECIPES in tools/check_targets.py)",
+    "logdir": "each run gets a new folder, so that no seed's run writes over another's",
+    "resume": "each run starts afresh in a new folder",
 }
 
 
@@ -96,6 +103,9 @@ def parse_args(argv=None):
                         help="runs per recipe, seeds --seed to --seed + N - 1; judged on the mean test accuracy")
     parser.add_argument("--dry_run", action="store_true", help="CPU, fake data, tiny models, 1 epoch")
     cli, overrides = parser.parse_known_args(argv)
+    for name in given_flags(overrides, parser.prog):
+        if name in SET_PER_RUN:
+            raise UserError(f"--{name}: {SET_PER_RUN[name]}; remove it")
     cli.seed = get_config_parser().parse_args(overrides).seed
     if cli.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {cli.seeds}")
