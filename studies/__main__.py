@@ -141,8 +141,6 @@ def make_plan(study, options, train_argv):
                         f"{'--' + setting if setting in flags else '--set ' + setting}")
     if options.values is not None and not study.grid:
         raise UserError(f"--values: {study.name} is a search; it has no grid")
-    if os.path.exists(options.out) and not os.path.isdir(options.out):
-        raise UserError(f"--out {options.out} is a file, not a folder; give a folder path")
     # read here, once: a missing copy is fetched (or refused) before any worker starts or anything is written
     data = load_cifar10(args.data_dir)
     check_valid_size(len(data.train_labels), args.valid_size)
@@ -344,6 +342,8 @@ def main(argv=None):
         if options.command == "list":
             _list()
             return 0
+        if os.path.exists(options.out) and not os.path.isdir(options.out):
+            raise UserError(f"--out {options.out} is a file, not a folder; give the folder of the studies")
         if options.command == "report":
             _write_report(options.out, options.report_dir)
             return 0

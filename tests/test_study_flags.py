@@ -124,12 +124,15 @@ def test_missing_data_is_refused_before_anything_is_written(study_args, tmp_path
     assert not os.path.exists(tmp_path / "out") and not os.path.exists(tmp_path / "no_data")
 
 
-def test_an_out_that_is_a_file_is_refused(study_args, tmp_path, capsys):
-    argv = study_args("mlp_activation")
+@pytest.mark.parametrize("command", ["run", "report", "status"])
+def test_an_out_that_is_a_file_is_refused(command, study_args, tmp_path, capsys):
+    argv = study_args("mlp_activation") if command == "run" else [command, "--out", "OUT"]
     argv[argv.index("--out") + 1] = str(tmp_path / "taken")
     (tmp_path / "taken").write_text("")
     assert studies_main(argv) == 2
-    assert f"--out {tmp_path / 'taken'} is a file, not a folder" in capsys.readouterr().err
+    assert capsys.readouterr().err == (f"error: --out {tmp_path / 'taken'} is a file, not a folder; give the folder "
+                                       "of the studies\n")
+    assert os.listdir(tmp_path) == ["taken"]
 
 
 def test_a_study_knows_its_data_by_contents_not_by_folder(study_args, fake_data_dir, tmp_path, capsys):
