@@ -326,17 +326,17 @@ def test_a_study_prints_its_own_lines_and_none_of_optunas_log(study_args):
     assert not re.search(r"^\[[A-Z] \d{4}-\d\d-\d\d ", result.stdout + result.stderr, re.MULTILINE), result.stderr
 
 
-def test_workers_write_each_console_line_in_one_write(study_args, monkeypatch):
-    class Terminal:  # what several workers' lines land on: a line split over two writes could be cut in two
-        def __init__(self):
-            self.writes = []
+def test_workers_write_each_console_line_in_one_write_and_flush_it(study_args, monkeypatch):
+    class Terminal:  # what several workers' lines land on: a line split over two writes could be cut in two, and
+        def __init__(self):  # one left in a worker's buffer (stdout a pipe or a file) would show up minutes late
+            self.writes, self.flushed_after = [], []
 
         def write(self, text):
             self.writes.append(text)
             return len(text)
 
         def flush(self):
-            pass
+            self.flushed_after.append(len(self.writes))
     terminal = Terminal()
     monkeypatch.setattr(sys, "stdout", terminal)
     assert studies_main(study_args("mlp_activation", "--values", "relu", epochs=2)) == 0
@@ -344,6 +344,7 @@ def test_workers_write_each_console_line_in_one_write(study_args, monkeypatch):
     starts = ("study mlp_activation: Which", "trial 0 (grid) -> ", "  activation-relu_seed-42: epoch 1/2,",
               "  activation-relu_seed-42: epoch 2/2,", "trial 0: completed", "study mlp_activation: 1 completed")
     assert all(text.startswith(start) for text, start in zip(terminal.writes, starts)), terminal.writes
+    assert terminal.flushed_after == [1, 2, 3, 4, 5, 6]
 
 
 def test_a_runs_train_log_holds_each_epoch_as_soon_as_it_ends(study_args, tmp_path, monkeypatch):
