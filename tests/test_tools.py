@@ -239,6 +239,47 @@ def test_check_targets_judges_several_seeds_on_their_mean(capsys, scratch_checke
         check_targets.main(["--dry_run", "--seeds", "0"])
 
 
+def test_check_targets_meets_a_target_only_with_the_accuracy_in_the_time_and_a_completed_run(capsys, monkeypatch,
+                                                                                              scratch_checked):
+    from tools import check_targets
+
+    outcomes = {42: ("completed", 0.93, [30.0, 30.0]),  # both bounds reached exactly: met
+                43: ("completed", 0.95, [30.0, 30.5]),  # half a second over the budget
+                44: ("completed", 0.9299, [20.0]),
+                45: ("diverged", None, [10.0]),
+                46: ("completed", 0.97, [15.0])}
+
+    def fit(args):
+        status, test_acc, seconds = outcomes[args.seed]
+        return {"status": status, "test_acc": test_acc, "train_seconds": seconds, "epochs_completed": len(seconds),
+                "device_name": "a stand-in"}
+    monkeypatch.setattr(tools, "fit", fit)
+
+    def verdicts(seed, seeds):
+        assert check_targets.main(["--dry_run", "--models", "resnet18", "--seed", str(seed), "--seeds", str(seeds)]) == 0
+        out = capsys.readouterr().out
+        rows = re.findall(r"^resnet18 +(\d+) +\d+ +([\d.]+) +[\d.]+ +([\d.na]+)  >= 93% in <= 60 s +(.+)$", out,
+                          re.MULTILINE)
+        return [(int(seed), float(train_s), test_acc, verdict) for seed, train_s, test_acc, verdict in rows], out
+    rows, out = verdicts(42, 5)
+    assert rows == [(42, 60.0, "0.9300", "met"), (43, 60.5, "0.9500", "missed"), (44, 20.0, "0.9299", "missed"),
+                    (45, 10.0, "nan", "missed (diverged)"), (46, 15.0, "0.9700", "met")]
+    assert re.search(r"^resnet18 over 5 seeds: test accuracy 0\.9450 ± 0\.0192 \(4 of 5 runs completed\), longest "
+                     r"training 60\.5 s; target >= 93% in <= 60 s: missed$", out, re.MULTILINE)
+    _, out = verdicts(43, 2)  # a mean above the target, but one run over the budget
+    assert out.rstrip().endswith("longest training 60.5 s; target >= 93% in <= 60 s: missed")
+    _, out = verdicts(45, 2)  # a mean above the target, but one run did not complete
+    assert out.rstrip().endswith("(1 of 2 runs completed), longest training 15.0 s; target >= 93% in <= 60 s: missed")
+    outcomes[47] = ("completed", 0.9201, [40.0])
+    _, out = verdicts(46, 2)  # every run completed in time, the mean 0.94505
+    assert out.rstrip().endswith("test accuracy 0.9450 ± 0.0353 (2 of 2 runs completed), longest training 40.0 s; "
+                                 "target >= 93% in <= 60 s: met")
+    outcomes[47] = ("completed", 0.8899, [40.0])
+    _, out = verdicts(46, 2)  # the mean 0.92995, which 4 decimals would show as 0.9300
+    assert out.rstrip().endswith("test accuracy 0.92995 ± 0.0566 (2 of 2 runs completed), longest training 40.0 s; "
+                                 "target >= 93% in <= 60 s: missed")
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--logdir", "runs/mine"], "--logdir: each run gets a new folder, so that no seed's run writes over another's"),
     (["--model", "mlp"], "--model: the script trains each recipe's own model (choose them with --models)"),
