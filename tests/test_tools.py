@@ -256,7 +256,8 @@ def test_check_targets_meets_a_target_only_with_the_accuracy_in_the_time_and_a_c
     monkeypatch.setattr(tools, "fit", fit)
 
     def verdicts(seed, seeds):
-        assert check_targets.main(["--dry_run", "--models", "resnet18", "--seed", str(seed), "--seeds", str(seeds)]) == 0
+        argv = ["--dry_run", "--models", "resnet18", "--seed", str(seed), "--seeds", str(seeds)]
+        assert check_targets.main(argv) == 0
         out = capsys.readouterr().out
         rows = re.findall(r"^resnet18 +(\d+) +\d+ +([\d.]+) +[\d.]+ +([\d.na]+)  >= 93% in <= 60 s +(.+)$", out,
                           re.MULTILINE)
@@ -354,8 +355,8 @@ def test_layout_benchmark_times_both_layouts_on_the_same_batches(fake_data_dir, 
     (["--batch_size", "0"], "--batch_size must be at least 1, got 0"),
     (["--steps", "0"], "--steps 0 --warmup 2: give at least 1 timed step and no negative warmup"),
     (["--warmup", "-1"], "--steps 30 --warmup -1: give at least 1 timed step and no negative warmup"),
-    (["--batch_size", "64", "--steps", "2"], "--warmup 2 + --steps 2 exceed the 1 full batches of 64 images in an epoch; "
-                                             "ask for fewer steps"),
+    (["--batch_size", "64", "--steps", "2"],
+     "--warmup 2 + --steps 2 exceed the 1 full batches of 64 images in an epoch; ask for fewer steps"),
 ])
 def test_layout_benchmark_refuses_counts_it_cannot_time(flags, message, fake_data_dir, capsys):
     from tools import layout_benchmark
