@@ -119,6 +119,13 @@ def test_gpu_check_refuses_bad_flags_before_it_runs(capsys, flags, message):
     assert message in capsys.readouterr().err
 
 
+def test_gpu_check_refuses_a_json_out_that_is_a_folder_before_it_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--dry_run", "--json_out", str(tmp_path)])
+    assert capsys.readouterr().err.endswith(f"error: --json_out {tmp_path} is a folder; give a file path, such as "
+                                            f"{tmp_path / 'parity.json'}\n")
+
+
 def test_benchmark_prints_each_path_with_its_ratio(fake_data_dir, capsys, quick_compile):
     benchmark.main(["--device", "cpu", "--data_dir", fake_data_dir, "--repeats", "1", "--num_workers", "0",
                     "--valid_size", "20", "--compile"])

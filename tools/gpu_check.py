@@ -305,6 +305,9 @@ def parse_args(argv=None):
                         ("num_workers", 0)):
         if getattr(cli, flag) < least:  # checked before the first section, not when its section comes
             parser.error(f"--{flag} must be {'at least 1' if least else 'not negative'}, got {getattr(cli, flag)}")
+    if cli.json_out and os.path.isdir(cli.json_out):  # else found only once the parity runs are done
+        parser.error(f"--json_out {cli.json_out} is a folder; give a file path, such as "
+                     f"{os.path.join(cli.json_out, 'parity.json')}")
     if cli.json_out and not os.path.isdir(os.path.dirname(os.path.abspath(cli.json_out))):
         parser.error(f"--json_out {cli.json_out}: its folder does not exist; create it or give another path")
     return cli
