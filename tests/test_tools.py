@@ -289,6 +289,10 @@ def test_check_targets_meets_a_target_only_with_the_accuracy_in_the_time_and_a_c
     _, out = verdicts(46, 2)  # the mean 0.92995, which 4 decimals would show as 0.9300
     assert out.rstrip().endswith("test accuracy 0.92995 ± 0.0566 (2 of 2 runs completed), longest training 40.0 s; "
                                  "target >= 93% in <= 60 s: missed")
+    outcomes[43] = ("completed", 0.93, [59.0, 1.0])
+    _, out = verdicts(42, 2)  # the mean and the longest run exactly at their bounds
+    assert out.rstrip().endswith("test accuracy 0.9300 ± 0.0000 (2 of 2 runs completed), longest training 60.0 s; "
+                                 "target >= 93% in <= 60 s: met")
 
 
 @pytest.mark.parametrize("flags, message", [
