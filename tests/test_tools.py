@@ -226,9 +226,14 @@ def test_check_targets_dry_run_prints_a_verdict_per_model(capsys, scratch_checke
     assert re.search(r"^resnet18 +42 +2 +[\d.]+ +[\d.]+ +[\d.]+  >= 93% in <= 60 s +(met|missed)$", out,
                      re.MULTILINE)
     assert re.search(r"^mlpmixer +42 +2 .*>= 87% in <= 300 s +(met|missed)$", out, re.MULTILINE)
+    # by default one run per model, the quicker ResNet18 first, and no mean over seeds
+    assert re.findall(r"^(\w+) +\d+ +2 ", out, re.MULTILINE) == ["resnet18", "mlpmixer"] and " over " not in out
     with pytest.raises(SystemExit):
         check_targets.main(["--dry_run", "--no_such_flag"])
     assert "unrecognized arguments: --no_such_flag" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        check_targets.main(["--dry_run", "--models", "vit"])
+    assert "argument --models: invalid choice: 'vit'" in capsys.readouterr().err
 
 
 def test_check_targets_judges_several_seeds_on_their_mean(capsys, scratch_checked):
