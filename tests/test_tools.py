@@ -314,6 +314,20 @@ def test_check_targets_refuses_the_flags_it_sets_for_each_run(flags, message, mo
         check_targets.main(["--dry_run", "--seeds", "2", *flags])
 
 
+def test_check_targets_refuses_seeds_past_numpys_largest(monkeypatch, capsys, scratch_checked):
+    from tools import check_targets
+
+    seeds = []
+    monkeypatch.setattr(tools, "fit", lambda args: seeds.append(args.seed) or {
+        "status": "completed", "test_acc": 0.5, "train_seconds": [1.0], "epochs_completed": 1, "device_name": "cpu"})
+    with pytest.raises(UserError, match=re.escape("--seeds 2 from --seed 4294967295 passes numpy's largest seed "
+                                                  "(4294967295); lower --seed")):
+        check_targets.main(["--dry_run", "--models", "resnet18", "--seed", "4294967295", "--seeds", "2"])
+    assert seeds == []
+    assert check_targets.main(["--dry_run", "--models", "resnet18", "--seed", "4294967294", "--seeds", "2"]) == 0
+    assert seeds == [4294967294, 4294967295]
+
+
 def test_benchmark_refuses_fewer_than_one_repeat(monkeypatch):
     from tools import benchmark
 
