@@ -145,6 +145,33 @@ def test_benchmark_runs_the_fast_rows_at_each_precision(fake_data_dir, capsys, m
     assert rows == ["template", "fast fp32", "fast bf16"]
 
 
+def test_benchmark_keeps_each_rows_fastest_repeat_and_divides_the_templates_epoch_by_it(capsys, monkeypatch):
+    # (train s, valid s) of each row's last epoch in the first and the second repeat
+    timings = {("torchvision", "fp32"): [(9.0, 1.0), (7.0, 1.0)], ("tensor", "fp32"): [(1.5, 0.5), (2.0, 0.5)],
+               ("tensor", "bf16"): [(3.0, 1.0), (0.75, 0.25)]}
+    seen = []
+
+    def fit(args):
+        key = (args.pipeline, args.precision)
+        seen.append((*key, args.channels_last, args.cuda_graph, args.epochs, args.batch_size, args.valid_size,
+                     args.num_workers))
+        train_s, valid_s = timings[key][sum(1 for run in seen if run[:2] == key) - 1]
+        return {"status": "completed", "train_seconds": [99.0, train_s], "valid_seconds": [99.0, valid_s],
+                "train_images_per_second": [1.0, 1000 / train_s], "device_name": "a stand-in", "test_acc": 0.5}
+    monkeypatch.setattr(tools, "fit", fit)
+    benchmark.main(["--device", "cpu", "--repeats", "2", "--precisions", "fp32", "bf16", "--epochs", "2",
+                    "--batch_size", "64", "--valid_size", "100", "--num_workers", "3"])
+    template = ("torchvision", "fp32", "off", "off", 2, 64, 100, 3)
+    fast = ("tensor", "fp32", "auto", "auto", 2, 64, 100, 3)
+    assert seen == [template, fast, ("tensor", "bf16", *fast[2:])] * 2  # the repeats interleaved
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "mlp, batch 64, a stand-in, last of 2 epoch(s), fastest of 2, template pipeline with 3 workers"
+    rows = [[cell.strip() for cell in line.split("|")] for line in out[2:]]
+    assert rows == [["template", "7.00", "1.00", "8.00", "143", "1.00x"],
+                    ["fast fp32", "1.50", "0.50", "2.00", "667", "4.00x"],
+                    ["fast bf16", "0.75", "0.25", "1.00", "1333", "8.00x"]]
+
+
 def test_a_tool_given_bad_input_prints_one_line_and_exits_2(tmp_path, capsys):
     from tools import run_cli
 
