@@ -355,6 +355,14 @@ def test_check_targets_refuses_seeds_past_numpys_largest(monkeypatch, capsys, sc
     assert seeds == [4294967294, 4294967295]
 
 
+@pytest.mark.parametrize("flags, message", [(["--model", "vit"], "argument --model: invalid choice: 'vit'"),
+                                            (["--device", "mps"], "argument --device: invalid choice: 'mps'")])
+def test_benchmark_refuses_a_model_or_device_it_has_no_rows_for(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        benchmark.main(flags)
+    assert message in capsys.readouterr().err
+
+
 def test_benchmark_refuses_fewer_than_one_repeat(monkeypatch):
     from tools import benchmark
 
