@@ -355,6 +355,17 @@ def test_check_targets_refuses_seeds_past_numpys_largest(monkeypatch, capsys, sc
     assert seeds == [4294967294, 4294967295]
 
 
+def test_the_benchmark_defaults_are_those_its_usage_states_and_the_templates():
+    from config import get_config_parser
+
+    defaults = vars(benchmark.parse_args([]))
+    template = get_config_parser().parse_args([])
+    assert defaults == {"model": "mlp", "device": "cuda", "epochs": 1, "batch_size": template.batch_size,
+                        "num_workers": template.num_workers, "data_dir": template.data_dir,
+                        "valid_size": template.valid_size,
+                        "repeats": 2, "compile": False, "precisions": ["auto"]}
+
+
 @pytest.mark.parametrize("flags, message", [(["--model", "vit"], "argument --model: invalid choice: 'vit'"),
                                             (["--device", "mps"], "argument --device: invalid choice: 'mps'")])
 def test_benchmark_refuses_a_model_or_device_it_has_no_rows_for(flags, message, capsys):
