@@ -362,8 +362,7 @@ def test_the_benchmark_defaults_are_those_its_usage_states_and_the_templates():
     template = get_config_parser().parse_args([])
     assert defaults == {"model": "mlp", "device": "cuda", "epochs": 1, "batch_size": template.batch_size,
                         "num_workers": template.num_workers, "data_dir": template.data_dir,
-                        "valid_size": template.valid_size,
-                        "repeats": 2, "compile": False, "precisions": ["auto"]}
+                        "valid_size": template.valid_size, "repeats": 2, "compile": False, "precisions": ["auto"]}
 
 
 @pytest.mark.parametrize("flags, message", [(["--model", "vit"], "argument --model: invalid choice: 'vit'"),
