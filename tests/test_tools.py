@@ -112,7 +112,7 @@ def test_first_nonfinite_names_the_first_bad_step():
     (["--parity_epochs", "-1"], "--parity_epochs must be at least 1, got -1"),
     (["--rows", "0"], "--rows must be at least 1, got 0"),
     (["--valid_size", "0"], "--valid_size must be at least 1, got 0"),
-    (["--num_workers", "-1"], "--num_workers must be not negative, got -1"),
+    (["--num_workers", "-1"], "--num_workers must not be negative, got -1"),
 ])
 def test_gpu_check_refuses_bad_flags_before_it_runs(capsys, flags, message):
     with pytest.raises(SystemExit):

@@ -304,7 +304,7 @@ def parse_args(argv=None):
     for flag, least in (("steps", 1), ("bench_epochs", 1), ("parity_epochs", 1), ("rows", 1), ("valid_size", 1),
                         ("num_workers", 0)):
         if getattr(cli, flag) < least:  # checked before the first section, not when its section comes
-            parser.error(f"--{flag} must be {'at least 1' if least else 'not negative'}, got {getattr(cli, flag)}")
+            parser.error(f"--{flag} must {'be at least 1' if least else 'not be negative'}, got {getattr(cli, flag)}")
     if cli.json_out and os.path.isdir(cli.json_out):  # else found only once the parity runs are done
         parser.error(f"--json_out {cli.json_out} is a folder; give a file path, such as "
                      f"{os.path.join(cli.json_out, 'parity.json')}")
