@@ -79,7 +79,7 @@ def main(argv=None):
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"error: cannot write a fake CIFAR-10 into {cli.root} ({exc.strerror}); choose a writable folder",
+        print(f"error: cannot write a fake CIFAR-10 into {cli.root} ({exc.strerror or exc}); choose a writable folder",
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:
