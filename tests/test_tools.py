@@ -228,6 +228,67 @@ def test_the_study_timer_stops_at_a_study_that_was_interrupted_or_refused(code, 
     assert "took" not in capsys.readouterr().out  # no time is given for a study cut short or never run
 
 
+@pytest.fixture
+def stand_in_studies(monkeypatch):
+    """The study timer with stand-ins: studies that log known seconds, a clock and a CUDA that record each call
+    in ``events``, and a study exit code that a test may set (``codes``)."""
+    from tools import time_studies
+
+    events, codes = [], {}
+    logged = {"mlp_activation": [{"train_seconds": [1.0, 2.0], "valid_seconds": [0.5]}, {"train_seconds": [3.0]}, {}],
+              "resnet18_lr": [{"train_seconds": [4.0], "valid_seconds": [1.0, 1.5]}],
+              "mlpmixer_patch": [{"train_seconds": [2.25], "valid_seconds": [0.25]}]}
+    ticks = iter([0.0, 10.0, 10.0, 30.5, 30.5, 70.0])
+
+    def studies_main(argv):
+        events.append(argv)
+        return codes.get(argv[1], 0)
+    monkeypatch.setattr(time_studies, "studies_main", studies_main)
+    monkeypatch.setattr(time_studies, "load_runs", lambda study_dir: [{"results": results} for results in
+                                                                      logged[os.path.basename(study_dir)]])
+    monkeypatch.setattr(time_studies, "time", types.SimpleNamespace(perf_counter=lambda: events.append("clock")
+                                                                    or next(ticks)))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: events.append("synchronize"))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "Stand-in GPU")
+    return time_studies, events, codes
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_study_timer_times_each_study_after_a_synchronize_and_sums_what_its_runs_logged(workers, capsys,
+                                                                                         stand_in_studies):
+    time_studies, events, _ = stand_in_studies
+    flags = {"mlp_activation": ["--a"], "resnet18_lr": [], "mlpmixer_patch": ["--b", "c"]}
+    assert time_studies.time_studies(time_studies.parse_args(["--workers", str(workers)]), "OUT", flags,
+                                     ["--common"]) == 0
+    runs = [["run", name, "--out", "OUT", "--workers", str(workers), "--common", *flags[name]] for name in flags]
+    assert events == [step for run in runs for step in ("synchronize", "clock", run, "synchronize", "clock")] + [
+        ["report", "--out", "OUT"]]
+    out = capsys.readouterr().out
+    assert ("time_studies: mlp_activation took 10.0 s (its runs logged 6.0 s of training and 0.5 s of validation), "
+            "10.0 s so far\n") in out
+    assert "time_studies: mlpmixer_patch took 39.5 s (its runs logged 2.2 s of training and 0.2 s of validation), " \
+           "70.0 s so far\n" in out
+    rest = {1: ["3.5", "14.0", "37.0", "54.5"], 2: ["-"] * 4}[workers]  # overlapping workers leave no rest
+    assert out.endswith(f"\nstudies 1-3 on Stand-in GPU, {workers} worker(s) per study:\n"
+                        f"  study              wall s  train s  valid s   rest s\n"
+                        f"  mlp_activation       10.0      6.0      0.5 {rest[0]:>8}\n"
+                        f"  resnet18_lr          20.5      4.0      2.5 {rest[1]:>8}\n"
+                        f"  mlpmixer_patch       39.5      2.2      0.2 {rest[2]:>8}\n"
+                        f"  total                70.0     12.2      3.2 {rest[3]:>8}\n"
+                        "  target: a total wall time under 240 s\n")
+
+
+def test_the_study_timer_gives_the_time_of_a_study_whose_worker_failed_then_stops(capsys, stand_in_studies):
+    time_studies, events, codes = stand_in_studies
+    codes["resnet18_lr"] = 1  # a worker process that crashed
+    with pytest.raises(SystemExit, match="^error: study resnet18_lr exited with 1$"):
+        time_studies.time_studies(time_studies.parse_args([]), "OUT", {name: [] for name in time_studies.GRID_STUDIES},
+                                  [])
+    assert [event[1] for event in events if isinstance(event, list)] == ["mlp_activation", "resnet18_lr"]
+    assert capsys.readouterr().out.splitlines()[-1].startswith("time_studies: resnet18_lr took 20.5 s")
+
+
 def test_time_studies_dry_run_times_studies_one_to_three(capsys, scratch_checked):
     from tools import time_studies
 
