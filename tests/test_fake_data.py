@@ -49,7 +49,11 @@ def test_a_count_below_one_is_refused_before_anything_is_written(flags, asked, t
 
 
 @pytest.mark.parametrize("stop", [OSError(28, "No space left on device"), KeyboardInterrupt()])
-def test_a_write_cut_short_leaves_no_copy_behind(stop, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("new_folders", [[], ["new"], ["new", "deeper"]])
+def test_a_write_cut_short_leaves_no_copy_behind_nor_a_folder_it_made(stop, new_folders, tmp_path, capsys,
+                                                                      monkeypatch):
+    (tmp_path / "kept").mkdir()  # a folder beside the copy, which stays
+    root = tmp_path.joinpath(*new_folders)
     written = []
 
     def write_batch(path, images, labels, name):
@@ -58,11 +62,23 @@ def test_a_write_cut_short_leaves_no_copy_behind(stop, tmp_path, capsys, monkeyp
         written.append(path)
         open(path, "wb").close()
     monkeypatch.setattr(fake_data, "write_batch", write_batch)
-    code = fake_data.main([str(tmp_path), "--train_per_batch", "2"])
+    code = fake_data.main([str(root), "--train_per_batch", "2"])
     err = capsys.readouterr().err
     if isinstance(stop, OSError):
-        assert (code, err) == (2, f"error: cannot write a fake CIFAR-10 into {tmp_path} (No space left on device); "
+        assert (code, err) == (2, f"error: cannot write a fake CIFAR-10 into {root} (No space left on device); "
                                   "choose a writable folder\n")
     else:
         assert (code, err) == (130, "\ninterrupted\n")
-    assert len(written) == 3 and os.listdir(tmp_path) == []
+    assert len(written) == 3 and os.listdir(tmp_path) == ["kept"]
+
+
+def test_a_folder_made_for_a_failed_write_is_kept_when_something_else_was_put_in_it(tmp_path, monkeypatch):
+    root = tmp_path / "new"
+
+    def write_batch(path, images, labels, name):
+        (root / "notes.txt").write_text("another program's file")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(fake_data, "write_batch", write_batch)
+    with pytest.raises(OSError, match="No space left"):  # the write's own error, not the clean-up's
+        fake_data.write_fake_cifar10(str(root))
+    assert os.listdir(root) == ["notes.txt"]

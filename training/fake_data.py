@@ -8,6 +8,7 @@ keys) holding a uint8 ``data`` array ``[N, 3072]`` (red plane, green plane, blue
 learn something from a few hundred images.
 """
 import argparse
+import contextlib
 import os
 import pickle
 import shutil
@@ -44,7 +45,7 @@ def write_fake_cifar10(root, train_per_batch=100, test=100, seed=0):
 
     A ``root`` that already has that folder is refused, as it may hold the real data set; the files are written
     in a staging folder inside ``root`` that is renamed into place only when complete, so a failed or interrupted
-    write leaves no partial copy that a run would later read."""
+    write leaves no partial copy that a run would later read, nor the folders made for it."""
     if train_per_batch < 1 or test < 1:
         raise UserError(f"a fake CIFAR-10 needs at least one image in each file (asked for {train_per_batch} per "
                         f"training batch and {test} test images); give --train_per_batch and --test of 1 or more")
@@ -52,7 +53,29 @@ def write_fake_cifar10(root, train_per_batch=100, test=100, seed=0):
     if os.path.lexists(folder):
         raise UserError(f"{folder} already exists (it may be the real data set) and is left as it is; give a DIR "
                         f"without {FOLDER}/ in it, or remove that folder first")
-    os.makedirs(root, exist_ok=True)
+    made = _missing_folders(root)
+    try:
+        os.makedirs(root, exist_ok=True)
+        _write_staged(root, folder, train_per_batch, test, seed)
+    except BaseException:
+        for path in made:  # the folders made for this copy, deepest first; rmdir leaves one that holds anything
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+        raise
+    return folder
+
+
+def _missing_folders(root):
+    """The folders of ``root``'s path that do not exist yet, deepest first: those that ``makedirs`` will make."""
+    missing, path = [], os.path.abspath(root)
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def _write_staged(root, folder, train_per_batch, test, seed):
+    """The copy written in a staging folder inside ``root``, then renamed to ``folder``."""
     staging = tempfile.mkdtemp(prefix=".fake-cifar-10-", dir=root)
     try:
         written = os.path.join(staging, FOLDER)
@@ -68,7 +91,6 @@ def write_fake_cifar10(root, train_per_batch=100, test=100, seed=0):
         os.rename(written, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return folder
 
 
 def main(argv=None):
