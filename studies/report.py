@@ -18,10 +18,49 @@ from .worker import RUNS_FOLDER, TRIAL_FILE
 TRIAL_KEYS = ("trial", "role", "settings", "seed", "outcome", "value")  # what the sections read from every trial.json
 
 
-def _read_json(path, unreadable, required=()):
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _whole(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _or_null(fits):
+    return lambda value: value is None or fits(value)
+
+
+def _object_of(**fits):
+    """An object whose listed keys, where present, each fit."""
+    return lambda value: isinstance(value, dict) and all(check(value[key]) for key, check in fits.items()
+                                                         if key in value)
+
+
+# the values that the report computes with, as the runs write them (null: a value that was not finite, or none yet)
+RESULTS_SHAPES = {
+    **{key: ("a list of numbers", lambda value: isinstance(value, list) and all(map(_or_null(_number), value)))
+       for key in ("train_losses", "valid_losses", "train_accs", "valid_accs", "train_seconds", "valid_seconds",
+                   "train_images_per_second", "epoch_end_times")},
+    **{key: ("a number", _or_null(_number)) for key in ("test_acc", "test_loss", "best_valid_acc")},
+    **{key: ("a whole number", _or_null(_whole)) for key in ("epochs_completed", "best_epoch", "num_params")},
+    "args": ("an object whose epochs is a whole number", _object_of(epochs=_whole)),
+    "split": ("an object of whole-number counts", _object_of(train=_whole, valid=_whole, test=_whole)),
+    **{key: ("an object", _object_of()) for key in ("model_config", "data")},
+}
+TRIAL_SHAPES = {
+    "trial": ("a whole number", _whole), "role": ("a string", lambda value: isinstance(value, str)),
+    "settings": ("an object", _object_of()), "seed": ("a whole number", _or_null(_whole)),
+    "outcome": ("a string", lambda value: isinstance(value, str)), "value": ("a number", _or_null(_number)),
+    "source_trial": ("a whole number", _or_null(_whole)),
+    "held": ("a list of setting names", lambda value: isinstance(value, list) and all(isinstance(key, str)
+                                                                                        for key in value)),
+}
+
+
+def _read_json(path, unreadable, required=(), shapes=None):
     """The JSON object in ``path``, or None if there is none yet; a file that is there but cannot be read as one
-    with the ``required`` keys is named, with why, in ``unreadable`` (a run writes both files atomically: only a
-    hand or a damaged disk does that)."""
+    with the ``required`` keys and each value of ``shapes``' keys of its shape is named, with why, in
+    ``unreadable`` (a run writes both files atomically: only a hand or a damaged disk does that)."""
     if not os.path.exists(path):
         return None
     try:
@@ -40,6 +79,11 @@ def _read_json(path, unreadable, required=()):
     if missing:
         unreadable.append((path, f"no {missing[0]!r} key"))
         return None
+    misshapen = [(key, shape) for key, (shape, fits) in (shapes or {}).items() if key in data and not fits(data[key])]
+    if misshapen:
+        key, shape = misshapen[0]
+        unreadable.append((path, f"{key!r} is not {shape}: {json.dumps(data[key])[:40]}"))
+        return None
     return data
 
 
@@ -50,9 +94,9 @@ def load_runs(study_dir):
     runs = []
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         path, unreadable = os.path.join(folder, name), []
-        results = _read_json(os.path.join(path, "results.json"), unreadable) or {}
+        results = _read_json(os.path.join(path, "results.json"), unreadable, shapes=RESULTS_SHAPES) or {}
         runs.append({"study": os.path.basename(study_dir), "name": name, "path": path,
-                     "trial": _read_json(os.path.join(path, TRIAL_FILE), unreadable, TRIAL_KEYS),
+                     "trial": _read_json(os.path.join(path, TRIAL_FILE), unreadable, TRIAL_KEYS, TRIAL_SHAPES),
                      "results": results, "unreadable": unreadable})
     return runs
 

@@ -78,6 +78,7 @@ def test_search_runs_its_budget_then_retrains_and_tests_the_best(study_args, tmp
     assert capsys.readouterr().out.splitlines() == [f"wrote {report_dir}/report.md", f"wrote {report_dir}/report.pdf"]
     with open(os.path.join(out, "report", "report.md")) as f:
         text = f.read()
+    assert "Unreadable" not in text  # every value that the runs wrote has the shape that the report reads
     for setting, value in (("epochs", 1), ("embed_dim", 16), ("num_blocks", 1)):  # --epochs 1 and the --set keys
         assert f"| {setting} | - | held at {value} by the launch's flags |" in text
     assert "| mix | mix | one of none, mixup, cutmix |" in text
@@ -288,6 +289,7 @@ def test_run_all_runs_every_study_then_writes_the_report(study_args, tmp_path, m
     with open(tmp_path / "out" / "report" / "report.md") as f:
         text = f.read()
     assert "## mlp_activation:" in text and "## mlp_search:" in text and "2 search trials finished" in text
+    assert "Unreadable" not in text
 
 
 def test_run_all_stops_at_a_study_whose_workers_failed(study_args, tmp_path, monkeypatch, capsys):
