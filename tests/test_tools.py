@@ -490,6 +490,61 @@ def test_layout_benchmark_times_both_layouts_on_the_same_batches(fake_data_dir, 
     assert float(rows[1][2]) == pytest.approx(float(rows[0][1]) / float(rows[1][1]), rel=0.02, abs=0.01)
 
 
+def test_layout_benchmark_alternates_the_layouts_and_times_each_step_until_the_device_is_done(monkeypatch):
+    from tools import layout_benchmark
+
+    events = []
+
+    class Step:
+        def __init__(self, channels_last):
+            self.name = "channels_last" if channels_last else "contiguous"
+
+        def __call__(self, batches, item):
+            events.append((self.name, item))
+            self.last_loss = types.SimpleNamespace(item=lambda: events.append(f"{self.name} done"))
+
+    def make_step(model_name, device, precision, channels_last, *rest):
+        events.append(("made", model_name, precision, channels_last))
+        return Step(channels_last)
+    clock = iter([0.0, 0.5, 1.0, 1.25, 2.0, 2.5, 3.0, 3.125, 4.0, 4.75])
+    monkeypatch.setattr(layout_benchmark, "make_step", make_step)
+    monkeypatch.setattr(layout_benchmark, "time", types.SimpleNamespace(perf_counter=lambda: events.append("clock")
+                                                                        or next(clock)))
+    seconds = layout_benchmark.time_layouts("mlp", "BATCHES", ["a", "b", "c"], torch.device("cpu"), "bf16", warmup=1)
+    order = ["contiguous", "channels_last", "channels_last", "contiguous", "contiguous", "channels_last"]
+    assert events == [("made", "mlp", "bf16", False), ("made", "mlp", "bf16", True)] + [
+        event for step, (name, item) in enumerate(zip(order, "aabbcc"))
+        for event in ("clock", (name, item), f"{name} done", *(["clock"] if step >= 2 else []))]  # a: warm-up
+    assert seconds == {"contiguous": [0.5, 0.125], "channels_last": [0.25, 0.75]}
+
+
+def test_layout_benchmark_tables_each_layouts_mean_median_and_speed_against_contiguous(fake_data_dir, capsys,
+                                                                                       monkeypatch):
+    from tools import layout_benchmark
+
+    calls = []
+
+    def time_layouts(model_name, batches, plan, device, precision, warmup):
+        calls.append((model_name, batches.batch_size, len(plan), device.type, precision, warmup))
+        return {"contiguous": [0.2, 0.4, 0.3], "channels_last": [0.1, 0.1, 0.4]}
+    monkeypatch.setattr(layout_benchmark, "time_layouts", time_layouts)
+    assert layout_benchmark.main(["--device", "cpu", "--data_dir", fake_data_dir, "--batch_size", "16", "--steps", "3",
+                                  "--warmup", "1", "--model", "mlpmixer", "--precision", "bf16"]) == 0
+    assert calls == [("mlpmixer", 16, 4, "cpu", "bf16", 1)]
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "        layout | mean s/step | median s/step | train img/s | vs contiguous",
+        "    contiguous |      0.3000 |        0.3000 |        53.3 |         1.00x",
+        " channels_last |      0.2000 |        0.1000 |        80.0 |         1.50x"]
+
+
+def test_the_layout_benchmark_defaults_are_those_its_usage_states():
+    from tools import layout_benchmark
+
+    cli = layout_benchmark.parse_args([])
+    assert (cli.model, cli.device, cli.precision, cli.batch_size, cli.steps, cli.warmup, cli.data_dir) == (
+        "resnet18", "cuda", "fp32", 128, 30, 2, "./data")
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--batch_size", "0"], "--batch_size must be at least 1, got 0"),
     (["--steps", "0"], "--steps 0 --warmup 2: give at least 1 timed step and no negative warmup"),
