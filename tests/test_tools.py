@@ -74,6 +74,32 @@ def test_gpu_check_dry_run_prints_every_section(capsys, monkeypatch, tmp_path, s
     assert set(parity) == {"mlp/fast", "mlp/eager fp32"} and parity["mlp/fast"]["status"] == "completed"
 
 
+def test_gpu_check_parity_tables_a_diverged_run_and_still_writes_every_result(capsys, monkeypatch, tmp_path):
+    runs = []
+
+    def fit_or_stop(args):
+        runs.append((args.model, args.precision, args.cuda_graph, args.epochs))
+        diverged = args.model == "mlpmixer" and args.precision != "fp32"  # the captured bf16 step gave a NaN loss
+        return {"status": "diverged" if diverged else "completed", "test_acc": None if diverged else 0.8125,
+                "best_valid_acc": 0.25 if diverged else 0.75, "train_seconds": [1.5, 2.0]}
+    monkeypatch.setattr(gpu_check, "fit_or_stop", fit_or_stop)
+    cli = gpu_check.parse_args(["--models", "mlp,mlpmixer", "--parity_epochs", "3", "--json_out",
+                                str(tmp_path / "parity.json")])
+    gpu_check.parity(cli, torch.device("cpu"))
+    assert runs == [(model, precision, graph, 3) for model in ("mlp", "mlpmixer")
+                    for precision, graph in (("auto", "auto"), ("fp32", "off"))]
+    assert capsys.readouterr().out.splitlines()[2:] == [
+        "    model |         path | test acc | best valid | train s total",
+        "      mlp |         fast |   0.8125 |     0.7500 |           3.5",
+        "      mlp |   eager fp32 |   0.8125 |     0.7500 |           3.5",
+        "      mlp |   difference |  +0.0000",
+        " mlpmixer |         fast |        - |     0.2500 |           3.5 | diverged",
+        " mlpmixer |   eager fp32 |   0.8125 |     0.7500 |           3.5",
+        " mlpmixer |   difference |        - (a path was not tested)"]
+    with open(tmp_path / "parity.json") as f:
+        assert json.load(f)["mlpmixer/fast"]["status"] == "diverged"
+
+
 def test_gpu_check_compile_section_compares_the_compiled_step(capsys, quick_compile):
     gpu_check.main(["--dry_run", "--models", "mlp", "--num_workers", "0", "--sections", "compile"])
     out = capsys.readouterr().out
@@ -287,6 +313,13 @@ def test_the_study_timer_gives_the_time_of_a_study_whose_worker_failed_then_stop
                                   [])
     assert [event[1] for event in events if isinstance(event, list)] == ["mlp_activation", "resnet18_lr"]
     assert capsys.readouterr().out.splitlines()[-1].startswith("time_studies: resnet18_lr took 20.5 s")
+
+
+def test_the_study_timer_defaults_are_those_its_usage_states():
+    from tools import time_studies
+
+    cli = time_studies.parse_args([])
+    assert (cli.data_dir, cli.out, cli.workers, cli.dry_run) == ("./data", None, 1, False)
 
 
 def test_time_studies_dry_run_times_studies_one_to_three(capsys, scratch_checked):

@@ -272,12 +272,20 @@ def parity(cli, device):
             with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
                 results = fit_or_stop(get_config_parser().parse_args(argv))
             summary[(name, label)] = results
-            print(f"{name:>9} | {label:>12} | {results['test_acc']:8.4f} | {results['best_valid_acc']:10.4f} | "
-                  f"{sum(results['train_seconds']):13.1f}", flush=True)
-        gap = summary[(name, "fast")]["test_acc"] - summary[(name, "eager fp32")]["test_acc"]
-        print(f"{name:>9} | {'difference':>12} | {gap:+8.4f}", flush=True)
+            ended = "" if results["status"] == "completed" else f" | {results['status']}"  # e.g. diverged: no test
+            print(f"{name:>9} | {label:>12} | {_accuracy(results['test_acc'], 8)} | "
+                  f"{_accuracy(results['best_valid_acc'], 10)} | {sum(results['train_seconds']):13.1f}{ended}",
+                  flush=True)
+        tested = [summary[(name, label)]["test_acc"] for label in ("fast", "eager fp32")]
+        gap = f"{tested[0] - tested[1]:+8.4f}" if None not in tested else f"{'-':>8} (a path was not tested)"
+        print(f"{name:>9} | {'difference':>12} | {gap}", flush=True)
     if cli.json_out:
         write_json(cli.json_out, {f"{model}/{path}": results for (model, path), results in summary.items()})
+
+
+def _accuracy(value, width):
+    """An accuracy to 4 decimals, or a dash where the run logged none (it diverged before its test)."""
+    return f"{'-':>{width}}" if value is None else f"{value:{width}.4f}"
 
 
 def parse_args(argv=None):
