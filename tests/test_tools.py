@@ -183,7 +183,8 @@ def test_benchmark_keeps_each_rows_fastest_repeat_and_divides_the_templates_epoc
                      args.num_workers))
         train_s, valid_s = timings[key][sum(1 for run in seen if run[:2] == key) - 1]
         return {"status": "completed", "train_seconds": [99.0, train_s], "valid_seconds": [99.0, valid_s],
-                "train_images_per_second": [1.0, 1000 / train_s], "device_name": "a stand-in", "test_acc": 0.5}
+                "train_images_per_second": [1.0, 1000 / train_s], "device_name": "a stand-in", "test_acc": 0.5,
+                "epochs_completed": 2}
     monkeypatch.setattr(tools, "fit", fit)
     benchmark.main(["--device", "cpu", "--repeats", "2", "--precisions", "fp32", "bf16", "--epochs", "2",
                     "--batch_size", "64", "--valid_size", "100", "--num_workers", "3"])
@@ -196,6 +197,41 @@ def test_benchmark_keeps_each_rows_fastest_repeat_and_divides_the_templates_epoc
     assert rows == [["template", "7.00", "1.00", "8.00", "143", "1.00x"],
                     ["fast fp32", "1.50", "0.50", "2.00", "667", "4.00x"],
                     ["fast bf16", "0.75", "0.25", "1.00", "1333", "8.00x"]]
+
+
+@pytest.mark.parametrize("template_diverged", [False, True])
+def test_benchmark_tables_a_run_that_did_not_complete_as_not_timed(template_diverged, capsys, monkeypatch):
+    # a run that diverged logged no last epoch, or only an earlier one, whose time would pass for the last's
+    diverged = {("torchvision", 1)} if template_diverged else {("tensor", 1), ("tensor", 2)}
+    seen = []
+
+    def fit(args):
+        seen.append(args.pipeline)
+        if (args.pipeline, seen.count(args.pipeline)) in diverged:
+            return {"status": "diverged", "train_seconds": [3.0], "valid_seconds": [1.0],
+                    "train_images_per_second": [9.0], "device_name": "a stand-in", "test_acc": None,
+                    "epochs_completed": 1}
+        return {"status": "completed", "train_seconds": [99.0, 6.0], "valid_seconds": [99.0, 2.0],
+                "train_images_per_second": [1.0, 500.0], "device_name": "a stand-in", "test_acc": 0.5,
+                "epochs_completed": 2}
+    monkeypatch.setattr(tools, "fit", fit)
+    benchmark.main(["--device", "cpu", "--repeats", "2", "--epochs", "2"])
+    rows = capsys.readouterr().out.splitlines()[2:]
+    if template_diverged:  # its second repeat completed, and is the one kept
+        assert rows == ["      template |     6.00 |     2.00 |     8.00 |         500 |       1.00x",
+                        "          fast |     6.00 |     2.00 |     8.00 |         500 |       1.00x"]
+    else:
+        assert rows == ["      template |     6.00 |     2.00 |     8.00 |         500 |       1.00x",
+                        "          fast | not timed: the run diverged after 1 completed epoch(s)"]
+
+
+def test_benchmark_gives_no_ratio_to_a_template_run_that_never_completed(capsys):
+    completed = {"row": "fast", "train_s": 1.5, "valid_s": 0.5, "epoch_s": 2.0, "img_s": 100.0, "status": "completed"}
+    benchmark.print_table("title", [{"row": "template", "epoch_s": None, "status": "diverged", "epochs": 0},
+                                    completed])
+    assert capsys.readouterr().out.splitlines()[2:] == [
+        "      template | not timed: the run diverged after 0 completed epoch(s)",
+        "          fast |     1.50 |     0.50 |     2.00 |         100 |           -"]
 
 
 def test_a_tool_given_bad_input_prints_one_line_and_exits_2(tmp_path, capsys):

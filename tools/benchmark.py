@@ -47,9 +47,18 @@ def measure(label, model, device, epochs, batch_size, data_dir, num_workers, ext
         results = fit_or_stop(args)
     if label != "template" and precision != "auto":
         label = f"{label} {precision}"
-    return {"row": label, "train_s": results["train_seconds"][-1], "valid_s": results["valid_seconds"][-1],
-            "img_s": results["train_images_per_second"][-1], "device": results["device_name"],
-            "test_acc": results["test_acc"], "epoch_s": results["train_seconds"][-1] + results["valid_seconds"][-1]}
+    row = {"row": label, "device": results["device_name"], "test_acc": results["test_acc"],
+           "status": results["status"], "epochs": results["epochs_completed"]}
+    if results["status"] != "completed":  # a diverged run logged no last epoch, or an earlier one than asked for
+        return {**row, "train_s": None, "valid_s": None, "img_s": None, "epoch_s": None}
+    return {**row, "train_s": results["train_seconds"][-1], "valid_s": results["valid_seconds"][-1],
+            "img_s": results["train_images_per_second"][-1],
+            "epoch_s": results["train_seconds"][-1] + results["valid_seconds"][-1]}
+
+
+def fastest(rows):
+    """The row of the quickest run among ``rows`` (repeats of one row), a run that completed before one that did not."""
+    return min(rows, key=lambda row: (row["epoch_s"] is None, row["epoch_s"] or 0.0))
 
 
 def print_table(title, rows):
@@ -58,8 +67,12 @@ def print_table(title, rows):
           f"{'vs template':>11}")
     base = rows[0]["epoch_s"]
     for row in rows:
+        if row["epoch_s"] is None:
+            print(f"{row['row']:>14} | not timed: the run {row['status']} after {row['epochs']} completed epoch(s)")
+            continue
+        ratio = f"{'-':>11}" if base is None else f"{base / row['epoch_s']:10.2f}x"
         print(f"{row['row']:>14} | {row['train_s']:8.2f} | {row['valid_s']:8.2f} | {row['epoch_s']:8.2f} | "
-              f"{row['img_s']:11.0f} | {base / row['epoch_s']:10.2f}x")
+              f"{row['img_s']:11.0f} | {ratio}")
 
 
 def parse_args(argv=None):
@@ -91,7 +104,7 @@ def main(argv=None):
     extra = ["--valid_size", str(cli.valid_size)]
     runs = [[measure(label, cli.model, cli.device, cli.epochs, cli.batch_size, cli.data_dir, cli.num_workers, extra,
                      precision) for label, precision in plan] for _ in range(cli.repeats)]
-    rows = [min((run[i] for run in runs), key=lambda row: row["epoch_s"]) for i in range(len(plan))]
+    rows = [fastest([run[i] for run in runs]) for i in range(len(plan))]
     print_table(f"{cli.model}, batch {cli.batch_size}, {rows[0]['device']}, last of {cli.epochs} epoch(s), "
                 f"fastest of {cli.repeats}, template pipeline with {cli.num_workers} workers", rows)
 
