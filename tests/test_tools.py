@@ -2,6 +2,7 @@
 the benchmark, with ``torch.compile`` on a backend that needs no C++ build, the layout benchmark, the dry runs
 of the study timer and the target check, the refusals of the GPU-only tools on a machine without CUDA, and the
 device call's choice of steps."""
+import io
 import json
 import os
 import re
@@ -339,6 +340,23 @@ def test_the_study_timer_times_each_study_after_a_synchronize_and_sums_what_its_
                         f"  mlpmixer_patch       39.5      2.2      0.2 {rest[2]:>8}\n"
                         f"  total                70.0     12.2      3.2 {rest[3]:>8}\n"
                         "  target: a total wall time under 240 s\n")
+
+
+def test_the_study_timer_flushes_each_studys_time_before_the_next_study_starts(stand_in_studies, monkeypatch):
+    time_studies, _, _ = stand_in_studies
+
+    class Pipe(io.StringIO):  # as `tee` reads it: only what was flushed, the rest lost if a time limit kills
+        flushed = ""
+
+        def flush(self):
+            self.flushed = self.getvalue()
+    pipe, flushed_at_each_start = Pipe(), []
+    studies_main = time_studies.studies_main
+    monkeypatch.setattr(sys, "stdout", pipe)
+    monkeypatch.setattr(time_studies, "studies_main",
+                        lambda argv: flushed_at_each_start.append(pipe.flushed.count(" took ")) or studies_main(argv))
+    time_studies.time_studies(time_studies.parse_args([]), "OUT", {name: [] for name in time_studies.GRID_STUDIES}, [])
+    assert flushed_at_each_start == [0, 1, 2, 3]  # three studies, then the report
 
 
 def test_the_study_timer_gives_the_time_of_a_study_whose_worker_failed_then_stops(capsys, stand_in_studies):
