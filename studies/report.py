@@ -36,11 +36,16 @@ def _object_of(**fits):
                                                          if key in value)
 
 
+def _list_of(fits):
+    return lambda value: isinstance(value, list) and all(map(fits, value))
+
+
 # the values that the report computes with, as the runs write them (null: a value that was not finite, or none yet)
 RESULTS_SHAPES = {
-    **{key: ("a list of numbers", lambda value: isinstance(value, list) and all(map(_or_null(_number), value)))
-       for key in ("train_losses", "valid_losses", "train_accs", "valid_accs", "train_seconds", "valid_seconds",
-                   "train_images_per_second", "epoch_end_times")},
+    **{key: ("a list of numbers or nulls", _list_of(_or_null(_number)))
+       for key in ("train_losses", "valid_losses", "train_accs", "valid_accs")},
+    **{key: ("a list of numbers", _list_of(_number))  # clocks, which are always finite
+       for key in ("train_seconds", "valid_seconds", "train_images_per_second", "epoch_end_times")},
     **{key: ("a number", _or_null(_number)) for key in ("test_acc", "test_loss", "best_valid_acc")},
     **{key: ("a whole number", _or_null(_whole)) for key in ("epochs_completed", "best_epoch", "num_params")},
     "args": ("an object whose epochs is a whole number", _object_of(epochs=_whole)),
@@ -52,8 +57,7 @@ TRIAL_SHAPES = {
     "settings": ("an object", _object_of()), "seed": ("a whole number", _or_null(_whole)),
     "outcome": ("a string", lambda value: isinstance(value, str)), "value": ("a number", _or_null(_number)),
     "source_trial": ("a whole number", _or_null(_whole)),
-    "held": ("a list of setting names", lambda value: isinstance(value, list) and all(isinstance(key, str)
-                                                                                        for key in value)),
+    "held": ("a list of setting names", _list_of(lambda key: isinstance(key, str))),
 }
 
 

@@ -222,9 +222,11 @@ def _set_value(path, key, value):
 
 
 @pytest.mark.parametrize("file, key, value, why", [
-    ("results.json", "valid_accs", "0.5", "'valid_accs' is not a list of numbers: \"0.5\""),
+    ("results.json", "valid_accs", "0.5", "'valid_accs' is not a list of numbers or nulls: \"0.5\""),
     ("results.json", "train_seconds", [1.0, "x"], "'train_seconds' is not a list of numbers: [1.0, \"x\"]"),
-    ("results.json", "train_losses", {"epoch": 1}, "'train_losses' is not a list of numbers: {\"epoch\": 1}"),
+    ("results.json", "train_seconds", [1.0, None], "'train_seconds' is not a list of numbers: [1.0, null]"),
+    ("results.json", "train_losses", {"epoch": 1},
+     "'train_losses' is not a list of numbers or nulls: {\"epoch\": 1}"),
     ("results.json", "test_acc", "0.9", "'test_acc' is not a number: \"0.9\""),
     ("results.json", "num_params", 1.5, "'num_params' is not a whole number: 1.5"),
     ("results.json", "epochs_completed", True, "'epochs_completed' is not a whole number: true"),
@@ -252,7 +254,7 @@ def test_a_run_file_with_a_value_the_report_cannot_compute_with_is_named_as_unre
 
 
 @pytest.mark.parametrize("key, value", [("epochs_completed", None), ("test_acc", None), ("best_epoch", None),
-                                        ("train_seconds", [None, 1.0]), ("device_name", 7), ("args", {})])
+                                        ("valid_losses", [None, 1.0]), ("device_name", 7), ("args", {})])
 def test_the_values_a_run_writes_as_null_or_the_report_only_shows_are_read(key, value, tmp_path):
     folder = write_run(str(tmp_path), "mlp_activation", "activation-relu_seed-42", {"activation": "relu"}, [0.5, 0.6])
     _set_value(os.path.join(folder, "results.json"), key, value)
