@@ -317,13 +317,14 @@ def stand_in_studies(monkeypatch):
     return time_studies, events, codes
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_the_study_timer_times_each_study_after_a_synchronize_and_sums_what_its_runs_logged(workers, capsys,
-                                                                                         stand_in_studies):
+@pytest.mark.parametrize("workers, dry_run, device", [(1, False, "Stand-in GPU"), (2, False, "Stand-in GPU"),
+                                                      (1, True, "cpu")])  # a dry run trains on the CPU
+def test_the_study_timer_times_each_study_after_a_synchronize_and_sums_what_its_runs_logged(workers, dry_run, device,
+                                                                                         capsys, stand_in_studies):
     time_studies, events, _ = stand_in_studies
     flags = {"mlp_activation": ["--a"], "resnet18_lr": [], "mlpmixer_patch": ["--b", "c"]}
-    assert time_studies.time_studies(time_studies.parse_args(["--workers", str(workers)]), "OUT", flags,
-                                     ["--common"]) == 0
+    cli = time_studies.parse_args(["--workers", str(workers), *(["--dry_run"] if dry_run else [])])
+    assert time_studies.time_studies(cli, "OUT", flags, ["--common"]) == 0
     runs = [["run", name, "--out", "OUT", "--workers", str(workers), "--common", *flags[name]] for name in flags]
     assert events == [step for run in runs for step in ("synchronize", "clock", run, "synchronize", "clock")] + [
         ["report", "--out", "OUT"]]
@@ -333,7 +334,7 @@ def test_the_study_timer_times_each_study_after_a_synchronize_and_sums_what_its_
     assert "time_studies: mlpmixer_patch took 39.5 s (its runs logged 2.2 s of training and 0.2 s of validation), " \
            "70.0 s so far\n" in out
     rest = {1: ["3.5", "14.0", "37.0", "54.5"], 2: ["-"] * 4}[workers]  # overlapping workers leave no rest
-    assert out.endswith(f"\nstudies 1-3 on Stand-in GPU, {workers} worker(s) per study:\n"
+    assert out.endswith(f"\nstudies 1-3 on {device}, {workers} worker(s) per study:\n"
                         f"  study              wall s  train s  valid s   rest s\n"
                         f"  mlp_activation       10.0      6.0      0.5 {rest[0]:>8}\n"
                         f"  resnet18_lr          20.5      4.0      2.5 {rest[1]:>8}\n"
