@@ -2,6 +2,7 @@
 the benchmark, with ``torch.compile`` on a backend that needs no C++ build, the layout benchmark, the dry runs
 of the study timer and the target check, the refusals of the GPU-only tools on a machine without CUDA, and the
 device call's choice of steps."""
+import importlib
 import io
 import json
 import os
@@ -246,6 +247,29 @@ def test_a_tool_given_bad_input_prints_one_line_and_exits_2(tmp_path, capsys):
     assert err.startswith(f"error: --data_dir {tmp_path / 'a_file'} is a file, not a folder")
 
 
+def test_each_tool_run_as_a_command_refuses_a_bad_count_with_exit_2():
+    """``python -m tools.X``: each module's ``__main__`` runs its ``main`` as a command (the benchmark's is run by
+    the warning test below). Counts that are refused the same with or without CUDA."""
+    commands = {"time_studies": (["--workers", "0"], "error: --workers must be at least 1, got 0"),
+                "check_targets": (["--seeds", "0"], "error: --seeds must be at least 1, got 0"),
+                "layout_benchmark": (["--device", "cpu", "--batch_size", "0"],
+                                     "error: --batch_size must be at least 1, got 0"),
+                "gpu_check": (["--steps", "0"], "python -m tools.gpu_check: error: --steps must be at least 1, got 0")}
+    started = {tool: subprocess.Popen([sys.executable, "-m", f"tools.{tool}", *argv], cwd=ROOT, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               for tool, (argv, _) in commands.items()}  # side by side: each spends seconds importing torch
+    for tool, process in started.items():
+        out, err = process.communicate(timeout=120)
+        assert (process.returncode, out, err.splitlines()[-1]) == (2, "", commands[tool][1]), err
+
+
+@pytest.mark.parametrize("tool", ["benchmark", "check_targets", "gpu_check", "layout_benchmark", "time_studies"])
+def test_a_tools_usage_names_the_command_that_runs_it(tool, capsys):
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(f"tools.{tool}").parse_args(["--help"])
+    assert stop.value.code == 0 and capsys.readouterr().out.startswith(f"usage: python -m tools.{tool} [-h]")
+
+
 def test_a_tool_prints_a_warning_as_one_line(fake_data_dir):
     command = [sys.executable, "-m", "tools.benchmark", "--device", "cpu", "--data_dir", fake_data_dir, "--repeats",
                "1", "--num_workers", "0", "--valid_size", "20", "--precisions", "fp16"]
@@ -262,8 +286,6 @@ def test_a_tool_prints_a_warning_as_one_line(fake_data_dir):
 ])
 def test_a_tool_stops_at_the_first_run_that_ctrl_c_or_sigterm_interrupted(tool, argv, capsys, monkeypatch,
                                                                           scratch_checked):
-    import importlib
-
     runs = []
 
     def interrupted_fit(args):
@@ -540,8 +562,6 @@ def test_benchmark_refuses_fewer_than_one_repeat(monkeypatch):
     ("time_studies", ["--dry_run", "--workers", "0"], "--workers must be at least 1, got 0"),
 ])
 def test_a_gpu_tool_refuses_with_one_line_and_exit_2(tool, argv, message, tmp_path, capsys, monkeypatch):
-    import importlib
-
     from tools import run_cli
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

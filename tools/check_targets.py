@@ -106,7 +106,8 @@ def _mean_text(rows, recipe):
 def parse_args(argv=None):
     """The script's own flags, and the ``main.py`` flags that override the recipes' (checked here, so that a
     wrong one stops the script before a first training run)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = argparse.ArgumentParser(prog="python -m tools.check_targets", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     parser.add_argument("--data_dir", default="./data")
     parser.add_argument("--models", nargs="+", choices=sorted(RECIPES), default=sorted(RECIPES, reverse=True))

@@ -51,7 +51,8 @@ def _dry_run_flags(folder):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m tools.time_studies", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default="./data")
     parser.add_argument("--out", help="output folder (default: a new temporary folder); must not exist")
     parser.add_argument("--workers", type=int, default=1, help="worker processes per study (they share the GPU)")
