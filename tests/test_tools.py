@@ -102,6 +102,13 @@ def test_gpu_check_parity_tables_a_diverged_run_and_still_writes_every_result(ca
         assert json.load(f)["mlpmixer/fast"]["status"] == "diverged"
 
 
+def test_the_gpu_check_defaults_are_those_its_docs_state():
+    cli = gpu_check.parse_args([])  # 50 tracked losses, 15-epoch parity, the template's 4 workers (README, issue 3)
+    assert (cli.data_dir, cli.sections, cli.steps, cli.models, cli.bench_epochs, cli.parity_epochs, cli.num_workers,
+            cli.valid_size, cli.json_out, cli.rows, cli.profile_compiled, cli.dry_run) == (
+        "./data", "tracking,benchmark,parity", 50, "mlp,resnet18,mlpmixer", 2, 15, 4, 5000, None, 15, False, False)
+
+
 def test_gpu_check_compile_section_compares_the_compiled_step(capsys, quick_compile):
     gpu_check.main(["--dry_run", "--models", "mlp", "--num_workers", "0", "--sections", "compile"])
     out = capsys.readouterr().out
