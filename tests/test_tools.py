@@ -561,6 +561,7 @@ def test_benchmark_refuses_fewer_than_one_repeat(monkeypatch):
 
 @pytest.mark.parametrize("tool, argv, message", [
     ("benchmark", [], "--device cuda: CUDA is not available here; use --device cpu"),
+    ("layout_benchmark", [], "--device cuda: CUDA is not available here; use --device cpu"),
     ("gpu_check", [], "tools.gpu_check needs CUDA (or --dry_run to check the script on a CPU)"),
     ("check_targets", [], "tools.check_targets measures GPU targets and needs CUDA (or --dry_run)"),
     ("time_studies", [], "tools.time_studies measures the GPU target and needs CUDA (or --dry_run)"),
