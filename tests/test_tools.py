@@ -675,6 +675,15 @@ def test_layout_benchmark_refuses_counts_it_cannot_time(flags, message, fake_dat
         layout_benchmark.main(["--device", "cpu", "--data_dir", fake_data_dir, *flags])
 
 
+@pytest.mark.parametrize("flag, value", [("--model", "vit"), ("--device", "mps"), ("--precision", "fp8")])
+def test_layout_benchmark_refuses_a_model_device_or_precision_it_cannot_time(flag, value, capsys):
+    from tools import layout_benchmark
+
+    with pytest.raises(SystemExit) as stop:
+        layout_benchmark.parse_args([flag, value])
+    assert stop.value.code == 2 and f"argument {flag}: invalid choice: '{value}'" in capsys.readouterr().err
+
+
 def test_layout_benchmark_steps_train_the_same_model_alike(fake_data_dir, monkeypatch):
     from tools import layout_benchmark
     from training.cifar10 import load_cifar10
