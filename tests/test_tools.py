@@ -641,12 +641,12 @@ def test_layout_benchmark_tables_each_layouts_mean_median_and_speed_against_cont
     calls = []
 
     def time_layouts(model_name, batches, plan, device, precision, warmup):
-        calls.append((model_name, batches.batch_size, len(plan), device.type, precision, warmup))
+        calls.append((model_name, batches.batch_size, batches.train, len(plan), device.type, precision, warmup))
         return {"contiguous": [0.2, 0.4, 0.3], "channels_last": [0.1, 0.1, 0.4]}
     monkeypatch.setattr(layout_benchmark, "time_layouts", time_layouts)
     assert layout_benchmark.main(["--device", "cpu", "--data_dir", fake_data_dir, "--batch_size", "16", "--steps", "3",
                                   "--warmup", "1", "--model", "mlpmixer", "--precision", "bf16"]) == 0
-    assert calls == [("mlpmixer", 16, 4, "cpu", "bf16", 1)]
+    assert calls == [("mlpmixer", 16, True, 4, "cpu", "bf16", 1)]  # training batches, augmented as a run's are
     assert capsys.readouterr().out.splitlines()[1:] == [
         "        layout | mean s/step | median s/step | train img/s | vs contiguous",
         "    contiguous |      0.3000 |        0.3000 |        53.3 |         1.00x",
@@ -673,6 +673,17 @@ def test_layout_benchmark_refuses_counts_it_cannot_time(flags, message, fake_dat
 
     with pytest.raises(UserError, match=re.escape(message)):
         layout_benchmark.main(["--device", "cpu", "--data_dir", fake_data_dir, *flags])
+
+
+def test_layout_benchmark_accepts_the_least_counts_it_can_time(fake_data_dir, monkeypatch, capsys):
+    from tools import layout_benchmark
+
+    planned = []
+    monkeypatch.setattr(layout_benchmark, "time_layouts", lambda model_name, batches, plan, *rest: planned.append(
+        (batches.batch_size, len(plan))) or {"contiguous": [0.5], "channels_last": [0.25]})
+    assert layout_benchmark.main(["--device", "cpu", "--data_dir", fake_data_dir, "--batch_size", "1", "--steps", "1",
+                                  "--warmup", "0"]) == 0
+    assert planned == [(1, 1)]
 
 
 @pytest.mark.parametrize("flag, value", [("--model", "vit"), ("--device", "mps"), ("--precision", "fp8")])
