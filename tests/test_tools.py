@@ -675,15 +675,17 @@ def test_layout_benchmark_refuses_counts_it_cannot_time(flags, message, fake_dat
         layout_benchmark.main(["--device", "cpu", "--data_dir", fake_data_dir, *flags])
 
 
-def test_layout_benchmark_accepts_the_least_counts_it_can_time(fake_data_dir, monkeypatch, capsys):
+@pytest.mark.parametrize("batch_size, steps, warmup", [(1, 1, 0),  # the least of each
+                                                       (64, 1, 0), (32, 2, 1)])  # every full batch of the epoch
+def test_layout_benchmark_accepts_the_counts_it_can_time(batch_size, steps, warmup, fake_data_dir, monkeypatch):
     from tools import layout_benchmark
 
     planned = []
     monkeypatch.setattr(layout_benchmark, "time_layouts", lambda model_name, batches, plan, *rest: planned.append(
         (batches.batch_size, len(plan))) or {"contiguous": [0.5], "channels_last": [0.25]})
-    assert layout_benchmark.main(["--device", "cpu", "--data_dir", fake_data_dir, "--batch_size", "1", "--steps", "1",
-                                  "--warmup", "0"]) == 0
-    assert planned == [(1, 1)]
+    assert layout_benchmark.main(["--device", "cpu", "--data_dir", fake_data_dir, "--batch_size", str(batch_size),
+                                  "--steps", str(steps), "--warmup", str(warmup)]) == 0
+    assert planned == [(batch_size, steps + warmup)]
 
 
 @pytest.mark.parametrize("flag, value", [("--model", "vit"), ("--device", "mps"), ("--precision", "fp8")])
