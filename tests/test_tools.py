@@ -27,6 +27,15 @@ from training.errors import UserError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+class Pipe(io.StringIO):
+    """Standard output as `tee` in the device call reads it: only what was flushed, the rest lost if a time limit
+    kills the tool."""
+    flushed = ""
+
+    def flush(self):
+        self.flushed = self.getvalue()
+
+
 @pytest.fixture(autouse=True)
 def command_line_state():
     """``run_cli`` sets up its process as a command (one-line warnings, SIGTERM as Ctrl-C); pytest's is put back."""
@@ -76,10 +85,11 @@ def test_gpu_check_dry_run_prints_every_section(capsys, monkeypatch, tmp_path, s
     assert set(parity) == {"mlp/fast", "mlp/eager fp32"} and parity["mlp/fast"]["status"] == "completed"
 
 
-def test_gpu_check_parity_tables_a_diverged_run_and_still_writes_every_result(capsys, monkeypatch, tmp_path):
-    runs = []
+def test_gpu_check_parity_tables_a_diverged_run_and_still_writes_every_result(monkeypatch, tmp_path):
+    runs, pipe, flushed_at_each_run = [], Pipe(), []
 
     def fit_or_stop(args):
+        flushed_at_each_run.append(len(pipe.flushed.splitlines()))
         runs.append((args.model, args.precision, args.cuda_graph, args.epochs))
         diverged = args.model == "mlpmixer" and args.precision != "fp32"  # the captured bf16 step gave a NaN loss
         return {"status": "diverged" if diverged else "completed", "test_acc": None if diverged else 0.8125,
@@ -87,10 +97,12 @@ def test_gpu_check_parity_tables_a_diverged_run_and_still_writes_every_result(ca
     monkeypatch.setattr(gpu_check, "fit_or_stop", fit_or_stop)
     cli = gpu_check.parse_args(["--models", "mlp,mlpmixer", "--parity_epochs", "3", "--json_out",
                                 str(tmp_path / "parity.json")])
+    monkeypatch.setattr(sys, "stdout", pipe)
     gpu_check.parity(cli, torch.device("cpu"))
     assert runs == [(model, precision, graph, 3) for model in ("mlp", "mlpmixer")
                     for precision, graph in (("auto", "auto"), ("fp32", "off"))]
-    assert capsys.readouterr().out.splitlines()[2:] == [
+    assert flushed_at_each_run == [0, 4, 6, 7]  # each row is out before the next run starts
+    assert pipe.flushed.splitlines()[2:] == [
         "    model |         path | test acc | best valid | train s total",
         "      mlp |         fast |   0.8125 |     0.7500 |           3.5",
         "      mlp |   eager fp32 |   0.8125 |     0.7500 |           3.5",
@@ -374,12 +386,6 @@ def test_the_study_timer_times_each_study_after_a_synchronize_and_sums_what_its_
 
 def test_the_study_timer_flushes_each_studys_time_before_the_next_study_starts(stand_in_studies, monkeypatch):
     time_studies, _, _ = stand_in_studies
-
-    class Pipe(io.StringIO):  # as `tee` reads it: only what was flushed, the rest lost if a time limit kills
-        flushed = ""
-
-        def flush(self):
-            self.flushed = self.getvalue()
     pipe, flushed_at_each_start = Pipe(), []
     studies_main = time_studies.studies_main
     monkeypatch.setattr(sys, "stdout", pipe)
