@@ -1,5 +1,6 @@
-"""Helpers of the tests: reading a run's results.json strictly, reading a study back, and workers that claim jobs
-without training."""
+"""Helpers of the tests: reading a run's results.json strictly, reading a study back, workers that claim jobs
+without training, and a standard output that keeps only what was flushed."""
+import io
 import json
 import multiprocessing
 import os
@@ -66,3 +67,12 @@ def run_claimers(storage_url, name, folder, workers=4, jobs=24):
     assert jobs_of(study) == {job: [TrialState.COMPLETE] for job in grid}
     assert len({trial.user_attrs["pid"] for trial in study.get_trials()}) > 1  # the claims really interleaved
     close_storage(storage)
+
+
+class Pipe(io.StringIO):
+    """Standard output as `tee` in the device call reads it: only what was flushed, the rest lost if a time limit
+    kills the tool."""
+    flushed = ""
+
+    def flush(self):
+        self.flushed = self.getvalue()

@@ -1,0 +1,117 @@
+"""The GPU check on a CPU: its dry run (fake data, a stand-in for graph capture) with every section, the compile
+section with ``torch.compile`` on a backend that needs no C++ build, the profile, the parity table from stand-in
+runs, its defaults, and its flags refused before the first section."""
+import json
+import re
+import sys
+
+import pytest
+import torch
+
+from helpers import ROOT, Pipe
+from tools import gpu_check
+
+def test_gpu_check_dry_run_prints_every_section(capsys, monkeypatch, tmp_path, scratch_checked):
+    monkeypatch.chdir(ROOT)
+    gpu_check.main(["--dry_run", "--models", "mlp", "--num_workers", "0", "--json_out", str(tmp_path / "parity.json")])
+    out = capsys.readouterr().out
+    assert re.search(r"mlp \|  captured bf16 \(default fast path\) \| +none \|", out)
+    assert re.search(r"^ +adamw \| non-finite none \|", out, re.MULTILINE)
+    tracks_to_4_decimals = r" \| non-finite none \| last eager [\d.]+ captured [\d.]+ \| max \|d\| 0\.0000$"
+    assert re.search(r"^ +cutmix" + tracks_to_4_decimals, out, re.MULTILINE)
+    assert re.search(r"^ +mlp" + tracks_to_4_decimals, out, re.MULTILINE)  # fp16 with its loss scaler
+    assert re.search(r"^ +fast \| +[\d.]+ \| .*x$", out, re.MULTILINE)
+    assert re.search(r"^ +mlp \| +difference \| +[+-]\d\.\d{4}$", out, re.MULTILINE)
+    assert "resnet18" not in out
+    with open(tmp_path / "parity.json") as f:
+        parity = json.load(f)
+    assert set(parity) == {"mlp/fast", "mlp/eager fp32"} and parity["mlp/fast"]["status"] == "completed"
+
+
+def test_gpu_check_parity_tables_a_diverged_run_and_still_writes_every_result(monkeypatch, tmp_path):
+    runs, pipe, flushed_at_each_run = [], Pipe(), []
+
+    def fit_or_stop(args):
+        flushed_at_each_run.append(len(pipe.flushed.splitlines()))
+        runs.append((args.model, args.precision, args.cuda_graph, args.epochs))
+        diverged = args.model == "mlpmixer" and args.precision != "fp32"  # the captured bf16 step gave a NaN loss
+        return {"status": "diverged" if diverged else "completed", "test_acc": None if diverged else 0.8125,
+                "best_valid_acc": 0.25 if diverged else 0.75, "train_seconds": [1.5, 2.0]}
+    monkeypatch.setattr(gpu_check, "fit_or_stop", fit_or_stop)
+    cli = gpu_check.parse_args(["--models", "mlp,mlpmixer", "--parity_epochs", "3", "--json_out",
+                                str(tmp_path / "parity.json")])
+    monkeypatch.setattr(sys, "stdout", pipe)
+    gpu_check.parity(cli, torch.device("cpu"))
+    assert runs == [(model, precision, graph, 3) for model in ("mlp", "mlpmixer")
+                    for precision, graph in (("auto", "auto"), ("fp32", "off"))]
+    assert flushed_at_each_run == [0, 4, 6, 7]  # each row is out before the next run starts
+    assert pipe.flushed.splitlines()[2:] == [
+        "    model |         path | test acc | best valid | train s total",
+        "      mlp |         fast |   0.8125 |     0.7500 |           3.5",
+        "      mlp |   eager fp32 |   0.8125 |     0.7500 |           3.5",
+        "      mlp |   difference |  +0.0000",
+        " mlpmixer |         fast |        - |     0.2500 |           3.5 | diverged",
+        " mlpmixer |   eager fp32 |   0.8125 |     0.7500 |           3.5",
+        " mlpmixer |   difference |        - (a path was not tested)"]
+    with open(tmp_path / "parity.json") as f:
+        assert json.load(f)["mlpmixer/fast"]["status"] == "diverged"
+
+
+def test_the_gpu_check_defaults_are_those_its_docs_state():
+    cli = gpu_check.parse_args([])  # 50 tracked losses, 15-epoch parity, the template's 4 workers (README, issue 3)
+    assert (cli.data_dir, cli.sections, cli.steps, cli.models, cli.bench_epochs, cli.parity_epochs, cli.num_workers,
+            cli.valid_size, cli.json_out, cli.rows, cli.profile_compiled, cli.dry_run) == (
+        "./data", "tracking,benchmark,parity", 50, "mlp,resnet18,mlpmixer", 2, 15, 4, 5000, None, 15, False, False)
+
+
+def test_gpu_check_compile_section_compares_the_compiled_step(capsys, quick_compile):
+    gpu_check.main(["--dry_run", "--models", "mlp", "--num_workers", "0", "--sections", "compile"])
+    out = capsys.readouterr().out
+    match = re.search(r"^ +mlp \| non-finite none \| last [\d.]+ vs compiled [\d.]+ \| max \|d\| ([\d.]+) \|", out,
+                      re.MULTILINE)
+    assert match and float(match.group(1)) < 1e-3
+    assert re.search(r"^ +compiled \| +[\d.]+ \| .*x$", out, re.MULTILINE)
+    assert quick_compile == ["MLP", "MLP"]  # the tracking trace, then the benchmark's run
+
+
+def test_gpu_check_profile_times_each_step_and_tables_the_eager_ones(capsys, quick_compile):
+    gpu_check.main(["--dry_run", "--models", "mlp", "--num_workers", "0", "--sections", "profile",
+                    "--profile_compiled", "--rows", "3"])
+    out = capsys.readouterr().out
+    for label in ("eager", "compiled eager"):
+        assert re.search(rf"^ +mlp \| +{label} \| +[\d.]+ \| +[\d.]+$", out, re.MULTILINE)
+        assert re.search(rf"^mlp, {label} step: top 3 by CPU time over \d+ steps$", out, re.MULTILINE)
+    for label in ("captured", "compiled captured"):
+        assert re.search(rf"^ +mlp \| +{label} \| +[\d.]+ \| +$", out, re.MULTILINE)
+    assert "aten::mm" in out  # the MLP's matrix products are among its top operators
+    assert quick_compile == ["MLP", "MLP"]
+
+
+def test_first_nonfinite_names_the_first_bad_step():
+    assert gpu_check.first_nonfinite(torch.tensor([2.3, 2.1, 1.9])) == "none"
+    assert gpu_check.first_nonfinite(torch.tensor([2.3, 2.1, float("inf"), float("nan")])) == "step 3"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--models", "mlp,vit"], "--models: unknown vit; choose from mlp, resnet18, mlpmixer"),
+    (["--sections", "tracking,compiled"], "--sections: unknown compiled; choose from tracking, benchmark, parity, "
+                                          "compile, profile"),
+    (["--json_out", "no/such/folder/parity.json"], "--json_out no/such/folder/parity.json: its folder does not exist"),
+    (["--steps", "0"], "--steps must be at least 1, got 0"),
+    (["--bench_epochs", "0"], "--bench_epochs must be at least 1, got 0"),
+    (["--parity_epochs", "-1"], "--parity_epochs must be at least 1, got -1"),
+    (["--rows", "0"], "--rows must be at least 1, got 0"),
+    (["--valid_size", "0"], "--valid_size must be at least 1, got 0"),
+    (["--num_workers", "-1"], "--num_workers must not be negative, got -1"),
+])
+def test_gpu_check_refuses_bad_flags_before_it_runs(capsys, flags, message):
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--dry_run", *flags])
+    assert message in capsys.readouterr().err
+
+
+def test_gpu_check_refuses_a_json_out_that_is_a_folder_before_it_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--dry_run", "--json_out", str(tmp_path)])
+    assert capsys.readouterr().err.endswith(f"error: --json_out {tmp_path} is a folder; give a file path, such as "
+                                            f"{tmp_path / 'parity.json'}\n")
