@@ -107,8 +107,7 @@ def parse_args(argv=None):
     """The script's own flags, and the ``main.py`` flags that override the recipes' (checked here, so that a
     wrong one stops the script before a first training run)."""
     parser = argparse.ArgumentParser(prog="python -m tools.check_targets", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--data_dir", default="./data")
     parser.add_argument("--models", nargs="+", choices=sorted(RECIPES), default=sorted(RECIPES, reverse=True))
     parser.add_argument("--seeds", type=int, default=1,
