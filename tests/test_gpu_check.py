@@ -110,6 +110,14 @@ def test_gpu_check_refuses_bad_flags_before_it_runs(capsys, flags, message):
     assert message in capsys.readouterr().err
 
 
+def test_gpu_check_accepts_the_least_counts():
+    cli = gpu_check.parse_args(["--steps", "1", "--bench_epochs", "1", "--parity_epochs", "1", "--rows", "1",
+                                "--valid_size", "1", "--num_workers", "0", "--models", "mlpmixer", "--sections",
+                                "profile"])
+    assert (cli.steps, cli.bench_epochs, cli.parity_epochs, cli.rows, cli.valid_size, cli.num_workers) == (
+        1, 1, 1, 1, 1, 0)
+
+
 def test_gpu_check_refuses_a_json_out_that_is_a_folder_before_it_runs(tmp_path, capsys):
     with pytest.raises(SystemExit):
         gpu_check.main(["--dry_run", "--json_out", str(tmp_path)])
