@@ -1,8 +1,9 @@
 """What every measurement tool does as a command, as ``main.py`` does: one line and exit 2 for a bad input, a warning
 in one line, a stop at the run that Ctrl-C or SIGTERM interrupted, the GPU-only tools refused without CUDA, usage
-lines that name the command; and the device call's choice of steps."""
+lines that name the command; and the device call's choice of steps and the seconds it reports."""
 import importlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -145,6 +146,9 @@ def test_the_device_call_runs_the_steps_asked_for(tmp_path, steps, expected):
     assert len(training) == len(expected) and all(line.startswith(commands[name])
                                                   for line, name in zip(training, expected)), training
     assert sorted(os.listdir(tmp_path / "device_check_logs")) == sorted(f"{name}.txt" for name in expected)
+    # the seconds that setting up and each step took, by which the next call's limits can be set
+    assert re.search(r"^== data ready after \d+ s of the call$", ran.stdout, re.MULTILINE)
+    assert re.findall(r"^== (\w+): exit status 0, \d+ s into the call$", ran.stdout, re.MULTILINE) == expected
 
 
 @pytest.mark.skipif(os.name != "posix", reason="the device call is a bash script")

@@ -31,6 +31,7 @@ done
 export PYTHONPATH=/tmp/site
 python -c "import optuna" 2>/dev/null || echo "== no Optuna (.whl missing?): the studies_1_3 step will fail; see the header"
 python .devdata/make_cifar10.py "$DATA" > /dev/null || exit 1
+echo "== data ready after $SECONDS s of the call"  # the steps' limits leave the call's 600 s minus this
 
 step() {  # step SECONDS NAME COMMAND...: runs COMMAND when NAME is one of the steps asked for
     local seconds=$1 name=$2
@@ -40,9 +41,9 @@ step() {  # step SECONDS NAME COMMAND...: runs COMMAND when NAME is one of the s
     timeout -k 15 "$seconds" "$@" 2>&1 | tee "$OUT/$name.txt"  # SIGTERM stops a tool as Ctrl-C; KILL 15 s on
     local status=${PIPESTATUS[0]}
     if [ "$status" = 124 ]; then
-        echo "== $name: stopped at its limit of $seconds s"
+        echo "== $name: stopped at its limit of $seconds s, $SECONDS s into the call"
     else
-        echo "== $name: exit status $status"
+        echo "== $name: exit status $status, $SECONDS s into the call"
     fi
 }
 
