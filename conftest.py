@@ -2,6 +2,7 @@
 the real CIFAR-10 copy when ``../shared/data`` is beside the checkout (tests that need it skip otherwise)."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -24,6 +25,19 @@ TINY_CONFIGS = {
 @pytest.fixture(autouse=True)
 def _few_threads():
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _ctrl_c_delivered():
+    """Ctrl-C raises KeyboardInterrupt in the tests and in the runs they start, which the interruption tests rely
+    on, even when pytest itself was started in the background without job control (`nohup pytest &`), which
+    ignores SIGINT: a process that starts with SIGINT ignored, and its children, never see Ctrl-C."""
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if ignored:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @pytest.fixture(scope="session")
