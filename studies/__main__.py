@@ -141,12 +141,13 @@ def make_plan(study, options, train_argv):
                         f"{'--' + setting if setting in flags else '--set ' + setting}")
     if options.values is not None and not study.grid:
         raise UserError(f"--values: {study.name} is a search; it has no grid")
+    values = _grid_values(study, options.values) if study.grid else []
     # read here, once: a missing copy is fetched (or refused) before any worker starts or anything is written
     data = load_cifar10(args.data_dir)
     check_valid_size(len(data.train_labels), args.valid_size)
     return Plan(study=study, study_dir=os.path.join(options.out, study.name), train_argv=train_argv, given=given,
                 model_config=model_config, seed=args.seed, seeds=seeds,
-                values=_grid_values(study, options.values) if study.grid else [],
+                values=values,
                 trials=options.trials or study.trials, storage=options.storage, retry_failed=options.retry_failed,
                 data_fingerprint=data.fingerprint())
 

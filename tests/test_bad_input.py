@@ -220,11 +220,15 @@ def test_unwritable_logdir_gets_one_clear_line(run_args, tmp_path, capsys):
     assert err.startswith(f"error: cannot create --logdir {tmp_path / 'a_file' / 'run'} (Not a directory)")
 
 
-def test_resume_refuses_missing_or_different_checkpoint(run_args, tmp_path, capsys):
+def test_resume_refuses_missing_or_different_checkpoint(run_args, tmp_path, capsys, monkeypatch):
     logdir = str(tmp_path / "run")
-    assert main.main(run_args("mlp", "--logdir", logdir, "--resume", epochs=1)) == 2
-    assert "no checkpoint" in capsys.readouterr().err
-    assert not os.path.exists(logdir)  # not even an empty folder
+    import torchvision.datasets.utils as tv_utils
+    monkeypatch.setattr(tv_utils, "download_url", lambda *a, **k: pytest.fail("the data was fetched"))
+    no_data = run_args("mlp", "--logdir", logdir, "--resume", epochs=1) + ["--data_dir", str(tmp_path / "empty")]
+    assert main.main(no_data) == 2  # said before the data is read, which may have to be downloaded first
+    assert capsys.readouterr().err == (f"error: --resume: no checkpoint at {logdir}/checkpoint.pt; run without "
+                                       "--resume to start this run\n")
+    assert not os.path.exists(logdir) and not os.path.exists(tmp_path / "empty")  # not even an empty folder
     assert main.main(run_args("mlp", "--logdir", logdir, epochs=1)) == 0
     before = {path.name: path.read_bytes() for path in pathlib.Path(logdir).iterdir()}
     assert main.main(run_args("mlp", "--logdir", logdir, "--resume", "--lr", "0.5", epochs=2)) == 2

@@ -8,7 +8,9 @@ import pytest
 from optuna.trial import TrialState
 
 from helpers import jobs_of, load_study
+import studies.__main__ as studies_cli
 from studies.__main__ import main as studies_main
+from training.cifar10 import load_cifar10
 from training.fake_data import write_fake_cifar10
 
 
@@ -36,10 +38,14 @@ from training.fake_data import write_fake_cifar10
     ("resnet18_best", ["--seed", "4294967295"],  # its final run takes the seed after its trials'
      "--seeds 1 from --seed 4294967295 reaches seed 4294967296 in resnet18_best"),
 ])
-def test_bad_study_flags_are_refused_before_anything_is_written(study_args, tmp_path, capsys, name, extra, message):
+def test_bad_study_flags_are_refused_before_anything_is_written(study_args, tmp_path, capsys, monkeypatch, name,
+                                                                extra, message):
+    data_reads = []  # a mistyped flag must not wait for the data's download first
+    monkeypatch.setattr(studies_cli, "load_cifar10", lambda *args: data_reads.append(args) or load_cifar10(*args))
     assert studies_main(study_args(name, *extra)) == 2
     assert message in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "out")
+    assert data_reads == [] or "--valid_size" in extra  # only the validation split's size needs the data
 
 
 @pytest.mark.parametrize("flags", [[], ["--set", "num_classes=10"]], ids=["model_config", "set"])

@@ -217,6 +217,8 @@ def _fit(args, on_epoch, test, held):
     if problems:
         raise UserError(problems[0])
     model_config = load_model_config(args.model_config, args.model)
+    if args.resume:  # before the data, which may have to be downloaded first, and before the folder is made
+        persistence.require_checkpoint(args.logdir)
     device = resolve_device(args.device)
     args.device = device
     seed_experiment(args.seed)
@@ -238,8 +240,6 @@ def _fit(args, on_epoch, test, held):
                                 capturable=args.cuda_graph)
 
     if args.logdir:  # held before the checkpoint is read: a run that still writes the folder could change it
-        if args.resume:  # refused before the folder is made: a mistyped --logdir would be left behind, empty
-            persistence.require_checkpoint(args.logdir)
         try:
             os.makedirs(args.logdir, exist_ok=True)
         except OSError as exc:
