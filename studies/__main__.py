@@ -27,7 +27,7 @@ from training.models import SCHEMAS, SHIPPED_CONFIG_DIR, load_model_config, vali
 
 from .console import say
 from .definitions import STUDIES, is_model_setting
-from .scheduler import JOURNAL_FILE, close_storage, is_lost, job_states, open_storage
+from .scheduler import JOURNAL_FILE, close_storage, is_lost, job_states, open_storage, storage_kind
 from .worker import RUNS_FOLDER, Plan, open_study, work
 
 STUDY_FLAGS = ("model", "logdir", "resume", "visualize")  # set by the study for each run
@@ -142,6 +142,7 @@ def make_plan(study, options, train_argv):
     if options.values is not None and not study.grid:
         raise UserError(f"--values: {study.name} is a search; it has no grid")
     values = _grid_values(study, options.values) if study.grid else []
+    storage_kind(options.storage)
     # read here, once: a missing copy is fetched (or refused) before any worker starts or anything is written
     data = load_cifar10(args.data_dir)
     check_valid_size(len(data.train_labels), args.valid_size)

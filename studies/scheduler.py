@@ -47,7 +47,7 @@ def open_storage(url, study_dir):
         url: None for a journal file in ``study_dir``, a path for a journal file there, or a
             database URL (``postgresql://...`` for workers on several machines, ``sqlite:///...``).
     """
-    if url is None or "://" not in url:
+    if storage_kind(url) == "journal":
         path = os.path.join(study_dir, JOURNAL_FILE) if url is None else url
         try:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -61,13 +61,23 @@ def open_storage(url, study_dir):
             return optuna.storages.journal.JournalStorage(backend), lock
         except ValueError as exc:  # json's decode errors included
             raise _unreadable_journal(path, exc) from None
-    if url.startswith("postgresql"):
+    if storage_kind(url) == "postgresql":
         given = url
         if url.startswith("postgresql://"):  # the driver that requirements.txt installs, whatever SQLAlchemy's default
             url = "postgresql+psycopg://" + url[len("postgresql://"):]
         return _database(url, given), PostgresLock(url)
+    return _database(url, url), FileLock(url[len("sqlite:///"):] + ".claims.lock")
+
+
+def storage_kind(url):
+    """``journal``, ``postgresql`` or ``sqlite`` for a ``--storage`` value (None: the study's journal file); one
+    line for any other database, whose claims no lock here could serialise."""
+    if url is None or "://" not in url:
+        return "journal"
+    if url.startswith("postgresql"):
+        return "postgresql"
     if url.startswith("sqlite:///"):
-        return _database(url, url), FileLock(url[len("sqlite:///"):] + ".claims.lock")
+        return "sqlite"
     raise UserError(f"--storage {url}: unsupported; give a journal file path (one host), a postgresql:// URL "
                     "(several machines) or a sqlite:/// URL")
 

@@ -10,6 +10,7 @@ import pytest
 from optuna.trial import TrialState
 
 from helpers import ROOT, jobs_of, load_study, run_claimers
+import studies.__main__ as studies_cli
 from studies.__main__ import main as studies_main
 from studies.definitions import STUDIES
 from studies.scheduler import close_storage
@@ -64,7 +65,8 @@ def test_status_of_a_database_names_a_missing_file_and_a_study_with_nothing_run(
     assert capsys.readouterr().out == "resnet18_lr: nothing run yet\n"
 
 
-def test_an_unsupported_storage_is_refused_before_anything_is_written(study_args, tmp_path, capsys):
+def test_an_unsupported_storage_is_refused_before_anything_is_written(study_args, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(studies_cli, "load_cifar10", lambda *args: pytest.fail("the data was read (or downloaded)"))
     assert studies_main(study_args("mlp_activation", "--storage", "mysql://user@host/db")) == 2
     assert "--storage mysql://user@host/db: unsupported; give a journal file path" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "out")
