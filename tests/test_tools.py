@@ -120,10 +120,11 @@ def _device_call(folder, steps):
     shutil.copy(os.path.join(ROOT, "tools", "device_check.sh"), folder / "tools")
     stand_in = folder / "bin" / "python"
     os.makedirs(stand_in.parent)
-    stand_in.write_text(f'#!/bin/sh\necho "$*" >> {folder}/python.log\n')
+    stand_in.write_text(f'#!/bin/sh\necho "$* [PYTHONUNBUFFERED=$PYTHONUNBUFFERED]" >> {folder}/python.log\n')
     stand_in.chmod(0o755)
     env = {**os.environ, "PATH": f"{stand_in.parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("OUT", None)
+    env.pop("PYTHONUNBUFFERED", None)
     return subprocess.run(["bash", "tools/device_check.sh", *steps], cwd=folder, env=env, capture_output=True,
                           text=True, timeout=60)
 
@@ -145,6 +146,8 @@ def test_the_device_call_runs_the_steps_asked_for(tmp_path, steps, expected):
         training = [line for line in f.read().splitlines() if line.startswith("-m tools.")]
     assert len(training) == len(expected) and all(line.startswith(commands[name])
                                                   for line, name in zip(training, expected)), training
+    # each line reaches its step's log as it is printed, not when a buffer fills: the call's limit kills buffers
+    assert all(line.endswith(" [PYTHONUNBUFFERED=1]") for line in training), training
     assert sorted(os.listdir(tmp_path / "device_check_logs")) == sorted(f"{name}.txt" for name in expected)
     # the seconds that setting up and each step took, by which the next call's limits can be set
     assert re.search(r"^== data ready after \d+ s of the call$", ran.stdout, re.MULTILINE)

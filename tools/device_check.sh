@@ -29,6 +29,7 @@ for wheel in .whl/*.whl; do  # a wheel is a zip archive: unpacked, it is install
     [ -f "$wheel" ] && { python -m zipfile -e "$wheel" /tmp/site || exit 1; }
 done
 export PYTHONPATH=/tmp/site
+export PYTHONUNBUFFERED=1  # each line reaches the step's log when printed: the call's limit kills what is buffered
 python -c "import optuna" 2>/dev/null || echo "== no Optuna (.whl missing?): the studies_1_3 step will fail; see the header"
 python .devdata/make_cifar10.py "$DATA" > /dev/null || exit 1
 echo "== data ready after $SECONDS s of the call"  # the steps' limits leave the call's 600 s minus this
