@@ -16,6 +16,13 @@ def test_gpu_check_dry_run_prints_every_section(capsys, monkeypatch, tmp_path, s
     gpu_check.main(["--dry_run", "--models", "mlp", "--num_workers", "0", "--json_out", str(tmp_path / "parity.json")])
     out = capsys.readouterr().out
     assert re.search(r"mlp \|  captured bf16 \(default fast path\) \| +none \|", out)
+    table = {row[1]: row[2:] for row in ([cell.strip() for cell in line.split(" | ")] for line in out.splitlines())
+             if len(row) == 7 and row[0] == "mlp"}
+    assert list(table) == ["eager fp32", "eager bf16", "captured bf16 (default fast path)"]
+    assert table["eager fp32"][3] == table["eager bf16"][4] == "0.0000"  # each trace against itself
+    assert table["eager fp32"][4] == table["eager bf16"][3] != "0.0000"  # fp32 against bf16, either way round
+    captured = table["captured bf16 (default fast path)"]
+    assert captured[1] == table["eager bf16"][1] and float(captured[4]) < float(table["eager bf16"][3])
     assert re.search(r"^ +adamw \| non-finite none \|", out, re.MULTILINE)
     tracks_to_4_decimals = r" \| non-finite none \| last eager [\d.]+ captured [\d.]+ \| max \|d\| 0\.0000$"
     assert re.search(r"^ +cutmix" + tracks_to_4_decimals, out, re.MULTILINE)
