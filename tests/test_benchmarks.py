@@ -20,6 +20,7 @@ def test_benchmark_prints_each_path_with_its_ratio(fake_data_dir, capsys, quick_
     assert "eager" not in out  # the eager GPU path is a CUDA row
 
 
+@pytest.mark.filterwarnings("ignore:--precision bf16")  # this CPU may emulate bf16: the row is timed all the same
 def test_benchmark_runs_the_fast_rows_at_each_precision(fake_data_dir, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     benchmark.main(["--device", "cpu", "--data_dir", fake_data_dir, "--repeats", "1", "--num_workers", "0",

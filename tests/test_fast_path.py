@@ -6,6 +6,7 @@ import contextlib
 import copy
 import json
 import os
+import warnings
 
 import pytest
 import torch
@@ -180,7 +181,8 @@ def _host_traffic_of_recorded_step(augment, mix, compile_with=None, precision="f
     model = MLPMixer(10, 32, 8, 16, 1, drop_rate=0.1)
     optimizer = build_optimizer("adamw", model.parameters(), 1e-3, 0.9, 5e-4, capturable=True)
     step = GraphedTrainStep(model, optimizer, "cpu", schedule=LRSchedule("cosine", 1e-3, 10), mix=mix,
-                            label_smoothing=0.1, precision=precision, capture=capture, eager_context=contextlib.nullcontext, warmup_steps=1,
+                            label_smoothing=0.1, precision=precision, capture=capture,
+                            eager_context=contextlib.nullcontext, warmup_steps=1,
                             compiled_model=compile_with(model) if compile_with else None)
     engine.train(1, model, batches, optimizer, argparse.Namespace(device="cpu", print_every=100, no_progress=True),
                  step)
@@ -328,12 +330,37 @@ def test_fast_path_flags_resolve_per_device():
     engine.resolve_fast_path(plain, torch.device("cpu"))
     assert plain.channels_last is False
     forced = _args(precision="bf16", channels_last="on", model="mlp")
-    engine.resolve_fast_path(forced, torch.device("cpu"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a CPU that emulates bf16 says so (below)
+        engine.resolve_fast_path(forced, torch.device("cpu"))
     assert (forced.precision, forced.channels_last, forced.cuda_graph) == ("bf16", True, False)
     with pytest.warns(UserWarning, match="--cuda_graph on needs CUDA"):
         engine.resolve_fast_path(_args(cuda_graph="on"), torch.device("cpu"))
     with pytest.warns(UserWarning, match="--precision fp16 is for CUDA GPUs"):
         engine.resolve_fast_path(_args(precision="fp16"), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("machine, avx512_bf16, amx, warned", [
+    ("x86_64", False, False, True),  # this project's CPU: an MLP epoch took 9.7x as long in bf16
+    ("x86_64", True, False, False),
+    ("AMD64", False, True, False),  # Windows' name
+    ("AMD64", False, False, True),
+    ("aarch64", False, False, False),  # torch's checks are for x86: no claim elsewhere
+    ("x86_64", None, None, False),  # a torch without the checks
+])
+def test_bf16_on_a_cpu_that_emulates_it_is_warned_of(monkeypatch, machine, avx512_bf16, amx, warned):
+    monkeypatch.setattr(engine.platform, "machine", lambda: machine)
+    for name, answer in (("_is_avx512_bf16_supported", avx512_bf16), ("_is_amx_tile_supported", amx)):
+        if answer is None:
+            monkeypatch.delattr(torch.cpu, name, raising=False)
+        else:
+            monkeypatch.setattr(torch.cpu, name, lambda answer=answer: answer, raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        engine.resolve_fast_path(_args(precision="bf16"), torch.device("cpu"))
+    assert [str(w.message) for w in caught] == (["--precision bf16: this CPU has no AVX512-BF16 or AMX, so bf16 is "
+                                                 "emulated there, much slower than fp32; use --precision auto or fp32"]
+                                                if warned else [])
 
 
 def _pretend_cuda_gpu(monkeypatch, capability, name):
@@ -368,6 +395,7 @@ def test_auto_precision_is_bf16_only_on_gpus_with_native_bf16(monkeypatch, capab
     assert (half.precision, half.channels_last) == ("fp16", True)  # tensor-core convolutions on every such GPU
 
 
+@pytest.mark.filterwarnings("ignore:--precision bf16")  # this CPU may emulate bf16: the flags run all the same
 def test_cli_runs_the_fast_path_flags_on_cpu(run_args, tmp_path):
     logdir = str(tmp_path / "run")
     assert main.main(run_args("mlpmixer", "--logdir", logdir, "--precision", "bf16", "--channels_last", "on",
