@@ -136,7 +136,7 @@ def build_report(out, report_dir=None):
     runs_of = {study.name: load_runs(os.path.join(out, study.name)) for study in STUDIES.values()}
     all_runs = [run for runs in runs_of.values() for run in runs]
     shared = shared_processors(all_runs)
-    sections = [search_section(study, runs_of[study.name], out, shared) if study.is_search
+    sections = [search_section(study, runs_of, shared) if study.is_search
                 else grid_section(study, runs_of[study.name], shared)
                 for study in STUDIES.values() if runs_of[study.name]]
     not_run = [name for name, runs in runs_of.items() if not runs]

@@ -315,6 +315,21 @@ def best_search_trial(trials):
     return max(done, key=lambda t: (t.value, -t.number)) if done else None
 
 
+def final_run_dir(seed, source_trial, jobs):
+    """The folder of the final run with ``seed`` that retrains trial ``source_trial``: ``final_seed-SEED``, unless
+    that one retrained another trial, the best before the search was extended (``final_seed-SEED_trial-NNNN``)."""
+    run_dir = f"final_seed-{seed}"
+    if run_dir in jobs and jobs[run_dir][2].user_attrs.get("source_trial") != source_trial:
+        run_dir += f"_trial-{source_trial:04d}"
+    return run_dir
+
+
+def _retrains_another(trial, best):
+    """Whether ``trial`` is a final run of a trial other than ``best``."""
+    return trial.user_attrs.get("role") == "final" and best is not None and \
+        trial.user_attrs.get("source_trial") != best.number
+
+
 class Claimer:
     """Claims jobs of one study for one worker process.
 
@@ -344,19 +359,20 @@ class Claimer:
         self.study.enqueue_trial(params, user_attrs={**attrs, "job_params": params})
 
     def _plan_jobs(self, trials, jobs):
-        """Enqueue every job that is neither finished nor waiting or running."""
+        """Enqueue every job that is neither finished nor waiting or running, but a final run of a trial that is
+        no longer the best (a search extended with more --trials found a better one)."""
+        best = best_search_trial(trials)
         open_jobs = {run_dir: (latest.params or latest.user_attrs.get("job_params", {}), latest.user_attrs)
                      for run_dir, (finished, live, latest) in jobs.items()
-                     if live is None and not self._done(finished)}
+                     if live is None and not self._done(finished) and not _retrains_another(latest, best)}
         if self.grid_jobs is not None:
             for run_dir, params in self.grid_jobs.items():
                 if run_dir not in jobs:
                     open_jobs[run_dir] = (params, {"role": "grid"})
-        elif self.search_complete(trials, jobs):
-            best = best_search_trial(trials)
+        elif best is not None and self.search_complete(trials, jobs):
             for seed in self.final_seeds:
-                run_dir = f"final_seed-{seed}"
-                if best is not None and run_dir not in jobs:
+                run_dir = final_run_dir(seed, best.number, jobs)
+                if run_dir not in jobs:
                     open_jobs[run_dir] = ({"seed": seed}, {"role": "final", "settings": best.user_attrs["settings"],
                                                            "source_trial": best.number})
         for run_dir, (params, attrs) in sorted(open_jobs.items()):

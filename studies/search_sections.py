@@ -9,7 +9,7 @@ from . import figures
 from .render import Section
 from .sections import (RUN_HEADER, and_list, completed_runs, counted, epochs_sentences, exact, final_valid_acc, fmt,
                        mean_std, outcome_sentences, run_row, shared_processor_text)
-from .worker import PRUNE_AFTER_TRIALS, PRUNE_FROM_EPOCH, PRUNE_PEERS, RUNS_FOLDER
+from .worker import PRUNE_AFTER_TRIALS, PRUNE_FROM_EPOCH, PRUNE_PEERS
 
 VISUALISATIONS = {"resnet18": (("resnet18_kernels_rgb.png", "first-layer kernels (RGB)"),
                                ("resnet18_kernels_gray.png", "first-layer kernels (channel average)")),
@@ -24,12 +24,23 @@ BEST_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "batch_size", "epoch
              "label_smoothing", "augment", "mix", "tta", "seed", "precision", "pipeline")
 
 
-def search_section(study, runs, out, shared):
+def _search_trials(runs):
+    return [dict(run["trial"], last_valid_acc=final_valid_acc(run), epochs=run["results"].get("epochs_completed"))
+            for run in runs if run["trial"] and run["trial"]["role"] == "search"]
+
+
+def _best_trial(trials):
+    """The trial the search retrains: the highest final validation accuracy, the earliest of those tied."""
+    completed = [t for t in trials if t["outcome"] == "completed"]
+    return max(completed, key=lambda t: (t["value"], -t["trial"])) if completed else None
+
+
+def search_section(study, runs_of, shared):
+    """The section of search ``study`` from ``runs_of``, every study's runs (the MLP-Mixer's section sets its
+    pictures beside the ResNet18's)."""
+    runs = runs_of[study.name]
     section = Section(f"{study.name}: {study.question}")
-    trials = [dict(run["trial"], last_valid_acc=final_valid_acc(run),
-                   epochs=run["results"].get("epochs_completed"))
-              for run in runs if run["trial"] and run["trial"]["role"] == "search"]
-    finals = [run for run in runs if run["name"].startswith("final_")]
+    trials = _search_trials(runs)
     fixed = ", ".join(f"{key}={value}" for key, value in study.fixed.items())
     section.text(f"Search space (Optuna TPE sampler; median pruner: from epoch {PRUNE_FROM_EPOCH} to a trial's last but "
                  f"one, once {PRUNE_AFTER_TRIALS} trials have completed, a trial stops if its best validation accuracy "
@@ -45,8 +56,8 @@ def search_section(study, runs, out, shared):
     tally = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "none"
     section.text(f"{counted(len(trials), 'search trial')} finished: {tally}.")
     completed = [t for t in trials if t["outcome"] == "completed"]
-    if completed:
-        best = max(completed, key=lambda t: (t["value"], -t["trial"]))
+    best = _best_trial(trials)
+    if best:
         section.text(f"Best trial: {best['trial']}, final validation accuracy {best['value']:.4f} after "
                      f"{counted(best['epochs'], 'epoch')}; its settings: {_settings_text(best['settings'])}.")
         tied = sorted(t["trial"] for t in completed if t["value"] == best["value"] and t is not best)
@@ -61,15 +72,31 @@ def search_section(study, runs, out, shared):
                        "validation accuracy of each trial, and the best completed so far")
     elif trials:
         section.text("No finished search trial ended an epoch, so there is no figure of their validation accuracy.")
+    finals, earlier = _finals_of(best, runs)
     if finals:
-        _finals_block(section, study, trials, finals, out, shared)
+        _finals_block(section, study, trials, finals, runs_of, shared)
     else:
         section.text("The best configuration has not been retrained yet." if completed else
                      "No search trial has completed, so there is no configuration to retrain yet.")
+    for source, names in sorted(earlier.items()):
+        section.text(f"Not counted: the final {'run' if len(names) == 1 else 'runs'} {and_list(names)}, which "
+                     f"retrained trial {source}, the best trial before later trials beat it.")
     return section
 
 
-def _finals_block(section, study, trials, finals, out, shared):
+def _finals_of(best, runs):
+    """The final runs that retrain the ``best`` trial (or whose trial is not known yet: still training), and
+    ``source trial -> names`` of those that retrain another, the best before the search was extended."""
+    finals = [run for run in runs if run["name"].startswith("final_")]
+    earlier = {}
+    for run in finals:
+        source = (run["trial"] or {}).get("source_trial")
+        if best is not None and source is not None and source != best["trial"]:
+            earlier.setdefault(source, []).append(run["name"])
+    return [run for run in finals if not any(run["name"] in names for names in earlier.values())], earlier
+
+
+def _finals_block(section, study, trials, finals, runs_of, shared):
     """What a search's final runs show: the best configuration's test accuracy from those that completed, the
     others' outcomes, its full hyperparameters, the runs' table and curves, and the best model's pictures."""
     done = completed_runs(finals)  # a final run still training, or one that diverged, has no test accuracy
@@ -116,7 +143,7 @@ def _finals_block(section, study, trials, finals, out, shared):
         section.figure(f"{study.name}_visualisation.png", figures.images_figure(pictures, study.name),
                        "first-layer weights of the best model")
     if study.model == "mlpmixer":
-        _comparison_block(section, pictures, out)
+        _comparison_block(section, pictures, runs_of.get("resnet18_best", []))
 
 
 def _visualisations(run, model):
@@ -126,11 +153,10 @@ def _visualisations(run, model):
             if os.path.isfile(os.path.join(run["path"], filename))]
 
 
-def _comparison_block(section, mixer_pictures, out):
-    folder = os.path.join(out, "resnet18_best", RUNS_FOLDER)
-    finals = sorted(name for name in os.listdir(folder) if name.startswith("final_")) if os.path.isdir(folder) else []
-    kernels = next(filter(os.path.isfile, (os.path.join(folder, name, "resnet18_kernels_rgb.png") for name in finals)),
-                   None)
+def _comparison_block(section, mixer_pictures, resnet_runs):
+    finals, _ = _finals_of(_best_trial(_search_trials(resnet_runs)), resnet_runs)
+    kernels = next(filter(os.path.isfile, (os.path.join(run["path"], "resnet18_kernels_rgb.png")
+                                           for run in completed_runs(finals))), None)
     if not mixer_pictures or not kernels:
         section.text("The comparison with the ResNet18 kernels needs the final runs of both searches.")
         return

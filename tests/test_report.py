@@ -10,7 +10,7 @@ import pytest
 from matplotlib.image import imsave
 
 from report_logs import markdown_of, write_fixture_logs, write_run
-from studies import figures
+from studies import figures, search_sections
 from studies.__main__ import main as studies_main
 from studies.definitions import STUDIES
 from studies.report import build_report
@@ -143,6 +143,26 @@ def test_a_search_report_counts_only_the_final_runs_that_completed(fixture_logs)
     assert "| seed | 43, 44 |" in section
     assert "![first-layer weights of the best model](resnet18_best_visualisation.png)" in section
     assert "comparison_mixer_resnet.png" in text  # from the ResNet's final run that saved its kernels
+
+
+def test_a_search_extended_past_its_retrained_trial_reports_the_new_best_s_final_runs_alone(fixture_logs, monkeypatch):
+    best = {"optimizer": "momentum", "lr": 0.05, "epochs": 2}
+    write_run(fixture_logs, "resnet18_best", "trial-0003", best, [0.85, 0.95], role="search", trial=3)
+    new_final = write_run(fixture_logs, "resnet18_best", "final_seed-43_trial-0003", best, [0.9, 0.94], role="final",
+                          seed=43, trial=4, source_trial=3, test_acc=0.95, args={**best, "seed": 43})
+    imsave(os.path.join(new_final, "resnet18_kernels_rgb.png"), np.random.default_rng(1).random((40, 40, 3)))
+    read = []
+    monkeypatch.setattr(search_sections, "imread", lambda path: read.append(path) or np.zeros((4, 4, 3)))
+    text = markdown_of(fixture_logs)
+    section = text[text.index("## resnet18_best"):text.index("## mlpmixer_best")]
+    assert "Best trial: 3, final validation accuracy 0.9500" in section
+    assert "retrained once (seed 43) on the training split and tested once: test accuracy 0.9500;" in section
+    assert "against 0.9500 for trial 3 (seed 42), which the search ranked best." in section
+    assert ("Not counted: the final run final_seed-43, which retrained trial 0, the best trial before later trials "
+            "beat it.") in section
+    assert "| final_seed-43 |" not in section and "| lr | 0.05 |" in section
+    assert os.path.join(new_final, "resnet18_kernels_rgb.png") in read  # the comparison sets the new best's kernels
+    assert os.path.join(os.path.dirname(new_final), "final_seed-43", "resnet18_kernels_rgb.png") not in read
 
 
 def test_report_names_the_studies_that_have_not_run(fixture_logs):

@@ -86,6 +86,61 @@ def test_search_runs_its_budget_then_retrains_and_tests_the_best(study_args, tmp
         assert re.search(rf"^\| {key} \| {final_results['args'][key]} \|$", text, re.MULTILINE)
 
 
+def test_a_search_extended_past_a_better_trial_retrains_that_one_and_reports_only_its_final_runs(
+        study_args, tmp_path, monkeypatch, capsys):
+    from training import engine
+
+    # the validation accuracy of each run's one epoch, in the order the runs train
+    evaluate, accuracies = engine.evaluate, iter([0.5, 0.6, 0.55,  # trials 0 and 1, then trial 1's final run
+                                                  0.9, 0.85])  # trial 3, better, then its final run
+
+    def scripted(epoch, model, dataloader, args, mode="val"):
+        loss, accuracy, seconds = evaluate(epoch, model, dataloader, args, mode)
+        return loss, next(accuracies) if mode == "val" else accuracy, seconds
+    monkeypatch.setattr(engine, "evaluate", scripted)
+    out, tiny = str(tmp_path / "out"), ["--set", "embed_dim=16", "--set", "num_blocks=1"]
+    assert studies_main(study_args("mlpmixer_best", "--trials", "2", *tiny)) == 0
+    assert studies_main(study_args("mlpmixer_best", "--trials", "3", *tiny)) == 0
+    trials = {t.user_attrs["run_dir"]: t for t in load_study(out, "mlpmixer_best").get_trials()}
+    assert sorted(trials) == ["final_seed-43", "final_seed-43_trial-0003", "trial-0000", "trial-0001", "trial-0003"]
+    assert [trials[name].user_attrs["source_trial"] for name in ("final_seed-43", "final_seed-43_trial-0003")] == [1, 3]
+    retrained = read_json(os.path.join(out, "mlpmixer_best", "runs", "final_seed-43_trial-0003", "results.json"))
+    assert retrained["args"]["lr"] == trials["trial-0003"].user_attrs["settings"]["lr"]
+    assert studies_main(study_args("mlpmixer_best", "--trials", "3", *tiny)) == 0  # nothing left to train
+    assert len(load_study(out, "mlpmixer_best").get_trials()) == 5
+    capsys.readouterr()
+    assert studies_main(["report", "--out", out]) == 0
+    with open(os.path.join(out, "report", "report.md")) as f:
+        text = f.read()
+    assert "Best trial: 3, final validation accuracy 0.9000" in text
+    assert "Final validation accuracy of the retrained runs: 0.8500, against 0.9000 for trial 3" in text
+    assert ("Not counted: the final run final_seed-43, which retrained trial 1, the best trial before later trials "
+            "beat it.") in text
+    assert "| final_seed-43 |" not in text and "| final_seed-43_trial-0003 | completed |" in text
+
+
+def test_an_interrupted_final_run_of_a_trial_no_longer_the_best_is_not_resumed(tmp_path):
+    from studies.scheduler import Claimer, FileLock
+
+    study, lock = optuna.create_study(direction="maximize"), FileLock(str(tmp_path / "claims.lock"))
+    claimer = Claimer(study, lock, search_trials=2, final_seeds=[43])
+    for value in (0.5, 0.6):
+        trial = claimer.claim()
+        trial.set_user_attr("settings", {"lr": value})
+        study.tell(trial, value)
+    final = claimer.claim()
+    assert (final.user_attrs["run_dir"], final.user_attrs["source_trial"]) == ("final_seed-43", 1)
+    study.tell(final, state=TrialState.FAIL)  # interrupted (no outcome): its job would resume
+    better = study.ask()  # meanwhile, another worker of the search extended to 3 trials found a better one
+    for key, value in {"role": "search", "run_dir": "trial-0003", "settings": {"lr": 0.9}}.items():
+        better.set_user_attr(key, value)
+    study.tell(better, 0.9)
+    claimed = Claimer(study, lock, search_trials=3, final_seeds=[43]).claim()
+    assert (claimed.user_attrs["run_dir"], claimed.user_attrs["source_trial"]) == ("final_seed-43_trial-0003", 3)
+    assert claimed.user_attrs["settings"] == {"lr": 0.9}
+    assert not study.get_trials(states=(TrialState.WAITING,))  # final_seed-43 is not enqueued again
+
+
 def test_a_run_is_ranked_by_its_last_validation_accuracy_not_its_best(study_args, tmp_path, monkeypatch):
     from training import engine
 
