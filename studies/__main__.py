@@ -27,7 +27,8 @@ from training.models import SCHEMAS, SHIPPED_CONFIG_DIR, load_model_config, vali
 
 from .console import say
 from .definitions import STUDIES, is_model_setting
-from .scheduler import JOURNAL_FILE, close_storage, is_lost, job_states, open_storage, storage_kind
+from .scheduler import (JOURNAL_FILE, best_search_trial, close_storage, is_lost, job_states, open_storage,
+                        retrains_another, storage_kind)
 from .worker import RUNS_FOLDER, Plan, open_study, work
 
 STUDY_FLAGS = ("model", "logdir", "resume", "visualize")  # set by the study for each run
@@ -201,19 +202,25 @@ def _launch_workers(count, argv, device):
 
 
 def _summary(study):
-    """A study's runs by outcome: ``3 completed``; for a search, ``search trials: ...; final runs: ...``."""
+    """A study's runs by outcome: ``3 completed``; for a search, ``search trials: ...; final runs: ...`` (and the
+    final runs of an earlier best trial, which a search extended with more --trials beat)."""
     counts = {}
-    for finished, live, latest in job_states(study.get_trials(deepcopy=False)).values():
+    trials = study.get_trials(deepcopy=False)
+    best = best_search_trial(trials)
+    for finished, live, latest in job_states(trials).values():
         unfinished = ("running" if live.state == TrialState.RUNNING else "waiting") if live else "to resume"
         outcome = (finished or live or latest).user_attrs.get("outcome") or unfinished
-        role = counts.setdefault(latest.user_attrs.get("role", "grid"), {})
-        role[outcome] = role.get(outcome, 0) + 1
+        role = latest.user_attrs.get("role", "grid")
+        if retrains_another(latest, best):
+            role = "earlier final"
+        tally = counts.setdefault(role, {})
+        tally[outcome] = tally.get(outcome, 0) + 1
     tallies = {role: ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
                for role, outcomes in counts.items()}
     if "grid" in tallies:
         return tallies["grid"]
-    return "; ".join(f"{label}: {tallies[role]}" for role, label in (("search", "search trials"),
-                                                                     ("final", "final runs")) if role in tallies)
+    labels = (("search", "search trials"), ("final", "final runs"), ("earlier final", "final runs of an earlier best"))
+    return "; ".join(f"{label}: {tallies[role]}" for role, label in labels if role in tallies)
 
 
 def _note_cpu_cost(study, args):

@@ -324,7 +324,7 @@ def final_run_dir(seed, source_trial, jobs):
     return run_dir
 
 
-def _retrains_another(trial, best):
+def retrains_another(trial, best):
     """Whether ``trial`` is a final run of a trial other than ``best``."""
     return trial.user_attrs.get("role") == "final" and best is not None and \
         trial.user_attrs.get("source_trial") != best.number
@@ -364,7 +364,7 @@ class Claimer:
         best = best_search_trial(trials)
         open_jobs = {run_dir: (latest.params or latest.user_attrs.get("job_params", {}), latest.user_attrs)
                      for run_dir, (finished, live, latest) in jobs.items()
-                     if live is None and not self._done(finished) and not _retrains_another(latest, best)}
+                     if live is None and not self._done(finished) and not retrains_another(latest, best)}
         if self.grid_jobs is not None:
             for run_dir, params in self.grid_jobs.items():
                 if run_dir not in jobs:
