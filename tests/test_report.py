@@ -145,7 +145,7 @@ def test_a_search_report_counts_only_the_final_runs_that_completed(fixture_logs)
     assert "comparison_mixer_resnet.png" in text  # from the ResNet's final run that saved its kernels
 
 
-def test_a_search_extended_past_its_retrained_trial_reports_the_new_best_s_final_runs_alone(fixture_logs, monkeypatch):
+def test_an_extended_search_reports_only_the_final_runs_of_its_new_best_trial(fixture_logs, monkeypatch):
     best = {"optimizer": "momentum", "lr": 0.05, "epochs": 2}
     write_run(fixture_logs, "resnet18_best", "trial-0003", best, [0.85, 0.95], role="search", trial=3)
     new_final = write_run(fixture_logs, "resnet18_best", "final_seed-43_trial-0003", best, [0.9, 0.94], role="final",
