@@ -165,6 +165,17 @@ def test_an_extended_search_reports_only_the_final_runs_of_its_new_best_trial(fi
     assert os.path.join(os.path.dirname(new_final), "final_seed-43", "resnet18_kernels_rgb.png") not in read
 
 
+@pytest.mark.parametrize("missing", ["resnet18_best", "mlpmixer_pictures"])
+def test_the_comparison_of_first_layers_needs_both_searches_pictures(fixture_logs, missing):
+    if missing == "resnet18_best":
+        shutil.rmtree(os.path.join(fixture_logs, "resnet18_best"))
+    else:
+        os.remove(os.path.join(fixture_logs, "mlpmixer_best", "runs", "final_seed-43", "mlpmixer_token_mixing.png"))
+    text = markdown_of(fixture_logs)
+    assert "The comparison with the ResNet18 kernels needs the final runs of both searches." in text
+    assert "comparison_mixer_resnet.png" not in text
+
+
 def test_report_names_the_studies_that_have_not_run(fixture_logs):
     for study in ("resnet18_lr", "mlpmixer_best"):
         shutil.rmtree(os.path.join(fixture_logs, study))
