@@ -142,6 +142,8 @@ def build_report(out, report_dir=None):
     not_run = [name for name, runs in runs_of.items() if not runs]
     if not sections:
         raise UserError(f"no study runs under {out}; run `python -m studies run NAME --out {out}` first")
+    if os.path.exists(report_dir) and not os.path.isdir(report_dir):
+        raise UserError(f"--report_dir {report_dir} is a file, not a folder; give the folder to write the report in")
     try:
         os.makedirs(report_dir, exist_ok=True)
     except OSError as exc:

@@ -220,9 +220,11 @@ def test_an_interrupted_report_keeps_the_previous_one_whole(fixture_logs, monkey
 def test_a_report_folder_that_cannot_be_made_gets_one_line(fixture_logs, tmp_path, capsys):
     (tmp_path / "a_file").write_text("")
     assert studies_main(["report", "--out", fixture_logs, "--report_dir", str(tmp_path / "a_file")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == (f"error: cannot create the report folder {tmp_path / 'a_file'} (File exists); "
-                   "give a writable --report_dir")
+    assert capsys.readouterr().err == (f"error: --report_dir {tmp_path / 'a_file'} is a file, not a folder; give the "
+                                       "folder to write the report in\n")
+    assert studies_main(["report", "--out", fixture_logs, "--report_dir", str(tmp_path / "a_file" / "report")]) == 2
+    assert capsys.readouterr().err == (f"error: cannot create the report folder {tmp_path / 'a_file' / 'report'} "
+                                       "(Not a directory); give a writable --report_dir\n")
 
 
 def test_every_line_of_a_long_section_and_of_the_header_reaches_the_pdf(fixture_logs, monkeypatch):
