@@ -323,6 +323,10 @@ def _status(out, storage_url):
         finally:
             close_storage(storage)
     if not shown:
+        ran_elsewhere = [name for name in STUDIES if os.path.isdir(os.path.join(out, name, RUNS_FOLDER))]
+        if storage_url is None and ran_elsewhere:
+            raise UserError(f"{out} holds runs of {', '.join(ran_elsewhere)} but no study journal; if they ran with "
+                            "--storage, give the same --storage to see them")
         where = f"--storage {storage_url} --out {out}" if storage_url else f"--out {out}"
         raise UserError(f"no study has started in {storage_url or out}; `python -m studies run NAME {where}` starts one")
 

@@ -328,6 +328,18 @@ def test_status_of_a_folder_without_studies_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "none").exists()
 
 
+def test_status_without_the_storage_that_a_study_ran_with_says_to_give_it(study_args, tmp_path, capsys):
+    journal = str(tmp_path / "elsewhere.log")
+    assert studies_main(study_args("mlp_activation", "--values", "relu", "--storage", journal)) == 0
+    capsys.readouterr()
+    out = str(tmp_path / "out")
+    assert studies_main(["status", "--out", out]) == 2
+    assert capsys.readouterr().err == (f"error: {out} holds runs of mlp_activation but no study journal; if they "
+                                       "ran with --storage, give the same --storage to see them\n")
+    assert studies_main(["status", "--out", out, "--storage", journal]) == 0
+    assert capsys.readouterr().out == "mlp_activation: 1 completed\n"
+
+
 def test_run_all_runs_every_study_then_writes_the_report(study_args, tmp_path, monkeypatch):
     from dataclasses import replace
 
