@@ -47,7 +47,8 @@ def open_storage(url, study_dir):
         url: None for a journal file in ``study_dir``, a path for a journal file there, or a
             database URL (``postgresql://...`` for workers on several machines, ``sqlite:///...``).
     """
-    if storage_kind(url) == "journal":
+    kind = storage_kind(url)
+    if kind == "journal":
         path = os.path.join(study_dir, JOURNAL_FILE) if url is None else url
         try:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -61,7 +62,7 @@ def open_storage(url, study_dir):
             return optuna.storages.journal.JournalStorage(backend), lock
         except ValueError as exc:  # json's decode errors included
             raise _unreadable_journal(path, exc) from None
-    if storage_kind(url) == "postgresql":
+    if kind == "postgresql":
         given = url
         if url.startswith("postgresql://"):  # the driver that requirements.txt installs, whatever SQLAlchemy's default
             url = "postgresql+psycopg://" + url[len("postgresql://"):]
