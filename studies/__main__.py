@@ -27,8 +27,8 @@ from training.models import SCHEMAS, SHIPPED_CONFIG_DIR, load_model_config, vali
 
 from .console import say
 from .definitions import STUDIES, is_model_setting
-from .scheduler import (JOURNAL_FILE, best_search_trial, close_storage, is_lost, job_states, open_storage,
-                        retrains_another, storage_kind)
+from .scheduler import best_search_trial, is_lost, job_states, retrains_another
+from .storage import JOURNAL_FILE, close_storage, open_storage, storage_kind
 from .worker import RUNS_FOLDER, Plan, open_study, work
 
 STUDY_FLAGS = ("model", "logdir", "resume", "visualize")  # set by the study for each run

@@ -8,202 +8,24 @@ with *final* jobs that retrain the best configuration (one per seed) and test it
 A worker claims a job under the study's lock, so two workers never enqueue or start the same job:
 it marks trials of dead workers as failed (their job is then enqueued again and resumes from its
 checkpoint; a worker is dead when its process is gone, on its own host, or when it has been silent for
-too long, elsewhere), enqueues the jobs that have no trial yet, and pops a waiting trial. The lock is a
-file lock beside the journal (workers on one host) or a PostgreSQL advisory lock (workers anywhere).
+too long, elsewhere), enqueues the jobs that have no trial yet, and pops a waiting trial. The storage and
+its lock are in ``storage``.
 """
-import contextlib
-import json
 import os
 import socket
 import sys
 import threading
 import time
-import zlib
 
-import optuna
 from optuna.trial import TrialState
-
-from training.errors import UserError
 
 from .console import say
 
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
-
-JOURNAL_FILE = "journal.log"
 HEARTBEAT_SECONDS = 30
 LOST_AFTER_SECONDS = 180  # a running trial whose worker has not been heard of for this long is lost
 # a failed trial with one of these outcomes finished its job (--retry_failed runs the errors again); one without an
 # outcome was stopped (a kill, Ctrl-C, a lost worker), and its job resumes
 FINISHING_FAILURES = ("diverged", "error")
-
-
-def open_storage(url, study_dir):
-    """The Optuna storage and the lock that serialises claims.
-
-    Args:
-        url: None for a journal file in ``study_dir``, a path for a journal file there, or a
-            database URL (``postgresql://...`` for workers on several machines, ``sqlite:///...``).
-    """
-    kind = storage_kind(url)
-    if kind == "journal":
-        path = os.path.join(study_dir, JOURNAL_FILE) if url is None else url
-        try:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot create the folder of {path} ({exc.strerror}); give a writable --out "
-                            "(or --storage)") from None
-        _cut_off_a_partial_record(path)
-        backend = optuna.storages.journal.JournalFileBackend(path)
-        lock = FileLock(os.path.join(os.path.dirname(os.path.abspath(path)), "claims.lock"))
-        try:
-            return optuna.storages.journal.JournalStorage(backend), lock
-        except ValueError as exc:  # json's decode errors included
-            raise _unreadable_journal(path, exc) from None
-    if kind == "postgresql":
-        given = url
-        if url.startswith("postgresql://"):  # the driver that requirements.txt installs, whatever SQLAlchemy's default
-            url = "postgresql+psycopg://" + url[len("postgresql://"):]
-        return _database(url, given), PostgresLock(url)
-    return _database(url, url), FileLock(url[len("sqlite:///"):] + ".claims.lock")
-
-
-def storage_kind(url):
-    """``journal``, ``postgresql`` or ``sqlite`` for a ``--storage`` value (None: the study's journal file); one
-    line for any other database, whose claims no lock here could serialise."""
-    if url is None or "://" not in url:
-        return "journal"
-    if url.startswith("postgresql"):
-        return "postgresql"
-    if url.startswith("sqlite:///"):
-        return "sqlite"
-    raise UserError(f"--storage {url}: unsupported; give a journal file path (one host), a postgresql:// URL "
-                    "(several machines) or a sqlite:/// URL")
-
-
-def _cut_off_a_partial_record(path):
-    """A journal whose writer stopped mid-record (a full disk, a crash) ends without a newline; the next record
-    appended would join that partial one into a line that no reader can parse. So the partial record is cut off
-    and kept beside the journal, under the lock that Optuna's writers hold, so that none is writing meanwhile."""
-    if not _ends_mid_record(path):  # the usual case, seen without taking the writers' lock
-        return
-    lock = optuna.storages.journal.JournalFileSymlinkLock(path)
-    lock.acquire()
-    try:
-        if not _ends_mid_record(path):  # a live writer was finishing its record
-            return
-        with open(path, "rb+") as f:
-            content = f.read()
-            end = content.rfind(b"\n") + 1
-            with open(path + ".partial", "ab") as kept:
-                kept.write(content[end:] + b"\n")
-            f.truncate(end)
-    finally:
-        lock.release()
-    say(f"note: the study's journal {path} ended in a record cut short (a full disk, a crash); it was cut off and "
-        f"kept in {path}.partial", file=sys.stderr)
-
-
-def _ends_mid_record(path):
-    if not os.path.isfile(path) or os.path.getsize(path) == 0:
-        return False
-    with open(path, "rb") as f:
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) != b"\n"
-
-
-def _unreadable_journal(path, exc):
-    damaged = _first_damaged_line(path)
-    if damaged is None:  # every line is JSON, and Optuna still refuses one of them: another Optuna wrote it
-        return UserError(f"Optuna {optuna.__version__} cannot read the study's journal {path} ({exc}); it may have "
-                         "been written by another version of Optuna: run the study with that version, or move the "
-                         "journal aside to start the study's records afresh")
-    return UserError(f"the study's journal {path} is damaged at line {damaged}: a record was cut short (a full disk, "
-                     "a crash) and others were written after it; remove that line (keep a copy of the file), or move "
-                     "the journal aside to start the study's records afresh")
-
-
-def _first_damaged_line(path):
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, start=1):
-            try:
-                json.loads(line)
-            except ValueError:
-                return number
-    return None
-
-
-def close_storage(storage):
-    """Close a database storage's pooled connections (a journal file holds none), so that a process that
-    goes on after a study (``run all``, ``status``) keeps no idle connection to the database."""
-    if isinstance(storage, optuna.storages.RDBStorage):
-        storage.remove_session()
-        storage.engine.dispose()
-
-
-def _database(url, given):
-    """Optuna's storage in the database at ``url`` (the user's ``given`` URL, as SQLAlchemy wants it);
-    one line naming the problem, without the password, if it cannot be opened."""
-    import sqlalchemy
-
-    try:
-        return optuna.storages.RDBStorage(url)
-    except (sqlalchemy.exc.SQLAlchemyError, ValueError) as exc:  # ValueError: a malformed URL
-        try:
-            shown = sqlalchemy.engine.make_url(given).render_as_string(hide_password=True)
-        except (sqlalchemy.exc.ArgumentError, ValueError):
-            shown = "(a malformed URL)"
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise UserError(f"--storage {shown}: cannot open the database ({reason}); check the URL and that the "
-                        "database can be reached from this machine") from None
-
-
-class FileLock:
-    """An exclusive lock on a file, for processes on one host: ``flock`` where the system has it (the
-    kernel releases it if its holder dies), else Optuna's lock file (Windows)."""
-
-    def __init__(self, path, portable=None):
-        self.path = path
-        self.portable = fcntl is None if portable is None else portable
-
-    @contextlib.contextmanager
-    def hold(self, key):
-        if self.portable:
-            lock = optuna.storages.journal.JournalFileOpenLock(self.path)
-            lock.acquire()
-            try:
-                yield
-            finally:
-                lock.release()
-            return
-        with open(self.path, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
-
-class PostgresLock:
-    """A PostgreSQL session advisory lock, keyed by the study's name: processes on any machine."""
-
-    def __init__(self, url):
-        import sqlalchemy
-
-        self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-        self.text = sqlalchemy.text
-
-    @contextlib.contextmanager
-    def hold(self, key):
-        lock_id = zlib.crc32(key.encode())
-        with self.engine.connect() as connection:
-            connection.execute(self.text("SELECT pg_advisory_lock(:id)"), {"id": lock_id})
-            try:
-                yield
-            finally:
-                connection.execute(self.text("SELECT pg_advisory_unlock(:id)"), {"id": lock_id})
 
 
 def _proc_stat(pid):

@@ -10,7 +10,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from studies.scheduler import Claimer, close_storage, open_storage
+from studies.scheduler import Claimer
+from studies.storage import close_storage, open_storage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

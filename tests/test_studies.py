@@ -122,7 +122,8 @@ def test_a_search_extended_past_a_better_trial_retrains_that_one_and_reports_onl
 
 
 def test_an_interrupted_final_run_of_a_trial_no_longer_the_best_is_not_resumed(tmp_path):
-    from studies.scheduler import Claimer, FileLock
+    from studies.scheduler import Claimer
+    from studies.storage import FileLock
 
     study, lock = optuna.create_study(direction="maximize"), FileLock(str(tmp_path / "claims.lock"))
     claimer = Claimer(study, lock, search_trials=2, final_seeds=[43])
@@ -206,7 +207,8 @@ def test_the_search_pruner_compares_a_trial_from_epoch_4_with_completed_trials_o
 
 def test_a_search_draws_the_same_trials_when_run_again_and_when_resumed(tmp_path):
     from studies.definitions import STUDIES
-    from studies.scheduler import Claimer, open_storage
+    from studies.scheduler import Claimer
+    from studies.storage import open_storage
 
     def search(folder, seed, launches, killed_mid_run=False):
         """The settings of the completed trials of a search of 12 (past TPE's 8 random ones) over ``launches``

@@ -15,7 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from studies.scheduler import close_storage, open_storage
+from studies.storage import close_storage, open_storage
 from helpers import ROOT, jobs_of, run_claimers
 
 

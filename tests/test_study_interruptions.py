@@ -197,7 +197,8 @@ def test_a_search_trial_tells_the_pruner_the_epoch_that_a_run_declared_lost_fini
 
 def test_a_worker_with_nothing_to_claim_waits_and_takes_over_the_run_of_a_worker_that_dies(study_args, tmp_path,
                                                                                           monkeypatch, capsys):
-    from studies.scheduler import open_storage, process_started
+    from studies.scheduler import process_started
+    from studies.storage import open_storage
 
     out = str(tmp_path / "out")
     storage, _ = open_storage(None, os.path.join(out, "mlp_activation"))

@@ -13,7 +13,7 @@ from helpers import ROOT, jobs_of, load_study, run_claimers
 import studies.__main__ as studies_cli
 from studies.__main__ import main as studies_main
 from studies.definitions import STUDIES
-from studies.scheduler import close_storage
+from studies.storage import close_storage
 
 
 def test_a_sqlite_storage_serves_a_study_and_its_rerun(study_args, tmp_path, capsys):
@@ -32,21 +32,21 @@ def test_a_sqlite_storage_serves_a_study_and_its_rerun(study_args, tmp_path, cap
 
 
 def test_run_and_status_leave_no_database_connection_open(study_args, tmp_path, monkeypatch, capsys):
-    from studies import scheduler
+    from studies import storage
 
     opened = []
 
     def recording(url, given):
         opened.append(database(url, given))
         return opened[-1]
-    database = scheduler._database
-    monkeypatch.setattr(scheduler, "_database", recording)
+    database = storage._database
+    monkeypatch.setattr(storage, "_database", recording)
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     assert studies_main(study_args("mlp_activation", "--values", "relu", "--storage", url)) == 0
     assert studies_main(["status", "--storage", url, "--out", str(tmp_path / "out")]) == 0
     assert "mlp_activation: 1 completed" in capsys.readouterr().out
     assert len(opened) == 1 + len(STUDIES)  # the run's, then one per study that status looked for
-    assert [storage.engine.pool.checkedin() for storage in opened] == [0] * len(opened)
+    assert [rdb.engine.pool.checkedin() for rdb in opened] == [0] * len(opened)
 
 
 def test_status_of_a_database_names_a_missing_file_and_a_study_with_nothing_run(tmp_path, capsys):
@@ -153,7 +153,8 @@ def test_a_running_trial_is_lost_when_its_process_is_gone_or_its_heartbeat_stops
 
 @pytest.mark.skipif(not os.path.isfile("/proc/self/stat"), reason="process start times come from /proc")
 def test_on_its_own_host_a_claimed_trial_is_lost_exactly_when_its_process_is(tmp_path):
-    from studies.scheduler import LOST_AFTER_SECONDS, Claimer, FileLock, is_lost
+    from studies.scheduler import LOST_AFTER_SECONDS, Claimer, is_lost
+    from studies.storage import FileLock
 
     study = optuna.create_study()
     claimer = Claimer(study, FileLock(str(tmp_path / "claims.lock")), grid_jobs={"job": {"seed": 0}})
@@ -205,7 +206,7 @@ def test_concurrent_workers_claim_each_grid_job_exactly_once(tmp_path):
 def test_the_claims_lock_excludes_other_holders(tmp_path, portable):
     import threading
 
-    from studies.scheduler import FileLock
+    from studies.storage import FileLock
 
     inside, overlaps = [], []
 
@@ -263,7 +264,8 @@ def test_a_thread_count_the_user_set_is_kept(monkeypatch):
 
 
 def test_a_job_whose_trial_failed_before_drawing_its_settings_is_claimed_again_with_them(tmp_path):
-    from studies.scheduler import Claimer, FileLock
+    from studies.scheduler import Claimer
+    from studies.storage import FileLock
 
     study = optuna.create_study()
     claimer = Claimer(study, FileLock(str(tmp_path / "claims.lock")), grid_jobs={"a-1": {"seed": 1}, "a-2": {"seed": 2}})
