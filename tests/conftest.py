@@ -7,8 +7,7 @@ import warnings
 import pytest
 import torch
 
-from helpers import ROOT
-from test_fast_path import TEST_BACKEND
+from helpers import ROOT, TEST_BACKEND
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +32,7 @@ def scratch_checked(tmp_path_factory, monkeypatch):
 
 @pytest.fixture
 def quick_compile(monkeypatch):
-    """``torch.compile`` on the tests' backend (``test_fast_path.TEST_BACKEND``: no C++ build)."""
+    """``torch.compile`` on the tests' backend (``helpers.TEST_BACKEND``: no C++ build)."""
     real_compile, calls = torch.compile, []
 
     def compile_without_cpp_build(model, **options):

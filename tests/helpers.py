@@ -1,5 +1,5 @@
-"""Helpers of the tests: reading a run's results.json strictly, reading a study back, workers that claim jobs
-without training, and a standard output that keeps only what was flushed."""
+"""Helpers of the tests: the backend on which they compile, reading a run's results.json strictly, reading a
+study back, workers that claim jobs without training, and a standard output that keeps only what was flushed."""
 import io
 import json
 import multiprocessing
@@ -14,6 +14,11 @@ from studies.scheduler import Claimer
 from studies.storage import close_storage, open_storage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# torch.compile as inductor traces it (Dynamo, AOTAutograd, inductor's decompositions and partitioner), with
+# eager kernels instead of the C++ that inductor would build on a CPU (half a minute per model here). Plain
+# aot_eager is not used: it fails on dropout behind a transpose (pytorch/pytorch#120035), inductor does not.
+TEST_BACKEND = "aot_eager_decomp_partition"
 
 
 def read_results(logdir):

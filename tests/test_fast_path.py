@@ -1,18 +1,15 @@
 """The GPU fast path's logic, on the CPU: the graphed step's control flow (warm-up, capture once, replay with fresh
-inputs, eager partial batches, fallback), autocast and channels-last plumbing, and flag resolution. The tensor
-learning rate that a graph reads is in test_optim.py."""
+inputs, eager partial batches, fallback), and autocast and channels-last plumbing. How its flags resolve is in
+test_fast_path_flags.py, the tensor learning rate that a graph reads in test_optim.py."""
 import argparse
 import contextlib
 import copy
-import json
-import os
-import warnings
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import main
+from helpers import TEST_BACKEND
 from mlpmixer import MLPMixer
 from resnet18 import ResNet18
 from training import engine
@@ -20,11 +17,6 @@ from training.augmentation import AUGMENTATIONS, MIX, MIXES
 from training.optim import LRSchedule, build_optimizer
 from training.pipelines import TensorBatches
 from training.steps import GraphedTrainStep, TrainStep, autocast_context, smoothed_loss
-
-# torch.compile as inductor traces it (Dynamo, AOTAutograd, inductor's decompositions and partitioner), with
-# eager kernels instead of the C++ that inductor would build on a CPU (half a minute per model here). Plain
-# aot_eager is not used: it fails on dropout behind a transpose (pytorch/pytorch#120035), inductor does not.
-TEST_BACKEND = "aot_eager_decomp_partition"
 
 
 def _pipeline_and_model(model_class=MLPMixer):
@@ -310,111 +302,3 @@ def test_bf16_autocast_and_channels_last_on_cpu():
 def test_autocast_keeps_no_weight_cache_whose_copies_a_captured_graph_would_read_after_they_are_freed(precision):
     with autocast_context("cpu", precision):
         assert torch.is_autocast_cache_enabled() is False
-
-
-def _args(**overrides):
-    base = dict(precision="auto", channels_last="auto", cuda_graph="auto", pipeline="tensor", model="resnet18")
-    base.update(overrides)
-    return argparse.Namespace(**base)
-
-
-def test_fast_path_flags_resolve_per_device():
-    cpu = _args()
-    engine.resolve_fast_path(cpu, torch.device("cpu"))
-    assert (cpu.precision, cpu.channels_last, cpu.cuda_graph) == ("fp32", True, False)  # oneDNN's faster layout
-    for model in ("mlp", "mlpmixer"):
-        other = _args(model=model)
-        engine.resolve_fast_path(other, torch.device("cpu"))
-        assert (other.precision, other.channels_last, other.cuda_graph) == ("fp32", False, False)
-    plain = _args(channels_last="off")
-    engine.resolve_fast_path(plain, torch.device("cpu"))
-    assert plain.channels_last is False
-    forced = _args(precision="bf16", channels_last="on", model="mlp")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a CPU that emulates bf16 says so (below)
-        engine.resolve_fast_path(forced, torch.device("cpu"))
-    assert (forced.precision, forced.channels_last, forced.cuda_graph) == ("bf16", True, False)
-    with pytest.warns(UserWarning, match="--cuda_graph on needs CUDA"):
-        engine.resolve_fast_path(_args(cuda_graph="on"), torch.device("cpu"))
-    with pytest.warns(UserWarning, match="--precision fp16 is for CUDA GPUs"):
-        engine.resolve_fast_path(_args(precision="fp16"), torch.device("cpu"))
-
-
-@pytest.mark.parametrize("machine, avx512_bf16, amx, warned", [
-    ("x86_64", False, False, True),  # this project's CPU: an MLP epoch took 9.7x as long in bf16
-    ("x86_64", True, False, False),
-    ("AMD64", False, True, False),  # Windows' name
-    ("AMD64", False, False, True),
-    ("aarch64", False, False, False),  # torch's checks are for x86: no claim elsewhere
-    ("x86_64", None, None, False),  # a torch without the checks
-])
-def test_bf16_on_a_cpu_that_emulates_it_is_warned_of(monkeypatch, machine, avx512_bf16, amx, warned):
-    monkeypatch.setattr(engine.platform, "machine", lambda: machine)
-    for name, answer in (("_is_avx512_bf16_supported", avx512_bf16), ("_is_amx_tile_supported", amx)):
-        if answer is None:
-            monkeypatch.delattr(torch.cpu, name, raising=False)
-        else:
-            monkeypatch.setattr(torch.cpu, name, lambda answer=answer: answer, raising=False)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        engine.resolve_fast_path(_args(precision="bf16"), torch.device("cpu"))
-    assert [str(w.message) for w in caught] == (["--precision bf16: this CPU has no AVX512-BF16 or AMX, so bf16 is "
-                                                 "emulated there, much slower than fp32; use --precision auto or fp32"]
-                                                if warned else [])
-
-
-def _pretend_cuda_gpu(monkeypatch, capability, name):
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
-    monkeypatch.setattr(torch.version, "hip", None)
-    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # resolve_fast_path turns it on for CUDA
-
-
-@pytest.mark.parametrize("capability, name, precision, channels_last", [
-    ((9, 0), "NVIDIA H100", "bf16", True),
-    ((8, 9), "NVIDIA L4", "bf16", True),
-    ((7, 5), "Tesla T4", "fp32", False),  # Colab's free GPU: bf16 only emulated there
-    ((7, 0), "Tesla V100", "fp32", False),
-])
-def test_auto_precision_is_bf16_only_on_gpus_with_native_bf16(monkeypatch, capability, name, precision,
-                                                               channels_last):
-    _pretend_cuda_gpu(monkeypatch, capability, name)
-    args = _args()
-    engine.resolve_fast_path(args, torch.device("cuda"))
-    assert (args.precision, args.channels_last, args.cuda_graph) == (precision, channels_last, True)
-    forced = _args(precision="bf16")
-    if precision == "bf16":
-        engine.resolve_fast_path(forced, torch.device("cuda"))
-    else:
-        with pytest.warns(UserWarning, match=rf"^{name} has no native bf16 \(compute capability "
-                                             rf"{capability[0]}\.{capability[1]}\): .*use --precision auto or fp32"):
-            engine.resolve_fast_path(forced, torch.device("cuda"))
-    assert forced.precision == "bf16"  # asked for explicitly: kept, with the warning
-    half = _args(precision="fp16")
-    engine.resolve_fast_path(half, torch.device("cuda"))
-    assert (half.precision, half.channels_last) == ("fp16", True)  # tensor-core convolutions on every such GPU
-
-
-@pytest.mark.filterwarnings("ignore:--precision bf16")  # this CPU may emulate bf16: the flags run all the same
-def test_cli_runs_the_fast_path_flags_on_cpu(run_args, tmp_path):
-    logdir = str(tmp_path / "run")
-    assert main.main(run_args("mlpmixer", "--logdir", logdir, "--precision", "bf16", "--channels_last", "on",
-                              "--lr_schedule", "onecycle", "--label_smoothing", "0.1", epochs=2)) == 0
-    with open(os.path.join(logdir, "results.json")) as f:
-        results = json.load(f)
-    assert results["args"]["precision"] == "bf16" and results["args"]["channels_last"] is True
-    assert results["args"]["cuda_graph"] is False and results["status"] == "completed"
-
-
-def test_cli_compile_flag_compiles_the_model_once(run_args, tmp_path, monkeypatch):
-    real_compile, compiled = torch.compile, []
-
-    def compile_without_cpp_build(model, **options):
-        compiled.append(type(model).__name__)
-        return real_compile(model, backend=TEST_BACKEND, **options)
-    monkeypatch.setattr(torch, "compile", compile_without_cpp_build)
-    logdir = str(tmp_path / "run")
-    assert main.main(run_args("mlp", "--logdir", logdir, "--compile", epochs=2)) == 0
-    with open(os.path.join(logdir, "results.json")) as f:
-        results = json.load(f)
-    assert compiled == ["MLP"] and results["args"]["compile"] is True and results["status"] == "completed"

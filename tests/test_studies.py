@@ -1,16 +1,14 @@
-"""Problem 4's studies on tiny fake data: grids and searches end to end, failures recorded, progress shown, and
-every study then the report. Interrupted studies are in test_study_interruptions.py."""
+"""Problem 4's studies on tiny fake data: grids and searches end to end, and failures recorded. What the commands
+show (status, run all, console lines) is in test_study_commands.py, interrupted studies in
+test_study_interruptions.py."""
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
 
 import optuna
 from optuna.trial import TrialState
 
-from helpers import ROOT, jobs_of, load_study, read_json
+from helpers import jobs_of, load_study, read_json
 from studies import worker as study_worker
 from studies.__main__ import main as studies_main
 
@@ -291,149 +289,3 @@ def test_diverged_and_failed_runs_are_recorded_and_the_study_goes_on(study_args,
     trials = load_study(str(tmp_path / "other"), "mlp_activation").get_trials()
     assert [t.state for t in trials if t.user_attrs["run_dir"] == "activation-tanh_seed-42"] == [
         TrialState.FAIL, TrialState.COMPLETE]
-
-
-def test_status_shows_outcomes_and_where_and_how_far_each_running_run_is(study_args, tmp_path, monkeypatch):
-    import contextlib
-    import io
-
-    from studies.__main__ import _status
-
-    out, seen = str(tmp_path / "out"), []
-    real_fit = study_worker.fit
-
-    def fit_looking_at_the_status(args, **kwargs):
-        if "sigmoid" in args.logdir:  # the second run, one epoch in
-            with open(os.path.join(args.logdir, "results.json"), "w") as f:
-                json.dump({"epochs_completed": 1, "args": {"epochs": 3}}, f)
-        with contextlib.redirect_stdout(io.StringIO()) as printed:
-            _status(out, None)
-        seen.append(printed.getvalue())
-        return real_fit(args, **kwargs)
-    monkeypatch.setattr(study_worker, "fit", fit_looking_at_the_status)
-    assert studies_main(study_args("mlp_activation")) == 0
-    assert [printed.splitlines()[0] for printed in seen] == ["mlp_activation: 1 running, 2 waiting",
-                                                             "mlp_activation: 1 completed, 1 running, 1 waiting",
-                                                             "mlp_activation: 2 completed, 1 running"]
-    running = (rf"  activation-sigmoid_seed-42: running on {re.escape(socket.gethostname())} \(pid {os.getpid()}\), "
-               rf"epoch 1 of 3; last heard \d s ago\n")  # heard from when its run began, seconds ago
-    assert re.fullmatch(rf"mlp_activation: 1 completed, 1 running, 1 waiting\n{running}", seen[1]), seen[1]
-    assert re.search(r"activation-relu_seed-42: running .*, first epoch; last heard \d s ago\n$", seen[0]), seen[0]
-    assert studies_main(["status", "--out", out]) == 0
-
-
-def test_status_of_a_folder_without_studies_writes_nothing(tmp_path, capsys):
-    none = tmp_path / "none"
-    assert studies_main(["status", "--out", str(none)]) == 2
-    assert capsys.readouterr().err == (f"error: no study has started in {none}; `python -m studies run NAME --out "
-                                       f"{none}` starts one\n")
-    assert not (tmp_path / "none").exists()
-
-
-def test_status_without_the_storage_that_a_study_ran_with_says_to_give_it(study_args, tmp_path, capsys):
-    journal = str(tmp_path / "elsewhere.log")
-    assert studies_main(study_args("mlp_activation", "--values", "relu", "--storage", journal)) == 0
-    capsys.readouterr()
-    out = str(tmp_path / "out")
-    assert studies_main(["status", "--out", out]) == 2
-    assert capsys.readouterr().err == (f"error: {out} holds runs of mlp_activation but no study journal; if they "
-                                       "ran with --storage, give the same --storage to see them\n")
-    assert studies_main(["status", "--out", out, "--storage", journal]) == 0
-    assert capsys.readouterr().out == "mlp_activation: 1 completed\n"
-
-
-def test_run_all_runs_every_study_then_writes_the_report(study_args, tmp_path, monkeypatch):
-    from dataclasses import replace
-
-    import studies.__main__ as cli
-    import studies.report as report
-    from studies.definitions import STUDIES, Dimension
-
-    few = {"mlp_activation": STUDIES["mlp_activation"],
-           "mlp_search": replace(STUDIES["resnet18_best"], name="mlp_search", model="mlp", trials=2, visualize=False,
-                                 space=(Dimension("lr", "float", (1e-4, 1e-2), log=True),))}
-    monkeypatch.setattr(cli, "STUDIES", few)
-    monkeypatch.setattr(report, "STUDIES", few)
-    argv = study_args("mlp_activation")
-    argv[1] = "all"
-    assert studies_main(argv) == 0
-    with open(tmp_path / "out" / "report" / "report.md") as f:
-        text = f.read()
-    assert "## mlp_activation:" in text and "## mlp_search:" in text and "2 search trials finished" in text
-    assert "Unreadable" not in text
-
-
-def test_run_all_stops_at_a_study_whose_workers_failed(study_args, tmp_path, monkeypatch, capsys):
-    import studies.__main__ as cli
-
-    started = []
-
-    def workers_interrupted_in_the_first_study(study, options, train_argv, argv):
-        started.append((study.name, argv[argv.index("run") + 1], options.workers))
-        return 130
-    monkeypatch.setattr(cli, "run_study", workers_interrupted_in_the_first_study)
-    argv = study_args("mlp_activation", "--workers", "2")
-    argv[1] = "all"
-    position = argv.index("--model_config")  # the studies of all train three models: none is given one config
-    del argv[position:position + 2]
-    assert studies_main(argv) == 130
-    assert started == [("mlp_activation", "mlp_activation", 2)]
-    assert ("study mlp_activation: a worker exited with status 130, so the studies after it did not start; "
-            "rerun the same command to resume") in capsys.readouterr().err
-    assert not (tmp_path / "out" / "report").exists()
-
-
-def test_run_all_gives_each_studys_workers_its_name_where_all_named_the_study_not_where_a_flag_is_all():
-    from studies.__main__ import _one_study_argv
-
-    argv = ["run", "--out", "all", "all", "--data_dir", "all", "--workers", "2"]
-    assert _one_study_argv(argv, "resnet18_lr") == ["run", "--out", "all", "resnet18_lr", "--data_dir", "all",
-                                                    "--workers", "2"]
-
-
-def test_a_study_prints_its_own_lines_and_none_of_optunas_log(study_args):
-    result = subprocess.run([sys.executable, "-m", "studies", *study_args("mlp_activation", "--values", "relu")],
-                            cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("study mlp_activation: Which activation") and "trial 0: completed" in result.stdout
-    assert not re.search(r"^\[[A-Z] \d{4}-\d\d-\d\d ", result.stdout + result.stderr, re.MULTILINE), result.stderr
-
-
-def test_workers_write_each_console_line_in_one_write_and_flush_it(study_args, monkeypatch):
-    class Terminal:  # what several workers' lines land on: a line split over two writes could be cut in two, and
-        def __init__(self):  # one left in a worker's buffer (stdout a pipe or a file) would show up minutes late
-            self.writes, self.flushed_after = [], []
-
-        def write(self, text):
-            self.writes.append(text)
-            return len(text)
-
-        def flush(self):
-            self.flushed_after.append(len(self.writes))
-    terminal = Terminal()
-    monkeypatch.setattr(sys, "stdout", terminal)
-    assert studies_main(study_args("mlp_activation", "--values", "relu", epochs=2)) == 0
-    assert len(terminal.writes) == 6 and all(text.endswith("\n") and text.count("\n") == 1 for text in terminal.writes)
-    starts = ("study mlp_activation: Which", "trial 0 (grid) -> ", "  activation-relu_seed-42: epoch 1/2,",
-              "  activation-relu_seed-42: epoch 2/2,", "trial 0: completed", "study mlp_activation: 1 completed")
-    assert all(text.startswith(start) for text, start in zip(terminal.writes, starts)), terminal.writes
-    assert terminal.flushed_after == [1, 2, 3, 4, 5, 6]
-
-
-def test_a_runs_train_log_holds_each_epoch_as_soon_as_it_ends(study_args, tmp_path, monkeypatch):
-    logged_at_epoch_end, epoch_callback = [], study_worker._epoch_callback
-
-    def reading_the_log(study, trial, run_name, epochs, prune, console):
-        on_epoch = epoch_callback(study, trial, run_name, epochs, prune, console)
-
-        def read_then_go_on(epoch, history):
-            with open(os.path.join(tmp_path, "out", "mlp_activation", "runs", run_name, "train.log")) as f:
-                logged_at_epoch_end.append(f.read())
-            return on_epoch(epoch, history)
-        return read_then_go_on
-
-    monkeypatch.setattr(study_worker, "_epoch_callback", reading_the_log)
-    assert studies_main(study_args("mlp_activation", "--values", "relu", epochs=2)) == 0
-    assert len(logged_at_epoch_end) == 2
-    for epoch, text in enumerate(logged_at_epoch_end, start=1):
-        assert re.search(rf"^ +{epoch} \|", text, re.MULTILINE), text
