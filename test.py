@@ -457,13 +457,17 @@ def test_seed_experiment_makes_runs_repeat():
 
 
 def test_generate_plots(tmp_path, monkeypatch):
+    logs = {  # tanh diverged in its second epoch: results.json holds null where the loss was not finite
+        "relu": {"train_losses": [2.0, 1.5, 1.2], "valid_losses": [2.1, 1.6, 1.3], "train_accs": [0.3, 0.4, 0.5],
+                 "valid_accs": [0.28, 0.38, 0.45], "test_loss": 1.3, "test_acc": 0.45},
+        "tanh": {"train_losses": [1.9, None], "valid_losses": [2.2, None], "train_accs": [0.32, 0.1],
+                 "valid_accs": [0.3, 0.1], "test_loss": None, "test_acc": None},
+    }
     runs = []
-    for name, offset in (("relu", 0.0), ("tanh", 0.1)):
+    for name, results in logs.items():
         folder = tmp_path / name
         folder.mkdir()
-        (folder / "results.json").write_text(json.dumps({
-            "train_losses": [2.0 - offset, 1.5], "valid_losses": [2.1, 1.6], "train_accs": [0.3, 0.4 + offset],
-            "valid_accs": [0.28, 0.38], "test_loss": 1.6, "test_acc": 0.38}))
+        (folder / "results.json").write_text(json.dumps(results))
         runs.append(str(folder))
     from matplotlib.figure import Figure
 
@@ -473,10 +477,17 @@ def test_generate_plots(tmp_path, monkeypatch):
         saved.append((os.path.basename(path), figure.axes[0]))
         return savefig(figure, path, *args, **kwargs)
     monkeypatch.setattr(Figure, "savefig", recording)
-    utils.generate_plots(runs, ["relu", "tanh"], str(tmp_path / "plots"))
-    assert sorted(os.listdir(tmp_path / "plots")) == ["train_accs.png", "train_losses.png", "valid_accs.png",
-                                                      "valid_losses.png"]
-    for name, ax in saved:  # one line per run, in the legend under its name, against epochs 1 and 2
+    for _ in range(2):  # plotting again into the same folder replaces the figures
+        saved.clear()
+        utils.generate_plots(runs, ["relu", "tanh"], str(tmp_path / "plots"))
+        assert sorted(os.listdir(tmp_path / "plots")) == ["train_accs.png", "train_losses.png", "valid_accs.png",
+                                                          "valid_losses.png"]
+    assert sorted(name for name, _ in saved) == sorted(os.listdir(tmp_path / "plots"))
+    for name, ax in saved:  # one line per run, in the legend under its name, its values against epochs 1, 2...
+        key = name[:-len(".png")]
         assert ax.get_legend_handles_labels()[1] == ["relu", "tanh"], name
-        assert [list(line.get_xdata()) for line in ax.get_lines()] == [[1, 2], [1, 2]], name
+        assert [list(line.get_xdata()) for line in ax.get_lines()] == [[1, 2, 3], [1, 2]], name
+        for line, results in zip(ax.get_lines(), logs.values()):
+            expected = [math.nan if value is None else value for value in results[key]]
+            assert line.get_ydata().tolist() == pytest.approx(expected, nan_ok=True), name
         assert ax.get_xlabel() == "epochs"
