@@ -485,8 +485,10 @@ def test_generate_plots(tmp_path, monkeypatch):
     assert sorted(name for name, _ in saved) == sorted(os.listdir(tmp_path / "plots"))
     for name, ax in saved:  # one line per run, in the legend under its name, its values against epochs 1, 2...
         key = name[:-len(".png")]
-        assert ax.get_legend_handles_labels()[1] == ["relu", "tanh"], name
+        assert [text.get_text() for text in ax.get_legend().get_texts()] == ["relu", "tanh"], name
         assert [list(line.get_xdata()) for line in ax.get_lines()] == [[1, 2, 3], [1, 2]], name
+        split, quantity = key.split("_")  # the y axis says what it shows: "valid losses"
+        assert split in ax.get_ylabel() and quantity[:-1] in ax.get_ylabel(), (name, ax.get_ylabel())
         for line, results in zip(ax.get_lines(), logs.values()):
             expected = [math.nan if value is None else value for value in results[key]]
             assert line.get_ydata().tolist() == pytest.approx(expected, nan_ok=True), name
