@@ -128,6 +128,18 @@ def test_linear_matches_reference():
     assert not any(isinstance(m, nn.Linear) for m in mlp.MLP(12, [8, 6], 3).modules())
 
 
+def test_linear_alone_starts_as_torch_linear_does():
+    """Outside an MLP (which re-initialises it), a Linear draws weight and bias uniformly in +-1/sqrt(in_features)."""
+    torch.manual_seed(0)
+    layer = mlp.Linear(400, 300)
+    bound = 1 / math.sqrt(400)
+    for values in (layer.weight.detach(), layer.bias.detach()):
+        assert values.abs().max() <= bound and values.min() < -0.9 * bound and values.max() > 0.9 * bound
+    assert layer.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.02)  # a uniform's spread
+    assert (layer.in_features, layer.out_features) == (400, 300)
+    assert repr(layer) == "Linear(in_features=400, out_features=300)"
+
+
 def test_mlp_structure_and_parameter_count():
     model = mlp.MLP(**MLP_CONFIG)
     assert n_params(model) == 3_709_194
