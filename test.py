@@ -235,6 +235,7 @@ def test_resnet18_structure_and_parameter_count():
     model = resnet18.ResNet18()
     assert n_params(model) == 11_173_962
     assert model.conv1.weight.shape == (64, 3, 3, 3) and model.conv1.stride == (1, 1) and model.conv1.bias is None
+    assert model.conv1.padding == (1, 1)  # without it the stem gives 30x30, and layer4 still ends at 4x4
     for name, (planes, stride) in zip(["layer1", "layer2", "layer3", "layer4"], [(64, 1), (128, 2), (256, 2), (512, 2)]):
         layer = getattr(model, name)
         assert isinstance(layer, nn.Sequential) and len(layer) == 2
@@ -254,6 +255,7 @@ def test_resnet18_forward_matches_stages():
     model = resnet18.ResNet18().eval()
     images = torch.randn(2, 3, 32, 32)
     x = torch.relu(model.bn1(model.conv1(images)))
+    assert x.shape == (2, 64, 32, 32)
     x = model.layer4(model.layer3(model.layer2(model.layer1(x))))
     assert x.shape == (2, 512, 4, 4)
     torch.testing.assert_close(model(images), model.linear(x.mean(dim=(2, 3))), rtol=1e-4, atol=1e-5)
