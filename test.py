@@ -30,6 +30,19 @@ def n_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
+def _figures_saved(monkeypatch):
+    """``file name -> matplotlib Figure`` of every figure saved from now on, to read what it draws."""
+    from matplotlib.figure import Figure
+
+    saved, savefig = {}, Figure.savefig
+
+    def recording(figure, path, *args, **kwargs):
+        saved[os.path.basename(path)] = figure
+        return savefig(figure, path, *args, **kwargs)
+    monkeypatch.setattr(Figure, "savefig", recording)
+    return saved
+
+
 def forward_backward(model, images, num_classes=10):
     """Run one forward and backward pass; return the logits after checking every parameter got a gradient."""
     model.train()
@@ -265,17 +278,30 @@ def test_resnet18_forward_backward():
     forward_backward(resnet18.ResNet18(), torch.randn(2, 3, 32, 32))
 
 
-def test_resnet18_visualize(tmp_path):
+def test_resnet18_visualize(tmp_path, monkeypatch):
+    saved = _figures_saved(monkeypatch)
+    torch.manual_seed(0)
     model = resnet18.ResNet18()
-    paths = model.visualize(str(tmp_path))
-    names = sorted(os.listdir(tmp_path))
+    logdir = tmp_path / "new" / "run"  # visualize makes the folder it is given
+    paths = model.visualize(str(logdir))
+    names = sorted(os.listdir(logdir))
     assert names == ["resnet18_kernels_gray.png", "resnet18_kernels_rgb.png"]
+    assert sorted(os.path.basename(path) for path in paths) == names
     for path in paths:
         assert pathlib.Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    normalised = resnet18._normalise_each(model.conv1.weight.detach().permute(0, 2, 3, 1).numpy())
-    assert normalised.shape == (64, 3, 3, 3)
-    assert abs(normalised.reshape(64, -1).min(axis=1)).max() < 1e-6
-    assert abs(normalised.reshape(64, -1).max(axis=1) - 1).max() < 1e-6
+    kernels = model.conv1.weight.detach()  # [64, 3, 3, 3]
+
+    def normalised(values):
+        return ((values - values.min()) / (values.max() - values.min())).numpy()
+    for name, expected in (("resnet18_kernels_rgb.png", lambda k: normalised(kernels[k].permute(1, 2, 0))),
+                           ("resnet18_kernels_gray.png", lambda k: normalised(kernels[k].mean(dim=0)))):
+        axes = saved[name].axes
+        assert len(axes) == 64 and len({round(ax.get_position().x0, 4) for ax in axes}) == 8, name  # 8 x 8
+        for k, ax in enumerate(axes):  # kernel k in row k // 8, column k % 8, on the full [0, 1] range
+            (image,) = ax.get_images()
+            assert image.get_clim() == (0.0, 1.0)
+            torch.testing.assert_close(torch.from_numpy(image.get_array().data).float(),
+                                       torch.from_numpy(expected(k)), atol=1e-6, rtol=0)
 
 
 # ---------------------------------------------------------------- mlpmixer.py
@@ -483,22 +509,15 @@ def test_generate_plots(tmp_path, monkeypatch):
         folder.mkdir()
         (folder / "results.json").write_text(json.dumps(results))
         runs.append(str(folder))
-    from matplotlib.figure import Figure
-
-    saved, savefig = [], Figure.savefig
-
-    def recording(figure, path, *args, **kwargs):
-        saved.append((os.path.basename(path), figure.axes[0]))
-        return savefig(figure, path, *args, **kwargs)
-    monkeypatch.setattr(Figure, "savefig", recording)
+    saved = _figures_saved(monkeypatch)
     for _ in range(2):  # plotting again into the same folder replaces the figures
         saved.clear()
         utils.generate_plots(runs, ["relu", "tanh"], str(tmp_path / "plots"))
         assert sorted(os.listdir(tmp_path / "plots")) == ["train_accs.png", "train_losses.png", "valid_accs.png",
                                                           "valid_losses.png"]
-    assert sorted(name for name, _ in saved) == sorted(os.listdir(tmp_path / "plots"))
-    for name, ax in saved:  # one line per run, in the legend under its name, its values against epochs 1, 2...
-        key = name[:-len(".png")]
+    assert sorted(saved) == sorted(os.listdir(tmp_path / "plots"))
+    for name, figure in saved.items():  # one line per run, in the legend under its name, its values by epoch
+        key, (ax,) = name[:-len(".png")], figure.axes
         assert [text.get_text() for text in ax.get_legend().get_texts()] == ["relu", "tanh"], name
         assert [list(line.get_xdata()) for line in ax.get_lines()] == [[1, 2, 3], [1, 2]], name
         split, quantity = key.split("_")  # the y axis says what it shows: "valid losses"
