@@ -418,10 +418,46 @@ def test_mlpmixer_visualize(tmp_path):
     assert F.cosine_similarity(first, second, dim=0) < 0
 
 
+def _token_mixing_units_drawn(figure):
+    """The images a token-mixing figure draws, in its grid's order, each checked for its symmetric red-blue scale."""
+    units = []
+    for ax in figure.axes:
+        for image in ax.get_images():
+            values = torch.from_numpy(image.get_array().data).float()
+            assert image.get_cmap().name == "RdBu_r" and image.get_clim() == pytest.approx(
+                (-values.abs().max().item(), values.abs().max().item()))
+            units.append(values)
+    return units
+
+
+def test_mlpmixer_visualize_draws_each_unit_over_the_patch_grid_in_pairs_from_low_to_high_frequency(
+        tmp_path, monkeypatch):
+    saved = _figures_saved(monkeypatch)
+    model = mlpmixer.MLPMixer(10, 32, 4, 8, 1)  # 8x8 patches; 0.5 x 8 = 4 token-mixing units
+    column = torch.arange(8.0)
+    cos = {k: torch.cos(2 * math.pi * k * column / 8).expand(8, 8) for k in (1, 3)}  # [row, column] over patches
+    units = torch.stack([cos[3] - cos[1] / 2, cos[3] - cos[1], cos[1], -cos[1]])  # [unit, 8, 8]
+    with torch.no_grad():
+        model.blocks[0].mlp_tokens.fc1.weight.copy_(units.reshape(4, 64))  # patch (r, c) is token 8 r + c
+    model.visualize(str(tmp_path / "new"))
+    drawn = _token_mixing_units_drawn(saved["mlpmixer_token_mixing.png"])
+    # units are paired from the lowest frequency up: unit 2 (cos 1) with its opposite, unit 3, then the two left.
+    # Taken in the weights' order instead, unit 0 would have paired with unit 2, its most opposite.
+    expected = [units[2], units[3], units[1], units[0]]
+    assert len(drawn) == 4 and all(torch.allclose(d, e, atol=1e-6) for d, e in zip(drawn, expected)), drawn
+
+
 @pytest.mark.parametrize("patch_size", [1, 32])  # the largest patch grid (32x32) and the smallest (1x1)
-def test_mlpmixer_visualize_at_the_extreme_patch_sizes(tmp_path, patch_size):
-    (path,) = mlpmixer.MLPMixer(10, 32, patch_size, 32, 2).visualize(str(tmp_path))
+def test_mlpmixer_visualize_at_the_extreme_patch_sizes(tmp_path, monkeypatch, patch_size):
+    saved = _figures_saved(monkeypatch)
+    model = mlpmixer.MLPMixer(10, 32, patch_size, 32, 2)
+    (path,) = model.visualize(str(tmp_path))
     assert pathlib.Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    grid = 32 // patch_size
+    weights = model.blocks[0].mlp_tokens.fc1.weight.detach()  # [16, grid * grid]
+    drawn = _token_mixing_units_drawn(saved["mlpmixer_token_mixing.png"])
+    assert [tuple(unit.shape) for unit in drawn] == [(grid, grid)] * 16
+    assert sorted(map(tuple, torch.stack(drawn).reshape(16, -1).tolist())) == sorted(map(tuple, weights.tolist()))
 
 
 # ---------------------------------------------------------------- utils.py
