@@ -341,6 +341,19 @@ def test_mixer_block_matches_reference():
     torch.testing.assert_close(block(x), y, rtol=1e-4, atol=1e-5)
 
 
+def test_mixer_mlp_drops_after_its_activation_and_after_its_output_only_in_training():
+    token_mlp = mlpmixer.Mlp(8, 32, drop=0.5)
+    assert (token_mlp.fc1.in_features, token_mlp.fc1.out_features, token_mlp.fc2.out_features) == (8, 32, 8)
+    assert isinstance(token_mlp.act, nn.GELU) and token_mlp.drop1.p == token_mlp.drop2.p == 0.5
+    x = torch.randn(4, 5, 8)
+    torch.manual_seed(0)
+    out = token_mlp(x)
+    torch.manual_seed(0)  # the same dropout masks, drawn in the same order
+    torch.testing.assert_close(out, token_mlp.drop2(token_mlp.fc2(token_mlp.drop1(token_mlp.act(token_mlp.fc1(x))))))
+    assert not torch.allclose(out, token_mlp.fc2(token_mlp.act(token_mlp.fc1(x))))
+    torch.testing.assert_close(token_mlp.eval()(x), token_mlp.fc2(token_mlp.act(token_mlp.fc1(x))))
+
+
 def test_mixer_drop_path_only_in_training():
     block = mlpmixer.MixerBlock(8, 6, drop_path=0.5)
     x = torch.randn(64, 6, 8)
@@ -349,8 +362,18 @@ def test_mixer_drop_path_only_in_training():
     torch.testing.assert_close(block(x), first)
     block.train()
     torch.manual_seed(0)
-    assert not torch.allclose(block(x), first)
+    assert block(x).shape == x.shape and not torch.allclose(block(x), first)
     assert list(block.state_dict()) == list(mlpmixer.MixerBlock(8, 6).state_dict())
+    # each sample's branch is kept whole, scaled by 1 / keep so that its expectation is unchanged, or dropped
+    drop_path = block.drop_path
+    branch = torch.ones(4000, 6, 8)
+    torch.manual_seed(0)
+    out = drop_path(branch)
+    assert out.shape == branch.shape
+    per_sample = out.reshape(4000, -1)
+    assert ((per_sample == 0).all(dim=1) | (per_sample == 2.0).all(dim=1)).all()
+    assert (per_sample[:, 0] == 2.0).float().mean().item() == pytest.approx(0.5, abs=0.03)
+    assert drop_path.eval()(branch) is branch
 
 
 def test_mlpmixer_structure_and_parameter_count():
