@@ -329,7 +329,10 @@ def test_mixer_block_matches_reference():
     assert block.mlp_tokens.fc1.weight.shape == (4, 6) and block.mlp_channels.fc1.weight.shape == (32, 8)
     assert block.norm1.eps == 1e-6 and block.norm2.eps == 1e-6
     assert isinstance(block.mlp_tokens.act, nn.GELU)
-    assert isinstance(mlpmixer.MixerBlock(8, 6, activation="relu").mlp_tokens.act, nn.ReLU)
+    for activation, layer in (("relu", nn.ReLU), ("gelu", nn.GELU)):  # both MLPs of every block of the model
+        model = mlpmixer.MLPMixer(10, 32, 8, 16, 2, activation=activation)
+        assert all(isinstance(mixing.act, layer) for mixer_block in model.blocks
+                   for mixing in (mixer_block.mlp_tokens, mixer_block.mlp_channels)), activation
     x = torch.randn(2, 6, 8)
 
     def mlp_ref(m, y):
