@@ -23,8 +23,9 @@ def test_crop_boxes_follow_torchvision_distribution():
     assert area.min() >= 0.8 - 2 * 32 / 1024 and area.max() <= 1.0  # rounding of a side moves the area a little
 
 
-def test_crop_falls_back_to_the_centre_when_nothing_fits():
-    top, left, height, width = sample_crop_boxes(augmentation_noise(50), 32, 32, scale=(2.0, 3.0), ratio=(1.0, 1.0))
+@pytest.mark.parametrize("scale", [(2.0, 3.0), (1e-4, 2e-4)])  # boxes larger than the image; sides that round to 0
+def test_crop_falls_back_to_the_centre_when_nothing_fits(scale):
+    top, left, height, width = sample_crop_boxes(augmentation_noise(50), 32, 32, scale=scale, ratio=(1.0, 1.0))
     assert torch.all(height == 32) and torch.all(width == 32) and torch.all(top == 0) and torch.all(left == 0)
 
 
@@ -147,3 +148,4 @@ def test_every_draw_has_its_own_column_of_the_noise_table():
     columns = range(NOISE_COLUMNS)
     used = [*columns[AREAS], *columns[LOG_RATIOS], TOP, LEFT, FLIP, CUTOUT_Y, CUTOUT_X, *columns[MIX]]
     assert sorted(used) == list(columns) and augmentation_noise(5)[0, MIX].shape == (3,)
+    assert augmentation_noise(5, "meta").device.type == "meta"  # drawn where the batch is (the GPU's own kernel)
