@@ -29,6 +29,22 @@ def test_crop_falls_back_to_the_centre_when_nothing_fits(scale):
     assert torch.all(height == 32) and torch.all(width == 32) and torch.all(top == 0) and torch.all(left == 0)
 
 
+@pytest.mark.parametrize("height, width", [(32, 64), (64, 32), (40, 38)])
+def test_the_fallback_of_an_image_of_another_shape_is_torchvisions(height, width):
+    fallback = transforms.RandomResizedCrop.get_params(torch.zeros(1, height, width), [2.0, 3.0], [0.9, 1.1])
+    boxes = sample_crop_boxes(augmentation_noise(3), height, width, scale=(2.0, 3.0))  # no box fits: the fallback
+    assert [box.tolist() for box in boxes] == [[value] * 3 for value in fallback]
+
+
+def test_each_sample_falls_back_on_its_own_and_the_largest_uniform_keeps_its_box_inside():
+    noise = torch.full((2, NOISE_COLUMNS), 0.5)
+    noise[0, AREAS], noise[0, LOG_RATIOS] = 0.999, 0.999  # about the whole area at ratio 1.1: 34 pixels wide
+    noise[1, AREAS] = 0.0  # 80% of the area at ratio 1: a 29 x 29 box, which fits
+    noise[1, [TOP, LEFT]] = torch.nextafter(torch.tensor(1.0), torch.tensor(0.0))  # the largest uniform below 1
+    top, left, height, width = sample_crop_boxes(noise, 32, 32)
+    assert (top.tolist(), left.tolist(), height.tolist(), width.tolist()) == ([0, 3], [0, 3], [32, 29], [32, 29])
+
+
 def test_augmentation_shapes_range_and_per_sample_parameters():
     torch.manual_seed(0)
     image = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
