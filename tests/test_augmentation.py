@@ -4,9 +4,9 @@ import torch
 import torch.nn.functional as F
 from torchvision import transforms
 
-from training.augmentation import (AREAS, CUTOUT_SIZE, CUTOUT_X, CUTOUT_Y, FLIP, LEFT, LOG_RATIOS, MIX,
-                                   NOISE_COLUMNS, TOP, Cutout, augmentation_noise, cutout, mix_batch, pad_crop_flip,
-                                   random_resized_crop_flip, sample_crop_boxes)
+from training.augmentation import (AREAS, AUGMENTATIONS, CUTOUT_SIZE, CUTOUT_X, CUTOUT_Y, FLIP, LEFT, LOG_RATIOS, MIX,
+                                   MIXES, NOISE_COLUMNS, TOP, Cutout, augmentation_noise, cutout, mix_batch,
+                                   pad_crop_flip, random_resized_crop_flip, sample_crop_boxes)
 
 
 def test_crop_boxes_follow_torchvision_distribution():
@@ -165,3 +165,19 @@ def test_every_draw_has_its_own_column_of_the_noise_table():
     used = [*columns[AREAS], *columns[LOG_RATIOS], TOP, LEFT, FLIP, CUTOUT_Y, CUTOUT_X, *columns[MIX]]
     assert sorted(used) == list(columns) and augmentation_noise(5)[0, MIX].shape == (3,)
     assert augmentation_noise(5, "meta").device.type == "meta"  # drawn where the batch is (the GPU's own kernel)
+
+
+def test_every_augmentation_and_mix_keeps_to_the_batchs_device():
+    """On the GPU the whole augmentation runs where the batch is; a tensor made on the CPU by default (an arange
+    without its device) would fail there or copy every step. The meta device stands in for the GPU: mixing its
+    tensors with CPU ones fails here as it would there."""
+    images = torch.zeros(4, 3, 32, 32, dtype=torch.uint8, device="meta")
+    noise = augmentation_noise(4, "meta")
+    for name, (augment, with_cutout) in AUGMENTATIONS.items():
+        out = augment(images, noise)
+        if with_cutout:
+            out = cutout(out, noise)
+        assert out.device.type == "meta" and out.shape == (4, 3, 32, 32), name
+    for kind in MIXES[1:]:
+        mixed, lam = mix_batch(images.float(), noise[0, MIX], kind)
+        assert mixed.device.type == "meta" and lam.device.type == "meta", kind
