@@ -47,6 +47,8 @@ def test_capturable_optimizer_reads_its_learning_rate_tensor_in_place(name):
     graph = build_optimizer(name, [graph_parameter], 0.1, 0.9, 0.01, capturable=True)
     lr_tensor = graph.param_groups[0]["lr"]
     assert isinstance(lr_tensor, torch.Tensor) and not isinstance(plain.param_groups[0]["lr"], torch.Tensor)
+    # Adam keeps a step counter, which a captured graph must find on the GPU; SGD has none and no such flag
+    assert graph.param_groups[0].get("capturable", False) is (name in ("adam", "adamw"))
     for lr in (0.1, 0.05, 0.3):
         set_learning_rate(plain, lr)
         set_learning_rate(graph, lr)
