@@ -35,7 +35,7 @@ def get_config_parser():
     template.add_argument("--optimizer", type=str, default="adamw", choices=["sgd", "momentum", "adam", "adamw"],
                           help="choice of optimizer (adam is used without weight decay, as in the template).")
     template.add_argument("--lr", type=float, default=1e-3, help="learning rate for the optimizer.")
-    template.add_argument("--momentum", type=float, default=0.9, help="momentum for --optimizer momentum.")
+    template.add_argument("--momentum", type=float, default=0.9, help="momentum for --optimizer momentum, in [0, 1).")
     template.add_argument("--weight_decay", type=float, default=5e-4, help="weight decay (not used by adam).")
     template.add_argument("--logdir", type=str, default=None,
                           help="folder for results.json, the checkpoint and visualisations; none are written "
@@ -147,9 +147,10 @@ def check_args(args):
         problems.append(f"--seed must be between 0 and {MAX_SEED} (numpy's seed range), got {args.seed}")
     if not 0 < args.lr < math.inf:
         problems.append(f"--lr must be a positive finite number, got {args.lr}")
-    if not (0 <= args.weight_decay < math.inf and 0 <= args.momentum < math.inf):
-        problems.append("--weight_decay and --momentum must be finite and not negative, got "
-                        f"{args.weight_decay} and {args.momentum}")
+    if not 0 <= args.weight_decay < math.inf:
+        problems.append(f"--weight_decay must be finite and not negative, got {args.weight_decay}")
+    if not 0.0 <= args.momentum < 1.0:  # at 1 or more the velocity never decays: every past gradient adds up
+        problems.append(f"--momentum must be in [0, 1), got {args.momentum}")
     if args.num_workers < 0:
         problems.append(f"--num_workers must not be negative, got {args.num_workers}")
     if not 0.0 <= args.warmup_fraction < 1.0:

@@ -149,10 +149,11 @@ BAD_FLAGS = [
     (["--seed", "4294967296"], "--seed must be between 0 and 4294967295 (numpy's seed range), got 4294967296"),
     (["--valid_size", "500"], "--valid_size 500 must be between 1 and 119"),
     (["--resume"], "--resume and --visualize need --logdir"),
-    (["--weight_decay", "-0.1"], "--weight_decay and --momentum must be finite and not negative, got -0.1 and 0.9"),
-    (["--weight_decay", "inf"], "--weight_decay and --momentum must be finite and not negative, got inf and 0.9"),
-    (["--momentum", "nan"], "--weight_decay and --momentum must be finite and not negative, got 0.0005 and nan"),
-    (["--momentum", "inf"], "--weight_decay and --momentum must be finite and not negative, got 0.0005 and inf"),
+    (["--weight_decay", "-0.1"], "--weight_decay must be finite and not negative, got -0.1"),
+    (["--weight_decay", "inf"], "--weight_decay must be finite and not negative, got inf"),
+    (["--momentum", "nan"], "--momentum must be in [0, 1), got nan"),
+    (["--momentum", "1"], "--momentum must be in [0, 1), got 1.0"),
+    (["--momentum", "-0.5"], "--momentum must be in [0, 1), got -0.5"),
     (["--num_workers", "-1"], "--num_workers must not be negative, got -1"),
     (["--warmup_fraction", "1"], "--warmup_fraction must be in [0, 1), got 1.0"),
     (["--label_smoothing", "-0.1"], "--label_smoothing must be in [0, 1), got -0.1"),
@@ -171,6 +172,7 @@ def test_bad_flags_get_one_clear_line(flags, message, fake_data_dir, tiny_config
 
 @pytest.mark.parametrize("flags", [["--seed", "0"], ["--seed", "4294967295"], ["--warmup_fraction", "0"],
                                    ["--label_smoothing", "0"], ["--weight_decay", "0", "--momentum", "0"],
+                                   ["--momentum", "0.999"],
                                    ["--num_workers", "0"], ["--epochs", "1", "--batch_size", "1", "--valid_size", "1"]])
 def test_flag_values_at_the_edge_of_their_range_are_accepted(flags):
     assert check_args(get_config_parser().parse_args(flags)) == []
