@@ -13,6 +13,7 @@ import torch
 
 import main
 from config import check_args, get_config_parser, torch_release, torch_too_old
+from training.errors import UserError
 from training.models import load_model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -233,9 +234,29 @@ def test_resume_refuses_missing_or_different_checkpoint(run_args, tmp_path, caps
     assert not os.path.exists(logdir) and not os.path.exists(tmp_path / "empty")  # not even an empty folder
     assert main.main(run_args("mlp", "--logdir", logdir, epochs=1)) == 0
     before = {path.name: path.read_bytes() for path in pathlib.Path(logdir).iterdir()}
-    assert main.main(run_args("mlp", "--logdir", logdir, "--resume", "--lr", "0.5", epochs=2)) == 2
+    different = run_args("mlp", "--logdir", logdir, "--resume", "--lr", "0.5", epochs=2)
+    assert main.main(different + ["--data_dir", str(tmp_path / "empty")]) == 2  # before the data is read, too
     assert "made with lr=0.001, not 0.5" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "empty")
     assert {path.name: path.read_bytes() for path in pathlib.Path(logdir).iterdir()} == before  # nothing written or lost
+
+
+def test_a_data_error_leaves_an_earlier_run_in_its_logdir_as_it_was(run_args, tmp_path, capsys, monkeypatch):
+    from training import engine
+
+    logdir = tmp_path / "run"
+    assert main.main(run_args("mlp", "--logdir", str(logdir), epochs=1)) == 0
+    before = {path.name: path.read_bytes() for path in logdir.iterdir()}
+    capsys.readouterr()
+
+    def broken_data(data_dir):
+        assert (logdir / ".run.lock").exists() or os.name != "posix"  # held while the data is read (flock)
+        raise UserError("the data is broken")
+    monkeypatch.setattr(engine, "load_cifar10", broken_data)
+    for extra in ([], ["--resume", "--epochs", "2"]):
+        assert main.main(run_args("mlp", "--logdir", str(logdir), *extra)) == 2
+        assert capsys.readouterr().err == "error: the data is broken\n"  # not a note that the run is replaced
+        assert {path.name: path.read_bytes() for path in logdir.iterdir()} == before  # nothing written or lost
 
 
 @pytest.mark.parametrize("content, message", [
@@ -285,7 +306,8 @@ def test_help_names_the_defaults_that_exist_and_no_empty_ones(capsys):
 
 
 @pytest.mark.skipif(os.name != "posix", reason="runs hold their --logdir with flock, which Windows lacks")
-def test_a_logdir_that_another_run_writes_is_refused_and_freed_when_that_run_dies(run_args, tmp_path, capsys):
+def test_a_logdir_that_another_run_writes_is_refused_and_freed_when_that_run_dies(run_args, tmp_path, capsys,
+                                                                                   monkeypatch):
     logdir = tmp_path / "run"
     assert main.main(run_args("mlp", "--logdir", str(logdir), epochs=1)) == 0  # a finished run frees its folder
     assert not (logdir / ".run.lock").exists()
@@ -296,8 +318,10 @@ def test_a_logdir_that_another_run_writes_is_refused_and_freed_when_that_run_die
         assert holder.stdout.readline() == "held\n"
         before = {path.name: path.read_bytes() for path in logdir.iterdir()}
         capsys.readouterr()
-        for extra in ([], ["--resume", "--epochs", "2"]):
-            assert main.main(run_args("mlp", "--logdir", str(logdir), *extra)) == 2
+        import torchvision.datasets.utils as tv_utils
+        monkeypatch.setattr(tv_utils, "download_url", lambda *a, **k: pytest.fail("the data was fetched"))
+        for extra in ([], ["--resume", "--epochs", "2"]):  # refused before the data is read
+            assert main.main(run_args("mlp", "--logdir", str(logdir), *extra, "--data_dir", str(tmp_path / "no"))) == 2
             assert capsys.readouterr().err == (f"error: --logdir {logdir} is being written by another run (pid "
                                                f"{holder.pid} on {os.uname().nodename}); wait for it to end, or give "
                                                "another --logdir\n")

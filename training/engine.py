@@ -205,6 +205,15 @@ def _note_replaced_run(logdir):
     print(f"note: {path} holds {what}; this run replaces it (--resume would continue it instead)", file=sys.stderr)
 
 
+def _hold_logdir(logdir, held):
+    """Make ``logdir`` if need be and hold it until ``held`` closes; ``LogdirBusy`` if another run holds it."""
+    try:
+        os.makedirs(logdir, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create --logdir {logdir} ({exc.strerror}); give a writable folder") from None
+    held.enter_context(persistence.logdir_held(logdir))
+
+
 def fit(args, on_epoch=None, test=True):
     """Run one experiment as ``main.py`` does; return the results dictionary.
 
@@ -230,8 +239,17 @@ def _fit(args, on_epoch, test, held):
     if problems:
         raise UserError(problems[0])
     model_config = load_model_config(args.model_config, args.model)
-    if args.resume:  # before the data, which may have to be downloaded first, and before the folder is made
-        persistence.require_checkpoint(args.logdir)
+    signature = {key: getattr(args, key) for key in RESUME_KEYS}
+    signature["model_config"] = model_config
+    if args.lr_schedule != "constant":  # the schedule spans every epoch: another --epochs would bend it mid-run
+        signature["epochs"] = args.epochs
+    # A folder that exists is held before the data is read (a download, a copy to the GPU), so that a run that
+    # still writes it, or a checkpoint made with other settings, is refused at once; a new folder is made only
+    # once the data is read, so that a bad --data_dir leaves none behind.
+    held_early = bool(args.logdir) and os.path.isdir(args.logdir)
+    if held_early:
+        _hold_logdir(args.logdir, held)
+    state = persistence.load_checkpoint(args.logdir, signature) if args.resume else None
     device = resolve_device(args.device)
     args.device = device
     seed_experiment(args.seed)
@@ -251,25 +269,15 @@ def _fit(args, on_epoch, test, held):
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum, args.weight_decay,
                                 capturable=args.cuda_graph)
+    if args.logdir and not held_early:
+        _hold_logdir(args.logdir, held)
+    if args.logdir and not args.resume:
+        _note_replaced_run(args.logdir)
 
-    if args.logdir:  # held before the checkpoint is read: a run that still writes the folder could change it
-        try:
-            os.makedirs(args.logdir, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot create --logdir {args.logdir} ({exc.strerror}); give a writable folder") from None
-        held.enter_context(persistence.logdir_held(args.logdir))
-        if not args.resume:
-            _note_replaced_run(args.logdir)
-
-    signature = {key: getattr(args, key) for key in RESUME_KEYS}
-    signature["model_config"] = model_config
-    if args.lr_schedule != "constant":  # the schedule spans every epoch: another --epochs would bend it mid-run
-        signature["epochs"] = args.epochs
     history = {key: [] for key in ("train_losses", "valid_losses", "train_accs", "valid_accs", "train_seconds",
                                    "valid_seconds", "train_images_per_second", "epoch_end_times")}
     first_epoch = 0
     if args.resume:
-        state = persistence.load_checkpoint(args.logdir, signature)
         model.load_state_dict(state["model"])
         load_optimizer_state(optimizer, state["optimizer"])
         history, first_epoch = state["history"], state["epoch"]
