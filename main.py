@@ -23,6 +23,9 @@ def main(argv=None):
     except KeyboardInterrupt:  # before the first epoch or while visualising (fit handles one in training and testing)
         print("\ninterrupted", file=sys.stderr)
         return EXIT_CODES["interrupted"]
+    if results["status"] == "interrupted" and args.logdir:  # said here: a study or a tool resumes its own way
+        left = "evaluate the test set" if results["epochs_completed"] >= args.epochs else "continue"
+        print(f"rerun with the same flags and --resume to {left}", file=sys.stderr)
     return EXIT_CODES[results["status"]]
 
 

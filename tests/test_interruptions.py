@@ -77,10 +77,12 @@ def test_fp16_resume_restores_the_loss_scaler(run_args, tmp_path):
     assert read_results(logdir)["args"]["precision"] == "fp16"
 
 
-def test_interrupt_keeps_finished_epochs(run_args, tmp_path, monkeypatch):
+def test_interrupt_keeps_finished_epochs(run_args, tmp_path, monkeypatch, capsys):
     logdir = str(tmp_path / "run")
     _interrupt_at(monkeypatch, 3)
     assert main.main(run_args("mlp", "--logdir", logdir, epochs=5)) == 130
+    assert capsys.readouterr().err.strip().endswith(
+        "interrupted: results.json keeps the 2 finished epochs\nrerun with the same flags and --resume to continue")
     results = read_results(logdir)
     assert results["status"] == "interrupted" and len(results["train_losses"]) == 2
     assert not [name for name in os.listdir(logdir) if name.startswith(".tmp")]
@@ -100,8 +102,8 @@ def test_an_interrupt_during_the_test_evaluation_marks_the_run_interrupted_and_r
     results = read_results(logdir)
     assert results["status"] == "interrupted" and results["epochs_completed"] == 2 and results["test_acc"] is None
     assert capsys.readouterr().err.strip().endswith(
-        "interrupted during the test evaluation: results.json keeps the 2 finished epochs; --resume evaluates the "
-        "test set")
+        "interrupted during the test evaluation: results.json keeps the 2 finished epochs\n"
+        "rerun with the same flags and --resume to evaluate the test set")
     monkeypatch.setattr(engine, "evaluate", real_evaluate)
     assert main.main(run_args("mlp", "--logdir", logdir, "--resume", epochs=2)) == 0
     results = read_results(logdir)

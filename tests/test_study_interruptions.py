@@ -77,6 +77,10 @@ def test_an_interrupted_search_trial_resumes_with_the_same_settings(study_args, 
         return real_fit(args, on_epoch=stop_after_first_epoch if "trial-0001" in args.logdir else on_epoch, **kwargs)
     monkeypatch.setattr(study_worker, "fit", fit_interrupted_in_second_trial)
     assert studies_main(argv) == 130
+    assert "rerun the same command to resume" in capsys.readouterr().err
+    with open(os.path.join(out, "mlpmixer_best", "runs", "trial-0001", "train.log")) as f:
+        log = f.read()
+    assert "interrupted: results.json keeps the 1 finished epoch" in log and "--resume" not in log  # not main.py's
     first = {t.number: t for t in load_study(out, "mlpmixer_best").get_trials()}
     assert first[1].state == TrialState.FAIL and "outcome" not in first[1].user_attrs
 

@@ -361,9 +361,7 @@ def _fit(args, on_epoch, test, held):
         status = "interrupted"
         finished = len(history["train_losses"])
         epochs = f"{finished} finished epoch{'' if finished == 1 else 's'}"
-        kept = (f"results.json keeps the {epochs}; "
-                f"{'--resume evaluates the test set' if testing else 'continue with --resume'}" if args.logdir
-                else f"{epochs}, not saved (no --logdir)")
+        kept = f"results.json keeps the {epochs}" if args.logdir else f"{epochs}, not saved (no --logdir)"
         print(f"\ninterrupted{' during the test evaluation' if testing else ''}: {kept}", file=sys.stderr)
 
     if status == "completed":
