@@ -26,6 +26,25 @@ def test_reads_official_layout(fake_data_dir):
     assert torch.equal(data.train_labels[:24], torch.from_numpy(labels))
 
 
+def test_fingerprints_tell_two_copies_apart_exactly_when_their_contents_differ(fake_data_dir):
+    data = load_cifar10(fake_data_dir)
+
+    def copy(**changed):
+        tensors = {name: getattr(data, name).clone() for name in ("train_images", "train_labels", "test_images",
+                                                                    "test_labels")}
+        for name, (position, value) in changed.items():
+            tensors[name].view(-1)[position] = value
+        return cifar10.CIFAR10(**tensors)
+    same, label, pixel = copy(), copy(train_labels=(3, (int(data.train_labels[3]) + 1) % 10)), copy(
+        test_images=(5, int(data.test_images.view(-1)[5]) ^ 1))
+    for fingerprint in (data.fingerprint(), data.test_fingerprint()):
+        assert len(fingerprint) == 12 and int(fingerprint, 16) >= 0
+    assert (same.fingerprint(), same.test_fingerprint()) == (data.fingerprint(), data.test_fingerprint())
+    assert label.fingerprint() != data.fingerprint() and label.test_fingerprint() == data.test_fingerprint()
+    assert pixel.fingerprint() != data.fingerprint() and pixel.test_fingerprint() != data.test_fingerprint()
+    assert data.test_fingerprint() != data.fingerprint()
+
+
 def test_reads_python3_pickles_with_str_keys(tmp_path):
     """As ../shared/data/make_cifar10.py writes them (protocol 4, str keys, extra fields)."""
     images, labels = fake_images(5, 1)
@@ -35,6 +54,17 @@ def test_reads_python3_pickles_with_str_keys(tmp_path):
                      "filenames": ["a.png"] * 5}, f, protocol=4)
     read_images, read_labels = read_batch(str(path))
     assert torch.equal(read_images, torch.from_numpy(images)) and read_labels.tolist() == labels.tolist()
+
+
+@pytest.mark.parametrize("label_type", [np.uint8, np.int32])
+def test_labels_stored_as_a_small_integer_array_are_read_as_int64(tmp_path, label_type):
+    """A copy that another tool wrote may keep its labels as a numpy array (the loss wants int64)."""
+    images, labels = fake_images(5, 1)
+    path = tmp_path / "batch"
+    with open(path, "wb") as f:
+        pickle.dump({"labels": labels.astype(label_type), "data": images.reshape(5, -1)}, f, protocol=4)
+    read_labels = read_batch(str(path))[1]
+    assert read_labels.dtype == torch.int64 and read_labels.tolist() == labels.tolist()
 
 
 @pytest.mark.parametrize("core", ["numpy.core", "numpy._core"])
@@ -94,12 +124,14 @@ def test_truncated_file_names_the_file(tmp_path):
 
 @pytest.mark.parametrize("batch,problem", [
     ([1, 2, 3], "expected a dict"),
-    ({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, "shape"),
-    ({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, "uint8"),
-    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, "labels"),
-    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, "labels"),
-    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [-1, 0]}, "labels"),
-    ({b"labels": [0, 1]}, "data"),
+    ({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, "'data' must be a uint8 array of shape"),
+    ({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, "'data' must be a uint8 array of shape"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, r"'labels' must hold 2 integers in 0\.\.9"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, r"'labels' must hold 2 integers in 0\.\.9"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [-1, 0]}, r"'labels' must hold 2 integers in 0\.\.9"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [b"cat", 0]}, "'labels' must be a list of integers"),
+    ({b"data": np.zeros((2, 3072), np.uint8)}, "'labels' must be a list of integers"),
+    ({b"labels": [0, 1]}, "'data' must be a uint8 array of shape"),
 ])
 def test_malformed_contents_are_refused(tmp_path, batch, problem):
     path = tmp_path / "test_batch"

@@ -1,5 +1,7 @@
 """The fake CIFAR-10 writer: what the runs read, never written over a copy that is there, nothing left half-written."""
 import os
+import pickle
+import pickletools
 
 import pytest
 
@@ -25,6 +27,23 @@ def test_the_command_writes_a_copy_that_loads_with_the_counts_asked_for(tmp_path
     assert len(data.train_labels) == 15 and len(data.test_labels) == 7
     images, _ = fake_data.fake_images(3, 5)  # data_batch_1 is drawn from the seed
     assert (data.train_images[:3].numpy() == images).all()
+
+
+@pytest.mark.parametrize("name", ["data_batch_1", "test_batch", "batches.meta"])
+def test_each_file_is_a_python_2_pickle_as_the_official_archive_holds(name, tmp_path):
+    fake_data.write_fake_cifar10(str(tmp_path), train_per_batch=2, test=3)
+    pickled = _read(tmp_path / FOLDER / name)
+    opcodes = {opcode.name for opcode, _, _ in pickletools.genops(pickled)}
+    assert pickled.startswith(b"\x80\x02") and "SHORT_BINSTRING" in opcodes  # protocol 2, Python 2 str
+    assert not opcodes & {"BINUNICODE", "SHORT_BINBYTES", "BINBYTES"} and b"_codecs" not in pickled
+    loaded = pickle.loads(pickled, encoding="bytes")
+    assert all(isinstance(key, bytes) for key in loaded)
+    if name != "batches.meta":
+        assert "BINSTRING" in opcodes  # the array's raw data: a Python 2 str of 256 bytes or more
+        assert loaded[b"data"].shape == (2 if name == "data_batch_1" else 3, 3072)
+        assert loaded[b"filenames"][0] == b"fake_0.png"
+        with pytest.raises(UnicodeDecodeError):  # as pickle.load fails on an official file without encoding="bytes"
+            pickle.loads(pickled)
 
 
 def test_a_folder_that_has_a_copy_is_refused_and_left_as_it_is(tmp_path, capsys):

@@ -2,16 +2,17 @@
 
     python -m training.fake_data DIR [--train_per_batch N] [--test N]    # -> DIR/cifar-10-batches-py/
 
-The files are written as the official archive has them: Python-2-style pickles (protocol 2, bytes
-keys) holding a uint8 ``data`` array ``[N, 3072]`` (red plane, green plane, blue plane) and a
-``labels`` list. Each class has its own mean colour and stripe pattern plus noise, so a model can
-learn something from a few hundred images.
+The files are written as the official archive has them: Python 2 pickles (protocol 2, every string a
+Python 2 ``str``, which Python 3 reads back as bytes only with ``encoding="bytes"``) holding a uint8
+``data`` array ``[N, 3072]`` (red plane, green plane, blue plane) and a ``labels`` list. Each class has its
+own mean colour and stripe pattern plus noise, so a model can learn something from a few hundred images.
 """
 import argparse
 import contextlib
 import os
 import pickle
 import shutil
+import struct
 import sys
 import tempfile
 
@@ -32,12 +33,31 @@ def fake_images(count, seed):
     return np.clip(images, 0, 255).astype(np.uint8), labels
 
 
+class Python2Pickler(pickle._Pickler):
+    """Pickles strings and bytes, the array's raw data included, as Python 2's cPickle pickled its ``str``: the
+    ``SHORT_BINSTRING`` and ``BINSTRING`` opcodes of the official files. Python 3's own pickler writes bytes at
+    protocol 2 as a call to ``_codecs.encode`` instead, which a reader that mishandles the real files still
+    reads. The pure-Python pickler is the one whose opcodes can be chosen per type."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_python2_str(self, obj):
+        data = obj if isinstance(obj, bytes) else obj.encode("ascii")
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[bytes] = dispatch[str] = save_python2_str
+
+
 def write_batch(path, images, labels, name):
     """One batch file as the official archive stores it."""
-    batch = {b"batch_label": name.encode(), b"labels": [int(x) for x in labels],
-             b"data": images.reshape(len(images), -1), b"filenames": [f"fake_{i}.png".encode() for i in range(len(images))]}
+    batch = {"batch_label": name, "labels": [int(x) for x in labels], "data": images.reshape(len(images), -1),
+             "filenames": [f"fake_{i}.png" for i in range(len(images))]}
     with open(path, "wb") as f:
-        pickle.dump(batch, f, protocol=2)
+        Python2Pickler(f, protocol=2).dump(batch)
 
 
 def write_fake_cifar10(root, train_per_batch=100, test=100, seed=0):
@@ -86,8 +106,8 @@ def _write_staged(root, folder, train_per_batch, test, seed):
         images, labels = fake_images(test, seed + 99)
         write_batch(os.path.join(written, TEST_FILE), images, labels, "testing batch 1 of 1")
         with open(os.path.join(written, "batches.meta"), "wb") as f:
-            pickle.dump({b"label_names": [f"class{k}".encode() for k in range(NUM_CLASSES)],
-                         b"num_cases_per_batch": train_per_batch, b"num_vis": 3072}, f, protocol=2)
+            Python2Pickler(f, protocol=2).dump({"label_names": [f"class{k}" for k in range(NUM_CLASSES)],
+                                                "num_cases_per_batch": train_per_batch, "num_vis": 3072})
         os.rename(written, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
