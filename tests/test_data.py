@@ -169,11 +169,14 @@ def _replace_download(monkeypatch, fake_download):
 
 
 def test_downloads_into_place_and_keeps_the_archive(tmp_path, monkeypatch, fake_archive):
+    data_dir = tmp_path / "new" / "data"
+
     def download(url, root, filename, md5):
         assert url == cifar10.URL and md5 == cifar10.ARCHIVE_MD5
+        # staged beside the copy, on its filesystem, so that it is renamed into place whole; named as temporary
+        assert os.path.dirname(root) == str(data_dir) and os.path.basename(root).startswith(".cifar-10-fetch-")
         shutil.copy(fake_archive, os.path.join(root, filename))
     _replace_download(monkeypatch, download)
-    data_dir = tmp_path / "new" / "data"
     data = load_cifar10(str(data_dir))
     assert len(data.train_labels) == 15 and len(data.test_labels) == 4
     assert sorted(os.listdir(data_dir)) == sorted([cifar10.ARCHIVE, cifar10.FOLDER])
@@ -190,7 +193,8 @@ def test_a_failed_or_interrupted_download_leaves_nothing_behind(tmp_path, monkey
     existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "notes.txt").write_text("kept")
-    for data_dir in (tmp_path / "new" / "data", existing):
+    monkeypatch.chdir(tmp_path)
+    for data_dir in (tmp_path / "new" / "data", existing, "relative/data"):  # a relative one, as ./data is
         with pytest.raises(UserError if isinstance(failure, Exception) else KeyboardInterrupt) as error:
             load_cifar10(str(data_dir))
         if error.type is UserError:
@@ -200,7 +204,8 @@ def test_a_failed_or_interrupted_download_leaves_nothing_behind(tmp_path, monkey
     assert os.listdir(tmp_path) == ["existing"] and os.listdir(existing) == ["notes.txt"]
 
 
-def test_no_data_without_download_names_the_fix(tmp_path):
+def test_no_data_without_download_names_the_fix(tmp_path, monkeypatch):
+    _replace_download(monkeypatch, lambda *args, **kwargs: pytest.fail("downloaded with download=False"))
     with pytest.raises(UserError, match="not found.*put cifar-10-python.tar.gz"):
         load_cifar10(str(tmp_path / "nowhere"), download=False)
     assert not (tmp_path / "nowhere").exists()
@@ -212,10 +217,16 @@ def test_extracts_an_archive_placed_in_data_dir(tmp_path, monkeypatch, fake_arch
         monkeypatch.delattr(tarfile, "data_filter", raising=False)
     target = tmp_path / "data"
     target.mkdir()
-    shutil.copy(fake_archive, target / cifar10.ARCHIVE)
+    with tarfile.open(fake_archive) as archive, tarfile.open(target / cifar10.ARCHIVE, "w:gz") as copy:
+        for member in archive.getmembers():  # as the archive is, but one file with odd permission bits
+            if member.name.endswith("test_batch"):
+                member.mode = 0o4777  # setuid, writable by all
+            copy.addfile(member, archive.extractfile(member) if member.isfile() else None)
     data = load_cifar10(str(target), download=False)
     assert len(data.train_labels) == 15 and len(data.test_labels) == 4
     assert sorted(os.listdir(target)) == sorted([cifar10.ARCHIVE, cifar10.FOLDER])
+    if tar_filters and hasattr(tarfile, "data_filter"):  # the "data" filter drops those bits
+        assert (target / cifar10.FOLDER / "test_batch").stat().st_mode & 0o7022 == 0
 
 
 def test_an_interrupted_extraction_leaves_no_partial_folder(tmp_path, monkeypatch, fake_archive):
