@@ -289,6 +289,36 @@ def test_train_step_matches_a_hand_written_step():
         torch.testing.assert_close(a, b)
 
 
+class _LayoutRecorder(torch.nn.Module):
+    """A linear classifier that records whether each batch it gets is in channels-last layout."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3 * 32 * 32, 10)
+        self.channels_last = []
+
+    def forward(self, images):
+        self.channels_last.append(images.is_contiguous(memory_format=torch.channels_last))
+        return self.linear(images.flatten(1))
+
+
+@pytest.mark.parametrize("mix", ["none", "cutmix"])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_a_step_feeds_the_model_the_layout_it_was_asked_for_from_either_pipeline(channels_last, mix):
+    batches, _ = _pipeline_and_model()
+    model = _LayoutRecorder()
+    step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), "cpu", channels_last=channels_last, mix=mix)
+    step(batches, next(iter(batches.plan())))  # the tensor pipeline's batch
+    step(None, [torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))])  # a DataLoader's
+    assert model.channels_last == [channels_last, channels_last]
+
+
+def test_a_step_keeps_its_running_sums_on_its_device():
+    model = torch.nn.Linear(2, 2, device="meta")  # the meta device refuses CPU tensors, as a GPU would
+    step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), "meta")
+    assert {tensor.device.type for tensor in (step.loss_sum, step.correct, step.last_loss)} == {"meta"}
+
+
 def test_bf16_autocast_and_channels_last_on_cpu():
     model = ResNet18().eval().to(memory_format=torch.channels_last)
     images = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
