@@ -289,6 +289,22 @@ def test_train_step_matches_a_hand_written_step():
         torch.testing.assert_close(a, b)
 
 
+def test_an_epochs_loss_and_accuracy_are_the_means_over_its_images_not_its_batches():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # the model stays as it is, so its means are known
+    batches = [[torch.randn(size, 3, 32, 32), torch.randint(0, 10, (size,))] for size in (8, 8, 3)]
+    images, labels = (torch.cat([batch[part] for batch in batches]) for part in (0, 1))
+    with torch.no_grad():
+        logits = model(images)
+    args = argparse.Namespace(device="cpu", print_every=1, no_progress=True)
+    step = TrainStep(model, optimizer, "cpu")
+    for epoch in (1, 2):  # the second epoch's sums start from zero again
+        loss, accuracy, _ = engine.train(epoch, model, batches, optimizer, args, step)
+        assert loss == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-5)
+        assert accuracy == pytest.approx((logits.argmax(1) == labels).float().mean().item())
+
+
 class _LayoutRecorder(torch.nn.Module):
     """A linear classifier that records whether each batch it gets is in channels-last layout."""
 
