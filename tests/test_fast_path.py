@@ -329,10 +329,15 @@ def test_a_step_feeds_the_model_the_layout_it_was_asked_for_from_either_pipeline
     assert model.channels_last == [channels_last, channels_last]
 
 
-def test_a_step_keeps_its_running_sums_on_its_device():
-    model = torch.nn.Linear(2, 2, device="meta")  # the meta device refuses CPU tensors, as a GPU would
-    step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), "meta")
+@pytest.mark.parametrize("mix", MIXES)
+def test_a_step_keeps_its_sums_and_its_mixing_noise_on_its_device(mix):
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).to("meta")
+    step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), "meta", mix=mix)  # meta: a GPU's stand-in
+    batch = [torch.randn(4, 3, 32, 32, device="meta"), torch.randint(0, 10, (4,), device="meta")]
+    step(None, batch)  # a DataLoader's batch, already on the device (the tensor pipeline's noise is its own)
     assert {tensor.device.type for tensor in (step.loss_sum, step.correct, step.last_loss)} == {"meta"}
+    if mix != "none":  # drawn on the host, each eager step would copy it over (a CPU scalar mixes into a GPU batch)
+        assert step._mix_noise(None, batch).device.type == "meta"
 
 
 def test_bf16_autocast_and_channels_last_on_cpu():
