@@ -48,10 +48,17 @@ def test_graphed_step_computes_what_the_eager_step_computes():
     def capture(run):  # a CPU stand-in for CUDA graph capture: record now, run at each replay
         recorded.append(run)
         return run
+    eager_steps = []
+
+    @contextlib.contextmanager
+    def eager_context():
+        eager_steps.append(len(recorded))
+        yield
     eager_history, eager_model, _ = _run_epochs(TrainStep)
-    graph_history, graph_model, step = _run_epochs(GraphedTrainStep, capture=capture,
-                                                   eager_context=contextlib.nullcontext, warmup_steps=2)
+    graph_history, graph_model, step = _run_epochs(GraphedTrainStep, capture=capture, eager_context=eager_context,
+                                                   warmup_steps=2)
     assert len(recorded) == 1  # captured once per run
+    assert eager_steps == [0, 0, 1, 1]  # two full batches warm up, then only each epoch's partial one is eager
     assert step.eager_full_steps == 2 and step.step_number == 10
     assert graph_history == eager_history
     for a, b in zip(eager_model.state_dict().values(), graph_model.state_dict().values()):
@@ -326,7 +333,10 @@ def test_a_step_feeds_the_model_the_layout_it_was_asked_for_from_either_pipeline
     step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), "cpu", channels_last=channels_last, mix=mix)
     step(batches, next(iter(batches.plan())))  # the tensor pipeline's batch
     step(None, [torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))])  # a DataLoader's
-    assert model.channels_last == [channels_last, channels_last]
+    graphed = GraphedTrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), "cpu", channels_last=channels_last,
+                               mix=mix, warmup_steps=0, capture=lambda run: run, eager_context=contextlib.nullcontext)
+    graphed(batches, next(iter(batches.plan())))  # recorded at once, then replayed
+    assert model.channels_last == [channels_last] * 3
 
 
 @pytest.mark.parametrize("mix", MIXES)
