@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision import transforms
 
 from training.augmentation import (AREAS, AUGMENTATIONS, CUTOUT_SIZE, CUTOUT_X, CUTOUT_Y, FLIP, LEFT, LOG_RATIOS, MIX,
@@ -167,17 +168,34 @@ def test_every_draw_has_its_own_column_of_the_noise_table():
     assert augmentation_noise(5, "meta").device.type == "meta"  # drawn where the batch is (the GPU's own kernel)
 
 
+class _CPUTensorsSeen(TorchDispatchMode):
+    """Notes every operation that is given a tensor on the CPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.operations = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        given = [*args, *(kwargs or {}).values()]
+        if any(isinstance(value, torch.Tensor) and value.device.type == "cpu" for value in given):
+            self.operations.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
 def test_every_augmentation_and_mix_keeps_to_the_batchs_device():
     """On the GPU the whole augmentation runs where the batch is; a tensor made on the CPU by default (an arange
     without its device) would fail there or copy every step. The meta device stands in for the GPU: mixing its
-    tensors with CPU ones fails here as it would there."""
+    tensors with CPU ones fails here as it would there, except as an index or a 0-dim scalar, which a GPU copies
+    over at every step (and a CUDA graph cannot record), so no operation may be given a CPU tensor."""
     images = torch.zeros(4, 3, 32, 32, dtype=torch.uint8, device="meta")
     noise = augmentation_noise(4, "meta")
-    for name, (augment, with_cutout) in AUGMENTATIONS.items():
-        out = augment(images, noise)
-        if with_cutout:
-            out = cutout(out, noise)
-        assert out.device.type == "meta" and out.shape == (4, 3, 32, 32), name
-    for kind in MIXES[1:]:
-        mixed, lam = mix_batch(images.float(), noise[0, MIX], kind)
-        assert mixed.device.type == "meta" and lam.device.type == "meta", kind
+    with _CPUTensorsSeen() as seen:
+        for name, (augment, with_cutout) in AUGMENTATIONS.items():
+            out = augment(images, noise)
+            if with_cutout:
+                out = cutout(out, noise)
+            assert out.device.type == "meta" and out.shape == (4, 3, 32, 32), name
+        for kind in MIXES[1:]:
+            mixed, lam = mix_batch(images.float(), noise[0, MIX], kind)
+            assert mixed.device.type == "meta" and lam.device.type == "meta", kind
+    assert seen.operations == []
