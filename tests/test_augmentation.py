@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torchvision import transforms
 
 from training.augmentation import (AREAS, AUGMENTATIONS, CUTOUT_SIZE, CUTOUT_X, CUTOUT_Y, FLIP, LEFT, LOG_RATIOS, MIX,
@@ -176,7 +177,7 @@ class _CPUTensorsSeen(TorchDispatchMode):
         self.operations = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        given = [*args, *(kwargs or {}).values()]
+        given = tree_leaves((args, kwargs))  # an index's tensors come in a list
         if any(isinstance(value, torch.Tensor) and value.device.type == "cpu" for value in given):
             self.operations.append(str(func))
         return func(*args, **(kwargs or {}))
