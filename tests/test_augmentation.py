@@ -149,6 +149,8 @@ def test_mixup_blends_each_image_with_its_partner_in_the_reversed_batch():
 @pytest.mark.parametrize("lam, centre, box", [
     (0.75, (0.5, 0.5), (8, 24, 8, 24)),     # side sqrt(0.25) * 32 = 16 around (16, 16)
     (0.75, (0.0, 0.99), (0, 8, 23, 32)),    # the same box clipped at the top right corner
+    (0.75, (0.99, 0.0), (23, 32, 0, 8)),    # and at the bottom left one: the centre may be the last row
+    (0.97, (0.5, 0.5), (14, 18, 14, 18)),   # int(sqrt(0.03) * 32) = 5, halved to 2 each way: as Yun et al. round
     (0.999, (0.5, 0.5), (16, 16, 16, 16)),  # int(sqrt(0.001) * 32) = 1, halved to 0: no box, as in Yun et al.
 ])
 def test_cutmix_pastes_a_box_of_the_partner_and_weighs_what_is_left(lam, centre, box):
