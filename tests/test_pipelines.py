@@ -5,6 +5,7 @@ import pytest
 import torch
 from torchvision import transforms
 
+from training.augmentation import AUGMENTATIONS
 from training.pipelines import CIFAR10_MEAN, CIFAR10_STD, Normalize, TensorBatches, torchvision_batches
 
 
@@ -101,3 +102,24 @@ def test_both_pipelines_augment_each_recipe(augment):
             assert torch.all(cut >= 3 * 8 * 8) and torch.all(cut <= 3 * 16 * 16)
         else:
             assert torch.all(cut == 0)
+
+
+@pytest.mark.parametrize("pipeline", ["tensor", "torchvision"])
+def test_the_runner_trains_on_batch_size_augmented_batches_and_evaluates_eval_batch_size_ones(pipeline):
+    import argparse
+
+    from training.engine import make_batches
+
+    args = argparse.Namespace(pipeline=pipeline, batch_size=4, eval_batch_size=7, num_workers=0, augment="padcrop")
+    images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(10)
+    train = make_batches(args, images, labels, True, torch.device("cpu"))
+    evaluation = make_batches(args, images, labels, False, torch.device("cpu"))
+    assert [len(y) for _, y in train] == [4, 4, 2] and [len(y) for _, y in evaluation] == [7, 3]
+    if pipeline == "tensor":
+        assert isinstance(train, TensorBatches) and train.train and not evaluation.train
+        assert train.crop_flip is AUGMENTATIONS["padcrop"][0]
+    else:
+        assert isinstance(train, torch.utils.data.DataLoader) and not isinstance(evaluation, TensorBatches)
+        assert isinstance(train.dataset.transform.transforms[1], transforms.RandomCrop)
+        assert evaluation.dataset.transform.transforms[0].__class__ is transforms.ToTensor

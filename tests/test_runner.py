@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -47,7 +48,9 @@ def test_each_model_trains_and_writes_results(model, run_args, tmp_path, capsys)
     logdir = str(tmp_path / "run")
     extra = ["--visualize"] if model != "mlp" else []
     epochs = 1 if model == "resnet18" else 2
+    started = time.perf_counter()
     assert main.main(run_args(model, "--logdir", logdir, *extra, epochs=epochs)) == 0
+    wall = time.perf_counter() - started
     results = read_results(logdir)
     for key in ("train_losses", "valid_losses", "train_accs", "valid_accs"):
         assert len(results[key]) == epochs and all(isinstance(v, float) for v in results[key])
@@ -56,6 +59,8 @@ def test_each_model_trains_and_writes_results(model, run_args, tmp_path, capsys)
     assert results["split"] == {"train": 100, "valid": 20, "test": 30, "disjoint": True}
     assert results["args"]["model"] == model and results["seed"] == 42 and results["device"] == "cpu"
     assert results["num_params"] > 0 and len(results["train_seconds"]) == epochs
+    assert sum(results["train_seconds"]) + sum(results["valid_seconds"]) < wall
+    assert results["train_images_per_second"] == [pytest.approx(100 / s) for s in results["train_seconds"]]
     assert results["args"]["channels_last"] == (model == "resnet18")  # the auto layout on a CPU
     out = capsys.readouterr().out
     assert "train loss" in out and "img/s" in out and "test accuracy" in out
@@ -248,6 +253,33 @@ def test_train_and_evaluate_importable_with_template_signatures(fake_data_dir):
     assert loss > 0 and 0 <= acc <= 1 and seconds > 0
     loss, acc, seconds = main.evaluate(1, model, loader, args, mode="val")
     assert loss > 0 and 0 <= acc <= 1
+
+
+@pytest.mark.parametrize("given, expected", [
+    ({}, {"precision": "fp32", "channels_last": False, "label_smoothing": 0.0, "mix": "none"}),
+    ({"precision": "bf16", "channels_last": True, "label_smoothing": 0.1, "mix": "cutmix"},
+     {"precision": "bf16", "channels_last": True, "label_smoothing": 0.1, "mix": "cutmix"}),
+])
+def test_train_without_a_step_reads_the_fast_path_settings_that_args_has(fake_data_dir, monkeypatch, given, expected):
+    import argparse
+
+    from training.cifar10 import load_cifar10
+    from training.pipelines import TensorBatches
+    from training.steps import TrainStep
+
+    made = []
+
+    class RecordedStep(TrainStep):
+        def __init__(self, model, optimizer, device, **settings):
+            made.append(settings)
+            super().__init__(model, optimizer, device, **settings)
+    monkeypatch.setattr(engine, "TrainStep", RecordedStep)
+    data = load_cifar10(fake_data_dir)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3072, 10))
+    args = argparse.Namespace(device="cpu", print_every=80, **given)
+    engine.train(1, model, TensorBatches(data.test_images, data.test_labels, 25, "cpu", train=True),
+                 torch.optim.SGD(model.parameters(), lr=0.0), args)
+    assert made == [expected]
 
 
 def test_evaluate_runs_the_model_in_eval_mode_and_leaves_its_batch_norm_statistics(fake_data_dir):
