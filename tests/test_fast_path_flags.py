@@ -95,6 +95,26 @@ def test_auto_precision_is_bf16_only_on_gpus_with_native_bf16(monkeypatch, capab
     assert (half.precision, half.channels_last) == ("fp16", True)  # tensor-core convolutions on every such GPU
 
 
+def test_on_a_gpu_each_fast_path_flag_turns_off_and_the_graph_needs_the_tensor_pipeline(monkeypatch):
+    _pretend_cuda_gpu(monkeypatch, (9, 0), "NVIDIA H100")
+    plain = _args(precision="fp32", channels_last="off", cuda_graph="off")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        engine.resolve_fast_path(plain, torch.device("cuda"))
+        on = _args(cuda_graph="on")
+        engine.resolve_fast_path(on, torch.device("cuda"))
+        template_pipeline = _args(pipeline="torchvision")
+        engine.resolve_fast_path(template_pipeline, torch.device("cuda"))
+        mixer = _args(model="mlpmixer")
+        engine.resolve_fast_path(mixer, torch.device("cuda"))
+    assert (plain.precision, plain.channels_last, plain.cuda_graph) == ("fp32", False, False)
+    assert on.cuda_graph is True and template_pipeline.cuda_graph is False
+    assert (mixer.precision, mixer.channels_last, mixer.cuda_graph) == ("bf16", False, True)  # the layout: convolutions
+    assert torch.backends.cudnn.benchmark is True  # the fixed input shape lets cuDNN pick its fastest kernels
+    with pytest.warns(UserWarning, match="--cuda_graph on needs CUDA and --pipeline tensor: running eager steps"):
+        engine.resolve_fast_path(_args(pipeline="torchvision", cuda_graph="on"), torch.device("cuda"))
+
+
 @pytest.mark.filterwarnings("ignore:--precision bf16")  # this CPU may emulate bf16: the flags run all the same
 def test_cli_runs_the_fast_path_flags_on_cpu(run_args, tmp_path):
     logdir = str(tmp_path / "run")

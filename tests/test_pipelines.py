@@ -121,5 +121,7 @@ def test_the_runner_trains_on_batch_size_augmented_batches_and_evaluates_eval_ba
         assert train.crop_flip is AUGMENTATIONS["padcrop"][0]
     else:
         assert isinstance(train, torch.utils.data.DataLoader) and not isinstance(evaluation, TensorBatches)
+        assert not train.pin_memory  # page-locked memory only speeds copies to a GPU
+        assert make_batches(args, images, labels, True, torch.device("cuda")).pin_memory
         assert isinstance(train.dataset.transform.transforms[1], transforms.RandomCrop)
         assert evaluation.dataset.transform.transforms[0].__class__ is transforms.ToTensor
