@@ -241,6 +241,18 @@ def test_resume_refuses_missing_or_different_checkpoint(run_args, tmp_path, caps
     assert {path.name: path.read_bytes() for path in pathlib.Path(logdir).iterdir()} == before  # nothing written or lost
 
 
+def test_resume_refuses_a_checkpoint_made_with_another_model_config(run_args, tmp_path, capsys):
+    logdir = str(tmp_path / "run")
+    assert main.main(run_args("mlp", "--logdir", logdir, epochs=1)) == 0
+    made_with = load_model_config(run_args("mlp")[3], "mlp")
+    wider = _write(tmp_path, "wider.json", json.dumps({**made_with, "hidden_sizes": [64, 16]}))
+    capsys.readouterr()
+    assert main.main(run_args("mlp", "--logdir", logdir, "--resume", "--model_config", wider, epochs=2)) == 2
+    assert capsys.readouterr().err == (f"error: --resume: the checkpoint in {logdir} was made with "
+                                       f"model_config={made_with!r}, not {load_model_config(wider, 'mlp')!r}; resume "
+                                       "with the same settings or use a new --logdir\n")
+
+
 def test_a_data_error_leaves_an_earlier_run_in_its_logdir_as_it_was(run_args, tmp_path, capsys, monkeypatch):
     from training import engine
 

@@ -232,6 +232,11 @@ def test_a_run_that_replaces_an_earlier_one_says_so(run_args, tmp_path, capsys):
             "this run replaces it (--resume would continue it instead)") in capsys.readouterr().err
     assert main.main(run_args("mlp", "--logdir", logdir, "--resume", epochs=2)) == 0
     assert "note:" not in capsys.readouterr().err
+    with open(os.path.join(logdir, "results.json"), "w") as f:
+        f.write('{"model": "mlp", "status": "runn')  # cut short by another program, or a full disk
+    assert main.main(run_args("mlp", "--logdir", logdir, epochs=1)) == 0
+    assert (f"note: {os.path.join(logdir, 'results.json')} holds an earlier run's results; this run replaces it "
+            "(--resume would continue it instead)") in capsys.readouterr().err
 
 
 def test_a_checkpoint_from_an_older_version_is_checked_on_the_keys_it_recorded(run_args, tmp_path, capsys):

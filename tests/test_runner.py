@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 import torch
@@ -239,6 +240,16 @@ def test_cuda_request_falls_back_to_cpu_with_a_warning():
         assert engine.resolve_device("cuda").type == "cpu"
 
 
+def test_a_run_asked_for_cuda_without_it_trains_and_evaluates_on_the_cpu(run_args, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    logdir = str(tmp_path / "run")
+    with pytest.warns(UserWarning, match="CUDA is not available: running on the CPU"):
+        assert main.main(run_args("mlp", "--logdir", logdir, "--device", "cuda", epochs=1)) == 0
+    results = read_results(logdir)
+    assert (results["status"], results["device"], results["args"]["device"]) == ("completed", "cpu", "cpu")
+
+
 def test_train_and_evaluate_importable_with_template_signatures(fake_data_dir):
     import argparse
     from training.cifar10 import load_cifar10
@@ -317,3 +328,32 @@ def test_the_best_validation_epoch_is_the_highest_not_the_last(run_args, tmp_pat
     assert results["valid_accs"] == [0.5, 0.7, 0.6]
     assert (results["best_valid_acc"], results["best_epoch"]) == (0.7, 2)
     assert "best validation accuracy 0.7000 (epoch 2); test loss" in capsys.readouterr().out
+
+
+def test_the_logged_validation_and_test_numbers_are_the_final_models_on_the_unaugmented_images(run_args, tmp_path,
+                                                                                              fake_data_dir):
+    from training.cifar10 import load_cifar10, split_train_valid
+    from training.models import build_model, load_model_config
+    from training.pipelines import Normalize
+    from utils import cross_entropy_loss
+
+    logdir = str(tmp_path / "run")
+    argv = run_args("mlp", "--logdir", logdir, "--augment", "padcrop_cutout", epochs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a plain run has nothing to warn of
+        assert main.main(argv) == 0
+    results = read_results(logdir)
+    model = build_model("mlp", load_model_config(argv[3], "mlp"))
+    model.load_state_dict(torch.load(os.path.join(logdir, "checkpoint.pt"), weights_only=True)["model"])
+    model.eval()
+    data = load_cifar10(fake_data_dir)
+    _, valid_index = split_train_valid(len(data.train_labels), 20, seed=42)
+    normalize = Normalize("cpu")
+    for images, labels, loss, accuracy in (
+            (data.train_images[valid_index], data.train_labels[valid_index], results["valid_losses"][0],
+             results["valid_accs"][0]),
+            (data.test_images, data.test_labels, results["test_loss"], results["test_acc"])):
+        with torch.no_grad():
+            logits = model(normalize(images.float()))
+        assert loss == pytest.approx(cross_entropy_loss(logits, labels).item(), rel=1e-5)
+        assert accuracy == (logits.argmax(1) == labels).sum().item() / len(labels)
