@@ -70,6 +70,8 @@ def test_each_model_trains_and_writes_results(model, run_args, tmp_path, capsys)
     assert {"results.json", "checkpoint.pt"} <= files
     if model == "resnet18":
         assert {"resnet18_kernels_rgb.png", "resnet18_kernels_gray.png"} <= files
+        weights = torch.load(os.path.join(logdir, "checkpoint.pt"), weights_only=True)["model"].values()
+        assert all(w.is_contiguous(memory_format=torch.channels_last) for w in weights if w.dim() == 4)  # as inputs
     if model == "mlpmixer":
         assert "mlpmixer_token_mixing.png" in files
 
