@@ -1,6 +1,7 @@
 """main.py end to end on tiny fake data: every model, results.json, accuracies, flip TTA, divergence, the optimizers,
 the device. Interruptions and resume are in test_interruptions.py, bad input in test_bad_input.py."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -359,3 +360,15 @@ def test_the_logged_validation_and_test_numbers_are_the_final_models_on_the_unau
             logits = model(normalize(images.float()))
         assert loss == pytest.approx(cross_entropy_loss(logits, labels).item(), rel=1e-5)
         assert accuracy == (logits.argmax(1) == labels).sum().item() / len(labels)
+
+
+@pytest.mark.parametrize("schedule, last_rate", [
+    ("constant", 0.001),
+    ("onecycle", 0.001 * (1 - 10 / 11)),  # 2 epochs of 7 batches: 3 warm-up steps, the last of 11 decaying ones
+    ("cosine", 0.001 * 0.5 * (1 + math.cos(math.pi * 10 / 11))),
+])
+def test_the_learning_rate_follows_its_schedule_over_every_step_of_the_run(run_args, tmp_path, schedule, last_rate):
+    logdir = str(tmp_path / "run")
+    assert main.main(run_args("mlp", "--logdir", logdir, "--lr_schedule", schedule, epochs=2)) == 0  # 100 images
+    group, = torch.load(os.path.join(logdir, "checkpoint.pt"), weights_only=True)["optimizer"]["param_groups"]
+    assert float(group["lr"]) == pytest.approx(last_rate, rel=1e-6)  # the rate of the run's last step
