@@ -372,3 +372,26 @@ def test_the_learning_rate_follows_its_schedule_over_every_step_of_the_run(run_a
     assert main.main(run_args("mlp", "--logdir", logdir, "--lr_schedule", schedule, epochs=2)) == 0  # 100 images
     group, = torch.load(os.path.join(logdir, "checkpoint.pt"), weights_only=True)["optimizer"]["param_groups"]
     assert float(group["lr"]) == pytest.approx(last_rate, rel=1e-6)  # the rate of the run's last step
+
+
+def test_a_run_builds_its_training_step_from_its_flags(run_args, tmp_path, monkeypatch):
+    from training.steps import TrainStep
+
+    made = []
+
+    class RecordedStep(TrainStep):
+        def __init__(self, model, optimizer, device, **settings):
+            made.append(settings)
+            super().__init__(model, optimizer, device, **settings)
+    monkeypatch.setattr(engine, "TrainStep", RecordedStep)
+    logdir = str(tmp_path / "run")
+    flags = ["--logdir", logdir, "--channels_last", "on", "--label_smoothing", "0.1", "--mix", "cutmix",
+             "--lr_schedule", "cosine"]
+    assert main.main(run_args("mlp", *flags, epochs=1)) == 0
+    assert main.main(run_args("mlp", *flags, "--resume", epochs=1)) == 0  # nothing left to train: a step all the same
+    assert len(made) == 2
+    for settings, first_step in zip(made, (0, 7)):  # 7 batches of at most 16 of the 100 training images per epoch
+        schedule = settings.pop("schedule")
+        assert (schedule.kind, schedule.total_steps, schedule.peak_lr) == ("cosine", 7, 0.001)
+        assert settings == {"precision": "fp32", "channels_last": True, "label_smoothing": 0.1, "mix": "cutmix",
+                            "first_step": first_step, "compiled_model": None}
