@@ -269,16 +269,9 @@ def test_train_and_evaluate_importable_with_template_signatures(fake_data_dir):
     assert loss > 0 and 0 <= acc <= 1
 
 
-@pytest.mark.parametrize("given, expected", [
-    ({}, {"precision": "fp32", "channels_last": False, "label_smoothing": 0.0, "mix": "none"}),
-    ({"precision": "bf16", "channels_last": True, "label_smoothing": 0.1, "mix": "cutmix"},
-     {"precision": "bf16", "channels_last": True, "label_smoothing": 0.1, "mix": "cutmix"}),
-])
-def test_train_without_a_step_reads_the_fast_path_settings_that_args_has(fake_data_dir, monkeypatch, given, expected):
-    import argparse
-
-    from training.cifar10 import load_cifar10
-    from training.pipelines import TensorBatches
+@pytest.fixture
+def made_steps(monkeypatch):
+    """The settings of every eager ``TrainStep`` the engine makes, in order."""
     from training.steps import TrainStep
 
     made = []
@@ -288,12 +281,25 @@ def test_train_without_a_step_reads_the_fast_path_settings_that_args_has(fake_da
             made.append(settings)
             super().__init__(model, optimizer, device, **settings)
     monkeypatch.setattr(engine, "TrainStep", RecordedStep)
+    return made
+
+
+@pytest.mark.parametrize("given, expected", [
+    ({}, {"precision": "fp32", "channels_last": False, "label_smoothing": 0.0, "mix": "none"}),
+    ({"precision": "bf16", "channels_last": True, "label_smoothing": 0.1, "mix": "cutmix"},
+     {"precision": "bf16", "channels_last": True, "label_smoothing": 0.1, "mix": "cutmix"}),
+])
+def test_train_without_a_step_reads_the_fast_path_settings_that_args_has(fake_data_dir, made_steps, given, expected):
+    import argparse
+
+    from training.cifar10 import load_cifar10
+    from training.pipelines import TensorBatches
     data = load_cifar10(fake_data_dir)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3072, 10))
     args = argparse.Namespace(device="cpu", print_every=80, **given)
     engine.train(1, model, TensorBatches(data.test_images, data.test_labels, 25, "cpu", train=True),
                  torch.optim.SGD(model.parameters(), lr=0.0), args)
-    assert made == [expected]
+    assert made_steps == [expected]
 
 
 def test_evaluate_runs_the_model_in_eval_mode_and_leaves_its_batch_norm_statistics(fake_data_dir):
@@ -374,23 +380,14 @@ def test_the_learning_rate_follows_its_schedule_over_every_step_of_the_run(run_a
     assert float(group["lr"]) == pytest.approx(last_rate, rel=1e-6)  # the rate of the run's last step
 
 
-def test_a_run_builds_its_training_step_from_its_flags(run_args, tmp_path, monkeypatch):
-    from training.steps import TrainStep
-
-    made = []
-
-    class RecordedStep(TrainStep):
-        def __init__(self, model, optimizer, device, **settings):
-            made.append(settings)
-            super().__init__(model, optimizer, device, **settings)
-    monkeypatch.setattr(engine, "TrainStep", RecordedStep)
+def test_a_run_builds_its_training_step_from_its_flags(run_args, tmp_path, made_steps):
     logdir = str(tmp_path / "run")
     flags = ["--logdir", logdir, "--channels_last", "on", "--label_smoothing", "0.1", "--mix", "cutmix",
              "--lr_schedule", "cosine"]
     assert main.main(run_args("mlp", *flags, epochs=1)) == 0
     assert main.main(run_args("mlp", *flags, "--resume", epochs=1)) == 0  # nothing left to train: a step all the same
-    assert len(made) == 2
-    for settings, first_step in zip(made, (0, 7)):  # 7 batches of at most 16 of the 100 training images per epoch
+    assert len(made_steps) == 2
+    for settings, first_step in zip(made_steps, (0, 7)):  # 7 batches of at most 16 of the 100 training images per epoch
         schedule = settings.pop("schedule")
         assert (schedule.kind, schedule.total_steps, schedule.peak_lr) == ("cosine", 7, 0.001)
         assert settings == {"precision": "fp32", "channels_last": True, "label_smoothing": 0.1, "mix": "cutmix",
