@@ -294,6 +294,7 @@ def test_train_without_a_step_reads_the_fast_path_settings_that_args_has(fake_da
 
     from training.cifar10 import load_cifar10
     from training.pipelines import TensorBatches
+
     data = load_cifar10(fake_data_dir)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3072, 10))
     args = argparse.Namespace(device="cpu", print_every=80, **given)
