@@ -66,6 +66,9 @@ def test_each_model_trains_and_writes_results(model, run_args, tmp_path, capsys)
     assert results["args"]["channels_last"] == (model == "resnet18")  # the auto layout on a CPU
     out = capsys.readouterr().out
     assert "train loss" in out and "img/s" in out and "test accuracy" in out
+    rows = [line.split(" | ") for line in out.splitlines() if line.count(" | ") == 6][1:]  # under the header
+    assert [int(row[0]) for row in rows] == list(range(1, epochs + 1))
+    assert [float(row[4]) for row in rows] == [round(accuracy, 4) for accuracy in results["valid_accs"]]
     assert ("fp32, channels-last, CUDA graph off" in out) == (model == "resnet18")
     files = set(os.listdir(logdir))
     assert {"results.json", "checkpoint.pt"} <= files
