@@ -69,6 +69,9 @@ def test_each_model_trains_and_writes_results(model, run_args, tmp_path, capsys)
     rows = [line.split(" | ") for line in out.splitlines() if line.count(" | ") == 6][1:]  # under the header
     assert [int(row[0]) for row in rows] == list(range(1, epochs + 1))
     assert [float(row[4]) for row in rows] == [round(accuracy, 4) for accuracy in results["valid_accs"]]
+    assert [float(row[5]) for row in rows] == [round(train + valid, 1) for train, valid in
+                                               zip(results["train_seconds"], results["valid_seconds"])]
+    assert [float(row[6]) for row in rows] == [round(speed) for speed in results["train_images_per_second"]]
     assert ("fp32, channels-last, CUDA graph off" in out) == (model == "resnet18")
     files = set(os.listdir(logdir))
     assert {"results.json", "checkpoint.pt"} <= files
@@ -179,11 +182,18 @@ def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror(fake_data_dir
 def test_on_epoch_can_stop_a_run_and_test_can_be_left_out(run_args, tmp_path):
     from config import get_config_parser
 
-    seen = []
+    seen, on_disk = [], []
+
+    def prune_at_epoch_2(epoch, history):
+        seen.append(list(history["valid_accs"]))
+        written = read_results(tmp_path / "pruned")  # what `studies status` and a resumed run read meanwhile
+        on_disk.append((written["status"], written["epochs_completed"], written["valid_accs"]))
+        return epoch == 2
     args = get_config_parser().parse_args(run_args("mlp", "--logdir", str(tmp_path / "pruned"), epochs=3))
-    results = engine.fit(args, on_epoch=lambda epoch, history: seen.append(list(history["valid_accs"])) or epoch == 2)
+    results = engine.fit(args, on_epoch=prune_at_epoch_2)
     assert results["status"] == "pruned" and results["epochs_completed"] == 2 and results["test_acc"] is None
     assert [len(accs) for accs in seen] == [1, 2] and read_results(tmp_path / "pruned")["status"] == "pruned"
+    assert on_disk == [("running", 1, seen[0]), ("running", 2, seen[1])]
     args = get_config_parser().parse_args(run_args("mlp", "--logdir", str(tmp_path / "untested"), epochs=1))
     results = engine.fit(args, test=False)
     assert results["status"] == "completed" and results["test_acc"] is None and results["test_loss"] is None
