@@ -81,6 +81,9 @@ def test_each_model_trains_and_writes_results(model, run_args, tmp_path, capsys)
         assert all(w.is_contiguous(memory_format=torch.channels_last) for w in weights if w.dim() == 4)  # as inputs
     if model == "mlpmixer":
         assert "mlpmixer_token_mixing.png" in files
+    drawn = sorted(name for name in files if name.endswith(".png"))
+    assert sorted(line for line in out.splitlines() if line.startswith("wrote ")) == [
+        f"wrote {os.path.join(logdir, name)}" for name in drawn]
 
 
 def test_visualize_for_the_mlp_warns_before_training_and_draws_nothing(run_args, tmp_path):
