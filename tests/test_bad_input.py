@@ -241,10 +241,10 @@ def test_resume_refuses_missing_or_different_checkpoint(run_args, tmp_path, caps
     assert {path.name: path.read_bytes() for path in pathlib.Path(logdir).iterdir()} == before  # nothing written or lost
 
 
-def test_resume_refuses_a_checkpoint_made_with_another_model_config(run_args, tmp_path, capsys):
+def test_resume_refuses_a_checkpoint_made_with_another_model_config(run_args, tiny_configs, tmp_path, capsys):
     logdir = str(tmp_path / "run")
     assert main.main(run_args("mlp", "--logdir", logdir, epochs=1)) == 0
-    made_with = load_model_config(run_args("mlp")[3], "mlp")
+    made_with = load_model_config(tiny_configs["mlp"], "mlp")
     wider = _write(tmp_path, "wider.json", json.dumps({**made_with, "hidden_sizes": [64, 16]}))
     capsys.readouterr()
     assert main.main(run_args("mlp", "--logdir", logdir, "--resume", "--model_config", wider, epochs=2)) == 2
