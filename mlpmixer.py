@@ -216,7 +216,6 @@ def _paired_frequency_order(weights, grid):
     centred = weights - weights.mean(axis=1, keepdims=True)
     centred = centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
     correlation = centred @ centred.T
-    np.fill_diagonal(correlation, np.inf)
     unpaired = set(range(len(weights)))
     pairs = []
     for unit in np.argsort(frequency, kind="stable"):

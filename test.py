@@ -486,6 +486,41 @@ def test_mlpmixer_visualize_at_the_extreme_patch_sizes(tmp_path, monkeypatch, pa
     assert sorted(map(tuple, torch.stack(drawn).reshape(16, -1).tolist())) == sorted(map(tuple, weights.tolist()))
 
 
+
+def _plane_wave(rows, columns):
+    """``cos`` over the 8x8 patch grid with ``rows`` and ``columns`` periods: one spatial frequency."""
+    r, c = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    return torch.cos(2 * math.pi * (rows * r + columns * c) / 8)
+
+
+def test_token_mixing_pairs_are_ordered_by_the_power_weighted_frequency_of_their_zero_mean_patterns():
+    # Frequencies (cycles per patch) of the power spectrum's mean: mixed_low 0.294 (weighted by amplitude it would be
+    # 0.273, by power cubed 0.313) lies above plain_low's sqrt(5)/8 = 0.280; mixed_high 0.345 (0.307, 0.363) lies
+    # below plain_high's sqrt(8)/8 = 0.354, whose offset of 3 is no frequency: taken as one, plain_high would go first.
+    mixed_low = _plane_wave(0, 1) + 1.45 * _plane_wave(0, 3)
+    mixed_high = _plane_wave(0, 1) + 2.7 * _plane_wave(0, 3)
+    plain_low, plain_high = _plane_wave(2, 1), _plane_wave(2, 2) + 3
+    units = torch.stack([mixed_low, -mixed_low, plain_low, -plain_low,
+                         mixed_high, -mixed_high, plain_high, -plain_high]).reshape(8, 64)
+    assert mlpmixer._paired_frequency_order(units.numpy(), 8) == [2, 3, 0, 1, 4, 5, 6, 7]
+    # A pair goes by its mean: unit 0 (0.125) is the lowest, but its partner, unit 1 (0.47), puts the pair after the
+    # pair at 0.25.
+    low, middle, high = _plane_wave(0, 1), _plane_wave(2, 0), _plane_wave(4, 0)
+    units = torch.stack([low, -0.3 * low + high, middle, -middle]).reshape(4, 64)
+    assert mlpmixer._paired_frequency_order(units.numpy(), 8) == [2, 3, 0, 1]
+
+
+def test_token_mixing_partners_are_the_most_negatively_correlated_whatever_their_offset_and_scale():
+    wave, other, high = _plane_wave(0, 1), _plane_wave(1, 0), _plane_wave(3, 0)
+    # Unit 0 pairs with unit 1, its exact opposite once offsets are removed; by raw cosine it would pair with
+    # unit 2 (-0.97 against +0.89), by raw dot product with unit 2 in the second case (-64 against -32).
+    offset = torch.stack([wave + 3, -wave + 3, -wave / 2 + other - 3, high])
+    scaled = torch.stack([wave, -wave, -2 * wave + other, high])
+    for units in (offset, scaled):
+        assert mlpmixer._paired_frequency_order(units.reshape(4, 64).numpy(), 8) == [0, 1, 2, 3]
+    # an odd number of units leaves the last one alone, drawn once, not paired with itself
+    assert sorted(mlpmixer._paired_frequency_order(offset[:3].reshape(3, 64).numpy(), 8)) == [0, 1, 2]
+
 # ---------------------------------------------------------------- utils.py
 
 def test_cross_entropy_matches_builtin_values_and_gradients():
