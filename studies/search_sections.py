@@ -9,7 +9,7 @@ from . import figures
 from .render import Section
 from .sections import (RUN_HEADER, and_list, completed_runs, counted, epochs_sentences, exact, final_valid_acc, fmt,
                        mean_std, outcome_sentences, run_row, shared_processor_text)
-from .worker import PRUNE_AFTER_TRIALS, PRUNE_FROM_EPOCH, PRUNE_PEERS
+from .worker import PRUNE_AFTER_TRIALS, PRUNE_FROM_EPOCH, PRUNE_PEERS, RANDOM_TRIALS
 
 VISUALISATIONS = {"resnet18": (("resnet18_kernels_rgb.png", "first-layer kernels (RGB)"),
                                ("resnet18_kernels_gray.png", "first-layer kernels (channel average)")),
@@ -42,10 +42,12 @@ def search_section(study, runs_of, shared):
     section = Section(f"{study.name}: {study.question}")
     trials = _search_trials(runs)
     fixed = ", ".join(f"{key}={value}" for key, value in study.fixed.items())
-    section.text(f"Search space (Optuna TPE sampler; median pruner: from epoch {PRUNE_FROM_EPOCH} to a trial's last but "
-                 f"one, once {PRUNE_AFTER_TRIALS} trials have completed, a trial stops if its best validation accuracy "
-                 "so far is below the median at that epoch of the completed trials with as many epochs, when there "
-                 f"are at least {PRUNE_PEERS})" + (f"; fixed {fixed}" if fixed else "") + ":")
+    section.text(f"Search space (Optuna TPE sampler, the first {RANDOM_TRIALS} trials drawn at random, trials still "
+                 "running on other workers counted as poor; median pruner: from epoch "
+                 f"{PRUNE_FROM_EPOCH} to a trial's last but one, once {PRUNE_AFTER_TRIALS} trials have completed, a "
+                 "trial stops if its best validation accuracy so far is below the median at that epoch of the "
+                 f"completed trials with as many epochs, when there are at least {PRUNE_PEERS})"
+                 + (f"; fixed {fixed}" if fixed else "") + ":")
     held = {key: trial["settings"][key] for trial in trials for key in trial.get("held", ())}
     section.table(["setting", "Optuna parameter", "distribution"],
                   [[d.setting, "-", f"held at {fmt(held[d.setting])} by the launch's flags"] if d.setting in held

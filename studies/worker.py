@@ -35,6 +35,7 @@ TRIAL_FILE = "trial.json"
 PRUNE_FROM_EPOCH = 4  # a trial's first epochs (warm-up, the highest learning rates) say little of where it ends
 PRUNE_AFTER_TRIALS = 5  # completed trials before any trial is pruned
 PRUNE_PEERS = 2  # completed trials with a trial's number of epochs, whose median it is compared with
+RANDOM_TRIALS = 8  # a search's first trials, drawn at random before TPE models the results
 
 
 @dataclass
@@ -125,8 +126,8 @@ def search_sampler(seed, search_index):
     liar), so that a worker explores away from them."""
     with warnings.catch_warnings():  # Optuna 4 marks constant_liar experimental; it is stable from Optuna 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=(seed * 1_000_003 + search_index) % 2**32, n_startup_trials=8,
-                                          constant_liar=True)
+        return optuna.samplers.TPESampler(seed=(seed * 1_000_003 + search_index) % 2**32,
+                                          n_startup_trials=RANDOM_TRIALS, constant_liar=True)
 
 
 def open_study(plan, storage, lock):

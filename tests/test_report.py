@@ -71,6 +71,10 @@ def test_report_states_what_the_logs_show(fixture_report):
     assert "a training epoch takes from 0.50 s (patch_size 8) to 4.00 s (patch_size 2), 8.0 times as long." in text
     assert "| 2 | 3,000,000 | 4.00 | 11250 |" in text
     assert "patch_size 2, 4 and 8 tie for the highest, 0.7000." in text
+    assert ("Search space (Optuna TPE sampler, the first 8 trials drawn at random, trials still running on other "
+            "workers counted as poor; median pruner: from epoch 4 to a trial's last but one, once 5 trials have "
+            "completed, a trial stops if its best validation accuracy so far is below the median at that epoch of the "
+            "completed trials with as many epochs, when there are at least 2):") in text
     assert "2 search trials finished: 1 completed, 1 pruned." in text
     assert "Best trial: 0, final validation accuracy 0.9000 after 2 epochs" in text
     assert "retrained once (seed 43) on the training split and tested once: test accuracy 0.9300; training time 8.0 s per run (training epochs only) on NVIDIA H100" in text

@@ -201,6 +201,7 @@ def test_the_search_pruner_compares_a_trial_from_epoch_4_with_completed_trials_o
     assert verdicts([(10, 0.9)] * 4 + [(40, 0.9)]) == [False] * 6  # one peer is too few
     assert verdicts([(10, 0.9)] * 3 + [(40, 0.9), (40, 0.4)]) == [False] * 3 + [True] * 3  # median 0.65
     assert verdicts([(10, 0.9)] * 3 + [(40, 0.3), (40, 0.4)]) == [False] * 6  # above its peers' median
+    assert verdicts([(10, 0.9)] * 3 + [(40, 0.5), (40, 0.5)]) == [False] * 6  # at the median, as Optuna's keeps
 
 
 def test_a_search_draws_the_same_trials_when_run_again_and_when_resumed(tmp_path):
@@ -234,6 +235,33 @@ def test_a_search_draws_the_same_trials_when_run_again_and_when_resumed(tmp_path
     assert search("c", 42, [5, 12]) == uninterrupted  # stopped after 5 trials, then resumed
     assert search("d", 42, [5, 12], killed_mid_run=True) == uninterrupted  # trial 4 retried, then 5 onwards
     assert search("e", 7, [12]) != uninterrupted
+
+
+def _draw_lr(completed, best_lr, running=()):
+    """The learning rate that the search's sampler draws for trial number ``completed`` after ``completed`` trials
+    spread over [1e-4, 1] whose accuracy falls away from ``best_lr``, while other workers run ``running``."""
+    from optuna.distributions import FloatDistribution
+
+    space = {"lr": FloatDistribution(1e-4, 1.0, log=True)}
+    study = optuna.create_study(direction="maximize")
+    for number in range(completed):
+        lr = 10 ** (-4 + number / 2)
+        study.add_trial(optuna.trial.create_trial(params={"lr": lr}, distributions=space, value=-abs(lr - best_lr)))
+    for lr in running:
+        study.add_trial(optuna.trial.create_trial(params={"lr": lr}, distributions=space, state=TrialState.RUNNING))
+    study.sampler = study_worker.search_sampler(42, completed)
+    return study.ask(space).params["lr"]
+
+
+def test_a_search_draws_its_first_8_trials_at_random_and_the_later_ones_from_the_results_before_them():
+    assert study_worker.RANDOM_TRIALS == 8  # as the README and the report say
+    assert _draw_lr(7, best_lr=0.05) == _draw_lr(7, best_lr=0.0005)
+    assert _draw_lr(8, best_lr=0.05) != _draw_lr(8, best_lr=0.0005)
+
+
+def test_a_search_counts_a_trial_running_on_another_worker_as_poor_and_draws_elsewhere():
+    alone = _draw_lr(9, best_lr=0.05)
+    assert _draw_lr(9, best_lr=0.05, running=[alone]) != alone
 
 
 def test_of_tied_search_trials_the_earliest_is_retrained_as_the_report_says():

@@ -109,6 +109,35 @@ def test_a_journal_cut_short_mid_record_is_repaired_and_one_damaged_inside_is_na
             in capsys.readouterr().err)
 
 
+def test_a_journal_left_empty_or_cut_short_opens_and_its_repair_gives_the_writers_lock_back(tmp_path, capsys):
+    from studies.storage import open_storage
+
+    journal = tmp_path / "journal.log"
+    journal.write_bytes(b"")  # a worker killed between creating the journal and writing its first record
+    storage, _ = open_storage(None, str(tmp_path))
+    optuna.create_study(study_name="s", storage=storage)
+    whole = journal.read_bytes()
+    journal.write_bytes(whole + b'{"op_code": 5, "worker_id": "w", "trial_id": 0, "par')
+    capsys.readouterr()
+    storage, _ = open_storage(None, str(tmp_path))
+    assert journal.read_bytes() == whole and not os.path.lexists(f"{journal}.lock")  # no writer waits 30 s for it
+    assert capsys.readouterr().err == (f"note: the study's journal {journal} ended in a record cut short (a full disk, "
+                                       f"a crash); it was cut off and kept in {journal}.partial\n")
+    assert optuna.load_study(study_name="s", storage=storage).study_name == "s"
+
+
+def test_a_postgresql_url_opens_with_the_psycopg_driver_that_requirements_installs(tmp_path, monkeypatch):
+    from studies import storage
+
+    opened = []
+    monkeypatch.setattr(storage, "_database", lambda url, given: opened.append((url, given)))
+    for given, used in (("postgresql://u:pw@db.example/studies", "postgresql+psycopg://u:pw@db.example/studies"),
+                        ("postgresql+psycopg://u@db.example/studies", "postgresql+psycopg://u@db.example/studies")):
+        _, lock = storage.open_storage(given, str(tmp_path))  # connects to nothing yet
+        assert opened.pop() == (used, given)
+        assert lock.engine.url.render_as_string(hide_password=False) == used
+
+
 def test_a_journal_this_optuna_cannot_read_is_named_without_blaming_a_line(study_args, tmp_path, capsys):
     import json
 
