@@ -141,9 +141,9 @@ def test_a_search_section_names_tied_trials_and_every_seed_of_the_final_runs(tmp
 
 
 def test_the_runs_that_shared_a_processor_while_they_trained_are_found_from_their_epoch_times():
-    def run(name, ends, host="node1", device="GPU-a", study="mlpmixer_patch", seconds=10.0, valid=1.0):
-        results = {"host": host, "device_id": device, "epoch_end_times": ends, "train_seconds": [seconds] * len(ends),
-                   "valid_seconds": [valid] * len(ends)}
+    def run(name, ends, host="node1", device="GPU-a", study="mlpmixer_patch", seconds=10.0, valid=1.0, train=None):
+        results = {"host": host, "device_id": device, "epoch_end_times": ends,
+                   "train_seconds": train or [seconds] * len(ends), "valid_seconds": [valid] * len(ends)}
         return {"study": study, "name": name, "path": f"/out/{study}/runs/{name}", "results": results}
 
     runs = [run("a", [100, 111]), run("b", [105, 116]),       # a and b overlap on GPU-a
@@ -155,7 +155,11 @@ def test_the_runs_that_shared_a_processor_while_they_trained_are_found_from_thei
             {"study": "mlpmixer_patch", "name": "h", "path": "/out/mlpmixer_patch/runs/h",
              "results": {"train_seconds": [10.0]}},  # older logs, without epoch times
             run("i", [400, 431]), run("j", [411, 420]),  # j trained between i's two epochs (i resumed), touching both
-            run("k", [500], valid=5.0), run("l", [488], seconds=2.0)]  # l trained while k validated (485 to 500)
+            run("k", [500], valid=5.0), run("l", [488], seconds=2.0),  # l trained while k validated (485 to 500)
+            run("m", [600], valid=None), run("n", [589.5], seconds=2.0),  # m logged no validation: it began at 590
+            run("o", [None, 711]), run("p", [705]),  # o's first epoch has no end time; its second (700 to 711) counts
+            run("q", [800, 811], train=[10.0]), run("r", [805]),  # q's second epoch has no training time: left out
+            run("s", [900], host=None), run("t", [905], host=None)]  # no host logged: their machines are unknown
     shared = shared_processors(runs)
     assert {path: sorted(other["path"] for other in others) for path, others in shared.items()} == {
         "/out/mlpmixer_patch/runs/a": ["/out/mlpmixer_patch/runs/b"],
@@ -163,7 +167,11 @@ def test_the_runs_that_shared_a_processor_while_they_trained_are_found_from_thei
         "/out/mlpmixer_patch/runs/d": ["/out/mlp_activation/runs/g"],
         "/out/mlp_activation/runs/g": ["/out/mlpmixer_patch/runs/d"],
         "/out/mlpmixer_patch/runs/k": ["/out/mlpmixer_patch/runs/l"],
-        "/out/mlpmixer_patch/runs/l": ["/out/mlpmixer_patch/runs/k"]}
+        "/out/mlpmixer_patch/runs/l": ["/out/mlpmixer_patch/runs/k"],
+        "/out/mlpmixer_patch/runs/o": ["/out/mlpmixer_patch/runs/p"],
+        "/out/mlpmixer_patch/runs/p": ["/out/mlpmixer_patch/runs/o"],
+        "/out/mlpmixer_patch/runs/q": ["/out/mlpmixer_patch/runs/r"],
+        "/out/mlpmixer_patch/runs/r": ["/out/mlpmixer_patch/runs/q"]}
     assert shared_processor_sentence(runs[:4], shared) == (
         "Trained while another run used the same processor (host and GPU, or CPU), so their seconds per epoch "
         "include that sharing: a (with b); b (with a); d (with mlp_activation/g).")

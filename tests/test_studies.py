@@ -219,6 +219,7 @@ def test_a_search_draws_the_same_trials_when_run_again_and_when_resumed(tmp_path
             plan = study_worker.Plan(STUDIES["resnet18_best"], str(tmp_path / folder), [], {}, {}, seed=seed,
                                      seeds=[seed + 1], trials=trials)
             study = study_worker.open_study(plan, storage, lock)
+            assert study.direction == optuna.study.StudyDirection.MAXIMIZE  # TPE draws toward the highest values
             claimer = Claimer(study, lock, search_trials=trials, final_seeds=[])
             while (trial := claimer.claim()) is not None:
                 settings, _ = study_worker.run_settings(plan, trial)
