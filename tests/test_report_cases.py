@@ -10,6 +10,7 @@ import pytest
 from report_logs import markdown_of, write_activation_runs, write_fixture_logs, write_run
 from studies import report
 from studies.overlap import shared_processor_sentence, shared_processors
+from studies.sections import epoch_seconds, fmt, mean_std
 from studies.report import build_report
 
 
@@ -138,6 +139,19 @@ def test_a_search_section_names_tied_trials_and_every_seed_of_the_final_runs(tmp
     assert "Best trial: 0, final validation accuracy 0.8000" in text
     assert "Trial 1 reached the same validation accuracy; the earliest trial is the one retrained." in text
     assert "retrained 2 times (seeds 42 and 43)" in text and "| seed | 42, 43 |" in text
+
+
+def test_report_numbers_below_a_thousandth_keep_two_significant_digits_and_a_missing_one_is_a_dash():
+    assert [fmt(v) for v in (0.0, 0.001, 0.0015, 0.00099, 0.00001, -0.0005, 0.25)] == [
+        "0.0000", "0.0010", "0.0015", "9.9e-04", "1.0e-05", "-5.0e-04", "0.2500"]
+    assert (fmt(12345), fmt(None), fmt("adamw"), fmt(0.5, digits=2)) == ("12,345", "-", "adamw", "0.50")
+    assert [mean_std(v) for v in ([None, None], [0.5, None], [0.5, 0.7])] == ["-", "0.5000", "0.6000 ± 0.1414"]
+
+
+def test_seconds_per_epoch_are_the_median_after_the_first_epoch_unless_it_is_the_only_one():
+    assert [epoch_seconds({"train_seconds": s}) for s in ([9.0, 2.0, 4.0, 3.0], [9.0, 2.0], [4.0], [], None)] == [
+        3.0, 2.0, 4.0, None, None]
+    assert epoch_seconds({}) is None
 
 
 def test_the_runs_that_shared_a_processor_while_they_trained_are_found_from_their_epoch_times():
