@@ -70,6 +70,9 @@ def test_report_states_what_the_logs_show(fixture_report):
     # seconds per epoch leave out the first: 4.0, 1.0 and 0.5 s
     assert "a training epoch takes from 0.50 s (patch_size 8) to 4.00 s (patch_size 2), 8.0 times as long." in text
     assert "| 2 | 3,000,000 | 4.00 | 11250 |" in text
+    # a run's row: its only epoch's seconds when it ended one (lr 0.1), else the median after the first; 45,000 images
+    assert "| lr-0.1_seed-42 | diverged | 1 | 0.1000 | 0.1000 | - | 1,000 | 6.00 | 7500 |" in text
+    assert "| patch_size-8_seed-42 | completed | 2 | 0.7000 | 0.7000 | 0.7000 | 1,000,000 | 0.50 | 90000 |" in text
     assert "patch_size 2, 4 and 8 tie for the highest, 0.7000." in text
     assert ("Search space (Optuna TPE sampler, the first 8 trials drawn at random, trials still running on other "
             "workers counted as poor; median pruner: from epoch 4 to a trial's last but one, once 5 trials have "
