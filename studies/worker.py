@@ -16,7 +16,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from config import get_config_parser
+from config import MAX_SEED, get_config_parser
 from training import persistence
 from training.engine import fit
 from training.errors import LogdirBusy, UserError
@@ -166,9 +166,9 @@ def run_settings(plan, trial):
     if role == "grid":
         axis = plan.study.grid
         value = trial.suggest_categorical(axis.setting, list(axis.choices))
-        return {**plan.given, axis.setting: value}, trial.suggest_int("seed", 0, 2**31 - 1)
+        return {**plan.given, axis.setting: value}, trial.suggest_int("seed", 0, MAX_SEED)
     if role == "final":
-        return trial.user_attrs["settings"], trial.suggest_int("seed", 0, 2**31 - 1)
+        return trial.user_attrs["settings"], trial.suggest_int("seed", 0, MAX_SEED)
     # a search begun by a version that did not record search_index: its Optuna trial number stands in
     trial.study.sampler = search_sampler(plan.seed, trial.user_attrs.get("search_index", trial.number))
     settings = plan.study.sample(trial, plan.given)

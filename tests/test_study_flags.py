@@ -82,6 +82,20 @@ def test_run_all_checks_every_studys_seeds_before_the_first_starts(study_args, t
     assert not os.path.exists(tmp_path / "out")
 
 
+def test_the_largest_seeds_numpy_takes_train_without_a_warning(study_args, tmp_path, capsys):
+    import warnings
+
+    argv = study_args("mlp_activation", "--values", "relu", "--seed", "4294967294", "--seeds", "2")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert studies_main(argv) == 0
+    assert [str(warning.message) for warning in caught] == []
+    seeds = sorted(trial.params["seed"] for trial in load_study(str(tmp_path / "out"), "mlp_activation").get_trials())
+    assert seeds == [4294967294, 4294967295]
+    assert sorted(os.listdir(tmp_path / "out" / "mlp_activation" / "runs")) == [
+        "activation-relu_seed-4294967294", "activation-relu_seed-4294967295"]
+
+
 def test_list_names_every_study_with_its_grid_or_search_space(capsys):
     assert studies_main(["list"]) == 0
     out = capsys.readouterr().out
