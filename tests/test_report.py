@@ -74,6 +74,8 @@ def test_report_states_what_the_logs_show(fixture_report):
     assert "| lr-0.1_seed-42 | diverged | 1 | 0.1000 | 0.1000 | - | 1,000 | 6.00 | 7500 |" in text
     assert "| patch_size-8_seed-42 | completed | 2 | 0.7000 | 0.7000 | 0.7000 | 1,000,000 | 0.50 | 90000 |" in text
     assert "patch_size 2, 4 and 8 tie for the highest, 0.7000." in text
+    assert ("Final validation accuracy by patch_size (mean over completed runs), highest first: 2: 0.7000, 4: 0.7000, "
+            "8: 0.7000.") in text  # tied settings keep the grid's order
     assert ("Search space (Optuna TPE sampler, the first 8 trials drawn at random, trials still running on other "
             "workers counted as poor; median pruner: from epoch 4 to a trial's last but one, once 5 trials have "
             "completed, a trial stops if its best validation accuracy so far is below the median at that epoch of the "
