@@ -89,6 +89,11 @@ def test_a_report_says_when_the_seeds_do_not_separate_the_two_highest_settings(t
             "from relu.") in text
 
 
+def test_a_report_names_two_settings_that_tie_for_the_highest(tmp_path):
+    text = markdown_of(write_activation_runs(tmp_path, (("relu", (0.5,)), ("tanh", (0.5,)), ("sigmoid", (0.3,)))))
+    assert "activation relu and tanh tie for the highest, 0.5000." in text and "is highest" not in text
+
+
 def test_a_grids_seed_table_counts_completed_runs_only(tmp_path):
     out = write_activation_runs(tmp_path, (("relu", (0.50, 0.52)), ("tanh", (0.45, 0.47))))
     write_run(out, "mlp_activation", "activation-relu_seed-44", {"activation": "relu"}, [0.1], outcome=None, seed=44)

@@ -27,6 +27,8 @@ def test_grid_study_runs_every_point_once_and_a_rerun_trains_nothing(study_args,
         assert results["status"] == "completed" and results["test_acc"] is not None
         assert trial["outcome"] == "completed" and trial["value"] == results["valid_accs"][-1]
         assert not os.path.exists(os.path.join(folder, "checkpoint.pt"))  # finished runs keep no checkpoint
+        with open(os.path.join(folder, "train.log")) as f:
+            assert "%|" not in f.read()  # no progress bar: a log that `tail -f` follows gets whole lines
     printed = capsys.readouterr().out  # a progress line per epoch on the console; the rest is in train.log
     for job in expected:
         assert re.search(rf"^  {job}: epoch 1/1, train loss \d\.\d{{4}}, valid acc \d\.\d{{4}}, \d+\.\d s$", printed,
