@@ -94,6 +94,15 @@ def test_a_report_names_two_settings_that_tie_for_the_highest(tmp_path):
     assert "activation relu and tanh tie for the highest, 0.5000." in text and "is highest" not in text
 
 
+def test_a_grid_report_gives_each_settings_mean_test_accuracy_only_when_a_run_was_tested(tmp_path):
+    text = markdown_of(write_activation_runs(tmp_path / "a", (("relu", (0.5, 0.6)), ("tanh", (0.4,)))))
+    assert "Test accuracy (mean): relu: 0.5500, tanh: 0.4000." in text
+    untested = str(tmp_path / "b")
+    for activation, final in (("relu", 0.5), ("tanh", 0.4)):
+        write_run(untested, "mlp_activation", f"activation-{activation}_seed-42", {"activation": activation}, [final])
+    assert "Test accuracy" not in markdown_of(untested)
+
+
 def test_a_grids_seed_table_counts_completed_runs_only(tmp_path):
     out = write_activation_runs(tmp_path, (("relu", (0.50, 0.52)), ("tanh", (0.45, 0.47))))
     write_run(out, "mlp_activation", "activation-relu_seed-44", {"activation": "relu"}, [0.1], outcome=None, seed=44)
