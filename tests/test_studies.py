@@ -31,8 +31,10 @@ def test_grid_study_runs_every_point_once_and_a_rerun_trains_nothing(study_args,
             assert "%|" not in f.read()  # no progress bar: a log that `tail -f` follows gets whole lines
     printed = capsys.readouterr().out  # a progress line per epoch on the console; the rest is in train.log
     for job in expected:
-        assert re.search(rf"^  {job}: epoch 1/1, train loss \d\.\d{{4}}, valid acc \d\.\d{{4}}, \d+\.\d s$", printed,
-                         re.MULTILINE), printed
+        results = read_json(os.path.join(out, "mlp_activation", "runs", job, "results.json"))
+        seconds = results["train_seconds"][0] + results["valid_seconds"][0]  # the epoch's training and validation
+        assert (f"\n  {job}: epoch 1/1, train loss {results['train_losses'][0]:.4f}, valid acc "
+                f"{results['valid_accs'][0]:.4f}, {seconds:.1f} s\n") in printed, printed
     assert studies_main(study_args("mlp_activation", "--seeds", "2")) == 0
     assert "-> " not in capsys.readouterr().out  # nothing trained again
     assert len(load_study(out, "mlp_activation").get_trials()) == 6
