@@ -161,15 +161,18 @@ def test_a_worker_waits_while_a_run_declared_lost_still_writes_its_folder_then_r
 
     def busy_at_first(args, **kwargs):
         calls.append(args)
-        if len(calls) == 1:  # the worker that ran this trial before it was declared lost is finishing its epoch
+        if len(calls) <= 2:  # the worker that ran this trial before it was declared lost is finishing its epoch
             raise LogdirBusy(f"--logdir {args.logdir} is being written by another run (pid 1 on elsewhere)")
         return fit(args, **kwargs)
     monkeypatch.setattr(study_worker, "fit", busy_at_first)
-    monkeypatch.setattr(study_worker, "LOGDIR_POLL_SECONDS", 0)
+    waits = []
+    monkeypatch.setattr(time, "sleep", waits.append)
     assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
     out = capsys.readouterr().out
-    assert "is being written by another run (pid 1 on elsewhere): waiting for it to stop at the end of its epoch" in out
-    assert len(calls) == 2 and calls[0] is not calls[1]  # flags built afresh: the other run may have left a checkpoint
+    assert out.count("is being written by another run (pid 1 on elsewhere): waiting for it to stop at the end of its "
+                     "epoch") == 1  # said once, however long the wait
+    assert waits == [study_worker.LOGDIR_POLL_SECONDS] * 2
+    assert len(calls) == 3 and calls[0] is not calls[1]  # flags built afresh: the other run may have left a checkpoint
     [trial] = load_study(str(tmp_path / "out"), "mlp_activation").get_trials()
     assert trial.state == TrialState.COMPLETE
 
