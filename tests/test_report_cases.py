@@ -133,6 +133,12 @@ def test_a_grid_with_some_runs_set_below_10_epochs_says_so_and_gives_the_spread_
     assert "Epoch of the highest validation accuracy (of 3), by activation: relu 2 to 3." in text
 
 
+def test_runs_set_to_the_10_epochs_problem_4_asks_for_are_not_called_short(tmp_path):
+    out = str(tmp_path / "runs")
+    write_run(out, "mlp_activation", "activation-relu_seed-42", {"activation": "relu"}, [0.3, 0.5], args={"epochs": 10})
+    assert "Problem 4 asks for at least" not in markdown_of(out)
+
+
 def test_a_report_names_the_one_setting_whose_spread_is_unknown(tmp_path):
     out = write_activation_runs(tmp_path, (("relu", (0.50, 0.52)), ("tanh", (0.60,)), ("sigmoid", (0.30, 0.31))))
     text = markdown_of(out)
