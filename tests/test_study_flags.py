@@ -82,7 +82,7 @@ def test_run_all_checks_every_studys_seeds_before_the_first_starts(study_args, t
     assert not os.path.exists(tmp_path / "out")
 
 
-def test_the_largest_seeds_numpy_takes_train_without_a_warning(study_args, tmp_path, capsys):
+def test_the_largest_seeds_numpy_takes_train_without_a_warning(study_args, tmp_path):
     import warnings
 
     argv = study_args("mlp_activation", "--values", "relu", "--seed", "4294967294", "--seeds", "2")
