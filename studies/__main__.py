@@ -198,7 +198,19 @@ def _launch_workers(count, argv, device):
         codes = [worker.wait() for worker in workers]
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return max(codes, key=abs)
+    for worker, code in zip(workers, codes):
+        if code < 0:  # a worker killed by a signal (the OOM killer's SIGKILL) says nothing itself
+            say(f"a worker (pid {worker.pid}) was killed by {_signal_name(-code)}; rerun the same command to "
+                "complete what it left", file=sys.stderr)
+    # as a shell reports a process killed by signal N: 128 + N, not the negative code Popen gives
+    return max((128 - code if code < 0 else code for code in codes), key=abs)
+
+
+def _signal_name(number):
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _summary(study):

@@ -102,6 +102,26 @@ def test_run_all_stops_at_a_study_whose_workers_failed(study_args, tmp_path, mon
     assert not (tmp_path / "out" / "report").exists()
 
 
+def test_a_worker_killed_by_a_signal_is_named_and_the_launch_exits_as_a_shell_reports_it(monkeypatch, capsys):
+    import signal
+
+    import studies.__main__ as cli
+
+    real_popen, commands = subprocess.Popen, []
+
+    def popen(command, env):
+        commands.append(command)
+        kill = len(commands) == 2  # the second worker dies as under the OOM killer; the first ends well
+        return real_popen([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)" if kill
+                           else "pass"], env=env)
+    monkeypatch.setattr(cli.subprocess, "Popen", popen)
+    assert cli._launch_workers(2, ["run", "mlp_activation"], "cpu") == 128 + signal.SIGKILL
+    assert commands == [[sys.executable, "-m", "studies", "run", "mlp_activation", "--workers", "1"]] * 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"a worker \(pid \d+\) was killed by SIGKILL; rerun the same command to complete what it "
+                        r"left\n", err), err
+
+
 def test_run_all_gives_each_studys_workers_its_name_where_all_named_the_study_not_where_a_flag_is_all():
     from studies.__main__ import _one_study_argv
 
