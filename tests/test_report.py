@@ -68,7 +68,8 @@ def test_report_states_what_the_logs_show(fixture_report):
     assert "validation accuracy against epoch, one line per activation (mean over seeds; band: min to max)" in text
     assert "validation accuracy against epoch, one line per lr (one run each)" in text
     # seconds per epoch leave out the first: 4.0, 1.0 and 0.5 s
-    assert "a training epoch takes from 0.50 s (patch_size 8) to 4.00 s (patch_size 2), 8.0 times as long." in text
+    assert ("Parameters range from 1,000,000 (patch_size 8) to 3,000,000 (patch_size 2); a training epoch takes from "
+            "0.50 s (patch_size 8) to 4.00 s (patch_size 2), 8.0 times as long.") in text
     assert "| 2 | 3,000,000 | 4.00 | 11250 |" in text
     # a run's row: its only epoch's seconds when it ended one (lr 0.1), else the median after the first; 45,000 images
     assert "| lr-0.1_seed-42 | diverged | 1 | 0.1000 | 0.1000 | - | 1,000 | 6.00 | 7500 |" in text

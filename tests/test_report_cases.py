@@ -23,6 +23,22 @@ def test_a_patch_size_study_with_one_timed_setting_compares_nothing(tmp_path):
     assert "Parameters range" not in text
 
 
+def test_the_patch_cost_table_leaves_out_a_setting_without_a_timed_epoch_or_a_parameter_count(tmp_path):
+    out = str(tmp_path / "runs")
+    for patch, params, seconds in ((4, 2_000_000, 1.0), (8, 1_000_000, 0.5)):
+        write_run(out, "mlpmixer_patch", f"patch_size-{patch}_seed-42", {"patch_size": patch}, [0.6, 0.7],
+                  num_params=params, seconds=seconds)
+    # diverged in its first epoch: counted, never timed
+    write_run(out, "mlpmixer_patch", "patch_size-2_seed-42", {"patch_size": 2}, [], outcome="diverged",
+              num_params=3_000_000, logged={"train_seconds": []})
+    write_run(out, "mlpmixer_patch", "patch_size-16_seed-42", {"patch_size": 16}, [0.6, 0.7], num_params=None)
+    text = markdown_of(out)
+    assert "| patch_size | parameters | s/epoch (train) | train img/s |\n|---|---|---|---|\n" \
+        "| 4 | 2,000,000 | 1.00 | 45000 |\n| 8 | 1,000,000 | 0.50 | 90000 |\n" in text
+    assert ("Parameters range from 1,000,000 (patch_size 8) to 2,000,000 (patch_size 4); a training epoch takes from "
+            "0.50 s (patch_size 8) to 1.00 s (patch_size 4), 2.0 times as long.") in text
+
+
 def test_a_search_report_while_its_final_run_trains_claims_no_test_accuracy(tmp_path):
     out = str(tmp_path / "runs")
     write_run(out, "resnet18_best", "trial-0000", {"optimizer": "momentum", "lr": 0.1, "epochs": 2}, [0.5, 0.6],
@@ -318,3 +334,15 @@ def test_a_report_of_every_study_with_misshapen_values_names_them_and_builds(tmp
     header = next(line for line in text.splitlines() if line.startswith("- Unreadable files"))
     for (study, run, file), (key, _) in damaged.items():
         assert f"{os.path.join(out, study, 'runs', run, file)} ('{key}' is not " in header
+
+
+def test_a_grids_curves_title_their_legends_with_the_setting_in_the_pngs_and_on_the_pdf_page(tmp_path, monkeypatch):
+    out = write_activation_runs(tmp_path, [("relu", [0.6]), ("tanh", [0.5])])
+    figures = []
+    monkeypatch.setattr(report, "write_pdf", lambda path, sections, header_lines: figures.extend(
+        block[-1] if block[0] == "pdf_page" else block[2] for section in sections for block in section.blocks
+        if block[0] == "pdf_page" or block[0] == "figure" and block[1].startswith("mlp_activation_")))
+    build_report(out)
+    legends = [ax.get_legend() for figure in figures for ax in figure.axes]
+    assert len(figures) == 5 and len(legends) == 8 and all(legends)  # four PNGs, and the PDF page of all four
+    assert [legend.get_title().get_text() for legend in legends] == ["activation"] * 8

@@ -314,6 +314,8 @@ def test_diverged_and_failed_runs_are_recorded_and_the_study_goes_on(study_args,
               for t in load_study(str(tmp_path / "other"), "mlp_activation").get_trials()}
     assert states == {"activation-tanh_seed-42": (TrialState.FAIL, "error"),
                       "activation-sigmoid_seed-42": (TrialState.COMPLETE, "completed")}
+    failed = read_json(tmp_path / "other" / "mlp_activation" / "runs" / "activation-tanh_seed-42" / "trial.json")
+    assert (failed["outcome"], failed["error"]) == ("error", "RuntimeError: CUDA out of memory (simulated)")
     assert studies_main(study_args("mlp_activation", "--values", "tanh", "sigmoid", *failing_out)) == 0
     assert len(load_study(str(tmp_path / "other"), "mlp_activation").get_trials()) == 2  # errors stay recorded
     monkeypatch.setattr(study_worker, "fit", real_fit)
@@ -322,3 +324,12 @@ def test_diverged_and_failed_runs_are_recorded_and_the_study_goes_on(study_args,
     trials = load_study(str(tmp_path / "other"), "mlp_activation").get_trials()
     assert [t.state for t in trials if t.user_attrs["run_dir"] == "activation-tanh_seed-42"] == [
         TrialState.FAIL, TrialState.COMPLETE]
+
+
+def test_a_run_that_completes_without_a_validation_accuracy_is_recorded_as_failed(study_args, tmp_path, monkeypatch):
+    monkeypatch.setattr(study_worker, "fit", lambda args, **kwargs: {"status": "completed", "valid_accs": []})
+    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
+    [trial] = load_study(str(tmp_path / "out"), "mlp_activation").get_trials()
+    assert (trial.state, trial.user_attrs["outcome"], trial.user_attrs["error"]) == (
+        TrialState.FAIL, "error", "no validation accuracy was recorded")
+
