@@ -6,6 +6,7 @@ import os
 import re
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from helpers import jobs_of, load_study, read_json
@@ -326,10 +327,16 @@ def test_diverged_and_failed_runs_are_recorded_and_the_study_goes_on(study_args,
         TrialState.FAIL, TrialState.COMPLETE]
 
 
-def test_a_run_that_completes_without_a_validation_accuracy_is_recorded_as_failed(study_args, tmp_path, monkeypatch):
-    monkeypatch.setattr(study_worker, "fit", lambda args, **kwargs: {"status": "completed", "valid_accs": []})
+@pytest.mark.parametrize("status, valid_accs, recorded", [
+    ("completed", [], (TrialState.FAIL, "error", None, "no validation accuracy was recorded")),
+    ("diverged", [0.3], (TrialState.FAIL, "diverged", None, None)),  # an accuracy logged before it diverged
+    ("completed", [0.3, 0.4], (TrialState.COMPLETE, "completed", 0.4, None))])
+def test_a_run_has_a_value_only_when_it_completed_with_a_validation_accuracy(status, valid_accs, recorded, study_args,
+                                                                             tmp_path, monkeypatch):
+    monkeypatch.setattr(study_worker, "fit", lambda args, **kwargs: {"status": status, "valid_accs": valid_accs})
     assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
     [trial] = load_study(str(tmp_path / "out"), "mlp_activation").get_trials()
-    assert (trial.state, trial.user_attrs["outcome"], trial.user_attrs["error"]) == (
-        TrialState.FAIL, "error", "no validation accuracy was recorded")
+    logged = read_json(tmp_path / "out" / "mlp_activation" / "runs" / "activation-relu_seed-42" / "trial.json")
+    assert (trial.state, trial.user_attrs["outcome"], trial.value, trial.user_attrs.get("error")) == recorded
+    assert (logged["outcome"], logged["value"], logged["error"]) == recorded[1:]
 

@@ -237,3 +237,30 @@ def test_a_worker_with_nothing_to_claim_waits_and_takes_over_the_run_of_a_worker
     assert f"trial {held.number} (activation-relu_seed-42): its worker is gone" in printed
     assert read_json(os.path.join(out, "mlp_activation", "runs", "activation-relu_seed-42", "results.json"))[
         "model_config"]["activation"] == "relu"
+
+
+def test_a_worker_says_it_waits_once_per_spell_of_waiting_and_claims_what_turns_up(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    # what each claim finds: nothing while one run trains elsewhere, twice; a run; nothing again; then the end
+    script = [(None, 1), (None, 1), ("trial A", 0), (None, 2), ("trial B", 0), (None, 0)]
+
+    class ScriptedClaimer:
+        def __init__(self, study, lock, **kwargs):
+            self.running_elsewhere = 0
+
+        def claim(self):
+            trial, self.running_elsewhere = script.pop(0)
+            return trial
+    ran, waits = [], []
+    monkeypatch.setattr(study_worker, "Claimer", ScriptedClaimer)
+    monkeypatch.setattr(study_worker, "run_trial", lambda plan, study, lock, trial: ran.append(trial))
+    monkeypatch.setattr(time, "sleep", waits.append)
+    plan = SimpleNamespace(study=SimpleNamespace(is_search=False), grid_jobs=lambda: [], trials=None, seeds=[42],
+                           retry_failed=False)
+    assert study_worker.work(plan, study=None, lock=None) == 2
+    assert ran == ["trial A", "trial B"] and waits == [study_worker.POLL_SECONDS] * 3
+    assert capsys.readouterr().out == (
+        "no run to claim: waiting while 1 run trains in other workers (a run whose worker dies is taken over)\n"
+        "no run to claim: waiting while 2 runs train in other workers (a run whose worker dies is taken over)\n")
+
