@@ -254,8 +254,8 @@ def _fit_when_the_folder_is_free(args, prepare, on_epoch, test, console):
 
 
 def run_trial(plan, study, lock, trial):
-    """Train the claimed trial's run and record its outcome; returns the outcome's name, or ``taken over``
-    when a claim declared the trial lost meanwhile (the run is then left to the worker that claims it).
+    """Train the claimed trial's run and record its outcome, unless a claim declared the trial lost meanwhile:
+    the run is then left to the worker that claims it.
 
     Completed runs are COMPLETE with their final validation accuracy as value; pruned runs are
     PRUNED; diverged runs and runs that raised are FAIL with ``outcome`` saying which.
@@ -292,7 +292,7 @@ def run_trial(plan, study, lock, trial):
     except RunTakenOver:
         say(f"trial {trial.number} was declared lost while it trained: it stops here, and the worker that claims "
             "its run resumes it from the last checkpoint")
-        return "taken over"
+        return
     except Exception as exc:  # a failed run is recorded and the study goes on
         outcome, error = "error", f"{type(exc).__name__}: {exc}"
         with open(os.path.join(run_dir, "train.log"), "a") as log:
@@ -308,7 +308,7 @@ def run_trial(plan, study, lock, trial):
         if study.get_trials(deepcopy=False)[trial.number].state.is_finished():  # the folder is left as it is
             say(f"trial {trial.number} was declared lost while it trained: the worker that claims its run resumes "
                 f"it from the checkpoint it left in {run_dir}")
-            return "taken over"
+            return
         persistence.write_json(os.path.join(run_dir, TRIAL_FILE), record)
         if role != "final":  # a finished run needs no checkpoint; the final runs keep the best model's weights
             with contextlib.suppress(FileNotFoundError):
@@ -319,7 +319,6 @@ def run_trial(plan, study, lock, trial):
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
     say(f"trial {trial.number}: {outcome}" + (f", final validation accuracy {value:.4f}" if value is not None
                                                else f" ({error})" if error else ""))
-    return outcome
 
 
 def work(plan, study, lock):
