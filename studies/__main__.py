@@ -163,7 +163,7 @@ def _worker_env(index, count, device):
     if device == "cuda":
         visible = env.get("CUDA_VISIBLE_DEVICES")
         if visible is not None:
-            gpus = [gpu for gpu in visible.split(",") if gpu.strip()]
+            gpus = [gpu.strip() for gpu in visible.split(",") if gpu.strip()]
         else:
             import torch
             gpus = [str(i) for i in range(torch.cuda.device_count())]

@@ -23,6 +23,7 @@ from training.fake_data import write_fake_cifar10
     ("resnet18_lr", ["--logdir", "x"], "--logdir is set by the study"),
     ("resnet18_lr", ["--set", "width=3"], "--set width=3: expected KEY=VALUE"),
     ("resnet18_lr", ["--set", "lr=3"], "--set lr=3: expected KEY=VALUE"),
+    ("mlpmixer_best", ["--set", "embed_dim"], "--set embed_dim: expected KEY=VALUE"),
     ("resnet18_lr", ["--optimizer", "sgd"], "resnet18_lr holds optimizer at 'adam' (the question it answers); "
                                             "remove --optimizer"),
     ("mlpmixer_best", ["--set", "patch_size=8"], "mlpmixer_best holds patch_size at 4 (the question it answers); "

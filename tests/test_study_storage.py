@@ -269,6 +269,7 @@ def test_two_worker_processes_share_one_journal(study_args, tmp_path):
 
 @pytest.mark.parametrize("visible, device, expected", [
     ("0,1,2", "cuda", ["0", "1", "2", "0"]),  # round robin over the GPUs this host shows
+    ("0, 1", "cuda", ["0", "1", "0", "1"]),  # each worker gets one GPU's id, without the list's spaces
     ("3", "cuda", ["3"] * 4),  # one GPU: every worker shares it
     ("", "cuda", [""] * 4),  # no GPU visible: the runs fall back to the CPU, which the workers share
     ("0,1,2", "cpu", ["0,1,2"] * 4),  # CPU runs on a GPU host: GPUs untouched, cores shared
@@ -283,6 +284,19 @@ def test_workers_get_a_gpu_each_or_a_share_of_the_cores(monkeypatch, visible, de
     assert [env["CUDA_VISIBLE_DEVICES"] for env in envs] == expected
     shares_cores = device == "cpu" or not visible
     assert [env.get("OMP_NUM_THREADS") for env in envs] == ["4" if shares_cores else None] * 4
+
+
+@pytest.mark.parametrize("gpus, expected", [(2, ["0", "1", "0"]), (1, [None] * 3), (0, [None] * 3)])
+def test_without_cuda_visible_devices_workers_go_round_robin_over_the_gpus_torch_counts(monkeypatch, gpus,
+                                                                                         expected):
+    import torch
+
+    from studies.__main__ import _worker_env
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    assert [_worker_env(index, 3, "cuda").get("CUDA_VISIBLE_DEVICES") for index in range(3)] == expected
 
 
 def test_a_thread_count_the_user_set_is_kept(monkeypatch):
