@@ -18,7 +18,8 @@ from training.fake_data import write_fake_cifar10
     ("resnet18_lr", ["--lr", "0.1"], "resnet18_lr varies lr; choose its values with --values, not --lr"),
     ("mlp_activation", ["--set", "activation=tanh"],
      "mlp_activation varies activation; choose its values with --values, not --set activation"),
-    ("resnet18_lr", ["--values", "0.5"], "0.5 is not a valid lr"),
+    ("resnet18_lr", ["--values", "0.5", "0.7"], "--values: 0.5 is not a valid lr"),  # the first one named
+    ("mlp_activation", ["--epochs", "0", "--batch_size", "0"], "error: --batch_size must be at least 1, got 0\n"),
     ("mlpmixer_patch", ["--values", "four"], "--values: patch_size takes int values; choose from 1, 2, 4, 8, 16, 32"),
     ("resnet18_lr", ["--logdir", "x"], "--logdir is set by the study"),
     ("resnet18_lr", ["--set", "width=3"], "--set width=3: expected KEY=VALUE"),

@@ -299,6 +299,15 @@ def test_without_cuda_visible_devices_workers_go_round_robin_over_the_gpus_torch
     assert [_worker_env(index, 3, "cuda").get("CUDA_VISIBLE_DEVICES") for index in range(3)] == expected
 
 
+@pytest.mark.parametrize("cores, workers, threads", [(2, 4, "1"), (None, 2, "1"), (8, 3, "2")])
+def test_cpu_workers_share_the_cores_with_at_least_one_thread_each(monkeypatch, cores, workers, threads):
+    from studies.__main__ import _worker_env
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)  # None where Python cannot tell
+    assert [_worker_env(index, workers, "cpu")["OMP_NUM_THREADS"] for index in range(workers)] == [threads] * workers
+
+
 def test_a_thread_count_the_user_set_is_kept(monkeypatch):
     from studies.__main__ import _worker_env
 
