@@ -203,7 +203,7 @@ def _launch_workers(count, argv, device):
             say(f"a worker (pid {worker.pid}) was killed by {_signal_name(-code)}; rerun the same command to "
                 "complete what it left", file=sys.stderr)
     # as a shell reports a process killed by signal N: 128 + N, not the negative code Popen gives
-    return max((128 - code if code < 0 else code for code in codes), key=abs)
+    return max(128 - code if code < 0 else code for code in codes)
 
 
 def _signal_name(number):

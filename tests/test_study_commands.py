@@ -115,7 +115,9 @@ def test_a_worker_killed_by_a_signal_is_named_and_the_launch_exits_as_a_shell_re
         return real_popen([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)" if kill
                            else "pass"], env=env)
     monkeypatch.setattr(cli.subprocess, "Popen", popen)
+    handler = signal.getsignal(signal.SIGTERM)
     assert cli._launch_workers(2, ["run", "mlp_activation"], "cpu") == 128 + signal.SIGKILL
+    assert signal.getsignal(signal.SIGTERM) is handler  # its pass-on handler lasts only while the workers run
     assert commands == [[sys.executable, "-m", "studies", "run", "mlp_activation", "--workers", "1"]] * 2
     err = capsys.readouterr().err
     assert re.fullmatch(r"a worker \(pid \d+\) was killed by SIGKILL; rerun the same command to complete what it "
