@@ -315,8 +315,11 @@ def test_diverged_and_failed_runs_are_recorded_and_the_study_goes_on(study_args,
               for t in load_study(str(tmp_path / "other"), "mlp_activation").get_trials()}
     assert states == {"activation-tanh_seed-42": (TrialState.FAIL, "error"),
                       "activation-sigmoid_seed-42": (TrialState.COMPLETE, "completed")}
-    failed = read_json(tmp_path / "other" / "mlp_activation" / "runs" / "activation-tanh_seed-42" / "trial.json")
+    failed_dir = tmp_path / "other" / "mlp_activation" / "runs" / "activation-tanh_seed-42"
+    failed = read_json(failed_dir / "trial.json")
     assert (failed["outcome"], failed["error"]) == ("error", "RuntimeError: CUDA out of memory (simulated)")
+    log = (failed_dir / "train.log").read_text()  # the traceback, for whoever looks into the failure
+    assert "Traceback (most recent call last):" in log and "in fit_failing_for_tanh" in log
     assert studies_main(study_args("mlp_activation", "--values", "tanh", "sigmoid", *failing_out)) == 0
     assert len(load_study(str(tmp_path / "other"), "mlp_activation").get_trials()) == 2  # errors stay recorded
     monkeypatch.setattr(study_worker, "fit", real_fit)
