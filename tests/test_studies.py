@@ -296,7 +296,7 @@ def test_a_search_trial_is_never_pruned_after_its_last_epoch(study_args, tmp_pat
     assert [t.state for t in trials if t.user_attrs["role"] == "final"] == [TrialState.COMPLETE]
 
 
-def test_diverged_and_failed_runs_are_recorded_and_the_study_goes_on(study_args, tmp_path, monkeypatch):
+def test_diverged_and_failed_runs_are_recorded_and_the_study_goes_on(study_args, tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "out")
     assert studies_main(study_args("mlp_activation", "--values", "relu", "--optimizer", "sgd", "--lr", "1e30")) == 0
     [trial] = load_study(out, "mlp_activation").get_trials()
@@ -310,7 +310,12 @@ def test_diverged_and_failed_runs_are_recorded_and_the_study_goes_on(study_args,
         return real_fit(args, **kwargs)
     monkeypatch.setattr(study_worker, "fit", fit_failing_for_tanh)
     failing_out = ["--out", str(tmp_path / "other")]
+    capsys.readouterr()
     assert studies_main(study_args("mlp_activation", "--values", "tanh", "sigmoid", *failing_out)) == 0
+    ends = re.findall(r"^trial \d+: .*$", capsys.readouterr().out, re.MULTILINE)
+    patterns = [r"trial \d+: error \(RuntimeError: CUDA out of memory \(simulated\)\)",
+                r"trial \d+: completed, final validation accuracy \d\.\d{4}"]
+    assert len(ends) == 2 and all(any(re.fullmatch(pattern, end) for end in ends) for pattern in patterns), ends
     states = {t.user_attrs["run_dir"]: (t.state, t.user_attrs["outcome"])
               for t in load_study(str(tmp_path / "other"), "mlp_activation").get_trials()}
     assert states == {"activation-tanh_seed-42": (TrialState.FAIL, "error"),
