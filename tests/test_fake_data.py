@@ -36,6 +36,9 @@ def test_each_file_is_a_python_2_pickle_as_the_official_archive_holds(name, tmp_
     opcodes = {opcode.name for opcode, _, _ in pickletools.genops(pickled)}
     assert pickled.startswith(b"\x80\x02") and "SHORT_BINSTRING" in opcodes  # protocol 2, Python 2 str
     assert not opcodes & {"BINUNICODE", "SHORT_BINBYTES", "BINBYTES"} and b"_codecs" not in pickled
+    ops = [opcode.name for opcode, _, _ in pickletools.genops(pickled)]
+    after_strings = {following for op, following in zip(ops, ops[1:]) if op in ("SHORT_BINSTRING", "BINSTRING")}
+    assert after_strings <= {"BINPUT", "LONG_BINPUT"}  # memoized, as cPickle's save_string did
     loaded = pickle.loads(pickled, encoding="bytes")
     assert all(isinstance(key, bytes) for key in loaded)
     if name != "batches.meta":
