@@ -56,6 +56,7 @@ def test_status_of_a_database_names_a_missing_file_and_a_study_with_nothing_run(
     assert os.listdir(tmp_path) == []  # looking created no database
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     storage = optuna.storages.RDBStorage(url)  # a database that holds no study yet
+    os.makedirs(tmp_path / "out" / "mlp_activation" / "runs")  # runs of another storage: not what was asked about
     assert studies_main(["status", "--storage", url, "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err == (f"error: no study has started in {url}; `python -m studies run NAME --storage "
                                        f"{url} --out {tmp_path / 'out'}` starts one\n")
