@@ -1,4 +1,5 @@
 """The fake CIFAR-10 writer: what the runs read, never written over a copy that is there, nothing left half-written."""
+import io
 import os
 import pickle
 import pickletools
@@ -59,6 +60,21 @@ def test_a_folder_that_has_a_copy_is_refused_and_left_as_it_is(tmp_path, capsys)
     assert _files(tmp_path) == before
 
 
+def test_one_image_per_file_is_enough(tmp_path):
+    fake_data.write_fake_cifar10(str(tmp_path), train_per_batch=1, test=1)
+    data = load_cifar10(str(tmp_path))
+    assert (len(data.train_labels), len(data.test_labels)) == (5, 1)
+
+
+@pytest.mark.parametrize("size, opcode", [(255, "SHORT_BINSTRING"), (256, "BINSTRING")])
+def test_a_string_takes_the_short_opcode_up_to_255_bytes_as_in_python_2(size, opcode):
+    text = b"x" * size
+    buffer = io.BytesIO()
+    fake_data.Python2Pickler(buffer, protocol=2).dump(text)
+    assert [op.name for op, _, _ in pickletools.genops(buffer.getvalue())][1] == opcode
+    assert pickle.loads(buffer.getvalue(), encoding="bytes") == text
+
+
 @pytest.mark.parametrize("flags, asked", [(["--train_per_batch", "0"], "0 per training batch"),
                                           (["--test", "-2"], "-2 test images")])
 def test_a_count_below_one_is_refused_before_anything_is_written(flags, asked, tmp_path, capsys):
@@ -92,6 +108,8 @@ def test_a_write_cut_short_leaves_no_copy_behind_nor_a_folder_it_made(stop, new_
     else:
         assert (code, err) == (130, "\ninterrupted\n")
     assert len(written) == 3 and os.listdir(tmp_path) == ["kept"]
+    (staging,) = {os.path.dirname(os.path.dirname(path)) for path in written}  # renamed into place within one disk
+    assert os.path.dirname(staging) == str(root) and os.path.basename(staging).startswith(".fake-cifar-10-")
 
 
 def test_a_folder_made_for_a_failed_write_is_kept_when_something_else_was_put_in_it(tmp_path, monkeypatch):
