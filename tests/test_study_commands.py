@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from helpers import ROOT
 from studies import worker as study_worker
 from studies.__main__ import main as studies_main
@@ -100,6 +102,19 @@ def test_run_all_stops_at_a_study_whose_workers_failed(study_args, tmp_path, mon
     assert ("study mlp_activation: a worker exited with status 130, so the studies after it did not start; "
             "rerun the same command to resume") in capsys.readouterr().err
     assert not (tmp_path / "out" / "report").exists()
+
+
+@pytest.mark.parametrize("workers, launched", [("1", None), ("2", 2), ("3", 3)])
+def test_one_worker_trains_in_the_launching_process_and_more_are_started_as_processes(study_args, monkeypatch,
+                                                                                       workers, launched):
+    import studies.__main__ as cli
+
+    launches, in_process = [], []
+    monkeypatch.setattr(cli, "_launch_workers", lambda count, argv, device: launches.append((count, device)) or 0)
+    monkeypatch.setattr(cli, "work", lambda plan, study, lock: in_process.append(plan.study.name))
+    assert studies_main(study_args("mlp_activation", "--workers", workers)) == 0
+    assert launches == ([] if launched is None else [(launched, "cpu")])
+    assert in_process == (["mlp_activation"] if launched is None else [])
 
 
 def test_a_worker_killed_by_a_signal_is_named_and_the_launch_exits_as_a_shell_reports_it(monkeypatch, capsys):
