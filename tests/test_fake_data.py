@@ -30,6 +30,12 @@ def test_the_command_writes_a_copy_that_loads_with_the_counts_asked_for(tmp_path
     assert (data.train_images[:3].numpy() == images).all()
 
 
+def test_the_command_writes_5_x_100_training_and_100_test_images_by_default_as_the_readme_says(tmp_path):
+    assert fake_data.main([str(tmp_path)]) == 0
+    data = load_cifar10(str(tmp_path), download=False)
+    assert (len(data.train_labels), len(data.test_labels)) == (500, 100)
+
+
 @pytest.mark.parametrize("name", ["data_batch_1", "test_batch", "batches.meta"])
 def test_each_file_is_a_python_2_pickle_as_the_official_archive_holds(name, tmp_path):
     fake_data.write_fake_cifar10(str(tmp_path), train_per_batch=2, test=3)
@@ -42,7 +48,13 @@ def test_each_file_is_a_python_2_pickle_as_the_official_archive_holds(name, tmp_
     assert after_strings <= {"BINPUT", "LONG_BINPUT"}  # memoized, as cPickle's save_string did
     loaded = pickle.loads(pickled, encoding="bytes")
     assert all(isinstance(key, bytes) for key in loaded)
-    if name != "batches.meta":
+    if name == "batches.meta":  # as the official file's, but for the classes' names
+        assert {key: loaded[key] for key in (b"num_cases_per_batch", b"num_vis")} == {b"num_cases_per_batch": 2,
+                                                                                    b"num_vis": 3072}
+        assert loaded[b"label_names"] == [f"class{k}".encode() for k in range(10)]
+    else:
+        assert loaded[b"batch_label"] == (b"training batch 1 of 5" if name == "data_batch_1"
+                                          else b"testing batch 1 of 1")
         assert "BINSTRING" in opcodes  # the array's raw data: a Python 2 str of 256 bytes or more
         assert loaded[b"data"].shape == (2 if name == "data_batch_1" else 3, 3072)
         assert loaded[b"filenames"][0] == b"fake_0.png"
@@ -76,7 +88,7 @@ def test_a_string_takes_the_short_opcode_up_to_255_bytes_as_in_python_2(size, op
 
 
 @pytest.mark.parametrize("flags, asked", [(["--train_per_batch", "0"], "0 per training batch"),
-                                          (["--test", "-2"], "-2 test images")])
+                                          (["--test", "-2"], "-2 test images"), (["--test", "0"], "0 test images")])
 def test_a_count_below_one_is_refused_before_anything_is_written(flags, asked, tmp_path, capsys):
     root = tmp_path / "new"
     assert fake_data.main([str(root), *flags]) == 2
@@ -86,9 +98,11 @@ def test_a_count_below_one_is_refused_before_anything_is_written(flags, asked, t
     assert not root.exists()
 
 
-@pytest.mark.parametrize("stop", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+@pytest.mark.parametrize("stop, said", [(OSError(28, "No space left on device"), "No space left on device"),
+                                        (OSError("the disk went away"), "the disk went away"),  # no errno
+                                        (KeyboardInterrupt(), None)])
 @pytest.mark.parametrize("new_folders", [[], ["new"], ["new", "deeper"]])
-def test_a_write_cut_short_leaves_no_copy_behind_nor_a_folder_it_made(stop, new_folders, tmp_path, capsys,
+def test_a_write_cut_short_leaves_no_copy_behind_nor_a_folder_it_made(stop, said, new_folders, tmp_path, capsys,
                                                                       monkeypatch):
     (tmp_path / "kept").mkdir()  # a folder beside the copy, which stays
     root = tmp_path.joinpath(*new_folders)
@@ -103,8 +117,8 @@ def test_a_write_cut_short_leaves_no_copy_behind_nor_a_folder_it_made(stop, new_
     code = fake_data.main([str(root), "--train_per_batch", "2"])
     err = capsys.readouterr().err
     if isinstance(stop, OSError):
-        assert (code, err) == (2, f"error: cannot write a fake CIFAR-10 into {root} (No space left on device); "
-                                  "choose a writable folder\n")
+        assert (code, err) == (2, f"error: cannot write a fake CIFAR-10 into {root} ({said}); choose a writable "
+                                  "folder\n")
     else:
         assert (code, err) == (130, "\ninterrupted\n")
     assert len(written) == 3 and os.listdir(tmp_path) == ["kept"]
