@@ -43,6 +43,27 @@ def test_status_shows_outcomes_and_where_and_how_far_each_running_run_is(study_a
     assert studies_main(["status", "--out", out]) == 0
 
 
+def test_status_counts_a_running_runs_silence_from_its_last_heartbeat(tmp_path, capsys):
+    import time
+
+    import optuna
+
+    from studies.storage import close_storage, open_storage
+
+    out = tmp_path / "out"
+    storage, _ = open_storage(None, str(out / "mlp_activation"))
+    study = optuna.create_study(study_name="mlp_activation", storage=storage, direction="maximize")
+    study.enqueue_trial({"activation": "relu", "seed": 42}, user_attrs={"run_dir": "activation-relu_seed-42",
+                                                                        "role": "grid"})
+    running = study.ask()  # started now, last heard from 100 s ago on another host (not yet taken for dead)
+    for key, value in {"host": "node7", "pid": 4321, "heartbeat": time.time() - 100}.items():
+        running.set_user_attr(key, value)
+    close_storage(storage)
+    assert studies_main(["status", "--out", str(out)]) == 0
+    assert re.fullmatch(r"mlp_activation: 1 running\n  activation-relu_seed-42: running on node7 \(pid 4321\), first "
+                        r"epoch; last heard 10[01] s ago\n", capsys.readouterr().out)
+
+
 def test_status_of_a_folder_without_studies_writes_nothing(tmp_path, capsys):
     none = tmp_path / "none"
     assert studies_main(["status", "--out", str(none)]) == 2
