@@ -1,11 +1,13 @@
 """Problem 4's studies interrupted, on tiny fake data: a killed or stopped study resuming, an interrupted search
 trial keeping its settings, and a run whose worker was declared lost taken over by another worker."""
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import warnings
 
 import optuna
 import pytest
@@ -263,4 +265,16 @@ def test_a_worker_says_it_waits_once_per_spell_of_waiting_and_claims_what_turns_
     assert capsys.readouterr().out == (
         "no run to claim: waiting while 1 run trains in other workers (a run whose worker dies is taken over)\n"
         "no run to claim: waiting while 2 runs train in other workers (a run whose worker dies is taken over)\n")
+
+
+def test_a_resumed_search_trial_tells_the_pruner_only_the_logged_epochs_it_has_not_told(tmp_path):
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    trial.report(0.40, 1)  # told before its worker stopped
+    with open(tmp_path / "results.json", "w") as f:  # epoch 3 logged no accuracy (not finite)
+        json.dump({"valid_accs": [0.41, 0.52, None, 0.63]}, f)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Optuna warns of an epoch told twice
+        study_worker._report_earlier_epochs(study, trial, str(tmp_path))
+    assert study.trials[0].intermediate_values == {1: 0.40, 2: 0.52, 4: 0.63}
 
