@@ -154,10 +154,12 @@ def test_a_worker_killed_by_a_signal_is_named_and_the_launch_exits_as_a_shell_re
     handler = signal.getsignal(signal.SIGTERM)
     assert cli._launch_workers(2, ["run", "mlp_activation"], "cpu") == 128 + signal.SIGKILL
     assert signal.getsignal(signal.SIGTERM) is handler  # its pass-on handler lasts only while the workers run
-    assert commands == [[sys.executable, "-m", "studies", "run", "mlp_activation", "--workers", "1"]] * 2
     err = capsys.readouterr().err
     assert re.fullmatch(r"a worker \(pid \d+\) was killed by SIGKILL; rerun the same command to complete what it "
                         r"left\n", err), err
+    assert commands == [[sys.executable, "-m", "studies", "run", "mlp_activation", "--workers", "1"]] * 2
+    monkeypatch.setattr(cli.subprocess, "Popen", lambda command, env: real_popen([sys.executable, "-c", "pass"]))
+    assert cli._launch_workers(2, ["run", "mlp_activation"], "cpu") == 0 and capsys.readouterr().err == ""
 
 
 def test_run_all_gives_each_studys_workers_its_name_where_all_named_the_study_not_where_a_flag_is_all():
