@@ -162,6 +162,12 @@ def test_a_worker_killed_by_a_signal_is_named_and_the_launch_exits_as_a_shell_re
     assert cli._launch_workers(2, ["run", "mlp_activation"], "cpu") == 0 and capsys.readouterr().err == ""
 
 
+def test_a_signal_without_a_name_is_given_by_its_number():
+    from studies.__main__ import _signal_name
+
+    assert (_signal_name(9), _signal_name(200)) == ("SIGKILL", "signal 200")
+
+
 def test_run_all_gives_each_studys_workers_its_name_where_all_named_the_study_not_where_a_flag_is_all():
     from studies.__main__ import _one_study_argv
 
