@@ -32,7 +32,7 @@ from .storage import JOURNAL_FILE, close_storage, open_storage, storage_kind
 from .worker import RUNS_FOLDER, Plan, open_study, work
 
 STUDY_FLAGS = ("model", "logdir", "resume", "visualize")  # set by the study for each run
-# one training epoch on the full data, measured on this project's 2-core CPU machine (README, "Problem 4")
+# one training epoch on the full data, measured on this project's first 2-core CPU machine (README, "Problem 4")
 CPU_EPOCH_SECONDS = {"resnet18": 1613, "mlpmixer": 473}
 RUN_PROG = "python -m studies run NAME"  # argparse names it in its errors about main.py flags
 LAUNCHED_WORKER = "STUDIES_LAUNCHED_WORKER"  # in the environment of the workers that --workers N starts
@@ -243,8 +243,8 @@ def _note_cpu_cost(study, args):
     on_cpu = args.device == "cpu" or not torch.cuda.is_available()
     if on_cpu and study.model in CPU_EPOCH_SECONDS:
         say(f"note: {study.name} trains {study.model} on the CPU, where one training epoch of the full data took "
-            f"{CPU_EPOCH_SECONDS[study.model]} s on this project's 2-core machine (README, 'Problem 4'); on a CPU "
-            "only mlp_activation is practical: run this study on a GPU (--device cuda), or try it with fewer "
+            f"{CPU_EPOCH_SECONDS[study.model]} s on this project's first 2-core machine (README, 'Problem 4'); on a "
+            "CPU only mlp_activation is practical: run this study on a GPU (--device cuda), or try it with fewer "
             "--epochs", file=sys.stderr)
 
 
