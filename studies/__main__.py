@@ -34,6 +34,8 @@ from .worker import RUNS_FOLDER, Plan, open_study, work
 STUDY_FLAGS = ("model", "logdir", "resume", "visualize")  # set by the study for each run
 # one training epoch on the full data, measured on this project's first 2-core CPU machine (README, "Problem 4")
 CPU_EPOCH_SECONDS = {"resnet18": 1613, "mlpmixer": 473}
+# one epoch (training and validation) on a later 2-core machine with AMX, in fp32 and with --precision bf16
+AMX_CPU_EPOCH_SECONDS = {"resnet18": (640, 256), "mlpmixer": (226, 89)}
 RUN_PROG = "python -m studies run NAME"  # argparse names it in its errors about main.py flags
 LAUNCHED_WORKER = "STUDIES_LAUNCHED_WORKER"  # in the environment of the workers that --workers N starts
 
@@ -242,10 +244,11 @@ def _note_cpu_cost(study, args):
 
     on_cpu = args.device == "cpu" or not torch.cuda.is_available()
     if on_cpu and study.model in CPU_EPOCH_SECONDS:
+        fp32, bf16 = AMX_CPU_EPOCH_SECONDS[study.model]
         say(f"note: {study.name} trains {study.model} on the CPU, where one training epoch of the full data took "
-            f"{CPU_EPOCH_SECONDS[study.model]} s on this project's first 2-core machine (README, 'Problem 4'); on a "
-            "CPU only mlp_activation is practical: run this study on a GPU (--device cuda), or try it with fewer "
-            "--epochs", file=sys.stderr)
+            f"{CPU_EPOCH_SECONDS[study.model]} s on this project's first 2-core machine, and an epoch {fp32} s on a "
+            f"later one with AMX ({bf16} s with --precision bf16; README, 'Problem 4'); on a CPU only mlp_activation "
+            "is practical: run this study on a GPU (--device cuda), or try it with fewer --epochs", file=sys.stderr)
 
 
 def run_study(study, options, train_argv, argv):

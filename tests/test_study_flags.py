@@ -188,13 +188,15 @@ def test_a_resnet_or_mixer_study_on_a_cpu_says_first_what_an_epoch_costs_there(n
     import torch
 
     from config import get_config_parser
-    from studies.__main__ import CPU_EPOCH_SECONDS, STUDIES, _note_cpu_cost
+    from studies.__main__ import AMX_CPU_EPOCH_SECONDS, CPU_EPOCH_SECONDS, STUDIES, _note_cpu_cost
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     _note_cpu_cost(STUDIES[name], get_config_parser().parse_args(["--device", device]))
     err = capsys.readouterr().err
     seconds = CPU_EPOCH_SECONDS.get(STUDIES[name].model)
-    assert (f"one training epoch of the full data took {seconds} s" in err) == noted
+    fp32, bf16 = AMX_CPU_EPOCH_SECONDS.get(STUDIES[name].model, (None, None))
+    assert (f"one training epoch of the full data took {seconds} s on this project's first 2-core machine, and an "
+            f"epoch {fp32} s on a later one with AMX ({bf16} s with --precision bf16; " in err) == noted
     assert ("only mlp_activation is practical" in err) == noted
 
 
@@ -208,9 +210,12 @@ def test_a_study_launched_on_a_cpu_prints_the_cost_note(name, values, noted, stu
 
 
 def test_the_cpu_epoch_costs_the_studies_quote_are_the_readmes():
-    from studies.__main__ import CPU_EPOCH_SECONDS
+    from studies.__main__ import AMX_CPU_EPOCH_SECONDS, CPU_EPOCH_SECONDS
 
     with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")) as f:
         readme = " ".join(f.read().split())
     assert (f"One training epoch took {CPU_EPOCH_SECONDS['mlpmixer']} s there for the default MLP-Mixer and "
             f"{CPU_EPOCH_SECONDS['resnet18']} s for ResNet18") in readme
+    mixer, resnet = AMX_CPU_EPOCH_SECONDS["mlpmixer"], AMX_CPU_EPOCH_SECONDS["resnet18"]
+    assert (f"One epoch (training and validation) of the MLP-Mixer took {mixer[0]} s there in fp32 and {mixer[1]} s "
+            f"in bf16, and of ResNet18 {resnet[0]} s and {resnet[1]} s") in readme
