@@ -7,6 +7,7 @@ import re
 import torch
 
 from training.augmentation import AUGMENTATIONS, MIXES
+from training.errors import CommandLineParser
 from training.optim import SCHEDULES
 
 
@@ -21,9 +22,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def get_config_parser():
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         description="Train an MLP, a ResNet18 or an MLP-Mixer on CIFAR-10 and write results.json.",
-        formatter_class=HelpFormatter)
+        formatter_class=HelpFormatter, help_command="python main.py --help")
 
     template = parser.add_argument_group("template flags (defaults as in the course template)")
     template.add_argument("--batch_size", type=int, default=128, help="batch size for training.")
@@ -107,11 +108,9 @@ def get_config_parser():
     return parser
 
 
-def given_flags(argv, prog):
-    """The ``main.py`` flags that ``argv`` sets, with their parsed values; argparse exits on errors, naming
-    ``prog`` (the command that passes them on)."""
+def given_flags(argv):
+    """The ``main.py`` flags that ``argv`` sets, with their parsed values; a bad one exits as ``main.py`` does."""
     parser = get_config_parser()
-    parser.prog = prog
     unset = object()  # not a string, so argparse does not convert it as it would a default
     parser.set_defaults(**{dest: unset for dest in vars(parser.parse_args([]))})
     return {key: value for key, value in vars(parser.parse_args(argv)).items() if value is not unset}

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from config import MAX_SEED, HelpFormatter, check_args, get_config_parser, given_flags
 from training.cifar10 import check_valid_size, load_cifar10
-from training.errors import UserError, set_up_command_line
+from training.errors import CommandLineParser, UserError, set_up_command_line
 from training.models import SCHEMAS, SHIPPED_CONFIG_DIR, load_model_config, validate_model_config
 
 from .console import say
@@ -36,14 +36,13 @@ STUDY_FLAGS = ("model", "logdir", "resume", "visualize")  # set by the study for
 CPU_EPOCH_SECONDS = {"resnet18": 1613, "mlpmixer": 473}
 # one epoch (training and validation) on a later 2-core machine with AMX, in fp32 and with --precision bf16
 AMX_CPU_EPOCH_SECONDS = {"resnet18": (640, 256), "mlpmixer": (226, 89)}
-RUN_PROG = "python -m studies run NAME"  # argparse names it in its errors about main.py flags
 LAUNCHED_WORKER = "STUDIES_LAUNCHED_WORKER"  # in the environment of the workers that --workers N starts
 
 
 def _parser():
     # no abbreviations: --seed (main.py's) must not be read as --seeds
-    parser = argparse.ArgumentParser(prog="python -m studies", description=__doc__, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandLineParser(prog="python -m studies", description=__doc__, allow_abbrev=False,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="the studies, their grids and search spaces")
     run = commands.add_parser("run", help="run (or resume) a study; other flags go to every run, as main.py's",
@@ -110,7 +109,7 @@ def _run_seeds(study, seed, count):
 
 def make_plan(study, options, train_argv):
     """Check every flag of a study's launch, before anything is written, and return its ``Plan``."""
-    flags = given_flags(train_argv, RUN_PROG)
+    flags = given_flags(train_argv)
     for name in STUDY_FLAGS:
         if name in flags:
             raise UserError(f"--{name} is set by the study for each run; remove it")
@@ -382,7 +381,7 @@ def main(argv=None):
             if options.values or options.trials:
                 raise UserError("--values and --trials apply to one study; run the studies one by one")
             models = sorted({study.model for study in STUDIES.values()})
-            if ("model_config" in given_flags(train_argv, RUN_PROG) or options.set) and len(models) > 1:
+            if ("model_config" in given_flags(train_argv) or options.set) and len(models) > 1:
                 raise UserError(f"--model_config and --set apply to one model, and the studies train "
                                 f"{', '.join(models)}; run the studies one by one")
             seed = get_config_parser().parse_args(train_argv).seed

@@ -306,6 +306,28 @@ def test_cli_subprocess_help_and_error_exit_codes(tmp_path):
     assert "Traceback" not in bad.stderr
 
 
+@pytest.mark.parametrize("command, argv, problem, help_command", [
+    ("main.py", ["--epochs", "x"], "argument --epochs: invalid int value: 'x'", "python main.py --help"),
+    ("main.py", ["--no_such_flag"], "unrecognized arguments: --no_such_flag", "python main.py --help"),
+    ("studies", ["run", "mlp_activation", "--precision", "bf17"], "argument --precision: invalid choice: 'bf17'",
+     "python main.py --help"),
+    ("studies", ["rn"], "argument command: invalid choice: 'rn'", "python -m studies --help"),
+    ("studies", ["run", "--workers", "two", "mlp_activation"], "argument --workers: invalid int value: 'two'",
+     "python -m studies run --help"),
+    ("tools.benchmark", ["--epochs"], "argument --epochs: expected one argument", "python -m tools.benchmark --help"),
+])
+def test_a_flag_argparse_refuses_gets_one_line_naming_the_help_to_read(command, argv, problem, help_command, capsys):
+    from studies.__main__ import main as studies_main
+    from tools.benchmark import parse_args as benchmark_args
+
+    entry = {"main.py": main.main, "studies": studies_main, "tools.benchmark": benchmark_args}[command]
+    with pytest.raises(SystemExit) as exited:
+        entry(argv)
+    err = capsys.readouterr().err  # how argparse lists the choices differs between Python releases
+    assert exited.value.code == 2 and len(err.splitlines()) == 1
+    assert err.startswith(f"error: {problem}") and err.endswith(f"; see {help_command}\n")
+
+
 def test_help_names_the_defaults_that_exist_and_no_empty_ones(capsys):
     from studies.__main__ import main as studies_main
 

@@ -10,6 +10,7 @@ import torch
 
 from helpers import ROOT, Pipe
 from tools import gpu_check
+from training.errors import UserError
 
 @pytest.fixture
 def one_thread():
@@ -122,10 +123,10 @@ def test_first_nonfinite_names_the_first_bad_step():
     (["--valid_size", "0"], "--valid_size must be at least 1, got 0"),
     (["--num_workers", "-1"], "--num_workers must not be negative, got -1"),
 ])
-def test_gpu_check_refuses_bad_flags_before_it_runs(capsys, flags, message):
-    with pytest.raises(SystemExit):
+def test_gpu_check_refuses_bad_flags_before_it_runs(flags, message):
+    with pytest.raises(UserError) as refused:
         gpu_check.main(["--dry_run", *flags])
-    assert message in capsys.readouterr().err
+    assert str(refused.value).startswith(message)
 
 
 def test_gpu_check_accepts_the_least_counts():
@@ -136,8 +137,8 @@ def test_gpu_check_accepts_the_least_counts():
         1, 1, 1, 1, 1, 0)
 
 
-def test_gpu_check_refuses_a_json_out_that_is_a_folder_before_it_runs(tmp_path, capsys):
-    with pytest.raises(SystemExit):
+def test_gpu_check_refuses_a_json_out_that_is_a_folder_before_it_runs(tmp_path):
+    with pytest.raises(UserError) as refused:
         gpu_check.main(["--dry_run", "--json_out", str(tmp_path)])
-    assert capsys.readouterr().err.endswith(f"error: --json_out {tmp_path} is a folder; give a file path, such as "
-                                            f"{tmp_path / 'parity.json'}\n")
+    assert str(refused.value) == (f"--json_out {tmp_path} is a folder; give a file path, such as "
+                                  f"{tmp_path / 'parity.json'}")

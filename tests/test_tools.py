@@ -36,7 +36,7 @@ def test_each_tool_run_as_a_command_refuses_a_bad_count_with_exit_2():
                 "check_targets": (["--seeds", "0"], "error: --seeds must be at least 1, got 0"),
                 "layout_benchmark": (["--device", "cpu", "--batch_size", "0"],
                                      "error: --batch_size must be at least 1, got 0"),
-                "gpu_check": (["--steps", "0"], "python -m tools.gpu_check: error: --steps must be at least 1, got 0")}
+                "gpu_check": (["--steps", "0"], "error: --steps must be at least 1, got 0")}
     started = {tool: subprocess.Popen([sys.executable, "-m", f"tools.{tool}", *argv], cwd=ROOT, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                for tool, (argv, _) in commands.items()}  # side by side: each spends seconds importing torch

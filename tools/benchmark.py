@@ -23,7 +23,7 @@ import torch
 
 from config import get_config_parser
 from tools import fit_or_stop, run_cli
-from training.errors import UserError
+from training.errors import CommandLineParser, UserError
 
 ROWS = {
     "template": ["--pipeline", "torchvision", "--precision", "fp32", "--channels_last", "off", "--cuda_graph", "off"],
@@ -76,8 +76,8 @@ def print_table(title, rows):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m tools.benchmark", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandLineParser(prog="python -m tools.benchmark", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="mlp", choices=["mlp", "resnet18", "mlpmixer"])
     parser.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
     parser.add_argument("--epochs", type=int, default=1)

@@ -27,7 +27,7 @@ import torch
 
 from config import MAX_SEED, get_config_parser, given_flags
 from tools import fit_or_stop, run_cli
-from training.errors import UserError
+from training.errors import CommandLineParser, UserError
 
 RECIPES = {
     "resnet18": {
@@ -106,15 +106,15 @@ def _mean_text(rows, recipe):
 def parse_args(argv=None):
     """The script's own flags, and the ``main.py`` flags that override the recipes' (checked here, so that a
     wrong one stops the script before a first training run)."""
-    parser = argparse.ArgumentParser(prog="python -m tools.check_targets", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser = CommandLineParser(prog="python -m tools.check_targets", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--data_dir", default="./data")
     parser.add_argument("--models", nargs="+", choices=sorted(RECIPES), default=sorted(RECIPES, reverse=True))
     parser.add_argument("--seeds", type=int, default=1,
                         help="runs per recipe, seeds --seed to --seed + N - 1; judged on the mean test accuracy")
     parser.add_argument("--dry_run", action="store_true", help="CPU, fake data, tiny models, 1 epoch")
     cli, overrides = parser.parse_known_args(argv)
-    for name in given_flags(overrides, parser.prog):
+    for name in given_flags(overrides):
         if name in SET_PER_RUN:
             raise UserError(f"--{name}: {SET_PER_RUN[name]}; remove it")
     cli.seed = get_config_parser().parse_args(overrides).seed

@@ -35,7 +35,7 @@ from tools import fit_or_stop, run_cli
 from tools.benchmark import measure, print_table
 from training import steps as steps_module
 from training.cifar10 import load_cifar10, split_train_valid
-from training.errors import UserError
+from training.errors import CommandLineParser, UserError
 from training.fake_data import write_fake_cifar10
 from training.models import build_model, load_model_config
 from training.optim import LRSchedule, build_optimizer
@@ -289,8 +289,8 @@ def _accuracy(value, width):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m tools.gpu_check", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandLineParser(prog="python -m tools.gpu_check", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default="./data")
     parser.add_argument("--sections", default="tracking,benchmark,parity")
     parser.add_argument("--steps", type=int, default=50)
@@ -309,16 +309,17 @@ def parse_args(argv=None):
     for flag, given, choices in (("--models", cli.models, MODELS), ("--sections", cli.sections, SECTIONS)):
         unknown = set(given.split(",")) - set(choices)
         if unknown:
-            parser.error(f"{flag}: unknown {', '.join(sorted(unknown))}; choose from {', '.join(choices)}")
+            raise UserError(f"{flag}: unknown {', '.join(sorted(unknown))}; choose from {', '.join(choices)}")
     for flag, least in (("steps", 1), ("bench_epochs", 1), ("parity_epochs", 1), ("rows", 1), ("valid_size", 1),
                         ("num_workers", 0)):
         if getattr(cli, flag) < least:  # checked before the first section, not when its section comes
-            parser.error(f"--{flag} must {'be at least 1' if least else 'not be negative'}, got {getattr(cli, flag)}")
+            raise UserError(f"--{flag} must {'be at least 1' if least else 'not be negative'}, "
+                            f"got {getattr(cli, flag)}")
     if cli.json_out and os.path.isdir(cli.json_out):  # else found only once the parity runs are done
-        parser.error(f"--json_out {cli.json_out} is a folder; give a file path, such as "
-                     f"{os.path.join(cli.json_out, 'parity.json')}")
+        raise UserError(f"--json_out {cli.json_out} is a folder; give a file path, such as "
+                        f"{os.path.join(cli.json_out, 'parity.json')}")
     if cli.json_out and not os.path.isdir(os.path.dirname(os.path.abspath(cli.json_out))):
-        parser.error(f"--json_out {cli.json_out}: its folder does not exist; create it or give another path")
+        raise UserError(f"--json_out {cli.json_out}: its folder does not exist; create it or give another path")
     return cli
 
 

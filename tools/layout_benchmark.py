@@ -20,7 +20,7 @@ from tools import run_cli
 from tools.gpu_check import MODELS, make_step
 from training.cifar10 import load_cifar10
 from training.engine import describe_device
-from training.errors import UserError
+from training.errors import CommandLineParser, UserError
 from training.pipelines import TensorBatches
 
 LAYOUTS = (("contiguous", False), ("channels_last", True))
@@ -42,8 +42,8 @@ def time_layouts(model_name, batches, plan, device, precision, warmup):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m tools.layout_benchmark", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandLineParser(prog="python -m tools.layout_benchmark", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="resnet18", choices=MODELS)
     parser.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])

@@ -24,7 +24,7 @@ import torch
 from studies.__main__ import main as studies_main
 from studies.report import load_runs
 from tools import run_cli
-from training.errors import UserError
+from training.errors import CommandLineParser, UserError
 
 GRID_STUDIES = ("mlp_activation", "resnet18_lr", "mlpmixer_patch")
 
@@ -51,8 +51,8 @@ def _dry_run_flags(folder):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m tools.time_studies", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandLineParser(prog="python -m tools.time_studies", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default="./data")
     parser.add_argument("--out", help="output folder (default: a new temporary folder); must not exist")
     parser.add_argument("--workers", type=int, default=1, help="worker processes per study (they share the GPU)")

@@ -1,4 +1,5 @@
 """What a user causes and the runner answers in one line: a bad input, a warning, or a stop."""
+import argparse
 import signal
 import warnings
 
@@ -9,6 +10,23 @@ class UserError(Exception):
 
 class LogdirBusy(UserError):
     """Another run is writing into the ``--logdir`` that this run was given."""
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that answers a bad flag in one line, as the runner answers any bad input, naming the
+    command that explains the flags, instead of printing its whole usage (some 25 lines for ``main.py``) first.
+
+    Args:
+        help_command: the command that explains these flags; default: ``PROG --help``.
+        **kwargs: ``argparse.ArgumentParser``'s.
+    """
+
+    def __init__(self, *args, help_command=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.help_command = help_command
+
+    def error(self, message):
+        self.exit(2, f"error: {message}; see {self.help_command or self.prog + ' --help'}\n")
 
 
 def _raise_interrupt(signum, frame):

@@ -7,7 +7,6 @@ Python 2 ``str``, which Python 3 reads back as bytes only with ``encoding="bytes
 ``data`` array ``[N, 3072]`` (red plane, green plane, blue plane) and a ``labels`` list. Each class has its
 own mean colour and stripe pattern plus noise, so a model can learn something from a few hundred images.
 """
-import argparse
 import contextlib
 import os
 import pickle
@@ -19,7 +18,7 @@ import tempfile
 import numpy as np
 
 from .cifar10 import FOLDER, NUM_CLASSES, TEST_FILE, TRAIN_FILES
-from .errors import UserError
+from .errors import CommandLineParser, UserError
 
 
 def fake_images(count, seed):
@@ -131,8 +130,8 @@ def main(argv=None):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m training.fake_data",
-                                     description="Write a small fake CIFAR-10 in the real on-disk format.")
+    parser = CommandLineParser(prog="python -m training.fake_data",
+                               description="Write a small fake CIFAR-10 in the real on-disk format.")
     parser.add_argument("root", help="the folder that gets cifar-10-batches-py/ (use it as --data_dir)")
     parser.add_argument("--train_per_batch", type=int, default=100)
     parser.add_argument("--test", type=int, default=100)
