@@ -339,6 +339,16 @@ def test_help_names_the_defaults_that_exist_and_no_empty_ones(capsys):
         assert not re.search(r"\(default: (None|False|\[\])\)", text), text
 
 
+@pytest.mark.parametrize("action", [action for action in get_config_parser()._actions if action.choices],
+                         ids=lambda action: action.option_strings[0])
+def test_every_flag_with_choices_refuses_a_value_outside_them_and_explains_itself(action, capsys):
+    with pytest.raises(SystemExit) as exited:
+        get_config_parser().parse_args([action.option_strings[0], "bogus"])
+    assert exited.value.code == 2 and f"argument {action.option_strings[0]}: invalid choice: 'bogus'" in \
+        capsys.readouterr().err
+    assert action.help and action.default in action.choices
+
+
 @pytest.mark.skipif(os.name != "posix", reason="runs hold their --logdir with flock, which Windows lacks")
 def test_a_logdir_that_another_run_writes_is_refused_and_freed_when_that_run_dies(run_args, tmp_path, capsys,
                                                                                    monkeypatch):
