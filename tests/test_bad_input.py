@@ -150,6 +150,7 @@ BAD_FLAGS = [
     (["--seed", "4294967296"], "--seed must be between 0 and 4294967295 (numpy's seed range), got 4294967296"),
     (["--valid_size", "500"], "--valid_size 500 must be between 1 and 119"),
     (["--resume"], "--resume and --visualize need --logdir"),
+    (["--visualize"], "--resume and --visualize need --logdir"),
     (["--weight_decay", "-0.1"], "--weight_decay must be finite and not negative, got -0.1"),
     (["--weight_decay", "inf"], "--weight_decay must be finite and not negative, got inf"),
     (["--momentum", "nan"], "--momentum must be in [0, 1), got nan"),
@@ -337,6 +338,10 @@ def test_help_names_the_defaults_that_exist_and_no_empty_ones(capsys):
     for text in (get_config_parser().format_help(), capsys.readouterr().out):
         assert "(default: " in text
         assert not re.search(r"\(default: (None|False|\[\])\)", text), text
+
+
+def test_every_flag_of_main_py_says_what_it_does():
+    assert [action.dest for action in get_config_parser()._actions if not action.help] == []
 
 
 @pytest.mark.parametrize("action", [action for action in get_config_parser()._actions if action.choices],
