@@ -44,6 +44,8 @@ BAD_CONFIGS = [
     ("patch.json", '{"num_classes": 10, "img_size": 32, "patch_size": 5, "embed_dim": 8, "num_blocks": 1}',
      "mlpmixer", "'patch_size' must divide the image size 32: valid choices are 1, 2, 4, 8, 16, 32"),
     ("bool.json", '{"num_classes": true}', "resnet18", "'num_classes' must be a positive integer"),
+    ("float.json", '{"num_classes": 10, "img_size": 32, "patch_size": 4, "embed_dim": 256.0, "num_blocks": 1}',
+     "mlpmixer", "'embed_dim' must be a positive integer, got 256.0"),
     ("classes.json", '{"num_classes": 100}', "resnet18", "must be 10 for CIFAR-10"),
     ("drop.json", '{"num_classes": 10, "img_size": 32, "patch_size": 4, "embed_dim": 8, "num_blocks": 1, '
                   '"drop_rate": 1.5}', "mlpmixer", "'drop_rate' must be a number in"),

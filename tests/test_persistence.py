@@ -157,6 +157,21 @@ def test_the_saved_random_states_restore_every_generator_that_training_may_draw_
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == drawn
 
 
+@pytest.mark.parametrize("saved_on_gpu, gpu_here, restored", [(True, True, True), (True, False, False),
+                                                              (False, True, False), (False, False, False)])
+def test_the_gpus_random_states_are_restored_where_both_runs_had_a_gpu(saved_on_gpu, gpu_here, restored,
+                                                                        monkeypatch):
+    import torch
+
+    state = persistence.rng_state()
+    state["cuda"] = [torch.zeros(8, dtype=torch.uint8)] if saved_on_gpu else []
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu_here)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", calls.append)
+    persistence.set_rng_state(state)
+    assert calls == ([state["cuda"]] if restored else [])
+
+
 class _MakesAFolderWhenUnpickled:
     def __init__(self, path):
         self.path = path
