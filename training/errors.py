@@ -14,7 +14,7 @@ class LogdirBusy(UserError):
 
 class CommandLineParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` that answers a bad flag in one line, as the runner answers any bad input, naming the
-    command that explains the flags, instead of printing its whole usage (some 25 lines for ``main.py``) first.
+    command that explains the flags, instead of printing its whole usage first (19 lines for ``main.py``).
 
     Args:
         help_command: the command that explains these flags; default: ``PROG --help``.
