@@ -46,11 +46,18 @@ BAD_CONFIGS = [
     ("bool.json", '{"num_classes": true}', "resnet18", "'num_classes' must be a positive integer"),
     ("float.json", '{"num_classes": 10, "img_size": 32, "patch_size": 4, "embed_dim": 256.0, "num_blocks": 1}',
      "mlpmixer", "'embed_dim' must be a positive integer, got 256.0"),
+    ("float_patch.json", '{"num_classes": 10, "img_size": 32, "patch_size": 4.0, "embed_dim": 8, "num_blocks": 1}',
+     "mlpmixer", "'patch_size' must divide the image size 32: valid choices are 1, 2, 4, 8, 16, 32, got 4.0"),
+    ("two_unknown.json", '{"num_classes": 10, "width": 3, "depth": 3}', "resnet18", "unknown key 'depth'"),
     ("classes.json", '{"num_classes": 100}', "resnet18", "must be 10 for CIFAR-10"),
     ("drop.json", '{"num_classes": 10, "img_size": 32, "patch_size": 4, "embed_dim": 8, "num_blocks": 1, '
                   '"drop_rate": 1.5}', "mlpmixer", "'drop_rate' must be a number in"),
     ("drop_one.json", '{"num_classes": 10, "img_size": 32, "patch_size": 4, "embed_dim": 8, "num_blocks": 1, '
                       '"drop_rate": 1.0}', "mlpmixer", r"'drop_rate' must be a number in \[0, 1\), got 1.0"),
+    ("drop_text.json", '{"num_classes": 10, "img_size": 32, "patch_size": 4, "embed_dim": 8, "num_blocks": 1, '
+                       '"drop_rate": "0.1"}', "mlpmixer", r"'drop_rate' must be a number in \[0, 1\), got '0.1'"),
+    ("drop_false.json", '{"num_classes": 10, "img_size": 32, "patch_size": 4, "embed_dim": 8, "num_blocks": 1, '
+                        '"drop_rate": false}', "mlpmixer", r"'drop_rate' must be a number in \[0, 1\), got False"),
 ]
 
 
