@@ -2,7 +2,7 @@
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from studies.definitions import STUDIES
+from studies.definitions import STUDIES, Dimension
 
 
 def test_a_search_draws_each_setting_from_the_distribution_its_space_states():
@@ -25,6 +25,14 @@ def test_a_search_draws_each_setting_from_the_distribution_its_space_states():
                     assert type(distribution) is kind and distribution.log == dimension.log
                     assert (distribution.low, distribution.high) == dimension.bounds
                     assert dimension.bounds[0] <= value <= dimension.bounds[1]
+
+
+def test_a_dimension_on_a_log_scale_is_drawn_on_one_whatever_its_kind():
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    for dimension in (Dimension("width", "int", (8, 512), log=True), Dimension("rate", "float", (1e-4, 1.0), log=True),
+                      Dimension("depth", "int", (1, 12))):
+        dimension.suggest(trial)
+        assert trial.distributions[dimension.name].log == dimension.log, dimension.name
 
 
 def test_the_search_space_is_described_as_it_is_drawn():
