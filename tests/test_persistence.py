@@ -172,6 +172,16 @@ def test_the_gpus_random_states_are_restored_where_both_runs_had_a_gpu(saved_on_
     assert calls == ([state["cuda"]] if restored else [])
 
 
+@pytest.mark.parametrize("gpu_here", [True, False])
+def test_the_gpus_random_states_are_saved_where_there_is_a_gpu(gpu_here, monkeypatch):
+    import torch
+
+    gpu_states = [torch.arange(8, dtype=torch.uint8)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu_here)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: gpu_states)
+    assert persistence.rng_state()["cuda"] == (gpu_states if gpu_here else [])
+
+
 class _MakesAFolderWhenUnpickled:
     def __init__(self, path):
         self.path = path
