@@ -190,6 +190,42 @@ class _MakesAFolderWhenUnpickled:
         return os.mkdir, (self.path,)
 
 
+@pytest.mark.skipif(os.name != "posix", reason="runs hold their --logdir with flock, which Windows lacks")
+def test_a_logdir_held_by_a_run_that_has_not_yet_named_itself_is_refused_saying_so(tmp_path):
+    import fcntl
+
+    with open(tmp_path / persistence.LOCK_FILE, "a+") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)  # locked, its "pid ... on ..." line not yet written
+        with pytest.raises(persistence.LogdirBusy, match=r"another run \(a process that is starting\)"):
+            with persistence.logdir_held(str(tmp_path)):
+                pass
+
+
+def test_an_atomic_write_fills_a_hidden_file_beside_its_target_and_then_replaces_the_target(tmp_path):
+    target = tmp_path / "results.json"
+    target.write_text("earlier")
+    seen = []
+
+    def write(f):
+        seen.append((sorted(os.listdir(tmp_path)), target.read_text()))
+        f.write(b"later")
+
+    persistence.atomic_write(str(target), write)
+    (names, before), = seen
+    assert before == "earlier" and len(names) == 2 and names[0].startswith(".tmp-") and names[1] == "results.json"
+    assert target.read_text() == "later" and os.listdir(tmp_path) == ["results.json"]
+
+
+def test_a_checkpoint_made_with_other_settings_names_the_first_that_differs(tmp_path):
+    import torch
+
+    state = {key: None for key in persistence.CHECKPOINT_KEYS}
+    state["signature"] = {"model": "mlp", "lr": 0.1, "seed": 1}
+    torch.save(state, tmp_path / persistence.CHECKPOINT_FILE)
+    with pytest.raises(UserError, match=r"made with lr=0\.1, not 0\.01; "):
+        persistence.load_checkpoint(str(tmp_path), {"model": "mlp", "lr": 0.01, "seed": 2})
+
+
 def test_a_checkpoint_that_would_run_code_when_loaded_is_refused_unrun(tmp_path):
     import torch
 
