@@ -138,8 +138,11 @@ def test_results_are_strict_json_in_lines_a_person_can_read(tmp_path):
     with pytest.raises(ValueError):  # a NaN that skipped finite_or_none stops the write instead of breaking JSON
         persistence.write_json(str(path), {"valid_losses": [float("nan")]})
     assert os.listdir(tmp_path) == []
-    persistence.write_json(str(path), {"valid_losses": [persistence.finite_or_none(float("inf")), 0.5]})
+    persistence.write_json(str(path), {"valid_losses": [persistence.finite_or_none(float("inf")),
+                                                         persistence.finite_or_none(0.5)]})
     assert path.read_text() == '{\n  "valid_losses": [\n    null,\n    0.5\n  ]\n}\n'
+    assert [persistence.finite_or_none(value) for value in (float("-inf"), float("nan"), 3, None)] == [
+        None, None, 3, None]
 
 
 def test_the_saved_random_states_restore_every_generator_that_training_may_draw_from():
