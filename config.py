@@ -108,9 +108,11 @@ def get_config_parser():
     return parser
 
 
-def given_flags(argv):
-    """The ``main.py`` flags that ``argv`` sets, with their parsed values; a bad one exits as ``main.py`` does."""
+def given_flags(argv, help_command="python main.py --help"):
+    """The ``main.py`` flags that ``argv`` sets, with their parsed values; a bad one exits as ``main.py`` does,
+    pointing to ``help_command`` (a command that passes its unknown flags on names its own help too)."""
     parser = get_config_parser()
+    parser.help_command = help_command
     unset = object()  # not a string, so argparse does not convert it as it would a default
     parser.set_defaults(**{dest: unset for dest in vars(parser.parse_args([]))})
     return {key: value for key, value in vars(parser.parse_args(argv)).items() if value is not unset}

@@ -36,6 +36,7 @@ STUDY_FLAGS = ("model", "logdir", "resume", "visualize")  # set by the study for
 CPU_EPOCH_SECONDS = {"resnet18": 1613, "mlpmixer": 473}
 # one epoch (training and validation) on a later 2-core machine with AMX, in fp32 and with --precision bf16
 AMX_CPU_EPOCH_SECONDS = {"resnet18": (640, 256), "mlpmixer": (226, 89)}
+RUN_HELP = "python -m studies run --help and python main.py --help"  # a run's flags: the study's and main.py's
 LAUNCHED_WORKER = "STUDIES_LAUNCHED_WORKER"  # in the environment of the workers that --workers N starts
 
 
@@ -109,7 +110,7 @@ def _run_seeds(study, seed, count):
 
 def make_plan(study, options, train_argv):
     """Check every flag of a study's launch, before anything is written, and return its ``Plan``."""
-    flags = given_flags(train_argv)
+    flags = given_flags(train_argv, RUN_HELP)
     for name in STUDY_FLAGS:
         if name in flags:
             raise UserError(f"--{name} is set by the study for each run; remove it")
@@ -381,7 +382,7 @@ def main(argv=None):
             if options.values or options.trials:
                 raise UserError("--values and --trials apply to one study; run the studies one by one")
             models = sorted({study.model for study in STUDIES.values()})
-            if ("model_config" in given_flags(train_argv) or options.set) and len(models) > 1:
+            if ("model_config" in given_flags(train_argv, RUN_HELP) or options.set) and len(models) > 1:
                 raise UserError(f"--model_config and --set apply to one model, and the studies train "
                                 f"{', '.join(models)}; run the studies one by one")
             seed = get_config_parser().parse_args(train_argv).seed

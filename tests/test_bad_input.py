@@ -320,7 +320,11 @@ def test_cli_subprocess_help_and_error_exit_codes(tmp_path):
     ("main.py", ["--epochs", "x"], "argument --epochs: invalid int value: 'x'", "python main.py --help"),
     ("main.py", ["--no_such_flag"], "unrecognized arguments: --no_such_flag", "python main.py --help"),
     ("studies", ["run", "mlp_activation", "--precision", "bf17"], "argument --precision: invalid choice: 'bf17'",
-     "python main.py --help"),
+     "python -m studies run --help and python main.py --help"),
+    ("studies", ["run", "mlp_activation", "--sedes", "3"], "unrecognized arguments: --sedes 3",
+     "python -m studies run --help and python main.py --help"),
+    ("tools.check_targets", ["--sedes", "3"], "unrecognized arguments: --sedes 3",
+     "python -m tools.check_targets --help and python main.py --help"),
     ("studies", ["rn"], "argument command: invalid choice: 'rn'", "python -m studies --help"),
     ("studies", ["run", "--workers", "two", "mlp_activation"], "argument --workers: invalid int value: 'two'",
      "python -m studies run --help"),
@@ -329,8 +333,10 @@ def test_cli_subprocess_help_and_error_exit_codes(tmp_path):
 def test_a_flag_argparse_refuses_gets_one_line_naming_the_help_to_read(command, argv, problem, help_command, capsys):
     from studies.__main__ import main as studies_main
     from tools.benchmark import parse_args as benchmark_args
+    from tools.check_targets import parse_args as check_targets_args
 
-    entry = {"main.py": main.main, "studies": studies_main, "tools.benchmark": benchmark_args}[command]
+    entry = {"main.py": main.main, "studies": studies_main, "tools.benchmark": benchmark_args,
+             "tools.check_targets": check_targets_args}[command]
     with pytest.raises(SystemExit) as exited:
         entry(argv)
     err = capsys.readouterr().err  # how argparse lists the choices differs between Python releases

@@ -10,7 +10,7 @@ import shlex
 import pytest
 
 from config import check_args, get_config_parser, given_flags
-from studies.__main__ import _parser as studies_parser
+from studies.__main__ import RUN_HELP, _parser as studies_parser
 from training.models import load_model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,7 +69,7 @@ def parse_command(words):
     elif words[:3] == ["python", "-m", "studies"]:
         options, train_argv = studies_parser().parse_known_args(words[3:])
         if options.command == "run":
-            given_flags(train_argv)
+            given_flags(train_argv, RUN_HELP)
     elif words[:2] == ["python", "-m"] and words[2].startswith(("tools.", "training.")):
         importlib.import_module(words[2]).parse_args(words[3:])
     else:

@@ -114,7 +114,7 @@ def parse_args(argv=None):
                         help="runs per recipe, seeds --seed to --seed + N - 1; judged on the mean test accuracy")
     parser.add_argument("--dry_run", action="store_true", help="CPU, fake data, tiny models, 1 epoch")
     cli, overrides = parser.parse_known_args(argv)
-    for name in given_flags(overrides):
+    for name in given_flags(overrides, f"{parser.prog} --help and python main.py --help"):
         if name in SET_PER_RUN:
             raise UserError(f"--{name}: {SET_PER_RUN[name]}; remove it")
     cli.seed = get_config_parser().parse_args(overrides).seed
