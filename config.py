@@ -108,7 +108,7 @@ def get_config_parser():
     return parser
 
 
-def given_flags(argv, help_command="python main.py --help"):
+def given_flags(argv, help_command):
     """The ``main.py`` flags that ``argv`` sets, with their parsed values; a bad one exits as ``main.py`` does,
     pointing to ``help_command`` (a command that passes its unknown flags on names its own help too)."""
     parser = get_config_parser()

@@ -277,4 +277,3 @@ def test_a_resumed_search_trial_tells_the_pruner_only_the_logged_epochs_it_has_n
         warnings.simplefilter("error")  # Optuna warns of an epoch told twice
         study_worker._report_earlier_epochs(study, trial, str(tmp_path))
     assert study.trials[0].intermediate_values == {1: 0.40, 2: 0.52, 4: 0.63}
-
