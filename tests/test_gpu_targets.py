@@ -1,8 +1,10 @@
 """The tools that time issue 4's GPU targets, on a CPU: the study timer and the target check, each through its dry
 run (fake data, tiny models) and with stand-in studies and runs whose verdicts, tables and order are known."""
+import json
 import os
 import re
 import sys
+import tempfile
 import types
 
 import pytest
@@ -138,6 +140,38 @@ def test_check_targets_dry_run_prints_a_verdict_per_model(capsys, scratch_checke
     with pytest.raises(SystemExit):
         check_targets.main(["--dry_run", "--models", "vit"])
     assert "argument --models: invalid choice: 'vit'" in capsys.readouterr().err
+
+
+def test_check_targets_on_a_gpu_trains_each_published_recipe_on_the_data_given(capsys, monkeypatch, tmp_path):
+    from config import get_config_parser
+    from tools import check_targets
+
+    runs = []
+
+    def fit(args):
+        with open(args.model_config) as f:
+            runs.append((args, json.load(f)))
+        return {"status": "completed", "test_acc": 0.95, "train_seconds": [1.0], "epochs_completed": 1,
+                "device_name": "a stand-in"}
+    monkeypatch.setattr(tools, "fit", fit)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match=re.escape("needs CUDA (or --dry_run)")):
+        check_targets.main(["--data_dir", "my/data"])
+    assert runs == [] and os.listdir(tmp_path) == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert check_targets.main(["--data_dir", "my/data", "--epochs", "3"]) == 0
+    folder, = re.findall(r"^each run's results.json and checkpoint go to (.+)$", capsys.readouterr().out, re.MULTILINE)
+    assert os.path.dirname(folder) == str(tmp_path)  # kept after the script ends, with every run's logs
+    assert [args.model for args, _ in runs] == ["resnet18", "mlpmixer"]
+    for args, model_config in runs:
+        recipe = check_targets.RECIPES[args.model]
+        assert model_config == recipe["model_config"]  # the recipe's model, not the dry run's tiny one
+        logdir = os.path.join(folder, f"{args.model}_seed-42")
+        assert (args.data_dir, args.logdir, args.epochs) == ("my/data", logdir, 3)
+        published = vars(get_config_parser().parse_args(recipe["flags"]))
+        assert {name for name, value in published.items() if vars(args)[name] != value} == {
+            "model", "model_config", "data_dir", "logdir", "no_progress", "epochs"}
 
 
 def test_check_targets_judges_several_seeds_on_their_mean(capsys, scratch_checked):

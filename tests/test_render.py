@@ -3,6 +3,7 @@ The report built from logs is in test_report.py."""
 import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgb
 
 from studies import figures
 from studies.render import _text_table
@@ -18,6 +19,10 @@ def test_a_full_text_page_fits_inside_the_pdf_page():
         assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1, box
     with pytest.raises(ValueError):
         figures.text_page("a section", lines + ["one line too many"])
+    with pytest.raises(ValueError):
+        figures.text_page("a section", ["W" * (figures.TEXT_PAGE_COLUMNS + 1)])
+    empty = figures.text_page("a section with no text", [])
+    assert [text.get_text() for text in empty.texts] == ["a section with no text", ""]
 
 
 def _visible_ticks(ax):
@@ -59,14 +64,15 @@ def test_the_search_figure_shows_every_trial_that_logged_an_accuracy_by_its_outc
         "best so far", "completed", "diverged", "pruned", "raised an error"]
 
 
-def test_a_caption_wider_than_its_picture_stays_on_the_figure():
+def test_a_caption_wider_than_its_picture_is_wrapped_clear_of_its_neighbour_and_on_the_figure():
     square, strip = np.ones((70, 70, 3)), np.ones((40, 400, 3))  # the kernels beside a long token-mixing strip
     fig = figures.images_figure([("ResNet18: first-layer 3x3 kernels (RGB)", square),
                                  ("MLP-Mixer: first block's token-mixing weights", strip)], "first layers")
     renderer = FigureCanvasAgg(fig).get_renderer()
-    for ax in fig.axes:
-        box = ax.title.get_window_extent(renderer)
+    boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes]
+    for ax, box in zip(fig.axes, boxes):
         assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1, (ax.title.get_text(), box)
+    assert "\n" in fig.axes[0].get_title() and boxes[0].x1 < boxes[1].x0
 
 
 def test_a_pdf_table_wraps_its_last_column_under_that_column_within_the_page():
@@ -98,6 +104,16 @@ def test_a_curve_is_the_mean_of_its_seeds_per_epoch_with_their_range_shaded():
     for epoch, low, high in [(1, 0.1, 0.3), (2, 0.5, 0.7), (3, 0.9, 0.9)]:
         at_epoch = corners[np.isclose(corners[:, 0], epoch), 1]
         assert (at_epoch.min(), at_epoch.max()) == pytest.approx((low, high)), epoch
+
+
+def test_a_settings_shaded_range_has_its_lines_colour_and_leaves_the_line_in_view():
+    runs = {"relu": [[0.1, 0.2]], "tanh": [[0.3, 0.4], [0.5, 0.6]]}  # the band is not the first setting's
+    groups = {name: [{"results": {"valid_accs": accs}} for accs in seeds] for name, seeds in runs.items()}
+    ax = figures.curve_figure(groups, "valid_accs", "validation accuracy", "title").axes[0]
+    relu, tanh = ax.get_lines()
+    (red, green, blue, alpha), = ax.collections[0].get_facecolor()
+    assert to_rgb(tanh.get_color()) == pytest.approx((red, green, blue)) != to_rgb(relu.get_color())
+    assert 0 < alpha <= 0.5
 
 
 @pytest.mark.filterwarnings("error")
