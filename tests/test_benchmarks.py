@@ -52,10 +52,31 @@ def test_benchmark_keeps_each_rows_fastest_repeat_and_divides_the_templates_epoc
     assert seen == [template, fast, ("tensor", "bf16", *fast[2:])] * 2  # the repeats interleaved
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "mlp, batch 64, a stand-in, last of 2 epoch(s), fastest of 2, template pipeline with 3 workers"
+    assert [cell.strip() for cell in out[1].split("|")] == ["path", "train s", "valid s", "epoch s", "train img/s",
+                                                         "vs template"]
     rows = [[cell.strip() for cell in line.split("|")] for line in out[2:]]
     assert rows == [["template", "7.00", "1.00", "8.00", "143", "1.00x"],
                     ["fast fp32", "1.50", "0.50", "2.00", "667", "4.00x"],
                     ["fast bf16", "0.75", "0.25", "1.00", "1333", "8.00x"]]
+
+
+def test_benchmark_on_a_gpu_times_the_eager_row_between_the_templates_and_the_graphed_one(capsys, monkeypatch):
+    seen = []
+
+    def fit(args):
+        seen.append((args.model, args.device, args.pipeline, args.precision, args.channels_last, args.cuda_graph,
+                     args.compile))
+        return {"status": "completed", "train_seconds": [1.0], "valid_seconds": [1.0], "train_images_per_second": [1.0],
+                "device_name": "a stand-in GPU", "test_acc": 0.5, "epochs_completed": 1}
+    monkeypatch.setattr(tools, "fit", fit)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    benchmark.main(["--model", "resnet18", "--repeats", "1", "--compile"])
+    assert seen == [("resnet18", "cuda", "torchvision", "fp32", "off", "off", False),
+                    ("resnet18", "cuda", "tensor", "auto", "auto", "off", False),
+                    ("resnet18", "cuda", "tensor", "auto", "auto", "auto", False),
+                    ("resnet18", "cuda", "tensor", "auto", "auto", "auto", True)]
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert [row.split("|")[0].strip() for row in rows] == ["template", "eager", "fast", "compiled"]
 
 
 @pytest.mark.parametrize("template_diverged", [False, True])

@@ -13,6 +13,7 @@ import warnings
 import pytest
 import torch
 
+from config import get_config_parser
 from helpers import ROOT
 import tools
 from tools import benchmark
@@ -50,6 +51,30 @@ def test_a_tools_usage_names_the_command_that_runs_it(tool, capsys):
     with pytest.raises(SystemExit) as stop:
         importlib.import_module(f"tools.{tool}").parse_args(["--help"])
     assert stop.value.code == 0 and capsys.readouterr().out.startswith(f"usage: python -m tools.{tool} [-h]")
+
+
+@pytest.mark.parametrize("tool", ["benchmark", "check_targets", "gpu_check", "layout_benchmark", "time_studies"])
+def test_a_tools_counts_take_numbers_and_its_flags_named_after_main_pys_take_their_choices(tool, monkeypatch):
+    """A number typed as text would reach a comparison or a range as a string; a model or precision outside
+    ``main.py``'s would fail only after the runs before it. (gpu_check's --models is one comma-separated value,
+    checked by the script.)"""
+    parsers, parse = [], errors.CommandLineParser.parse_known_args
+    monkeypatch.setattr(errors.CommandLineParser, "parse_known_args",
+                        lambda self, *args, **kwargs: parsers.append(self) or parse(self, *args, **kwargs))
+    importlib.import_module(f"tools.{tool}").parse_args([])
+    parser, = [parser for parser in parsers if parser.prog == f"python -m tools.{tool}"]
+    main_choices = {action.dest: action.choices for action in get_config_parser()._actions}
+    checked = 0
+    for action in parser._actions:
+        if type(action.default) in (int, float):
+            assert action.type is type(action.default), action.dest
+        shared = main_choices.get(action.dest.removesuffix("s"))  # --models, --precisions take several
+        if shared and (tool, action.dest) != ("gpu_check", "models"):
+            defaults = action.default if action.nargs == "+" else [action.default]
+            assert action.choices and set(action.choices) <= set(shared) and set(defaults) <= set(action.choices)
+            checked += 1
+    assert checked == {"benchmark": 3, "check_targets": 1, "gpu_check": 0, "layout_benchmark": 3,
+                       "time_studies": 0}[tool]
 
 
 def test_a_tool_prints_a_warning_as_one_line(fake_data_dir):
