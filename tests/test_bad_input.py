@@ -369,6 +369,17 @@ def test_every_flag_with_choices_refuses_a_value_outside_them_and_explains_itsel
     assert action.help and action.default in action.choices
 
 
+@pytest.mark.parametrize("action", [action for action in get_config_parser()._actions
+                                    if type(action.default) in (int, float)],
+                         ids=lambda action: action.option_strings[0])
+def test_every_numeric_flag_of_main_py_takes_a_number_of_its_defaults_kind_and_refuses_text(action, capsys):
+    assert action.type is type(action.default)
+    with pytest.raises(SystemExit) as exited:
+        get_config_parser().parse_args([action.option_strings[0], "ten"])
+    assert exited.value.code == 2 and f"argument {action.option_strings[0]}: invalid {action.type.__name__} value: " \
+        "'ten'" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(os.name != "posix", reason="runs hold their --logdir with flock, which Windows lacks")
 def test_a_logdir_that_another_run_writes_is_refused_and_freed_when_that_run_dies(run_args, tmp_path, capsys,
                                                                                    monkeypatch):

@@ -167,6 +167,7 @@ def test_check_targets_on_a_gpu_trains_each_published_recipe_on_the_data_given(c
     for args, model_config in runs:
         recipe = check_targets.RECIPES[args.model]
         assert model_config == recipe["model_config"]  # the recipe's model, not the dry run's tiny one
+        assert (model_config["num_classes"], model_config.get("img_size", 32)) == (10, 32)  # CIFAR-10's
         logdir = os.path.join(folder, f"{args.model}_seed-42")
         assert (args.data_dir, args.logdir, args.epochs) == ("my/data", logdir, 3)
         published = vars(get_config_parser().parse_args(recipe["flags"]))

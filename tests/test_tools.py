@@ -54,16 +54,21 @@ def test_a_tools_usage_names_the_command_that_runs_it(tool, capsys):
 
 
 @pytest.mark.parametrize("tool", ["benchmark", "check_targets", "gpu_check", "layout_benchmark", "time_studies"])
-def test_a_tools_counts_take_numbers_and_its_flags_named_after_main_pys_take_their_choices(tool, monkeypatch):
+def test_a_tools_counts_take_numbers_and_its_flags_named_after_main_pys_share_their_choices_and_defaults(
+        tool, monkeypatch):
     """A number typed as text would reach a comparison or a range as a string; a model or precision outside
     ``main.py``'s would fail only after the runs before it. (gpu_check's --models is one comma-separated value,
-    checked by the script.)"""
+    checked by the script.) Defaults differ from ``main.py``'s only where a tool measures something else: one
+    epoch per benchmark run, the layouts of the convolutional net in fp32."""
     parsers, parse = [], errors.CommandLineParser.parse_known_args
     monkeypatch.setattr(errors.CommandLineParser, "parse_known_args",
                         lambda self, *args, **kwargs: parsers.append(self) or parse(self, *args, **kwargs))
     importlib.import_module(f"tools.{tool}").parse_args([])
     parser, = [parser for parser in parsers if parser.prog == f"python -m tools.{tool}"]
     main_choices = {action.dest: action.choices for action in get_config_parser()._actions}
+    main_defaults = {action.dest: action.default for action in get_config_parser()._actions}
+    assert {action.dest for action in parser._actions if main_defaults.get(action.dest, action.default)
+            != action.default} == {"benchmark": {"epochs"}, "layout_benchmark": {"model", "precision"}}.get(tool, set())
     checked = 0
     for action in parser._actions:
         if type(action.default) in (int, float):
