@@ -79,6 +79,21 @@ def test_the_study_timer_times_each_study_after_a_synchronize_and_sums_what_its_
                         "  target: a total wall time under 240 s\n")
 
 
+@pytest.mark.parametrize("given_out", [True, False])
+def test_the_study_timer_on_a_gpu_runs_each_study_on_cuda_with_the_data_and_into_the_folder_given(
+        given_out, stand_in_studies, capsys, monkeypatch, tmp_path):
+    time_studies, events, _ = stand_in_studies
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    out = str(tmp_path / "new") if given_out else None
+    assert time_studies.main(["--data_dir", "my/data", *(["--out", out] if out else [])]) == 0
+    runs = [event for event in events if isinstance(event, list)]
+    out = out or runs[0][3]  # else a new folder of its own, kept with the runs' logs
+    assert os.path.dirname(out) == str(tmp_path)
+    assert runs == [["run", name, "--out", out, "--workers", "1", "--data_dir", "my/data", "--device", "cuda"]
+                    for name in time_studies.GRID_STUDIES] + [["report", "--out", out]]
+    assert "\nstudies 1-3 on Stand-in GPU, 1 worker(s) per study:\n" in capsys.readouterr().out
+
+
 def test_the_study_timer_flushes_each_studys_time_before_the_next_study_starts(stand_in_studies, monkeypatch):
     time_studies, _, _ = stand_in_studies
     pipe, flushed_at_each_start = Pipe(), []

@@ -14,6 +14,8 @@ import torch
 import main
 from utils import compute_accuracy
 from training import engine
+from training.augmentation import AUGMENTATIONS, MIXES
+from training.optim import SCHEDULES
 from helpers import read_results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,9 +33,14 @@ def test_the_runner_keeps_the_templates_flags_defaults_and_model_configs():
         "batch_size": 128, "model": "mlp", "model_config": "./model_configs/mlp.json", "epochs": 15,
         "optimizer": "adamw", "lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4, "logdir": None, "seed": 42,
         "device": "cuda", "print_every": 80, "visualize": False}
-    choices = {action.dest: action.choices for action in parser._actions}
+    choices = {action.dest: action.choices for action in parser._actions if action.choices}
     assert choices["model"] == ["mlp", "resnet18", "mlpmixer"]
     assert choices["optimizer"] == ["sgd", "momentum", "adam", "adamw"] and choices["device"] == ["cpu", "cuda"]
+    # and the runner's own: a mistyped value is refused in one line, never looked up later
+    assert {dest: set(values) for dest, values in choices.items() if dest not in ("model", "optimizer", "device")} == {
+        "pipeline": {"tensor", "torchvision"}, "lr_schedule": set(SCHEDULES), "augment": set(AUGMENTATIONS),
+        "mix": set(MIXES), "tta": {"none", "flip"}, "precision": {"auto", "bf16", "fp16", "fp32"},
+        "channels_last": {"auto", "on", "off"}, "cuda_graph": {"auto", "on", "off"}}
     configs = {}
     for name in ("mlp", "resnet18", "mlpmixer"):
         with open(os.path.join(ROOT, "model_configs", f"{name}.json")) as f:
