@@ -1,6 +1,7 @@
 """The GPU check on a CPU: its dry run (fake data, a stand-in for graph capture) with every section, the compile
 section with ``torch.compile`` on a backend that needs no C++ build, the profile, the parity table from stand-in
 runs, its defaults, and its flags refused before the first section."""
+import contextlib
 import json
 import re
 import sys
@@ -11,6 +12,7 @@ import torch
 from helpers import ROOT, Pipe
 from tools import gpu_check
 from training.errors import UserError
+from training.steps import GraphedTrainStep, TrainStep
 
 @pytest.fixture
 def one_thread():
@@ -25,8 +27,25 @@ def one_thread():
 
 def test_gpu_check_dry_run_prints_every_section(capsys, monkeypatch, tmp_path, scratch_checked, one_thread):
     monkeypatch.chdir(ROOT)
+    steps, make_step = [], gpu_check.make_step
+
+    def recorded_make_step(model_name, device, precision, channels_last, graphed, *args, **options):
+        steps.append((model_name, precision, graphed, options.get("optimizer_name", "adamw"),
+                      options.get("lr", 1e-3), options.get("schedule") is not None, options.get("mix", "none")))
+        return make_step(model_name, device, precision, channels_last, graphed, *args, **options)
+    monkeypatch.setattr(gpu_check, "make_step", recorded_make_step)
     gpu_check.main(["--dry_run", "--models", "mlp", "--num_workers", "0", "--json_out", str(tmp_path / "parity.json")])
     out = capsys.readouterr().out
+    # (precision, optimizer, lr, a schedule, mixing): the eager fp32, eager bf16 and captured bf16 traces, then
+    # each optimizer under a schedule, each mixing, and fp16, every one eager and then captured
+    traced = [("fp32", False, "adamw", 1e-3, False, "none"), ("bf16", False, "adamw", 1e-3, False, "none"),
+              ("bf16", True, "adamw", 1e-3, False, "none")]
+    pairs = [("bf16", optimizer, lr, True, "none") for optimizer, lr in (("sgd", 0.05), ("momentum", 0.02),
+                                                                         ("adam", 1e-3), ("adamw", 1e-3))]
+    pairs += [("bf16", "adamw", 1e-3, False, mix) for mix in ("mixup", "cutmix")]
+    pairs += [("fp16", "adamw", 1e-3, False, "none")]
+    traced += [(precision, graphed, *rest) for precision, *rest in pairs for graphed in (False, True)]
+    assert steps == [("mlp", *trace) for trace in traced]
     assert re.search(r"mlp \|  captured bf16 \(default fast path\) \| +none \|", out)
     table = {row[1]: row[2:] for row in ([cell.strip() for cell in line.split(" | ")] for line in out.splitlines())
              if len(row) == 7 and row[0] == "mlp"}
@@ -35,7 +54,15 @@ def test_gpu_check_dry_run_prints_every_section(capsys, monkeypatch, tmp_path, s
     assert table["eager fp32"][4] == table["eager bf16"][3] != "0.0000"  # fp32 against bf16, either way round
     captured = table["captured bf16 (default fast path)"]
     assert captured[1] == table["eager bf16"][1] and float(captured[4]) < float(table["eager bf16"][3])
-    assert re.search(r"^ +adamw \| non-finite none \|", out, re.MULTILINE)
+    for label in ("sgd", "momentum", "adam", "adamw", "mixup"):
+        assert re.search(rf"^ +{label} \| non-finite none \| last eager [\d.]+ captured [\d.]+ \|", out, re.MULTILINE)
+    headers = [line for line in out.splitlines() if line.startswith("== ")]
+    assert [header.split(":")[0] for header in headers] == [
+        "== tracking", "== tracking the optimizers", "== tracking batch mixing",
+        "== tracking fp16 with loss scaling (--precision fp16)", "== benchmark", "== parity"]
+    steps = re.match(r"== tracking: first (\d+) training losses", headers[0]).group(1)  # as many as fake data has
+    assert all(header.endswith(f", {steps} steps") for header in headers[1:4]), headers
+    assert out.splitlines()[-1].startswith("gpu_check done in ")
     tracks_to_4_decimals = r" \| non-finite none \| last eager [\d.]+ captured [\d.]+ \| max \|d\| 0\.0000$"
     assert re.search(r"^ +cutmix" + tracks_to_4_decimals, out, re.MULTILINE)
     assert re.search(r"^ +mlp" + tracks_to_4_decimals, out, re.MULTILINE)  # fp16 with its loss scaler
@@ -104,6 +131,33 @@ def test_gpu_check_profile_times_each_step_and_tables_the_eager_ones(capsys, qui
         assert re.search(rf"^ +mlp \| +{label} \| +[\d.]+ \| +$", out, re.MULTILINE)
     assert "aten::mm" in out  # the MLP's matrix products are among its top operators
     assert quick_compile == ["MLP", "MLP"]
+
+
+def test_each_trace_gets_the_model_layout_optimizer_schedule_mixing_and_capture_it_names(quick_compile):
+    """What a section compares is what its line says it compares: a lost option would compare two identical
+    steps and show no difference."""
+    def schedule(step):
+        return 0.5
+    eager = gpu_check.make_step("mlpmixer", "cpu", "bf16", True, False, 0, {}, optimizer_name="momentum", lr=0.02,
+                                schedule=schedule, mix="cutmix")
+    assert type(eager) is TrainStep and type(eager.model).__name__ == "MLPMixer" and eager.model.training
+    assert (eager.precision, eager.memory_format, eager.schedule, eager.mix, eager.compiled_model) == (
+        "bf16", torch.channels_last, schedule, "cutmix", None)
+    kernel = next(weight for weight in eager.model.parameters() if weight.dim() == 4)  # the patch embedding's
+    assert kernel.is_contiguous(memory_format=torch.channels_last) and not kernel.is_contiguous()
+    group = eager.optimizer.param_groups[0]
+    assert (type(eager.optimizer), group["lr"], group["momentum"]) == (torch.optim.SGD, 0.02, 0.9)
+    stand_in = {"capture": lambda run: run, "eager_context": contextlib.nullcontext, "warmup_steps": 1}
+    captured = gpu_check.make_step("mlpmixer", "cpu", "bf16", True, True, 0, stand_in, compiled=True)
+    assert type(captured) is GraphedTrainStep and captured.compiled_model is not None
+    assert quick_compile == ["MLPMixer"]
+    assert type(captured.optimizer) is torch.optim.AdamW and captured.optimizer.param_groups[0]["capturable"]
+    weights = [gpu_check.make_step("mlpmixer", "cpu", "bf16", False, False, seed, {}).model.state_dict()
+               for seed in (0, 1)]
+    for name, weight in eager.model.state_dict().items():  # every trace starts from the weights of its seed
+        assert torch.equal(weights[0][name], weight), name
+    assert not all(torch.equal(weights[1][name], weight) for name, weight in weights[0].items())
+    assert gpu_check.make_step("mlpmixer", "cpu", "fp32", False, False, 0, {}).memory_format == torch.contiguous_format
 
 
 def test_first_nonfinite_names_the_first_bad_step():
