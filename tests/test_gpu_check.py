@@ -3,6 +3,7 @@ section with ``torch.compile`` on a backend that needs no C++ build, the profile
 runs, its defaults, and its flags refused before the first section."""
 import contextlib
 import json
+import os
 import re
 import sys
 
@@ -34,8 +35,10 @@ def test_gpu_check_dry_run_prints_every_section(capsys, monkeypatch, tmp_path, s
                       options.get("lr", 1e-3), options.get("schedule") is not None, options.get("mix", "none")))
         return make_step(model_name, device, precision, channels_last, graphed, *args, **options)
     monkeypatch.setattr(gpu_check, "make_step", recorded_make_step)
-    gpu_check.main(["--dry_run", "--models", "mlp", "--num_workers", "0", "--json_out", str(tmp_path / "parity.json")])
+    gpu_check.main(["--dry_run", "--models", "mlp", "--num_workers", "0", "--json_out", str(tmp_path / "parity.json"),
+                    "--data_dir", str(tmp_path / "data")])
     out = capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path)) == ["parity.json"]  # the fake data went to a scratch folder, now removed
     # (precision, optimizer, lr, a schedule, mixing): the eager fp32, eager bf16 and captured bf16 traces, then
     # each optimizer under a schedule, each mixing, and fp16, every one eager and then captured
     traced = [("fp32", False, "adamw", 1e-3, False, "none"), ("bf16", False, "adamw", 1e-3, False, "none"),
@@ -131,6 +134,17 @@ def test_gpu_check_profile_times_each_step_and_tables_the_eager_ones(capsys, qui
         assert re.search(rf"^ +mlp \| +{label} \| +[\d.]+ \| +$", out, re.MULTILINE)
     assert "aten::mm" in out  # the MLP's matrix products are among its top operators
     assert quick_compile == ["MLP", "MLP"]
+    assert re.search(r"^== profile: ms per training step \(bf16, batch 128\), mean of (\d+) steps after \d+ warm-up "
+                     r"steps\n +model \| +step \| +wall ms \| kernel ms$", out, re.MULTILINE)
+    steps = int(re.search(r"mean of (\d+) steps", out).group(1))
+    for label in ("eager", "compiled eager"):
+        kernel_ms = float(re.search(rf"^ +mlp \| +{label} \| +[\d.]+ \| +([\d.]+)$", out, re.MULTILINE).group(1))
+        table = out.split(f"\nmlp, {label} step: top 3 by CPU time over {steps} steps\n")[1].split("\n\n")[0]
+        lines = table.splitlines()
+        separators = [i for i, line in enumerate(lines) if line.startswith("---")]
+        assert separators[2] - separators[1] - 1 == 3  # --rows 3
+        total, unit = re.search(r"^Self CPU time total: ([\d.]+)(us|ms|s)$", table, re.MULTILINE).groups()
+        assert kernel_ms == pytest.approx(float(total) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit] / steps, rel=1e-3)
 
 
 def test_each_trace_gets_the_model_layout_optimizer_schedule_mixing_and_capture_it_names(quick_compile):
