@@ -70,6 +70,8 @@ def test_gpu_check_dry_run_prints_every_section(capsys, monkeypatch, tmp_path, s
     assert re.search(r"^ +cutmix" + tracks_to_4_decimals, out, re.MULTILINE)
     assert re.search(r"^ +mlp" + tracks_to_4_decimals, out, re.MULTILINE)  # fp16 with its loss scaler
     assert re.search(r"^ +fast \| +[\d.]+ \| .*x$", out, re.MULTILINE)
+    assert re.search(r"^ +model \| +path \| test acc \| best valid \| train s total\n +mlp \| +fast \| ", out,
+                     re.MULTILINE)
     assert re.search(r"^ +mlp \| +difference \| +[+-]\d\.\d{4}$", out, re.MULTILINE)
     assert "resnet18" not in out
     with open(tmp_path / "parity.json") as f:
@@ -138,7 +140,9 @@ def test_gpu_check_profile_times_each_step_and_tables_the_eager_ones(capsys, qui
                      r"steps\n +model \| +step \| +wall ms \| kernel ms$", out, re.MULTILINE)
     steps = int(re.search(r"mean of (\d+) steps", out).group(1))
     for label in ("eager", "compiled eager"):
-        kernel_ms = float(re.search(rf"^ +mlp \| +{label} \| +[\d.]+ \| +([\d.]+)$", out, re.MULTILINE).group(1))
+        wall_ms, kernel_ms = map(float, re.search(rf"^ +mlp \| +{label} \| +([\d.]+) \| +([\d.]+)$", out,
+                                                  re.MULTILINE).groups())
+        assert wall_ms > 0.1  # milliseconds: a step of the MLP on batches of 128 takes far longer
         table = out.split(f"\nmlp, {label} step: top 3 by CPU time over {steps} steps\n")[1].split("\n\n")[0]
         lines = table.splitlines()
         separators = [i for i, line in enumerate(lines) if line.startswith("---")]
