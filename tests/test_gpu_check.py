@@ -178,6 +178,20 @@ def test_each_trace_gets_the_model_layout_optimizer_schedule_mixing_and_capture_
     assert gpu_check.make_step("mlpmixer", "cpu", "fp32", False, False, 0, {}).memory_format == torch.contiguous_format
 
 
+@pytest.mark.parametrize("model", gpu_check.MODELS)
+def test_the_gpu_checks_layout_for_each_model_is_the_one_the_runner_chooses(model, monkeypatch):
+    """On a CPU and on a GPU with native bf16 (stood in for), the kind of GPU the check is for."""
+    from config import get_config_parser
+    from training import engine
+
+    monkeypatch.setattr(engine, "has_native_bf16", lambda device: True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)  # the runner sets it
+    for device in ("cpu", "cuda"):
+        args = get_config_parser().parse_args(["--model", model])
+        engine.resolve_fast_path(args, torch.device(device))
+        assert args.channels_last == gpu_check.default_channels_last(model), device
+
+
 def test_first_nonfinite_names_the_first_bad_step():
     assert gpu_check.first_nonfinite(torch.tensor([2.3, 2.1, 1.9])) == "none"
     assert gpu_check.first_nonfinite(torch.tensor([2.3, 2.1, float("inf"), float("nan")])) == "step 3"
