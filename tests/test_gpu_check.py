@@ -12,6 +12,7 @@ import torch
 
 from helpers import ROOT, Pipe
 from tools import gpu_check
+from training import steps as steps_module
 from training.errors import UserError
 from training.steps import GraphedTrainStep, TrainStep
 
@@ -77,6 +78,41 @@ def test_gpu_check_dry_run_prints_every_section(capsys, monkeypatch, tmp_path, s
     with open(tmp_path / "parity.json") as f:
         parity = json.load(f)
     assert set(parity) == {"mlp/fast", "mlp/eager fp32"} and parity["mlp/fast"]["status"] == "completed"
+
+
+def test_gpu_check_traces_the_mixers_captured_step_under_each_setting_a_prototype_might_have_used(
+        capsys, monkeypatch, tmp_path, scratch_checked):
+    """The MLP-Mixer's rows of the tracking section (issue 3's NaN), on a tiny Mixer: the step as the fast path
+    captures it, then inside a caching autocast region, with no eager warm-up, and with the warm-up's gradients
+    kept; the autocast setting is restored after each."""
+    tiny = {"mlpmixer": {"num_classes": 10, "img_size": 32, "patch_size": 8, "embed_dim": 16, "num_blocks": 1},
+            "mlp": {"input_size": 3072, "hidden_sizes": [16, 16], "num_classes": 10}}  # its own sections follow
+    (tmp_path / "model_configs").mkdir()
+    for name, config in tiny.items():
+        (tmp_path / "model_configs" / f"{name}.json").write_text(json.dumps(config))
+    monkeypatch.chdir(tmp_path)
+    made, make_step, fast_paths_autocast = [], gpu_check.make_step, steps_module.autocast_context
+
+    def recorded_make_step(model_name, device, precision, channels_last, graphed, seed, graph_options, **options):
+        made.append((precision, graphed, graph_options.get("warmup_steps"), graph_options.get("step_class"),
+                     steps_module.autocast_context))
+        return make_step(model_name, device, precision, channels_last, graphed, seed, graph_options, **options)
+    monkeypatch.setattr(gpu_check, "make_step", recorded_make_step)
+    gpu_check.main(["--dry_run", "--models", "mlpmixer", "--num_workers", "0", "--sections", "tracking", "--steps",
+                    "2"])
+    assert steps_module.autocast_context is fast_paths_autocast
+    assert made[:6] == [("fp32", False, 1, None, fast_paths_autocast), ("bf16", False, 1, None, fast_paths_autocast),
+                        ("bf16", True, 1, None, fast_paths_autocast),
+                        ("bf16", True, 1, None, gpu_check._caching_autocast),
+                        ("bf16", True, 0, None, fast_paths_autocast),
+                        ("bf16", True, 1, gpu_check.KeepWarmupGradients, fast_paths_autocast)]
+    rows = [[cell.strip() for cell in line.split(" | ")] for line in capsys.readouterr().out.splitlines()]
+    assert [row[1:3] for row in rows if len(row) == 7 and row[0] == "mlpmixer"] == [
+        [path, "none"] for path in ("eager fp32", "eager bf16", "captured bf16 (default fast path)",
+                                    "captured, caching autocast", "captured, no eager warm-up",
+                                    "captured, gradients not reset")]
+    with gpu_check._caching_autocast("cpu", "bf16") as region:
+        assert torch.is_autocast_cache_enabled() and region.fast_dtype == torch.bfloat16
 
 
 def test_gpu_check_parity_tables_a_diverged_run_and_still_writes_every_result(monkeypatch, tmp_path):
