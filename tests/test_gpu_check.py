@@ -31,10 +31,11 @@ def test_gpu_check_dry_run_prints_every_section(capsys, monkeypatch, tmp_path, s
     monkeypatch.chdir(ROOT)
     steps, make_step = [], gpu_check.make_step
 
-    def recorded_make_step(model_name, device, precision, channels_last, graphed, *args, **options):
+    def recorded_make_step(model_name, device, precision, channels_last, graphed, seed, *args, **options):
+        assert (channels_last, seed) == (False, 0)  # the MLP's layout; the same initial weights for every trace
         steps.append((model_name, precision, graphed, options.get("optimizer_name", "adamw"),
                       options.get("lr", 1e-3), options.get("schedule") is not None, options.get("mix", "none")))
-        return make_step(model_name, device, precision, channels_last, graphed, *args, **options)
+        return make_step(model_name, device, precision, channels_last, graphed, seed, *args, **options)
     monkeypatch.setattr(gpu_check, "make_step", recorded_make_step)
     gpu_check.main(["--dry_run", "--models", "mlp", "--num_workers", "0", "--json_out", str(tmp_path / "parity.json"),
                     "--data_dir", str(tmp_path / "data")])
