@@ -12,13 +12,9 @@ a flag that a search would tune is held at the given value instead.
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import optuna
-from optuna.trial import TrialState
 
 from config import MAX_SEED, HelpFormatter, check_args, get_config_parser, given_flags
 from training.cifar10 import check_valid_size, load_cifar10
@@ -27,9 +23,10 @@ from training.models import SCHEMAS, SHIPPED_CONFIG_DIR, load_model_config, vali
 
 from .console import say
 from .definitions import STUDIES, is_model_setting
-from .scheduler import best_search_trial, is_lost, job_states, retrains_another
-from .storage import JOURNAL_FILE, close_storage, open_storage, storage_kind
-from .worker import RUNS_FOLDER, Plan, open_study, work
+from .launch import LAUNCHED_WORKER, launch_workers
+from .status import print_status, summary
+from .storage import close_storage, open_storage, storage_kind
+from .worker import Plan, open_study, work
 
 STUDY_FLAGS = ("model", "logdir", "resume", "visualize")  # set by the study for each run
 # one training epoch on the full data, measured on this project's first 2-core CPU machine (README, "Problem 4")
@@ -37,7 +34,6 @@ CPU_EPOCH_SECONDS = {"resnet18": 1613, "mlpmixer": 473}
 # one epoch (training and validation) on a later 2-core machine with AMX, in fp32 and with --precision bf16
 AMX_CPU_EPOCH_SECONDS = {"resnet18": (640, 256), "mlpmixer": (226, 89)}
 RUN_HELP = "python -m studies run --help and python main.py --help"  # a run's flags: the study's and main.py's
-LAUNCHED_WORKER = "STUDIES_LAUNCHED_WORKER"  # in the environment of the workers that --workers N starts
 
 
 def _parser():
@@ -156,87 +152,6 @@ def make_plan(study, options, train_argv):
                 data_fingerprint=data.fingerprint())
 
 
-def _worker_env(index, count, device):
-    """Worker ``index``'s environment: on CUDA, one GPU of this host's, round robin, when there are several;
-    on a CPU (or a host without a GPU), an equal share of the cores (workers with all cores each would
-    fight over them)."""
-    env = dict(os.environ)
-    gpus = []
-    if device == "cuda":
-        visible = env.get("CUDA_VISIBLE_DEVICES")
-        if visible is not None:
-            gpus = [gpu.strip() for gpu in visible.split(",") if gpu.strip()]
-        else:
-            import torch
-            gpus = [str(i) for i in range(torch.cuda.device_count())]
-    if len(gpus) > 1:
-        env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
-    if not gpus and "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // count))
-    env[LAUNCHED_WORKER] = "1"
-    return env
-
-
-def _launch_workers(count, argv, device):
-    """Start ``count`` worker processes of this same command (each with ``--workers 1``); wait for all.
-
-    Ctrl-C reaches every worker from the terminal; a SIGTERM sent to this process alone (``kill``,
-    ``timeout``) is passed on to the workers, which then save their runs and stop as after Ctrl-C."""
-    command = [sys.executable, "-m", "studies", *argv, "--workers", "1"]
-    workers = []
-
-    def pass_on(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop suffices while the workers save their runs
-        for worker in workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, pass_on)
-    try:
-        workers.extend(subprocess.Popen(command, env=_worker_env(i, count, device)) for i in range(count))
-        codes = [worker.wait() for worker in workers]
-    except KeyboardInterrupt:  # let the workers save their runs
-        codes = [worker.wait() for worker in workers]
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    for worker, code in zip(workers, codes):
-        if code < 0:  # a worker killed by a signal (the OOM killer's SIGKILL) says nothing itself
-            say(f"a worker (pid {worker.pid}) was killed by {_signal_name(-code)}; rerun the same command to "
-                "complete what it left", file=sys.stderr)
-    # as a shell reports a process killed by signal N: 128 + N, not the negative code Popen gives
-    return max(128 - code if code < 0 else code for code in codes)
-
-
-def _signal_name(number):
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
-def _summary(study):
-    """A study's runs by outcome: ``3 completed``; for a search, ``search trials: ...; final runs: ...`` (and the
-    final runs of an earlier best trial, which a search extended with more --trials beat)."""
-    counts = {}
-    trials = study.get_trials(deepcopy=False)
-    best = best_search_trial(trials)
-    for finished, live, latest in job_states(trials).values():
-        unfinished = ("running" if live.state == TrialState.RUNNING else "waiting") if live else "to resume"
-        outcome = (finished or live or latest).user_attrs.get("outcome") or unfinished
-        role = latest.user_attrs.get("role", "grid")
-        if retrains_another(latest, best):
-            role = "earlier final"
-        tally = counts.setdefault(role, {})
-        tally[outcome] = tally.get(outcome, 0) + 1
-    tallies = {role: ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
-               for role, outcomes in counts.items()}
-    if "grid" in tallies:
-        return tallies["grid"]
-    labels = (("search", "search trials"), ("final", "final runs"), ("earlier final", "final runs of an earlier best"))
-    return "; ".join(f"{label}: {tallies[role]}" for role, label in labels if role in tallies)
-
-
 def _note_cpu_cost(study, args):
     """Say before a ResNet18 or MLP-Mixer study starts on a CPU what one epoch cost on one, so that nobody
     waits days for ``run all`` on a laptop unwarned."""
@@ -262,12 +177,12 @@ def run_study(study, options, train_argv, argv):
             say(f"study {study.name}: {study.question} Output in {plan.study_dir}")
             _note_cpu_cost(study, args)
         if options.workers > 1:
-            code = _launch_workers(options.workers, argv, args.device)
+            code = launch_workers(options.workers, argv, args.device)
         else:
             work(plan, optuna_study, lock)
             code = 0
         if not launched:
-            say(f"study {study.name}: {_summary(optuna_study)}")
+            say(f"study {study.name}: {summary(optuna_study)}")
         return code
     finally:
         close_storage(storage)
@@ -289,61 +204,6 @@ def _list():
                   "retrained and tested once per seed (--seeds N)")
         for dimension in study.space:
             print(f"  {dimension.setting}: {dimension.describe()}")
-
-
-def _progress(study_dir, run_dir):
-    """``epoch N of M`` from a run's results.json, or None before its first epoch ends."""
-    try:
-        with open(os.path.join(study_dir, RUNS_FOLDER, run_dir, "results.json")) as f:
-            results = json.load(f)
-        return f"epoch {results['epochs_completed']} of {results['args']['epochs']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _print_status(name, study_dir, storage):
-    """Print study ``name``'s runs by outcome and each running run's worker and progress; False if
-    ``storage`` does not hold it."""
-    try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:  # not in this database
-        return False
-    print(f"{name}: {_summary(study) or 'nothing run yet'}")
-    now = time.time()
-    for run_dir, (_, live, _) in sorted(job_states(study.get_trials(deepcopy=False)).items()):
-        if live is None or live.state != TrialState.RUNNING:
-            continue
-        attrs = live.user_attrs
-        heard = now - (attrs.get("heartbeat") or live.datetime_start.timestamp())
-        where = f"on {attrs.get('host', 'an unknown host')} (pid {attrs.get('pid', '?')})"
-        state = ("its worker is gone: the next worker to claim a run resumes it" if is_lost(live, now)
-                 else f"last heard {heard:.0f} s ago")
-        progress = _progress(study_dir, run_dir) or "first epoch"
-        print(f"  {run_dir}: running {where}, {progress}; {state}")
-    return True
-
-
-def _status(out, storage_url):
-    """Print every study that has started: its runs by outcome, then each running run's worker and progress."""
-    if storage_url and storage_url.startswith("sqlite:///") and not os.path.isfile(storage_url[len("sqlite:///"):]):
-        raise UserError(f"--storage {storage_url}: no such database file")
-    shown = 0
-    for name in STUDIES:
-        study_dir = os.path.join(out, name)
-        if storage_url is None and not os.path.isfile(os.path.join(study_dir, JOURNAL_FILE)):
-            continue  # never create a journal just to look
-        storage, _ = open_storage(storage_url, study_dir)
-        try:
-            shown += _print_status(name, study_dir, storage)
-        finally:
-            close_storage(storage)
-    if not shown:
-        ran_elsewhere = [name for name in STUDIES if os.path.isdir(os.path.join(out, name, RUNS_FOLDER))]
-        if storage_url is None and ran_elsewhere:
-            raise UserError(f"{out} holds runs of {', '.join(ran_elsewhere)} but no study journal; if they ran with "
-                            "--storage, give the same --storage to see them")
-        where = f"--storage {storage_url} --out {out}" if storage_url else f"--out {out}"
-        raise UserError(f"no study has started in {storage_url or out}; `python -m studies run NAME {where}` starts one")
 
 
 def _write_report(out, report_dir=None):
@@ -376,7 +236,7 @@ def main(argv=None):
             _write_report(options.out, options.report_dir)
             return 0
         if options.command == "status":
-            _status(options.out, options.storage)
+            print_status(options.out, options.storage)
             return 0
         if options.name == "all":
             if options.values or options.trials:

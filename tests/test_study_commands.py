@@ -18,7 +18,7 @@ def test_status_shows_outcomes_and_where_and_how_far_each_running_run_is(study_a
     import contextlib
     import io
 
-    from studies.__main__ import _status
+    from studies.status import print_status
 
     out, seen = str(tmp_path / "out"), []
     real_fit = study_worker.fit
@@ -28,7 +28,7 @@ def test_status_shows_outcomes_and_where_and_how_far_each_running_run_is(study_a
             with open(os.path.join(args.logdir, "results.json"), "w") as f:
                 json.dump({"epochs_completed": 1, "args": {"epochs": 3}}, f)
         with contextlib.redirect_stdout(io.StringIO()) as printed:
-            _status(out, None)
+            print_status(out, None)
         seen.append(printed.getvalue())
         return real_fit(args, **kwargs)
     monkeypatch.setattr(study_worker, "fit", fit_looking_at_the_status)
@@ -131,7 +131,7 @@ def test_one_worker_trains_in_the_launching_process_and_more_are_started_as_proc
     import studies.__main__ as cli
 
     launches, in_process = [], []
-    monkeypatch.setattr(cli, "_launch_workers", lambda count, argv, device: launches.append((count, device)) or 0)
+    monkeypatch.setattr(cli, "launch_workers", lambda count, argv, device: launches.append((count, device)) or 0)
     monkeypatch.setattr(cli, "work", lambda plan, study, lock: in_process.append(plan.study.name))
     assert studies_main(study_args("mlp_activation", "--workers", workers)) == 0
     assert launches == ([] if launched is None else [(launched, "cpu")])
@@ -141,7 +141,7 @@ def test_one_worker_trains_in_the_launching_process_and_more_are_started_as_proc
 def test_a_worker_killed_by_a_signal_is_named_and_the_launch_exits_as_a_shell_reports_it(monkeypatch, capsys):
     import signal
 
-    import studies.__main__ as cli
+    import studies.launch as launch
 
     real_popen, commands = subprocess.Popen, []
 
@@ -150,22 +150,22 @@ def test_a_worker_killed_by_a_signal_is_named_and_the_launch_exits_as_a_shell_re
         kill = len(commands) == 2  # the second worker dies as under the OOM killer; the first ends well
         return real_popen([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)" if kill
                            else "pass"], env=env)
-    monkeypatch.setattr(cli.subprocess, "Popen", popen)
+    monkeypatch.setattr(launch.subprocess, "Popen", popen)
     handler = signal.getsignal(signal.SIGTERM)
-    assert cli._launch_workers(2, ["run", "mlp_activation"], "cpu") == 128 + signal.SIGKILL
+    assert launch.launch_workers(2, ["run", "mlp_activation"], "cpu") == 128 + signal.SIGKILL
     assert signal.getsignal(signal.SIGTERM) is handler  # its pass-on handler lasts only while the workers run
     err = capsys.readouterr().err
     assert re.fullmatch(r"a worker \(pid \d+\) was killed by SIGKILL; rerun the same command to complete what it "
                         r"left\n", err), err
     assert commands == [[sys.executable, "-m", "studies", "run", "mlp_activation", "--workers", "1"]] * 2
-    monkeypatch.setattr(cli.subprocess, "Popen", lambda command, env: real_popen([sys.executable, "-c", "pass"]))
-    assert cli._launch_workers(2, ["run", "mlp_activation"], "cpu") == 0 and capsys.readouterr().err == ""
+    monkeypatch.setattr(launch.subprocess, "Popen", lambda command, env: real_popen([sys.executable, "-c", "pass"]))
+    assert launch.launch_workers(2, ["run", "mlp_activation"], "cpu") == 0 and capsys.readouterr().err == ""
 
 
 def test_a_signal_without_a_name_is_given_by_its_number():
-    from studies.__main__ import _signal_name
+    from studies.launch import signal_name
 
-    assert (_signal_name(9), _signal_name(200)) == ("SIGKILL", "signal 200")
+    assert (signal_name(9), signal_name(200)) == ("SIGKILL", "signal 200")
 
 
 def test_run_all_gives_each_studys_workers_its_name_where_all_named_the_study_not_where_a_flag_is_all():

@@ -276,12 +276,12 @@ def test_two_worker_processes_share_one_journal(study_args, tmp_path):
     ("0,1,2", "cpu", ["0,1,2"] * 4),  # CPU runs on a GPU host: GPUs untouched, cores shared
 ])
 def test_workers_get_a_gpu_each_or_a_share_of_the_cores(monkeypatch, visible, device, expected):
-    from studies.__main__ import _worker_env
+    from studies.launch import worker_env
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
-    envs = [_worker_env(index, 4, device) for index in range(4)]
+    envs = [worker_env(index, 4, device) for index in range(4)]
     assert [env["CUDA_VISIBLE_DEVICES"] for env in envs] == expected
     shares_cores = device == "cpu" or not visible
     assert [env.get("OMP_NUM_THREADS") for env in envs] == ["4" if shares_cores else None] * 4
@@ -292,28 +292,28 @@ def test_without_cuda_visible_devices_workers_go_round_robin_over_the_gpus_torch
                                                                                          expected):
     import torch
 
-    from studies.__main__ import _worker_env
+    from studies.launch import worker_env
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
-    assert [_worker_env(index, 3, "cuda").get("CUDA_VISIBLE_DEVICES") for index in range(3)] == expected
+    assert [worker_env(index, 3, "cuda").get("CUDA_VISIBLE_DEVICES") for index in range(3)] == expected
 
 
 @pytest.mark.parametrize("cores, workers, threads", [(2, 4, "1"), (None, 2, "1"), (8, 3, "2")])
 def test_cpu_workers_share_the_cores_with_at_least_one_thread_each(monkeypatch, cores, workers, threads):
-    from studies.__main__ import _worker_env
+    from studies.launch import worker_env
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: cores)  # None where Python cannot tell
-    assert [_worker_env(index, workers, "cpu")["OMP_NUM_THREADS"] for index in range(workers)] == [threads] * workers
+    assert [worker_env(index, workers, "cpu")["OMP_NUM_THREADS"] for index in range(workers)] == [threads] * workers
 
 
 def test_a_thread_count_the_user_set_is_kept(monkeypatch):
-    from studies.__main__ import _worker_env
+    from studies.launch import worker_env
 
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert _worker_env(0, 2, "cpu")["OMP_NUM_THREADS"] == "3"
+    assert worker_env(0, 2, "cpu")["OMP_NUM_THREADS"] == "3"
 
 
 def test_a_job_whose_trial_failed_before_drawing_its_settings_is_claimed_again_with_them(tmp_path):

@@ -1,0 +1,93 @@
+"""What ``python -m studies status`` prints, and the outcome line that ends a study's run: each study's runs
+by outcome, and where and how far each running run is, read from the study's storage while workers run
+anywhere."""
+import json
+import os
+import time
+
+import optuna
+from optuna.trial import TrialState
+
+from training.errors import UserError
+
+from .definitions import STUDIES
+from .scheduler import best_search_trial, is_lost, job_states, retrains_another
+from .storage import JOURNAL_FILE, close_storage, open_storage
+from .worker import RUNS_FOLDER
+
+
+def summary(study):
+    """A study's runs by outcome: ``3 completed``; for a search, ``search trials: ...; final runs: ...`` (and the
+    final runs of an earlier best trial, which a search extended with more --trials beat)."""
+    counts = {}
+    trials = study.get_trials(deepcopy=False)
+    best = best_search_trial(trials)
+    for finished, live, latest in job_states(trials).values():
+        unfinished = ("running" if live.state == TrialState.RUNNING else "waiting") if live else "to resume"
+        outcome = (finished or live or latest).user_attrs.get("outcome") or unfinished
+        role = latest.user_attrs.get("role", "grid")
+        if retrains_another(latest, best):
+            role = "earlier final"
+        tally = counts.setdefault(role, {})
+        tally[outcome] = tally.get(outcome, 0) + 1
+    tallies = {role: ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
+               for role, outcomes in counts.items()}
+    if "grid" in tallies:
+        return tallies["grid"]
+    labels = (("search", "search trials"), ("final", "final runs"), ("earlier final", "final runs of an earlier best"))
+    return "; ".join(f"{label}: {tallies[role]}" for role, label in labels if role in tallies)
+
+
+def _progress(study_dir, run_dir):
+    """``epoch N of M`` from a run's results.json, or None before its first epoch ends."""
+    try:
+        with open(os.path.join(study_dir, RUNS_FOLDER, run_dir, "results.json")) as f:
+            results = json.load(f)
+        return f"epoch {results['epochs_completed']} of {results['args']['epochs']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _print_status(name, study_dir, storage):
+    """Print study ``name``'s runs by outcome and each running run's worker and progress; False if
+    ``storage`` does not hold it."""
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:  # not in this database
+        return False
+    print(f"{name}: {summary(study) or 'nothing run yet'}")
+    now = time.time()
+    for run_dir, (_, live, _) in sorted(job_states(study.get_trials(deepcopy=False)).items()):
+        if live is None or live.state != TrialState.RUNNING:
+            continue
+        attrs = live.user_attrs
+        heard = now - (attrs.get("heartbeat") or live.datetime_start.timestamp())
+        where = f"on {attrs.get('host', 'an unknown host')} (pid {attrs.get('pid', '?')})"
+        state = ("its worker is gone: the next worker to claim a run resumes it" if is_lost(live, now)
+                 else f"last heard {heard:.0f} s ago")
+        progress = _progress(study_dir, run_dir) or "first epoch"
+        print(f"  {run_dir}: running {where}, {progress}; {state}")
+    return True
+
+
+def print_status(out, storage_url):
+    """Print every study that has started: its runs by outcome, then each running run's worker and progress."""
+    if storage_url and storage_url.startswith("sqlite:///") and not os.path.isfile(storage_url[len("sqlite:///"):]):
+        raise UserError(f"--storage {storage_url}: no such database file")
+    shown = 0
+    for name in STUDIES:
+        study_dir = os.path.join(out, name)
+        if storage_url is None and not os.path.isfile(os.path.join(study_dir, JOURNAL_FILE)):
+            continue  # never create a journal just to look
+        storage, _ = open_storage(storage_url, study_dir)
+        try:
+            shown += _print_status(name, study_dir, storage)
+        finally:
+            close_storage(storage)
+    if not shown:
+        ran_elsewhere = [name for name in STUDIES if os.path.isdir(os.path.join(out, name, RUNS_FOLDER))]
+        if storage_url is None and ran_elsewhere:
+            raise UserError(f"{out} holds runs of {', '.join(ran_elsewhere)} but no study journal; if they ran with "
+                            "--storage, give the same --storage to see them")
+        where = f"--storage {storage_url} --out {out}" if storage_url else f"--out {out}"
+        raise UserError(f"no study has started in {storage_url or out}; `python -m studies run NAME {where}` starts one")
