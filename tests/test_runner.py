@@ -1,5 +1,6 @@
 """main.py end to end on tiny fake data: every model, results.json, accuracies, flip TTA, divergence, the optimizers,
-the device. Interruptions and resume are in test_interruptions.py, bad input in test_bad_input.py."""
+the device. Interruptions and resume are in test_interruptions.py, bad input in test_bad_input.py and
+test_bad_flags.py."""
 import json
 import math
 import os
