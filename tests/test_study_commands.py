@@ -64,6 +64,36 @@ def test_status_counts_a_running_runs_silence_from_its_last_heartbeat(tmp_path, 
                         r"epoch; last heard 10[01] s ago\n", capsys.readouterr().out)
 
 
+def test_status_names_a_run_whose_worker_is_gone_one_claimed_this_instant_and_one_left_to_resume(tmp_path, capsys):
+    import time
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from studies.storage import close_storage, open_storage
+
+    out = tmp_path / "out"
+    storage, _ = open_storage(None, str(out / "mlp_activation"))
+    study = optuna.create_study(study_name="mlp_activation", storage=storage, direction="maximize")
+    run_dirs = ["activation-relu_seed-42", "activation-tanh_seed-42", "activation-sigmoid_seed-42"]
+    for run_dir in run_dirs:
+        study.enqueue_trial({"seed": 42}, user_attrs={"run_dir": run_dir, "role": "grid"})
+    silent, claimed_now, left = (study.ask() for _ in run_dirs)
+    for key, value in {"host": "node8", "pid": 99, "heartbeat": time.time() - 1000}.items():
+        silent.set_user_attr(key, value)  # on another host, silent for longer than a worker may be
+    # claimed_now: asked for, its host, pid and heartbeat not yet written
+    study.tell(left.number, state=TrialState.FAIL)  # as a claim tells the run of a gone worker: no outcome
+    close_storage(storage)
+    assert studies_main(["status", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert re.fullmatch(  # heard from when it was claimed, a moment ago
+        r"mlp_activation: 2 running, 1 to resume\n"
+        r"  activation-relu_seed-42: running on node8 \(pid 99\), first epoch; its worker is gone: the next worker to "
+        r"claim a run resumes it\n"
+        r"  activation-tanh_seed-42: running on an unknown host \(pid \?\), first epoch; last heard [01] s ago\n",
+        printed), printed
+
+
 def test_status_of_a_folder_without_studies_writes_nothing(tmp_path, capsys):
     none = tmp_path / "none"
     assert studies_main(["status", "--out", str(none)]) == 2
