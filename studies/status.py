@@ -24,7 +24,8 @@ def summary(study):
     best = best_search_trial(trials)
     for finished, live, latest in job_states(trials).values():
         unfinished = ("running" if live.state == TrialState.RUNNING else "waiting") if live else "to resume"
-        outcome = (finished or live or latest).user_attrs.get("outcome") or unfinished
+        # a live trial first: a run that --retry_failed trains again is running, not its earlier error
+        outcome = (live or finished or latest).user_attrs.get("outcome") or unfinished
         role = latest.user_attrs.get("role", "grid")
         if retrains_another(latest, best):
             role = "earlier final"

@@ -94,12 +94,48 @@ def test_status_names_a_run_whose_worker_is_gone_one_claimed_this_instant_and_on
         printed), printed
 
 
+def test_status_counts_a_run_that_retry_failed_trains_again_as_running_and_its_error_again_if_that_stops(tmp_path,
+                                                                                                        capsys):
+    import optuna
+    from optuna.trial import TrialState
+
+    from studies.storage import close_storage, open_storage
+
+    out = tmp_path / "out"
+    storage, _ = open_storage(None, str(out / "mlp_activation"))
+    study = optuna.create_study(study_name="mlp_activation", storage=storage, direction="maximize")
+    for outcome in ("error", None):  # the run raised an error; --retry_failed enqueued it again, and it trains
+        study.enqueue_trial({"seed": 42}, user_attrs={"run_dir": "activation-relu_seed-42", "role": "grid"})
+        retry = study.ask()
+        retry.set_user_attr("host", "node7")
+        if outcome:
+            retry.set_user_attr("outcome", outcome)
+            study.tell(retry.number, state=TrialState.FAIL)
+    assert studies_main(["status", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("mlp_activation: 1 running\n  activation-relu_seed-42: running on node7 "), printed
+    study.tell(retry.number, state=TrialState.FAIL)  # the retry was killed: without --retry_failed it stays an error
+    close_storage(storage)
+    assert studies_main(["status", "--out", str(out)]) == 0
+    assert capsys.readouterr().out == "mlp_activation: 1 error\n"
+
+
 def test_status_of_a_folder_without_studies_writes_nothing(tmp_path, capsys):
     none = tmp_path / "none"
     assert studies_main(["status", "--out", str(none)]) == 2
     assert capsys.readouterr().err == (f"error: no study has started in {none}; `python -m studies run NAME --out "
                                        f"{none}` starts one\n")
     assert not (tmp_path / "none").exists()
+
+
+def test_status_of_runs_without_a_journal_names_every_study_they_belong_to(tmp_path, capsys):
+    from studies.worker import RUNS_FOLDER
+
+    for name in ("mlp_activation", "resnet18_lr"):
+        os.makedirs(tmp_path / name / RUNS_FOLDER)
+    assert studies_main(["status", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path} holds runs of mlp_activation, resnet18_lr but no "
+                                              "study journal;")
 
 
 def test_status_without_the_storage_that_a_study_ran_with_says_to_give_it(study_args, tmp_path, capsys):
