@@ -204,7 +204,8 @@ def test_one_worker_trains_in_the_launching_process_and_more_are_started_as_proc
     assert in_process == (["mlp_activation"] if launched is None else [])
 
 
-def test_a_worker_killed_by_a_signal_is_named_and_the_launch_exits_as_a_shell_reports_it(monkeypatch, capsys):
+@pytest.mark.parametrize("name", ["SIGKILL", "SIGHUP"])  # the OOM killer's; a closed terminal's, signal 1
+def test_a_worker_killed_by_a_signal_is_named_and_the_launch_exits_as_a_shell_reports_it(name, monkeypatch, capsys):
     import signal
 
     import studies.launch as launch
@@ -213,15 +214,15 @@ def test_a_worker_killed_by_a_signal_is_named_and_the_launch_exits_as_a_shell_re
 
     def popen(command, env):
         commands.append(command)
-        kill = len(commands) == 2  # the second worker dies as under the OOM killer; the first ends well
-        return real_popen([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)" if kill
+        kill = len(commands) == 2  # the second worker is killed; the first ends well
+        return real_popen([sys.executable, "-c", f"import os, signal; os.kill(os.getpid(), signal.{name})" if kill
                            else "pass"], env=env)
     monkeypatch.setattr(launch.subprocess, "Popen", popen)
     handler = signal.getsignal(signal.SIGTERM)
-    assert launch.launch_workers(2, ["run", "mlp_activation"], "cpu") == 128 + signal.SIGKILL
+    assert launch.launch_workers(2, ["run", "mlp_activation"], "cpu") == 128 + signal.Signals[name]
     assert signal.getsignal(signal.SIGTERM) is handler  # its pass-on handler lasts only while the workers run
     err = capsys.readouterr().err
-    assert re.fullmatch(r"a worker \(pid \d+\) was killed by SIGKILL; rerun the same command to complete what it "
+    assert re.fullmatch(rf"a worker \(pid \d+\) was killed by {name}; rerun the same command to complete what it "
                         r"left\n", err), err
     assert commands == [[sys.executable, "-m", "studies", "run", "mlp_activation", "--workers", "1"]] * 2
     monkeypatch.setattr(launch.subprocess, "Popen", lambda command, env: real_popen([sys.executable, "-c", "pass"]))

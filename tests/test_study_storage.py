@@ -300,7 +300,7 @@ def test_without_cuda_visible_devices_workers_go_round_robin_over_the_gpus_torch
     assert [worker_env(index, 3, "cuda").get("CUDA_VISIBLE_DEVICES") for index in range(3)] == expected
 
 
-@pytest.mark.parametrize("cores, workers, threads", [(2, 4, "1"), (None, 2, "1"), (8, 3, "2")])
+@pytest.mark.parametrize("cores, workers, threads", [(2, 4, "1"), (None, 2, "1"), (None, 1, "1"), (8, 3, "2")])
 def test_cpu_workers_share_the_cores_with_at_least_one_thread_each(monkeypatch, cores, workers, threads):
     from studies.launch import worker_env
 
