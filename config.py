@@ -11,9 +11,13 @@ from training.errors import CommandLineParser
 from training.optim import SCHEDULES
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+DATA_DIR_HELP = "folder holding cifar-10-batches-py/ (or cifar-10-python.tar.gz, or where to download it)."
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """``--help`` with each flag's default, except where there is none to name: an unset value or an off switch
-    (``(default: None)``, ``(default: False)`` say nothing)."""
+    (``(default: None)``, ``(default: False)`` say nothing); a description is shown as written (the tools' and
+    the studies' are their docstrings, laid out by hand)."""
 
     def _get_help_string(self, action):
         if action.default is None or action.default is False or action.default == []:
@@ -51,9 +55,7 @@ def get_config_parser():
                                "(resnet18 and mlpmixer).")
 
     runner = parser.add_argument_group("runner flags (beyond the template)")
-    runner.add_argument("--data_dir", type=str, default="./data",
-                        help="folder holding cifar-10-batches-py/ (or cifar-10-python.tar.gz, or where to "
-                             "download it).")
+    runner.add_argument("--data_dir", type=str, default="./data", help=DATA_DIR_HELP)
     runner.add_argument("--pipeline", type=str, default="tensor", choices=["tensor", "torchvision"],
                         help="tensor: the data set as one uint8 tensor on the training device, batched "
                              "augmentation; torchvision: the template's DataLoader with PIL transforms.")

@@ -39,8 +39,8 @@ RUN_HELP = "python -m studies run --help and python main.py --help"  # a run's f
 def _parser():
     # no abbreviations: --seed (main.py's) must not be read as --seeds
     parser = CommandLineParser(prog="python -m studies", description=__doc__, allow_abbrev=False,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
+                               formatter_class=HelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, help="what to do; each has its own --help")
     commands.add_parser("list", help="the studies, their grids and search spaces")
     run = commands.add_parser("run", help="run (or resume) a study; other flags go to every run, as main.py's",
                               formatter_class=HelpFormatter, allow_abbrev=False)
@@ -61,11 +61,11 @@ def _parser():
                                        "host); postgresql://user:password@host/db for workers on several machines")
     run.add_argument("--retry_failed", action="store_true", help="run again the runs that raised an error")
     report = commands.add_parser("report", help="build report.md and report.pdf from the studies' logs",
-                                 allow_abbrev=False)
+                                 formatter_class=HelpFormatter, allow_abbrev=False)
     report.add_argument("--out", default="runs", help="the folder that holds the studies")
     report.add_argument("--report_dir", help="where to write the report (default: OUT/report)")
     status = commands.add_parser("status", help="each study's runs by outcome, and where and how far each running "
-                                                "run is", allow_abbrev=False)
+                                                "run is", formatter_class=HelpFormatter, allow_abbrev=False)
     status.add_argument("--out", default="runs", help="the folder that holds the studies")
     status.add_argument("--storage", help="the studies' database URL, if they run with one")
     return parser

@@ -118,19 +118,50 @@ def test_a_flag_argparse_refuses_gets_one_line_naming_the_help_to_read(command, 
     assert err.startswith(f"error: {problem}") and err.endswith(f"; see {help_command}\n")
 
 
-def test_help_names_the_defaults_that_exist_and_no_empty_ones(capsys):
-    from studies.__main__ import main as studies_main
+def _parser_of(module):
+    """The argument parser that ``module.parse_args`` builds."""
+    import argparse
+    import importlib
 
-    with pytest.raises(SystemExit) as exited:
-        studies_main(["run", "--help"])
-    assert exited.value.code == 0
-    for text in (get_config_parser().format_help(), capsys.readouterr().out):
-        assert "(default: " in text
-        assert not re.search(r"\(default: (None|False|\[\])\)", text), text
+    class Built(Exception):
+        pass
+
+    def stop_at_parse(parser, args=None, namespace=None):
+        raise Built(parser)
+    original = argparse.ArgumentParser.parse_known_args
+    argparse.ArgumentParser.parse_known_args = stop_at_parse
+    try:
+        importlib.import_module(module).parse_args([])
+    except Built as built:
+        return built.args[0]
+    finally:
+        argparse.ArgumentParser.parse_known_args = original
+    pytest.fail(f"{module}.parse_args parsed nothing")
 
 
-def test_every_flag_of_main_py_says_what_it_does():
-    assert [action.dest for action in get_config_parser()._actions if not action.help] == []
+def _parsers():
+    from studies.__main__ import _parser as studies_parser
+
+    yield "main.py", get_config_parser()
+    studies = studies_parser()
+    commands, = (action for action in studies._actions if action.choices)
+    yield "studies", studies
+    yield from ((f"studies {name}", parser) for name, parser in commands.choices.items())
+    for module in ("tools.benchmark", "tools.check_targets", "tools.gpu_check", "tools.layout_benchmark",
+                   "tools.time_studies", "training.fake_data"):
+        yield module, _parser_of(module)
+
+
+@pytest.mark.parametrize("command, parser", list(_parsers()), ids=lambda value: value if isinstance(value, str) else "")
+def test_every_flag_of_every_command_says_what_it_does_and_its_default(command, parser):
+    import argparse
+
+    assert [action.dest for action in parser._actions if not action.help] == []
+    shown = " ".join(parser.format_help().split())
+    defaults = [action for action in parser._actions if action.option_strings
+                and action.default not in (None, False, [], argparse.SUPPRESS)]
+    assert [action.dest for action in defaults if f"(default: {action.default})" not in shown] == []
+    assert not re.search(r"\(default: (None|False|\[\])\)", shown), shown
 
 
 @pytest.mark.parametrize("action", [action for action in get_config_parser()._actions if action.choices],

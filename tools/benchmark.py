@@ -15,13 +15,12 @@ The last epoch is reported (a GPU run's first epoch includes cuDNN autotuning an
 ``--repeats N`` the rows are measured N times, interleaved, and each row's fastest run is kept: a shared
 machine's noise then slows both paths alike instead of deciding the ratio.
 """
-import argparse
 import contextlib
 import io
 
 import torch
 
-from config import get_config_parser
+from config import DATA_DIR_HELP, HelpFormatter, get_config_parser
 from tools import fit_or_stop, run_cli
 from training.errors import CommandLineParser, UserError
 
@@ -77,14 +76,17 @@ def print_table(title, rows):
 
 def parse_args(argv=None):
     parser = CommandLineParser(prog="python -m tools.benchmark", description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="mlp", choices=["mlp", "resnet18", "mlpmixer"])
-    parser.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--batch_size", type=int, default=128)
+                               formatter_class=HelpFormatter)
+    parser.add_argument("--model", default="mlp", choices=["mlp", "resnet18", "mlpmixer"],
+                        help="the model every row trains, with its shipped config")
+    parser.add_argument("--device", default="cuda", choices=["cpu", "cuda"],
+                        help="cuda: rows template, eager, fast; cpu: template and fast")
+    parser.add_argument("--epochs", type=int, default=1,
+                        help="epochs per row; the last one is timed (more leave the first's warm-up out)")
+    parser.add_argument("--batch_size", type=int, default=128, help="training batch size of every row")
     parser.add_argument("--num_workers", type=int, default=get_config_parser().get_default("num_workers"),
                         help="DataLoader workers of the template pipeline")
-    parser.add_argument("--data_dir", default="./data")
+    parser.add_argument("--data_dir", default="./data", help=DATA_DIR_HELP)
     parser.add_argument("--valid_size", type=int, default=5000, help="training images held out for validation")
     parser.add_argument("--repeats", type=int, default=2, help="measure every row this many times, keep the fastest")
     parser.add_argument("--compile", action="store_true", help="add the compiled row (compiles once per repeat)")

@@ -16,7 +16,6 @@ run within the time budget: one lucky seed does not meet a target.
 The recipes below are candidates, not results: a recipe is published as reaching its target only
 with the output of this script from a GPU run.
 """
-import argparse
 import json
 import os
 import statistics
@@ -25,7 +24,7 @@ import time
 
 import torch
 
-from config import MAX_SEED, get_config_parser, given_flags
+from config import DATA_DIR_HELP, MAX_SEED, HelpFormatter, get_config_parser, given_flags
 from tools import fit_or_stop, run_cli
 from training.errors import CommandLineParser, UserError
 
@@ -107,9 +106,10 @@ def parse_args(argv=None):
     """The script's own flags, and the ``main.py`` flags that override the recipes' (checked here, so that a
     wrong one stops the script before a first training run)."""
     parser = CommandLineParser(prog="python -m tools.check_targets", description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    parser.add_argument("--data_dir", default="./data")
-    parser.add_argument("--models", nargs="+", choices=sorted(RECIPES), default=sorted(RECIPES, reverse=True))
+                               formatter_class=HelpFormatter, allow_abbrev=False)
+    parser.add_argument("--data_dir", default="./data", help=DATA_DIR_HELP)
+    parser.add_argument("--models", nargs="+", choices=sorted(RECIPES), default=sorted(RECIPES, reverse=True),
+                        help="the models whose recipes are trained and judged against their targets")
     parser.add_argument("--seeds", type=int, default=1,
                         help="runs per recipe, seeds --seed to --seed + N - 1; judged on the mean test accuracy")
     parser.add_argument("--dry_run", action="store_true", help="CPU, fake data, tiny models, 1 epoch")

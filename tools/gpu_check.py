@@ -21,7 +21,6 @@ Sections (``--sections``, comma-separated):
 - ``profile`` (not run by default): for each model, wall time per step of the eager and the captured step
   (and of the compiled ones with ``--profile_compiled``), and the top kernels of each eager step.
 """
-import argparse
 import contextlib
 import os
 import sys
@@ -30,7 +29,7 @@ import time
 
 import torch
 
-from config import get_config_parser
+from config import DATA_DIR_HELP, HelpFormatter, get_config_parser
 from tools import fit_or_stop, run_cli
 from tools.benchmark import measure, print_table
 from training import steps as steps_module
@@ -290,15 +289,16 @@ def _accuracy(value, width):
 
 def parse_args(argv=None):
     parser = CommandLineParser(prog="python -m tools.gpu_check", description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default="./data")
-    parser.add_argument("--sections", default="tracking,benchmark,parity")
-    parser.add_argument("--steps", type=int, default=50)
+                               formatter_class=HelpFormatter)
+    parser.add_argument("--data_dir", default="./data", help=DATA_DIR_HELP)
+    parser.add_argument("--sections", default="tracking,benchmark,parity",
+                        help=f"comma-separated sections to run, of {', '.join(SECTIONS)}")
+    parser.add_argument("--steps", type=int, default=50, help="tracking: training losses compared per trace")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated models that every section runs")
-    parser.add_argument("--bench_epochs", type=int, default=2)
-    parser.add_argument("--parity_epochs", type=int, default=15)
-    parser.add_argument("--num_workers", type=int, default=4, help="template pipeline workers (the template's 4)")
-    parser.add_argument("--valid_size", type=int, default=5000)
+    parser.add_argument("--bench_epochs", type=int, default=2, help="benchmark: epochs per row, the last one timed")
+    parser.add_argument("--parity_epochs", type=int, default=15, help="parity: epochs of each run")
+    parser.add_argument("--num_workers", type=int, default=4, help="DataLoader workers of the template pipeline")
+    parser.add_argument("--valid_size", type=int, default=5000, help="training images held out for validation")
     parser.add_argument("--json_out", default=None, help="write the parity runs' results here")
     parser.add_argument("--rows", type=int, default=15, help="profile: rows of each kernel table")
     parser.add_argument("--profile_compiled", action="store_true",

@@ -9,13 +9,12 @@ pipeline (template augmentation), with eager steps (on CUDA the default path als
 to batch, so a shared machine whose speed drifts slows both alike; the first ``--warmup`` steps of each, where
 oneDNN and cuDNN choose their kernels, are not timed. This is what ``--channels_last auto`` was chosen from.
 """
-import argparse
 import statistics
 import time
 
 import torch
 
-from config import get_config_parser
+from config import DATA_DIR_HELP, HelpFormatter, get_config_parser
 from tools import run_cli
 from tools.gpu_check import MODELS, make_step
 from training.cifar10 import load_cifar10
@@ -43,14 +42,15 @@ def time_layouts(model_name, batches, plan, device, precision, warmup):
 
 def parse_args(argv=None):
     parser = CommandLineParser(prog="python -m tools.layout_benchmark", description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="resnet18", choices=MODELS)
-    parser.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    parser.add_argument("--batch_size", type=int, default=128)
+                               formatter_class=HelpFormatter)
+    parser.add_argument("--model", default="resnet18", choices=MODELS, help="the model timed, with its shipped config")
+    parser.add_argument("--device", default="cuda", choices=["cpu", "cuda"], help="where the steps run")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="autocast precision of the steps in both layouts")
+    parser.add_argument("--batch_size", type=int, default=128, help="training batch size")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per layout")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per layout before them")
-    parser.add_argument("--data_dir", default=get_config_parser().get_default("data_dir"))
+    parser.add_argument("--data_dir", default=get_config_parser().get_default("data_dir"), help=DATA_DIR_HELP)
     return parser.parse_args(argv)
 
 

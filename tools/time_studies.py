@@ -12,7 +12,6 @@ whether the epochs or the work around them took the time.
 Each study's time is printed as soon as it ends, so a run cut short by a time limit still reports
 the studies it finished.
 """
-import argparse
 import json
 import os
 import sys
@@ -21,6 +20,7 @@ import time
 
 import torch
 
+from config import DATA_DIR_HELP, HelpFormatter
 from studies.__main__ import main as studies_main
 from studies.report import load_runs
 from tools import run_cli
@@ -52,8 +52,8 @@ def _dry_run_flags(folder):
 
 def parse_args(argv=None):
     parser = CommandLineParser(prog="python -m tools.time_studies", description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default="./data")
+                               formatter_class=HelpFormatter)
+    parser.add_argument("--data_dir", default="./data", help=DATA_DIR_HELP)
     parser.add_argument("--out", help="output folder (default: a new temporary folder); must not exist")
     parser.add_argument("--workers", type=int, default=1, help="worker processes per study (they share the GPU)")
     parser.add_argument("--dry_run", action="store_true", help="CPU, fake data, tiny models, 1 epoch")

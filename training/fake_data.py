@@ -7,6 +7,7 @@ Python 2 ``str``, which Python 3 reads back as bytes only with ``encoding="bytes
 ``data`` array ``[N, 3072]`` (red plane, green plane, blue plane) and a ``labels`` list. Each class has its
 own mean colour and stripe pattern plus noise, so a model can learn something from a few hundred images.
 """
+import argparse
 import contextlib
 import os
 import pickle
@@ -131,11 +132,13 @@ def main(argv=None):
 
 def parse_args(argv=None):
     parser = CommandLineParser(prog="python -m training.fake_data",
-                               description="Write a small fake CIFAR-10 in the real on-disk format.")
+                               description="Write a small fake CIFAR-10 in the real on-disk format.",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("root", help="the folder that gets cifar-10-batches-py/ (use it as --data_dir)")
-    parser.add_argument("--train_per_batch", type=int, default=100)
-    parser.add_argument("--test", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train_per_batch", type=int, default=100,
+                        help="images in each of the 5 training batch files")
+    parser.add_argument("--test", type=int, default=100, help="images in the test batch file")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the images' labels and noise")
     return parser.parse_args(argv)
 
 
