@@ -215,8 +215,9 @@ def test_a_worker_killed_by_a_signal_is_named_and_the_launch_exits_as_a_shell_re
     def popen(command, env):
         commands.append(command)
         kill = len(commands) == 2  # the second worker is killed; the first ends well
-        return real_popen([sys.executable, "-c", f"import os, signal; os.kill(os.getpid(), signal.{name})" if kill
-                           else "pass"], env=env)
+        # SIGHUP's default action restored first: under nohup the tests inherit SIGHUP ignored
+        dies = f"import os, signal; signal.signal(signal.SIGHUP, signal.SIG_DFL); os.kill(os.getpid(), signal.{name})"
+        return real_popen([sys.executable, "-c", dies if kill else "pass"], env=env)
     monkeypatch.setattr(launch.subprocess, "Popen", popen)
     handler = signal.getsignal(signal.SIGTERM)
     assert launch.launch_workers(2, ["run", "mlp_activation"], "cpu") == 128 + signal.Signals[name]
