@@ -1,6 +1,6 @@
 """main.py end to end on tiny fake data: every model, results.json, accuracies, flip TTA, divergence, the optimizers,
 the device. Interruptions and resume are in test_interruptions.py, bad input in test_bad_input.py and
-test_bad_flags.py."""
+test_bad_flags.py, train and evaluate called directly in test_engine.py."""
 import json
 import math
 import os
@@ -280,78 +280,6 @@ def test_a_run_asked_for_cuda_without_it_trains_and_evaluates_on_the_cpu(run_arg
     assert (results["status"], results["device"], results["args"]["device"]) == ("completed", "cpu", "cpu")
 
 
-def test_train_and_evaluate_importable_with_template_signatures(fake_data_dir):
-    import argparse
-    from training.cifar10 import load_cifar10
-    from training.pipelines import TensorBatches
-    from mlp import MLP
-    data = load_cifar10(fake_data_dir)
-    loader = TensorBatches(data.train_images, data.train_labels, 32, "cpu", train=True)
-    model = MLP(3072, [16, 16], 10)
-    args = argparse.Namespace(device="cpu", print_every=80)
-    optimizer = torch.optim.AdamW(model.parameters())
-    loss, acc, seconds = main.train(1, model, loader, optimizer, args)
-    assert loss > 0 and 0 <= acc <= 1 and seconds > 0
-    loss, acc, seconds = main.evaluate(1, model, loader, args, mode="val")
-    assert loss > 0 and 0 <= acc <= 1
-
-
-@pytest.fixture
-def made_steps(monkeypatch):
-    """The settings of every eager ``TrainStep`` the engine makes, in order."""
-    from training.steps import TrainStep
-
-    made = []
-
-    class RecordedStep(TrainStep):
-        def __init__(self, model, optimizer, device, **settings):
-            made.append(settings)
-            super().__init__(model, optimizer, device, **settings)
-    monkeypatch.setattr(engine, "TrainStep", RecordedStep)
-    return made
-
-
-@pytest.mark.parametrize("given, expected", [
-    ({}, {"precision": "fp32", "channels_last": False, "label_smoothing": 0.0, "mix": "none"}),
-    ({"precision": "bf16", "channels_last": True, "label_smoothing": 0.1, "mix": "cutmix"},
-     {"precision": "bf16", "channels_last": True, "label_smoothing": 0.1, "mix": "cutmix"}),
-])
-def test_train_without_a_step_reads_the_fast_path_settings_that_args_has(fake_data_dir, made_steps, given, expected):
-    import argparse
-
-    from training.cifar10 import load_cifar10
-    from training.pipelines import TensorBatches
-
-    data = load_cifar10(fake_data_dir)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3072, 10))
-    args = argparse.Namespace(device="cpu", print_every=80, **given)
-    engine.train(1, model, TensorBatches(data.test_images, data.test_labels, 25, "cpu", train=True),
-                 torch.optim.SGD(model.parameters(), lr=0.0), args)
-    assert made_steps == [expected]
-
-
-def test_evaluate_runs_the_model_in_eval_mode_and_leaves_its_batch_norm_statistics(fake_data_dir):
-    import argparse
-
-    from training.cifar10 import load_cifar10
-    from training.pipelines import TensorBatches
-    from utils import cross_entropy_loss
-
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3072, 32), torch.nn.BatchNorm1d(32),
-                                torch.nn.ReLU(), torch.nn.Dropout(0.5), torch.nn.Linear(32, 10))
-    data = load_cifar10(fake_data_dir)
-    loader = TensorBatches(data.test_images, data.test_labels, 25, "cpu", train=False)
-    statistics = model[2].running_mean.clone()
-    args = argparse.Namespace(device="cpu", print_every=80)
-    loss, _, _ = engine.evaluate(1, model.train(), loader, args)
-    assert not model.training and torch.equal(model[2].running_mean, statistics)
-    with torch.no_grad():
-        expected = sum(cross_entropy_loss(model(images), labels).item() * len(labels)
-                       for images, labels in (batch[:2] for batch in loader)) / len(data.test_labels)
-    assert loss == pytest.approx(expected, rel=1e-5)
-
-
 def test_the_best_validation_epoch_is_the_highest_not_the_last(run_args, tmp_path, monkeypatch, capsys):
     evaluate, accuracies = engine.evaluate, iter([0.5, 0.7, 0.6])
 
@@ -407,17 +335,3 @@ def test_the_learning_rate_follows_its_schedule_over_every_step_of_the_run(run_a
     assert main.main(run_args("mlp", "--logdir", logdir, "--lr_schedule", schedule, epochs=2)) == 0  # 100 images
     group, = torch.load(os.path.join(logdir, "checkpoint.pt"), weights_only=True)["optimizer"]["param_groups"]
     assert float(group["lr"]) == pytest.approx(last_rate, rel=1e-6)  # the rate of the run's last step
-
-
-def test_a_run_builds_its_training_step_from_its_flags(run_args, tmp_path, made_steps):
-    logdir = str(tmp_path / "run")
-    flags = ["--logdir", logdir, "--channels_last", "on", "--label_smoothing", "0.1", "--mix", "cutmix",
-             "--lr_schedule", "cosine"]
-    assert main.main(run_args("mlp", *flags, epochs=1)) == 0
-    assert main.main(run_args("mlp", *flags, "--resume", epochs=1)) == 0  # nothing left to train: a step all the same
-    assert len(made_steps) == 2
-    for settings, first_step in zip(made_steps, (0, 7)):  # 7 batches of at most 16 of the 100 training images per epoch
-        schedule = settings.pop("schedule")
-        assert (schedule.kind, schedule.total_steps, schedule.peak_lr) == ("cosine", 7, 0.001)
-        assert settings == {"precision": "fp32", "channels_last": True, "label_smoothing": 0.1, "mix": "cutmix",
-                            "first_step": first_step, "compiled_model": None}
