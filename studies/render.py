@@ -13,6 +13,10 @@ class Section:
     """A report section as blocks that both the Markdown and the PDF writers render."""
 
     def __init__(self, title):
+        """
+        Args:
+            title: the section's heading.
+        """
         self.title, self.blocks = title, []
 
     def text(self, line):

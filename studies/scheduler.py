@@ -87,6 +87,11 @@ class Heartbeat:
     """Marks a trial alive every ``HEARTBEAT_SECONDS`` while its run trains."""
 
     def __init__(self, trial, interval=HEARTBEAT_SECONDS):
+        """
+        Args:
+            trial: the running trial whose ``heartbeat`` attribute is set.
+            interval: seconds between two heartbeats.
+        """
         self.trial, self.interval = trial, interval
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True)
@@ -154,18 +159,18 @@ def retrains_another(trial, best):
 
 
 class Claimer:
-    """Claims jobs of one study for one worker process.
-
-    Args:
-        study: the Optuna study.
-        lock: the storage's lock (``FileLock`` or ``PostgresLock``).
-        grid_jobs: ``run_dir -> params`` of a grid study, or None for a search.
-        search_trials: a search's budget of trials.
-        final_seeds: seeds of the final retraining of a search's best configuration.
-        retry_failed: enqueue again the jobs whose run raised an error before this worker started.
-    """
+    """Claims jobs of one study for one worker process."""
 
     def __init__(self, study, lock, grid_jobs=None, search_trials=0, final_seeds=(), retry_failed=False):
+        """
+        Args:
+            study: the Optuna study.
+            lock: the storage's lock (``FileLock`` or ``PostgresLock``).
+            grid_jobs: ``run_dir -> params`` of a grid study, or None for a search.
+            search_trials: a search's budget of trials.
+            final_seeds: seeds of the final retraining of a search's best configuration.
+            retry_failed: enqueue again the jobs whose run raised an error before this worker started.
+        """
         self.study, self.lock = study, lock
         self.grid_jobs, self.search_trials, self.final_seeds = grid_jobs, search_trials, final_seeds
         self.retry_before = len(study.get_trials(deepcopy=False)) if retry_failed else -1

@@ -148,6 +148,11 @@ class FileLock:
     kernel releases it if its holder dies), else Optuna's lock file (Windows)."""
 
     def __init__(self, path, portable=None):
+        """
+        Args:
+            path: the lock file (created if missing).
+            portable: use Optuna's lock file instead of ``flock``; ``None``: only where ``flock`` is missing.
+        """
         self.path = path
         self.portable = fcntl is None if portable is None else portable
 
@@ -173,6 +178,10 @@ class PostgresLock:
     """A PostgreSQL session advisory lock, keyed by the study's name: processes on any machine."""
 
     def __init__(self, url):
+        """
+        Args:
+            url: the database URL of the study's storage.
+        """
         import sqlalchemy
 
         self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)

@@ -170,6 +170,10 @@ class Cutout:
     """``cutout`` as a transform of one normalised ``[channels, height, width]`` image (torchvision pipeline)."""
 
     def __init__(self, size=CUTOUT_SIZE):
+        """
+        Args:
+            size: side in pixels of the square set to the mean (zero once normalised).
+        """
         self.size = size
 
     def __call__(self, image):

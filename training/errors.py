@@ -14,14 +14,14 @@ class LogdirBusy(UserError):
 
 class CommandLineParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` that answers a bad flag in one line, as the runner answers any bad input, naming the
-    command that explains the flags, instead of printing its whole usage first (19 lines for ``main.py``).
-
-    Args:
-        help_command: the command that explains these flags; default: ``PROG --help``.
-        **kwargs: ``argparse.ArgumentParser``'s.
-    """
+    command that explains the flags, instead of printing its whole usage first (19 lines for ``main.py``)."""
 
     def __init__(self, *args, help_command=None, **kwargs):
+        """
+        Args:
+            *args, **kwargs: ``argparse.ArgumentParser``'s.
+            help_command: the command that explains these flags; default: ``PROG --help``.
+        """
         super().__init__(*args, **kwargs)
         self.help_command = help_command
 

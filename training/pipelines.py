@@ -16,6 +16,10 @@ class Normalize:
     """Map float pixels on the 0..255 scale to the template's normalised values, ``(x / 255 - mean) / std``."""
 
     def __init__(self, device):
+        """
+        Args:
+            device: where the images to normalise are.
+        """
         std = torch.tensor(CIFAR10_STD, device=device).view(1, -1, 1, 1)
         self.scale = 1.0 / (255.0 * std)
         self.shift = -torch.tensor(CIFAR10_MEAN, device=device).view(1, -1, 1, 1) / std
@@ -81,6 +85,12 @@ class _PILImages(torch.utils.data.Dataset):
     """uint8 ``[N, 3, 32, 32]`` images served one by one as PIL images through ``transform``."""
 
     def __init__(self, images, labels, transform):
+        """
+        Args:
+            images: uint8 ``[N, 3, 32, 32]`` on the CPU.
+            labels: ``[N]`` class indices.
+            transform: applied to each PIL image (the template's torchvision transforms).
+        """
         self.images = images.permute(0, 2, 3, 1).numpy()  # HWC, as PIL wants
         self.labels = labels.tolist()
         self.transform = transform
