@@ -91,4 +91,5 @@ def print_status(out, storage_url):
             raise UserError(f"{out} holds runs of {', '.join(ran_elsewhere)} but no study journal; if they ran with "
                             "--storage, give the same --storage to see them")
         where = f"--storage {storage_url} --out {out}" if storage_url else f"--out {out}"
-        raise UserError(f"no study has started in {storage_url or out}; `python -m studies run NAME {where}` starts one")
+        raise UserError(f"no study has started in {storage_url or out}; `python -m studies run NAME {where}` "
+                        "starts one")
