@@ -11,6 +11,7 @@ from training.errors import CommandLineParser
 from training.optim import SCHEDULES
 
 
+DATA_DIR = "./data"
 DATA_DIR_HELP = "folder holding cifar-10-batches-py/ (or cifar-10-python.tar.gz, or where to download it)."
 
 
@@ -55,7 +56,7 @@ def get_config_parser():
                                "(resnet18 and mlpmixer).")
 
     runner = parser.add_argument_group("runner flags (beyond the template)")
-    runner.add_argument("--data_dir", type=str, default="./data", help=DATA_DIR_HELP)
+    runner.add_argument("--data_dir", type=str, default=DATA_DIR, help=DATA_DIR_HELP)
     runner.add_argument("--pipeline", type=str, default="tensor", choices=["tensor", "torchvision"],
                         help="tensor: the data set as one uint8 tensor on the training device, batched "
                              "augmentation; torchvision: the template's DataLoader with PIL transforms.")

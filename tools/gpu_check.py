@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from config import DATA_DIR_HELP, HelpFormatter, get_config_parser
+from config import DATA_DIR, DATA_DIR_HELP, HelpFormatter, get_config_parser
 from tools import fit_or_stop, run_cli
 from tools.benchmark import measure, print_table
 from training import steps as steps_module
@@ -290,7 +290,7 @@ def _accuracy(value, width):
 def parse_args(argv=None):
     parser = CommandLineParser(prog="python -m tools.gpu_check", description=__doc__,
                                formatter_class=HelpFormatter)
-    parser.add_argument("--data_dir", default="./data", help=DATA_DIR_HELP)
+    parser.add_argument("--data_dir", default=DATA_DIR, help=DATA_DIR_HELP)
     parser.add_argument("--sections", default="tracking,benchmark,parity",
                         help=f"comma-separated sections to run, of {', '.join(SECTIONS)}")
     parser.add_argument("--steps", type=int, default=50, help="tracking: training losses compared per trace")

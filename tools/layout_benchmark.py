@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from config import DATA_DIR_HELP, HelpFormatter, get_config_parser
+from config import DATA_DIR, DATA_DIR_HELP, HelpFormatter
 from tools import run_cli
 from tools.gpu_check import MODELS, make_step
 from training.cifar10 import load_cifar10
@@ -50,7 +50,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch_size", type=int, default=128, help="training batch size")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per layout")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per layout before them")
-    parser.add_argument("--data_dir", default=get_config_parser().get_default("data_dir"), help=DATA_DIR_HELP)
+    parser.add_argument("--data_dir", default=DATA_DIR, help=DATA_DIR_HELP)
     return parser.parse_args(argv)
 
 
