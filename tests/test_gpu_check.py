@@ -220,13 +220,13 @@ def test_each_trace_gets_the_model_layout_optimizer_schedule_mixing_and_capture_
 def test_the_gpu_checks_layout_for_each_model_is_the_one_the_runner_chooses(model, monkeypatch):
     """On a CPU and on a GPU with native bf16 (stood in for), the kind of GPU the check is for."""
     from config import get_config_parser
-    from training import engine
+    from training import devices
 
-    monkeypatch.setattr(engine, "has_native_bf16", lambda device: True)
+    monkeypatch.setattr(devices, "has_native_bf16", lambda device: True)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)  # the runner sets it
     for device in ("cpu", "cuda"):
         args = get_config_parser().parse_args(["--model", model])
-        engine.resolve_fast_path(args, torch.device(device))
+        devices.resolve_fast_path(args, torch.device(device))
         assert args.channels_last == gpu_check.default_channels_last(model), device
 
 

@@ -55,9 +55,9 @@ def test_the_runner_keeps_the_templates_flags_defaults_and_model_configs():
 
 @pytest.mark.parametrize("model", ["mlp", "resnet18", "mlpmixer"])
 def test_each_model_trains_and_writes_results(model, run_args, tmp_path, capsys, monkeypatch):
-    from training import engine
+    from training import devices
 
-    monkeypatch.setattr(engine, "cpu_computes_bf16", lambda: False)  # its hint in the first line is tested apart
+    monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: False)  # its hint in the first line is tested apart
     logdir = str(tmp_path / "run")
     extra = ["--visualize"] if model != "mlp" else []
     epochs = 1 if model == "resnet18" else 2
@@ -243,31 +243,6 @@ def test_huge_learning_rate_diverges_for_real(run_args, tmp_path):
     logdir = str(tmp_path / "run")
     code = main.main(run_args("mlp", "--logdir", logdir, "--optimizer", "sgd", "--lr", "1e30", epochs=2))
     assert code == 3 and read_results(logdir)["status"] == "diverged"
-
-
-def test_a_gpu_is_identified_by_its_uuid_and_not_by_an_index_a_batch_system_may_renumber(monkeypatch):
-    from types import SimpleNamespace
-
-    properties = SimpleNamespace(uuid="58d1")
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: properties)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    assert engine.device_identity(torch.device("cuda")) == "GPU-58d1"
-    properties = SimpleNamespace()  # a torch that does not give the UUID
-    assert engine.device_identity(torch.device("cuda", 0)) is None
-
-
-def test_a_cpu_is_described_with_its_number_of_threads(monkeypatch):
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # a study worker's share of the cores
-    assert engine.describe_device(torch.device("cpu")).endswith(", 1 thread)")
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
-    assert engine.describe_device(torch.device("cpu")).endswith(", 8 threads)")
-
-
-def test_cuda_request_falls_back_to_cpu_with_a_warning():
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    with pytest.warns(UserWarning, match="CUDA is not available"):
-        assert engine.resolve_device("cuda").type == "cpu"
 
 
 def test_a_run_asked_for_cuda_without_it_trains_and_evaluates_on_the_cpu(run_args, tmp_path):

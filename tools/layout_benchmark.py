@@ -18,7 +18,7 @@ from config import DATA_DIR, DATA_DIR_HELP, HelpFormatter
 from tools import run_cli
 from tools.gpu_check import MODELS, make_step
 from training.cifar10 import load_cifar10
-from training.engine import describe_device
+from training.devices import describe_device
 from training.errors import CommandLineParser, UserError
 from training.pipelines import TensorBatches
 

@@ -1,5 +1,6 @@
-"""How the fast path's flags resolve on each device (a CPU, GPUs with and without native bf16), what they warn of,
-and the command line running them on the CPU."""
+"""The device a run trains on (the fallback from CUDA, its name and identity), how the fast path's flags resolve on
+each device (a CPU, GPUs with and without native bf16), what they warn of or hint at, and the command line running
+them on the CPU."""
 import argparse
 import json
 import os
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 import main
-from training import engine
+from training import devices
 
 
 def _args(**overrides):
@@ -19,7 +20,7 @@ def _args(**overrides):
 
 
 def _pretend_cpu(monkeypatch, machine, avx512_bf16, amx):
-    monkeypatch.setattr(engine.platform, "machine", lambda: machine)
+    monkeypatch.setattr(devices.platform, "machine", lambda: machine)
     for name, answer in (("_is_avx512_bf16_supported", avx512_bf16), ("_is_amx_tile_supported", amx)):
         if answer is None:
             monkeypatch.delattr(torch.cpu, name, raising=False)
@@ -27,26 +28,33 @@ def _pretend_cpu(monkeypatch, machine, avx512_bf16, amx):
             monkeypatch.setattr(torch.cpu, name, lambda answer=answer: answer, raising=False)
 
 
+def _pretend_cuda_gpu(monkeypatch, capability, name):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # resolve_fast_path turns it on for CUDA
+
+
 def test_fast_path_flags_resolve_per_device():
     cpu = _args()
-    engine.resolve_fast_path(cpu, torch.device("cpu"))
+    devices.resolve_fast_path(cpu, torch.device("cpu"))
     assert (cpu.precision, cpu.channels_last, cpu.cuda_graph) == ("fp32", True, False)  # oneDNN's faster layout
     for model in ("mlp", "mlpmixer"):
         other = _args(model=model)
-        engine.resolve_fast_path(other, torch.device("cpu"))
+        devices.resolve_fast_path(other, torch.device("cpu"))
         assert (other.precision, other.channels_last, other.cuda_graph) == ("fp32", False, False)
     plain = _args(channels_last="off")
-    engine.resolve_fast_path(plain, torch.device("cpu"))
+    devices.resolve_fast_path(plain, torch.device("cpu"))
     assert plain.channels_last is False
     forced = _args(precision="bf16", channels_last="on", model="mlp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a CPU that emulates bf16 says so (below)
-        engine.resolve_fast_path(forced, torch.device("cpu"))
+        devices.resolve_fast_path(forced, torch.device("cpu"))
     assert (forced.precision, forced.channels_last, forced.cuda_graph) == ("bf16", True, False)
     with pytest.warns(UserWarning, match="--cuda_graph on needs CUDA"):
-        engine.resolve_fast_path(_args(cuda_graph="on"), torch.device("cpu"))
+        devices.resolve_fast_path(_args(cuda_graph="on"), torch.device("cpu"))
     with pytest.warns(UserWarning, match="--precision fp16 is for CUDA GPUs"):
-        engine.resolve_fast_path(_args(precision="fp16"), torch.device("cpu"))
+        devices.resolve_fast_path(_args(precision="fp16"), torch.device("cpu"))
 
 
 @pytest.mark.parametrize("machine, avx512_bf16, amx, warned", [
@@ -61,7 +69,7 @@ def test_bf16_on_a_cpu_that_emulates_it_is_warned_of(monkeypatch, machine, avx51
     _pretend_cpu(monkeypatch, machine, avx512_bf16, amx)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        engine.resolve_fast_path(_args(precision="bf16"), torch.device("cpu"))
+        devices.resolve_fast_path(_args(precision="bf16"), torch.device("cpu"))
     assert [str(w.message) for w in caught] == (["--precision bf16: this CPU has no AVX512-BF16 or AMX, so bf16 is "
                                                  "emulated there, much slower than fp32; use --precision auto or fp32"]
                                                 if warned else [])
@@ -78,9 +86,28 @@ def test_bf16_on_a_cpu_that_emulates_it_is_warned_of(monkeypatch, machine, avx51
 def test_an_fp32_run_on_a_cpu_with_bf16_arithmetic_is_told_of_bf16(monkeypatch, machine, avx512_bf16, amx, hinted):
     _pretend_cpu(monkeypatch, machine, avx512_bf16, amx)
     hint = " (this CPU has bf16 arithmetic: --precision bf16 may train faster)"
-    assert engine._bf16_hint(_args(precision="fp32"), torch.device("cpu")) == (hint if hinted else "")
-    assert engine._bf16_hint(_args(precision="bf16"), torch.device("cpu")) == ""
-    assert engine._bf16_hint(_args(precision="fp32"), torch.device("cuda")) == ""
+    assert devices.precision_hint(_args(precision="fp32"), torch.device("cpu")) == (hint if hinted else "")
+    assert devices.precision_hint(_args(precision="bf16"), torch.device("cpu")) == ""
+
+
+@pytest.mark.parametrize("capability, name, hinted", [
+    ((7, 5), "Tesla T4", True),  # Colab's free GPU: fp16 tensor cores, bf16 only emulated
+    ((7, 0), "Tesla V100", True),
+    ((6, 0), "Tesla P100", False),  # no tensor cores
+    ((8, 0), "NVIDIA A100", False),  # auto trains it in bf16; fp32 there was asked for
+    ((9, 0), "NVIDIA H100", False),
+])
+def test_an_fp32_run_on_a_gpu_whose_tensor_cores_compute_fp16_only_is_told_of_fp16(monkeypatch, capability, name,
+                                                                                    hinted):
+    _pretend_cuda_gpu(monkeypatch, capability, name)
+    _pretend_cpu(monkeypatch, "x86_64", True, True)  # the host's CPU has no say in a GPU run
+    hint = " (this GPU's tensor cores compute in fp16: --precision fp16 may train faster)"
+    assert devices.precision_hint(_args(precision="fp32"), torch.device("cuda")) == (hint if hinted else "")
+    for precision in ("fp16", "bf16"):
+        assert devices.precision_hint(_args(precision=precision), torch.device("cuda")) == ""
+    resolved = _args()
+    devices.resolve_fast_path(resolved, torch.device("cuda"))
+    assert devices.precision_hint(resolved, torch.device("cuda")) == (hint if hinted else "")
 
 
 def test_the_runs_first_line_gives_the_bf16_hint_beside_its_precision(monkeypatch, capsys, run_args):
@@ -89,13 +116,6 @@ def test_the_runs_first_line_gives_the_bf16_hint_beside_its_precision(monkeypatc
     first = capsys.readouterr().out.splitlines()[0]
     assert "tensor pipeline, fp32 (this CPU has bf16 arithmetic: --precision bf16 may train faster), CUDA graph off" \
         in first
-
-
-def _pretend_cuda_gpu(monkeypatch, capability, name):
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
-    monkeypatch.setattr(torch.version, "hip", None)
-    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # resolve_fast_path turns it on for CUDA
 
 
 @pytest.mark.parametrize("capability, name, precision, channels_last", [
@@ -108,18 +128,18 @@ def test_auto_precision_is_bf16_only_on_gpus_with_native_bf16(monkeypatch, capab
                                                                channels_last):
     _pretend_cuda_gpu(monkeypatch, capability, name)
     args = _args()
-    engine.resolve_fast_path(args, torch.device("cuda"))
+    devices.resolve_fast_path(args, torch.device("cuda"))
     assert (args.precision, args.channels_last, args.cuda_graph) == (precision, channels_last, True)
     forced = _args(precision="bf16")
     if precision == "bf16":
-        engine.resolve_fast_path(forced, torch.device("cuda"))
+        devices.resolve_fast_path(forced, torch.device("cuda"))
     else:
         with pytest.warns(UserWarning, match=rf"^{name} has no native bf16 \(compute capability "
                                              rf"{capability[0]}\.{capability[1]}\): .*use --precision auto or fp32"):
-            engine.resolve_fast_path(forced, torch.device("cuda"))
+            devices.resolve_fast_path(forced, torch.device("cuda"))
     assert forced.precision == "bf16"  # asked for explicitly: kept, with the warning
     half = _args(precision="fp16")
-    engine.resolve_fast_path(half, torch.device("cuda"))
+    devices.resolve_fast_path(half, torch.device("cuda"))
     assert (half.precision, half.channels_last) == ("fp16", True)  # tensor-core convolutions on every such GPU
 
 
@@ -128,19 +148,19 @@ def test_on_a_gpu_each_fast_path_flag_turns_off_and_the_graph_needs_the_tensor_p
     plain = _args(precision="fp32", channels_last="off", cuda_graph="off")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        engine.resolve_fast_path(plain, torch.device("cuda"))
+        devices.resolve_fast_path(plain, torch.device("cuda"))
         on = _args(cuda_graph="on")
-        engine.resolve_fast_path(on, torch.device("cuda"))
+        devices.resolve_fast_path(on, torch.device("cuda"))
         template_pipeline = _args(pipeline="torchvision")
-        engine.resolve_fast_path(template_pipeline, torch.device("cuda"))
+        devices.resolve_fast_path(template_pipeline, torch.device("cuda"))
         mixer = _args(model="mlpmixer")
-        engine.resolve_fast_path(mixer, torch.device("cuda"))
+        devices.resolve_fast_path(mixer, torch.device("cuda"))
     assert (plain.precision, plain.channels_last, plain.cuda_graph) == ("fp32", False, False)
     assert on.cuda_graph is True and template_pipeline.cuda_graph is False
     assert (mixer.precision, mixer.channels_last, mixer.cuda_graph) == ("bf16", False, True)  # the layout: convolutions
     assert torch.backends.cudnn.benchmark is True  # the fixed input shape lets cuDNN pick its fastest kernels
     with pytest.warns(UserWarning, match="--cuda_graph on needs CUDA and --pipeline tensor: running eager steps"):
-        engine.resolve_fast_path(_args(pipeline="torchvision", cuda_graph="on"), torch.device("cuda"))
+        devices.resolve_fast_path(_args(pipeline="torchvision", cuda_graph="on"), torch.device("cuda"))
 
 
 @pytest.mark.filterwarnings("ignore:--precision bf16")  # this CPU may emulate bf16: the flags run all the same
@@ -160,3 +180,28 @@ def test_cli_compile_flag_compiles_the_model_once(run_args, tmp_path, quick_comp
     with open(os.path.join(logdir, "results.json")) as f:
         results = json.load(f)
     assert quick_compile == ["MLP"] and results["args"]["compile"] is True and results["status"] == "completed"
+
+
+def test_a_gpu_is_identified_by_its_uuid_and_not_by_an_index_a_batch_system_may_renumber(monkeypatch):
+    from types import SimpleNamespace
+
+    properties = SimpleNamespace(uuid="58d1")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: properties)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert devices.device_identity(torch.device("cuda")) == "GPU-58d1"
+    properties = SimpleNamespace()  # a torch that does not give the UUID
+    assert devices.device_identity(torch.device("cuda", 0)) is None
+
+
+def test_a_cpu_is_described_with_its_number_of_threads(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # a study worker's share of the cores
+    assert devices.describe_device(torch.device("cpu")).endswith(", 1 thread)")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert devices.describe_device(torch.device("cpu")).endswith(", 8 threads)")
+
+
+def test_cuda_request_falls_back_to_cpu_with_a_warning():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.warns(UserWarning, match="CUDA is not available"):
+        assert devices.resolve_device("cuda").type == "cpu"

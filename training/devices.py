@@ -1,0 +1,108 @@
+"""Which device a run trains on, and what the fast path's ``auto`` flags become there: precision, memory
+layout and the CUDA graph, from what the GPU or the CPU computes natively."""
+import platform
+import warnings
+
+import torch
+
+
+def resolve_device(requested):
+    if requested == "cuda" and not torch.cuda.is_available():
+        warnings.warn("CUDA is not available: running on the CPU (pass --device cpu to silence this)")
+        return torch.device("cpu")
+    return torch.device(requested)
+
+
+def has_native_bf16(device):
+    """Whether this CUDA GPU computes in bf16 on its tensor cores (compute capability 8.0 or newer: A100,
+    L4, H100...). Older GPUs (Colab's T4, V100) only emulate it: PyTorch gives cuDNN bf16 convolutions
+    from 8.0 on, so there bf16 would be slower than fp32."""
+    return bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def _cpu_bf16_support():
+    """torch's answers on this x86 CPU's bf16 arithmetic (AVX512-BF16, AMX): ``None`` each where this torch has
+    no such check; an empty list on another architecture, where torch cannot tell."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return []
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return [check() if check is not None else None for check in checks]
+
+
+def cpu_emulates_bf16():
+    """Whether this is an x86 CPU without bf16 arithmetic (no AVX512-BF16, no AMX), where PyTorch emulates
+    bf16: an MLP epoch took 9.7x as long as in fp32 on this project's first CPU. False where torch cannot tell
+    (another architecture, a torch without these checks)."""
+    support = _cpu_bf16_support()
+    return bool(support) and all(answer is False for answer in support)
+
+
+def cpu_computes_bf16():
+    """Whether this x86 CPU has bf16 arithmetic (AVX512-BF16 or AMX): on a later 2-core machine of this project,
+    with AMX, ``--precision bf16`` trained each model 1.3x to 2.5x as fast per epoch as fp32 (README)."""
+    return any(_cpu_bf16_support())
+
+
+def resolve_fast_path(args, device):
+    """Turn the ``auto`` fast-path flags into decisions for this device, in place on ``args``.
+
+    On a CUDA GPU with native bf16: bf16 autocast, channels-last for the ResNet, and the CUDA-graph
+    step with the tensor pipeline. On an older GPU: the graph in fp32, with the ResNet's default layout,
+    or channels-last with ``--precision fp16`` (the layout pays off with tensor-core convolutions).
+    On a CPU: fp32 and eager steps (graphs are never possible there), and channels-last for the ResNet,
+    which trained faster in it on this project's CPU (``tools.layout_benchmark``).
+    """
+    cuda = device.type == "cuda"
+    native_bf16 = cuda and has_native_bf16(device)
+    if args.precision == "bf16" and cuda and not native_bf16:
+        warnings.warn(f"{torch.cuda.get_device_name(device)} has no native bf16 (compute capability "
+                      f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))}): bf16 is emulated there "
+                      "and slower than fp32; use --precision auto or fp32")
+    if args.precision == "fp16" and not cuda:
+        warnings.warn("--precision fp16 is for CUDA GPUs: a CPU usually emulates fp16, much slower than fp32")
+    if args.precision == "bf16" and not cuda and cpu_emulates_bf16():
+        warnings.warn("--precision bf16: this CPU has no AVX512-BF16 or AMX, so bf16 is emulated there, much slower "
+                      "than fp32; use --precision auto or fp32")
+    if args.precision == "auto":
+        args.precision = "bf16" if native_bf16 else "fp32"
+    args.channels_last = args.channels_last == "on" or (args.channels_last == "auto" and args.model == "resnet18"
+                                                         and (native_bf16 or not cuda or args.precision == "fp16"))
+    wanted = args.cuda_graph == "on" or args.cuda_graph == "auto"
+    possible = cuda and args.pipeline == "tensor"
+    if args.cuda_graph == "on" and not possible:
+        warnings.warn("--cuda_graph on needs CUDA and --pipeline tensor: running eager steps")
+    args.cuda_graph = bool(wanted and possible)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+
+
+def precision_hint(args, device):
+    """An fp32 run is told of the faster arithmetic its processor has, which ``auto`` leaves unused: bf16 on an x86
+    CPU with AVX512-BF16 or AMX (``auto`` keeps a CPU in fp32, as the template trains, and many CPUs only emulate
+    bf16), and fp16 on a CUDA GPU with tensor cores but without native bf16 (compute capability 7.x: Colab's T4, a
+    V100), where no run of this project has measured whether fp16 beats fp32."""
+    if args.precision != "fp32":
+        return ""
+    if device.type == "cpu" and cpu_computes_bf16():
+        return " (this CPU has bf16 arithmetic: --precision bf16 may train faster)"
+    if device.type == "cuda" and not has_native_bf16(device) and torch.cuda.get_device_capability(device)[0] >= 7:
+        return " (this GPU's tensor cores compute in fp16: --precision fp16 may train faster)"
+    return ""
+
+
+def describe_device(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    threads = torch.get_num_threads()
+    return f"cpu ({platform.processor() or platform.machine()}, {threads} thread{'' if threads == 1 else 's'})"
+
+
+def device_identity(device):
+    """Which processor of this host ran: ``cpu``, or the GPU's UUID; None where torch does not give it (2.4 does
+    not; a CUDA index cannot stand in for it, since a batch system may show each job its GPU as index 0).
+    Runs with the same host and identity that trained at the same time shared it, and their seconds show it."""
+    if device.type != "cuda":
+        return "cpu"
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+    return None if uuid is None else f"GPU-{uuid}"
