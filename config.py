@@ -163,6 +163,8 @@ def check_args(args):
         problems.append(f"--label_smoothing must be in [0, 1), got {args.label_smoothing}")
     if args.logdir is not None and os.path.exists(args.logdir) and not os.path.isdir(args.logdir):
         problems.append(f"--logdir {args.logdir} is a file, not a folder; give a folder path")
-    if args.logdir is None and (args.resume or args.visualize):
-        problems.append("--resume and --visualize need --logdir")
+    if args.logdir is None and args.resume:
+        problems.append("--resume needs --logdir, the folder of the run to continue")
+    if args.logdir is None and args.visualize:
+        problems.append("--visualize needs --logdir, the folder the images are saved into")
     return problems
