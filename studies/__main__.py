@@ -140,6 +140,9 @@ def make_plan(study, options, train_argv):
                         f"{'--' + setting if setting in flags else '--set ' + setting}")
     if options.values is not None and not study.grid:
         raise UserError(f"--values: {study.name} is a search; it has no grid")
+    if options.trials is not None and study.grid:
+        raise UserError(f"--trials: {study.name} is a grid, which trains each of its settings once per seed; "
+                        "choose them with --values")
     values = _grid_values(study, options.values) if study.grid else []
     storage_kind(options.storage)
     # read here, once: a missing copy is fetched (or refused) before any worker starts or anything is written

@@ -30,6 +30,8 @@ from training.fake_data import write_fake_cifar10
     ("mlpmixer_best", ["--set", "patch_size=8"], "mlpmixer_best holds patch_size at 4 (the question it answers); "
                                                  "remove --set patch_size"),
     ("mlpmixer_best", ["--trials", "3", "--values", "2"], "no grid"),
+    ("mlp_activation", ["--trials", "3"], "--trials: mlp_activation is a grid, which trains each of its settings "
+                                          "once per seed; choose them with --values"),
     ("mlp_activation", ["--valid_size", "5000"], "--valid_size 5000 must be between 1 and"),
     ("mlp_activation", ["--workers", "0"], "--workers must be at least 1, got 0"),
     ("mlp_activation", ["--seeds", "-2"], "--seeds must be at least 1, got -2"),
