@@ -2,7 +2,9 @@
 by outcome, and where and how far each running run is, read from the study's storage while workers run
 anywhere."""
 import json
+import math
 import os
+import statistics
 import time
 
 import optuna
@@ -39,14 +41,38 @@ def summary(study):
     return "; ".join(f"{label}: {tallies[role]}" for role, label in labels if role in tallies)
 
 
+def _duration(seconds):
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _typical_epoch_seconds(results):
+    """The median of a run's epochs' seconds (training and validation), the first one left out when there are
+    others (a GPU's autotuning and graph capture); None where results.json does not say."""
+    try:
+        epochs = [float(train) + float(valid) for train, valid in zip(results["train_seconds"],
+                                                                      results["valid_seconds"])]
+    except (KeyError, TypeError, ValueError):  # written by an older version, or edited by hand
+        return None
+    return statistics.median(epochs[1:] if len(epochs) > 1 else epochs) if epochs else None
+
+
 def _progress(study_dir, run_dir):
-    """``epoch N of M`` from a run's results.json, or None before its first epoch ends."""
+    """``epoch N of M`` from a run's results.json, and how long its remaining epochs take at its typical epoch so
+    far; None before its first epoch ends."""
     try:
         with open(os.path.join(study_dir, RUNS_FOLDER, run_dir, "results.json")) as f:
             results = json.load(f)
-        return f"epoch {results['epochs_completed']} of {results['args']['epochs']}"
-    except (OSError, ValueError, KeyError, TypeError):
+        done, total = int(results["epochs_completed"]), int(results["args"]["epochs"])
+    except (OSError, ValueError, KeyError, TypeError):  # not written yet, or edited by hand
         return None
+    seconds = _typical_epoch_seconds(results)
+    if seconds is None or not 0 < done < total or not math.isfinite(seconds):
+        return f"epoch {done} of {total}"
+    return f"epoch {done} of {total}, about {_duration(seconds * (total - done))} to go"
 
 
 def _print_status(name, study_dir, storage):

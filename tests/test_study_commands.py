@@ -64,6 +64,36 @@ def test_status_counts_a_running_runs_silence_from_its_last_heartbeat(tmp_path, 
                         r"epoch; last heard 10[01] s ago\n", capsys.readouterr().out)
 
 
+@pytest.mark.parametrize("logged, progress", [
+    ({"train_seconds": [30.0, 5.0, 6.0], "valid_seconds": [1.0, 1.0, 1.0]}, "epoch 3 of 15, about 78 s to go"),
+    ({"train_seconds": [50.0], "valid_seconds": [10.0]}, "epoch 1 of 15, about 14 min to go"),  # its only epoch
+    ({"train_seconds": [900.0, 899.0], "valid_seconds": [100.0, 101.0]}, "epoch 2 of 15, about 3.6 h to go"),
+    ({"train_seconds": [5.0, 5.0, "six"], "valid_seconds": [1.0, 1.0, 1.0]}, "epoch 3 of 15"),  # edited by hand
+    ({"train_seconds": [5.0, None], "valid_seconds": [1.0, 1.0]}, "epoch 2 of 15"),
+    ({}, "epoch 3 of 15"),  # no timings
+    ({"epochs_completed": 15, "train_seconds": [5.0] * 15, "valid_seconds": [1.0] * 15}, "epoch 15 of 15"),  # testing
+], ids=["seconds", "minutes", "hours", "a string", "a null", "none", "all epochs done"])
+def test_status_says_how_long_a_running_runs_remaining_epochs_take_at_its_typical_epoch(tmp_path, capsys, logged,
+                                                                                        progress):
+    import optuna
+
+    from studies.storage import close_storage, open_storage
+
+    out = tmp_path / "out"
+    storage, _ = open_storage(None, str(out / "mlp_activation"))
+    study = optuna.create_study(study_name="mlp_activation", storage=storage, direction="maximize")
+    study.enqueue_trial({"activation": "relu", "seed": 42}, user_attrs={"run_dir": "activation-relu_seed-42",
+                                                                        "role": "grid"})
+    study.ask().set_user_attr("host", "node7")
+    close_storage(storage)
+    run_dir = out / "mlp_activation" / "runs" / "activation-relu_seed-42"
+    os.makedirs(run_dir)
+    results = {"epochs_completed": len(logged.get("train_seconds", [0, 0, 0])), "args": {"epochs": 15}, **logged}
+    (run_dir / "results.json").write_text(json.dumps(results))
+    assert studies_main(["status", "--out", str(out)]) == 0
+    assert f"running on node7 (pid ?), {progress}; last heard" in capsys.readouterr().out
+
+
 def test_status_names_a_run_whose_worker_is_gone_one_claimed_this_instant_and_one_left_to_resume(tmp_path, capsys):
     import time
 
