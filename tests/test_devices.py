@@ -73,6 +73,10 @@ def test_bf16_on_a_cpu_that_emulates_it_is_warned_of(monkeypatch, machine, avx51
     assert [str(w.message) for w in caught] == (["--precision bf16: this CPU has no AVX512-BF16 or AMX, so bf16 is "
                                                  "emulated there, much slower than fp32; use --precision auto or fp32"]
                                                 if warned else [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a run that does not ask for bf16 is not warned of it
+        for precision in ("auto", "fp32"):
+            devices.resolve_fast_path(_args(precision=precision), torch.device("cpu"))
 
 
 @pytest.mark.parametrize("machine, avx512_bf16, amx, hinted", [
@@ -127,19 +131,20 @@ def test_the_runs_first_line_gives_the_bf16_hint_beside_its_precision(monkeypatc
 def test_auto_precision_is_bf16_only_on_gpus_with_native_bf16(monkeypatch, capability, name, precision,
                                                                channels_last):
     _pretend_cuda_gpu(monkeypatch, capability, name)
-    args = _args()
-    devices.resolve_fast_path(args, torch.device("cuda"))
+    _pretend_cpu(monkeypatch, "x86_64", False, False)  # a host CPU that emulates bf16 has no say in a GPU run
+    args, forced, half = _args(), _args(precision="bf16"), _args(precision="fp16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto warns of nothing, nor fp16, nor bf16 where it is native
+        devices.resolve_fast_path(args, torch.device("cuda"))
+        devices.resolve_fast_path(half, torch.device("cuda"))
+        if precision == "bf16":
+            devices.resolve_fast_path(forced, torch.device("cuda"))
     assert (args.precision, args.channels_last, args.cuda_graph) == (precision, channels_last, True)
-    forced = _args(precision="bf16")
-    if precision == "bf16":
-        devices.resolve_fast_path(forced, torch.device("cuda"))
-    else:
+    if precision != "bf16":
         with pytest.warns(UserWarning, match=rf"^{name} has no native bf16 \(compute capability "
                                              rf"{capability[0]}\.{capability[1]}\): .*use --precision auto or fp32"):
             devices.resolve_fast_path(forced, torch.device("cuda"))
     assert forced.precision == "bf16"  # asked for explicitly: kept, with the warning
-    half = _args(precision="fp16")
-    devices.resolve_fast_path(half, torch.device("cuda"))
     assert (half.precision, half.channels_last) == ("fp16", True)  # tensor-core convolutions on every such GPU
 
 
@@ -185,19 +190,45 @@ def test_cli_compile_flag_compiles_the_model_once(run_args, tmp_path, quick_comp
 def test_a_gpu_is_identified_by_its_uuid_and_not_by_an_index_a_batch_system_may_renumber(monkeypatch):
     from types import SimpleNamespace
 
-    properties = SimpleNamespace(uuid="58d1")
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: properties)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    assert devices.device_identity(torch.device("cuda")) == "GPU-58d1"
-    properties = SimpleNamespace()  # a torch that does not give the UUID
-    assert devices.device_identity(torch.device("cuda", 0)) is None
+    uuids = {0: "58d1", 1: "77c2"}
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda index: asked.append(index) or SimpleNamespace(**({"uuid": uuids[index]}
+                                                                                 if index in uuids else {})))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert devices.device_identity(torch.device("cuda")) == "GPU-77c2"  # the current one
+    assert devices.device_identity(torch.device("cuda", 0)) == "GPU-58d1"
+    assert devices.device_identity(torch.device("cuda", 2)) is None  # a torch that does not give the UUID
+    assert asked == [1, 0, 2]
+    assert devices.device_identity(torch.device("cpu")) == "cpu"
 
 
-def test_a_cpu_is_described_with_its_number_of_threads(monkeypatch):
+def test_a_device_is_described_by_the_gpus_name_or_the_cpus_and_its_number_of_threads(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    assert devices.describe_device(torch.device("cuda")) == "NVIDIA H200"
+    monkeypatch.setattr(devices.platform, "processor", lambda: "")  # what Linux says
+    monkeypatch.setattr(devices.platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # a study worker's share of the cores
-    assert devices.describe_device(torch.device("cpu")).endswith(", 1 thread)")
+    assert devices.describe_device(torch.device("cpu")) == "cpu (x86_64, 1 thread)"
+    monkeypatch.setattr(devices.platform, "processor", lambda: "arm")  # what macOS says
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
-    assert devices.describe_device(torch.device("cpu")).endswith(", 8 threads)")
+    assert devices.describe_device(torch.device("cpu")) == "cpu (arm, 8 threads)"
+
+
+@pytest.mark.parametrize("hip, capability, native", [(None, (8, 0), True), (None, (7, 5), False),
+                                                     ("6.2", (7, 5), True)])  # on ROCm taken as native
+def test_native_bf16_from_compute_capability_8_and_on_rocm(monkeypatch, hip, capability, native):
+    _pretend_cuda_gpu(monkeypatch, capability, "a GPU")
+    monkeypatch.setattr(torch.version, "hip", hip)
+    assert devices.has_native_bf16(torch.device("cuda")) is native
+
+
+def test_a_device_that_is_there_is_used_without_a_warning(monkeypatch):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert devices.resolve_device("cpu") == torch.device("cpu")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        assert devices.resolve_device("cuda") == torch.device("cuda")
 
 
 def test_cuda_request_falls_back_to_cpu_with_a_warning():
