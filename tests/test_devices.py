@@ -90,8 +90,8 @@ def test_bf16_on_a_cpu_that_emulates_it_is_warned_of(monkeypatch, machine, avx51
 def test_an_fp32_run_on_a_cpu_with_bf16_arithmetic_is_told_of_bf16(monkeypatch, machine, avx512_bf16, amx, hinted):
     _pretend_cpu(monkeypatch, machine, avx512_bf16, amx)
     hint = " (this CPU has bf16 arithmetic: --precision bf16 may train faster)"
-    assert devices.precision_hint(_args(precision="fp32"), torch.device("cpu")) == (hint if hinted else "")
-    assert devices.precision_hint(_args(precision="bf16"), torch.device("cpu")) == ""
+    assert devices.precision_hint("fp32", torch.device("cpu")) == (hint if hinted else "")
+    assert devices.precision_hint("bf16", torch.device("cpu")) == ""
 
 
 @pytest.mark.parametrize("capability, name, hinted", [
@@ -106,12 +106,12 @@ def test_an_fp32_run_on_a_gpu_whose_tensor_cores_compute_fp16_only_is_told_of_fp
     _pretend_cuda_gpu(monkeypatch, capability, name)
     _pretend_cpu(monkeypatch, "x86_64", True, True)  # the host's CPU has no say in a GPU run
     hint = " (this GPU's tensor cores compute in fp16: --precision fp16 may train faster)"
-    assert devices.precision_hint(_args(precision="fp32"), torch.device("cuda")) == (hint if hinted else "")
+    assert devices.precision_hint("fp32", torch.device("cuda")) == (hint if hinted else "")
     for precision in ("fp16", "bf16"):
-        assert devices.precision_hint(_args(precision=precision), torch.device("cuda")) == ""
+        assert devices.precision_hint(precision, torch.device("cuda")) == ""
     resolved = _args()
     devices.resolve_fast_path(resolved, torch.device("cuda"))
-    assert devices.precision_hint(resolved, torch.device("cuda")) == (hint if hinted else "")
+    assert devices.precision_hint(resolved.precision, torch.device("cuda")) == (hint if hinted else "")
 
 
 def test_the_runs_first_line_gives_the_bf16_hint_beside_its_precision(monkeypatch, capsys, run_args):

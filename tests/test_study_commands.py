@@ -67,12 +67,20 @@ def test_status_counts_a_running_runs_silence_from_its_last_heartbeat(tmp_path, 
 @pytest.mark.parametrize("logged, progress", [
     ({"train_seconds": [30.0, 5.0, 6.0], "valid_seconds": [1.0, 1.0, 1.0]}, "epoch 3 of 15, about 78 s to go"),
     ({"train_seconds": [50.0], "valid_seconds": [10.0]}, "epoch 1 of 15, about 14 min to go"),  # its only epoch
+    ({"train_seconds": [30.0, 5.0], "valid_seconds": [1.0, 1.0]}, "epoch 2 of 15, about 78 s to go"),  # the second
     ({"train_seconds": [900.0, 899.0], "valid_seconds": [100.0, 101.0]}, "epoch 2 of 15, about 3.6 h to go"),
     ({"train_seconds": [5.0, 5.0, "six"], "valid_seconds": [1.0, 1.0, 1.0]}, "epoch 3 of 15"),  # edited by hand
     ({"train_seconds": [5.0, None], "valid_seconds": [1.0, 1.0]}, "epoch 2 of 15"),
     ({}, "epoch 3 of 15"),  # no timings
+    ({"train_seconds": [5.0, float("inf")], "valid_seconds": [1.0, 1.0]}, "epoch 2 of 15"),
+    ({"epochs_completed": 14, "train_seconds": [88.0], "valid_seconds": [1.0]}, "epoch 14 of 15, about 89 s to go"),
+    ({"epochs_completed": 14, "train_seconds": [89.0], "valid_seconds": [1.0]}, "epoch 14 of 15, about 2 min to go"),
+    ({"epochs_completed": 14, "train_seconds": [5360.0], "valid_seconds": [10.0]},
+     "epoch 14 of 15, about 90 min to go"),
+    ({"epochs_completed": 14, "train_seconds": [5390.0], "valid_seconds": [10.0]}, "epoch 14 of 15, about 1.5 h to go"),
     ({"epochs_completed": 15, "train_seconds": [5.0] * 15, "valid_seconds": [1.0] * 15}, "epoch 15 of 15"),  # testing
-], ids=["seconds", "minutes", "hours", "a string", "a null", "none", "all epochs done"])
+], ids=["seconds", "minutes", "first left out", "hours", "a string", "a null", "none", "infinite", "89 s", "90 s", "5370 s", "5400 s",
+        "all epochs done"])
 def test_status_says_how_long_a_running_runs_remaining_epochs_take_at_its_typical_epoch(tmp_path, capsys, logged,
                                                                                         progress):
     import optuna

@@ -211,6 +211,45 @@ def test_a_study_launched_on_a_cpu_prints_the_cost_note(name, values, noted, stu
     assert (f"note: {name} trains" in capsys.readouterr().err) == noted
 
 
+@pytest.mark.parametrize("flags, cpu_bf16, note", [
+    ([], True, "note: the runs of mlp_activation train in fp32 (this CPU has bf16 arithmetic: --precision bf16 may "
+               "train faster)\n"),
+    ([], False, None),
+    (["--precision", "bf16"], True, None),  # already asked for
+])
+def test_a_study_on_a_cpu_with_bf16_arithmetic_passes_on_the_runs_precision_hint(flags, cpu_bf16, note, study_args,
+                                                                                 monkeypatch, capsys):
+    import studies.__main__ as cli
+    from training import devices
+
+    monkeypatch.setattr(cli, "work", lambda plan, study, lock: None)  # the runs themselves are not needed
+    monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: cpu_bf16)
+    assert cli.main(study_args("mlp_activation", *flags)) == 0
+    notes = [line + "\n" for line in capsys.readouterr().err.splitlines() if "precision" in line]
+    assert notes == ([note] if note else [])
+
+
+@pytest.mark.parametrize("capability, precision, note", [
+    ((7, 5), "auto", " in fp32 (this GPU's tensor cores compute in fp16: --precision fp16 may train faster)"),
+    ((7, 5), "fp16", None),
+    ((9, 0), "auto", None),  # bf16
+    ((9, 0), "fp32", None),  # asked for
+])
+def test_a_study_on_a_gpu_with_fp16_tensor_cores_passes_on_the_runs_precision_hint(capability, precision, note,
+                                                                                   monkeypatch, capsys):
+    import torch
+
+    from config import get_config_parser
+    from studies.__main__ import _note_precision
+    from studies.definitions import STUDIES
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.version, "hip", None)
+    _note_precision(STUDIES["resnet18_lr"], get_config_parser().parse_args(["--precision", precision]))
+    assert capsys.readouterr().err == (f"note: the runs of resnet18_lr train{note}\n" if note else "")
+
+
 def test_the_cpu_epoch_costs_the_studies_quote_are_the_readmes():
     from studies.__main__ import AMX_CPU_EPOCH_SECONDS, CPU_EPOCH_SECONDS
 

@@ -64,7 +64,7 @@ def resolve_fast_path(args, device):
         warnings.warn("--precision bf16: this CPU has no AVX512-BF16 or AMX, so bf16 is emulated there, much slower "
                       "than fp32; use --precision auto or fp32")
     if args.precision == "auto":
-        args.precision = "bf16" if native_bf16 else "fp32"
+        args.precision = auto_precision(device)
     args.channels_last = args.channels_last == "on" or (args.channels_last == "auto" and args.model == "resnet18"
                                                          and (native_bf16 or not cuda or args.precision == "fp16"))
     wanted = args.cuda_graph == "on" or args.cuda_graph == "auto"
@@ -76,12 +76,17 @@ def resolve_fast_path(args, device):
         torch.backends.cudnn.benchmark = True
 
 
-def precision_hint(args, device):
+def auto_precision(device):
+    """What ``--precision auto`` trains in on ``device``: bf16 on a CUDA GPU with native bf16, fp32 elsewhere."""
+    return "bf16" if device.type == "cuda" and has_native_bf16(device) else "fp32"
+
+
+def precision_hint(precision, device):
     """An fp32 run is told of the faster arithmetic its processor has, which ``auto`` leaves unused: bf16 on an x86
     CPU with AVX512-BF16 or AMX (``auto`` keeps a CPU in fp32, as the template trains, and many CPUs only emulate
     bf16), and fp16 on a CUDA GPU with tensor cores but without native bf16 (compute capability 7.x: Colab's T4, a
     V100), where no run of this project has measured whether fp16 beats fp32."""
-    if args.precision != "fp32":
+    if precision != "fp32":
         return ""
     if device.type == "cpu" and cpu_computes_bf16():
         return " (this CPU has bf16 arithmetic: --precision bf16 may train faster)"

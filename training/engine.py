@@ -246,7 +246,7 @@ def _fit(args, on_epoch, test, held):
 
     table = EpochTable()
     print(f"{args.model}: {results['num_params']:,} parameters on {results['device_name']}, "
-          f"{args.pipeline} pipeline, {args.precision}{precision_hint(args, device)}"
+          f"{args.pipeline} pipeline, {args.precision}{precision_hint(args.precision, device)}"
           f"{', channels-last' if args.channels_last else ''}, "
           f"CUDA graph {'on' if args.cuda_graph else 'off'}"
           f"{', compiled' if args.compile else ''}, "
