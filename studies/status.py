@@ -19,8 +19,8 @@ from .worker import RUNS_FOLDER
 
 
 def summary(study):
-    """A study's runs by outcome: ``3 completed``; for a search, ``search trials: ...; final runs: ...`` (and the
-    final runs of an earlier best trial, which a search extended with more --trials beat)."""
+    """A study's runs by outcome: ``3 completed``; for a search, ``search trials: ... (of its budget); final runs:
+    ...`` (and the final runs of an earlier best trial, which a search extended with more --trials beat)."""
     counts = {}
     trials = study.get_trials(deepcopy=False)
     best = best_search_trial(trials)
@@ -37,6 +37,8 @@ def summary(study):
                for role, outcomes in counts.items()}
     if "grid" in tallies:
         return tallies["grid"]
+    if "search" in tallies and "trials" in study.user_attrs:
+        tallies["search"] += f" (of {study.user_attrs['trials']})"
     labels = (("search", "search trials"), ("final", "final runs"), ("earlier final", "final runs of an earlier best"))
     return "; ".join(f"{label}: {tallies[role]}" for role, label in labels if role in tallies)
 

@@ -53,7 +53,8 @@ def test_search_runs_its_budget_then_retrains_and_tests_the_best(study_args, tmp
     out = str(tmp_path / "out")
     argv = study_args("mlpmixer_best", "--trials", "3", "--set", "embed_dim=16", "--set", "num_blocks=1")
     assert studies_main(argv) == 0
-    assert capsys.readouterr().out.endswith("study mlpmixer_best: search trials: 3 completed; final runs: 1 completed\n")
+    assert capsys.readouterr().out.endswith("study mlpmixer_best: search trials: 3 completed (of 3); final runs: 1 "
+                                            "completed\n")
     study = load_study(out, "mlpmixer_best")
     trials = study.get_trials()
     search = [t for t in trials if t.user_attrs["role"] == "search"]
@@ -103,6 +104,8 @@ def test_a_search_extended_past_a_better_trial_retrains_that_one_and_reports_onl
     monkeypatch.setattr(engine, "evaluate", scripted)
     out, tiny = str(tmp_path / "out"), ["--set", "embed_dim=16", "--set", "num_blocks=1"]
     assert studies_main(study_args("mlpmixer_best", "--trials", "2", *tiny)) == 0
+    assert capsys.readouterr().out.endswith("study mlpmixer_best: search trials: 2 completed (of 2); final runs: 1 "
+                                            "completed\n")
     assert studies_main(study_args("mlpmixer_best", "--trials", "3", *tiny)) == 0
     trials = {t.user_attrs["run_dir"]: t for t in load_study(out, "mlpmixer_best").get_trials()}
     assert sorted(trials) == ["final_seed-43", "final_seed-43_trial-0003", "trial-0000", "trial-0001", "trial-0003"]
@@ -112,8 +115,8 @@ def test_a_search_extended_past_a_better_trial_retrains_that_one_and_reports_onl
     capsys.readouterr()
     assert studies_main(study_args("mlpmixer_best", "--trials", "3", *tiny)) == 0  # nothing left to train
     assert len(load_study(out, "mlpmixer_best").get_trials()) == 5
-    assert capsys.readouterr().out.endswith("study mlpmixer_best: search trials: 3 completed; final runs: 1 completed; "
-                                            "final runs of an earlier best: 1 completed\n")
+    assert capsys.readouterr().out.endswith("study mlpmixer_best: search trials: 3 completed (of 3); final runs: 1 "
+                                            "completed; final runs of an earlier best: 1 completed\n")
     assert studies_main(["report", "--out", out]) == 0
     with open(os.path.join(out, "report", "report.md")) as f:
         text = f.read()

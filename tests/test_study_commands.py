@@ -158,6 +158,30 @@ def test_status_counts_a_run_that_retry_failed_trains_again_as_running_and_its_e
     assert capsys.readouterr().out == "mlp_activation: 1 error\n"
 
 
+@pytest.mark.parametrize("budget, line", [(24, "mlpmixer_best: search trials: 1 completed, 1 running (of 24)\n"),
+                                          (None, "mlpmixer_best: search trials: 1 completed, 1 running\n")])
+def test_status_gives_a_searchs_budget_where_its_launch_recorded_it(tmp_path, capsys, budget, line):
+    import optuna
+
+    from studies.storage import close_storage, open_storage
+
+    out = tmp_path / "out"
+    storage, _ = open_storage(None, str(out / "mlpmixer_best"))
+    study = optuna.create_study(study_name="mlpmixer_best", storage=storage, direction="maximize")
+    if budget is not None:  # a search launched by an older version has none
+        study.set_user_attr("trials", budget)
+    for number in range(2):
+        trial = study.ask()
+        trial.set_user_attr("role", "search")
+        trial.set_user_attr("run_dir", f"trial-{number:04d}")
+        if number == 0:
+            trial.set_user_attr("outcome", "completed")
+            study.tell(trial, 0.5)
+    close_storage(storage)
+    assert studies_main(["status", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith(line)
+
+
 def test_status_of_a_folder_without_studies_writes_nothing(tmp_path, capsys):
     none = tmp_path / "none"
     assert studies_main(["status", "--out", str(none)]) == 2
