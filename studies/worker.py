@@ -147,8 +147,8 @@ def open_study(plan, storage, lock):
         if "data" not in made_with:  # recorded by a version that knew the data by its folder only
             made_with.pop("data_dir", None)
             made_with["data"] = now["data"]
-        if plan.study.is_search:  # for status: the budget of the latest launch, which --trials may have raised
-            study.set_user_attr("trials", plan.trials)
+        if plan.study.is_search:  # for status: the largest budget a launch asked for (--trials can only add)
+            study.set_user_attr("trials", max(plan.trials, study.user_attrs.get("trials", 0)))
         if made_with != now:
             key = next(key for key in sorted({*made_with, *now}) if made_with.get(key) != now.get(key))
             where = f"study {plan.study.name} in {plan.storage or plan.study_dir}"

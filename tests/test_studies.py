@@ -113,10 +113,11 @@ def test_a_search_extended_past_a_better_trial_retrains_that_one_and_reports_onl
     retrained = read_json(os.path.join(out, "mlpmixer_best", "runs", "final_seed-43_trial-0003", "results.json"))
     assert retrained["args"]["lr"] == trials["trial-0003"].user_attrs["settings"]["lr"]
     capsys.readouterr()
-    assert studies_main(study_args("mlpmixer_best", "--trials", "3", *tiny)) == 0  # nothing left to train
-    assert len(load_study(out, "mlpmixer_best").get_trials()) == 5
-    assert capsys.readouterr().out.endswith("study mlpmixer_best: search trials: 3 completed (of 3); final runs: 1 "
-                                            "completed; final runs of an earlier best: 1 completed\n")
+    for trials in ("3", "2"):  # nothing left to train; a smaller budget takes nothing back
+        assert studies_main(study_args("mlpmixer_best", "--trials", trials, *tiny)) == 0
+        assert len(load_study(out, "mlpmixer_best").get_trials()) == 5
+        assert capsys.readouterr().out.endswith("study mlpmixer_best: search trials: 3 completed (of 3); final runs: "
+                                                "1 completed; final runs of an earlier best: 1 completed\n")
     assert studies_main(["report", "--out", out]) == 0
     with open(os.path.join(out, "report", "report.md")) as f:
         text = f.read()
