@@ -147,8 +147,6 @@ def open_study(plan, storage, lock):
         if "data" not in made_with:  # recorded by a version that knew the data by its folder only
             made_with.pop("data_dir", None)
             made_with["data"] = now["data"]
-        if plan.study.is_search:  # for status: the largest budget a launch asked for (--trials can only add)
-            study.set_user_attr("trials", max(plan.trials, study.user_attrs.get("trials", 0)))
         if made_with != now:
             key = next(key for key in sorted({*made_with, *now}) if made_with.get(key) != now.get(key))
             where = f"study {plan.study.name} in {plan.storage or plan.study_dir}"
@@ -158,6 +156,8 @@ def open_study(plan, storage, lock):
                                 "--out (or --storage)")
             raise UserError(f"{where} was started with {key} = {made_with.get(key)!r}, not {now.get(key)!r}; rerun "
                             "with the same flags, or use a new --out (or --storage)")
+        if plan.study.is_search:  # for status: the largest budget a launch asked for (--trials can only add)
+            study.set_user_attr("trials", max(plan.trials, study.user_attrs.get("trials", 0)))
     return study
 
 

@@ -126,6 +126,14 @@ def test_a_rerun_with_other_flags_is_refused(study_args, tmp_path, capsys, flag,
     assert f"was started with {message}" in capsys.readouterr().err
 
 
+def test_a_refused_rerun_of_a_search_leaves_its_recorded_budget(study_args, tmp_path, capsys):
+    tiny = ["--set", "embed_dim=16", "--set", "num_blocks=1"]
+    assert studies_main(study_args("mlpmixer_best", "--trials", "1", *tiny)) == 0
+    assert studies_main(study_args("mlpmixer_best", "--trials", "5", "--epochs", "2", *tiny)) == 2
+    assert "was started with epochs = 1, not 2" in capsys.readouterr().err
+    assert load_study(str(tmp_path / "out"), "mlpmixer_best").user_attrs["trials"] == 1
+
+
 def test_a_flag_added_since_the_study_began_counts_at_its_default(study_args, tmp_path, capsys):
     assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
     study = load_study(str(tmp_path / "out"), "mlp_activation")
