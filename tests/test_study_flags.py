@@ -237,24 +237,29 @@ def test_a_study_on_a_cpu_with_bf16_arithmetic_passes_on_the_runs_precision_hint
     assert notes == ([note] if note else [])
 
 
-@pytest.mark.parametrize("capability, precision, note", [
-    ((7, 5), "auto", " in fp32 (this GPU's tensor cores compute in fp16: --precision fp16 may train faster)"),
-    ((7, 5), "fp16", None),
-    ((9, 0), "auto", None),  # bf16
-    ((9, 0), "fp32", None),  # asked for
+@pytest.mark.parametrize("capability, precision, device, note", [
+    ((7, 5), "auto", "cuda", " in fp32 (this GPU's tensor cores compute in fp16: --precision fp16 may train faster)"),
+    ((7, 5), "fp16", "cuda", None),
+    ((9, 0), "auto", "cuda", None),  # bf16
+    ((9, 0), "fp32", "cuda", None),  # asked for
+    ((7, 5), "auto", "cpu", None),  # the GPU unused
+    (None, "auto", "cuda", None),  # no GPU: the runs fall back to the CPU
 ])
-def test_a_study_on_a_gpu_with_fp16_tensor_cores_passes_on_the_runs_precision_hint(capability, precision, note,
-                                                                                   monkeypatch, capsys):
+def test_a_study_on_a_gpu_with_fp16_tensor_cores_passes_on_the_runs_precision_hint(capability, precision, device,
+                                                                                   note, monkeypatch, capsys):
     import torch
 
     from config import get_config_parser
     from studies.__main__ import _note_precision
     from studies.definitions import STUDIES
+    from training import devices
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: capability is not None)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.version, "hip", None)
-    _note_precision(STUDIES["resnet18_lr"], get_config_parser().parse_args(["--precision", precision]))
+    monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: False)
+    _note_precision(STUDIES["resnet18_lr"], get_config_parser().parse_args(["--precision", precision,
+                                                                            "--device", device]))
     assert capsys.readouterr().err == (f"note: the runs of resnet18_lr train{note}\n" if note else "")
 
 
