@@ -79,8 +79,8 @@ def test_status_counts_a_running_runs_silence_from_its_last_heartbeat(tmp_path, 
      "epoch 14 of 15, about 90 min to go"),
     ({"epochs_completed": 14, "train_seconds": [5390.0], "valid_seconds": [10.0]}, "epoch 14 of 15, about 1.5 h to go"),
     ({"epochs_completed": 15, "train_seconds": [5.0] * 15, "valid_seconds": [1.0] * 15}, "epoch 15 of 15"),  # testing
-], ids=["seconds", "minutes", "first left out", "hours", "a string", "a null", "none", "infinite", "89 s", "90 s", "5370 s", "5400 s",
-        "all epochs done"])
+], ids=["seconds", "minutes", "first left out", "hours", "a string", "a null", "none", "infinite", "89 s", "90 s",
+        "5370 s", "5400 s", "all epochs done"])
 def test_status_says_how_long_a_running_runs_remaining_epochs_take_at_its_typical_epoch(tmp_path, capsys, logged,
                                                                                         progress):
     import optuna
