@@ -7,8 +7,8 @@ from matplotlib.image import imread
 
 from . import figures
 from .render import Section
-from .sections import (RUN_HEADER, and_list, completed_runs, counted, epochs_sentences, exact, final_valid_acc, fmt,
-                       mean_std, outcome_sentences, run_row, shared_processor_text)
+from .sections import (RUN_HEADER, and_list, completed_runs, counted, epochs_sentences, final_valid_acc, fmt,
+                       hyperparameter_rows, mean_std, outcome_sentences, run_row, shared_processor_text)
 from .worker import PRUNE_AFTER_TRIALS, PRUNE_FROM_EPOCH, PRUNE_PEERS, RANDOM_TRIALS
 
 VISUALISATIONS = {"resnet18": (("resnet18_kernels_rgb.png", "first-layer kernels (RGB)"),
@@ -18,10 +18,6 @@ VISUALISATIONS = {"resnet18": (("resnet18_kernels_rgb.png", "first-layer kernels
 
 def _settings_text(settings):
     return ", ".join(f"{key}={fmt(value)}" for key, value in sorted(settings.items()))
-
-
-BEST_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs", "lr_schedule", "warmup_fraction",
-             "label_smoothing", "augment", "mix", "tta", "seed", "precision", "pipeline")
 
 
 def _search_trials(runs):
@@ -123,17 +119,8 @@ def _finals_block(section, study, trials, finals, runs_of, shared):
                      f"({counted(len(finals), 'final run')} started).")
     for line in outcome_sentences(finals) + epochs_sentences(finals, "The final runs"):
         section.text(line)
-    logged = next((run for run in done + finals if run["results"].get("args")), None)
-    if logged:
-        args = logged["results"]["args"]
-        unused = {"momentum"} if args.get("optimizer") != "momentum" else set()
-        unused |= {"weight_decay"} if args.get("optimizer") == "adam" else set()
-        unused |= {"warmup_fraction"} if args.get("lr_schedule") == "constant" else set()
-        seeds = [str(run["trial"]["seed"]) for run in finals if run["trial"]]
-        best_rows = [[key, ", ".join(seeds) if key == "seed" and seeds else exact(args[key])]
-                     for key in BEST_KEYS if key in args and key not in unused]
-        best_rows += [[f"model: {key}", exact(value)]
-                      for key, value in logged["results"].get("model_config", {}).items()]
+    best_rows = hyperparameter_rows(finals)
+    if best_rows:
         section.text("Full hyperparameters of the final runs:")
         section.table(["hyperparameter", "value"], best_rows)
     section.table(RUN_HEADER, [run_row(run) for run in finals])

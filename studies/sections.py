@@ -22,8 +22,9 @@ def fmt(value, digits=4):
 
 
 def exact(value):
-    """A setting as the run was given it, to be copied into a command: every digit of a float."""
-    return repr(value) if isinstance(value, float) else fmt(value)
+    """A setting as the run was given it, to be copied into a command: every digit of a float, no thousands
+    separator."""
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def mean_std(values, digits=4):
@@ -70,6 +71,39 @@ def run_row(run):
 
 RUN_HEADER = ["run", "outcome", "epochs", "final valid acc", "best valid acc", "test acc", "parameters",
               "s/epoch (train)", "train img/s"]
+
+
+HYPERPARAMETERS = ("optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs", "lr_schedule",
+                   "warmup_fraction", "label_smoothing", "augment", "mix", "tta", "seed", "precision", "pipeline")
+
+
+def _read_by(args):
+    """The hyperparameters among a run's flags ``args`` that its training reads: not ``--momentum`` but with SGD's
+    momentum, not ``--weight_decay`` with adam (as in the template), not ``--warmup_fraction`` with a constant
+    learning rate."""
+    unread = set()
+    if args.get("optimizer") != "momentum":
+        unread.add("momentum")
+    if args.get("optimizer") == "adam":
+        unread.add("weight_decay")
+    if args.get("lr_schedule") == "constant":
+        unread.add("warmup_fraction")
+    return [key for key in HYPERPARAMETERS if key in args and key not in unread]
+
+
+def hyperparameter_rows(runs):
+    """``[hyperparameter, value]`` rows of the flags and model-config keys that trained ``runs``, as their
+    results.json logged them: the value where the runs agree, and each value in the runs' order where they differ
+    (a grid's setting, the seeds)."""
+    values = {}
+    for run in runs:
+        args = run["results"].get("args", {})
+        for key in _read_by(args):
+            values.setdefault(key, []).append(args[key])
+        for key, value in run["results"].get("model_config", {}).items():
+            values.setdefault(f"model: {key}", []).append(value)
+    order = [key for key in HYPERPARAMETERS if key in values] + [key for key in values if key.startswith("model: ")]
+    return [[key, ", ".join(dict.fromkeys(map(exact, values[key])))] for key in order]
 
 
 def counted(number, noun):
@@ -235,6 +269,10 @@ def grid_section(study, runs, shared):
         section.table([setting, "completed runs", "final valid acc", "best valid acc", "test acc"], rows)
     section.table(RUN_HEADER, [run_row(run) for members in groups.values() for run in members])
     shared_processor_text(section, runs, shared)
+    rows = hyperparameter_rows([run for members in groups.values() for run in members])
+    if rows:
+        section.text("Hyperparameters of these runs (where they differ, each value is listed):")
+        section.table(["hyperparameter", "value"], rows)
     lines_are = f"one line per {setting} " + ("(mean over seeds; band: min to max)" if several_seeds
                                               else "(one run each)")
     for key, label in figures.CURVES:

@@ -251,6 +251,39 @@ def test_a_search_states_the_final_runs_hyperparameters_with_every_digit(tmp_pat
         assert row in text, row
 
 
+def test_a_grid_states_its_runs_hyperparameters_listing_each_value_where_they_differ(tmp_path):
+    out = str(tmp_path / "runs")
+    flags = {"optimizer": "sgd", "lr": 0.0123456789, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 128,
+             "epochs": 2, "lr_schedule": "constant", "warmup_fraction": 0.2}
+    config = {"input_size": 3072, "hidden_sizes": [1024, 512, 64, 64]}
+    for activation in ("relu", "tanh", "sigmoid"):
+        for seed in (42, 43):
+            write_run(out, "mlp_activation", f"activation-{activation}_seed-{seed}", {"activation": activation},
+                      [0.5, 0.6], seed=seed, args={**flags, "seed": seed},
+                      model_config={**config, "activation": activation})
+    section = markdown_of(out).split("## mlp_activation")[1]
+    table = section.split("Hyperparameters of these runs (where they differ, each value is listed):")[1]
+    rows = [line for line in table.split("\n\n")[1].splitlines()[2:]]
+    assert rows == ["| optimizer | sgd |", "| lr | 0.0123456789 |", "| weight_decay | 0.0005 |",
+                    "| batch_size | 128 |", "| epochs | 2 |", "| lr_schedule | constant |",
+                    "| seed | 42, 43 |", "| precision | bf16 |",  # neither momentum nor warmup: sgd, constant
+                    "| model: input_size | 3072 |", "| model: hidden_sizes | [1024, 512, 64, 64] |",
+                    "| model: activation | relu, tanh, sigmoid |"]
+
+
+@pytest.mark.parametrize("flags, read", [
+    ({"optimizer": "momentum", "momentum": 0.8, "lr_schedule": "cosine", "warmup_fraction": 0.1},
+     ["optimizer", "momentum", "lr_schedule", "warmup_fraction"]),
+    ({"optimizer": "adam", "weight_decay": 5e-4, "momentum": 0.9}, ["optimizer"]),  # adam: no weight decay
+    ({"optimizer": "adamw", "weight_decay": 5e-4, "lr_schedule": "onecycle", "warmup_fraction": 0.2},
+     ["optimizer", "weight_decay", "lr_schedule", "warmup_fraction"]),
+])
+def test_the_hyperparameter_table_leaves_out_the_flags_that_training_does_not_read(flags, read):
+    from studies.sections import hyperparameter_rows
+
+    assert [key for key, _ in hyperparameter_rows([{"results": {"args": flags}}])] == read
+
+
 def test_a_report_names_the_run_files_it_cannot_read_and_goes_on(tmp_path):
     out = str(tmp_path / "runs")
     runs = os.path.join(out, "mlp_activation", "runs")
