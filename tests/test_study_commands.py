@@ -352,3 +352,18 @@ def test_a_runs_train_log_holds_each_epoch_as_soon_as_it_ends(study_args, tmp_pa
     assert len(logged_at_epoch_end) == 2
     for epoch, text in enumerate(logged_at_epoch_end, start=1):
         assert re.search(rf"^ +{epoch} \|", text, re.MULTILINE), text
+
+
+def test_each_runs_train_log_holds_the_warnings_that_run_gave(study_args, tmp_path):
+    """As ``main.py`` would print them: Python shows a warning once per place in the code, and every run of a
+    study reaches the same places, so a later run's log could lack them."""
+    argv = study_args("mlpmixer_best", "--trials", "2", "--precision", "fp16")
+    done = subprocess.run([sys.executable, "-m", "studies", *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    warning = "warning: --precision fp16 is for CUDA GPUs: a CPU usually emulates fp16, much slower than fp32\n"
+    for run in ("trial-0000", "trial-0001", "final_seed-43"):
+        with open(os.path.join(tmp_path, "out", "mlpmixer_best", "runs", run, "train.log")) as f:
+            assert f.read().count(warning) == 1, run
+    assert warning not in done.stderr  # the console gets each run's epochs, its log the rest
+
