@@ -2,11 +2,13 @@
 
 ``train`` and ``evaluate`` are importable from here, as in the course template.
 """
+import os
 import sys
 
 from config import get_config_parser
 from training.engine import evaluate, fit, train
 from training.errors import UserError, set_up_command_line
+from training.persistence import CHECKPOINT_FILE
 
 __all__ = ["train", "evaluate", "main"]
 
@@ -24,8 +26,11 @@ def main(argv=None):
         print("\ninterrupted", file=sys.stderr)
         return EXIT_CODES["interrupted"]
     if results["status"] == "interrupted" and args.logdir:  # said here: a study or a tool resumes its own way
-        left = "evaluate the test set" if results["epochs_completed"] >= args.epochs else "continue"
-        print(f"rerun with the same flags and --resume to {left}", file=sys.stderr)
+        if not os.path.isfile(os.path.join(args.logdir, CHECKPOINT_FILE)):  # stopped in its first epoch
+            print("nothing to resume: rerun with the same flags, without --resume, to start again", file=sys.stderr)
+        else:
+            left = "evaluate the test set" if results["epochs_completed"] >= args.epochs else "continue"
+            print(f"rerun with the same flags and --resume to {left}", file=sys.stderr)
     return EXIT_CODES[results["status"]]
 
 

@@ -88,6 +88,20 @@ def test_interrupt_keeps_finished_epochs(run_args, tmp_path, monkeypatch, capsys
     assert not [name for name in os.listdir(logdir) if name.startswith(".tmp")]
 
 
+def test_an_interrupt_in_the_first_epoch_says_there_is_nothing_to_resume(run_args, tmp_path, monkeypatch, capsys):
+    logdir = str(tmp_path / "run")
+    _interrupt_at(monkeypatch, 1)
+    assert main.main(run_args("mlp", "--logdir", logdir, epochs=2)) == 130
+    assert capsys.readouterr().err.strip().endswith(
+        "interrupted: results.json keeps the 0 finished epochs\n"
+        "nothing to resume: rerun with the same flags, without --resume, to start again")
+    assert read_results(logdir)["status"] == "interrupted"
+    assert main.main(run_args("mlp", "--logdir", logdir, "--resume", epochs=2)) == 2  # what it would have said
+    monkeypatch.undo()
+    assert main.main(run_args("mlp", "--logdir", logdir, epochs=2)) == 0
+    assert read_results(logdir)["status"] == "completed"
+
+
 def test_an_interrupt_during_the_test_evaluation_marks_the_run_interrupted_and_resume_tests_it(run_args, tmp_path,
                                                                                                monkeypatch, capsys):
     logdir = str(tmp_path / "run")
