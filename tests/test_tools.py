@@ -58,8 +58,8 @@ def test_a_tools_counts_take_numbers_and_its_flags_named_after_main_pys_share_th
         tool, monkeypatch):
     """A number typed as text would reach a comparison or a range as a string; a model or precision outside
     ``main.py``'s would be refused only when the run that uses it starts, after the runs before it. (gpu_check's
-    --models is one comma-separated value, checked by the script.) Defaults differ from ``main.py``'s only where a tool measures something else: one
-    epoch per benchmark run, the layouts of the convolutional net in fp32."""
+    --models is one comma-separated value, checked by the script.) Defaults differ from ``main.py``'s only where a
+    tool measures something else: one epoch per benchmark run, the layouts of the convolutional net in fp32."""
     parsers, parse = [], errors.CommandLineParser.parse_known_args
     monkeypatch.setattr(errors.CommandLineParser, "parse_known_args",
                         lambda self, *args, **kwargs: parsers.append(self) or parse(self, *args, **kwargs))
