@@ -265,6 +265,10 @@ def run_trial(plan, study, lock, trial):
     role = trial.user_attrs["role"]
     run_dir = os.path.join(plan.study_dir, RUNS_FOLDER, trial.user_attrs["run_dir"])
     settings, seed = run_settings(plan, trial)
+    # a run that --retry_failed trains again: its earlier outcome does not hold while it trains (the error stays in
+    # the study's storage and its traceback in train.log), so the report shows it unfinished, as `status` does
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(run_dir, TRIAL_FILE))
 
     def prepare():
         """The run's flags, built afresh each time: a worker this one waited for may have left epochs, which a

@@ -12,6 +12,8 @@ from optuna.trial import TrialState
 from helpers import jobs_of, load_study, read_json
 from studies import worker as study_worker
 from studies.__main__ import main as studies_main
+from studies.report import load_runs
+from studies.sections import outcome_sentences
 
 
 def test_grid_study_runs_every_point_once_and_a_rerun_trains_nothing(study_args, tmp_path, capsys):
@@ -337,6 +339,26 @@ def test_diverged_and_failed_runs_are_recorded_and_the_study_goes_on(study_args,
     trials = load_study(str(tmp_path / "other"), "mlp_activation").get_trials()
     assert [t.state for t in trials if t.user_attrs["run_dir"] == "activation-tanh_seed-42"] == [
         TrialState.FAIL, TrialState.COMPLETE]
+
+
+def test_a_run_that_retry_failed_trains_again_is_unfinished_in_the_report_until_it_ends(study_args, tmp_path,
+                                                                                         monkeypatch):
+    study_dir, name = str(tmp_path / "out" / "mlp_activation"), "activation-relu_seed-42"
+
+    def failing(args, **kwargs):
+        raise RuntimeError("simulated")
+    monkeypatch.setattr(study_worker, "fit", failing)
+    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
+    assert outcome_sentences(load_runs(study_dir)) == [f"{name} failed: RuntimeError: simulated."]
+    during_retry = []
+
+    def retrying(args, **kwargs):
+        during_retry.extend(outcome_sentences(load_runs(study_dir)))
+        return {"status": "completed", "valid_accs": [0.3]}
+    monkeypatch.setattr(study_worker, "fit", retrying)
+    assert studies_main(study_args("mlp_activation", "--values", "relu", "--retry_failed")) == 0
+    assert during_retry == [f"{name} has not finished (0 epochs logged); rerun the study to complete it."]
+    assert read_json(os.path.join(study_dir, "runs", name, "trial.json"))["outcome"] == "completed"
 
 
 @pytest.mark.parametrize("status, valid_accs, recorded", [
