@@ -223,6 +223,19 @@ def test_the_command_prints_a_warning_as_one_line(fake_data_dir, tiny_configs):
                        "fp32"], run.stderr
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs a CPU affinity mask to limit the CPUs")
+def test_more_loader_workers_than_cpus_is_one_warning_line_naming_the_flag(fake_data_dir, tiny_configs):
+    one_cpu = min(os.sched_getaffinity(0))
+    run = subprocess.run([sys.executable, "main.py", "--model_config", tiny_configs["mlp"], "--data_dir",
+                          fake_data_dir, "--valid_size", "20", "--epochs", "2", "--device", "cpu", "--pipeline",
+                          "torchvision", "--num_workers", "2", "--no_progress"], cwd=ROOT, capture_output=True,
+                         text=True, preexec_fn=lambda: os.sched_setaffinity(0, {one_cpu}))
+    assert run.returncode == 0, run.stderr
+    assert [line for line in run.stderr.splitlines() if "worker" in line.lower()] == [
+        "warning: --num_workers 2 starts more DataLoader workers than the CPUs this process may use (1), which can "
+        "slow the loading or stall it; --num_workers 1 avoids that"], run.stderr
+
+
 def test_divergence_stops_cleanly_with_strict_json(run_args, tmp_path, monkeypatch):
     real_train = engine.train
 

@@ -2,6 +2,8 @@
 DataLoader with PIL transforms. Both yield ``[images, labels]`` lists of normalised float images.
 """
 import math
+import os
+import warnings
 
 import torch
 
@@ -103,12 +105,30 @@ class _PILImages(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[index])), self.labels[index]
 
 
+class _TemplateLoader(torch.utils.data.DataLoader):
+    """torch's DataLoader, whose warning of more workers than CPUs ``torchvision_batches`` gives instead: torch gives
+    it when each loader is built and again when one is first iterated, without the flag that changes it."""
+
+    def check_worker_number_rationality(self):
+        return
+
+
+def _usable_cpus():
+    """The CPUs this process may run on (its affinity mask, where the system has one), as torch counts them."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def torchvision_batches(images, labels, batch_size, train, num_workers, pin_memory=False, augment="template"):
     """The template's pipeline: a DataLoader over PIL images with torchvision transforms.
 
     ``augment`` (training only) picks the transforms that match ``TensorBatches``'s recipe of that name.
     """
     from torchvision import transforms
+
+    cpus = _usable_cpus()
+    if cpus and num_workers > cpus:
+        warnings.warn(f"--num_workers {num_workers} starts more DataLoader workers than the CPUs this process may use "
+                      f"({cpus}), which can slow the loading or stall it; --num_workers {cpus} avoids that")
 
     resized_crop = transforms.RandomResizedCrop(size=(32, 32), scale=CROP_SCALE, ratio=CROP_RATIO)
     pad_crop = transforms.RandomCrop(32, padding=CROP_PADDING, padding_mode="reflect")
@@ -118,5 +138,5 @@ def torchvision_batches(images, labels, batch_size, train, num_workers, pin_memo
     if train and AUGMENTATIONS[augment][1]:
         steps.append(Cutout(CUTOUT_SIZE))
     transform = transforms.Compose(steps)
-    return torch.utils.data.DataLoader(_PILImages(images, labels, transform), batch_size=batch_size,
-                                       shuffle=train, num_workers=num_workers, pin_memory=pin_memory)
+    return _TemplateLoader(_PILImages(images, labels, transform), batch_size=batch_size, shuffle=train,
+                           num_workers=num_workers, pin_memory=pin_memory)
