@@ -144,7 +144,7 @@ def test_a_tool_refuses_a_torch_older_than_the_oldest_tested(capsys, monkeypatch
     assert capsys.readouterr().err.startswith("error: torch 2.3.1 is older than 2.4, the oldest release")
 
 
-def _device_call(folder, steps):
+def _device_call(folder, steps, **env_vars):
     """``bash tools/device_check.sh STEPS`` in ``folder``, with a ``python`` that logs its arguments."""
     os.makedirs(folder / "tools")
     shutil.copy(os.path.join(ROOT, "tools", "device_check.sh"), folder / "tools")
@@ -153,8 +153,9 @@ def _device_call(folder, steps):
     stand_in.write_text(f'#!/bin/sh\necho "$* [PYTHONUNBUFFERED=$PYTHONUNBUFFERED]" >> {folder}/python.log\n')
     stand_in.chmod(0o755)
     env = {**os.environ, "PATH": f"{stand_in.parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("OUT", None)
-    env.pop("PYTHONUNBUFFERED", None)
+    for name in ("OUT", "PYTHONUNBUFFERED", "CALL_SECONDS"):
+        env.pop(name, None)
+    env.update(env_vars)
     return subprocess.run(["bash", "tools/device_check.sh", *steps], cwd=folder, env=env, capture_output=True,
                           text=True, timeout=60)
 
@@ -182,6 +183,27 @@ def test_the_device_call_runs_the_steps_asked_for(tmp_path, steps, expected):
     # the seconds that setting up and each step took, by which the next call's limits can be set
     assert re.search(r"^== data ready after \d+ s of the call$", ran.stdout, re.MULTILINE)
     assert re.findall(r"^== (\w+): exit status 0, \d+ s into the call$", ran.stdout, re.MULTILINE) == expected
+
+
+def _step_limits(ran):
+    """``{step: seconds}`` of the steps that the device call started, from its console."""
+    assert ran.returncode == 0, ran.stderr
+    return {name: int(seconds) for name, seconds in re.findall(r"^== (\w+) \(at most (\d+) s\): ", ran.stdout,
+                                                                re.MULTILINE)}
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the device call is a bash script")
+def test_no_step_of_the_device_call_runs_past_the_calls_end(tmp_path):
+    assert _step_limits(_device_call(tmp_path / "600", [])) == {"compile": 170, "nan_hunt": 60, "resnet18_target": 120,
+                                                                 "studies_1_3": 300}
+    # a call of 100 s leaves 75 s, less what the set-up took, to each step: the longer ones are cut to that
+    limits = _step_limits(_device_call(tmp_path / "100", [], CALL_SECONDS="100"))
+    assert limits.pop("nan_hunt") == 60 and set(limits) == {"compile", "resnet18_target", "studies_1_3"}
+    assert all(70 <= seconds <= 75 for seconds in limits.values()), limits
+    ran = _device_call(tmp_path / "20", [], CALL_SECONDS="20")  # nothing left after the set-up: every step skipped
+    assert _step_limits(ran) == {} and not os.path.exists(tmp_path / "20" / "device_check_logs" / "compile.txt")
+    assert re.findall(r"^== (\w+): skipped, \d+ s into a call of 20 s$", ran.stdout, re.MULTILINE) == [
+        "compile", "nan_hunt", "resnet18_target", "studies_1_3"], ran.stdout
 
 
 @pytest.mark.skipif(os.name != "posix", reason="the device call is a bash script")
