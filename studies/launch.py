@@ -5,6 +5,8 @@ import signal
 import subprocess
 import sys
 
+from training.devices import usable_cpus
+
 from .console import say
 
 LAUNCHED_WORKER = "STUDIES_LAUNCHED_WORKER"  # in the environment of the workers that --workers N starts
@@ -12,8 +14,8 @@ LAUNCHED_WORKER = "STUDIES_LAUNCHED_WORKER"  # in the environment of the workers
 
 def worker_env(index, count, device):
     """Worker ``index``'s environment: on CUDA, one GPU of this host's, round robin, when there are several;
-    on a CPU (or a host without a GPU), an equal share of the cores (workers with all cores each would
-    fight over them)."""
+    on a CPU (or a host without a GPU), an equal share of the cores this process may use (workers with all
+    cores each would fight over them)."""
     env = dict(os.environ)
     gpus = []
     if device == "cuda":
@@ -26,7 +28,7 @@ def worker_env(index, count, device):
     if len(gpus) > 1:
         env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
     if not gpus and "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // count))
+        env["OMP_NUM_THREADS"] = str(max(1, (usable_cpus() or 1) // count))
     env[LAUNCHED_WORKER] = "1"
     return env
 

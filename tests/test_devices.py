@@ -223,6 +223,14 @@ def test_native_bf16_from_compute_capability_8_and_on_rocm(monkeypatch, hip, cap
     assert devices.has_native_bf16(torch.device("cuda")) is native
 
 
+def test_usable_cpus_counts_the_affinity_mask_or_else_the_hosts_cpus(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2, 3, 9}, raising=False)
+    assert devices.usable_cpus() == 3
+    monkeypatch.delattr(os, "sched_getaffinity")  # macOS and Windows have no affinity mask in Python
+    assert devices.usable_cpus() == 64
+
+
 def test_a_device_that_is_there_is_used_without_a_warning(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")

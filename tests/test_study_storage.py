@@ -280,7 +280,7 @@ def test_workers_get_a_gpu_each_or_a_share_of_the_cores(monkeypatch, visible, de
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr("studies.launch.usable_cpus", lambda: 16)
     envs = [worker_env(index, 4, device) for index in range(4)]
     assert [env["CUDA_VISIBLE_DEVICES"] for env in envs] == expected
     shares_cores = device == "cpu" or not visible
@@ -305,8 +305,17 @@ def test_cpu_workers_share_the_cores_with_at_least_one_thread_each(monkeypatch, 
     from studies.launch import worker_env
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(os, "cpu_count", lambda: cores)  # None where Python cannot tell
+    monkeypatch.setattr("studies.launch.usable_cpus", lambda: cores)  # None where Python cannot tell
     assert [worker_env(index, workers, "cpu")["OMP_NUM_THREADS"] for index in range(workers)] == [threads] * workers
+
+
+def test_cpu_workers_share_the_cores_a_batch_system_gave_this_process_not_the_hosts(monkeypatch):
+    from studies.launch import worker_env
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 5, 6, 7}, raising=False)
+    assert worker_env(0, 2, "cpu")["OMP_NUM_THREADS"] == "2"
 
 
 def test_a_thread_count_the_user_set_is_kept(monkeypatch):

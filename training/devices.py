@@ -1,5 +1,6 @@
 """Which device a run trains on, and what the fast path's ``auto`` flags become there: precision, memory
 layout and the CUDA graph, from what the GPU or the CPU computes natively."""
+import os
 import platform
 import warnings
 
@@ -11,6 +12,12 @@ def resolve_device(requested):
         warnings.warn("CUDA is not available: running on the CPU (pass --device cpu to silence this)")
         return torch.device("cpu")
     return torch.device(requested)
+
+
+def usable_cpus():
+    """The CPUs this process may run on (its affinity mask, where the system has one, as under ``taskset`` or a
+    batch system's CPU binding), as torch counts them; None where Python cannot tell."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def has_native_bf16(device):

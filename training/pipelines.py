@@ -2,13 +2,13 @@
 DataLoader with PIL transforms. Both yield ``[images, labels]`` lists of normalised float images.
 """
 import math
-import os
 import warnings
 
 import torch
 
 from .augmentation import (AUGMENTATIONS, CROP_PADDING, CROP_RATIO, CROP_SCALE, CUTOUT_SIZE, Cutout,
                            augmentation_noise, cutout)
+from .devices import usable_cpus
 
 CIFAR10_MEAN = (0.49139968, 0.48215841, 0.44653091)
 CIFAR10_STD = (0.24703223, 0.24348513, 0.26158784)
@@ -113,11 +113,6 @@ class _TemplateLoader(torch.utils.data.DataLoader):
         return
 
 
-def _usable_cpus():
-    """The CPUs this process may run on (its affinity mask, where the system has one), as torch counts them."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
 def torchvision_batches(images, labels, batch_size, train, num_workers, pin_memory=False, augment="template"):
     """The template's pipeline: a DataLoader over PIL images with torchvision transforms.
 
@@ -125,7 +120,7 @@ def torchvision_batches(images, labels, batch_size, train, num_workers, pin_memo
     """
     from torchvision import transforms
 
-    cpus = _usable_cpus()
+    cpus = usable_cpus()
     if cpus and num_workers > cpus:
         warnings.warn(f"--num_workers {num_workers} starts more DataLoader workers than the CPUs this process may use "
                       f"({cpus}), which can slow the loading or stall it; --num_workers {cpus} avoids that")
