@@ -75,6 +75,7 @@ def print_table(title, rows):
 
 
 def parse_args(argv=None):
+    runner = get_config_parser()  # the defaults of main.py, which every row trains with
     parser = CommandLineParser(prog="python -m tools.benchmark", description=__doc__,
                                formatter_class=HelpFormatter)
     parser.add_argument("--model", default="mlp", choices=["mlp", "resnet18", "mlpmixer"],
@@ -84,10 +85,11 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=int, default=1,
                         help="epochs per row; the last one is timed (more leave the first's warm-up out)")
     parser.add_argument("--batch_size", type=int, default=128, help="training batch size of every row")
-    parser.add_argument("--num_workers", type=int, default=get_config_parser().get_default("num_workers"),
+    parser.add_argument("--num_workers", type=int, default=runner.get_default("num_workers"),
                         help="DataLoader workers of the template pipeline")
     parser.add_argument("--data_dir", default=DATA_DIR, help=DATA_DIR_HELP)
-    parser.add_argument("--valid_size", type=int, default=5000, help="training images held out for validation")
+    parser.add_argument("--valid_size", type=int, default=runner.get_default("valid_size"),
+                        help="training images held out for validation")
     parser.add_argument("--repeats", type=int, default=2, help="measure every row this many times, keep the fastest")
     parser.add_argument("--compile", action="store_true", help="add the compiled row (compiles once per repeat)")
     parser.add_argument("--precisions", nargs="+", default=["auto"], choices=["auto", "bf16", "fp16", "fp32"],

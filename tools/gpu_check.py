@@ -288,6 +288,7 @@ def _accuracy(value, width):
 
 
 def parse_args(argv=None):
+    runner = get_config_parser()  # the defaults of main.py, which every row trains with
     parser = CommandLineParser(prog="python -m tools.gpu_check", description=__doc__,
                                formatter_class=HelpFormatter)
     parser.add_argument("--data_dir", default=DATA_DIR, help=DATA_DIR_HELP)
@@ -297,8 +298,10 @@ def parse_args(argv=None):
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated models that every section runs")
     parser.add_argument("--bench_epochs", type=int, default=2, help="benchmark: epochs per row, the last one timed")
     parser.add_argument("--parity_epochs", type=int, default=15, help="parity: epochs of each run")
-    parser.add_argument("--num_workers", type=int, default=4, help="DataLoader workers of the template pipeline")
-    parser.add_argument("--valid_size", type=int, default=5000, help="training images held out for validation")
+    parser.add_argument("--num_workers", type=int, default=runner.get_default("num_workers"),
+                        help="DataLoader workers of the template pipeline")
+    parser.add_argument("--valid_size", type=int, default=runner.get_default("valid_size"),
+                        help="training images held out for validation")
     parser.add_argument("--json_out", default=None, help="write the parity runs' results here")
     parser.add_argument("--rows", type=int, default=15, help="profile: rows of each kernel table")
     parser.add_argument("--profile_compiled", action="store_true",
