@@ -148,6 +148,18 @@ def test_missing_file_in_the_folder(tmp_path):
         load_cifar10(str(tmp_path))
 
 
+def test_the_fix_a_damaged_batch_file_names_restores_the_copy(tmp_path, fake_archive):
+    shutil.copy(fake_archive, tmp_path / cifar10.ARCHIVE)
+    load_cifar10(str(tmp_path), download=False)
+    (tmp_path / cifar10.FOLDER / "data_batch_2").write_bytes(b"\x80\x02}q")  # a write cut short
+    with pytest.raises(UserError) as error:
+        load_cifar10(str(tmp_path), download=False)
+    advice = f"delete {tmp_path / cifar10.FOLDER} and run again, which extracts {tmp_path / cifar10.ARCHIVE} if"
+    assert advice in str(error.value)
+    shutil.rmtree(tmp_path / cifar10.FOLDER)
+    assert len(load_cifar10(str(tmp_path), download=False).train_labels) == 15
+
+
 def _write_archive(path, source_root):
     with tarfile.open(path, "w:gz") as archive:
         archive.add(os.path.join(source_root, cifar10.FOLDER), arcname=cifar10.FOLDER)

@@ -65,8 +65,9 @@ class _BatchUnpickler(pickle.Unpickler):
 
 def read_batch(path):
     """Read one batch file; return ``(images uint8 [N, 3, 32, 32], labels int64 [N])``."""
-    fix = (f"delete {os.path.dirname(path)} and extract {ARCHIVE} again "
-           "(or regenerate it with ../shared/data/make_cifar10.py)")
+    folder = os.path.dirname(path)
+    fix = (f"delete {folder} and run again, which extracts {os.path.join(os.path.dirname(folder), ARCHIVE)} "
+           "if it is there, else downloads CIFAR-10")
     try:
         with open(path, "rb") as f:
             batch = _BatchUnpickler(f, encoding="bytes").load()
