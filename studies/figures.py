@@ -19,7 +19,9 @@ def stack_curves(runs, key):
 
 
 def draw_curves(ax, groups, key, label, legend_title=None):
-    """One line per group (its mean over seeds) and, with several seeds, a band from min to max."""
+    """One line per group (its mean over seeds) and, with several seeds, a band from min to max, which the
+    legend's title names (a figure pasted into a report without its caption still says what the band is)."""
+    banded = False
     for name, runs in groups.items():
         values = stack_curves(runs, key)
         if values.size == 0:
@@ -35,11 +37,14 @@ def draw_curves(ax, groups, key, label, legend_title=None):
                 warnings.simplefilter("ignore", RuntimeWarning)  # an epoch that every run logged as null
                 ax.fill_between(epochs, np.nanmin(values, axis=0), np.nanmax(values, axis=0),
                                 color=line.get_color(), alpha=0.2, linewidth=0)
+            banded = True
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.set_xlabel("epoch")
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:  # runs that have not ended an epoch draw no line
+        if banded:
+            legend_title = f"{legend_title} (band: min to max)" if legend_title else "band: min to max"
         ax.legend(fontsize=8, title=legend_title, title_fontsize=8)
 
 

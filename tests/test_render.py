@@ -93,9 +93,12 @@ def test_a_curve_is_the_mean_of_its_seeds_per_epoch_with_their_range_shaded():
         return {"results": {"valid_accs": valid_accs}}
     groups = {"relu": [run([0.1, 0.5, 0.9]), run([0.3, 0.7])],  # the second seed stopped after two epochs
               "tanh": [run([0.4, None, 0.6])]}  # an epoch logged as null
-    ax = figures.curve_figure(groups, "valid_accs", "validation accuracy", "title").axes[0]
+    ax = figures.curve_figure(groups, "valid_accs", "validation accuracy", "title", legend_title="activation").axes[0]
     lines = {line.get_label(): line for line in ax.get_lines()}
     assert sorted(lines) == ["relu (mean of 2)", "tanh"]
+    assert ax.get_legend().get_title().get_text() == "activation (band: min to max)"  # said on the figure itself
+    untitled = figures.curve_figure({"final": groups["relu"]}, "valid_accs", "validation accuracy", "title").axes[0]
+    assert untitled.get_legend().get_title().get_text() == "band: min to max"
     assert lines["relu (mean of 2)"].get_xdata().tolist() == [1, 2, 3]
     np.testing.assert_allclose(lines["relu (mean of 2)"].get_ydata(), [0.2, 0.6, 0.9])
     np.testing.assert_allclose(lines["tanh"].get_ydata(), [0.4, np.nan, 0.6])
