@@ -8,6 +8,9 @@ from matplotlib.ticker import MaxNLocator
 
 CURVES = (("train_losses", "train loss"), ("valid_losses", "validation loss"),
           ("train_accs", "train accuracy"), ("valid_accs", "validation accuracy"))
+# a loss this many times the median of its figure's losses (a validation loss that spikes under a large learning
+# rate) puts the figure on a log scale, where the spike no longer squashes every other line flat
+SPIKE_FACTOR = 10
 
 
 def stack_curves(runs, key):
@@ -22,10 +25,12 @@ def draw_curves(ax, groups, key, label, legend_title=None):
     """One line per group (its mean over seeds) and, with several seeds, a band from min to max, which the
     legend's title names (a figure pasted into a report without its caption still says what the band is)."""
     banded = False
+    drawn = []
     for name, runs in groups.items():
         values = stack_curves(runs, key)
         if values.size == 0:
             continue
+        drawn.append(values[np.isfinite(values)])
         epochs = np.arange(1, values.shape[1] + 1)
         with np.errstate(all="ignore"):
             counts = np.sum(~np.isnan(values), axis=0)
@@ -40,12 +45,21 @@ def draw_curves(ax, groups, key, label, legend_title=None):
             banded = True
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.set_xlabel("epoch")
+    if key.endswith("losses") and _has_a_spike(np.concatenate(drawn or [np.empty(0)])):
+        ax.set_yscale("log")
+        label = f"{label} (log scale)"
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:  # runs that have not ended an epoch draw no line
         if banded:
             legend_title = f"{legend_title} (band: min to max)" if legend_title else "band: min to max"
         ax.legend(fontsize=8, title=legend_title, title_fontsize=8)
+
+
+def _has_a_spike(losses):
+    """Whether some of these (finite) losses reach ``SPIKE_FACTOR`` times their median; never where one is 0 or
+    less, which a log scale cannot show."""
+    return bool(losses.size) and losses.min() > 0 and losses.max() >= SPIKE_FACTOR * np.median(losses)
 
 
 def curve_figure(groups, key, label, title, legend_title=None):

@@ -109,6 +109,21 @@ def test_a_curve_is_the_mean_of_its_seeds_per_epoch_with_their_range_shaded():
         assert (at_epoch.min(), at_epoch.max()) == pytest.approx((low, high)), epoch
 
 
+@pytest.mark.parametrize("key, lr_01_losses, log_scale", [
+    ("valid_losses", [2.3, 2.1, 480.0, 2.2], True),  # one epoch's validation loss spiking under a large lr
+    ("valid_losses", [2.3, 2.1, 2.5, 2.2], False),  # no spike: the usual linear axis
+    ("train_losses", [2.3, 2.1, 480.0, 2.2], True),
+    ("valid_accs", [0.1, 0.1, 90.0, 0.1], False),  # accuracies never: only a loss can spike so
+    ("valid_losses", [2.3, 0.0, 480.0, 2.2], False),  # a loss of 0, which a log scale could not show
+])
+def test_a_loss_spike_puts_the_figure_on_a_log_scale_that_its_axis_label_names(key, lr_01_losses, log_scale):
+    groups = {"0.1": [{"results": {key: lr_01_losses}}],
+              "0.001": [{"results": {key: [1.9, 1.2, 0.9, 0.8]}}, {"results": {key: [1.8, 1.1, 0.8, 0.7]}}]}
+    ax = figures.curve_figure(groups, key, "the label", "title").axes[0]
+    assert ax.get_yscale() == ("log" if log_scale else "linear")
+    assert ax.get_ylabel() == ("the label (log scale)" if log_scale else "the label")
+
+
 def test_a_settings_shaded_range_has_its_lines_colour_and_leaves_the_line_in_view():
     runs = {"relu": [[0.1, 0.2]], "tanh": [[0.3, 0.4], [0.5, 0.6]]}  # the band is not the first setting's
     groups = {name: [{"results": {"valid_accs": accs}} for accs in seeds] for name, seeds in runs.items()}
