@@ -1,5 +1,6 @@
 """Which device a run trains on, and what the fast path's ``auto`` flags become there: precision, memory
-layout and the CUDA graph, from what the GPU or the CPU computes natively."""
+layout and the CUDA graph, from what the GPU or the CPU computes natively; and how many CPUs this process may
+use (for DataLoader workers and the study workers' threads)."""
 import os
 import platform
 import warnings
