@@ -29,10 +29,13 @@ FINISHING_FAILURES = ("diverged", "error")
 
 
 def _proc_stat(pid):
-    """The fields of ``/proc/PID/stat`` after the command's name, or None where /proc does not say."""
+    """The fields of ``/proc/PID/stat`` after the command's name, as bytes, or None where /proc does not say.
+
+    Read as bytes: the name is the executable's, cut to 15 bytes, which need not be text in any encoding (a
+    UTF-8 character cut in two), and a dead worker's pid may name any process now."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()
     except OSError:
         return None
 
@@ -56,7 +59,7 @@ def _process_state(pid):
     fields = _proc_stat(pid)
     if fields is None:
         return True, None
-    return fields[0] != "Z", int(fields[19])
+    return fields[0] != b"Z", int(fields[19])
 
 
 def is_lost(trial, now=None):

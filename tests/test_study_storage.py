@@ -203,6 +203,31 @@ def test_on_its_own_host_a_claimed_trial_is_lost_exactly_when_its_process_is(tmp
     assert again.user_attrs["run_dir"] == "job" and again.number not in (claimed.number, reused.number)
 
 
+@pytest.mark.skipif(not os.path.isfile("/proc/self/stat"), reason="process start times come from /proc")
+def test_a_dead_workers_pid_reused_by_a_process_whose_name_is_not_text_is_still_judged(tmp_path):
+    import shutil
+    import socket
+
+    from studies.scheduler import is_lost, process_started
+
+    # the kernel names a process after its executable's first 15 bytes, which need not decode in any encoding
+    renamed = os.path.join(os.fsencode(tmp_path), b"sl\xffeep")
+    shutil.copy(shutil.which("sleep"), renamed)
+    other = subprocess.Popen([renamed, "30"])
+    try:
+        started = process_started(other.pid)
+        assert isinstance(started, int)
+        study = optuna.create_study()
+        trial = study.ask()
+        for key, value in {"host": socket.gethostname(), "pid": other.pid, "pid_started": started - 1,
+                           "heartbeat": time.time()}.items():
+            trial.set_user_attr(key, value)
+        assert is_lost(study.trials[trial.number])
+    finally:
+        other.kill()
+        other.wait()
+
+
 def test_a_heartbeat_outlives_a_storage_that_fails_for_a_while(capsys):
     from studies.scheduler import Heartbeat
 
