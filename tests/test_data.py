@@ -148,6 +148,25 @@ def test_missing_file_in_the_folder(tmp_path):
         load_cifar10(str(tmp_path))
 
 
+def test_a_batch_file_that_cannot_be_read_gets_one_line_naming_it_and_the_fix(tmp_path, monkeypatch):
+    write_fake_cifar10(str(tmp_path), train_per_batch=2, test=2)
+    folder = tmp_path / "cifar-10-batches-py"
+    os.remove(folder / "data_batch_4")
+    os.mkdir(folder / "data_batch_4")
+    with pytest.raises(UserError) as error:
+        load_cifar10(str(tmp_path))
+    assert str(error.value).startswith(f"cannot read CIFAR-10 file {folder / 'data_batch_4'} (Is a directory); "
+                                       f"delete {folder} and run again")
+
+    def unreadable(path, *args, **kwargs):  # a test run as root reads any file, whatever its mode
+        raise PermissionError(13, "Permission denied", path)
+    monkeypatch.setattr(cifar10, "open", unreadable, raising=False)
+    with pytest.raises(UserError) as error:
+        read_batch(str(folder / "test_batch"))
+    assert str(error.value) == (f"cannot read CIFAR-10 file {folder / 'test_batch'} (permission denied); ask its "
+                                "owner for read access, or point --data_dir at a copy you can read")
+
+
 def test_the_fix_a_damaged_batch_file_names_restores_the_copy(tmp_path, fake_archive):
     shutil.copy(fake_archive, tmp_path / cifar10.ARCHIVE)
     load_cifar10(str(tmp_path), download=False)

@@ -73,6 +73,11 @@ def read_batch(path):
             batch = _BatchUnpickler(f, encoding="bytes").load()
     except FileNotFoundError:
         raise UserError(f"CIFAR-10 file missing: {path}; {fix}") from None
+    except PermissionError:  # a copy on a shared disk that its owner did not open to others
+        raise UserError(f"cannot read CIFAR-10 file {path} (permission denied); ask its owner for read access, "
+                        "or point --data_dir at a copy you can read") from None
+    except OSError as exc:  # a folder in the file's place, a failing disk
+        raise UserError(f"cannot read CIFAR-10 file {path} ({exc.strerror}); {fix}") from None
     except RefusedGlobal as exc:
         raise UserError(f"unsafe CIFAR-10 file {path} ({exc}); {fix}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
