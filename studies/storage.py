@@ -23,6 +23,7 @@ except ImportError:  # Windows
 
 JOURNAL_FILE = "journal.log"
 
+
 def open_storage(url, study_dir):
     """The Optuna storage and the lock that serialises claims.
 
@@ -45,6 +46,9 @@ def open_storage(url, study_dir):
             return optuna.storages.journal.JournalStorage(backend), lock
         except ValueError as exc:  # json's decode errors included
             raise _unreadable_journal(path, exc) from None
+        except OSError as exc:  # no permission to read it (a study on a shared disk), a failing disk
+            raise UserError(f"cannot read the study's journal {path} ({exc.strerror}); reading it needs read access, "
+                            "running the study write access too; or use a new --out (or --storage)") from None
     if kind == "postgresql":
         given = url
         if url.startswith("postgresql://"):  # the driver that requirements.txt installs, whatever SQLAlchemy's default
@@ -55,8 +59,11 @@ def open_storage(url, study_dir):
 
 def storage_kind(url):
     """``journal``, ``postgresql`` or ``sqlite`` for a ``--storage`` value (None: the study's journal file); one
-    line for any other database, whose claims no lock here could serialise."""
+    line for any other database, whose claims no lock here could serialise, and for a folder given as a journal."""
     if url is None or "://" not in url:
+        if url is not None and os.path.isdir(url):
+            raise UserError(f"--storage {url} is a folder; give the journal file's path, such as --storage "
+                            f"{os.path.join(url, JOURNAL_FILE)}")
         return "journal"
     if url.startswith("postgresql"):
         return "postgresql"

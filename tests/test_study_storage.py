@@ -73,6 +73,33 @@ def test_an_unsupported_storage_is_refused_before_anything_is_written(study_args
     assert not os.path.exists(tmp_path / "out")
 
 
+def test_a_folder_given_as_the_journal_is_refused_naming_a_file_in_it(study_args, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(studies_cli, "load_cifar10", lambda *args: pytest.fail("the data was read (or downloaded)"))
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    expected = f"error: --storage {folder} is a folder; give the journal file's path, such as --storage " \
+               f"{folder / 'journal.log'}\n"
+    assert studies_main(study_args("mlp_activation", "--storage", str(folder))) == 2
+    assert capsys.readouterr().err == expected
+    assert studies_main(["status", "--storage", str(folder), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == expected
+    assert not os.path.exists(tmp_path / "out") and os.listdir(folder) == []
+
+
+def test_a_journal_that_cannot_be_read_gets_one_line(study_args, tmp_path, capsys, monkeypatch):
+    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
+    journal = tmp_path / "out" / "mlp_activation" / "journal.log"
+
+    def unreadable(*args, **kwargs):  # a test run as root reads any file, whatever its mode
+        raise PermissionError(13, "Permission denied", str(journal))
+    monkeypatch.setattr(optuna.storages.journal.JournalFileBackend, "read_logs", unreadable)
+    capsys.readouterr()
+    assert studies_main(["status", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (f"error: cannot read the study's journal {journal} (Permission denied); "
+                                       "reading it needs read access, running the study write access too; or use "
+                                       "a new --out (or --storage)\n")
+
+
 @pytest.mark.parametrize("storage, message", [
     ("postgresql://someone:secret@127.0.0.1:1/studies",
      "--storage postgresql://someone:***@127.0.0.1:1/studies: cannot open the database (connection failed"),
