@@ -187,6 +187,23 @@ def test_cli_compile_flag_compiles_the_model_once(run_args, tmp_path, quick_comp
     assert quick_compile == ["MLP"] and results["args"]["compile"] is True and results["status"] == "completed"
 
 
+def test_compile_on_a_machine_that_cannot_build_kernels_stops_in_one_line_and_leaves_no_folder(run_args, tmp_path,
+                                                                                                monkeypatch, capsys):
+    def backend_without_a_compiler(graph_module, example_inputs):  # as inductor fails without g++ (or Triton)
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore of torch's explanation")
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model: real_compile(model, backend=backend_without_a_compiler))
+    logdir = tmp_path / "new" / "run"
+    capsys.readouterr()
+    assert main.main(run_args("mlp", "--logdir", str(logdir), "--compile")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --compile: torch.compile failed on this machine (RuntimeError: InvalidCxxCompiler: "
+                          "No working C++ compiler found); ")
+    assert err.endswith("it needs a C++ compiler to compile for a CPU, Triton for a GPU: install it, or run without "
+                        "--compile\n") and len(err.splitlines()) == 1
+    assert not logdir.exists() and (tmp_path / "new").is_dir()  # the run made only the folder it was given
+
+
 def test_a_gpu_is_identified_by_its_uuid_and_not_by_an_index_a_batch_system_may_renumber(monkeypatch):
     from types import SimpleNamespace
 

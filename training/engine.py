@@ -131,12 +131,22 @@ def _note_replaced_run(logdir):
 
 
 def _hold_logdir(logdir, held):
-    """Make ``logdir`` if need be and hold it until ``held`` closes; ``LogdirBusy`` if another run holds it."""
+    """Make ``logdir`` if need be and hold it until ``held`` closes; ``LogdirBusy`` if another run holds it. A
+    folder made here is removed when ``held`` closes if it is still empty: a run stopped by a problem found before
+    its first epoch ended (``--compile`` without a compiler) leaves nothing behind."""
+    made = not os.path.isdir(logdir)
     try:
         os.makedirs(logdir, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create --logdir {logdir} ({exc.strerror}); give a writable folder") from None
+    if made:
+        held.callback(_remove_if_empty, logdir)
     held.enter_context(persistence.logdir_held(logdir))
+
+
+def _remove_if_empty(folder):
+    with contextlib.suppress(OSError):  # not empty: the run wrote its results
+        os.rmdir(folder)
 
 
 def fit(args, on_epoch=None, test=True):

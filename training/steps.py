@@ -14,6 +14,7 @@ import torch
 from utils import compute_accuracy, cross_entropy_loss, to_device
 
 from .augmentation import MIX, mix_batch
+from .errors import UserError
 from .optim import set_learning_rate
 
 
@@ -81,6 +82,21 @@ def prepare_batch(dataloader, item, device, memory_format=torch.contiguous_forma
     return images.contiguous(memory_format=memory_format), labels
 
 
+def first_compiled_call(compiled_model, images):
+    """``compiled_model(images)`` the first time, which compiles the model. Where torch.compile cannot build its
+    kernels (no C++ compiler for a CPU's, no Triton for a GPU's: a laptop, a minimal container), the run stops with
+    one line, not torch's traceback of a hundred; it does not go on uncompiled, which would pass eager times off
+    as compiled ones in the benchmarks."""
+    try:
+        return compiled_model(images)
+    except Exception as exc:
+        cause = getattr(exc, "inner_exception", None) or exc  # what the compiler raised, under dynamo's wrapper
+        reason = (str(cause).strip().splitlines() or [""])[0]
+        raise UserError(f"--compile: torch.compile failed on this machine ({type(cause).__name__}: {reason}); it needs "
+                        "a C++ compiler to compile for a CPU, Triton for a GPU: install it, or run without --compile"
+                        ) from None
+
+
 class TrainStep:
     """One eager optimisation step per call, keeping the epoch's loss and accuracy sums on the device."""
 
@@ -133,6 +149,7 @@ class TrainStep:
             return self.model(images)
         if self.compiled_shape is None:
             self.compiled_shape = images.shape
+            return first_compiled_call(self.compiled_model, images)
         return (self.compiled_model if images.shape == self.compiled_shape else self.model)(images)
 
     def _mix_noise(self, dataloader, item):
