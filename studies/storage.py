@@ -40,7 +40,7 @@ def open_storage(url, study_dir):
             raise UserError(f"cannot create the folder of {path} ({exc.strerror}); give a writable --out "
                             "(or --storage)") from None
         _cut_off_a_partial_record(path)
-        backend = optuna.storages.journal.JournalFileBackend(path)
+        backend = optuna.storages.journal.JournalFileBackend(path, lock_obj=journal_lock(path))
         lock = FileLock(os.path.join(os.path.dirname(os.path.abspath(path)), "claims.lock"))
         try:
             return optuna.storages.journal.JournalStorage(backend), lock
@@ -73,13 +73,21 @@ def storage_kind(url):
                     "(several machines) or a sqlite:/// URL")
 
 
+def journal_lock(path):
+    """The lock that every writer of the journal at ``path`` takes: a lock file created exclusively, which every
+    filesystem can make, not Optuna's default symbolic link, which Windows (without developer mode), Google Drive as
+    Colab mounts it, and FAT or SMB drives refuse. Both are ``path.lock``, so a worker of an earlier version that
+    holds the link still keeps this one out."""
+    return optuna.storages.journal.JournalFileOpenLock(path)
+
+
 def _cut_off_a_partial_record(path):
     """A journal whose writer stopped mid-record (a full disk, a crash) ends without a newline; the next record
     appended would join that partial one into a line that no reader can parse. So the partial record is cut off
     and kept beside the journal, under the lock that Optuna's writers hold, so that none is writing meanwhile."""
     if not _ends_mid_record(path):  # the usual case, seen without taking the writers' lock
         return
-    lock = optuna.storages.journal.JournalFileSymlinkLock(path)
+    lock = journal_lock(path)
     lock.acquire()
     try:
         if not _ends_mid_record(path):  # a live writer was finishing its record
@@ -151,8 +159,8 @@ def _database(url, given):
 
 
 class FileLock:
-    """An exclusive lock on a file, for processes on one host: ``flock`` where the system has it (the
-    kernel releases it if its holder dies), else Optuna's lock file (Windows)."""
+    """An exclusive lock on a file, for processes on one host: ``flock`` where the system and the filesystem have it
+    (the kernel releases it if its holder dies), else Optuna's lock file (Windows, Lustre without flock)."""
 
     def __init__(self, path, portable=None):
         """
@@ -165,20 +173,30 @@ class FileLock:
 
     @contextlib.contextmanager
     def hold(self, key):
-        if self.portable:
-            lock = optuna.storages.journal.JournalFileOpenLock(self.path)
-            lock.acquire()
-            try:
-                yield
-            finally:
-                lock.release()
-            return
-        with open(self.path, "a") as f:
+        if not self.portable:
+            with open(self.path, "a") as f:
+                if self._flock(f):
+                    try:
+                        yield
+                    finally:
+                        fcntl.flock(f, fcntl.LOCK_UN)
+                    return
+        lock = optuna.storages.journal.JournalFileOpenLock(self.path)
+        lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _flock(self, f):
+        """Take ``flock`` on ``f``; on a filesystem without it (Lustre mounted without it, some FUSE ones), False,
+        and the lock file from then on, as every process on that filesystem does."""
+        try:
             fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+            return True
+        except OSError:
+            self.portable = True
+            return False
 
 
 class PostgresLock:

@@ -284,12 +284,63 @@ def test_concurrent_workers_claim_each_grid_job_exactly_once(tmp_path):
     run_claimers(None, "grid", str(tmp_path / "study"))
 
 
-@pytest.mark.parametrize("portable", [False, True], ids=["flock", "lock-file"])
-def test_the_claims_lock_excludes_other_holders(tmp_path, portable):
+def _refuse_flock(monkeypatch):
+    """As a filesystem without flock does (Lustre mounted without it, some FUSE ones)."""
+    import errno
+    import types
+
+    from studies import storage
+
+    def flock(f, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+    monkeypatch.setattr(storage, "fcntl", types.SimpleNamespace(flock=flock, LOCK_EX=2, LOCK_NB=4, LOCK_UN=8))
+
+
+def _refuse_symlinks(monkeypatch):
+    """As Windows without developer mode, Google Drive mounted in Colab, and FAT or SMB drives do."""
+    import errno
+
+    def symlink(*args, **kwargs):
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+    monkeypatch.setattr(os, "symlink", symlink)
+
+
+@pytest.mark.parametrize("refused", [_refuse_symlinks, _refuse_flock], ids=["no symlinks", "no flock"])
+def test_a_study_runs_on_a_filesystem_that_refuses_symlinks_or_flock(refused, study_args, tmp_path, monkeypatch):
+    refused(monkeypatch)
+    assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh")) == 0
+    assert jobs_of(load_study(str(tmp_path / "out"), "mlp_activation")) == {
+        "activation-relu_seed-42": [TrialState.COMPLETE], "activation-tanh_seed-42": [TrialState.COMPLETE]}
+
+
+def test_the_journal_lock_waits_for_a_link_that_an_earlier_version_holds(tmp_path):
+    import threading
+
+    from studies.storage import journal_lock
+
+    journal = str(tmp_path / "journal.log")
+    open(journal, "w").close()
+    os.symlink(journal, journal + ".lock")  # Optuna's default lock, which this package's earlier versions took
+    lock = journal_lock(journal)
+    waiter = threading.Thread(target=lock.acquire)
+    waiter.start()
+    time.sleep(0.3)
+    assert waiter.is_alive()
+    os.unlink(journal + ".lock")
+    waiter.join(timeout=10)
+    assert not waiter.is_alive() and os.path.isfile(journal + ".lock")
+    lock.release()
+
+
+@pytest.mark.parametrize("portable, flock_refused", [(False, False), (True, False), (False, True)],
+                         ids=["flock", "lock-file", "lock-file where flock is refused"])
+def test_the_claims_lock_excludes_other_holders(tmp_path, portable, flock_refused, monkeypatch):
     import threading
 
     from studies.storage import FileLock
 
+    if flock_refused:
+        _refuse_flock(monkeypatch)
     inside, overlaps = [], []
 
     def hold_repeatedly():
