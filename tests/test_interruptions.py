@@ -201,6 +201,18 @@ def test_a_disk_that_fills_up_mid_run_gets_one_line_and_keeps_the_last_epoch(fai
     assert not [name for name in os.listdir(logdir) if name.startswith(".tmp")]
 
 
+def test_a_filesystem_that_refuses_to_change_modes_still_gets_every_file(run_args, tmp_path, monkeypatch):
+    import errno
+
+    def refuse(*args, **kwargs):  # as FUSE mounts of S3 or of Google Drive may
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+    monkeypatch.setattr(os, "chmod", refuse)
+    logdir = tmp_path / "run"
+    assert main.main(run_args("mlp", "--logdir", str(logdir), epochs=1)) == 0
+    assert read_results(logdir)["status"] == "completed" and (logdir / "checkpoint.pt").is_file()
+    assert not [name for name in os.listdir(logdir) if name.startswith(".tmp")]
+
+
 @pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])  # Ctrl-C; a batch system's or a notebook host's stop
 def test_a_real_stop_signal_leaves_valid_results(stop, fake_data_dir, tiny_configs, tmp_path):
     logdir = tmp_path / "run"

@@ -74,7 +74,8 @@ def atomic_write(path, write):
         except OSError as exc:
             raise _cannot_write(path, exc) from None
         try:
-            os.chmod(tmp, mode)
+            with contextlib.suppress(OSError):  # a filesystem that keeps modes to itself (FUSE mounts of S3, Drive)
+                os.chmod(tmp, mode)
             with os.fdopen(fd, "wb") as f:
                 write(f)
                 f.flush()
