@@ -5,6 +5,8 @@
 import os
 import sys
 
+import torch
+
 from config import get_config_parser
 from training.engine import evaluate, fit, train
 from training.errors import UserError, set_up_command_line
@@ -25,6 +27,11 @@ def main(argv=None):
     except KeyboardInterrupt:  # before the first epoch or while visualising (fit handles one in training and testing)
         print("\ninterrupted", file=sys.stderr)
         return EXIT_CODES["interrupted"]
+    except torch.cuda.OutOfMemoryError as exc:  # a batch too large for this GPU: the user's to change
+        what = ". ".join(str(exc).split(". ")[:3])  # how much it asked for and had; then torch's tuning advice
+        print(f"error: {what}; start again with a smaller --batch_size (training) or --eval_batch_size (validation "
+              "and test), or a smaller model config", file=sys.stderr)
+        return 2
     if results["status"] == "interrupted" and args.logdir:  # said here: a study or a tool resumes its own way
         if not os.path.isfile(os.path.join(args.logdir, CHECKPOINT_FILE)):  # stopped in its first epoch
             print("nothing to resume: rerun with the same flags, without --resume, to start again", file=sys.stderr)

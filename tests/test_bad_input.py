@@ -170,6 +170,25 @@ def test_unwritable_logdir_gets_one_clear_line(run_args, tmp_path, capsys):
     assert err.startswith(f"error: cannot create --logdir {tmp_path / 'a_file' / 'run'} (Not a directory)")
 
 
+def test_a_batch_too_large_for_the_gpu_gets_one_line_with_the_sizes_to_lower(run_args, tmp_path, capsys, monkeypatch):
+    from training.steps import TrainStep
+
+    def out_of_memory(*args, **kwargs):  # the first sentences of torch's message, then its advice on fragmentation
+        raise torch.cuda.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 3.81 GiB of which 1.10 GiB "
+            "is free. Process 7 has 2.70 GiB memory in use. If reserved but unallocated memory is large try setting "
+            "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.")
+    monkeypatch.setattr(TrainStep, "compute", out_of_memory)
+    logdir = tmp_path / "run"
+    capsys.readouterr()
+    assert main.main(run_args("mlp", "--logdir", str(logdir), epochs=1)) == 2
+    assert capsys.readouterr().err == (
+        "error: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 3.81 GiB of which 1.10 "
+        "GiB is free; start again with a smaller --batch_size (training) or --eval_batch_size (validation and test), "
+        "or a smaller model config\n")
+    assert not logdir.exists()  # nothing was written, and the folder the run made is gone
+
+
 def test_resume_refuses_missing_or_different_checkpoint(run_args, tmp_path, capsys, monkeypatch):
     logdir = str(tmp_path / "run")
     import torchvision.datasets.utils as tv_utils
