@@ -89,6 +89,8 @@ def first_compiled_call(compiled_model, images):
     as compiled ones in the benchmarks."""
     try:
         return compiled_model(images)
+    except torch.cuda.OutOfMemoryError:  # the batch, not the compiler: said as in an uncompiled run
+        raise
     except Exception as exc:
         cause = getattr(exc, "inner_exception", None) or exc  # what the compiler raised, under dynamo's wrapper
         reason = (str(cause).strip().splitlines() or [""])[0]
