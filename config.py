@@ -7,7 +7,7 @@ import re
 import torch
 
 from training.augmentation import AUGMENTATIONS, MIXES
-from training.errors import CommandLineParser
+from training.errors import CommandLineParser, path_flag
 from training.optim import SCHEDULES
 
 
@@ -35,7 +35,7 @@ def get_config_parser():
     template.add_argument("--batch_size", type=int, default=128, help="batch size for training.")
     template.add_argument("--model", type=str, default="mlp", choices=["mlp", "resnet18", "mlpmixer"],
                           help="name of the model to run.")
-    template.add_argument("--model_config", type=str, default="./model_configs/mlp.json",
+    template.add_argument("--model_config", type=path_flag, default="./model_configs/mlp.json",
                           help="path to the model configuration (a JSON file).")
     template.add_argument("--epochs", type=int, default=15, help="number of epochs for training.")
     template.add_argument("--optimizer", type=str, default="adamw", choices=["sgd", "momentum", "adam", "adamw"],
@@ -43,7 +43,7 @@ def get_config_parser():
     template.add_argument("--lr", type=float, default=1e-3, help="learning rate for the optimizer.")
     template.add_argument("--momentum", type=float, default=0.9, help="momentum for --optimizer momentum, in [0, 1).")
     template.add_argument("--weight_decay", type=float, default=5e-4, help="weight decay (not used by adam).")
-    template.add_argument("--logdir", type=str, default=None,
+    template.add_argument("--logdir", type=path_flag, default=None,
                           help="folder for results.json, the checkpoint and visualisations; none are written "
                                "without it.")
     template.add_argument("--seed", type=int, default=42, help="seed of every random choice: split, init, batches.")
@@ -56,7 +56,7 @@ def get_config_parser():
                                "(resnet18 and mlpmixer).")
 
     runner = parser.add_argument_group("runner flags (beyond the template)")
-    runner.add_argument("--data_dir", type=str, default=DATA_DIR, help=DATA_DIR_HELP)
+    runner.add_argument("--data_dir", type=path_flag, default=DATA_DIR, help=DATA_DIR_HELP)
     runner.add_argument("--pipeline", type=str, default="tensor", choices=["tensor", "torchvision"],
                         help="tensor: the data set as one uint8 tensor on the training device, batched "
                              "augmentation; torchvision: the template's DataLoader with PIL transforms.")

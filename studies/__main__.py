@@ -19,7 +19,7 @@ import optuna
 from config import MAX_SEED, HelpFormatter, check_args, get_config_parser, given_flags
 from training.cifar10 import check_valid_size, load_cifar10
 from training.devices import auto_precision, precision_hint
-from training.errors import CommandLineParser, UserError, set_up_command_line
+from training.errors import CommandLineParser, UserError, path_flag, set_up_command_line
 from training.models import SCHEMAS, SHIPPED_CONFIG_DIR, load_model_config, validate_model_config
 
 from .console import say
@@ -46,7 +46,7 @@ def _parser():
     run = commands.add_parser("run", help="run (or resume) a study; other flags go to every run, as main.py's",
                               formatter_class=HelpFormatter, allow_abbrev=False)
     run.add_argument("name", choices=[*STUDIES, "all"], help="the study; all: every study, then the report")
-    run.add_argument("--out", default="runs", help="output folder: one subfolder per study")
+    run.add_argument("--out", type=path_flag, default="runs", help="output folder: one subfolder per study")
     run.add_argument("--workers", type=int, default=1,
                      help="worker processes on this host (spread over the GPUs when there are several)")
     run.add_argument("--seeds", type=int, default=1,
@@ -58,17 +58,18 @@ def _parser():
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="hold a model-config key at VALUE (JSON), e.g. embed_dim=256; main.py settings are "
                           "held by giving their flags")
-    run.add_argument("--storage", help="Optuna storage: default a journal file in the study's folder (one "
-                                       "host); postgresql://user:password@host/db for workers on several machines")
+    run.add_argument("--storage", type=path_flag,
+                     help="Optuna storage: default a journal file in the study's folder (one host); "
+                          "postgresql://user:password@host/db for workers on several machines")
     run.add_argument("--retry_failed", action="store_true", help="run again the runs that raised an error")
     report = commands.add_parser("report", help="build report.md and report.pdf from the studies' logs",
                                  formatter_class=HelpFormatter, allow_abbrev=False)
-    report.add_argument("--out", default="runs", help="the folder that holds the studies")
-    report.add_argument("--report_dir", help="where to write the report (default: OUT/report)")
+    report.add_argument("--out", type=path_flag, default="runs", help="the folder that holds the studies")
+    report.add_argument("--report_dir", type=path_flag, help="where to write the report (default: OUT/report)")
     status = commands.add_parser("status", help="each study's runs by outcome, and where and how far each running "
                                                 "run is", formatter_class=HelpFormatter, allow_abbrev=False)
-    status.add_argument("--out", default="runs", help="the folder that holds the studies")
-    status.add_argument("--storage", help="the studies' database URL, if they run with one")
+    status.add_argument("--out", type=path_flag, default="runs", help="the folder that holds the studies")
+    status.add_argument("--storage", type=path_flag, help="the studies' database URL, if they run with one")
     return parser
 
 

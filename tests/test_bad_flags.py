@@ -183,3 +183,35 @@ def test_every_numeric_flag_of_main_py_takes_a_number_of_its_defaults_kind_and_r
         get_config_parser().parse_args([action.option_strings[0], "ten"])
     assert exited.value.code == 2 and f"argument {action.option_strings[0]}: invalid {action.type.__name__} value: " \
         "'ten'" in capsys.readouterr().err
+
+
+PATH_FLAGS = {"main.py": ["--model_config", "--logdir", "--data_dir"], "studies run": ["--out", "--storage"],
+              "studies report": ["--out", "--report_dir"], "studies status": ["--out", "--storage"],
+              "tools.benchmark": ["--data_dir"], "tools.check_targets": ["--data_dir"],
+              "tools.gpu_check": ["--data_dir"],
+              "tools.layout_benchmark": ["--data_dir"], "tools.time_studies": ["--data_dir", "--out"],
+              "training.fake_data": ["root"]}
+
+
+@pytest.mark.parametrize("command, parser", list(_parsers()), ids=lambda value: value if isinstance(value, str) else "")
+def test_every_path_flag_refuses_an_empty_value_in_one_line(command, parser, capsys):
+    """``--logdir "$RUN"`` with ``RUN`` unset would train without saving anything; ``--out ""`` would write the
+    studies into the current folder."""
+    from training.errors import path_flag
+
+    paths = [action for action in parser._actions if action.type is path_flag]
+    assert [action.option_strings[0] if action.option_strings else action.dest
+            for action in paths] == PATH_FLAGS.get(command, [])
+    positionals = {"studies run": ["mlp_activation"], "training.fake_data": ["folder"]}.get(command, [])
+    for action in paths:
+        if action.option_strings:
+            given = [*positionals, f"{action.option_strings[0]}="]
+        else:  # the positional itself
+            given = [*positionals[:-1], ""]
+        with pytest.raises(SystemExit) as exited:
+            parser.parse_args(given)
+        err = capsys.readouterr().err
+        name = action.option_strings[0] if action.option_strings else action.dest
+        assert exited.value.code == 2 and len(err.splitlines()) == 1
+        assert err.startswith(f"error: argument {name}: empty (is the shell variable meant to give it unset?); give a "
+                              "path; see ")

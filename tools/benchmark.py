@@ -22,7 +22,7 @@ import torch
 
 from config import DATA_DIR, DATA_DIR_HELP, HelpFormatter, get_config_parser
 from tools import fit_or_stop, run_cli
-from training.errors import CommandLineParser, UserError
+from training.errors import CommandLineParser, UserError, path_flag
 
 ROWS = {
     "template": ["--pipeline", "torchvision", "--precision", "fp32", "--channels_last", "off", "--cuda_graph", "off"],
@@ -87,7 +87,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch_size", type=int, default=128, help="training batch size of every row")
     parser.add_argument("--num_workers", type=int, default=runner.get_default("num_workers"),
                         help="DataLoader workers of the template pipeline")
-    parser.add_argument("--data_dir", default=DATA_DIR, help=DATA_DIR_HELP)
+    parser.add_argument("--data_dir", type=path_flag, default=DATA_DIR, help=DATA_DIR_HELP)
     parser.add_argument("--valid_size", type=int, default=runner.get_default("valid_size"),
                         help="training images held out for validation")
     parser.add_argument("--repeats", type=int, default=2, help="measure every row this many times, keep the fastest")

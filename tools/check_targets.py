@@ -26,7 +26,7 @@ import torch
 
 from config import DATA_DIR, DATA_DIR_HELP, MAX_SEED, HelpFormatter, get_config_parser, given_flags
 from tools import fit_or_stop, run_cli
-from training.errors import CommandLineParser, UserError
+from training.errors import CommandLineParser, UserError, path_flag
 
 RECIPES = {
     "resnet18": {
@@ -107,7 +107,7 @@ def parse_args(argv=None):
     wrong one stops the script before a first training run)."""
     parser = CommandLineParser(prog="python -m tools.check_targets", description=__doc__,
                                formatter_class=HelpFormatter, allow_abbrev=False)
-    parser.add_argument("--data_dir", default=DATA_DIR, help=DATA_DIR_HELP)
+    parser.add_argument("--data_dir", type=path_flag, default=DATA_DIR, help=DATA_DIR_HELP)
     parser.add_argument("--models", nargs="+", choices=sorted(RECIPES), default=sorted(RECIPES, reverse=True),
                         help="the models whose recipes are trained and judged against their targets")
     parser.add_argument("--seeds", type=int, default=1,

@@ -34,7 +34,7 @@ from tools import fit_or_stop, run_cli
 from tools.benchmark import measure, print_table
 from training import steps as steps_module
 from training.cifar10 import load_cifar10, split_train_valid
-from training.errors import CommandLineParser, UserError
+from training.errors import CommandLineParser, UserError, path_flag
 from training.fake_data import write_fake_cifar10
 from training.models import build_model, load_model_config
 from training.optim import LRSchedule, build_optimizer
@@ -291,7 +291,7 @@ def parse_args(argv=None):
     runner = get_config_parser()  # the defaults of main.py, which every row trains with
     parser = CommandLineParser(prog="python -m tools.gpu_check", description=__doc__,
                                formatter_class=HelpFormatter)
-    parser.add_argument("--data_dir", default=DATA_DIR, help=DATA_DIR_HELP)
+    parser.add_argument("--data_dir", type=path_flag, default=DATA_DIR, help=DATA_DIR_HELP)
     parser.add_argument("--sections", default="tracking,benchmark,parity",
                         help=f"comma-separated sections to run, of {', '.join(SECTIONS)}")
     parser.add_argument("--steps", type=int, default=50, help="tracking: training losses compared per trace")

@@ -19,7 +19,7 @@ from tools import run_cli
 from tools.gpu_check import MODELS, make_step
 from training.cifar10 import load_cifar10
 from training.devices import describe_device
-from training.errors import CommandLineParser, UserError
+from training.errors import CommandLineParser, UserError, path_flag
 from training.pipelines import TensorBatches
 
 LAYOUTS = (("contiguous", False), ("channels_last", True))
@@ -50,7 +50,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch_size", type=int, default=128, help="training batch size")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per layout")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per layout before them")
-    parser.add_argument("--data_dir", default=DATA_DIR, help=DATA_DIR_HELP)
+    parser.add_argument("--data_dir", type=path_flag, default=DATA_DIR, help=DATA_DIR_HELP)
     return parser.parse_args(argv)
 
 

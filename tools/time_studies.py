@@ -24,7 +24,7 @@ from config import DATA_DIR, DATA_DIR_HELP, HelpFormatter
 from studies.__main__ import main as studies_main
 from studies.report import load_runs
 from tools import run_cli
-from training.errors import CommandLineParser, UserError
+from training.errors import CommandLineParser, UserError, path_flag
 
 GRID_STUDIES = ("mlp_activation", "resnet18_lr", "mlpmixer_patch")
 
@@ -53,8 +53,8 @@ def _dry_run_flags(folder):
 def parse_args(argv=None):
     parser = CommandLineParser(prog="python -m tools.time_studies", description=__doc__,
                                formatter_class=HelpFormatter)
-    parser.add_argument("--data_dir", default=DATA_DIR, help=DATA_DIR_HELP)
-    parser.add_argument("--out", help="output folder (default: a new temporary folder); must not exist")
+    parser.add_argument("--data_dir", type=path_flag, default=DATA_DIR, help=DATA_DIR_HELP)
+    parser.add_argument("--out", type=path_flag, help="output folder (default: a new temporary folder); must not exist")
     parser.add_argument("--workers", type=int, default=1, help="worker processes per study (they share the GPU)")
     parser.add_argument("--dry_run", action="store_true", help="CPU, fake data, tiny models, 1 epoch")
     cli = parser.parse_args(argv)

@@ -29,6 +29,14 @@ class CommandLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}; see {self.help_command or self.prog + ' --help'}\n")
 
 
+def path_flag(text):
+    """A path flag's value, refused when empty: ``--logdir "$RUN"`` with ``RUN`` unset would train without saving
+    anything, and ``--out "$OUT"`` would write into the current folder."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty (is the shell variable meant to give it unset?); give a path")
+    return text
+
+
 def _raise_interrupt(signum, frame):
     # a second SIGTERM (a batch system signals every process of a job, a study's launcher passes its own on
     # to its workers) must not cut short the saving that the first one started

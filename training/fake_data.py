@@ -19,7 +19,7 @@ import tempfile
 import numpy as np
 
 from .cifar10 import FOLDER, NUM_CLASSES, TEST_FILE, TRAIN_FILES
-from .errors import CommandLineParser, UserError
+from .errors import CommandLineParser, UserError, path_flag
 
 
 def fake_images(count, seed):
@@ -134,7 +134,7 @@ def parse_args(argv=None):
     parser = CommandLineParser(prog="python -m training.fake_data",
                                description="Write a small fake CIFAR-10 in the real on-disk format.",
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("root", help="the folder that gets cifar-10-batches-py/ (use it as --data_dir)")
+    parser.add_argument("root", type=path_flag, help="the folder that gets cifar-10-batches-py/ (use it as --data_dir)")
     parser.add_argument("--train_per_batch", type=int, default=100,
                         help="images in each of the 5 training batch files")
     parser.add_argument("--test", type=int, default=100, help="images in the test batch file")
