@@ -194,9 +194,9 @@ PATH_FLAGS = {"main.py": ["--model_config", "--logdir", "--data_dir"], "studies 
 
 
 @pytest.mark.parametrize("command, parser", list(_parsers()), ids=lambda value: value if isinstance(value, str) else "")
-def test_every_path_flag_refuses_an_empty_value_in_one_line(command, parser, capsys):
+def test_every_path_flag_refuses_an_empty_value_in_one_line_and_expands_a_home_folder(command, parser, capsys):
     """``--logdir "$RUN"`` with ``RUN`` unset would train without saving anything; ``--out ""`` would write the
-    studies into the current folder."""
+    studies into the current folder; ``~/runs`` from a notebook's argument list would make a folder named ``~``."""
     from training.errors import path_flag
 
     paths = [action for action in parser._actions if action.type is path_flag]
@@ -215,3 +215,5 @@ def test_every_path_flag_refuses_an_empty_value_in_one_line(command, parser, cap
         assert exited.value.code == 2 and len(err.splitlines()) == 1
         assert err.startswith(f"error: argument {name}: empty (is the shell variable meant to give it unset?); give a "
                               "path; see ")
+        home = given[:-1] + [given[-1] + "~/runs" if action.option_strings else "~/runs"]
+        assert getattr(parser.parse_args(home), action.dest) == os.path.join(os.path.expanduser("~"), "runs")

@@ -1,5 +1,6 @@
 """What a user causes and the runner answers in one line: a bad input, a warning, or a stop."""
 import argparse
+import os
 import signal
 import warnings
 
@@ -31,10 +32,11 @@ class CommandLineParser(argparse.ArgumentParser):
 
 def path_flag(text):
     """A path flag's value, refused when empty: ``--logdir "$RUN"`` with ``RUN`` unset would train without saving
-    anything, and ``--out "$OUT"`` would write into the current folder."""
+    anything, and ``--out "$OUT"`` would write into the current folder. A leading ``~`` is the home folder, as a
+    shell would make it where none does (a notebook's argument list, a quoted path), not a folder named ``~``."""
     if not text:
         raise argparse.ArgumentTypeError("empty (is the shell variable meant to give it unset?); give a path")
-    return text
+    return os.path.expanduser(text)
 
 
 def _raise_interrupt(signum, frame):
