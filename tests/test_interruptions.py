@@ -1,5 +1,6 @@
 """main.py interrupted and resumed, on tiny fake data: checkpoints, resume equivalence, Ctrl-C and SIGTERM at each
 stage, a disk that fills up, and the files' modes. Training and results.json are in test_runner.py."""
+import errno
 import os
 import signal
 import socket
@@ -173,27 +174,51 @@ def test_results_and_checkpoint_get_the_mode_a_plain_open_gives(umask, mode, fak
         assert (logdir / name).stat().st_mode & 0o777 == mode, name
 
 
+class _FillingUp:
+    """A file on a disk that has ``room`` bytes left: the write that passes it fails, as the kernel's would."""
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def write(self, data):
+        self.room -= len(data)
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.f.write(data)
+
+
 @pytest.mark.parametrize("failing, error", [
-    ("fsync", "No space left on device"),  # the data does not fit
+    ("write", "No space left on device"),  # the checkpoint does not fit (torch.save reports it as a RuntimeError)
+    ("fsync", "No space left on device"),  # the data does not fit, found when it is flushed
     ("mkstemp", "Disk quota exceeded"),  # not even a new file does
 ])
 def test_a_disk_that_fills_up_mid_run_gets_one_line_and_keeps_the_last_epoch(failing, error, run_args, tmp_path,
                                                                              monkeypatch, capsys):
-    import errno
-
     from training import persistence
 
     logdir = tmp_path / "run"
     assert main.main(run_args("mlp", "--logdir", str(logdir), epochs=1)) == 0
-    module = persistence.os if failing == "fsync" else persistence.tempfile
-    real, calls = getattr(module, failing), []
+    module, name = {"write": (persistence.os, "fdopen"), "fsync": (persistence.os, "fsync"),
+                    "mkstemp": (persistence.tempfile, "mkstemp")}[failing]
+    real, calls = getattr(module, name), []
 
     def until_full(*args, **kwargs):
         calls.append(args)
-        if len(calls) > 2:  # epoch 1's checkpoint and results.json fit, then the disk is full
-            raise OSError(errno.ENOSPC if failing == "fsync" else errno.EDQUOT, error)
-        return real(*args, **kwargs)
-    monkeypatch.setattr(module, failing, until_full)
+        if len(calls) <= 2:  # epoch 1's checkpoint and results.json fit, then the disk is full
+            return real(*args, **kwargs)
+        if failing == "write":
+            return _FillingUp(real(*args, **kwargs), room=4096)
+        raise OSError(errno.ENOSPC if failing == "fsync" else errno.EDQUOT, error)
+    monkeypatch.setattr(module, name, until_full)
     assert main.main(run_args("mlp", "--logdir", str(logdir), epochs=3)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"error: cannot write {logdir / 'checkpoint.pt'} ({error}); make room")
@@ -201,9 +226,27 @@ def test_a_disk_that_fills_up_mid_run_gets_one_line_and_keeps_the_last_epoch(fai
     assert not [name for name in os.listdir(logdir) if name.startswith(".tmp")]
 
 
-def test_a_filesystem_that_refuses_to_change_modes_still_gets_every_file(run_args, tmp_path, monkeypatch):
-    import errno
+def test_a_disk_full_when_the_visualisation_is_drawn_gets_one_line_and_resume_draws_it(run_args, tmp_path, monkeypatch,
+                                                                                       capsys):
+    from matplotlib.figure import Figure
 
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(Figure, "savefig", full)
+    logdir = tmp_path / "run"
+    flags = run_args("mlpmixer", "--logdir", str(logdir), "--visualize", epochs=1)
+    assert main.main(flags) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: --visualize: cannot write into {logdir} (No space left on device); make room on that disk (or under "
+        "your quota), then rerun with the same flags and --resume: it tests the completed run again and writes the "
+        "visualisation")
+    assert read_results(logdir)["status"] == "completed"
+    monkeypatch.undo()
+    assert main.main(flags + ["--resume"]) == 0
+    assert "mlpmixer_token_mixing.png" in os.listdir(logdir) and read_results(logdir)["status"] == "completed"
+
+
+def test_a_filesystem_that_refuses_to_change_modes_still_gets_every_file(run_args, tmp_path, monkeypatch):
     def refuse(*args, **kwargs):  # as FUSE mounts of S3 or of Google Drive may
         raise PermissionError(errno.EPERM, "Operation not permitted")
     monkeypatch.setattr(os, "chmod", refuse)

@@ -306,8 +306,18 @@ def _fit(args, on_epoch, test, held):
         print(f"best validation accuracy {results.get('best_valid_acc', float('nan')):.4f} "
               f"(epoch {results.get('best_epoch')}); {tested}")
         if args.visualize and hasattr(model, "visualize"):
-            for path in model.visualize(args.logdir) or []:
+            for path in _visualize(model, args.logdir):
                 print(f"wrote {path}")
     else:
         record(status)
     return results
+
+
+def _visualize(model, logdir):
+    """The files of ``model``'s visualisation, written into ``logdir`` after its run completed."""
+    try:
+        return model.visualize(logdir) or []
+    except OSError as exc:  # a full disk, a quota: results.json already holds the completed run
+        raise UserError(f"--visualize: cannot write into {logdir} ({exc.strerror or exc}); make room on that disk "
+                        "(or under your quota), then rerun with the same flags and --resume: it tests the completed "
+                        "run again and writes the visualisation") from None

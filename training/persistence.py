@@ -83,9 +83,20 @@ def atomic_write(path, write):
             os.replace(tmp, path)
         except BaseException as exc:
             os.unlink(tmp)
-            if isinstance(exc, OSError):  # a full disk, a quota, a folder made read-only meanwhile
-                raise _cannot_write(path, exc) from None
+            failed_write = _failed_write(exc)
+            if failed_write is not None:  # a full disk, a quota, a folder made read-only meanwhile
+                raise _cannot_write(path, failed_write) from None
             raise
+
+
+def _failed_write(exc):
+    """The ``OSError`` that ``exc`` is, or that was being handled when it was raised: ``torch.save`` reports a
+    write that its zip writer could not make (a full disk) as a ``RuntimeError`` raised while handling it."""
+    while isinstance(exc, Exception):
+        if isinstance(exc, OSError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 @contextlib.contextmanager
