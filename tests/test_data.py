@@ -1,4 +1,5 @@
 """The CIFAR-10 reader, the fetch step and the split, on fake data in the real on-disk format."""
+import errno
 import io
 import os
 import pickle
@@ -312,6 +313,26 @@ def test_damaged_archive_gives_a_clear_error_and_stays(tmp_path):
     with pytest.raises(UserError, match="could not extract"):
         load_cifar10(str(tmp_path), download=False)
     assert os.listdir(tmp_path) == [cifar10.ARCHIVE]
+
+
+def test_a_disk_that_fills_up_while_the_archive_is_extracted_is_named_and_the_archive_stays(tmp_path, fake_archive,
+                                                                                         monkeypatch):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    shutil.copy(fake_archive, data_dir / cifar10.ARCHIVE)
+    real_copy = tarfile.copyfileobj
+
+    def copy_until_full(source, destination, length=None, *args, **kwargs):
+        real_copy(source, destination, length // 2, *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(tarfile, "copyfileobj", copy_until_full)
+    with pytest.raises(UserError) as error:
+        load_cifar10(str(data_dir), download=False)
+    assert str(error.value) == (
+        f"cannot extract {data_dir / cifar10.ARCHIVE} into {data_dir} (No space left on device); CIFAR-10 takes 186 MB "
+        "there: make room on that disk, or move the archive to a folder on a disk with room and pass that folder as "
+        "--data_dir")
+    assert os.listdir(data_dir) == [cifar10.ARCHIVE]
 
 
 def test_data_dir_that_is_a_file_or_unwritable_is_refused(tmp_path):
