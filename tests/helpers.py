@@ -1,5 +1,6 @@
 """Helpers of the tests: the backend on which they compile, reading a run's results.json strictly, reading a
-study back, workers that claim jobs without training, and a standard output that keeps only what was flushed."""
+study back, workers that claim jobs without training, a standard output that keeps only what was flushed, and a
+process whose writes the kernel refuses."""
 import io
 import json
 import multiprocessing
@@ -25,6 +26,16 @@ def read_results(logdir):
     """A run's results.json, failing on the non-strict constants (NaN, Infinity) that JSON does not allow."""
     with open(os.path.join(logdir, "results.json")) as f:
         return json.loads(f.read(), parse_constant=lambda name: pytest.fail(f"non-strict JSON constant {name}"))
+
+
+def with_file_size_limit(script, limit):
+    """The Python ``script``, run after telling the kernel to refuse any write that would make a regular file
+    larger than ``limit`` bytes (``EFBIG``): a write that fails in the kernel, as on a full disk, whoever makes it
+    (a buffered file's flush, torch's zip writer); meant for a child process, whose limit ends with it."""
+    return ("import resource, signal\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"  # a failed write, not a killed process
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+            + script)
 
 
 def load_study(out, name):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import main
-from helpers import ROOT, read_results
+from helpers import ROOT, read_results, with_file_size_limit
 from training import engine
 
 METRICS = ("train_losses", "valid_losses", "train_accs", "valid_accs", "test_loss", "test_acc", "status",
@@ -174,30 +174,7 @@ def test_results_and_checkpoint_get_the_mode_a_plain_open_gives(umask, mode, fak
         assert (logdir / name).stat().st_mode & 0o777 == mode, name
 
 
-class _FillingUp:
-    """A file on a disk that has ``room`` bytes left: the write that passes it fails, as the kernel's would."""
-
-    def __init__(self, f, room):
-        self.f, self.room = f, room
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
-
-    def write(self, data):
-        self.room -= len(data)
-        if self.room < 0:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return self.f.write(data)
-
-
 @pytest.mark.parametrize("failing, error", [
-    ("write", "No space left on device"),  # the checkpoint does not fit (torch.save reports it as a RuntimeError)
     ("fsync", "No space left on device"),  # the data does not fit, found when it is flushed
     ("mkstemp", "Disk quota exceeded"),  # not even a new file does
 ])
@@ -207,23 +184,33 @@ def test_a_disk_that_fills_up_mid_run_gets_one_line_and_keeps_the_last_epoch(fai
 
     logdir = tmp_path / "run"
     assert main.main(run_args("mlp", "--logdir", str(logdir), epochs=1)) == 0
-    module, name = {"write": (persistence.os, "fdopen"), "fsync": (persistence.os, "fsync"),
-                    "mkstemp": (persistence.tempfile, "mkstemp")}[failing]
-    real, calls = getattr(module, name), []
+    module = persistence.os if failing == "fsync" else persistence.tempfile
+    real, calls = getattr(module, failing), []
 
     def until_full(*args, **kwargs):
         calls.append(args)
-        if len(calls) <= 2:  # epoch 1's checkpoint and results.json fit, then the disk is full
-            return real(*args, **kwargs)
-        if failing == "write":
-            return _FillingUp(real(*args, **kwargs), room=4096)
-        raise OSError(errno.ENOSPC if failing == "fsync" else errno.EDQUOT, error)
-    monkeypatch.setattr(module, name, until_full)
+        if len(calls) > 2:  # epoch 1's checkpoint and results.json fit, then the disk is full
+            raise OSError(errno.ENOSPC if failing == "fsync" else errno.EDQUOT, error)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(module, failing, until_full)
     assert main.main(run_args("mlp", "--logdir", str(logdir), epochs=3)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"error: cannot write {logdir / 'checkpoint.pt'} ({error}); make room")
     assert read_results(logdir)["epochs_completed"] == 1
     assert not [name for name in os.listdir(logdir) if name.startswith(".tmp")]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the kernel's file size limit is POSIX")
+def test_a_checkpoint_that_the_kernel_refuses_to_write_gets_one_line_and_leaves_nothing(run_args, tmp_path):
+    """torch.save reports a write that its zip writer could not make as a RuntimeError raised while handling it."""
+    logdir = tmp_path / "run"
+    script = f"import sys, main; sys.exit(main.main({run_args('mlp', '--logdir', str(logdir), epochs=2)!r}))"
+    run = subprocess.run([sys.executable, "-c", with_file_size_limit(script, 65536)], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith(
+        f"error: cannot write {logdir / 'checkpoint.pt'} (File too large); make room")
+    assert not logdir.exists()  # the run made it, and nothing could be kept in it
 
 
 def test_a_disk_full_when_the_visualisation_is_drawn_gets_one_line_and_resume_draws_it(run_args, tmp_path, monkeypatch,

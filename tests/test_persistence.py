@@ -4,10 +4,14 @@ Whole runs that write, fill a disk or are refused are in test_interruptions.py a
 import errno
 import os
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
 
 import pytest
 
+from helpers import ROOT, with_file_size_limit
 from training import persistence
 from training.errors import UserError
 
@@ -56,36 +60,32 @@ def test_without_flock_a_logdir_is_written_unheld_and_no_lock_file_is_made(tmp_p
 
 
 @pytest.mark.skipif(os.name != "posix", reason="runs hold their --logdir with flock, which Windows lacks")
-@pytest.mark.parametrize("failing", ["open", "write"])
-def test_a_lock_file_that_cannot_be_made_or_written_gets_one_line(failing, tmp_path, monkeypatch):
-    real_open = open
-
-    class Unwritable:
-        """A lock file whose writes fail, as on a disk that filled up."""
-        def __init__(self, f):
-            self.f = f
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-        def truncate(self, size):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
+def test_a_lock_file_that_cannot_be_made_gets_one_line(tmp_path, monkeypatch):
     def opening(path, mode):
-        if failing == "open":
-            raise OSError(errno.EDQUOT, "Disk quota exceeded")
-        return Unwritable(real_open(path, mode))
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
     monkeypatch.setattr(persistence, "open", opening, raising=False)
-    error = "Disk quota exceeded" if failing == "open" else "No space left on device"
-    with pytest.raises(UserError, match=rf"^cannot write {tmp_path / persistence.LOCK_FILE} \({error}\); make room"):
+    with pytest.raises(UserError, match=rf"^cannot write {tmp_path / persistence.LOCK_FILE} \(Disk quota exceeded\); "
+                                        "make room"):
         with persistence.logdir_held(str(tmp_path)):
             pytest.fail("the run went on without its hold")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="runs hold their --logdir with flock, which Windows lacks")
+def test_a_lock_file_that_the_kernel_refuses_to_write_gets_one_line(tmp_path):
+    script = textwrap.dedent(f"""
+        from training import persistence
+        from training.errors import UserError
+        try:
+            with persistence.logdir_held({str(tmp_path)!r}):
+                print("the run went on without its hold")
+        except UserError as exc:
+            print(exc)
+    """)
+    run = subprocess.run([sys.executable, "-c", with_file_size_limit(script, 0)], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert (run.returncode, run.stderr) == (0, "")
+    assert run.stdout.startswith(f"cannot write {tmp_path / persistence.LOCK_FILE} (File too large); make room")
     assert os.listdir(tmp_path) == []
 
 

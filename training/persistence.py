@@ -72,7 +72,7 @@ def atomic_write(path, write):
         try:
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
         except OSError as exc:
-            raise _cannot_write(path, exc) from None
+            raise cannot_write(path, exc) from None
         try:
             with contextlib.suppress(OSError):  # a filesystem that keeps modes to itself (FUSE mounts of S3, Drive)
                 os.chmod(tmp, mode)
@@ -85,7 +85,7 @@ def atomic_write(path, write):
             os.unlink(tmp)
             failed_write = _failed_write(exc)
             if failed_write is not None:  # a full disk, a quota, a folder made read-only meanwhile
-                raise _cannot_write(path, failed_write) from None
+                raise cannot_write(path, failed_write) from None
             raise
 
 
@@ -116,7 +116,7 @@ def logdir_held(logdir):
         try:
             f = open(path, "a+")
         except OSError as exc:
-            raise _cannot_write(path, exc) from None
+            raise cannot_write(path, exc) from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -140,10 +140,10 @@ def logdir_held(logdir):
         try:
             try:
                 f.truncate(0)
-                f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-                f.flush()
+                # unbuffered: a write that fails (a full disk) leaves nothing for closing the file to fail on again
+                os.write(f.fileno(), f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
             except OSError as exc:
-                raise _cannot_write(path, exc) from None
+                raise cannot_write(path, exc) from None
             yield
         finally:
             with contextlib.suppress(OSError):
@@ -157,7 +157,7 @@ def _same_file(f, path):
         return False
 
 
-def _cannot_write(path, exc):
+def cannot_write(path, exc):
     return UserError(f"cannot write {path} ({exc.strerror or exc}); make room on that disk (or under your quota) "
                      "or give a writable folder; what was written before is intact, and --resume or a rerun of the "
                      "study continues from it")
