@@ -2,6 +2,7 @@
 in this process, so the imports, CUDA and cuDNN's tuned kernels stay loaded between runs (each run reads
 the data set again, from the page cache: under a second)."""
 import contextlib
+import errno
 import gc
 import json
 import os
@@ -303,8 +304,11 @@ def run_trial(plan, study, lock, trial):
             "its run resumes it from the last checkpoint")
         return
     except Exception as exc:  # a failed run is recorded and the study goes on
+        log_path = os.path.join(run_dir, "train.log")
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):  # its log's disk, full for all
+            raise persistence.cannot_write(log_path, exc) from None
         outcome, error = "error", f"{type(exc).__name__}: {exc}"
-        with open(os.path.join(run_dir, "train.log"), "a") as log:
+        with contextlib.suppress(OSError), open(log_path, "a") as log:  # the record below keeps the error anyway
             traceback.print_exc(file=log)
     if outcome == "interrupted":
         raise KeyboardInterrupt

@@ -1,5 +1,6 @@
 """Problem 4's studies interrupted, on tiny fake data: a killed or stopped study resuming, an interrupted search
 trial keeping its settings, and a run whose worker was declared lost taken over by another worker."""
+import errno
 import json
 import os
 import signal
@@ -202,6 +203,46 @@ def test_a_search_trial_tells_the_pruner_the_epoch_that_a_run_declared_lost_fini
     results = read_json(os.path.join(out, "mlpmixer_best", "runs", "trial-0000", "results.json"))
     assert calls[1].resume and results["epochs_completed"] == 2
     assert trial.intermediate_values == {1: results["valid_accs"][0], 2: results["valid_accs"][1]}
+
+
+def test_a_disk_that_fills_up_under_a_runs_log_stops_the_study_in_one_line_and_a_rerun_completes_it(study_args,
+                                                                                                   tmp_path,
+                                                                                                   monkeypatch, capsys):
+    """A full disk would fail every run after it: the study stops at the first instead of recording each as failed
+    (which only ``--retry_failed`` runs again), as it does when a checkpoint cannot be written."""
+    real_open = open
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def opening(path, *args, **kwargs):
+        f = real_open(path, *args, **kwargs)
+        return FullDisk(f) if os.path.basename(path) == "train.log" else f
+    argv = study_args("mlp_activation", "--values", "relu", "tanh")
+    runs = tmp_path / "out" / "mlp_activation" / "runs"
+    with monkeypatch.context() as patched:
+        patched.setattr(study_worker, "open", opening, raising=False)
+        assert studies_main(argv) == 2
+    log = runs / "activation-relu_seed-42" / "train.log"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: cannot write {log} (No space left on device); make room on that disk (or under your quota) or give a "
+        "writable folder; what was written before is intact, and --resume or a rerun of the study continues from it")
+    assert os.listdir(runs) == ["activation-relu_seed-42"]
+    assert studies_main(argv) == 0
+    assert [read_json(runs / run / "trial.json")["outcome"] for run in sorted(os.listdir(runs))] == ["completed"] * 2
 
 
 def test_a_worker_with_nothing_to_claim_waits_and_takes_over_the_run_of_a_worker_that_dies(study_args, tmp_path,
