@@ -26,7 +26,7 @@ from .console import say
 from .definitions import STUDIES, is_model_setting
 from .launch import LAUNCHED_WORKER, launch_workers
 from .status import print_status, summary
-from .storage import close_storage, open_storage, storage_kind
+from .storage import close_storage, open_storage, refused_write, storage_kind
 from .worker import Plan, open_study, work
 
 STUDY_FLAGS = ("model", "logdir", "resume", "visualize")  # set by the study for each run
@@ -277,6 +277,9 @@ def main(argv=None):
         return run_study(STUDIES[options.name], options, train_argv, argv)
     except UserError as exc:
         say(f"error: {exc}", file=sys.stderr)
+        return 2
+    except optuna.exceptions.StorageInternalError as exc:
+        say(f"error: {refused_write(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         say("\ninterrupted: rerun the same command to resume", file=sys.stderr)

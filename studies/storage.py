@@ -13,6 +13,7 @@ import zlib
 import optuna
 
 from training.errors import UserError
+from training.persistence import cannot_write
 
 from .console import say
 
@@ -40,7 +41,7 @@ def open_storage(url, study_dir):
             raise UserError(f"cannot create the folder of {path} ({exc.strerror}); give a writable --out "
                             "(or --storage)") from None
         _cut_off_a_partial_record(path)
-        backend = optuna.storages.journal.JournalFileBackend(path, lock_obj=journal_lock(path))
+        backend = _JournalFile(path)
         lock = FileLock(os.path.join(os.path.dirname(os.path.abspath(path)), "claims.lock"))
         try:
             return optuna.storages.journal.JournalStorage(backend), lock
@@ -79,6 +80,25 @@ def journal_lock(path):
     Colab mounts it, and FAT or SMB drives refuse. Both are ``path.lock``, so a worker of an earlier version that
     holds the link still keeps this one out."""
     return optuna.storages.journal.JournalFileOpenLock(path)
+
+
+class _JournalFile(optuna.storages.journal.JournalFileBackend):
+    """Optuna's journal file, taking ``journal_lock``; a record that the disk refuses (full, over quota) is one line
+    naming the journal, whichever of Optuna's calls appended it."""
+
+    def __init__(self, path):
+        """
+        Args:
+            path: the journal file (created if missing).
+        """
+        super().__init__(path, lock_obj=journal_lock(path))
+        self.path = path
+
+    def append_logs(self, logs):
+        try:
+            super().append_logs(logs)
+        except OSError as exc:
+            raise cannot_write(self.path, exc) from None
 
 
 def _cut_off_a_partial_record(path):
@@ -153,9 +173,21 @@ def _database(url, given):
             shown = sqlalchemy.engine.make_url(given).render_as_string(hide_password=True)
         except (sqlalchemy.exc.ArgumentError, ValueError):
             shown = "(a malformed URL)"
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise UserError(f"--storage {shown}: cannot open the database ({reason}); check the URL and that the "
-                        "database can be reached from this machine") from None
+        raise UserError(f"--storage {shown}: cannot open the database ({_database_reason(exc)}); check the URL and "
+                        "that the database can be reached from this machine") from None
+
+
+def refused_write(exc):
+    """One line for a write that the study's database refused (its disk full, its server gone), which Optuna raises
+    as a ``StorageInternalError`` from SQLAlchemy's error."""
+    return UserError(f"the study's database refused a write ({_database_reason(exc.__cause__ or exc)}); make room on "
+                     "its disk, or check that it can be reached, then rerun the same command: the study resumes from "
+                     "what it recorded")
+
+
+def _database_reason(exc):
+    """The database driver's own words, first line, from a SQLAlchemy error (or any other)."""
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
 
 
 class FileLock:

@@ -9,7 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from helpers import ROOT, jobs_of, load_study, run_claimers
+from helpers import ROOT, jobs_of, load_study, run_claimers, with_file_size_limit
 import studies.__main__ as studies_cli
 from studies.__main__ import main as studies_main
 from studies.definitions import STUDIES
@@ -29,6 +29,34 @@ def test_a_sqlite_storage_serves_a_study_and_its_rerun(study_args, tmp_path, cap
     capsys.readouterr()
     assert studies_main(argv) == 0
     assert "-> " not in capsys.readouterr().out
+
+
+def test_a_write_that_the_database_refuses_mid_study_gets_one_line_and_a_rerun_completes_the_study(study_args,
+                                                                                                     tmp_path, capsys):
+    """SQLite refuses each new trial value (as it would on a full disk, in other words): the study's first finished
+    run cannot be recorded, which Optuna raises as a StorageInternalError from SQLAlchemy's error."""
+    import sqlite3
+
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    def refuse_trial_values(action, table, *args):
+        return sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_INSERT and table == "trial_values" else sqlite3.SQLITE_OK
+
+    def on_connect(connection, record):
+        connection.set_authorizer(refuse_trial_values)
+    argv = study_args("mlp_activation", "--storage", f"sqlite:///{tmp_path / 'studies.db'}", "--values")
+    assert studies_main(argv + ["relu"]) == 0
+    event.listen(Engine, "connect", on_connect)
+    try:
+        assert studies_main(argv + ["relu", "tanh"]) == 2
+    finally:
+        event.remove(Engine, "connect", on_connect)
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: the study's database refused a write (not authorized); make room on its disk, or check that it can be "
+        "reached, then rerun the same command: the study resumes from what it recorded")
+    assert studies_main(argv + ["relu", "tanh"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "study mlp_activation: 2 completed"
 
 
 def test_run_and_status_leave_no_database_connection_open(study_args, tmp_path, monkeypatch, capsys):
@@ -135,6 +163,21 @@ def test_a_journal_cut_short_mid_record_is_repaired_and_one_damaged_inside_is_na
     assert studies_main(argv) == 2
     assert (f"error: the study's journal {journal} is damaged at line 4: a record was cut short"
             in capsys.readouterr().err)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the kernel's file size limit is POSIX")
+def test_a_journal_that_the_disk_refuses_to_grow_gets_one_line_and_a_rerun_completes_the_study(study_args, tmp_path,
+                                                                                              capsys):
+    """Every Optuna call that records something appends to the journal: a full disk there is one line too."""
+    argv = study_args("mlp_activation", "--values", "relu", "tanh")
+    script = f"import sys; from studies.__main__ import main; sys.exit(main({argv!r}))"
+    run = subprocess.run([sys.executable, "-c", with_file_size_limit(script, 1000)], cwd=ROOT, capture_output=True,
+                         text=True)
+    journal = tmp_path / "out" / "mlp_activation" / "journal.log"
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith(f"error: cannot write {journal} (File too large); make room")
+    assert studies_main(argv) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "study mlp_activation: 2 completed"
 
 
 def test_a_journal_left_empty_or_cut_short_opens_and_its_repair_gives_the_writers_lock_back(tmp_path, capsys):
