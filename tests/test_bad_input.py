@@ -12,6 +12,8 @@ import pytest
 import torch
 
 import main
+from helpers import read_results
+from training.cifar10 import load_cifar10
 from training.errors import UserError
 from training.models import load_model_config
 
@@ -217,6 +219,34 @@ def test_resume_refuses_a_checkpoint_made_with_another_model_config(run_args, ti
     assert capsys.readouterr().err == (f"error: --resume: the checkpoint in {logdir} was made with "
                                        f"model_config={made_with!r}, not {load_model_config(wider, 'mlp')!r}; resume "
                                        "with the same settings or use a new --logdir\n")
+
+
+def test_resume_refuses_another_copy_of_the_data_and_a_checkpoint_older_than_that_check_resumes(run_args, tmp_path,
+                                                                                                  capsys):
+    """A run resumed on another machine must not train on, and test with, another copy of CIFAR-10 (a JPEG copy, a
+    fake one) than the one it began on; a moved copy is the same data."""
+    from training.fake_data import write_fake_cifar10
+
+    logdir = tmp_path / "run"
+    assert main.main(run_args("mlp", "--logdir", str(logdir), epochs=1)) == 0
+    made_on = read_results(logdir)["data"]["test_images_sha1"]
+    before = {path.name: path.read_bytes() for path in logdir.iterdir()}
+    other = tmp_path / "other"
+    write_fake_cifar10(str(other), train_per_batch=24, test=30, seed=1)
+    other_sha1 = load_cifar10(str(other)).test_fingerprint()
+    capsys.readouterr()
+    assert main.main(run_args("mlp", "--logdir", str(logdir), "--resume", epochs=2) + ["--data_dir", str(other)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --resume: the checkpoint in {logdir} was trained on another copy of CIFAR-10 (its test images' SHA-1 "
+        f"is {made_on}, not {other_sha1} as in --data_dir {other}); resume with the copy it was trained on, or start "
+        "again in a new --logdir\n")
+    assert {path.name: path.read_bytes() for path in logdir.iterdir()} == before
+    path = logdir / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    del state["signature"]["test_images_sha1"]  # as versions before this check wrote it: the data is not known
+    torch.save(state, path)
+    assert main.main(run_args("mlp", "--logdir", str(logdir), "--resume", epochs=2)) == 0
+    assert read_results(logdir)["epochs_completed"] == 2
 
 
 def test_a_data_error_leaves_an_earlier_run_in_its_logdir_as_it_was(run_args, tmp_path, capsys, monkeypatch):

@@ -189,6 +189,13 @@ def _fit(args, on_epoch, test, held):
     args.device = device
     seed_experiment(args.seed)
     data = load_cifar10(args.data_dir)
+    data_sha1 = data.test_fingerprint()
+    made_on = state["signature"].get("test_images_sha1", data_sha1) if args.resume else data_sha1  # older: unknown
+    if made_on != data_sha1:
+        raise UserError(f"--resume: the checkpoint in {args.logdir} was trained on another copy of CIFAR-10 (its test "
+                        f"images' SHA-1 is {made_on}, not {data_sha1} as in --data_dir {args.data_dir}); resume with "
+                        "the copy it was trained on, or start again in a new --logdir")
+    signature["test_images_sha1"] = data_sha1
     train_index, valid_index = split_train_valid(len(data.train_labels), args.valid_size, args.seed)
     loaders = {
         "train": make_batches(args, data.train_images[train_index], data.train_labels[train_index], True, device),
@@ -239,7 +246,7 @@ def _fit(args, on_epoch, test, held):
         "seed": args.seed, "device": device.type, "device_name": describe_device(device),
         "host": socket.gethostname(), "device_id": device_identity(device),
         "torch_version": torch.__version__, "pipeline": args.pipeline, "num_params": count_parameters(model),
-        "data": {"dir": os.path.abspath(args.data_dir), "test_images_sha1": data.test_fingerprint()},
+        "data": {"dir": os.path.abspath(args.data_dir), "test_images_sha1": data_sha1},
         "split": {"train": len(train_index), "valid": len(valid_index), "test": len(data.test_labels),
                   "disjoint": True},
     }
