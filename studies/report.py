@@ -157,6 +157,8 @@ def build_report(out, report_dir=None):
     if not_run:
         header.append(f"Not in this report, no runs under {out} yet: {', '.join(not_run)} "
                       f"(`python -m studies run NAME --out {out}` runs one).")
+    # the paths in it (--out, the data's folder) may hold a byte that is not UTF-8: shown as an escape, as on stderr
+    header = [line.encode("utf-8", "backslashreplace").decode("utf-8") for line in header]
     markdown, pdf = os.path.join(report_dir, "report.md"), os.path.join(report_dir, "report.pdf")
     write_markdown(markdown, sections, header)
     write_pdf(pdf, sections, header)

@@ -33,6 +33,7 @@ LOGDIR_POLL_SECONDS = 10  # how often a worker looks again whether a run's folde
 NOT_IN_FINGERPRINT = ("model", "model_config", "logdir", "resume", "visualize", "seed", "print_every", "no_progress",
                       "eval_batch_size", "num_workers", "data_dir")
 TRIAL_FILE = "trial.json"
+LOG_FILE = "train.log"
 PRUNE_FROM_EPOCH = 4  # a trial's first epochs (warm-up, the highest learning rates) say little of where it ends
 PRUNE_AFTER_TRIALS = 5  # completed trials before any trial is pruned
 PRUNE_PEERS = 2  # completed trials with a trial's number of epochs, whose median it is compared with
@@ -288,7 +289,7 @@ def run_trial(plan, study, lock, trial):
                                console=console)
     try:
         # line-buffered: `tail -f train.log` follows the run, and a killed worker's log keeps its last epoch
-        with Heartbeat(trial), open(os.path.join(run_dir, "train.log"), "a", buffering=1) as log, \
+        with Heartbeat(trial), _open_log(run_dir, buffering=1) as log, \
                 contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), warnings.catch_warnings():
             # a filter added, even one that changes nothing (the action for warnings no filter matches), makes
             # Python forget which warnings it has shown: each run's log gets its own, as main.py would print them
@@ -304,11 +305,10 @@ def run_trial(plan, study, lock, trial):
             "its run resumes it from the last checkpoint")
         return
     except Exception as exc:  # a failed run is recorded and the study goes on
-        log_path = os.path.join(run_dir, "train.log")
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):  # its log's disk, full for all
-            raise persistence.cannot_write(log_path, exc) from None
+            raise persistence.cannot_write(os.path.join(run_dir, LOG_FILE), exc) from None
         outcome, error = "error", f"{type(exc).__name__}: {exc}"
-        with contextlib.suppress(OSError), open(log_path, "a") as log:  # the record below keeps the error anyway
+        with contextlib.suppress(OSError), _open_log(run_dir) as log:  # the record below keeps the error anyway
             traceback.print_exc(file=log)
     if outcome == "interrupted":
         raise KeyboardInterrupt
@@ -332,6 +332,12 @@ def run_trial(plan, study, lock, trial):
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
     say(f"trial {trial.number}: {outcome}" + (f", final validation accuracy {value:.4f}" if value is not None
                                                else f" ({error})" if error else ""))
+
+
+def _open_log(run_dir, **kwargs):
+    """The run's train.log, to append to. UTF-8 whatever the locale, and a character that it cannot encode (a path's
+    byte that is not UTF-8) is written as an escape, as on the standard error, instead of failing the run."""
+    return open(os.path.join(run_dir, LOG_FILE), "a", encoding="utf-8", errors="backslashreplace", **kwargs)
 
 
 def work(plan, study, lock):

@@ -17,9 +17,7 @@ from utils import compute_accuracy
 from training import engine
 from training.augmentation import AUGMENTATIONS, MIXES
 from training.optim import SCHEDULES
-from helpers import read_results
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT, read_results
 
 
 def test_the_runner_keeps_the_templates_flags_defaults_and_model_configs():
@@ -95,6 +93,20 @@ def test_each_model_trains_and_writes_results(model, run_args, tmp_path, capsys,
     drawn = sorted(name for name in files if name.endswith(".png"))
     assert sorted(line for line in out.splitlines() if line.startswith("wrote ")) == [
         f"wrote {os.path.join(logdir, name)}" for name in drawn]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Linux alone lets a file name hold a byte that is not UTF-8")
+def test_a_logdir_whose_name_is_not_utf8_prints_as_an_escape_where_the_output_is_strict_utf8(run_args, tmp_path):
+    """A UTF-8 locale such as en_US.UTF-8 (unlike C.UTF-8) makes Python's standard output strict: the path of the
+    visualisation, printed once the run completed, failed it with a UnicodeEncodeError."""
+    logdir = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9")  # Latin-1, as an older disk or share names it
+    flags = run_args("mlpmixer", "--logdir", logdir, "--visualize", epochs=1)
+    run = subprocess.run([sys.executable, "main.py", *flags], cwd=ROOT, capture_output=True,
+                         env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
+    assert run.returncode == 0, run.stderr.decode(errors="replace")
+    shown = logdir.encode("utf-8", "backslashreplace")
+    assert b"wrote " + shown + b"/mlpmixer_token_mixing.png" in run.stdout.splitlines()
+    assert read_results(logdir)["status"] == "completed"
 
 
 def test_visualize_for_the_mlp_warns_before_training_and_draws_nothing(run_args, tmp_path):

@@ -4,6 +4,7 @@ test_study_interruptions.py."""
 import json
 import os
 import re
+import sys
 
 import optuna
 import pytest
@@ -374,3 +375,21 @@ def test_a_run_has_a_value_only_when_it_completed_with_a_validation_accuracy(sta
     assert (trial.state, trial.user_attrs["outcome"], trial.value, trial.user_attrs.get("error")) == recorded
     assert (logged["outcome"], logged["value"], logged["error"]) == recorded[1:]
 
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Linux alone lets a file name hold a byte that is not UTF-8")
+def test_a_study_folder_whose_name_is_not_utf8_gets_its_runs_logs_and_report(study_args, tmp_path):
+    """The final run's log says where it wrote its visualisation, and the report names --out: both as an escape, as
+    on the standard error (they failed the run, and the report, with a UnicodeEncodeError)."""
+    out = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9")  # Latin-1, as an older disk or share names it
+    argv = study_args("mlpmixer_best", "--trials", "1")
+    argv[argv.index("--out") + 1] = out
+    assert studies_main(argv) == 0
+    final = os.path.join(out, "mlpmixer_best", "runs", "final_seed-43")
+    assert read_json(os.path.join(final, "trial.json"))["outcome"] == "completed"
+    shown = out.encode("utf-8", "backslashreplace").decode("utf-8")
+    with open(os.path.join(final, "train.log"), encoding="utf-8") as f:
+        assert f"wrote {shown}/mlpmixer_best/runs/final_seed-43/mlpmixer_token_mixing.png" in f.read().splitlines()
+    assert studies_main(["report", "--out", out]) == 0
+    with open(os.path.join(out, "report", "report.md"), encoding="utf-8") as f:
+        assert f"no runs under {shown} yet" in f.read()

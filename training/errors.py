@@ -2,6 +2,7 @@
 import argparse
 import os
 import signal
+import sys
 import warnings
 
 
@@ -58,6 +59,11 @@ def set_up_command_line():
       finished epochs and says so, as after Ctrl-C, instead of dying mid-epoch with results.json saying
       ``running``.
     - A warning prints as one line, ``warning: ...``, without the file, line and source that Python adds.
+    - A character that the standard output's encoding cannot write (a path's byte that is not UTF-8, under a UTF-8
+      locale; a name outside Windows' code page, when the output goes to a file) prints as an escape, as it would
+      on the standard error, instead of failing the run at its next line.
     """
     signal.signal(signal.SIGTERM, _raise_interrupt)
     warnings.formatwarning = _one_line_warning
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
