@@ -69,6 +69,10 @@ def storage_kind(url):
     if url.startswith("postgresql"):
         return "postgresql"
     if url.startswith("sqlite:///"):
+        if url[len("sqlite:///"):].split("?")[0] in ("", ":memory:"):
+            raise UserError(f"--storage {url} keeps the study's records in this process alone: other workers could "
+                            "not share them, nor a rerun resume them; give a file, such as --storage "
+                            "sqlite:///studies.db, or leave --storage out for the journal in the study's folder")
         return "sqlite"
     raise UserError(f"--storage {url}: unsupported; give a journal file path (one host), a postgresql:// URL "
                     "(several machines) or a sqlite:/// URL")

@@ -94,11 +94,19 @@ def test_status_of_a_database_names_a_missing_file_and_a_study_with_nothing_run(
     assert capsys.readouterr().out == "resnet18_lr: nothing run yet\n"
 
 
-def test_an_unsupported_storage_is_refused_before_anything_is_written(study_args, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("url, said", [
+    ("mysql://user@host/db", "--storage mysql://user@host/db: unsupported; give a journal file path"),
+    ("sqlite:///:memory:", "--storage sqlite:///:memory: keeps the study's records in this process alone: other "
+                           "workers could not share them, nor a rerun resume them; give a file"),
+    ("sqlite:///", "--storage sqlite:/// keeps the study's records in this process alone"),  # SQLite's memory, too
+])
+def test_an_unsupported_storage_is_refused_before_anything_is_written(url, said, study_args, tmp_path, capsys,
+                                                                      monkeypatch):
     monkeypatch.setattr(studies_cli, "load_cifar10", lambda *args: pytest.fail("the data was read (or downloaded)"))
-    assert studies_main(study_args("mlp_activation", "--storage", "mysql://user@host/db")) == 2
-    assert "--storage mysql://user@host/db: unsupported; give a journal file path" in capsys.readouterr().err
-    assert not os.path.exists(tmp_path / "out")
+    monkeypatch.chdir(tmp_path)  # where a claims lock beside a database given by a relative path would go
+    assert studies_main(study_args("mlp_activation", "--storage", url)) == 2
+    assert said in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
 
 
 def test_a_folder_given_as_the_journal_is_refused_naming_a_file_in_it(study_args, tmp_path, capsys, monkeypatch):
