@@ -158,6 +158,7 @@ def _same_file(f, path):
 
 
 def cannot_write(path, exc):
+    """One line for a file that the disk refused (``exc``, an ``OSError``): what a run or a study writes."""
     return UserError(f"cannot write {path} ({exc.strerror or exc}); make room on that disk (or under your quota) "
                      "or give a writable folder; what was written before is intact, and --resume or a rerun of the "
                      "study continues from it")
