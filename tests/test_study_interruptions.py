@@ -69,6 +69,26 @@ def test_a_sigterm_stops_the_workers_and_keeps_their_runs(whom, study_args, tmp_
         assert read_json(os.path.join(run, "results.json"))["status"] == "interrupted"
 
 
+def test_a_study_whose_output_reader_leaves_stops_as_after_ctrl_c_and_a_rerun_completes_it(study_args, tmp_path,
+                                                                                            capsys):
+    """``python -m studies run ... | head``: the first line that finds the pipe closed stops the worker, which keeps
+    its run to resume, instead of a traceback (or, inside a run, that run recorded as failed)."""
+    argv = study_args("mlp_activation", "--values", "relu", "tanh", "--no_progress", epochs=20)
+    process = subprocess.Popen([sys.executable, "-m", "studies", *argv], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    while " -> " not in process.stdout.readline():  # the first run has started; its epochs' lines come next
+        pass
+    process.stdout.close()
+    assert process.wait(timeout=120) == 130
+    with process.stderr:
+        assert "Traceback" not in process.stderr.read()
+    runs = tmp_path / "out" / "mlp_activation" / "runs"
+    assert not (runs / "activation-relu_seed-42" / "trial.json").exists()  # not recorded as an outcome: resumed
+    assert studies_main(argv) == 0
+    assert "activation-relu_seed-42 (resumed)" in capsys.readouterr().out
+    assert [read_json(runs / run / "trial.json")["outcome"] for run in sorted(os.listdir(runs))] == ["completed"] * 2
+
+
 def test_an_interrupted_search_trial_resumes_with_the_same_settings(study_args, tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "out")
     argv = study_args("mlpmixer_best", "--trials", "2", "--set", "embed_dim=16", "--set", "num_blocks=1", epochs=2)

@@ -285,11 +285,11 @@ def _fit(args, on_epoch, test, held):
                       "train_images_per_second": len(train_index) / train_time, "epoch_end_times": time.time()}
             for key, value in logged.items():
                 history[key].append(persistence.finite_or_none(value))
-            tqdm.write(table.row(epoch + 1, train_loss, train_acc, valid_loss, valid_acc, train_time + valid_time,
-                                 len(train_index) / train_time))
-            if args.logdir:
+            if args.logdir:  # before the row is printed: a stop while it is (a closed pipe) finds the epoch saved
                 persistence.save_checkpoint(args.logdir, model, optimizer, epoch + 1, history, signature, step.scaler)
                 record("running")
+            tqdm.write(table.row(epoch + 1, train_loss, train_acc, valid_loss, valid_acc, train_time + valid_time,
+                                 len(train_index) / train_time))
             if on_epoch is not None and on_epoch(epoch + 1, history):
                 status = "pruned"
                 print(f"pruned after epoch {epoch + 1}")

@@ -47,6 +47,42 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+class _StreamWhoseReaderMayLeave:
+    """A standard stream whose reader may go away (``| head`` has its lines, ``less`` was quit). The first write
+    that finds the pipe closed stops the process as Ctrl-C does: a run keeps its finished epochs and says, on the
+    standard error, how to resume it. What is written after that is dropped, not raised again."""
+
+    reader_left = False  # shared by both streams, which ``2>&1 | head`` sends into the same pipe
+
+    def __init__(self, stream):
+        """
+        Args:
+            stream: ``sys.stdout`` or ``sys.stderr``.
+        """
+        self._stream = stream
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def write(self, text):
+        return self._guarded(self._stream.write, text)
+
+    def flush(self):
+        return self._guarded(self._stream.flush)
+
+    def _guarded(self, call, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)  # so that later writes, and the exit's flush, succeed
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+            if _StreamWhoseReaderMayLeave.reader_left:
+                return None
+            _StreamWhoseReaderMayLeave.reader_left = True
+            raise KeyboardInterrupt from None
+
+
 def _one_line_warning(message, category, filename, lineno, line=None):
     return f"warning: {message}\n"
 
@@ -62,8 +98,12 @@ def set_up_command_line():
     - A character that the standard output's encoding cannot write (a path's byte that is not UTF-8, under a UTF-8
       locale; a name outside Windows' code page, when the output goes to a file) prints as an escape, as it would
       on the standard error, instead of failing the run at its next line.
+    - Output piped to a reader that leaves (``| head``, ``| less`` quit) stops the process as Ctrl-C does, instead
+      of a traceback that leaves results.json saying ``running``.
     """
     signal.signal(signal.SIGTERM, _raise_interrupt)
     warnings.formatwarning = _one_line_warning
     if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="backslashreplace")
+    sys.stdout, sys.stderr = (stream if stream is None else _StreamWhoseReaderMayLeave(stream)
+                              for stream in (sys.stdout, sys.stderr))
