@@ -80,6 +80,20 @@ def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path):
     assert load_model_config(str(path), "resnet18") == {"num_classes": 10}
 
 
+@pytest.mark.parametrize("encoded, said", [
+    (b"\xff\xfe" + '{"num_classes": 10}'.encode("utf-16-le"), " (UTF-16, by its first bytes)"),  # PowerShell 5's `>`
+    ('{"num_classes": 10} // caf\u00e9'.encode("latin-1"), ""),
+])
+def test_a_config_that_is_not_utf8_is_named_with_the_fix(encoded, said, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    path = tmp_path / "resnet18.json"
+    path.write_bytes(encoded)
+    with pytest.raises(UserError) as error:
+        load_model_config(str(path), "resnet18")
+    assert str(error.value) == (f"{path}: the model config is not UTF-8 text{said}; save it as UTF-8 (or copy "
+                                "model_configs/resnet18.json and edit it)")
+
+
 @pytest.mark.parametrize("model, text, defaults", [
     ("mlp", '{"input_size": 3072, "hidden_sizes": [64, 32], "num_classes": 10}', {"activation": "relu"}),
     ("resnet18", "{}", {"num_classes": 10}),

@@ -121,7 +121,11 @@ def load_model_config(path, model):
             config = json.load(f)
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:  # UTF-16, as Windows PowerShell 5 redirects output with `>`
+        encoding = " (UTF-16, by its first bytes)" if exc.object[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise UserError(f"{path}: the model config is not UTF-8 text{encoding}; save it as UTF-8 (or copy "
+                        f"{shipped_config_path(model)} and edit it)") from None
+    except OSError as exc:
         raise UserError(f"{path}: cannot read the model config ({exc})") from None
     meant_for = _model_the_config_fits(config, model)
     if meant_for:
