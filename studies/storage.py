@@ -88,21 +88,45 @@ def journal_lock(path):
 
 class _JournalFile(optuna.storages.journal.JournalFileBackend):
     """Optuna's journal file, taking ``journal_lock``; a record that the disk refuses (full, over quota) is one line
-    naming the journal, whichever of Optuna's calls appended it."""
+    naming the journal, whichever of Optuna's calls appended it, and leaves no part of itself behind."""
 
     def __init__(self, path):
         """
         Args:
             path: the journal file (created if missing).
         """
-        super().__init__(path, lock_obj=journal_lock(path))
+        self.lock = journal_lock(path)
+        super().__init__(path, lock_obj=self.lock)
         self.path = path
 
     def append_logs(self, logs):
+        """Append Optuna's records as JSON lines, as Optuna does, under the writers' lock. What a refused write put
+        down of a record is cut off again: another worker's record appended to it would make a line that no reader
+        can parse, in the middle of the journal, where the repair at the next start does not look."""
+        records = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode("utf-8")
+        self.lock.acquire()
         try:
-            super().append_logs(logs)
+            self._append(records)
         except OSError as exc:
             raise cannot_write(self.path, exc) from None
+        finally:
+            self.lock.release()
+
+    def _append(self, records):
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            end = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                written = 0
+                while written < len(records):  # a write may put down only part of what it was given
+                    written += os.write(fd, records[written:])
+                os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, end)
+                raise
+        finally:
+            os.close(fd)
 
 
 def _cut_off_a_partial_record(path):

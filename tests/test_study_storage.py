@@ -188,6 +188,29 @@ def test_a_journal_that_the_disk_refuses_to_grow_gets_one_line_and_a_rerun_compl
     assert capsys.readouterr().out.strip().splitlines()[-1] == "study mlp_activation: 2 completed"
 
 
+@pytest.mark.skipif(os.name != "posix", reason="the kernel's file size limit is POSIX")
+def test_a_record_that_the_disk_cuts_short_is_taken_back_so_the_next_writers_record_stays_readable(study_args,
+                                                                                                  tmp_path, capsys):
+    """A worker whose record only partly fits must not leave that part: another worker, still running, would append
+    its own record to it, making one line that no reader can parse (the journal's repair at the next start only cuts
+    off a partial record at the end)."""
+    argv = study_args("mlp_activation", "--values", "relu")
+    assert studies_main(argv) == 0
+    journal = tmp_path / "out" / "mlp_activation" / "journal.log"
+    whole = journal.read_bytes()
+    more = study_args("mlp_activation", "--values", "relu", "tanh")
+    script = f"import sys; from studies.__main__ import main; sys.exit(main({more!r}))"
+    run = subprocess.run([sys.executable, "-c", with_file_size_limit(script, len(whole) + 40)], cwd=ROOT,
+                         capture_output=True, text=True)  # room for part of the next record
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith(f"error: cannot write {journal} (File too large)")
+    kept = journal.read_bytes()
+    assert kept.startswith(whole) and kept.endswith(b"\n") and len(kept) <= len(whole) + 40
+    capsys.readouterr()
+    assert studies_main(more) == 0
+    assert "cut short" not in capsys.readouterr().err
+
+
 def test_a_journal_left_empty_or_cut_short_opens_and_its_repair_gives_the_writers_lock_back(tmp_path, capsys):
     from studies.storage import open_storage
 
