@@ -329,9 +329,9 @@ def test_a_disk_that_fills_up_while_the_archive_is_extracted_is_named_and_the_ar
     with pytest.raises(UserError) as error:
         load_cifar10(str(data_dir), download=False)
     assert str(error.value) == (
-        f"cannot extract {data_dir / cifar10.ARCHIVE} into {data_dir} (No space left on device); CIFAR-10 takes 186 MB "
-        "there: make room on that disk, or move the archive to a folder on a disk with room and pass that folder as "
-        "--data_dir")
+        f"cannot extract {data_dir / cifar10.ARCHIVE} into {data_dir} (No space left on device); CIFAR-10 takes "
+        "about 185 MB there: make room on that disk, or move the archive to a folder on a disk with room and pass that "
+        "folder as --data_dir")
     assert os.listdir(data_dir) == [cifar10.ARCHIVE]
 
 

@@ -178,9 +178,9 @@ def fetch_cifar10(data_dir, download=True):
             raise
         except Exception as exc:  # tarfile and gzip raise many types for a damaged archive
             if isinstance(exc, OSError) and exc.errno is not None:  # a full disk or a quota, not the archive's fault
-                raise UserError(f"cannot extract {archive} into {data_dir} ({exc.strerror}); CIFAR-10 takes 186 MB "
-                                "there: make room on that disk, or move the archive to a folder on a disk with room "
-                                "and pass that folder as --data_dir") from None
+                raise UserError(f"cannot extract {archive} into {data_dir} ({exc.strerror}); CIFAR-10 takes about "
+                                "185 MB there: make room on that disk, or move the archive to a folder on a disk with "
+                                "room and pass that folder as --data_dir") from None
             raise UserError(f"could not extract {archive} ({type(exc).__name__}: {exc}); download it again, "
                             f"or {where}") from None
         if not os.path.isdir(os.path.join(staging, FOLDER)):
