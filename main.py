@@ -2,15 +2,17 @@
 
 ``train`` and ``evaluate`` are importable from here, as in the course template.
 """
+import json
 import os
 import sys
+import traceback
 
 import torch
 
 from config import get_config_parser
 from training.engine import evaluate, fit, train
-from training.errors import UserError, set_up_command_line
-from training.persistence import CHECKPOINT_FILE
+from training.errors import UserError, counted, set_up_command_line
+from training.persistence import CHECKPOINT_FILE, RESULTS_FILE
 
 __all__ = ["train", "evaluate", "main"]
 
@@ -29,9 +31,21 @@ def main(argv=None):
         return EXIT_CODES["interrupted"]
     except torch.cuda.OutOfMemoryError as exc:  # a batch too large for this GPU: the user's to change
         what = ". ".join(str(exc).split(". ")[:3])  # how much it asked for and had; then torch's tuning advice
+        kept = _epochs_kept(args.logdir, exc)
+        resume = ("" if kept is None else f"; or, to keep the {counted(kept, 'finished epoch')} that results.json "
+                  "keeps, rerun with the same flags and --resume (and a smaller --eval_batch_size if the validation or "
+                  "test ran out)")
         print(f"error: {what}; start again with a smaller --batch_size (training) or --eval_batch_size (validation "
-              "and test), or a smaller model config", file=sys.stderr)
+              f"and test), or a smaller model config{resume}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a crash: its traceback, then how to go on from what the run kept
+        kept = _epochs_kept(args.logdir, exc)
+        if kept is None:
+            raise
+        traceback.print_exc()
+        print(f"the run failed after {counted(kept, 'finished epoch')}, which results.json keeps (status failed, with "
+              "the error); rerun with the same flags and --resume to continue from them", file=sys.stderr)
+        return 1
     if results["status"] == "interrupted" and args.logdir:  # said here: a study or a tool resumes its own way
         if not os.path.isfile(os.path.join(args.logdir, CHECKPOINT_FILE)):  # stopped in its first epoch
             print("nothing to resume: rerun with the same flags, without --resume, to start again", file=sys.stderr)
@@ -39,6 +53,19 @@ def main(argv=None):
             left = "evaluate the test set" if results["epochs_completed"] >= args.epochs else "continue"
             print(f"rerun with the same flags and --resume to {left}", file=sys.stderr)
     return EXIT_CODES[results["status"]]
+
+
+def _epochs_kept(logdir, exc):
+    """How many finished epochs the results.json in ``logdir`` keeps of a run that ``exc`` stopped; None where the
+    run recorded no failure there (it stopped in its first epoch, or it had no --logdir)."""
+    try:
+        with open(os.path.join(logdir, RESULTS_FILE)) as f:
+            results = json.load(f)
+    except (OSError, TypeError, ValueError):  # no --logdir (None), no file, or not JSON
+        return None
+    if results.get("status") != "failed" or results.get("error") != f"{type(exc).__name__}: {exc}":
+        return None
+    return results["epochs_completed"]
 
 
 if __name__ == "__main__":

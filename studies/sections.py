@@ -5,6 +5,8 @@ states what the logs show."""
 import os
 import statistics
 
+from training.errors import counted
+
 from . import figures
 from .overlap import shared_processor_sentence
 from .render import Section
@@ -104,11 +106,6 @@ def hyperparameter_rows(runs):
             values.setdefault(f"model: {key}", []).append(value)
     order = [key for key in HYPERPARAMETERS if key in values] + [key for key in values if key.startswith("model: ")]
     return [[key, ", ".join(dict.fromkeys(map(exact, values[key])))] for key in order]
-
-
-def counted(number, noun):
-    """``1 run``, ``2 runs``."""
-    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def and_list(names):

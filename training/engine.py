@@ -17,7 +17,7 @@ from utils import cross_entropy_loss, seed_experiment
 from . import persistence
 from .cifar10 import load_cifar10, split_train_valid
 from .devices import describe_device, device_identity, precision_hint, resolve_device, resolve_fast_path
-from .errors import UserError
+from .errors import UserError, counted
 from .models import build_model, count_parameters, load_model_config
 from .optim import LRSchedule, build_optimizer, load_optimizer_state
 from .pipelines import TensorBatches, torchvision_batches
@@ -122,9 +122,8 @@ def _note_replaced_run(logdir):
     try:
         with open(path) as f:
             earlier = json.load(f)
-        epochs = earlier["epochs_completed"]
-        what = (f"an earlier {earlier['model']} run ({earlier['status']} after {epochs} "
-                f"epoch{'' if epochs == 1 else 's'})")
+        epochs = counted(earlier["epochs_completed"], "epoch")
+        what = f"an earlier {earlier['model']} run ({earlier['status']} after {epochs})"
     except (OSError, ValueError, KeyError, TypeError):
         what = "an earlier run's results"
     print(f"note: {path} holds {what}; this run replaces it (--resume would continue it instead)", file=sys.stderr)
@@ -251,10 +250,11 @@ def _fit(args, on_epoch, test, held):
                   "disjoint": True},
     }
 
-    def record(status, test=(None, None)):
+    def record(status, test=(None, None), error=None):
         results.update(history)
         results.update(status=status, epochs_completed=len(history["train_losses"]),
-                       test_loss=persistence.finite_or_none(test[0]), test_acc=persistence.finite_or_none(test[1]))
+                       test_loss=persistence.finite_or_none(test[0]), test_acc=persistence.finite_or_none(test[1]),
+                       error=error)
         if history["valid_accs"]:
             best = max(range(len(history["valid_accs"])), key=history["valid_accs"].__getitem__)
             results.update(best_valid_acc=history["valid_accs"][best], best_epoch=best + 1)
@@ -271,6 +271,7 @@ def _fit(args, on_epoch, test, held):
     print(table.header())
     status = "running"
     test_loss = test_acc = None
+    in_on_epoch = False  # what the caller's on_epoch raises (a study's handover of the run) is not the run failing
     try:
         for epoch in range(first_epoch, args.epochs):
             train_loss, train_acc, train_time = train(epoch + 1, model, loaders["train"], optimizer, args, step)
@@ -290,10 +291,12 @@ def _fit(args, on_epoch, test, held):
                 record("running")
             tqdm.write(table.row(epoch + 1, train_loss, train_acc, valid_loss, valid_acc, train_time + valid_time,
                                  len(train_index) / train_time))
+            in_on_epoch = True
             if on_epoch is not None and on_epoch(epoch + 1, history):
                 status = "pruned"
                 print(f"pruned after epoch {epoch + 1}")
                 break
+            in_on_epoch = False
         if status == "running":
             status = "testing"
             if test:
@@ -302,10 +305,17 @@ def _fit(args, on_epoch, test, held):
     except KeyboardInterrupt:
         testing = status == "testing"
         status = "interrupted"
-        finished = len(history["train_losses"])
-        epochs = f"{finished} finished epoch{'' if finished == 1 else 's'}"
+        epochs = counted(len(history["train_losses"]), "finished epoch")
         kept = f"results.json keeps the {epochs}" if args.logdir else f"{epochs}, not saved (no --logdir)"
         print(f"\ninterrupted{' during the test evaluation' if testing else ''}: {kept}", file=sys.stderr)
+    except Exception as exc:
+        # A crash (a GPU out of memory, a CUDA error) marks results.json failed, with the error, once this run has
+        # written it: a run that fails in its first epoch leaves the folder as it found it. A UserError (a full
+        # disk) stops a run that --resume continues as it is, and is said in one line by whoever catches it.
+        if history["train_losses"] and not in_on_epoch and not isinstance(exc, UserError):
+            with contextlib.suppress(UserError):  # the disk may refuse this too; the crash is what is said
+                record("failed", error=f"{type(exc).__name__}: {exc}")
+        raise
 
     if status == "completed":
         record(status, (test_loss, test_acc))

@@ -6,6 +6,11 @@ import sys
 import warnings
 
 
+def counted(number, noun):
+    """``1 run``, ``2 runs``."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 class UserError(Exception):
     """A problem the user can fix (a bad config, flag or data folder; a full disk): the message says how."""
 
