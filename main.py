@@ -11,7 +11,7 @@ import torch
 
 from config import get_config_parser
 from training.engine import evaluate, fit, train
-from training.errors import UserError, counted, set_up_command_line
+from training.errors import UserError, counted, exit_after_output, set_up_command_line
 from training.persistence import CHECKPOINT_FILE, RESULTS_FILE
 
 __all__ = ["train", "evaluate", "main"]
@@ -70,4 +70,4 @@ def _epochs_kept(logdir, exc):
 
 if __name__ == "__main__":
     set_up_command_line()
-    sys.exit(main())
+    exit_after_output(main())

@@ -19,7 +19,7 @@ import optuna
 from config import MAX_SEED, HelpFormatter, check_args, get_config_parser, given_flags
 from training.cifar10 import check_valid_size, load_cifar10
 from training.devices import auto_precision, precision_hint
-from training.errors import CommandLineParser, UserError, path_flag, set_up_command_line
+from training.errors import CommandLineParser, UserError, exit_after_output, path_flag, set_up_command_line
 from training.models import SCHEMAS, SHIPPED_CONFIG_DIR, load_model_config, validate_model_config
 
 from .console import say
@@ -288,4 +288,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     set_up_command_line()
-    sys.exit(main())
+    exit_after_output(main())

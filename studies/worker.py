@@ -2,7 +2,6 @@
 in this process, so the imports, CUDA and cuDNN's tuned kernels stay loaded between runs (each run reads
 the data set again, from the page cache: under a second)."""
 import contextlib
-import errno
 import gc
 import json
 import os
@@ -20,7 +19,7 @@ from optuna.trial import TrialState
 from config import MAX_SEED, get_config_parser
 from training import persistence
 from training.engine import fit
-from training.errors import LogdirBusy, UserError
+from training.errors import DISK_REFUSED, LogdirBusy, UserError
 from training.models import validate_model_config
 
 from .console import say
@@ -305,7 +304,7 @@ def run_trial(plan, study, lock, trial):
             "its run resumes it from the last checkpoint")
         return
     except Exception as exc:  # a failed run is recorded and the study goes on
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):  # its log's disk, full for all
+        if isinstance(exc, OSError) and exc.errno in DISK_REFUSED:  # its log's disk, full for all
             raise persistence.cannot_write(os.path.join(run_dir, LOG_FILE), exc) from None
         outcome, error = "error", f"{type(exc).__name__}: {exc}"
         with contextlib.suppress(OSError), _open_log(run_dir) as log:  # the record below keeps the error anyway

@@ -1,5 +1,6 @@
 """main.py interrupted and resumed, on tiny fake data: checkpoints, resume equivalence, Ctrl-C and SIGTERM at each
-stage, a disk that fills up, and the files' modes. Training and results.json are in test_runner.py."""
+stage, a disk that fills up, and the files' modes. Training and results.json are in test_runner.py, output to a reader
+that leaves or to a full disk in test_output_streams.py."""
 import errno
 import os
 import signal
@@ -101,28 +102,6 @@ def test_an_interrupt_in_the_first_epoch_says_there_is_nothing_to_resume(run_arg
     monkeypatch.undo()
     assert main.main(run_args("mlp", "--logdir", logdir, epochs=2)) == 0
     assert read_results(logdir)["status"] == "completed"
-
-
-@pytest.mark.parametrize("together", [False, True], ids=["stdout", "stdout-and-stderr"])
-def test_output_piped_to_a_reader_that_leaves_stops_the_run_as_ctrl_c_does(together, run_args, tmp_path):
-    """``python main.py ... | head`` (or ``2>&1 | head``): the first row that finds the pipe closed stops the run,
-    which keeps its saved epochs in step with its checkpoint, instead of a traceback that left it ``running``."""
-    logdir = tmp_path / "run"
-    flags = run_args("mlp", "--logdir", str(logdir), epochs=20)
-    process = subprocess.Popen([sys.executable, "main.py", *flags], cwd=ROOT, stdout=subprocess.PIPE, text=True,
-                               stderr=subprocess.STDOUT if together else subprocess.PIPE)
-    while not process.stdout.readline().startswith("epoch |"):  # the table's header: the rows come next
-        pass
-    process.stdout.close()
-    assert process.wait(timeout=120) == 130
-    if not together:
-        with process.stderr:
-            err = process.stderr.read()
-        assert "Traceback" not in err and err.endswith("rerun with the same flags and --resume to continue\n"), err
-    results = read_results(logdir)
-    assert results["status"] == "interrupted" and 1 <= results["epochs_completed"] < 20
-    assert torch.load(logdir / "checkpoint.pt", weights_only=True)["epoch"] == results["epochs_completed"]
-    assert main.main(flags + ["--resume"]) == 0 and read_results(logdir)["epochs_completed"] == 20
 
 
 def test_an_interrupt_during_the_test_evaluation_marks_the_run_interrupted_and_resume_tests_it(run_args, tmp_path,

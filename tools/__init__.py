@@ -4,7 +4,7 @@ import sys
 
 from config import torch_too_old
 from training.engine import fit
-from training.errors import UserError, set_up_command_line
+from training.errors import UserError, exit_after_output, set_up_command_line
 
 
 def run_cli(main):
@@ -23,7 +23,7 @@ def run_cli(main):
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         code = 130
-    sys.exit(code)
+    exit_after_output(code)
 
 
 def fit_or_stop(args):

@@ -1,9 +1,13 @@
 """What a user causes and the runner answers in one line: a bad input, a warning, or a stop."""
 import argparse
+import errno
 import os
 import signal
 import sys
 import warnings
+
+
+DISK_REFUSED = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a file size limit
 
 
 def counted(number, noun):
@@ -53,18 +57,24 @@ def _raise_interrupt(signum, frame):
 
 
 class _StreamWhoseReaderMayLeave:
-    """A standard stream whose reader may go away (``| head`` has its lines, ``less`` was quit). The first write
-    that finds the pipe closed stops the process as Ctrl-C does: a run keeps its finished epochs and says, on the
-    standard error, how to resume it. What is written after that is dropped, not raised again."""
+    """A standard stream whose reader may go away (``| head`` has its lines, ``less`` was quit), or whose file's
+    disk may fill up. The first write that finds the pipe closed stops the process as Ctrl-C does: a run keeps its
+    finished epochs and says, on the standard error, how to resume it. The standard output's first write that its
+    disk refuses stops the process with a ``UserError``, said in one line on the standard error, as a checkpoint that
+    the disk refuses is; the standard error's is dropped (there is nowhere left to say it, and Python's warnings
+    ignore it too). What is written to a stream after that is dropped, not raised again."""
 
     reader_left = False  # shared by both streams, which ``2>&1 | head`` sends into the same pipe
 
-    def __init__(self, stream):
+    def __init__(self, stream, is_output):
         """
         Args:
             stream: ``sys.stdout`` or ``sys.stderr``.
+            is_output: whether it is the standard output, whose refused write stops the process.
         """
         self._stream = stream
+        self._is_output = is_output
+        self._disk_refused = False
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
@@ -79,13 +89,27 @@ class _StreamWhoseReaderMayLeave:
         try:
             return call(*args)
         except BrokenPipeError:
-            devnull = os.open(os.devnull, os.O_WRONLY)  # so that later writes, and the exit's flush, succeed
-            os.dup2(devnull, self._stream.fileno())
-            os.close(devnull)
+            self._drop_what_follows()
             if _StreamWhoseReaderMayLeave.reader_left:
                 return None
             _StreamWhoseReaderMayLeave.reader_left = True
             raise KeyboardInterrupt from None
+        except OSError as exc:
+            if exc.errno not in DISK_REFUSED:
+                raise
+            self._drop_what_follows()
+            if self._disk_refused or not self._is_output:
+                return None
+            self._disk_refused = True
+            raise UserError(f"cannot write the standard output ({exc.strerror}); make room on its disk (or under "
+                            "your quota) or send it elsewhere; what a run saved is intact, and --resume or a rerun "
+                            "of the study continues from it") from None
+
+    def _drop_what_follows(self):
+        """Point the stream at the null device, so that later writes, and the exit's flush, succeed."""
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None):
@@ -104,11 +128,25 @@ def set_up_command_line():
       locale; a name outside Windows' code page, when the output goes to a file) prints as an escape, as it would
       on the standard error, instead of failing the run at its next line.
     - Output piped to a reader that leaves (``| head``, ``| less`` quit) stops the process as Ctrl-C does, instead
-      of a traceback that leaves results.json saying ``running``.
+      of a traceback that leaves results.json saying ``running``; output to a file on a full disk stops it with one
+      line (``exit_after_output`` says it for what was still buffered at the end).
     """
     signal.signal(signal.SIGTERM, _raise_interrupt)
     warnings.formatwarning = _one_line_warning
     if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="backslashreplace")
-    sys.stdout, sys.stderr = (stream if stream is None else _StreamWhoseReaderMayLeave(stream)
-                              for stream in (sys.stdout, sys.stderr))
+    sys.stdout, sys.stderr = (stream if stream is None else _StreamWhoseReaderMayLeave(stream, is_output)
+                              for stream, is_output in ((sys.stdout, True), (sys.stderr, False)))
+
+
+def exit_after_output(code):
+    """``sys.exit(code)`` once what was printed is written. A standard output on a full disk then gets its one line
+    and exit status 2 (``code`` where that already says that something went wrong), instead of Python's traceback
+    as it exits and status 120."""
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = code or 2
+    sys.exit(code)

@@ -1,0 +1,117 @@
+"""The command lines' standard output and error when they cannot be written: piped to a reader that leaves (``| head``)
+or sent to a file whose disk refuses it (full, over quota, over the file size limit: the kernel's ``RLIMIT_FSIZE``
+stands in for them)."""
+import errno
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import main
+from helpers import ROOT, read_results, with_file_size_limit
+from training.errors import _StreamWhoseReaderMayLeave
+
+DISK_REFUSED_LINE = ("error: cannot write the standard output (File too large); make room on its disk (or under your "
+                     "quota) or send it elsewhere; what a run saved is intact, and --resume or a rerun of the study "
+                     "continues from it\n")
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["stdout", "stdout-and-stderr"])
+def test_output_piped_to_a_reader_that_leaves_stops_the_run_as_ctrl_c_does(together, run_args, tmp_path):
+    """``python main.py ... | head`` (or ``2>&1 | head``): the first row that finds the pipe closed stops the run,
+    which keeps its saved epochs in step with its checkpoint, instead of a traceback that left it ``running``."""
+    logdir = tmp_path / "run"
+    flags = run_args("mlp", "--logdir", str(logdir), epochs=20)
+    process = subprocess.Popen([sys.executable, "main.py", *flags], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                               stderr=subprocess.STDOUT if together else subprocess.PIPE)
+    while not process.stdout.readline().startswith("epoch |"):  # the table's header: the rows come next
+        pass
+    process.stdout.close()
+    assert process.wait(timeout=120) == 130
+    if not together:
+        with process.stderr:
+            err = process.stderr.read()
+        assert "Traceback" not in err and err.endswith("rerun with the same flags and --resume to continue\n"), err
+    results = read_results(logdir)
+    assert results["status"] == "interrupted" and 1 <= results["epochs_completed"] < 20
+    assert torch.load(logdir / "checkpoint.pt", weights_only=True)["epoch"] == results["epochs_completed"]
+    assert main.main(flags + ["--resume"]) == 0 and read_results(logdir)["epochs_completed"] == 20
+
+
+def _run_with_output_limited(command, tmp_path, limit, buffered, stream="stdout"):
+    """Run ``command`` (``main.py`` or ``studies`` and its flags) as from the shell, its ``stream`` sent to a file
+    that the kernel lets grow to ``limit`` bytes; ``(exit status, what the other stream got, the file's size)``."""
+    script = (f"import runpy, sys\nsys.argv = {command!r}\n"
+              f"runpy.run_{'path' if command[0].endswith('.py') else 'module'}({command[0]!r}, run_name='__main__')")
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    if not buffered:
+        environment["PYTHONUNBUFFERED"] = "1"
+    limited = tmp_path / "limited.txt"
+    with open(limited, "w") as f:
+        run = subprocess.run([sys.executable, "-c", with_file_size_limit(script, limit)], cwd=ROOT, env=environment,
+                             text=True, timeout=300, **{stream: f},
+                             **{"stderr" if stream == "stdout" else "stdout": subprocess.PIPE})
+    return run.returncode, run.stderr if stream == "stdout" else run.stdout, limited.stat().st_size
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the kernel's file size limit is POSIX")
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])
+def test_output_to_a_file_that_the_disk_refuses_stops_the_run_in_one_line(buffered, run_args, tmp_path):
+    """``python main.py ... > out.txt`` on a full disk: a buffered output is refused when its buffer is written, here
+    as the short run exits; an unbuffered one (``PYTHONUNBUFFERED``, ``python -u``) at its first row past the limit.
+    Without --logdir, the output is the only file that the run writes."""
+    code, err, size = _run_with_output_limited(["main.py", *run_args("mlp", epochs=3)], tmp_path, 400, buffered)
+    assert (code, err) == (2, DISK_REFUSED_LINE) and size <= 400
+
+
+class _DiskFullPast:
+    """A text file whose disk takes ``room`` more characters, then refuses every write."""
+
+    def __init__(self, file, room):
+        self._file, self._room = file, room
+
+    def write(self, text):
+        if len(text) > self._room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self._room -= len(text)
+        return self._file.write(text)
+
+    def flush(self):
+        self._file.flush()
+
+    def fileno(self):
+        return self._file.fileno()
+
+
+def test_a_run_whose_output_the_disk_refuses_keeps_its_saved_epochs_and_resumes(run_args, tmp_path, monkeypatch,
+                                                                               capsys):
+    logdir = tmp_path / "run"
+    flags = run_args("mlp", "--logdir", str(logdir), epochs=5)
+    with open(tmp_path / "out.txt", "w") as out:
+        monkeypatch.setattr(sys, "stdout", _StreamWhoseReaderMayLeave(_DiskFullPast(out, 400), is_output=True))
+        assert main.main(flags) == 2
+        monkeypatch.undo()
+    assert capsys.readouterr().err.endswith(DISK_REFUSED_LINE.replace("File too large", "No space left on device"))
+    results = read_results(logdir)
+    assert results["status"] == "running" and 1 <= results["epochs_completed"] < 5
+    assert torch.load(logdir / "checkpoint.pt", weights_only=True)["epoch"] == results["epochs_completed"]
+    assert main.main(flags + ["--resume"]) == 0 and read_results(logdir)["epochs_completed"] == 5
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the kernel's file size limit is POSIX")
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])
+def test_the_studies_command_whose_output_the_disk_refuses_stops_in_one_line(buffered, tmp_path):
+    """``list``, which writes no file but its output (a study's run writes its journal too)."""
+    code, err, size = _run_with_output_limited(["studies", "list"], tmp_path, 100, buffered)
+    assert (code, err) == (2, DISK_REFUSED_LINE) and size <= 100
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the kernel's file size limit is POSIX")
+def test_an_error_stream_that_the_disk_refuses_is_dropped_and_the_run_goes_on(run_args, tmp_path):
+    """The progress bars and warnings go there, and there is nowhere left to say that it is full."""
+    flags = run_args("mlp", epochs=3)
+    flags.remove("--no_progress")
+    code, out, size = _run_with_output_limited(["main.py", *flags], tmp_path, 100, buffered=False, stream="stderr")
+    assert code == 0 and size == 100 and out.splitlines()[-1].startswith("best validation accuracy"), out
