@@ -7,9 +7,8 @@ import os
 import sys
 import traceback
 
-import torch
-
 from config import get_config_parser
+from training.devices import out_of_memory
 from training.engine import evaluate, fit, train
 from training.errors import UserError, counted, exit_after_output, set_up_command_line
 from training.persistence import CHECKPOINT_FILE, RESULTS_FILE
@@ -29,17 +28,16 @@ def main(argv=None):
     except KeyboardInterrupt:  # before the first epoch or while visualising (fit handles one in training and testing)
         print("\ninterrupted", file=sys.stderr)
         return EXIT_CODES["interrupted"]
-    except torch.cuda.OutOfMemoryError as exc:  # a batch too large for this GPU: the user's to change
-        what = ". ".join(str(exc).split(". ")[:3])  # how much it asked for and had; then torch's tuning advice
+    except Exception as exc:  # a crash: its traceback, or one line for a device out of memory; and what was kept
         kept = _epochs_kept(args.logdir, exc)
-        resume = ("" if kept is None else f"; or, to keep the {counted(kept, 'finished epoch')} that results.json "
-                  "keeps, rerun with the same flags and --resume (and a smaller --eval_batch_size if the validation or "
-                  "test ran out)")
-        print(f"error: {what}; start again with a smaller --batch_size (training) or --eval_batch_size (validation "
-              f"and test), or a smaller model config{resume}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # a crash: its traceback, then how to go on from what the run kept
-        kept = _epochs_kept(args.logdir, exc)
+        memory = out_of_memory(exc)
+        if memory is not None:  # a batch too large for this device: the user's to change
+            resume = ("" if kept is None else f"; or, to keep the {counted(kept, 'finished epoch')} that results.json "
+                      "keeps, rerun with the same flags and --resume (and a smaller --eval_batch_size if the "
+                      "validation or test ran out)")
+            print(f"error: {memory}; start again with a smaller --batch_size (training) or --eval_batch_size "
+                  f"(validation and test), or a smaller model config{resume}", file=sys.stderr)
+            return 2
         if kept is None:
             raise
         traceback.print_exc()

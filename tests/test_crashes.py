@@ -92,3 +92,35 @@ def test_what_on_epoch_raises_is_the_callers_and_leaves_the_run_as_it_was(run_ar
         engine.fit(args, on_epoch=hand_over)
     results = read_results(tmp_path / "run")
     assert (results["status"], results["epochs_completed"], results["error"]) == ("running", 1, None)
+
+
+@pytest.mark.parametrize("refusal", [
+    "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+    "104857600 bytes. Error code 12 (Cannot allocate memory)",  # Linux, macOS
+    "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you tried to allocate "
+    "104857600 bytes.",  # Windows
+], ids=["posix", "windows"])
+def test_a_cpu_out_of_memory_gets_one_line_as_a_gpu_one_does(refusal, run_args, tmp_path, monkeypatch, capsys):
+    """torch raises the CPU allocator's refusal (a laptop's memory, a ``ulimit -v``) as a plain RuntimeError."""
+    logdir = tmp_path / "run"
+    _raise_in(monkeypatch, "train", RuntimeError(refusal), lambda epoch, mode: epoch == 2)
+    assert main.main(run_args("mlp", "--logdir", str(logdir), epochs=2)) == 2
+    assert capsys.readouterr().err == (
+        "error: CPU out of memory. Tried to allocate 100.00 MiB, which the system refused; start again with a smaller "
+        "--batch_size (training) or --eval_batch_size (validation and test), or a smaller model config; or, to keep "
+        "the 1 finished epoch that results.json keeps, rerun with the same flags and --resume (and a smaller "
+        "--eval_batch_size if the validation or test ran out)\n")
+    assert read_results(logdir)["error"] == f"RuntimeError: {refusal}"
+
+
+def test_other_runtime_errors_are_not_taken_for_a_device_out_of_memory():
+    from training.devices import out_of_memory
+
+    assert out_of_memory(RuntimeError(ILLEGAL_ACCESS)) is None
+    assert out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1536 bytes. "
+                                      "Error code 12")) == "CPU out of memory. Tried to allocate 1.50 KiB, which the "\
+                                                          "system refused"
+    assert out_of_memory(ValueError("DefaultCPUAllocator: not enough memory: you tried to allocate 1 bytes")) is None
+    assert out_of_memory(torch.cuda.OutOfMemoryError(OUT_OF_MEMORY)) == (
+        "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 3.81 GiB of which 1.10 GiB is "
+        "free")

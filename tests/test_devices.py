@@ -204,17 +204,24 @@ def test_compile_on_a_machine_that_cannot_build_kernels_stops_in_one_line_and_le
     assert not logdir.exists() and (tmp_path / "new").is_dir()  # the run made only the folder it was given
 
 
-def test_a_compiled_run_out_of_gpu_memory_is_told_so_not_that_compiling_failed(run_args, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("out_of_memory, said", [
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB. GPU 0 has a total capacity of "
+                                 "15.00 GiB of which 2.00 GiB is free. More advice."),
+     "error: CUDA out of memory. Tried to allocate 9.00 GiB."),
+    (RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 9663676416 bytes."),
+     "error: CPU out of memory. Tried to allocate 9.00 GiB, which the system refused;"),
+], ids=["gpu", "cpu"])
+def test_a_compiled_run_out_of_memory_is_told_so_not_that_compiling_failed(out_of_memory, said, run_args, tmp_path,
+                                                                          monkeypatch, capsys):
     def compiled_out_of_memory(model):
         def first_call(images):
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB. GPU 0 has a total "
-                                              "capacity of 15.00 GiB of which 2.00 GiB is free. More advice.")
+            raise out_of_memory
         return first_call
     monkeypatch.setattr(torch, "compile", compiled_out_of_memory)
     capsys.readouterr()
     assert main.main(run_args("mlp", "--logdir", str(tmp_path / "run"), "--compile")) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: CUDA out of memory. Tried to allocate 9.00 GiB.") and "--compile" not in err
+    assert err.startswith(said) and "--compile" not in err
 
 
 def test_a_gpu_is_identified_by_its_uuid_and_not_by_an_index_a_batch_system_may_renumber(monkeypatch):

@@ -1,8 +1,9 @@
 """Which device a run trains on, and what the fast path's ``auto`` flags become there: precision, memory
 layout and the CUDA graph, from what the GPU or the CPU computes natively; and how many CPUs this process may
-use (for DataLoader workers and the study workers' threads)."""
+use (for DataLoader workers and the study workers' threads); and which errors say that a device ran out of memory."""
 import os
 import platform
+import re
 import warnings
 
 import torch
@@ -119,3 +120,27 @@ def device_identity(device):
     index = device.index if device.index is not None else torch.cuda.current_device()
     uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
     return None if uuid is None else f"GPU-{uuid}"
+
+
+# torch raises the CPU allocator's refusal as a plain RuntimeError; the first wording is POSIX's, the second Windows'
+_CPU_ALLOCATOR_REFUSED = re.compile(
+    r"DefaultCPUAllocator: (?:can't allocate memory|not enough memory): you tried to allocate (\d+) bytes")
+
+
+def out_of_memory(exc):
+    """What a device that ran out of memory says in ``exc``, in a sentence or three: the GPU's request and what it
+    had, or the size that the CPU's allocator was refused; None for any other error."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return ". ".join(str(exc).split(". ")[:3])  # how much it asked for and had; then torch's tuning advice
+    refused = _CPU_ALLOCATOR_REFUSED.search(str(exc)) if isinstance(exc, RuntimeError) else None
+    if refused is None:
+        return None
+    return f"CPU out of memory. Tried to allocate {_binary_size(int(refused.group(1)))}, which the system refused"
+
+
+def _binary_size(size):
+    """``size`` bytes in the unit that torch's CUDA message would use: ``100.00 MiB``, ``9.00 GiB``."""
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if size >= scale:
+            return f"{size / scale:.2f} {unit}"
+    return f"{size} bytes"

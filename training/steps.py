@@ -14,6 +14,7 @@ import torch
 from utils import compute_accuracy, cross_entropy_loss, to_device
 
 from .augmentation import MIX, mix_batch
+from .devices import out_of_memory
 from .errors import UserError
 from .optim import set_learning_rate
 
@@ -89,9 +90,9 @@ def first_compiled_call(compiled_model, images):
     as compiled ones in the benchmarks."""
     try:
         return compiled_model(images)
-    except torch.cuda.OutOfMemoryError:  # the batch, not the compiler: said as in an uncompiled run
-        raise
     except Exception as exc:
+        if out_of_memory(exc) is not None:  # the batch, not the compiler: said as in an uncompiled run
+            raise
         cause = getattr(exc, "inner_exception", None) or exc  # what the compiler raised, under dynamo's wrapper
         reason = (str(cause).strip().splitlines() or [""])[0]
         raise UserError(f"--compile: torch.compile failed on this machine ({type(cause).__name__}: {reason}); it needs "
