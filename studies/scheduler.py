@@ -15,7 +15,6 @@ import os
 import socket
 import sys
 import threading
-import time
 
 from optuna.trial import TrialState
 
@@ -62,10 +61,11 @@ def _process_state(pid):
     return fields[0] != b"Z", int(fields[19])
 
 
-def is_lost(trial, now=None):
+def is_lost(trial, now):
     """A running trial whose worker died. On the worker's own host its process decides: gone, or its pid now
     another process's, is lost; alive is not, however long it has been silent (a laptop that slept). Elsewhere
-    (or where a process cannot be told from a reused pid), a worker silent for ``LOST_AFTER_SECONDS`` is lost."""
+    (or where a process cannot be told from a reused pid), a worker silent for ``LOST_AFTER_SECONDS`` by ``now``, the
+    study's lock's time, is lost."""
     attrs = trial.user_attrs
     if attrs.get("host") == socket.gethostname() and "pid" in attrs and os.name == "posix":  # Windows' os.kill kills
         alive, started = _process_state(attrs["pid"])
@@ -74,7 +74,7 @@ def is_lost(trial, now=None):
         if started is not None and attrs.get("pid_started") is not None:
             return started != attrs["pid_started"]
     last_heard = attrs.get("heartbeat") or trial.datetime_start.timestamp()
-    return (now or time.time()) - last_heard > LOST_AFTER_SECONDS
+    return now - last_heard > LOST_AFTER_SECONDS
 
 
 def _abandoned_here(trial):
@@ -89,13 +89,14 @@ def _abandoned_here(trial):
 class Heartbeat:
     """Marks a trial alive every ``HEARTBEAT_SECONDS`` while its run trains."""
 
-    def __init__(self, trial, interval=HEARTBEAT_SECONDS):
+    def __init__(self, trial, clock, interval=HEARTBEAT_SECONDS):
         """
         Args:
             trial: the running trial whose ``heartbeat`` attribute is set.
+            clock: the study's lock's ``now``, whose time the heartbeat records.
             interval: seconds between two heartbeats.
         """
-        self.trial, self.interval = trial, interval
+        self.trial, self.clock, self.interval = trial, clock, interval
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True)
 
@@ -103,7 +104,7 @@ class Heartbeat:
         failing = False
         while not self.stopped.wait(self.interval):
             try:
-                self.trial.set_user_attr("heartbeat", time.time())
+                self.trial.set_user_attr("heartbeat", self.clock())
             except Exception as exc:  # a storage out of reach for a while, or a trial declared lost: say it once
                 if not failing:
                     say(f"heartbeat of trial {self.trial.number} failed ({type(exc).__name__}: {exc}); trying "
@@ -219,7 +220,7 @@ class Claimer:
         claim now; ``running_elsewhere`` then says how many runs other workers are training."""
         with self.lock.hold(self.study.study_name):
             trials = self.study.get_trials(deepcopy=False)
-            now = time.time()
+            now = self.lock.now()
             for trial in trials:
                 if trial.state == TrialState.RUNNING and (is_lost(trial, now) or _abandoned_here(trial)):
                     say(f"trial {trial.number} ({trial.user_attrs.get('run_dir')}): its worker is gone; "
@@ -241,5 +242,5 @@ class Claimer:
             trial.set_user_attr("host", socket.gethostname())
             trial.set_user_attr("pid", os.getpid())
             trial.set_user_attr("pid_started", process_started(os.getpid()))
-            trial.set_user_attr("heartbeat", time.time())
+            trial.set_user_attr("heartbeat", self.lock.now())
             return trial

@@ -5,7 +5,6 @@ import json
 import math
 import os
 import statistics
-import time
 
 import optuna
 from optuna.trial import TrialState
@@ -77,15 +76,15 @@ def _progress(study_dir, run_dir):
     return f"epoch {done} of {total}, about {_duration(seconds * (total - done))} to go"
 
 
-def _print_status(name, study_dir, storage):
+def _print_status(name, study_dir, storage, lock):
     """Print study ``name``'s runs by outcome and each running run's worker and progress; False if
-    ``storage`` does not hold it."""
+    ``storage`` does not hold it. ``lock``, the storage's, gives the time that the heartbeats are judged by."""
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:  # not in this database
         return False
     print(f"{name}: {summary(study) or 'nothing run yet'}")
-    now = time.time()
+    now = lock.now()
     for run_dir, (_, live, _) in sorted(job_states(study.get_trials(deepcopy=False)).items()):
         if live is None or live.state != TrialState.RUNNING:
             continue
@@ -108,9 +107,9 @@ def print_status(out, storage_url):
         study_dir = os.path.join(out, name)
         if storage_url is None and not os.path.isfile(os.path.join(study_dir, JOURNAL_FILE)):
             continue  # never create a journal just to look
-        storage, _ = open_storage(storage_url, study_dir)
+        storage, lock = open_storage(storage_url, study_dir)
         try:
-            shown += _print_status(name, study_dir, storage)
+            shown += _print_status(name, study_dir, storage, lock)
         finally:
             close_storage(storage)
     if not shown:

@@ -2,12 +2,14 @@
 
 A journal file in the study's folder serves workers on one host, with a file lock beside it; a PostgreSQL
 database serves workers on several machines, with an advisory lock; SQLite is accepted for one host. A journal
-cut short by a crash is repaired (a partial last record) or named (a damaged line) before Optuna reads it.
+cut short by a crash is repaired (a partial last record) or named (a damaged line) before Optuna reads it. The lock
+also gives the time that its workers' heartbeats are written and judged by: one clock for them all.
 """
 import contextlib
 import json
 import os
 import sys
+import time
 import zlib
 
 import optuna
@@ -231,6 +233,11 @@ class FileLock:
         self.path = path
         self.portable = fcntl is None if portable is None else portable
 
+    @staticmethod
+    def now():
+        """This host's time, which every worker holding this lock reads: they run on this host."""
+        return time.time()
+
     @contextlib.contextmanager
     def hold(self, key):
         if not self.portable:
@@ -271,6 +278,12 @@ class PostgresLock:
 
         self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
         self.text = sqlalchemy.text
+
+    def now(self):
+        """The database server's time, in seconds since the epoch: the workers' machines share it whatever their own
+        clocks say, so a worker whose clock runs minutes behind is not judged silent for that long."""
+        with self.engine.connect() as connection:
+            return float(connection.execute(self.text("SELECT EXTRACT(EPOCH FROM clock_timestamp())")).scalar())
 
     @contextlib.contextmanager
     def hold(self, key):

@@ -288,7 +288,7 @@ def run_trial(plan, study, lock, trial):
                                console=console)
     try:
         # line-buffered: `tail -f train.log` follows the run, and a killed worker's log keeps its last epoch
-        with Heartbeat(trial), _open_log(run_dir, buffering=1) as log, \
+        with Heartbeat(trial, lock.now), _open_log(run_dir, buffering=1) as log, \
                 contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), warnings.catch_warnings():
             # a filter added, even one that changes nothing (the action for warnings no filter matches), makes
             # Python forget which warnings it has shown: each run's log gets its own, as main.py would print them

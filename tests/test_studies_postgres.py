@@ -78,3 +78,25 @@ def test_two_workers_run_a_study_in_postgres(postgres_url, study_args, tmp_path)
     status = subprocess.run([sys.executable, "-m", "studies", "status", "--storage", postgres_url,
                              "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert status.returncode == 0 and status.stdout == "mlp_activation: 6 completed\n", status.stderr
+
+
+def test_a_worker_whose_clock_runs_behind_is_not_taken_for_lost(postgres_url, tmp_path, monkeypatch):
+    """Workers on several machines judge each other's heartbeats by the database server's clock: a worker on a host
+    whose clock runs ten minutes behind (no NTP) keeps its run, where its own clock would have made it look silent
+    for ten minutes, and its run taken over by another worker."""
+    import time
+
+    from studies.scheduler import Claimer
+
+    storage, lock = open_storage(postgres_url, str(tmp_path))
+    study = optuna.create_study(study_name="clocks", storage=storage)
+    jobs = {"first": {"seed": 0}, "second": {"seed": 1}}
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() - 600)
+    claimed = Claimer(study, lock, grid_jobs=jobs).claim()
+    monkeypatch.setattr(time, "time", real_time)
+    monkeypatch.setattr(socket, "gethostname", lambda: "another-host")  # judged by its heartbeat, not its process
+    other = Claimer(study, lock, grid_jobs=jobs).claim()
+    assert study.trials[claimed.number].state == TrialState.RUNNING
+    assert (claimed.user_attrs["run_dir"], other.user_attrs["run_dir"]) == ("first", "second")
+    close_storage(storage)

@@ -264,7 +264,7 @@ def test_a_running_trial_is_lost_when_its_process_is_gone_or_its_heartbeat_stops
 
     study = optuna.create_study()
     live = study.ask()
-    with Heartbeat(live, interval=0.01):
+    with Heartbeat(live, time.time, interval=0.01):
         time.sleep(0.2)
     beat = study.trials[0].user_attrs["heartbeat"]
     assert time.time() - beat < 5
@@ -296,7 +296,7 @@ def test_on_its_own_host_a_claimed_trial_is_lost_exactly_when_its_process_is(tmp
     reused = study.ask()  # its pid now names another process, started at another time
     for key, value in {**attrs, "pid_started": attrs["pid_started"] + 1}.items():
         reused.set_user_attr(key, value)
-    assert is_lost(study.trials[reused.number])
+    assert is_lost(study.trials[reused.number], now=time.time())
     # a process that claims again holds no run: its trial still running was abandoned (a notebook's kernel
     # lives on after a run whose outcome could not be recorded), and its job is claimed again
     again = Claimer(study, FileLock(str(tmp_path / "claims.lock")), grid_jobs={"job": {"seed": 0}}).claim()
@@ -323,7 +323,7 @@ def test_a_dead_workers_pid_reused_by_a_process_whose_name_is_not_text_is_still_
         for key, value in {"host": socket.gethostname(), "pid": other.pid, "pid_started": started - 1,
                            "heartbeat": time.time()}.items():
             trial.set_user_attr(key, value)
-        assert is_lost(study.trials[trial.number])
+        assert is_lost(study.trials[trial.number], now=time.time())
     finally:
         other.kill()
         other.wait()
@@ -344,7 +344,7 @@ def test_a_heartbeat_outlives_a_storage_that_fails_for_a_while(capsys):
                 raise OSError("connection reset (simulated)")
             self.beats.append(value)
     trial = TrialOfAFlakyStorage()
-    with Heartbeat(trial, interval=0.01):
+    with Heartbeat(trial, time.time, interval=0.01):
         deadline = time.time() + 10
         while not trial.beats and time.time() < deadline:
             time.sleep(0.01)
