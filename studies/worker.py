@@ -339,6 +339,24 @@ def _open_log(run_dir, **kwargs):
     return open(os.path.join(run_dir, LOG_FILE), "a", encoding="utf-8", errors="backslashreplace", **kwargs)
 
 
+def release_gpu():
+    """Give the finished run's GPU memory back (its model, optimizer and graphs are garbage now), so that workers
+    sharing the GPU and the next run (another model, another size) find it free. A CUDA error that its run left
+    (an illegal memory access, a device-side assert) stays for the rest of the process and would fail every later
+    run of this worker: the worker stops instead, in one line."""
+    gc.collect()
+    if not torch.cuda.is_initialized():  # a CPU study on a GPU machine: no CUDA context to make now
+        return
+    try:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+    except RuntimeError as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"the GPU stopped working in this worker ({reason}): CUDA keeps such an error until the "
+                        "process ends, so the worker stops; rerun the same command to go on in a new process "
+                        "(--retry_failed trains the failed run again)") from None
+
+
 def work(plan, study, lock):
     """Claim and train jobs of ``study`` (from ``open_study``) until the study is done; returns how many
     this worker ran. While other workers train the last runs, it waits for what they may leave: a search's
@@ -364,11 +382,7 @@ def work(plan, study, lock):
         said_waiting = False
         try:
             run_trial(plan, study, lock, trial)
-            # the run's model, optimizer and graphs are garbage now: give their GPU memory back, so
-            # that workers sharing a GPU and the next run (another model, another size) find it free
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            release_gpu()
         except BaseException:
             # the job stays open: marked failed without an outcome, it is enqueued again and resumes
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)

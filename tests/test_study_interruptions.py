@@ -338,3 +338,37 @@ def test_a_resumed_search_trial_tells_the_pruner_only_the_logged_epochs_it_has_n
         warnings.simplefilter("error")  # Optuna warns of an epoch told twice
         study_worker._report_earlier_epochs(study, trial, str(tmp_path))
     assert study.trials[0].intermediate_values == {1: 0.40, 2: 0.52, 4: 0.63}
+
+
+def test_a_cuda_error_that_outlives_its_run_stops_the_worker_in_one_line(study_args, tmp_path, monkeypatch, capsys):
+    """An illegal memory access (or a device-side assert) fails every later CUDA call of the process: the worker
+    stops after recording the run that raised it, instead of failing each run left, and a rerun goes on."""
+    import torch
+
+    illegal_access = "CUDA error: an illegal memory access was encountered"
+    real_fit = study_worker.fit
+
+    def fit_failing_for_relu(args, **kwargs):
+        if "relu" in args.logdir:
+            raise RuntimeError(illegal_access)
+        return real_fit(args, **kwargs)
+
+    def broken_context():
+        raise RuntimeError(f"{illegal_access}\nCUDA kernel errors might be asynchronously reported")
+    monkeypatch.setattr(study_worker, "fit", fit_failing_for_relu)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", broken_context)
+    flags = study_args("mlp_activation", "--values", "relu", "tanh")
+    capsys.readouterr()
+    assert studies_main(flags) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: the GPU stopped working in this worker ({illegal_access}): CUDA keeps such an error until the process "
+        "ends, so the worker stops; rerun the same command to go on in a new process (--retry_failed trains the "
+        "failed run again)")
+    out = str(tmp_path / "out")
+    assert jobs_of(load_study(out, "mlp_activation")) == {"activation-relu_seed-42": [TrialState.FAIL],
+                                                          "activation-tanh_seed-42": [TrialState.WAITING]}
+    monkeypatch.undo()
+    assert studies_main(flags) == 0
+    assert jobs_of(load_study(out, "mlp_activation")) == {"activation-relu_seed-42": [TrialState.FAIL],
+                                                          "activation-tanh_seed-42": [TrialState.COMPLETE]}

@@ -118,6 +118,7 @@ def test_a_tool_stops_at_the_first_run_that_ctrl_c_or_sigterm_interrupted(tool, 
     ("gpu_check", [], "tools.gpu_check needs CUDA (or --dry_run to check the script on a CPU)"),
     ("check_targets", [], "tools.check_targets measures GPU targets and needs CUDA (or --dry_run)"),
     ("time_studies", [], "tools.time_studies measures the GPU target and needs CUDA (or --dry_run)"),
+    ("cuda_error_check", [], "tools.cuda_error_check needs a CUDA GPU: it sets off a CUDA error on purpose"),
     ("time_studies", ["--out", "EXISTING"], "--out EXISTING exists; give a new --out so that every run trains from "
                                             "scratch"),
     ("time_studies", ["--dry_run", "--workers", "0"], "--workers must be at least 1, got 0"),
@@ -163,14 +164,15 @@ def _device_call(folder, steps, **env_vars):
 @pytest.mark.skipif(os.name != "posix", reason="the device call is a bash script")
 @pytest.mark.parametrize("steps, expected", [
     ([], ["compile", "nan_hunt", "resnet18_target", "studies_1_3"]),
-    (["mlpmixer_target", "nan_hunt"], ["nan_hunt", "mlpmixer_target"]),  # in the script's order
+    (["cuda_error", "mlpmixer_target", "nan_hunt"], ["nan_hunt", "mlpmixer_target", "cuda_error"]),  # script's order
 ])
 def test_the_device_call_runs_the_steps_asked_for(tmp_path, steps, expected):
     commands = {"compile": "-m tools.gpu_check --data_dir .devdata/data --sections compile",
                 "nan_hunt": "-m tools.gpu_check --data_dir .devdata/data --sections tracking --models mlpmixer",
                 "resnet18_target": "-m tools.check_targets --data_dir .devdata/data --models resnet18",
                 "studies_1_3": "-m tools.time_studies --data_dir .devdata/data",
-                "mlpmixer_target": "-m tools.check_targets --data_dir .devdata/data --models mlpmixer"}
+                "mlpmixer_target": "-m tools.check_targets --data_dir .devdata/data --models mlpmixer",
+                "cuda_error": "-m tools.cuda_error_check"}
     ran = _device_call(tmp_path, steps)
     assert ran.returncode == 0, ran.stderr
     with open(tmp_path / "python.log") as f:
@@ -211,5 +213,5 @@ def test_the_device_call_refuses_an_unknown_step_before_anything_runs(tmp_path):
     ran = _device_call(tmp_path, ["nan_hunt", "mixer_target"])
     assert ran.returncode == 2
     assert ran.stderr.strip() == ("error: unknown step mixer_target; choose from compile nan_hunt resnet18_target "
-                                  "studies_1_3 mlpmixer_target")
+                                  "studies_1_3 mlpmixer_target cuda_error")
     assert not os.path.exists(tmp_path / "python.log") and not os.path.exists(tmp_path / "device_check_logs")

@@ -8,6 +8,7 @@
 #
 #     bash tools/device_check.sh                     # the four default steps
 #     bash tools/device_check.sh mlpmixer_target     # a step by name (this one is in no default: 420 s alone)
+#     bash tools/device_check.sh mlpmixer_target cuda_error   # with the check that a sticky CUDA error stops a worker
 #
 # .devdata/ holds the course's CIFAR-10 copy (cifar10_jpeg_q75.npz and make_cifar10.py from ../shared/data);
 # .whl/ holds wheels of Optuna and its dependencies for the device's Python 3.12, which has torch, numpy and tqdm
@@ -18,7 +19,7 @@
 #         --dest .whl && rm .whl/numpy-* .whl/tqdm-*
 set -u
 DEFAULT_STEPS="compile nan_hunt resnet18_target studies_1_3"
-ALL_STEPS="$DEFAULT_STEPS mlpmixer_target"
+ALL_STEPS="$DEFAULT_STEPS mlpmixer_target cuda_error"
 STEPS=${*:-$DEFAULT_STEPS}
 for name in $STEPS; do  # refused before anything runs: a mistyped step must not cost a device start
     [[ " $ALL_STEPS " == *" $name "* ]] || { echo "error: unknown step $name; choose from $ALL_STEPS" >&2; exit 2; }
@@ -68,3 +69,5 @@ step 120 resnet18_target python -m tools.check_targets --data_dir "$DATA" --mode
 step 300 studies_1_3 python -m tools.time_studies --data_dir "$DATA" --out "$OUT/studies"
 # issue 4: the MLP-Mixer with 4x4 patches at 87% test accuracy from at most 5 minutes of training
 step 420 mlpmixer_target python -m tools.check_targets --data_dir "$DATA" --models mlpmixer
+# studies/worker.py: does a CUDA error that a run leaves (a device-side assert) stop the worker in one line?
+step 60 cuda_error python -m tools.cuda_error_check
