@@ -40,6 +40,20 @@ def test_output_piped_to_a_reader_that_leaves_stops_the_run_as_ctrl_c_does(toget
     assert main.main(flags + ["--resume"]) == 0 and read_results(logdir)["epochs_completed"] == 20
 
 
+def test_a_reader_that_left_before_the_last_buffered_output_lets_the_completed_run_exit_quietly(run_args, tmp_path):
+    """``python main.py ... | true``: a short run's rows wait in the output's buffer until the process exits, and the
+    pipe's reader is gone by then; the run has done its work, and its exit says so, without a traceback."""
+    logdir = tmp_path / "run"
+    reader, writer = os.pipe()
+    os.close(reader)
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    run = subprocess.run([sys.executable, "main.py", *run_args("mlp", "--logdir", str(logdir), epochs=2)], cwd=ROOT,
+                         stdout=writer, stderr=subprocess.PIPE, text=True, env=environment, timeout=120)
+    os.close(writer)
+    assert (run.returncode, run.stderr) == (0, "")
+    assert read_results(logdir)["status"] == "completed"
+
+
 def _run_with_output_limited(command, tmp_path, limit, buffered, stream="stdout"):
     """Run ``command`` (``main.py`` or ``studies`` and its flags) as from the shell, its ``stream`` sent to a file
     that the kernel lets grow to ``limit`` bytes; ``(exit status, what the other stream got, the file's size)``."""

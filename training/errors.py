@@ -141,12 +141,14 @@ def set_up_command_line():
 
 def exit_after_output(code):
     """``sys.exit(code)`` once what was printed is written. A standard output on a full disk then gets its one line
-    and exit status 2 (``code`` where that already says that something went wrong), instead of Python's traceback
-    as it exits and status 120."""
+    and exit status 2 (``code`` where that already says that something went wrong), and one piped to a reader that
+    left is let go, instead of Python's traceback as it exits and status 120 or 130."""
     try:
         if sys.stdout is not None:
             sys.stdout.flush()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = code or 2
+    except KeyboardInterrupt:  # a reader that left before the last output reached it: the process's work is done
+        pass
     sys.exit(code)
