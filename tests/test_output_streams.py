@@ -11,7 +11,7 @@ import torch
 
 import main
 from helpers import ROOT, read_results, with_file_size_limit
-from training.errors import _StreamWhoseReaderMayLeave
+from training.errors import _GuardedStandardStream
 
 DISK_REFUSED_LINE = ("error: cannot write the standard output (File too large); make room on its disk (or under your "
                      "quota) or send it elsewhere; what a run saved is intact, and --resume or a rerun of the study "
@@ -104,7 +104,7 @@ def test_a_run_whose_output_the_disk_refuses_keeps_its_saved_epochs_and_resumes(
     logdir = tmp_path / "run"
     flags = run_args("mlp", "--logdir", str(logdir), epochs=5)
     with open(tmp_path / "out.txt", "w") as out:
-        monkeypatch.setattr(sys, "stdout", _StreamWhoseReaderMayLeave(_DiskFullPast(out, 400), is_output=True))
+        monkeypatch.setattr(sys, "stdout", _GuardedStandardStream(_DiskFullPast(out, 400), is_output=True))
         assert main.main(flags) == 2
         monkeypatch.undo()
     assert capsys.readouterr().err.endswith(DISK_REFUSED_LINE.replace("File too large", "No space left on device"))

@@ -56,13 +56,13 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-class _StreamWhoseReaderMayLeave:
+class _GuardedStandardStream:
     """A standard stream whose reader may go away (``| head`` has its lines, ``less`` was quit), or whose file's
-    disk may fill up. The first write that finds the pipe closed stops the process as Ctrl-C does: a run keeps its
-    finished epochs and says, on the standard error, how to resume it. The standard output's first write that its
-    disk refuses stops the process with a ``UserError``, said in one line on the standard error, as a checkpoint that
-    the disk refuses is; the standard error's is dropped (there is nowhere left to say it, and Python's warnings
-    ignore it too). What is written to a stream after that is dropped, not raised again."""
+    disk may fill up, without a traceback. The first write that finds the pipe closed stops the process as Ctrl-C
+    does: a run keeps its finished epochs and says, on the standard error, how to resume it. The standard output's
+    first write that its disk refuses stops the process with a ``UserError``, said in one line on the standard error,
+    as a checkpoint that the disk refuses is; the standard error's is dropped (there is nowhere left to say it, and
+    Python's warnings ignore it too). What is written to a stream after that is dropped, not raised again."""
 
     reader_left = False  # shared by both streams, which ``2>&1 | head`` sends into the same pipe
 
@@ -90,9 +90,9 @@ class _StreamWhoseReaderMayLeave:
             return call(*args)
         except BrokenPipeError:
             self._drop_what_follows()
-            if _StreamWhoseReaderMayLeave.reader_left:
+            if _GuardedStandardStream.reader_left:
                 return None
-            _StreamWhoseReaderMayLeave.reader_left = True
+            _GuardedStandardStream.reader_left = True
             raise KeyboardInterrupt from None
         except OSError as exc:
             if exc.errno not in DISK_REFUSED:
@@ -135,7 +135,7 @@ def set_up_command_line():
     warnings.formatwarning = _one_line_warning
     if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="backslashreplace")
-    sys.stdout, sys.stderr = (stream if stream is None else _StreamWhoseReaderMayLeave(stream, is_output)
+    sys.stdout, sys.stderr = (stream if stream is None else _GuardedStandardStream(stream, is_output)
                               for stream, is_output in ((sys.stdout, True), (sys.stderr, False)))
 
 
