@@ -187,7 +187,8 @@ def test_a_job_whose_trial_failed_before_drawing_its_settings_is_claimed_again_w
     from studies.storage import FileLock
 
     study = optuna.create_study()
-    claimer = Claimer(study, FileLock(str(tmp_path / "claims.lock")), grid_jobs={"a-1": {"seed": 1}, "a-2": {"seed": 2}})
+    claimer = Claimer(study, FileLock(str(tmp_path / "claims.lock")),
+                      grid_jobs={"a-1": {"seed": 1}, "a-2": {"seed": 2}})
     first = claimer.claim()
     study.tell(first.number, state=TrialState.FAIL)  # what a worker does when its run raises before suggest
     for run_dir, seed in (("a-2", 2), ("a-1", 1)):
