@@ -19,12 +19,13 @@ import optuna
 from config import MAX_SEED, HelpFormatter, check_args, get_config_parser, given_flags
 from training.cifar10 import check_valid_size, load_cifar10
 from training.devices import auto_precision, precision_hint
-from training.errors import CommandLineParser, UserError, exit_after_output, path_flag, set_up_command_line
+from training.errors import (CommandLineParser, OutputRefused, UserError, exit_after_output, path_flag,
+                             set_up_command_line)
 from training.models import SCHEMAS, SHIPPED_CONFIG_DIR, load_model_config, validate_model_config
 
 from .console import say
 from .definitions import STUDIES, is_model_setting
-from .launch import LAUNCHED_WORKER, launch_workers
+from .launch import OUTPUT_REFUSED_STATUS, is_launched_worker, launch_workers
 from .status import print_status, summary
 from .storage import close_storage, open_storage, refused_write, storage_kind
 from .worker import Plan, open_study, work
@@ -186,7 +187,7 @@ def _note_precision(study, args):
 def run_study(study, options, train_argv, argv):
     plan = make_plan(study, options, train_argv)
     storage, lock = open_storage(plan.storage, plan.study_dir)
-    launched = os.environ.get(LAUNCHED_WORKER) == "1"  # then the launch says what the study is and how it ended
+    launched = is_launched_worker()  # then the launch says what the study is and how it ended
     try:
         optuna_study = open_study(plan, storage, lock)
         args = get_config_parser().parse_args(train_argv)
@@ -200,7 +201,10 @@ def run_study(study, options, train_argv, argv):
             work(plan, optuna_study, lock)
             code = 0
         if not launched:
+            # a disk that refused a worker's output most likely refuses this line too, which then says why
             say(f"study {study.name}: {summary(optuna_study)}")
+        if code == OUTPUT_REFUSED_STATUS:
+            raise OutputRefused("a worker's write to it was refused")
         return code
     finally:
         close_storage(storage)
@@ -276,6 +280,10 @@ def main(argv=None):
             return 0
         return run_study(STUDIES[options.name], options, train_argv, argv)
     except UserError as exc:
+        if isinstance(exc, OutputRefused) and is_launched_worker():
+            # said once by the launch, not by each of its workers; their lines are flushed as said (``say``), so
+            # none is left for the exit's flush to find refused and say again
+            return OUTPUT_REFUSED_STATUS
         say(f"error: {exc}", file=sys.stderr)
         return 2
     except optuna.exceptions.StorageInternalError as exc:

@@ -10,6 +10,14 @@ from training.devices import usable_cpus
 from .console import say
 
 LAUNCHED_WORKER = "STUDIES_LAUNCHED_WORKER"  # in the environment of the workers that --workers N starts
+# a launched worker's exit status when the disk refused its standard output, which the launch then says once for
+# all: the workers share the launch's output, and each would say it (sysexits' EX_IOERR)
+OUTPUT_REFUSED_STATUS = 74
+
+
+def is_launched_worker():
+    """Whether this process is one of the workers that ``--workers N`` started."""
+    return os.environ.get(LAUNCHED_WORKER) == "1"
 
 
 def worker_env(index, count, device):
@@ -34,7 +42,8 @@ def worker_env(index, count, device):
 
 
 def launch_workers(count, argv, device):
-    """Start ``count`` worker processes of this same command (each with ``--workers 1``); wait for all.
+    """Start ``count`` worker processes of this same command (each with ``--workers 1``); wait for all, and return
+    their exit status: the highest, or ``OUTPUT_REFUSED_STATUS`` when one of them could not write the output.
 
     Ctrl-C reaches every worker from the terminal; a SIGTERM sent to this process alone (``kill``,
     ``timeout``) is passed on to the workers, which then save their runs and stop as after Ctrl-C."""
@@ -60,6 +69,8 @@ def launch_workers(count, argv, device):
         if code < 0:  # a worker killed by a signal (the OOM killer's SIGKILL) says nothing itself
             say(f"a worker (pid {worker.pid}) was killed by {signal_name(-code)}; rerun the same command to "
                 "complete what it left", file=sys.stderr)
+    if OUTPUT_REFUSED_STATUS in codes:
+        return OUTPUT_REFUSED_STATUS
     # as a shell reports a process killed by signal N: 128 + N, not the negative code Popen gives
     return max(128 - code if code < 0 else code for code in codes)
 

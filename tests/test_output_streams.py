@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import main
-from helpers import ROOT, read_results, with_file_size_limit
+from helpers import ROOT, load_study, read_results, with_file_size_limit
+from studies.__main__ import main as studies_main
+from studies.status import summary
 from training.errors import _GuardedStandardStream
 
 DISK_REFUSED_LINE = ("error: cannot write the standard output (File too large); make room on its disk (or under your "
@@ -129,3 +131,28 @@ def test_an_error_stream_that_the_disk_refuses_is_dropped_and_the_run_goes_on(ru
     flags.remove("--no_progress")
     code, out, size = _run_with_output_limited(["main.py", *flags], tmp_path, 100, buffered=False, stream="stderr")
     assert code == 0 and size == 100 and out.splitlines()[-1].startswith("best validation accuracy"), out
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, which refuses every write as a full disk")
+def test_workers_whose_output_the_disk_refuses_leave_their_launch_to_say_it_once(study_args, tmp_path):
+    """``python -m studies run ... --workers 2 > out.txt`` on a disk that fills while the workers train: each worker
+    would say it, and so would the launch; the workers stop without a word and the launch says it once. Here the
+    workers alone write to ``/dev/full``; the launch's own lines, before and after them, still find room."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('STUDIES_LAUNCHED_WORKER') == '1':\n"
+        "    full = os.open('/dev/full', os.O_WRONLY)\n"
+        "    os.dup2(full, 1)\n"
+        "    os.close(full)\n")
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    argv = study_args("mlp_activation", "--workers", "2")
+    run = subprocess.run([sys.executable, "-m", "studies", *argv], cwd=ROOT, env=environment, capture_output=True,
+                         text=True, timeout=300)
+    refused = DISK_REFUSED_LINE.replace("File too large", "a worker's write to it was refused")
+    assert (run.returncode, run.stderr.count("error: ")) == (2, 1) and run.stderr.endswith(refused), run.stderr
+    header, outcome = run.stdout.splitlines()  # the workers' lines went to /dev/full
+    assert header.startswith("study mlp_activation: ") and outcome.startswith("study mlp_activation: ")
+    assert "completed" not in outcome and "to resume" in outcome, outcome
+    assert studies_main(argv) == 0 and "3 completed" in summary(load_study(tmp_path / "out", "mlp_activation"))

@@ -292,6 +292,17 @@ def test_a_worker_killed_by_a_signal_is_named_and_the_launch_exits_as_a_shell_re
     assert launch.launch_workers(2, ["run", "mlp_activation"], "cpu") == 0 and capsys.readouterr().err == ""
 
 
+def test_a_worker_that_could_not_write_the_output_decides_the_launchs_status_whatever_the_others_did(monkeypatch):
+    """Its launch then says it once, for all of them (``test_output_streams``), even where another worker stopped
+    with a higher status."""
+    import studies.launch as launch
+
+    real_popen, statuses = subprocess.Popen, iter([130, launch.OUTPUT_REFUSED_STATUS, 0])
+    monkeypatch.setattr(launch.subprocess, "Popen", lambda command, env: real_popen(
+        [sys.executable, "-c", f"raise SystemExit({next(statuses)})"], env=env))
+    assert launch.launch_workers(3, ["run", "mlp_activation"], "cpu") == launch.OUTPUT_REFUSED_STATUS
+
+
 def test_a_signal_without_a_name_is_given_by_its_number():
     from studies.launch import signal_name
 

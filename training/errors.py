@@ -23,6 +23,19 @@ class LogdirBusy(UserError):
     """Another run is writing into the ``--logdir`` that this run was given."""
 
 
+class OutputRefused(UserError):
+    """The standard output's disk refused a write: it is full, over quota, or the file is past its size limit."""
+
+    def __init__(self, reason):
+        """
+        Args:
+            reason: what refused it, in a few words (the error's ``strerror``).
+        """
+        super().__init__(f"cannot write the standard output ({reason}); make room on its disk (or under your quota) "
+                         "or send it elsewhere; what a run saved is intact, and --resume or a rerun of the study "
+                         "continues from it")
+
+
 class CommandLineParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` that answers a bad flag in one line, as the runner answers any bad input, naming the
     command that explains the flags, instead of printing its whole usage first (19 lines for ``main.py``)."""
@@ -101,9 +114,7 @@ class _GuardedStandardStream:
             if self._disk_refused or not self._is_output:
                 return None
             self._disk_refused = True
-            raise UserError(f"cannot write the standard output ({exc.strerror}); make room on its disk (or under "
-                            "your quota) or send it elsewhere; what a run saved is intact, and --resume or a rerun "
-                            "of the study continues from it") from None
+            raise OutputRefused(exc.strerror) from None
 
     def _drop_what_follows(self):
         """Point the stream at the null device, so that later writes, and the exit's flush, succeed."""
@@ -146,7 +157,7 @@ def exit_after_output(code):
     try:
         if sys.stdout is not None:
             sys.stdout.flush()
-    except UserError as exc:
+    except OutputRefused as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = code or 2
     except KeyboardInterrupt:  # a reader that left before the last output reached it: the process's work is done
