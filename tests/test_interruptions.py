@@ -2,6 +2,7 @@
 stage, a disk that fills up, and the files' modes. Training and results.json are in test_runner.py, output to a reader
 that leaves or to a full disk in test_output_streams.py."""
 import errno
+import json
 import os
 import signal
 import socket
@@ -14,7 +15,7 @@ import torch
 
 import main
 from helpers import ROOT, read_results, with_file_size_limit
-from training import engine
+from training import engine, persistence
 
 METRICS = ("train_losses", "valid_losses", "train_accs", "valid_accs", "test_loss", "test_acc", "status",
            "epochs_completed", "best_valid_acc", "best_epoch", "num_params", "model_config")
@@ -280,7 +281,7 @@ def test_resume_extends_a_constant_rate_run_not_a_scheduled_one_and_says_when_no
     assert "nothing left to train; the test set is evaluated" in capsys.readouterr().err
 
 
-def test_a_run_that_replaces_an_earlier_one_says_so(run_args, tmp_path, capsys):
+def test_a_run_that_replaces_an_earlier_one_says_so(run_args, tmp_path, capsys, monkeypatch):
     logdir = str(tmp_path / "run")
     assert main.main(run_args("mlp", "--logdir", logdir, epochs=1)) == 0
     assert "note:" not in capsys.readouterr().err
@@ -289,6 +290,18 @@ def test_a_run_that_replaces_an_earlier_one_says_so(run_args, tmp_path, capsys):
             "this run replaces it (--resume would continue it instead)") in capsys.readouterr().err
     assert main.main(run_args("mlp", "--logdir", logdir, "--resume", epochs=2)) == 0
     assert "note:" not in capsys.readouterr().err
+    results = read_results(logdir)
+    with open(os.path.join(logdir, "results.json"), "w") as f:
+        json.dump({**results, "status": "running"}, f)  # as a run killed outright (SIGKILL) leaves it
+    assert main.main(run_args("mlp", "--logdir", logdir, epochs=1)) == 0
+    assert (f"note: {os.path.join(logdir, 'results.json')} holds an earlier mlp run (stopped after 2 epochs without a "
+            "word: killed, or its machine went down); this run replaces it (--resume would continue it instead)"
+            ) in capsys.readouterr().err
+    monkeypatch.setattr(persistence, "fcntl", None)  # Windows: no hold, so the earlier run may still be running
+    with open(os.path.join(logdir, "results.json"), "w") as f:
+        json.dump({**results, "status": "running"}, f)
+    assert main.main(run_args("mlp", "--logdir", logdir, epochs=1)) == 0
+    assert "holds an earlier mlp run (running after 2 epochs); this run replaces it" in capsys.readouterr().err
     with open(os.path.join(logdir, "results.json"), "w") as f:
         f.write('{"model": "mlp", "status": "runn')  # cut short by another program, or a full disk
     assert main.main(run_args("mlp", "--logdir", logdir, epochs=1)) == 0

@@ -114,8 +114,9 @@ class EpochTable:
         return " | ".join(f"{value:>{width}{fmt}}" for value, (_, width, fmt) in zip(values, self.COLUMNS))
 
 
-def _note_replaced_run(logdir):
-    """Say so when a new run is about to overwrite the results of an earlier one in the same folder."""
+def _note_replaced_run(logdir, held):
+    """Say so when a new run is about to overwrite the results of an earlier one in the same folder; ``held``:
+    whether this run holds the folder, so that an earlier run that still says ``running`` is no longer running."""
     path = os.path.join(logdir, persistence.RESULTS_FILE)
     if not os.path.isfile(path):
         return
@@ -123,16 +124,20 @@ def _note_replaced_run(logdir):
         with open(path) as f:
             earlier = json.load(f)
         epochs = counted(earlier["epochs_completed"], "epoch")
-        what = f"an earlier {earlier['model']} run ({earlier['status']} after {epochs})"
+        how = f"{earlier['status']} after {epochs}"
+        if earlier["status"] == "running" and held:  # stopped where nothing could record it: SIGKILL, a power cut
+            how = f"stopped after {epochs} without a word: killed, or its machine went down"
+        what = f"an earlier {earlier['model']} run ({how})"
     except (OSError, ValueError, KeyError, TypeError):
         what = "an earlier run's results"
     print(f"note: {path} holds {what}; this run replaces it (--resume would continue it instead)", file=sys.stderr)
 
 
 def _hold_logdir(logdir, held):
-    """Make ``logdir`` if need be and hold it until ``held`` closes; ``LogdirBusy`` if another run holds it. A
-    folder made here is removed when ``held`` closes if it is still empty: a run stopped by a problem found before
-    its first epoch ended (``--compile`` without a compiler) leaves nothing behind."""
+    """Make ``logdir`` if need be and hold it until ``held`` closes; return whether it is held (``logdir_held``),
+    or raise ``LogdirBusy`` if another run holds it. A folder made here is removed when ``held`` closes if it is still
+    empty: a run stopped by a problem found before its first epoch ended (``--compile`` without a compiler) leaves
+    nothing behind."""
     made = not os.path.isdir(logdir)
     try:
         os.makedirs(logdir, exist_ok=True)
@@ -140,7 +145,7 @@ def _hold_logdir(logdir, held):
         raise UserError(f"cannot create --logdir {logdir} ({exc.strerror}); give a writable folder") from None
     if made:
         held.callback(_remove_if_empty, logdir)
-    held.enter_context(persistence.logdir_held(logdir))
+    return held.enter_context(persistence.logdir_held(logdir))
 
 
 def _remove_if_empty(folder):
@@ -181,8 +186,7 @@ def _fit(args, on_epoch, test, held):
     # still writes it, or a checkpoint made with other settings, is refused at once; a new folder is made only
     # once the data is read, so that a bad --data_dir leaves none behind.
     held_early = bool(args.logdir) and os.path.isdir(args.logdir)
-    if held_early:
-        _hold_logdir(args.logdir, held)
+    holds_logdir = held_early and _hold_logdir(args.logdir, held)
     state = persistence.load_checkpoint(args.logdir, signature) if args.resume else None
     device = resolve_device(args.device)
     args.device = device
@@ -211,9 +215,9 @@ def _fit(args, on_epoch, test, held):
     optimizer = build_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum, args.weight_decay,
                                 capturable=args.cuda_graph)
     if args.logdir and not held_early:
-        _hold_logdir(args.logdir, held)
+        holds_logdir = _hold_logdir(args.logdir, held)
     if args.logdir and not args.resume:
-        _note_replaced_run(args.logdir)
+        _note_replaced_run(args.logdir, holds_logdir)
 
     history = {key: [] for key in ("train_losses", "valid_losses", "train_accs", "valid_accs", "train_seconds",
                                    "valid_seconds", "train_images_per_second", "epoch_end_times")}

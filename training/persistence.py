@@ -106,9 +106,11 @@ def logdir_held(logdir):
 
     It is an ``flock`` on ``LOCK_FILE`` in the folder, which says who holds it (for the refusal's message). The
     kernel drops the lock when its holder exits or dies, so no stale lock outlives a run; a run that ends
-    removes the file, and a run that locked a file which its holder removed meanwhile locks the new one."""
+    removes the file, and a run that locked a file which its holder removed meanwhile locks the new one.
+
+    Yields whether it holds the folder: not on Windows, nor on a filesystem without ``flock``."""
     if fcntl is None:
-        yield
+        yield False
         return
     path = os.path.join(logdir, LOCK_FILE)
     while True:
@@ -131,7 +133,7 @@ def logdir_held(logdir):
                 with contextlib.suppress(OSError):
                     os.unlink(path)
             warnings.warn(f"cannot lock --logdir {logdir} ({exc.strerror}): nothing keeps a second run out of it")
-            yield
+            yield False
             return
         if _same_file(f, path):
             break
@@ -144,7 +146,7 @@ def logdir_held(logdir):
                 os.write(f.fileno(), f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
             except OSError as exc:
                 raise cannot_write(path, exc) from None
-            yield
+            yield True
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(path)
