@@ -125,8 +125,8 @@ def _note_replaced_run(logdir, held):
             earlier = json.load(f)
         epochs = counted(earlier["epochs_completed"], "epoch")
         how = f"{earlier['status']} after {epochs}"
-        if earlier["status"] == "running" and held:  # stopped where nothing could record it: SIGKILL, a power cut
-            how = f"stopped after {epochs} without a word: killed, or its machine went down"
+        if earlier["status"] == "running" and held:  # stopped where it could not record it: SIGKILL, a full disk
+            how = f"stopped after {epochs} without recording why: killed, its machine down or its disk full"
         what = f"an earlier {earlier['model']} run ({how})"
     except (OSError, ValueError, KeyError, TypeError):
         what = "an earlier run's results"
