@@ -295,8 +295,8 @@ def test_a_run_that_replaces_an_earlier_one_says_so(run_args, tmp_path, capsys, 
         json.dump({**results, "status": "running"}, f)  # as a run killed outright (SIGKILL) leaves it
     assert main.main(run_args("mlp", "--logdir", logdir, epochs=1)) == 0
     assert (f"note: {os.path.join(logdir, 'results.json')} holds an earlier mlp run (stopped after 2 epochs without "
-            "recording why: killed, its machine down or its disk full); this run replaces it (--resume would continue it instead)"
-            ) in capsys.readouterr().err
+            "recording why: killed, its machine down or its disk full); this run replaces it (--resume would continue "
+            "it instead)") in capsys.readouterr().err
     monkeypatch.setattr(persistence, "fcntl", None)  # Windows: no hold, so the earlier run may still be running
     with open(os.path.join(logdir, "results.json"), "w") as f:
         json.dump({**results, "status": "running"}, f)
