@@ -186,7 +186,9 @@ def _fit(args, on_epoch, test, held):
     # still writes it, or a checkpoint made with other settings, is refused at once; a new folder is made only
     # once the data is read, so that a bad --data_dir leaves none behind.
     held_early = bool(args.logdir) and os.path.isdir(args.logdir)
-    holds_logdir = held_early and _hold_logdir(args.logdir, held)
+    holds_logdir = False  # whether this run holds the folder (not where it cannot be locked)
+    if held_early:
+        holds_logdir = _hold_logdir(args.logdir, held)
     state = persistence.load_checkpoint(args.logdir, signature) if args.resume else None
     device = resolve_device(args.device)
     args.device = device
