@@ -211,6 +211,20 @@ def test_a_record_that_the_disk_cuts_short_is_taken_back_so_the_next_writers_rec
     assert "cut short" not in capsys.readouterr().err
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc (Linux)")
+def test_appending_to_the_journal_leaves_no_file_open(tmp_path):
+    """A worker appends to its journal at every epoch and every heartbeat (30 s) of its runs: a file left open each
+    time would reach the process's limit (1024 on Linux) within a long search."""
+    from studies.storage import JOURNAL_FILE, _JournalFile
+
+    journal = _JournalFile(str(tmp_path / JOURNAL_FILE))
+    open_before = len(os.listdir("/proc/self/fd"))
+    for number in range(20):
+        journal.append_logs([{"op_code": 0, "number": number}, {"op_code": 1, "number": number}])
+    assert len(os.listdir("/proc/self/fd")) == open_before
+    assert len((tmp_path / JOURNAL_FILE).read_text().splitlines()) == 40
+
+
 def test_a_journal_left_empty_or_cut_short_opens_and_its_repair_gives_the_writers_lock_back(tmp_path, capsys):
     from studies.storage import open_storage
 
@@ -330,3 +344,31 @@ def test_the_claims_lock_excludes_other_holders(tmp_path, portable, flock_refuse
     for thread in threads:
         thread.join()
     assert len(overlaps) == 80 and not any(overlaps)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock and SIGKILL: POSIX only")
+def test_the_claims_lock_of_a_worker_killed_while_holding_it_is_free_at_once(tmp_path):
+    """The OOM killer's SIGKILL mid-claim: the kernel drops the flock, where a lock file would stay behind and keep
+    every other worker out until Optuna's grace period (30 s) let them force it."""
+    import signal
+    import threading
+
+    from studies.storage import FileLock
+
+    path = str(tmp_path / "claims.lock")
+    with subprocess.Popen(
+            [sys.executable, "-c", "import time\nfrom studies.storage import FileLock\n"
+             f"with FileLock({path!r}).hold('study'):\n    print('held', flush=True)\n    time.sleep(600)"],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True) as holder:
+        try:
+            assert holder.stdout.readline() == "held\n"
+        finally:
+            holder.send_signal(signal.SIGKILL)
+    claimed = threading.Event()
+
+    def claim():
+        with FileLock(path).hold("study"):
+            claimed.set()
+    threading.Thread(target=claim, daemon=True).start()
+    assert claimed.wait(timeout=10)  # at once; the bound only keeps a failure from hanging the suite
+    assert os.listdir(tmp_path) == ["claims.lock"]  # no lock file of the dead worker's left behind
