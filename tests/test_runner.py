@@ -109,6 +109,34 @@ def test_a_logdir_whose_name_is_not_utf8_prints_as_an_escape_where_the_output_is
     assert read_results(logdir)["status"] == "completed"
 
 
+def test_a_visualize_that_returns_nothing_as_the_templates_does_completes_the_run(run_args, tmp_path, monkeypatch):
+    """A student's own mlpmixer.py beside the runner: the template's ``visualize`` saves its image and returns
+    nothing, which must not fail a run that completed."""
+    import mlpmixer
+
+    def visualize(self, logdir):
+        open(os.path.join(logdir, "token_mixing.png"), "wb").close()
+    monkeypatch.setattr(mlpmixer.MLPMixer, "visualize", visualize)
+    logdir = tmp_path / "run"
+    assert main.main(run_args("mlpmixer", "--logdir", str(logdir), "--visualize", epochs=1)) == 0
+    assert "token_mixing.png" in os.listdir(logdir) and read_results(logdir)["status"] == "completed"
+
+
+def test_a_visualize_that_fails_on_its_own_is_a_crash_with_its_traceback_not_a_full_disk(run_args, tmp_path,
+                                                                                          monkeypatch, capsys):
+    """PIL's errors are OSErrors without an errno: the disk is not to blame, and the traceback shows where."""
+    import mlpmixer
+
+    def visualize(self, logdir):
+        raise OSError("cannot write mode RGBA as JPEG")
+    monkeypatch.setattr(mlpmixer.MLPMixer, "visualize", visualize)
+    logdir = tmp_path / "run"
+    with pytest.raises(OSError, match="cannot write mode RGBA as JPEG"):
+        main.main(run_args("mlpmixer", "--logdir", str(logdir), "--visualize", epochs=1))
+    assert "make room" not in capsys.readouterr().err
+    assert read_results(logdir)["status"] == "completed"
+
+
 def test_visualize_for_the_mlp_warns_before_training_and_draws_nothing(run_args, tmp_path):
     import warnings
 

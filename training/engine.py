@@ -337,10 +337,14 @@ def _fit(args, on_epoch, test, held):
 
 
 def _visualize(model, logdir):
-    """The files of ``model``'s visualisation, written into ``logdir`` after its run completed."""
+    """The files that ``model``'s visualisation wrote into ``logdir`` after its run completed: none named where its
+    ``visualize`` returns nothing, as the template's does."""
     try:
         return model.visualize(logdir) or []
-    except OSError as exc:  # a full disk, a quota: results.json already holds the completed run
-        raise UserError(f"--visualize: cannot write into {logdir} ({exc.strerror or exc}); make room on that disk "
+    except OSError as exc:
+        if exc.errno is None:  # the drawing's own error, not the system's (PIL: "cannot write mode RGBA as JPEG")
+            raise
+        # a full disk, a quota: results.json already holds the completed run
+        raise UserError(f"--visualize: cannot write into {logdir} ({exc.strerror}); make room on that disk "
                         "(or under your quota), then rerun with the same flags and --resume: it tests the completed "
                         "run again and writes the visualisation") from None
