@@ -99,6 +99,7 @@ def test_status_of_a_database_names_a_missing_file_and_a_study_with_nothing_run(
     ("sqlite:///:memory:", "--storage sqlite:///:memory: keeps the study's records in this process alone: other "
                            "workers could not share them, nor a rerun resume them; give a file"),
     ("sqlite:///", "--storage sqlite:/// keeps the study's records in this process alone"),  # SQLite's memory, too
+    ("sqlite:///:memory:?cache=shared", "--storage sqlite:///:memory:?cache=shared keeps the study's records in this"),
 ])
 def test_an_unsupported_storage_is_refused_before_anything_is_written(url, said, study_args, tmp_path, capsys,
                                                                       monkeypatch):
