@@ -342,6 +342,26 @@ def test_diverged_and_failed_runs_are_recorded_and_the_study_goes_on(study_args,
         TrialState.FAIL, TrialState.COMPLETE]
 
 
+def test_a_run_that_raises_an_os_error_other_than_a_full_disk_is_its_own_failure(study_args, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """A full disk stops the study, since every run after it would fail too; any other OSError (a file of the run's
+    own that went missing, a read error) fails that run alone, and the study goes on."""
+    import errno
+
+    real_fit = study_worker.fit
+
+    def fit_failing_for_tanh(args, **kwargs):
+        if "tanh" in args.logdir:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_fit(args, **kwargs)
+    monkeypatch.setattr(study_worker, "fit", fit_failing_for_tanh)
+    assert studies_main(study_args("mlp_activation", "--values", "tanh", "sigmoid")) == 0
+    states = {t.user_attrs["run_dir"]: (t.state, t.user_attrs["outcome"], t.user_attrs.get("error"))
+              for t in load_study(str(tmp_path / "out"), "mlp_activation").get_trials()}
+    assert states == {"activation-tanh_seed-42": (TrialState.FAIL, "error", "OSError: [Errno 5] Input/output error"),
+                      "activation-sigmoid_seed-42": (TrialState.COMPLETE, "completed", None)}
+
+
 def test_a_run_that_retry_failed_trains_again_is_unfinished_in_the_report_until_it_ends(study_args, tmp_path,
                                                                                          monkeypatch):
     study_dir, name = str(tmp_path / "out" / "mlp_activation"), "activation-relu_seed-42"
