@@ -297,6 +297,15 @@ def test_a_run_that_replaces_an_earlier_one_says_so(run_args, tmp_path, capsys, 
     assert (f"note: {os.path.join(logdir, 'results.json')} holds an earlier mlp run (stopped after 2 epochs without "
             "recording why: killed, its machine down or its disk full); this run replaces it (--resume would continue "
             "it instead)") in capsys.readouterr().err
+
+    def refuse(*args):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+    with monkeypatch.context() as patched, pytest.warns(UserWarning, match="cannot lock --logdir"):
+        patched.setattr(persistence.fcntl, "flock", refuse)  # a filesystem without flock: not held either
+        with open(os.path.join(logdir, "results.json"), "w") as f:
+            json.dump({**results, "status": "running"}, f)
+        assert main.main(run_args("mlp", "--logdir", logdir, epochs=1)) == 0
+    assert "holds an earlier mlp run (running after 2 epochs); this run replaces it" in capsys.readouterr().err
     monkeypatch.setattr(persistence, "fcntl", None)  # Windows: no hold, so the earlier run may still be running
     with open(os.path.join(logdir, "results.json"), "w") as f:
         json.dump({**results, "status": "running"}, f)
