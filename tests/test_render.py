@@ -124,6 +124,14 @@ def test_a_loss_spike_puts_the_figure_on_a_log_scale_that_its_axis_label_names(k
     assert ax.get_ylabel() == ("the label (log scale)" if log_scale else "the label")
 
 
+@pytest.mark.parametrize("losses, spike", [
+    ([0.05, 0.04, 0.6, 0.05], True),  # late in training: a spike 12 times the median, small as it is
+    ([20.0, 25.0, 30.0, 60.0], False),  # large losses (a diverging start) within a few times their median
+])
+def test_a_spike_is_judged_against_the_losses_median_whatever_their_scale(losses, spike):
+    assert figures._has_a_spike(np.array(losses)) == spike
+
+
 def test_a_settings_shaded_range_has_its_lines_colour_and_leaves_the_line_in_view():
     runs = {"relu": [[0.1, 0.2]], "tanh": [[0.3, 0.4], [0.5, 0.6]]}  # the band is not the first setting's
     groups = {name: [{"results": {"valid_accs": accs}} for accs in seeds] for name, seeds in runs.items()}
