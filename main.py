@@ -2,16 +2,15 @@
 
 ``train`` and ``evaluate`` are importable from here, as in the course template.
 """
-import json
 import os
 import sys
 import traceback
 
 from config import get_config_parser
 from training.devices import out_of_memory
-from training.engine import evaluate, fit, train
+from training.engine import epochs_kept, evaluate, fit, train
 from training.errors import UserError, counted, exit_after_output, set_up_command_line
-from training.persistence import CHECKPOINT_FILE, RESULTS_FILE
+from training.persistence import CHECKPOINT_FILE
 
 __all__ = ["train", "evaluate", "main"]
 
@@ -29,7 +28,7 @@ def main(argv=None):
         print("\ninterrupted", file=sys.stderr)
         return EXIT_CODES["interrupted"]
     except Exception as exc:  # a crash: its traceback, or one line for a device out of memory; and what was kept
-        kept = _epochs_kept(args.logdir, exc)
+        kept = epochs_kept(exc)
         memory = out_of_memory(exc)
         if memory is not None:  # a batch too large for this device: the user's to change
             resume = ("" if kept is None else f"; or, to keep the {counted(kept, 'finished epoch')} that results.json "
@@ -51,19 +50,6 @@ def main(argv=None):
             left = "evaluate the test set" if results["epochs_completed"] >= args.epochs else "continue"
             print(f"rerun with the same flags and --resume to {left}", file=sys.stderr)
     return EXIT_CODES[results["status"]]
-
-
-def _epochs_kept(logdir, exc):
-    """How many finished epochs the results.json in ``logdir`` keeps of a run that ``exc`` stopped; None where the
-    run recorded no failure there (it stopped in its first epoch, or it had no --logdir)."""
-    try:
-        with open(os.path.join(logdir, RESULTS_FILE)) as f:
-            results = json.load(f)
-    except (OSError, TypeError, ValueError):  # no --logdir (None), no file, or not JSON
-        return None
-    if results.get("status") != "failed" or results.get("error") != f"{type(exc).__name__}: {exc}":
-        return None
-    return results["epochs_completed"]
 
 
 if __name__ == "__main__":

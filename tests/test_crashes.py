@@ -60,6 +60,22 @@ def test_a_crash_in_the_first_epoch_of_a_replacing_run_leaves_the_earlier_result
     assert read_results(logdir)["status"] == "completed"  # no failure of this run's is mixed into them
 
 
+def test_a_replacing_run_that_crashes_in_its_first_epoch_does_not_claim_the_earlier_runs_epochs(run_args, tmp_path,
+                                                                                                 monkeypatch, capsys):
+    """The same bug, hit sooner by a new run in the folder of one it had failed: results.json still holds the earlier
+    run's failure, with the same error, but none of its epochs is this run's."""
+    logdir = str(tmp_path / "run")
+    _raise_in(monkeypatch, "train", RuntimeError(ILLEGAL_ACCESS), lambda epoch, mode: epoch == 2)
+    assert main.main(run_args("mlp", "--logdir", logdir, epochs=3)) == 1
+    monkeypatch.undo()
+    _raise_in(monkeypatch, "train", RuntimeError(ILLEGAL_ACCESS), lambda epoch, mode: True)
+    capsys.readouterr()
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        main.main(run_args("mlp", "--logdir", logdir, epochs=3))
+    assert "finished epoch" not in capsys.readouterr().err
+    assert read_results(logdir)["epochs_completed"] == 1  # the earlier run's, as it left them
+
+
 def test_a_gpu_out_of_memory_in_the_test_evaluation_says_resume_with_a_smaller_evaluation_batch(run_args, tmp_path,
                                                                                              monkeypatch, capsys):
     logdir = str(tmp_path / "run")

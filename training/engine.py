@@ -321,6 +321,8 @@ def _fit(args, on_epoch, test, held):
         if history["train_losses"] and not in_on_epoch and not isinstance(exc, UserError):
             with contextlib.suppress(UserError):  # the disk may refuse this too; the crash is what is said
                 record("failed", error=f"{type(exc).__name__}: {exc}")
+                if args.logdir:
+                    exc._epochs_kept = len(history["train_losses"])
         raise
 
     if status == "completed":
@@ -334,6 +336,13 @@ def _fit(args, on_epoch, test, held):
     else:
         record(status)
     return results
+
+
+def epochs_kept(exc):
+    """How many finished epochs results.json keeps, marked failed, of the run that ``exc`` stopped; None where that run
+    recorded no failure (it stopped in its first epoch, had no --logdir, or the disk refused the record). Read from
+    the exception, not the file: a file that says failed with the same error may be an earlier run's."""
+    return getattr(exc, "_epochs_kept", None)
 
 
 def _visualize(model, logdir):
