@@ -253,6 +253,27 @@ def test_run_all_stops_at_a_study_whose_workers_failed(study_args, tmp_path, mon
     assert not (tmp_path / "out" / "report").exists()
 
 
+def test_a_launched_worker_says_its_own_error_and_leaves_only_a_refused_output_to_its_launch(study_args, monkeypatch,
+                                                                                             capsys):
+    """Only a refused standard output, which the workers share with their launch, is the launch's to say once; any
+    other stop (a full disk under a run's files) is the worker's own, and said by it."""
+    import studies.__main__ as cli
+    from studies.launch import LAUNCHED_WORKER, OUTPUT_REFUSED_STATUS
+    from training.errors import OutputRefused, UserError
+
+    def stopping_with(error):
+        def run_study(*args):
+            raise error
+        return run_study
+    monkeypatch.setenv(LAUNCHED_WORKER, "1")
+    monkeypatch.setattr(cli, "run_study", stopping_with(UserError("cannot write train.log (No space left on device)")))
+    assert studies_main(study_args("mlp_activation")) == 2
+    assert capsys.readouterr().err == "error: cannot write train.log (No space left on device)\n"
+    monkeypatch.setattr(cli, "run_study", stopping_with(OutputRefused("No space left on device")))
+    assert studies_main(study_args("mlp_activation")) == OUTPUT_REFUSED_STATUS
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("workers, launched", [("1", None), ("2", 2), ("3", 3)])
 def test_one_worker_trains_in_the_launching_process_and_more_are_started_as_processes(study_args, monkeypatch,
                                                                                        workers, launched):
