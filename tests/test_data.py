@@ -244,6 +244,7 @@ def test_no_data_without_download_names_the_fix(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("tar_filters", [True, False], ids=["tarfile with filters", "tarfile before filters"])
+@pytest.mark.filterwarnings("ignore:Python 3.14 will:DeprecationWarning")  # 3.12+ warns when no filter is given
 def test_extracts_an_archive_placed_in_data_dir(tmp_path, monkeypatch, fake_archive, tar_filters):
     if not tar_filters:
         monkeypatch.delattr(tarfile, "data_filter", raising=False)
