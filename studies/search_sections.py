@@ -108,6 +108,9 @@ def _finals_block(section, study, trials, finals, runs_of, shared):
                      f"{'' if len(done) == 1 else ' each'}: test accuracy {mean_std(tests)}; training time "
                      f"{mean_std(seconds, 1)} s per run (training epochs only) on "
                      f"{done[0]['results'].get('device_name', 'an unknown device')}.")
+        if len(done) > 1:
+            section.text(f"Here and below, a ± b is the mean and the sample standard deviation over the "
+                         f"{len(done)} retrained runs.")
         source = next((t for t in trials if t["trial"] == done[0]["trial"].get("source_trial")), None)
         retrained_accs = [acc for acc in map(final_valid_acc, done) if acc is not None]
         if source and source["value"] is not None and retrained_accs:

@@ -263,6 +263,7 @@ def grid_section(study, runs, shared):
                          mean_std([final_valid_acc(run) for run in done]),
                          mean_std([run["results"].get("best_valid_acc") for run in done]),
                          mean_std([run["results"].get("test_acc") for run in done])])
+        section.text(f"Mean ± sample standard deviation over each {setting}'s completed runs:")
         section.table([setting, "completed runs", "final valid acc", "best valid acc", "test acc"], rows)
     section.table(RUN_HEADER, [run_row(run) for members in groups.values() for run in members])
     shared_processor_text(section, runs, shared)

@@ -60,6 +60,8 @@ def test_report_states_what_the_logs_show(fixture_report):
     # relu: mean final accuracy (0.50 + 0.52) / 2 = 0.51; tanh 0.46; sigmoid 0.41
     assert "activation relu is highest, 0.0500 above the next (tanh) and 0.1000 above the lowest (sigmoid)." in text
     assert "Every relu run ended above every tanh run (relu 0.5000 to 0.5200, tanh 0.4500 to 0.4700)." in text
+    assert ("Mean ± sample standard deviation over each activation's completed runs:\n\n"
+            "| activation | completed runs |") in text
     assert "| relu | 2 | 0.5100 ± 0.0141 |" in text
     assert "lr-0.1_seed-42 diverged: its training loss was not finite in epoch 2." in text
     assert "lr 0.001 is highest, 0.1000 above the next (0.0001).\n" in text  # the two that did not diverge
@@ -131,6 +133,7 @@ def test_report_counts_the_final_runs_of_a_search_and_names_their_seeds(fixture_
     text = markdown_of(fixture_logs)
     assert ("The best configuration, retrained 2 times (seeds 43 and 44) on the training split and tested once "
             "each: test accuracy 0.9200 ± 0.0141;") in text
+    assert "Here and below, a ± b is the mean and the sample standard deviation over the 2 retrained runs." in text
     assert ("Final validation accuracy of the retrained runs: 0.8900 ± 0.0141, against 0.9000 for trial 0 (seed 42), "
             "which the search ranked best.") in text
 
