@@ -130,12 +130,14 @@ def _finals_block(section, study, trials, finals, runs_of, shared):
     shared_processor_text(section, finals, shared)  # the trials' times are not reported
     section.figure(f"{study.name}_final_curves.png", figures.curves_page({"final": finals}, f"{study.name}: final runs"),
                    "training curves of the final runs")
-    pictures = next(filter(None, (_visualisations(run, study.model) for run in done)), [])
+    pictured, pictures = next(((run, found) for run in done if (found := _visualisations(run, study.model))),
+                              (None, []))
     if pictures:
-        section.figure(f"{study.name}_visualisation.png", figures.images_figure(pictures, study.name),
-                       "first-layer weights of the best model")
+        section.figure(f"{study.name}_visualisation.png",
+                       figures.images_figure(pictures, f"{study.name}: final run {pictured['name']}"),
+                       f"first-layer weights of {pictured['name']}, a final run of the best configuration")
     if study.model == "mlpmixer":
-        _comparison_block(section, pictures, runs_of.get("resnet18_best", []))
+        _comparison_block(section, pictured, pictures, runs_of.get("resnet18_best", []))
 
 
 def _visualisations(run, model):
@@ -145,14 +147,17 @@ def _visualisations(run, model):
             if os.path.isfile(os.path.join(run["path"], filename))]
 
 
-def _comparison_block(section, mixer_pictures, resnet_runs):
+def _comparison_block(section, mixer_run, mixer_pictures, resnet_runs):
     finals, _ = _finals_of(_best_trial(_search_trials(resnet_runs)), resnet_runs)
-    kernels = next(filter(os.path.isfile, (os.path.join(run["path"], "resnet18_kernels_rgb.png")
-                                           for run in completed_runs(finals))), None)
+    resnet_run, kernels = next(((run, path) for run in completed_runs(finals)
+                                if os.path.isfile(path := os.path.join(run["path"], "resnet18_kernels_rgb.png"))),
+                               (None, None))
     if not mixer_pictures or not kernels:
         section.text("The comparison with the ResNet18 kernels needs the final runs of both searches.")
         return
     section.figure("comparison_mixer_resnet.png", figures.images_figure(
-        [("ResNet18: first-layer 3x3 kernels (RGB)", imread(kernels)),
-         (f"MLP-Mixer: {mixer_pictures[0][0]}", mixer_pictures[0][1])],
-        "first layers of the two best models"), "ResNet18 kernels beside the MLP-Mixer's token-mixing weights")
+        [(f"ResNet18 ({resnet_run['study']} {resnet_run['name']}): first-layer 3x3 kernels (RGB)", imread(kernels)),
+         (f"MLP-Mixer ({mixer_run['study']} {mixer_run['name']}): {mixer_pictures[0][0]}", mixer_pictures[0][1])],
+        "first layers of the two best configurations"),
+        f"ResNet18 kernels ({resnet_run['study']} {resnet_run['name']}) beside the MLP-Mixer's token-mixing weights "
+        f"({mixer_run['study']} {mixer_run['name']})")

@@ -138,7 +138,7 @@ def test_report_counts_the_final_runs_of_a_search_and_names_their_seeds(fixture_
             "which the search ranked best.") in text
 
 
-def test_a_search_report_counts_only_the_final_runs_that_completed(fixture_logs):
+def test_a_search_report_counts_only_the_final_runs_that_completed(fixture_logs, monkeypatch):
     best = {"optimizer": "momentum", "lr": 0.1, "epochs": 2}
     pictures = {"resnet18_best": "resnet18_kernels_rgb.png", "mlpmixer_best": "mlpmixer_token_mixing.png"}
     for study, picture in pictures.items():
@@ -148,14 +148,24 @@ def test_a_search_report_counts_only_the_final_runs_that_completed(fixture_logs)
         kept = write_run(fixture_logs, study, "final_seed-44", best, [0.8, 0.87], role="final", seed=44, trial=3,
                          source_trial=0, test_acc=0.92, args={**best, "seed": 44})
         imsave(os.path.join(kept, picture), np.random.default_rng(0).random((40, 40, 3)))
+    drawn = []
+    monkeypatch.setattr(figures, "images_figure", lambda images, title: drawn.append(
+        (title, [caption for caption, _ in images])) or figures.Figure())
     text = markdown_of(fixture_logs)
     section = text[text.index("## resnet18_best"):text.index("## mlpmixer_best")]
     assert "retrained once (seed 44) on the training split and tested once: test accuracy 0.9200;" in section
     assert "Final validation accuracy of the retrained runs: 0.8700, against 0.9000 for trial 0" in section
     assert "final_seed-43 diverged: its training loss was not finite in epoch 2." in section
     assert "| seed | 43, 44 |" in section
-    assert "![first-layer weights of the best model](resnet18_best_visualisation.png)" in section
-    assert "comparison_mixer_resnet.png" in text  # from the ResNet's final run that saved its kernels
+    assert ("![first-layer weights of final_seed-44, a final run of the best configuration]"
+            "(resnet18_best_visualisation.png)") in section  # the run that completed, not the one that diverged
+    assert ("![ResNet18 kernels (resnet18_best final_seed-44) beside the MLP-Mixer's token-mixing weights "
+            "(mlpmixer_best final_seed-44)](comparison_mixer_resnet.png)") in text
+    titles = [title for title, _ in drawn]  # the PDF shows titles and captions, not report.md's captions
+    assert titles == ["resnet18_best: final run final_seed-44", "mlpmixer_best: final run final_seed-44",
+                      "first layers of the two best configurations"]
+    assert [caption.split(":")[0] for caption in drawn[2][1]] == ["ResNet18 (resnet18_best final_seed-44)",
+                                                                  "MLP-Mixer (mlpmixer_best final_seed-44)"]
 
 
 def test_an_extended_search_reports_only_the_final_runs_of_its_new_best_trial(fixture_logs, monkeypatch):
