@@ -1,10 +1,12 @@
 """The two batch pipelines: whole tensors on the device, and the template's DataLoader."""
 import math
+import warnings
 
 import pytest
 import torch
 from torchvision import transforms
 
+from training import pipelines
 from training.augmentation import AUGMENTATIONS
 from training.pipelines import CIFAR10_MEAN, CIFAR10_STD, Normalize, TensorBatches, torchvision_batches
 
@@ -69,6 +71,17 @@ def test_the_torchvision_pipeline_shuffles_training_batches_only_with_the_worker
     evaluation = torchvision_batches(images, labels, 16, train=False, num_workers=0)
     assert torch.cat([y for _, y in evaluation]).tolist() == list(range(64))
     assert torchvision_batches(images, labels, 16, train=True, num_workers=2).num_workers == 2
+
+
+@pytest.mark.parametrize("cpus, workers, warned", [(4, 5, True), (4, 4, False), (4, 0, False), (None, 8, False)],
+                         ids=["more than the CPUs", "as many", "none", "CPUs unknown"])
+def test_the_torchvision_pipeline_warns_only_of_more_workers_than_usable_cpus(monkeypatch, cpus, workers, warned):
+    monkeypatch.setattr(pipelines, "usable_cpus", lambda: cpus)
+    images, labels = torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torchvision_batches(images, labels, 4, train=True, num_workers=workers)
+    assert [str(w.message).split(" starts")[0] for w in caught] == ([f"--num_workers {workers}"] if warned else [])
 
 
 def test_the_torchvision_pipeline_trains_with_the_templates_transforms():
