@@ -62,7 +62,7 @@ def _typical_epoch_seconds(results):
 
 
 def _progress(study_dir, run_dir):
-    """``epoch N of M`` from a run's results.json, and how long its remaining epochs take at its typical epoch so
+    """``N of M epochs done`` from a run's results.json, and how long its remaining epochs take at its typical epoch so
     far; None before its first epoch ends."""
     try:
         with open(os.path.join(study_dir, RUNS_FOLDER, run_dir, "results.json")) as f:
@@ -72,8 +72,8 @@ def _progress(study_dir, run_dir):
         return None
     seconds = _typical_epoch_seconds(results)
     if seconds is None or not 0 < done < total or not math.isfinite(seconds):
-        return f"epoch {done} of {total}"
-    return f"epoch {done} of {total}, about {_duration(seconds * (total - done))} to go"
+        return f"{done} of {total} epochs done"
+    return f"{done} of {total} epochs done, about {_duration(seconds * (total - done))} to go"
 
 
 def _print_status(name, study_dir, storage, lock):

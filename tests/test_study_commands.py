@@ -37,7 +37,7 @@ def test_status_shows_outcomes_and_where_and_how_far_each_running_run_is(study_a
                                                              "mlp_activation: 1 completed, 1 running, 1 waiting",
                                                              "mlp_activation: 2 completed, 1 running"]
     running = (rf"  activation-sigmoid_seed-42: running on {re.escape(socket.gethostname())} \(pid {os.getpid()}\), "
-               rf"epoch 1 of 3; last heard \d s ago\n")  # heard from when its run began, seconds ago
+               rf"1 of 3 epochs done; last heard \d s ago\n")  # heard from when its run began, seconds ago
     assert re.fullmatch(rf"mlp_activation: 1 completed, 1 running, 1 waiting\n{running}", seen[1]), seen[1]
     assert re.search(r"activation-relu_seed-42: running .*, first epoch; last heard \d s ago\n$", seen[0]), seen[0]
     assert studies_main(["status", "--out", out]) == 0
@@ -65,20 +65,25 @@ def test_status_counts_a_running_runs_silence_from_its_last_heartbeat(tmp_path, 
 
 
 @pytest.mark.parametrize("logged, progress", [
-    ({"train_seconds": [30.0, 5.0, 6.0], "valid_seconds": [1.0, 1.0, 1.0]}, "epoch 3 of 15, about 78 s to go"),
-    ({"train_seconds": [50.0], "valid_seconds": [10.0]}, "epoch 1 of 15, about 14 min to go"),  # its only epoch
-    ({"train_seconds": [30.0, 5.0], "valid_seconds": [1.0, 1.0]}, "epoch 2 of 15, about 78 s to go"),  # the second
-    ({"train_seconds": [900.0, 899.0], "valid_seconds": [100.0, 101.0]}, "epoch 2 of 15, about 3.6 h to go"),
-    ({"train_seconds": [5.0, 5.0, "six"], "valid_seconds": [1.0, 1.0, 1.0]}, "epoch 3 of 15"),  # edited by hand
-    ({"train_seconds": [5.0, None], "valid_seconds": [1.0, 1.0]}, "epoch 2 of 15"),
-    ({}, "epoch 3 of 15"),  # no timings
-    ({"train_seconds": [5.0, float("inf")], "valid_seconds": [1.0, 1.0]}, "epoch 2 of 15"),
-    ({"epochs_completed": 14, "train_seconds": [88.0], "valid_seconds": [1.0]}, "epoch 14 of 15, about 89 s to go"),
-    ({"epochs_completed": 14, "train_seconds": [89.0], "valid_seconds": [1.0]}, "epoch 14 of 15, about 2 min to go"),
+    ({"train_seconds": [30.0, 5.0, 6.0], "valid_seconds": [1.0, 1.0, 1.0]}, "3 of 15 epochs done, about 78 s to go"),
+    ({"train_seconds": [50.0], "valid_seconds": [10.0]}, "1 of 15 epochs done, about 14 min to go"),  # its only epoch
+    ({"train_seconds": [30.0, 5.0], "valid_seconds": [1.0, 1.0]},  # the second
+     "2 of 15 epochs done, about 78 s to go"),
+    ({"train_seconds": [900.0, 899.0], "valid_seconds": [100.0, 101.0]}, "2 of 15 epochs done, about 3.6 h to go"),
+    ({"train_seconds": [5.0, 5.0, "six"], "valid_seconds": [1.0, 1.0, 1.0]}, "3 of 15 epochs done"),  # edited by hand
+    ({"train_seconds": [5.0, None], "valid_seconds": [1.0, 1.0]}, "2 of 15 epochs done"),
+    ({}, "3 of 15 epochs done"),  # no timings
+    ({"train_seconds": [5.0, float("inf")], "valid_seconds": [1.0, 1.0]}, "2 of 15 epochs done"),
+    ({"epochs_completed": 14, "train_seconds": [88.0], "valid_seconds": [1.0]},
+     "14 of 15 epochs done, about 89 s to go"),
+    ({"epochs_completed": 14, "train_seconds": [89.0], "valid_seconds": [1.0]},
+     "14 of 15 epochs done, about 2 min to go"),
     ({"epochs_completed": 14, "train_seconds": [5360.0], "valid_seconds": [10.0]},
-     "epoch 14 of 15, about 90 min to go"),
-    ({"epochs_completed": 14, "train_seconds": [5390.0], "valid_seconds": [10.0]}, "epoch 14 of 15, about 1.5 h to go"),
-    ({"epochs_completed": 15, "train_seconds": [5.0] * 15, "valid_seconds": [1.0] * 15}, "epoch 15 of 15"),  # testing
+     "14 of 15 epochs done, about 90 min to go"),
+    ({"epochs_completed": 14, "train_seconds": [5390.0], "valid_seconds": [10.0]},
+     "14 of 15 epochs done, about 1.5 h to go"),
+    ({"epochs_completed": 15, "train_seconds": [5.0] * 15, "valid_seconds": [1.0] * 15},  # testing
+     "15 of 15 epochs done"),
 ], ids=["seconds", "minutes", "first left out", "hours", "a string", "a null", "none", "infinite", "89 s", "90 s",
         "5370 s", "5400 s", "all epochs done"])
 def test_status_says_how_long_a_running_runs_remaining_epochs_take_at_its_typical_epoch(tmp_path, capsys, logged,
