@@ -59,8 +59,15 @@ def test_gpu_check_dry_run_prints_every_section(capsys, monkeypatch, tmp_path, s
     assert table["eager fp32"][4] == table["eager bf16"][3] != "0.0000"  # fp32 against bf16, either way round
     captured = table["captured bf16 (default fast path)"]
     assert captured[1] == table["eager bf16"][1] and float(captured[4]) < float(table["eager bf16"][3])
-    for label in ("sgd", "momentum", "adam", "adamw", "mixup"):
-        assert re.search(rf"^ +{label} \| non-finite none \| last eager [\d.]+ captured [\d.]+ \|", out, re.MULTILINE)
+    # each captured step against its eager twin (the fp16 one too: its row is mlp's), within the distance at which
+    # bf16 alone puts the losses from fp32's: the graph reads a tensor learning rate that rounds unlike the eager
+    # step's float, and how far that rounding carries depends on torch's version and threads (test_fast_path.py
+    # holds the exact comparisons)
+    bf16_alone = float(table["eager bf16"][3])
+    for label in ("sgd", "momentum", "adam", "adamw", "mixup", "cutmix", "mlp"):
+        row = re.search(rf"^ +{label} \| non-finite none \| last eager [\d.]+ captured [\d.]+ \| max \|d\| ([\d.]+)$",
+                        out, re.MULTILINE)
+        assert row and float(row.group(1)) < bf16_alone, (label, out)
     headers = [line for line in out.splitlines() if line.startswith("== ")]
     assert [header.split(":")[0] for header in headers] == [
         "== tracking", "== tracking the optimizers", "== tracking batch mixing",
@@ -68,9 +75,6 @@ def test_gpu_check_dry_run_prints_every_section(capsys, monkeypatch, tmp_path, s
     steps = re.match(r"== tracking: first (\d+) training losses", headers[0]).group(1)  # as many as fake data has
     assert all(header.endswith(f", {steps} steps") for header in headers[1:4]), headers
     assert out.splitlines()[-1].startswith("gpu_check done in ")
-    tracks_to_4_decimals = r" \| non-finite none \| last eager [\d.]+ captured [\d.]+ \| max \|d\| 0\.0000$"
-    assert re.search(r"^ +cutmix" + tracks_to_4_decimals, out, re.MULTILINE)
-    assert re.search(r"^ +mlp" + tracks_to_4_decimals, out, re.MULTILINE)  # fp16 with its loss scaler
     assert re.findall(r"^ +(\w+) \| +[\d.]+ \| .*x$", out, re.MULTILINE) == ["template", "fast"]  # eager: CUDA only
     assert re.search(r"^ +model \| +path \| test acc \| best valid \| train s total\n +mlp \| +fast \| ", out,
                      re.MULTILINE)
@@ -112,7 +116,8 @@ def test_gpu_check_traces_the_mixers_captured_step_under_each_setting_a_prototyp
         [path, "none"] for path in ("eager fp32", "eager bf16", "captured bf16 (default fast path)",
                                     "captured, caching autocast", "captured, no eager warm-up",
                                     "captured, gradients not reset")]
-    with gpu_check._caching_autocast("cpu", "bf16") as region:
+    region = gpu_check._caching_autocast("cpu", "bf16")  # torch 2.4's returns None on entering, not itself
+    with region:
         assert torch.is_autocast_cache_enabled() and region.fast_dtype == torch.bfloat16
 
 
