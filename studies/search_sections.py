@@ -155,9 +155,9 @@ def _comparison_block(section, mixer_run, mixer_pictures, resnet_runs):
     if not mixer_pictures or not kernels:
         section.text("The comparison with the ResNet18 kernels needs the final runs of both searches.")
         return
+    resnet, mixer = (f"{run['study']} {run['name']}" for run in (resnet_run, mixer_run))
     section.figure("comparison_mixer_resnet.png", figures.images_figure(
-        [(f"ResNet18 ({resnet_run['study']} {resnet_run['name']}): first-layer 3x3 kernels (RGB)", imread(kernels)),
-         (f"MLP-Mixer ({mixer_run['study']} {mixer_run['name']}): {mixer_pictures[0][0]}", mixer_pictures[0][1])],
+        [(f"ResNet18 ({resnet}): first-layer 3x3 kernels (RGB)", imread(kernels)),
+         (f"MLP-Mixer ({mixer}): {mixer_pictures[0][0]}", mixer_pictures[0][1])],
         "first layers of the two best configurations"),
-        f"ResNet18 kernels ({resnet_run['study']} {resnet_run['name']}) beside the MLP-Mixer's token-mixing weights "
-        f"({mixer_run['study']} {mixer_run['name']})")
+        f"ResNet18 kernels ({resnet}) beside the MLP-Mixer's token-mixing weights ({mixer})")
