@@ -173,6 +173,8 @@ def test_mlp_rejects_bad_arguments():
         mlp.MLP(10, [5], 2)
     with pytest.raises(AssertionError):
         mlp.MLP(10, [5, 5], 2, activation="gelu")
+    with pytest.raises(ValueError, match="gelu"):  # named, not silently the identity
+        mlp.MLP(10, [5, 5], 2).activation_fn("gelu", torch.randn(2, 5))
 
 
 def test_mlp_glorot_normal_initialisation():
