@@ -61,9 +61,9 @@ def _typical_epoch_seconds(results):
     return statistics.median(epochs[1:] if len(epochs) > 1 else epochs) if epochs else None
 
 
-def _progress(study_dir, run_dir):
-    """``N of M epochs done`` from a run's results.json, and how long its remaining epochs take at its typical epoch so
-    far; None before its first epoch ends."""
+def _progress(study_dir, run_dir, estimate=True):
+    """``N of M epochs done`` from a run's results.json, and with ``estimate`` how long its remaining epochs take at its
+    typical epoch so far; None before its first epoch ends."""
     try:
         with open(os.path.join(study_dir, RUNS_FOLDER, run_dir, "results.json")) as f:
             results = json.load(f)
@@ -71,7 +71,7 @@ def _progress(study_dir, run_dir):
     except (OSError, ValueError, KeyError, TypeError):  # not written yet, or edited by hand
         return None
     seconds = _typical_epoch_seconds(results)
-    if seconds is None or not 0 < done < total or not math.isfinite(seconds):
+    if not estimate or seconds is None or not 0 < done < total or not math.isfinite(seconds):
         return f"{done} of {total} epochs done"
     return f"{done} of {total} epochs done, about {_duration(seconds * (total - done))} to go"
 
@@ -91,9 +91,10 @@ def _print_status(name, study_dir, storage, lock):
         attrs = live.user_attrs
         heard = now - (attrs.get("heartbeat") or live.datetime_start.timestamp())
         where = f"on {attrs.get('host', 'an unknown host')} (pid {attrs.get('pid', '?')})"
-        state = ("its worker is gone: the next worker to claim a run resumes it" if is_lost(live, now)
+        lost = is_lost(live, now)  # nothing trains it until a worker claims it: no time to go
+        state = ("its worker is gone: the next worker to claim a run resumes it" if lost
                  else f"last heard {heard:.0f} s ago")
-        progress = _progress(study_dir, run_dir) or "first epoch"
+        progress = _progress(study_dir, run_dir, estimate=not lost) or "first epoch"
         print(f"  {run_dir}: running {where}, {progress}; {state}")
     return True
 

@@ -127,12 +127,16 @@ def test_status_names_a_run_whose_worker_is_gone_one_claimed_this_instant_and_on
     # claimed_now: asked for, its host, pid and heartbeat not yet written
     study.tell(left.number, state=TrialState.FAIL)  # as a claim tells the run of a gone worker: no outcome
     close_storage(storage)
+    run_dir = out / "mlp_activation" / "runs" / "activation-relu_seed-42"
+    os.makedirs(run_dir)
+    (run_dir / "results.json").write_text(json.dumps({"epochs_completed": 3, "args": {"epochs": 15},
+                                                      "train_seconds": [5.0] * 3, "valid_seconds": [1.0] * 3}))
     assert studies_main(["status", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert re.fullmatch(  # heard from when it was claimed, a moment ago
+    assert re.fullmatch(  # heard from when it was claimed, a moment ago; the gone worker's run has no time to go
         r"mlp_activation: 2 running, 1 to resume\n"
-        r"  activation-relu_seed-42: running on node8 \(pid 99\), first epoch; its worker is gone: the next worker to "
-        r"claim a run resumes it\n"
+        r"  activation-relu_seed-42: running on node8 \(pid 99\), 3 of 15 epochs done; its worker is gone: the next "
+        r"worker to claim a run resumes it\n"
         r"  activation-tanh_seed-42: running on an unknown host \(pid \?\), first epoch; last heard [01] s ago\n",
         printed), printed
 
