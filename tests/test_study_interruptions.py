@@ -18,6 +18,8 @@ from helpers import ROOT, jobs_of, load_study, read_json
 from studies import worker as study_worker
 from studies.__main__ import main as studies_main
 
+TAKEN_OVER = "a run whose worker dies is taken over, after 3 minutes without word from it if it ran on another host"
+
 
 def test_a_killed_study_resumes_its_run_from_the_checkpoint(study_args, tmp_path, capsys):
     out = str(tmp_path / "out")
@@ -296,7 +298,7 @@ def test_a_worker_with_nothing_to_claim_waits_and_takes_over_the_run_of_a_worker
         "activation-relu_seed-42": [TrialState.FAIL, TrialState.COMPLETE], "activation-tanh_seed-42": [TrialState.COMPLETE]}
     printed = capsys.readouterr().out
     assert waits == [study_worker.POLL_SECONDS] and printed.count(
-        "no run to claim: waiting while 1 run trains in other workers (a run whose worker dies is taken over)") == 1
+        f"no run to claim: waiting while 1 run trains in other workers ({TAKEN_OVER})") == 1
     assert f"trial {held.number} (activation-relu_seed-42): its worker is gone" in printed
     assert read_json(os.path.join(out, "mlp_activation", "runs", "activation-relu_seed-42", "results.json"))[
         "model_config"]["activation"] == "relu"
@@ -324,8 +326,8 @@ def test_a_worker_says_it_waits_once_per_spell_of_waiting_and_claims_what_turns_
     assert study_worker.work(plan, study=None, lock=None) == 2
     assert ran == ["trial A", "trial B"] and waits == [study_worker.POLL_SECONDS] * 3
     assert capsys.readouterr().out == (
-        "no run to claim: waiting while 1 run trains in other workers (a run whose worker dies is taken over)\n"
-        "no run to claim: waiting while 2 runs train in other workers (a run whose worker dies is taken over)\n")
+        f"no run to claim: waiting while 1 run trains in other workers ({TAKEN_OVER})\n"
+        f"no run to claim: waiting while 2 runs train in other workers ({TAKEN_OVER})\n")
 
 
 def test_a_resumed_search_trial_tells_the_pruner_only_the_logged_epochs_it_has_not_told(tmp_path):
