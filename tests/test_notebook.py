@@ -53,3 +53,35 @@ def test_a_full_run_trains_the_mixer_briefly_on_a_cpu_and_the_study_for_the_temp
     assert namespace["EPOCHS"] == epochs and namespace["DEVICE"] == ("cuda" if cuda else "cpu")
     assert namespace["STUDY_EPOCHS"] == 15
     assert namespace["DATA_DIR"] == "./data" and namespace["EXTRA"] == []
+
+
+def test_on_colab_the_setup_cell_clones_once_installs_the_requirements_and_works_in_the_clone(monkeypatch, tmp_path):
+    import subprocess
+    import sys
+    import types
+
+    nbformat = pytest.importorskip("nbformat")
+    setup = next(cell for cell in nbformat.read(os.path.join(ROOT, "main.ipynb"), as_version=4).cells
+                 if cell.cell_type == "code")
+    url = "https://example.org/student/cifar10-from-scratch.git"
+    source = setup.source.replace("https://github.com/YOUR-NAME/cifar10-from-scratch.git", url)
+    assert source != setup.source
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.chdir(tmp_path)  # Colab's /content
+    commands = []
+
+    def run(command, **kwargs):
+        commands.append(command)
+        if command[:2] == ["git", "clone"]:  # what a clone leaves: the repository, main.py in it
+            os.makedirs(command[3])
+            open(os.path.join(command[3], "main.py"), "w").close()
+    monkeypatch.setattr(subprocess, "run", run)
+    install = [sys.executable, "-m", "pip", "install", "-q", "-r", "requirements.txt"]
+    exec(source, {})
+    assert commands == [["git", "clone", url, "cifar10-from-scratch"], install]
+    assert os.getcwd() == str(tmp_path / "cifar10-from-scratch")
+    exec(source, {})  # the cell run again: already in the clone
+    assert len(commands) == 2 and os.getcwd() == str(tmp_path / "cifar10-from-scratch")
+    os.chdir(tmp_path)  # a restarted kernel starts in /content again: no second clone
+    exec(source, {})
+    assert commands[2:] == [install] and os.getcwd() == str(tmp_path / "cifar10-from-scratch")
