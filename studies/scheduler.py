@@ -11,8 +11,10 @@ checkpoint; a worker is dead when its process is gone, on its own host, or when 
 too long, elsewhere), enqueues the jobs that have no trial yet, and pops a waiting trial. The storage and
 its lock are in ``storage``.
 """
+import calendar
 import os
 import socket
+import subprocess
 import sys
 import threading
 
@@ -27,6 +29,10 @@ LOST_AFTER_SECONDS = 180  # a running trial whose worker has not been heard of f
 FINISHING_FAILURES = ("diverged", "error")
 
 
+PROC_SELF_STAT = "/proc/self/stat"  # there on Linux; macOS and the BSDs have no /proc, and ps says instead
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")  # as ps prints them
+
+
 def _proc_stat(pid):
     """The fields of ``/proc/PID/stat`` after the command's name, as bytes, or None where /proc does not say.
 
@@ -39,11 +45,36 @@ def _proc_stat(pid):
         return None
 
 
+def _ps_stat(pid):
+    """``(state, started)`` of process ``pid`` as ``ps`` gives them where there is no /proc (macOS): its state letters
+    and its start time in whole seconds since the epoch, read in UTC and the C locale so that neither the user's time
+    zone nor language changes it; None where ps does not say (no such process, no ps)."""
+    try:
+        printed = subprocess.run(["ps", "-o", "stat=,lstart=", "-p", str(pid)], capture_output=True, text=True,
+                                 env={**os.environ, "LC_ALL": "C", "TZ": "UTC"}, timeout=30).stdout.split()
+        state, _, month, day, clock, year = printed  # S Wed Dec  2 09:12:41 2026; not strptime, whose %b is localised
+        hours, minutes, seconds = (int(part) for part in clock.split(":"))
+        started = (int(year), MONTHS.index(month) + 1, int(day), hours, minutes, seconds)
+        return state, calendar.timegm(started)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+
+
+def _state_and_start(pid):
+    """``(zombie, started)`` of process ``pid``, from /proc or else from ps; None where neither says."""
+    if os.path.isfile(PROC_SELF_STAT):
+        fields = _proc_stat(pid)
+        return (fields[0] == b"Z", int(fields[19])) if fields else None
+    stat = _ps_stat(pid)
+    return (stat[0].startswith("Z"), stat[1]) if stat else None
+
+
 def process_started(pid):
-    """When process ``pid`` started, in clock ticks after boot; None where /proc does not say. With the pid,
-    it names one process: a pid is reused after its process exits, its start time is not."""
-    fields = _proc_stat(pid)
-    return int(fields[19]) if fields else None
+    """When process ``pid`` started (clock ticks after boot from /proc, seconds since the epoch from ps: compared
+    only on one host); None where neither says. With the pid, it names one process: a pid is reused after its
+    process exits, its start time is not."""
+    known = _state_and_start(pid)
+    return known[1] if known else None
 
 
 def _process_state(pid):
@@ -55,10 +86,11 @@ def _process_state(pid):
         return False, None
     except PermissionError:
         pass
-    fields = _proc_stat(pid)
-    if fields is None:
+    known = _state_and_start(pid)
+    if known is None:
         return True, None
-    return fields[0] != b"Z", int(fields[19])
+    zombie, started = known
+    return not zombie, started
 
 
 def is_lost(trial, now):

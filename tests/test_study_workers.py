@@ -1,6 +1,7 @@
 """How the workers of a study share it: each grid job claimed once, a running trial judged lost by its process or
 its heartbeat, worker processes sharing one journal, and the GPUs or cores each worker gets."""
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -82,6 +83,54 @@ def test_a_dead_workers_pid_reused_by_a_process_whose_name_is_not_text_is_still_
     finally:
         other.kill()
         other.wait()
+
+
+@pytest.mark.skipif(os.name != "posix" or not shutil.which("ps"), reason="needs ps, as macOS has it")
+def test_without_proc_a_live_silent_worker_is_told_from_a_dead_one_and_from_a_reused_pid_by_ps(tmp_path, monkeypatch):
+    import socket
+
+    from studies import scheduler
+
+    monkeypatch.setattr(scheduler, "PROC_SELF_STAT", str(tmp_path / "no-proc"))  # as on macOS
+    before = int(time.time())
+    worker = subprocess.Popen(["sleep", "30"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        started = scheduler.process_started(worker.pid)
+        assert before - 1 <= started <= time.time() + 1 and started == scheduler.process_started(worker.pid)
+        assert scheduler.process_started(dead.pid) is None
+        silent = time.time() - scheduler.LOST_AFTER_SECONDS - 60  # as after a laptop's sleep
+        for pid, pid_started, lost in ((worker.pid, started, False), (worker.pid, started - 1, True),
+                                       (dead.pid, started, True)):
+            trial = optuna.create_study().ask()
+            for key, value in {"host": socket.gethostname(), "pid": pid, "pid_started": pid_started,
+                               "heartbeat": silent}.items():
+                trial.set_user_attr(key, value)
+            assert scheduler.is_lost(trial.study.trials[0], now=time.time()) == lost, (pid, pid_started)
+        worker.kill()  # killed but not yet waited for: a zombie, which ps marks Z
+        time.sleep(0.5)
+        assert scheduler._process_state(worker.pid)[0] is False
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+def test_where_neither_proc_nor_ps_says_a_live_worker_is_judged_by_its_heartbeat(tmp_path, monkeypatch):
+    import socket
+
+    from studies import scheduler
+
+    def no_ps(*args, **kwargs):
+        raise FileNotFoundError("ps")
+    monkeypatch.setattr(scheduler, "PROC_SELF_STAT", str(tmp_path / "no-proc"))
+    monkeypatch.setattr(scheduler.subprocess, "run", no_ps)
+    assert scheduler.process_started(os.getpid()) is None
+    trial = optuna.create_study().ask()
+    for key, value in {"host": socket.gethostname(), "pid": os.getpid(), "pid_started": None,
+                       "heartbeat": time.time() - scheduler.LOST_AFTER_SECONDS - 60}.items():
+        trial.set_user_attr(key, value)
+    assert scheduler.is_lost(trial.study.trials[0], now=time.time())
 
 
 def test_a_heartbeat_outlives_a_storage_that_fails_for_a_while(capsys):
