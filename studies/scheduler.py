@@ -50,7 +50,7 @@ def _ps_stat(pid):
     and its start time in whole seconds since the epoch, read in UTC and the C locale so that neither the user's time
     zone nor language changes it; None where ps does not say (no such process, no ps)."""
     try:
-        printed = subprocess.run(["ps", "-o", "stat=,lstart=", "-p", str(pid)], capture_output=True, text=True,
+        printed = subprocess.run(["ps", "-o", "stat=", "-o", "lstart=", "-p", str(pid)], capture_output=True, text=True,
                                  env={**os.environ, "LC_ALL": "C", "TZ": "UTC"}, timeout=30).stdout.split()
         state, _, month, day, clock, year = printed  # S Wed Dec  2 09:12:41 2026; not strptime, whose %b is localised
         hours, minutes, seconds = (int(part) for part in clock.split(":"))
