@@ -62,7 +62,6 @@ def test_on_its_own_host_a_claimed_trial_is_lost_exactly_when_its_process_is(tmp
 
 @pytest.mark.skipif(not os.path.isfile("/proc/self/stat"), reason="process start times come from /proc")
 def test_a_dead_workers_pid_reused_by_a_process_whose_name_is_not_text_is_still_judged(tmp_path):
-    import shutil
     import socket
 
     from studies.scheduler import is_lost, process_started
