@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import main
-from training import devices
+from training import devices, engine
 
 
 def _args(**overrides):
@@ -269,11 +269,74 @@ def test_usable_cpus_counts_the_affinity_mask_or_else_the_hosts_cpus(monkeypatch
 
 
 def test_a_device_that_is_there_is_used_without_a_warning(monkeypatch):
+    launched = []
+    monkeypatch.setattr(devices, "_launch_a_kernel", launched.append)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert devices.resolve_device("cpu") == torch.device("cpu")
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         assert devices.resolve_device("cuda") == torch.device("cuda")
+    assert launched == [torch.device("cuda")]  # the GPU ran a kernel; the CPU needs no such check
+
+
+_NO_KERNEL_IMAGE = RuntimeError("CUDA error: no kernel image is available for execution on the device\n"
+                                "Search for `cudaErrorNoKernelImageForDevice' in https://docs.nvidia.com/cuda")
+_TORCHS_WARNING = ("\nTesla P100-PCIE-16GB with CUDA capability sm_60 is not compatible with the current PyTorch "
+                   "installation.\nThe current PyTorch install supports CUDA capabilities sm_70 sm_75 sm_80.\n")
+
+
+def _pretend_a_gpu_without_kernels(monkeypatch):
+    """A P100 under a PyTorch built from compute capability 7.0 on, as on Kaggle: CUDA is available, torch warns as
+    it starts CUDA, and the first kernel fails."""
+    def launch(device):
+        warnings.warn(_TORCHS_WARNING)
+        raise _NO_KERNEL_IMAGE
+    _pretend_cuda_gpu(monkeypatch, (6, 0), "Tesla P100-PCIE-16GB")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_70", "sm_75", "sm_80"])
+    monkeypatch.setattr(devices, "_launch_a_kernel", launch)
+
+
+def test_a_gpu_that_this_pytorch_has_no_kernels_for_is_refused_in_one_line_naming_the_ways_out(monkeypatch):
+    _pretend_a_gpu_without_kernels(monkeypatch)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        with pytest.raises(devices.UserError) as refused:
+            devices.resolve_device("cuda")
+    assert str(refused.value) == (
+        f"this PyTorch {torch.__version__} has no CUDA kernels for Tesla P100-PCIE-16GB (compute capability 6.0; it "
+        "was built for sm_70 sm_75 sm_80): train on a GPU that it supports (on Kaggle, GPU T4 x2 rather than P100), "
+        "install a PyTorch build for this GPU (https://pytorch.org/get-started/locally/), or pass --device cpu")
+    assert shown == []  # torch's warning says less than the line, over several
+
+
+def test_torchs_warnings_as_a_working_gpu_starts_are_shown(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(devices, "_launch_a_kernel", lambda device: warnings.warn("what torch says as CUDA starts"))
+    with pytest.warns(UserWarning, match="^what torch says as CUDA starts$"):
+        assert devices.resolve_device("cuda") == torch.device("cuda")
+
+
+def test_another_error_of_the_first_kernel_is_not_taken_for_a_missing_kernel(monkeypatch):
+    def launch_on_a_busy_gpu(device):
+        raise RuntimeError("CUDA error: CUDA-capable device(s) is/are busy or unavailable")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(devices, "_launch_a_kernel", launch_on_a_busy_gpu)
+    with pytest.raises(RuntimeError, match="busy or unavailable"):
+        devices.resolve_device("cuda")
+
+
+def test_a_run_on_a_gpu_without_kernels_stops_in_one_line_before_the_data_and_leaves_no_folder(run_args, tmp_path,
+                                                                                               monkeypatch, capsys):
+    _pretend_a_gpu_without_kernels(monkeypatch)
+    read = []
+    monkeypatch.setattr(engine, "load_cifar10", read.append)
+    logdir = tmp_path / "new" / "run"
+    capsys.readouterr()
+    assert main.main(run_args("mlp", "--logdir", str(logdir), "--device", "cuda")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: this PyTorch ") and "no CUDA kernels for Tesla P100-PCIE-16GB" in err
+    assert len(err.splitlines()) == 1 and read == [] and not logdir.exists()
 
 
 def test_cuda_request_falls_back_to_cpu_with_a_warning():

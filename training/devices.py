@@ -8,12 +8,43 @@ import warnings
 
 import torch
 
+from .errors import UserError
+
 
 def resolve_device(requested):
     if requested == "cuda" and not torch.cuda.is_available():
         warnings.warn("CUDA is not available: running on the CPU (pass --device cpu to silence this)")
         return torch.device("cpu")
-    return torch.device(requested)
+    device = torch.device(requested)
+    if device.type == "cuda":
+        _check_kernels_run(device)
+    return device
+
+
+def _launch_a_kernel(device):
+    torch.zeros(1, device=device).add_(1).item()
+
+
+def _check_kernels_run(device):
+    """Refuse, in one line, a GPU that this PyTorch build has no kernels for: CUDA finds it, and then its first
+    operation fails. Kaggle's P100 (compute capability 6.0) is one, under the CUDA 12.8 build that Kaggle installs;
+    the PyPI build of torch 2.14.1 (CUDA 13.0) starts at 7.5, after the V100 (7.0). Torch's warnings at CUDA's start
+    are shown only where the GPU works: the line says it all."""
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        try:
+            _launch_a_kernel(device)
+        except RuntimeError as exc:
+            if "no kernel image is available" not in str(exc):
+                raise
+            name, capability = torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device)
+            built_for = " ".join(torch.cuda.get_arch_list())
+            raise UserError(f"this PyTorch {torch.__version__} has no CUDA kernels for {name} (compute capability "
+                            f"{capability[0]}.{capability[1]}; it was built for {built_for}): train on a GPU that it "
+                            "supports (on Kaggle, GPU T4 x2 rather than P100), install a PyTorch build for this GPU "
+                            "(https://pytorch.org/get-started/locally/), or pass --device cpu") from None
+    for warning in said:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def usable_cpus():
