@@ -22,16 +22,26 @@ def test_notebook_runs_top_to_bottom(monkeypatch):
         assert f"\n{start}" in "\n" + outputs, start
 
 
-def test_on_colab_the_setup_cell_asks_for_the_repository_url_before_cloning(monkeypatch, tmp_path):
-    import subprocess
+def _on_hosted_notebook(monkeypatch, host):
+    """Make this process look like a kernel of ``host``, as the setup cell tells them apart."""
     import sys
     import types
+
+    if host == "colab":
+        monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    else:
+        monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")  # set in Kaggle's notebooks and scripts
+
+
+@pytest.mark.parametrize("host", ["colab", "kaggle"])
+def test_on_a_hosted_notebook_the_setup_cell_asks_for_the_repository_url_before_cloning(host, monkeypatch, tmp_path):
+    import subprocess
 
     nbformat = pytest.importorskip("nbformat")
     setup = next(cell for cell in nbformat.read(os.path.join(ROOT, "main.ipynb"), as_version=4).cells
                  if cell.cell_type == "code")
-    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
-    monkeypatch.chdir(tmp_path)  # a fresh Colab folder: no main.py, no clone yet
+    _on_hosted_notebook(monkeypatch, host)
+    monkeypatch.chdir(tmp_path)  # a fresh /content or /kaggle/working: no main.py, no clone yet
     commands = []
     monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: commands.append(command))
     with pytest.raises(SystemExit, match="set REPO_URL above to the git URL of your copy"):
@@ -55,10 +65,11 @@ def test_a_full_run_trains_the_mixer_briefly_on_a_cpu_and_the_study_for_the_temp
     assert namespace["DATA_DIR"] == "./data" and namespace["EXTRA"] == []
 
 
-def test_on_colab_the_setup_cell_clones_once_installs_the_requirements_and_works_in_the_clone(monkeypatch, tmp_path):
+@pytest.mark.parametrize("host", ["colab", "kaggle"])
+def test_on_a_hosted_notebook_the_setup_cell_clones_once_installs_the_requirements_and_works_in_the_clone(
+        host, monkeypatch, tmp_path):
     import subprocess
     import sys
-    import types
 
     nbformat = pytest.importorskip("nbformat")
     setup = next(cell for cell in nbformat.read(os.path.join(ROOT, "main.ipynb"), as_version=4).cells
@@ -66,8 +77,8 @@ def test_on_colab_the_setup_cell_clones_once_installs_the_requirements_and_works
     url = "https://example.org/student/cifar10-from-scratch.git"
     source = setup.source.replace("https://github.com/YOUR-NAME/cifar10-from-scratch.git", url)
     assert source != setup.source
-    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
-    monkeypatch.chdir(tmp_path)  # Colab's /content
+    _on_hosted_notebook(monkeypatch, host)
+    monkeypatch.chdir(tmp_path)  # Colab's /content, Kaggle's /kaggle/working
     commands = []
 
     def run(command, **kwargs):
@@ -82,6 +93,22 @@ def test_on_colab_the_setup_cell_clones_once_installs_the_requirements_and_works
     assert os.getcwd() == str(tmp_path / "cifar10-from-scratch")
     exec(source, {})  # the cell run again: already in the clone
     assert len(commands) == 2 and os.getcwd() == str(tmp_path / "cifar10-from-scratch")
-    os.chdir(tmp_path)  # a restarted kernel starts in /content again: no second clone
+    os.chdir(tmp_path)  # a restarted kernel starts in its first folder again: no second clone
     exec(source, {})
     assert commands[2:] == [install] and os.getcwd() == str(tmp_path / "cifar10-from-scratch")
+
+
+def test_a_local_kernel_outside_the_repository_clones_nothing(monkeypatch, tmp_path):
+    import subprocess
+    import sys
+
+    nbformat = pytest.importorskip("nbformat")
+    setup = next(cell for cell in nbformat.read(os.path.join(ROOT, "main.ipynb"), as_version=4).cells
+                 if cell.cell_type == "code")
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    commands = []
+    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: commands.append(command))
+    exec(setup.source.replace("YOUR-NAME", "student"), {})
+    assert commands == [] and os.getcwd() == str(tmp_path)

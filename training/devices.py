@@ -28,7 +28,7 @@ def _launch_a_kernel(device):
 def _check_kernels_run(device):
     """Refuse, in one line, a GPU that this PyTorch build has no kernels for: CUDA finds it, and then its first
     operation fails. Kaggle's P100 (compute capability 6.0) is one, under the CUDA 12.8 build that Kaggle installs;
-    the PyPI build of torch 2.14.1 (CUDA 13.0) starts at 7.5, after the V100 (7.0). Torch's warnings at CUDA's start
+    torch 2.14.1+cu130, the build tested here, starts at 7.5, after the V100 (7.0). Torch's warnings at CUDA's start
     are shown only where the GPU works: the line says it all."""
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
