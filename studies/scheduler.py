@@ -24,6 +24,7 @@ from .console import say
 
 HEARTBEAT_SECONDS = 30
 LOST_AFTER_SECONDS = 180  # a running trial whose worker has not been heard of for this long is lost
+PROCESSES_LOOKED_UP = os.name == "posix"  # a worker is asked after on its own host; on Windows os.kill would kill it
 # a failed trial with one of these outcomes finished its job (--retry_failed runs the errors again); one without an
 # outcome was stopped (a kill, Ctrl-C, a lost worker), and its job resumes
 FINISHING_FAILURES = ("diverged", "error")
@@ -99,7 +100,7 @@ def is_lost(trial, now):
     (or where a process cannot be told from a reused pid), a worker silent for ``LOST_AFTER_SECONDS`` by ``now``, the
     study's lock's time, is lost."""
     attrs = trial.user_attrs
-    if attrs.get("host") == socket.gethostname() and "pid" in attrs and os.name == "posix":  # Windows' os.kill kills
+    if attrs.get("host") == socket.gethostname() and "pid" in attrs and PROCESSES_LOOKED_UP:
         alive, started = _process_state(attrs["pid"])
         if not alive:
             return True
@@ -107,6 +108,12 @@ def is_lost(trial, now):
             return started != attrs["pid_started"]
     last_heard = attrs.get("heartbeat") or trial.datetime_start.timestamp()
     return now - last_heard > LOST_AFTER_SECONDS
+
+
+def when_taken_over():
+    """When a study takes over a run whose worker died, in words, for a worker that waits for such runs."""
+    silent = f"after {LOST_AFTER_SECONDS // 60} minutes without word from it"
+    return f"{silent} if it ran on another host" if PROCESSES_LOOKED_UP else silent
 
 
 def _abandoned_here(trial):

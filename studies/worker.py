@@ -24,7 +24,7 @@ from training.models import validate_model_config
 
 from .console import say
 from .definitions import is_model_setting
-from .scheduler import LOST_AFTER_SECONDS, Claimer, Heartbeat
+from .scheduler import Claimer, Heartbeat, when_taken_over
 
 RUNS_FOLDER = "runs"
 POLL_SECONDS = 2  # how often a worker with nothing to claim looks again while others train
@@ -373,8 +373,7 @@ def work(plan, study, lock):
             if not said_waiting:
                 runs = claimer.running_elsewhere
                 why = ("a search's final runs follow its last trial; " if plan.study.is_search else "") + \
-                    f"a run whose worker dies is taken over, after {LOST_AFTER_SECONDS // 60} minutes without word " \
-                    "from it if it ran on another host"
+                    f"a run whose worker dies is taken over, {when_taken_over()}"
                 say(f"no run to claim: waiting while {runs} run{'s train' if runs > 1 else ' trains'} in other "
                     f"workers ({why})")
                 said_waiting = True

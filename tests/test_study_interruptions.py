@@ -330,6 +330,13 @@ def test_a_worker_says_it_waits_once_per_spell_of_waiting_and_claims_what_turns_
         f"no run to claim: waiting while 2 runs train in other workers ({TAKEN_OVER})\n")
 
 
+def test_where_processes_are_not_looked_up_the_waiting_line_says_that_silence_decides_on_every_host(monkeypatch):
+    from studies import scheduler
+
+    monkeypatch.setattr(scheduler, "PROCESSES_LOOKED_UP", False)  # as on Windows
+    assert study_worker.when_taken_over() == "after 3 minutes without word from it"
+
+
 def test_a_resumed_search_trial_tells_the_pruner_only_the_logged_epochs_it_has_not_told(tmp_path):
     study = optuna.create_study(direction="maximize")
     trial = study.ask()

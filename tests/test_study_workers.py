@@ -2,6 +2,7 @@
 its heartbeat, worker processes sharing one journal, and the GPUs or cores each worker gets."""
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -14,8 +15,6 @@ from helpers import ROOT, jobs_of, load_study, run_claimers
 
 
 def test_a_running_trial_is_lost_when_its_process_is_gone_or_its_heartbeat_stops():
-    import socket
-
     from studies.scheduler import LOST_AFTER_SECONDS, Heartbeat, is_lost
 
     study = optuna.create_study()
@@ -36,6 +35,22 @@ def test_a_running_trial_is_lost_when_its_process_is_gone_or_its_heartbeat_stops
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         assert is_lost(study.trials[trial.number], now=beat) == lost, attrs
+
+
+def test_where_processes_are_not_looked_up_only_silence_decides_on_its_own_host_too(monkeypatch):
+    from studies import scheduler
+
+    study = optuna.create_study()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    beat = time.time()
+    monkeypatch.setattr(scheduler, "PROCESSES_LOOKED_UP", False)  # as on Windows, where os.kill would kill
+    for attrs, lost in (({"pid": dead.pid, "heartbeat": beat}, False),
+                        ({"pid": os.getpid(), "heartbeat": beat - scheduler.LOST_AFTER_SECONDS - 1}, True)):
+        trial = study.ask()
+        for key, value in {"host": socket.gethostname(), **attrs}.items():
+            trial.set_user_attr(key, value)
+        assert scheduler.is_lost(study.trials[trial.number], now=beat) == lost, attrs
 
 
 @pytest.mark.skipif(not os.path.isfile("/proc/self/stat"), reason="process start times come from /proc")
@@ -62,8 +77,6 @@ def test_on_its_own_host_a_claimed_trial_is_lost_exactly_when_its_process_is(tmp
 
 @pytest.mark.skipif(not os.path.isfile("/proc/self/stat"), reason="process start times come from /proc")
 def test_a_dead_workers_pid_reused_by_a_process_whose_name_is_not_text_is_still_judged(tmp_path):
-    import socket
-
     from studies.scheduler import is_lost, process_started
 
     # the kernel names a process after its executable's first 15 bytes, which need not decode in any encoding
@@ -86,8 +99,6 @@ def test_a_dead_workers_pid_reused_by_a_process_whose_name_is_not_text_is_still_
 
 @pytest.mark.skipif(os.name != "posix" or not shutil.which("ps"), reason="needs ps, as macOS has it")
 def test_without_proc_a_live_silent_worker_is_told_from_a_dead_one_and_from_a_reused_pid_by_ps(tmp_path, monkeypatch):
-    import socket
-
     from studies import scheduler
 
     monkeypatch.setattr(scheduler, "PROC_SELF_STAT", str(tmp_path / "no-proc"))  # as on macOS
@@ -116,8 +127,6 @@ def test_without_proc_a_live_silent_worker_is_told_from_a_dead_one_and_from_a_re
 
 
 def test_where_neither_proc_nor_ps_says_a_live_worker_is_judged_by_its_heartbeat(tmp_path, monkeypatch):
-    import socket
-
     from studies import scheduler
 
     def no_ps(*args, **kwargs):
