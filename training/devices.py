@@ -1,6 +1,7 @@
-"""Which device a run trains on, and what the fast path's ``auto`` flags become there: precision, memory
-layout and the CUDA graph, from what the GPU or the CPU computes natively; and how many CPUs this process may
-use (for DataLoader workers and the study workers' threads); and which errors say that a device ran out of memory."""
+"""Which device a run trains on (a GPU that this PyTorch has no kernels for is refused), and what the fast path's
+``auto`` flags become there: precision, memory layout and the CUDA graph, from what the GPU or the CPU computes
+natively; and how many CPUs this process may use (for DataLoader workers and the study workers' threads); and which
+errors say that a device ran out of memory."""
 import os
 import platform
 import re
