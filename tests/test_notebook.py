@@ -86,6 +86,7 @@ def test_on_a_hosted_notebook_the_setup_cell_clones_once_installs_the_requiremen
         if command[:2] == ["git", "clone"]:  # what a clone leaves: the repository, main.py in it
             os.makedirs(command[3])
             open(os.path.join(command[3], "main.py"), "w").close()
+        return subprocess.CompletedProcess(command, 0)
     monkeypatch.setattr(subprocess, "run", run)
     install = [sys.executable, "-m", "pip", "install", "-q", "-r", "requirements.txt"]
     exec(source, {})
@@ -96,6 +97,24 @@ def test_on_a_hosted_notebook_the_setup_cell_clones_once_installs_the_requiremen
     os.chdir(tmp_path)  # a restarted kernel starts in its first folder again: no second clone
     exec(source, {})
     assert commands[2:] == [install] and os.getcwd() == str(tmp_path / "cifar10-from-scratch")
+
+
+def test_on_kaggle_without_internet_a_failed_clone_stops_the_setup_cell_saying_what_to_check(monkeypatch, tmp_path):
+    import subprocess
+
+    nbformat = pytest.importorskip("nbformat")
+    setup = next(cell for cell in nbformat.read(os.path.join(ROOT, "main.ipynb"), as_version=4).cells
+                 if cell.cell_type == "code")
+    _on_hosted_notebook(monkeypatch, "kaggle")
+    monkeypatch.chdir(tmp_path)
+    commands = []
+    # git prints "fatal: unable to access ...: Could not resolve host: github.com", exits 128 and leaves no folder
+    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: commands.append(command)
+                        or subprocess.CompletedProcess(command, 128))
+    with pytest.raises(SystemExit, match=r"^git clone failed \(git says why above\): check REPO_URL; on Kaggle, turn "
+                                         r"Internet on in the notebook's settings$"):
+        exec(setup.source.replace("github.com/YOUR-NAME/", "github.com/student/"), {})
+    assert [command[:2] for command in commands] == [["git", "clone"]] and os.getcwd() == str(tmp_path)
 
 
 def test_a_local_kernel_outside_the_repository_clones_nothing(monkeypatch, tmp_path):
@@ -110,5 +129,5 @@ def test_a_local_kernel_outside_the_repository_clones_nothing(monkeypatch, tmp_p
     monkeypatch.chdir(tmp_path)
     commands = []
     monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: commands.append(command))
-    exec(setup.source.replace("YOUR-NAME", "student"), {})
+    exec(setup.source.replace("github.com/YOUR-NAME/", "github.com/student/"), {})
     assert commands == [] and os.getcwd() == str(tmp_path)
