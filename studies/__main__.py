@@ -18,7 +18,7 @@ import optuna
 
 from config import MAX_SEED, HelpFormatter, check_args, get_config_parser, given_flags
 from training.cifar10 import check_valid_size, load_cifar10
-from training.devices import auto_precision, precision_hint
+from training.devices import auto_precision, no_cuda_said, precision_hint
 from training.errors import (CommandLineParser, OutputRefused, UserError, exit_after_output, path_flag,
                              set_up_command_line)
 from training.models import SCHEMAS, SHIPPED_CONFIG_DIR, load_model_config, validate_model_config
@@ -158,6 +158,14 @@ def make_plan(study, options, train_argv):
                 data_fingerprint=data.fingerprint())
 
 
+def _note_no_cuda(study, args):
+    """Say on the console what each run says in its train.log: asked for CUDA (the default), it trains on the CPU."""
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        say(f"note: {no_cuda_said()}: the runs of {study.name} train on the CPU", file=sys.stderr)
+
+
 def _note_cpu_cost(study, args):
     """Say before a ResNet18 or MLP-Mixer study starts on a CPU what one epoch cost on one, so that nobody
     waits days for ``run all`` on a laptop unwarned."""
@@ -193,6 +201,7 @@ def run_study(study, options, train_argv, argv):
         args = get_config_parser().parse_args(train_argv)
         if not launched:
             say(f"study {study.name}: {study.question} Output in {plan.study_dir}")
+            _note_no_cuda(study, args)
             _note_cpu_cost(study, args)
             _note_precision(study, args)
         if options.workers > 1:

@@ -339,6 +339,28 @@ def test_a_run_on_a_gpu_without_kernels_stops_in_one_line_before_the_data_and_le
     assert len(err.splitlines()) == 1 and read == [] and not logdir.exists()
 
 
+@pytest.mark.parametrize("cuda, nvidia_smi, fix_named", [
+    (None, "C:\\Windows\\System32\\nvidia-smi.exe", True),  # PyPI's torch on a Windows laptop with an NVIDIA GPU
+    (None, None, False),  # a CPU-only build on a machine without one: nothing to fix
+    ("12.8", "/usr/bin/nvidia-smi", False),  # a CUDA build that finds no GPU (a driver problem torch warns of)
+])
+def test_the_cuda_fallback_names_the_fix_where_an_nvidia_gpu_meets_a_cpu_only_pytorch(cuda, nvidia_smi, fix_named,
+                                                                                      monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", cuda)
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(devices.shutil, "which", lambda name: nvidia_smi if name == "nvidia-smi" else None)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        assert devices.resolve_device("cuda") == torch.device("cpu")
+    fix = (f"CUDA is not available to this CPU-only PyTorch ({torch.__version__}; PyPI's torch for Windows is "
+           "CPU-only), though this machine has an NVIDIA GPU (nvidia-smi is installed); install a CUDA build of torch "
+           "(https://pytorch.org/get-started/locally/) to train on it")
+    said = fix if fix_named else "CUDA is not available"
+    assert [str(warning.message) for warning in shown] == [
+        f"{said}: running on the CPU (pass --device cpu to silence this)"]
+
+
 def test_cuda_request_falls_back_to_cpu_with_a_warning():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

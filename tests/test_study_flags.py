@@ -219,6 +219,26 @@ def test_a_study_launched_on_a_cpu_prints_the_cost_note(name, values, noted, stu
     assert (f"note: {name} trains" in capsys.readouterr().err) == noted
 
 
+@pytest.mark.parametrize("flags, cuda, noted", [([], False, True), (["--device", "cpu"], False, False),
+                                               ([], True, False)])
+def test_a_study_asked_for_cuda_where_there_is_none_says_that_its_runs_train_on_the_cpu(flags, cuda, noted, study_args,
+                                                                                     monkeypatch, capsys):
+    import torch
+
+    import studies.__main__ as cli
+
+    monkeypatch.setattr(cli, "work", lambda plan, study, lock: None)  # the runs themselves are not needed
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(cli, "no_cuda_said", lambda: "CUDA is not available, and why")
+    monkeypatch.setattr(cli, "_note_precision", lambda study, args: None)  # it would ask the GPU stood in for
+    argv = study_args("mlp_activation")
+    del argv[argv.index("--device"):argv.index("--device") + 2]  # to the default, cuda
+    assert cli.main([*argv, *flags]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "CUDA" in line]
+    assert notes == (["note: CUDA is not available, and why: the runs of mlp_activation train on the CPU"]
+                     if noted else [])
+
+
 @pytest.mark.parametrize("flags, cpu_bf16, note", [
     ([], True, "note: the runs of mlp_activation train in fp32 (this CPU has bf16 arithmetic: --precision bf16 may "
                "train faster)\n"),

@@ -5,6 +5,7 @@ errors say that a device ran out of memory."""
 import os
 import platform
 import re
+import shutil
 import warnings
 
 import torch
@@ -14,12 +15,22 @@ from .errors import UserError
 
 def resolve_device(requested):
     if requested == "cuda" and not torch.cuda.is_available():
-        warnings.warn("CUDA is not available: running on the CPU (pass --device cpu to silence this)")
+        warnings.warn(f"{no_cuda_said()}: running on the CPU (pass --device cpu to silence this)")
         return torch.device("cpu")
     device = torch.device(requested)
     if device.type == "cuda":
         _check_kernels_run(device)
     return device
+
+
+def no_cuda_said():
+    """``CUDA is not available``, and the fix where a machine has an NVIDIA GPU but PyTorch is a CPU-only build, as
+    PyPI's torch for Windows is: ``pip install -r requirements.txt`` there gives a student's GPU laptop that build."""
+    if torch.version.cuda is None and not torch.version.hip and shutil.which("nvidia-smi"):
+        return (f"CUDA is not available to this CPU-only PyTorch ({torch.__version__}; PyPI's torch for Windows is "
+                "CPU-only), though this machine has an NVIDIA GPU (nvidia-smi is installed); install a CUDA build of "
+                "torch (https://pytorch.org/get-started/locally/) to train on it")
+    return "CUDA is not available"
 
 
 def _launch_a_kernel(device):
