@@ -298,9 +298,10 @@ def test_huge_learning_rate_diverges_for_real(run_args, tmp_path):
     assert code == 3 and read_results(logdir)["status"] == "diverged"
 
 
-def test_a_run_asked_for_cuda_without_it_trains_and_evaluates_on_the_cpu(run_args, tmp_path):
+def test_a_run_asked_for_cuda_without_it_trains_and_evaluates_on_the_cpu(run_args, tmp_path, monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")  # a CUDA build that finds no GPU: nothing more to say
     logdir = str(tmp_path / "run")
     with pytest.warns(UserWarning, match="CUDA is not available: running on the CPU"):
         assert main.main(run_args("mlp", "--logdir", logdir, "--device", "cuda", epochs=1)) == 0

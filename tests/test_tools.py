@@ -113,8 +113,8 @@ def test_a_tool_stops_at_the_first_run_that_ctrl_c_or_sigterm_interrupted(tool, 
 
 
 @pytest.mark.parametrize("tool, argv, message", [
-    ("benchmark", [], "--device cuda: CUDA is not available here; use --device cpu"),
-    ("layout_benchmark", [], "--device cuda: CUDA is not available here; use --device cpu"),
+    ("benchmark", [], "--device cuda: CUDA is not available; use --device cpu"),
+    ("layout_benchmark", [], "--device cuda: CUDA is not available; use --device cpu"),
     ("gpu_check", [], "tools.gpu_check needs CUDA (or --dry_run to check the script on a CPU)"),
     ("check_targets", [], "tools.check_targets measures GPU targets and needs CUDA (or --dry_run)"),
     ("time_studies", [], "tools.time_studies measures the GPU target and needs CUDA (or --dry_run)"),
@@ -127,6 +127,7 @@ def test_a_gpu_tool_refuses_with_one_line_and_exit_2(tool, argv, message, tmp_pa
     from tools import run_cli
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")  # a CUDA build that finds no GPU: nothing more to say
     argv = [str(tmp_path) if flag == "EXISTING" else flag for flag in argv]
     with pytest.raises(SystemExit) as stop:
         run_cli(lambda: importlib.import_module(f"tools.{tool}").main(argv))

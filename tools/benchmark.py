@@ -22,6 +22,7 @@ import torch
 
 from config import DATA_DIR, DATA_DIR_HELP, HelpFormatter, get_config_parser
 from tools import fit_or_stop, run_cli
+from training.devices import no_cuda_said
 from training.errors import CommandLineParser, UserError, path_flag
 
 ROWS = {
@@ -100,7 +101,7 @@ def parse_args(argv=None):
 def main(argv=None):
     cli = parse_args(argv)
     if cli.device == "cuda" and not torch.cuda.is_available():  # its rows on the CPU would be another benchmark
-        raise UserError("--device cuda: CUDA is not available here; use --device cpu")
+        raise UserError(f"--device cuda: {no_cuda_said()}; use --device cpu")
     if cli.repeats < 1:
         raise UserError(f"--repeats must be at least 1, got {cli.repeats}")
     labels = ["template", "eager", "fast"] if cli.device == "cuda" else ["template", "fast"]

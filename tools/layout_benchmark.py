@@ -18,7 +18,7 @@ from config import DATA_DIR, DATA_DIR_HELP, HelpFormatter
 from tools import run_cli
 from tools.gpu_check import MODELS, make_step
 from training.cifar10 import load_cifar10
-from training.devices import describe_device
+from training.devices import describe_device, no_cuda_said
 from training.errors import CommandLineParser, UserError, path_flag
 from training.pipelines import TensorBatches
 
@@ -57,7 +57,7 @@ def parse_args(argv=None):
 def main(argv=None):
     cli = parse_args(argv)
     if cli.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: CUDA is not available here; use --device cpu")
+        raise UserError(f"--device cuda: {no_cuda_said()}; use --device cpu")
     if cli.batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {cli.batch_size}")
     if cli.steps < 1 or cli.warmup < 0:
