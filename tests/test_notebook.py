@@ -49,17 +49,22 @@ def test_on_a_hosted_notebook_the_setup_cell_asks_for_the_repository_url_before_
     assert commands == []
 
 
-@pytest.mark.parametrize("cuda,epochs", [(True, 15), (False, 2)])
-def test_a_full_run_trains_the_mixer_briefly_on_a_cpu_and_the_study_for_the_template_epochs(cuda, epochs,
-                                                                                             monkeypatch):
+@pytest.mark.parametrize("cuda,epochs,said", [(True, 15, "device: cuda |"),
+                                              (False, 2, "device: cpu (CUDA is not available, and why) |")])
+def test_a_full_run_trains_the_mixer_briefly_on_a_cpu_and_the_study_for_the_template_epochs(cuda, epochs, said,
+                                                                                             monkeypatch, capsys):
     import torch
+
+    from training import devices
 
     nbformat = pytest.importorskip("nbformat")
     settings = next(cell for cell in nbformat.read(os.path.join(ROOT, "main.ipynb"), as_version=4).cells
                     if cell.cell_type == "code" and "EPOCHS =" in cell.source)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(devices, "no_cuda_said", lambda: "CUDA is not available, and why")  # the reason, stood in for
     namespace = {"QUICK": False, "os": os}
     exec(settings.source, namespace)
+    assert capsys.readouterr().out.startswith(said)  # why a GPU machine under a CPU-only torch trains on its CPU
     assert namespace["EPOCHS"] == epochs and namespace["DEVICE"] == ("cuda" if cuda else "cpu")
     assert namespace["STUDY_EPOCHS"] == 15
     assert namespace["DATA_DIR"] == "./data" and namespace["EXTRA"] == []
