@@ -31,8 +31,10 @@ def read_results(logdir):
 def with_file_size_limit(script, limit):
     """The Python ``script``, run after telling the kernel to refuse any write that would make a regular file
     larger than ``limit`` bytes (``EFBIG``): a write that fails in the kernel, as on a full disk, whoever makes it
-    (a buffered file's flush, torch's zip writer); meant for a child process, whose limit ends with it."""
-    return ("import resource, signal\n"
+    (a buffered file's flush, torch's zip writer); meant for a child process, whose limit ends with it. torch's
+    compiler, which a fused optimizer imports, is imported first: some torch releases (2.8; not 2.4, nor 2.14) write a
+    generated module into a temporary folder the first time it is imported, a file that is not the script's."""
+    return ("import resource, signal, torch._dynamo\n"
             "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"  # a failed write, not a killed process
             f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
             + script)
