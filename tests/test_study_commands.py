@@ -398,7 +398,8 @@ def test_a_runs_train_log_holds_each_epoch_as_soon_as_it_ends(study_args, tmp_pa
 def test_each_runs_train_log_holds_the_warnings_that_run_gave(study_args, tmp_path):
     """As ``main.py`` would print them: Python shows a warning once per place in the code, and every run of a
     study reaches the same places, so a later run's log could lack them."""
-    argv = study_args("mlpmixer_best", "--trials", "2", "--precision", "fp16")
+    argv = study_args("mlpmixer_best", "--trials", "2", "--precision", "fp16", "--set", "embed_dim=16", "--set",
+                      "num_blocks=1")  # the search's own sizes, emulated in fp16 on a CPU, take minutes
     done = subprocess.run([sys.executable, "-m", "studies", *argv], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
