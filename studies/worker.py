@@ -287,12 +287,11 @@ def run_trial(plan, study, lock, trial):
     on_epoch = _epoch_callback(study, trial, trial.user_attrs["run_dir"], args.epochs, prune=role == "search",
                                console=console)
     try:
-        # line-buffered: `tail -f train.log` follows the run, and a killed worker's log keeps its last epoch
+        # line-buffered: `tail -f train.log` follows the run, and a killed worker's log keeps its last epoch;
+        # entering catch_warnings makes Python forget which warnings it has shown, so each run's log gets its
+        # own, as main.py would print them
         with Heartbeat(trial, lock.now), _open_log(run_dir, buffering=1) as log, \
                 contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), warnings.catch_warnings():
-            # a filter added, even one that changes nothing (the action for warnings no filter matches), makes
-            # Python forget which warnings it has shown: each run's log gets its own, as main.py would print them
-            warnings.filterwarnings(warnings.defaultaction, append=True)
             results = _fit_when_the_folder_is_free(args, prepare, on_epoch, role != "search", console=console)
         outcome = results["status"]
         if outcome == "completed" and results["valid_accs"]:
