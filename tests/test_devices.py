@@ -4,6 +4,7 @@ them on the CPU."""
 import argparse
 import json
 import os
+import subprocess
 import warnings
 
 import pytest
@@ -240,16 +241,49 @@ def test_a_gpu_is_identified_by_its_uuid_and_not_by_an_index_a_batch_system_may_
     assert devices.device_identity(torch.device("cpu")) == "cpu"
 
 
-def test_a_device_is_described_by_the_gpus_name_or_the_cpus_and_its_number_of_threads(monkeypatch):
+def test_a_device_is_described_by_the_gpus_name_or_the_cpus_model_and_its_number_of_threads(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
     assert devices.describe_device(torch.device("cuda")) == "NVIDIA H200"
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n\n"
+                       "processor\t: 1\nmodel name\t: AMD EPYC\n")  # this project's third CPU, as its Linux lists it
+    monkeypatch.setattr(devices, "CPUINFO", str(cpuinfo))
+    monkeypatch.setattr(devices.platform, "system", lambda: "Linux")
     monkeypatch.setattr(devices.platform, "processor", lambda: "")  # what Linux says
     monkeypatch.setattr(devices.platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # a study worker's share of the cores
-    assert devices.describe_device(torch.device("cpu")) == "cpu (x86_64, 1 thread)"
-    monkeypatch.setattr(devices.platform, "processor", lambda: "arm")  # what macOS says
+    assert devices.describe_device(torch.device("cpu")) == "cpu (AMD EPYC, 1 thread)"
+    cpuinfo.write_text("processor\t: 0\nBogoMIPS\t: 243.75\nCPU implementer\t: 0x41\n")  # Linux on ARM: no model
+    monkeypatch.setattr(devices.platform, "machine", lambda: "aarch64")
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
-    assert devices.describe_device(torch.device("cpu")) == "cpu (arm, 8 threads)"
+    assert devices.describe_device(torch.device("cpu")) == "cpu (aarch64, 8 threads)"
+    monkeypatch.setattr(devices, "CPUINFO", str(tmp_path / "absent"))
+    assert devices.describe_device(torch.device("cpu")) == "cpu (aarch64, 8 threads)"
+
+
+@pytest.mark.parametrize("said, described", [("Apple M2\n", "cpu (Apple M2, 8 threads)"),
+                                             ("", "cpu (arm64, 8 threads)"),
+                                             (None, "cpu (arm64, 8 threads)")])  # None: sysctl is not there
+def test_on_macos_the_cpu_model_is_sysctls_brand_string(monkeypatch, said, described):
+    def sysctl(argv, **kwargs):
+        assert argv == ["sysctl", "-n", "machdep.cpu.brand_string"]
+        if said is None:
+            raise FileNotFoundError(argv[0])
+        return subprocess.CompletedProcess(argv, 0, stdout=said, stderr="")
+    monkeypatch.setattr(devices.platform, "system", lambda: "Darwin")
+    monkeypatch.setattr(devices.platform, "processor", lambda: "arm")  # what macOS says, less than sysctl does
+    monkeypatch.setattr(devices.platform, "machine", lambda: "arm64")
+    monkeypatch.setattr(devices.subprocess, "run", sysctl)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert devices.describe_device(torch.device("cpu")) == described
+
+
+def test_on_windows_the_cpu_model_is_what_python_says_of_the_processor(monkeypatch):
+    monkeypatch.setattr(devices.platform, "system", lambda: "Windows")
+    monkeypatch.setattr(devices.platform, "processor", lambda: "Intel64 Family 6 Model 158 Stepping 10, GenuineIntel")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert devices.describe_device(torch.device("cpu")) == ("cpu (Intel64 Family 6 Model 158 Stepping 10, "
+                                                            "GenuineIntel, 4 threads)")
 
 
 @pytest.mark.parametrize("hip, capability, native", [(None, (8, 0), True), (None, (7, 5), False),

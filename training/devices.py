@@ -6,6 +6,7 @@ import os
 import platform
 import re
 import shutil
+import subprocess
 import warnings
 
 import torch
@@ -148,11 +149,35 @@ def precision_hint(precision, device):
     return ""
 
 
+CPUINFO = "/proc/cpuinfo"
+
+
+def cpu_model():
+    """This CPU's model as the system names it (``AMD EPYC``, ``Apple M2``...), since the processor decides how fast
+    a CPU run trains; None where the system does not say (Linux on ARM names no model)."""
+    system = platform.system()
+    if system == "Linux":
+        try:
+            with open(CPUINFO, encoding="utf-8", errors="replace") as f:
+                named = (value for key, _, value in (line.partition(":") for line in f) if key.strip() == "model name")
+                return " ".join(next(named, "").split()) or None
+        except OSError:
+            return None
+    if system == "Darwin":
+        try:
+            said = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                                  timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return said.stdout.strip() or None
+    return platform.processor() or None  # Windows: "Intel64 Family 6 Model 158 Stepping 10, GenuineIntel"
+
+
 def describe_device(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     threads = torch.get_num_threads()
-    return f"cpu ({platform.processor() or platform.machine()}, {threads} thread{'' if threads == 1 else 's'})"
+    return f"cpu ({cpu_model() or platform.machine()}, {threads} thread{'' if threads == 1 else 's'})"
 
 
 def device_identity(device):
