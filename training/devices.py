@@ -152,7 +152,7 @@ def precision_hint(precision, device):
 CPUINFO = "/proc/cpuinfo"
 
 
-def cpu_model():
+def _cpu_model():
     """This CPU's model as the system names it (``AMD EPYC``, ``Apple M2``...), since the processor decides how fast
     a CPU run trains; None where the system does not say (Linux on ARM names no model)."""
     system = platform.system()
@@ -177,7 +177,7 @@ def describe_device(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     threads = torch.get_num_threads()
-    return f"cpu ({cpu_model() or platform.machine()}, {threads} thread{'' if threads == 1 else 's'})"
+    return f"cpu ({_cpu_model() or platform.machine()}, {threads} thread{'' if threads == 1 else 's'})"
 
 
 def device_identity(device):
