@@ -7,6 +7,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -29,6 +30,8 @@ def _write(tmp_path, name, text):
 BAD_CONFIGS = [
     ("missing.json", None, "mlp", "model config not found"),
     ("broken.json", '{"num_classes": 10,', "resnet18", "invalid JSON at line 1"),
+    ("empty.json", "", "mlp", "the model config is empty; pass --model_config .*mlp.json"),
+    ("blank.json", " \n", "resnet18", "the model config is empty; pass --model_config .*resnet18.json"),
     ("list.json", "[1, 2]", "resnet18", "expected a JSON object"),
     ("number.json", "42", "mlp", "expected a JSON object of mlp settings, got int"),
     ("unknown.json", '{"num_classes": 10, "depth": 3}', "resnet18", "unknown key 'depth'.*valid keys: num_classes"),
@@ -72,6 +75,22 @@ def test_a_model_config_that_is_a_folder_is_refused_naming_the_file_to_pass(fake
                                        "pass --model_config model_configs/mlpmixer.json (the package's config for "
                                        "--model mlpmixer)\n")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_config_from_a_pipe_loads(tmp_path):
+    # what bash's process substitution passes: --model_config <(jq '.embed_dim = 512' model_configs/mlpmixer.json)
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=pipe.write_text, args=('{"num_classes": 10}',))
+    writer.start()
+    try:
+        assert load_model_config(str(pipe), "resnet18") == {"num_classes": 10}
+    finally:
+        writer.join(timeout=10)
+        if writer.is_alive():  # the loader refused the pipe unread; reading it lets the writer finish
+            pipe.read_text()
+            writer.join()
 
 
 def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path):

@@ -113,12 +113,17 @@ def load_model_config(path, model):
     if os.path.isdir(path):
         raise UserError(f"--model_config {path} is a folder, not a model config file; pass --model_config "
                         f"{shipped_config_path(model)} (the package's config for --model {model})")
-    if not os.path.isfile(path):
+    # exists, not isfile: bash's process substitution, --model_config <(jq ... base.json), gives a pipe
+    if not os.path.exists(path):
         raise UserError(f"model config not found: {path}; pass --model_config {shipped_config_path(model)} "
                         f"(the package's config for --model {model})")
     try:
         with open(path, encoding="utf-8-sig") as f:  # -sig: also a file that Windows Notepad saved with a BOM
-            config = json.load(f)
+            text = f.read()
+        if not text.strip():
+            raise UserError(f"{path}: the model config is empty; pass --model_config {shipped_config_path(model)} "
+                            f"(or copy it and edit the copy)")
+        config = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except UnicodeDecodeError as exc:  # UTF-16, as Windows PowerShell 5 redirects output with `>`
