@@ -12,6 +12,7 @@ too long, elsewhere), enqueues the jobs that have no trial yet, and pops a waiti
 its lock are in ``storage``.
 """
 import calendar
+import json
 import os
 import socket
 import subprocess
@@ -19,6 +20,8 @@ import sys
 import threading
 
 from optuna.trial import TrialState
+
+from training import persistence
 
 from .console import say
 
@@ -28,6 +31,8 @@ PROCESSES_LOOKED_UP = os.name == "posix"  # a worker is asked after on its own h
 # a failed trial with one of these outcomes finished its job (--retry_failed runs the errors again); one without an
 # outcome was stopped (a kill, Ctrl-C, a lost worker), and its job resumes
 FINISHING_FAILURES = ("diverged", "error")
+# the study attribute that holds how many trials it had when its flags last changed (see nothing_trained)
+FLAGS_FROM_TRIAL = "flags_from_trial"
 
 
 PROC_SELF_STAT = "/proc/self/stat"  # there on Linux; macOS and the BSDs have no /proc, and ps says instead
@@ -163,6 +168,39 @@ class Heartbeat:
         self.thread.join()
 
 
+def nothing_trained(trials, runs_dir, now):
+    """Whether a study's flags may still change: no run of it has trained an epoch (none finished, reported an
+    epoch, diverged or saved one in its folder under ``runs_dir``), and no worker is in a run, which it may be
+    training with the old flags. So a study stopped before any epoch (a GPU without kernels, out of memory at the
+    first batch, Ctrl-C on a mistyped flag) takes the flags of the command that fixes it."""
+    for trial in trials:
+        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or trial.intermediate_values \
+                or trial.user_attrs.get("outcome") == "diverged":
+            return False
+        if trial.state == TrialState.RUNNING and not (is_lost(trial, now) or _abandoned_here(trial)):
+            return False
+    try:
+        folders = [entry.path for entry in os.scandir(runs_dir) if entry.is_dir()]
+    except FileNotFoundError:
+        return True
+    return not any(_has_trained(folder) for folder in folders)
+
+
+def _has_trained(run_dir):
+    """Whether the run in ``run_dir`` saved an epoch: a run stopped before its first one (Ctrl-C) leaves a results.json
+    with none; one that raised later keeps its epochs there, though its checkpoint goes."""
+    if os.path.exists(os.path.join(run_dir, persistence.CHECKPOINT_FILE)):
+        return True
+    try:
+        with open(os.path.join(run_dir, persistence.RESULTS_FILE)) as f:
+            results = json.load(f)
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):  # unreadable: it may hold epochs
+        return True
+    return not isinstance(results, dict) or results.get("epochs_completed") != 0 or results.get("status") == "diverged"
+
+
 def job_states(trials):
     """``run_dir -> (finished trial or None, live trial or None, latest trial)``."""
     jobs = {}
@@ -212,11 +250,13 @@ class Claimer:
             grid_jobs: ``run_dir -> params`` of a grid study, or None for a search.
             search_trials: a search's budget of trials.
             final_seeds: seeds of the final retraining of a search's best configuration.
-            retry_failed: enqueue again the jobs whose run raised an error before this worker started.
+            retry_failed: enqueue again the jobs whose run raised an error before this worker started; without it,
+                those whose run raised one before the study's flags last changed (``FLAGS_FROM_TRIAL``).
         """
         self.study, self.lock = study, lock
         self.grid_jobs, self.search_trials, self.final_seeds = grid_jobs, search_trials, final_seeds
-        self.retry_before = len(study.get_trials(deepcopy=False)) if retry_failed else -1
+        self.retry_before = len(study.get_trials(deepcopy=False)) if retry_failed else \
+            study.user_attrs.get(FLAGS_FROM_TRIAL, -1)
         self.running_elsewhere = 0
 
     def _done(self, finished):

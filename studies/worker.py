@@ -19,12 +19,12 @@ from optuna.trial import TrialState
 from config import MAX_SEED, get_config_parser
 from training import persistence
 from training.engine import fit
-from training.errors import DISK_REFUSED, LogdirBusy, UserError
+from training.errors import DISK_REFUSED, LogdirBusy, UserError, counted
 from training.models import validate_model_config
 
 from .console import say
 from .definitions import is_model_setting
-from .scheduler import Claimer, Heartbeat, when_taken_over
+from .scheduler import FLAGS_FROM_TRIAL, Claimer, Heartbeat, nothing_trained, when_taken_over
 
 RUNS_FOLDER = "runs"
 POLL_SECONDS = 2  # how often a worker with nothing to claim looks again while others train
@@ -149,17 +149,31 @@ def open_study(plan, storage, lock):
             made_with.pop("data_dir", None)
             made_with["data"] = now["data"]
         if made_with != now:
-            key = next(key for key in sorted({*made_with, *now}) if made_with.get(key) != now.get(key))
-            where = f"study {plan.study.name} in {plan.storage or plan.study_dir}"
-            if key == "data":
-                raise UserError(f"{where} was started on another copy of CIFAR-10 (contents {made_with[key]}, "
-                                f"--data_dir here {now[key]}); point --data_dir at the copy it used, or use a new "
-                                "--out (or --storage)")
-            raise UserError(f"{where} was started with {key} = {made_with.get(key)!r}, not {now.get(key)!r}; rerun "
-                            "with the same flags, or use a new --out (or --storage)")
+            _take_the_new_flags_or_refuse(plan, study, lock, made_with, now)
         if plan.study.is_search:  # for status: the largest budget a launch asked for (--trials can only add)
             study.set_user_attr("trials", max(plan.trials, study.user_attrs.get("trials", 0)))
     return study
+
+
+def _take_the_new_flags_or_refuse(plan, study, lock, made_with, now):
+    """A study whose runs trained nothing yet takes the flags ``now`` (and trains again the runs that failed with
+    the others: out of memory, say); one that has trained is refused, with the first flag that differs."""
+    changed = [key for key in sorted({*made_with, *now}) if made_with.get(key) != now.get(key)]
+    key, where = changed[0], f"study {plan.study.name} in {plan.storage or plan.study_dir}"
+    trials = study.get_trials(deepcopy=False)
+    if nothing_trained(trials, os.path.join(plan.study_dir, RUNS_FOLDER), lock.now()):
+        failed = len({trial.user_attrs["run_dir"] for trial in trials if trial.user_attrs.get("outcome") == "error"})
+        said = "; ".join(f"{name} {made_with.get(name)!r}, now {now.get(name)!r}" for name in changed)
+        say(f"{where}: none of its runs has trained an epoch yet, so it takes this command's flags ({said})"
+            + (f" and trains again the {counted(failed, 'run')} that failed with the others" if failed else ""))
+        study.set_user_attr("fingerprint", now)
+        study.set_user_attr(FLAGS_FROM_TRIAL, len(trials))
+    elif key == "data":
+        raise UserError(f"{where} was started on another copy of CIFAR-10 (contents {made_with[key]}, --data_dir "
+                        f"here {now[key]}); point --data_dir at the copy it used, or use a new --out (or --storage)")
+    else:
+        raise UserError(f"{where} was started with {key} = {made_with.get(key)!r}, not {now.get(key)!r}; rerun with "
+                        "the same flags, or use a new --out (or --storage)")
 
 
 def run_settings(plan, trial):

@@ -3,14 +3,19 @@ with: its flags, its settings and its data."""
 import os
 import re
 import shutil
+import socket
 
 import pytest
+import torch
 from optuna.trial import TrialState
 
-from helpers import jobs_of, load_study
+from helpers import jobs_of, load_study, read_json
 import studies.__main__ as studies_cli
 from studies.__main__ import main as studies_main
+from studies.scheduler import process_started
+from training import engine
 from training.cifar10 import load_cifar10
+from training.errors import UserError
 from training.fake_data import write_fake_cifar10
 
 
@@ -144,6 +149,99 @@ def test_a_flag_added_since_the_study_began_counts_at_its_default(study_args, tm
     assert "was started with augment = 'template', not 'padcrop'" in capsys.readouterr().err
 
 
+def _stop_before_the_first_epoch(study_args, monkeypatch, *extra):
+    """Launch mlp_activation on a GPU that this PyTorch has no kernels for (Kaggle's P100): its first run stops before
+    it reads the data, in the line that says to pass --device cpu, and leaves its trial running."""
+    def no_kernels(requested):
+        raise UserError("this PyTorch has no CUDA kernels for Tesla P100-PCIE-16GB (compute capability 6.0): ..., "
+                        "or pass --device cpu")
+    argv = study_args("mlp_activation", "--values", "relu", "tanh", *extra)
+    argv[argv.index("--device") + 1] = "cuda"
+    with monkeypatch.context() as patched:
+        patched.setattr(engine, "resolve_device", no_kernels)
+        assert studies_main(argv) == 2
+
+
+def test_a_study_stopped_before_any_epoch_takes_the_flags_of_the_command_that_fixes_it(study_args, tmp_path, capsys,
+                                                                                      monkeypatch):
+    _stop_before_the_first_epoch(study_args, monkeypatch, "--weight_decay", "0.1")
+    assert "or pass --device cpu" in capsys.readouterr().err
+    assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh")) == 0
+    assert (f"study mlp_activation in {tmp_path / 'out' / 'mlp_activation'}: none of its runs has trained an epoch "
+            "yet, so it takes this command's flags (device 'cuda', now 'cpu'; weight_decay 0.1, now 0.0005)\n"
+            ) in capsys.readouterr().out
+    jobs = jobs_of(load_study(str(tmp_path / "out"), "mlp_activation"))
+    assert {run: states[-1] for run, states in jobs.items()} == {
+        "activation-relu_seed-42": TrialState.COMPLETE, "activation-tanh_seed-42": TrialState.COMPLETE}
+    assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh", epochs=2)) == 2  # now they have
+    assert "was started with epochs = 1, not 2" in capsys.readouterr().err
+
+
+def test_a_study_stopped_by_ctrl_c_in_its_first_epoch_takes_the_corrected_flags(study_args, tmp_path, capsys,
+                                                                                 monkeypatch):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as patched:
+        patched.setattr(engine, "train", interrupted)
+        assert studies_main(study_args("mlp_activation", "--values", "relu", "--weight_decay", "0.1")) == 130
+    results = read_json(tmp_path / "out" / "mlp_activation" / "runs" / "activation-relu_seed-42" / "results.json")
+    assert (results["status"], results["epochs_completed"]) == ("interrupted", 0)
+    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
+    assert "flags (weight_decay 0.1, now 0.0005)\n" in capsys.readouterr().out
+
+
+def test_runs_that_failed_before_any_epoch_train_again_with_the_flags_that_fix_them(study_args, tmp_path, capsys,
+                                                                                   monkeypatch):
+    def out_of_memory_at_16(epoch, model, loader, optimizer, args, step):
+        if args.batch_size == 16:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 MiB")
+        return train(epoch, model, loader, optimizer, args, step)
+    train = engine.train
+    monkeypatch.setattr(engine, "train", out_of_memory_at_16)
+    assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh")) == 0  # batch size 16
+    assert "study mlp_activation: 2 error" in capsys.readouterr().out
+    assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh", "--batch_size", "8")) == 0
+    out = capsys.readouterr().out
+    assert "so it takes this command's flags (batch_size 16, now 8) and trains again the 2 runs that failed " in out
+    assert out.endswith("study mlp_activation: 2 completed\n")
+    assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh", "--batch_size", "8")) == 0
+    assert "trial" not in capsys.readouterr().out  # once they completed, a rerun trains nothing
+
+
+def test_a_study_whose_run_another_worker_may_be_training_keeps_its_flags(study_args, tmp_path, capsys,
+                                                                         monkeypatch):
+    _stop_before_the_first_epoch(study_args, monkeypatch)
+    # a worker on this host, alive (pytest's parent stands in for it), claims the run again: in its first epoch, perhaps
+    running = load_study(str(tmp_path / "out"), "mlp_activation").ask()
+    for name, value in {"run_dir": "activation-relu_seed-42", "host": socket.gethostname(), "pid": os.getppid(),
+                        "pid_started": process_started(os.getppid())}.items():
+        running.set_user_attr(name, value)
+
+    def work(*args):  # rather than wait for the stand-in worker forever
+        raise AssertionError("the study went on with other flags than its live worker's")
+    monkeypatch.setattr(studies_cli, "work", work)
+    assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh")) == 2
+    assert "was started with device = 'cuda', not 'cpu'" in capsys.readouterr().err
+
+
+def test_a_study_with_a_run_that_failed_after_an_epoch_keeps_its_flags(study_args, tmp_path, capsys, monkeypatch):
+    trained = []
+
+    def fail_in_the_second_epoch(epoch, *args):
+        if epoch == 2:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        trained.append(epoch)
+        return train(epoch, *args)
+    train = engine.train
+    monkeypatch.setattr(engine, "train", fail_in_the_second_epoch)
+    assert studies_main(study_args("mlp_activation", "--values", "relu", epochs=2)) == 0
+    assert trained == [1]
+    trial, = load_study(str(tmp_path / "out"), "mlp_activation").get_trials()
+    assert (trial.state, trial.user_attrs["outcome"], trial.intermediate_values) == (TrialState.FAIL, "error", {})
+    assert studies_main(study_args("mlp_activation", "--values", "relu", epochs=3)) == 2
+    assert "was started with epochs = 2, not 3" in capsys.readouterr().err
+
+
 def test_missing_data_is_refused_before_anything_is_written(study_args, tmp_path, monkeypatch, capsys):
     import urllib.error
     import torchvision.datasets.utils as tv_utils
@@ -195,8 +293,6 @@ def test_a_study_recorded_with_its_data_folder_still_resumes(study_args, tmp_pat
     ("mlp_activation", "cpu", False, False)])
 def test_a_resnet_or_mixer_study_on_a_cpu_says_first_what_an_epoch_costs_there(name, device, cuda, noted, capsys,
                                                                                monkeypatch):
-    import torch
-
     from config import get_config_parser
     from studies.__main__ import AMX_CPU_EPOCH_SECONDS, CPU_EPOCH_SECONDS, STUDIES, _note_cpu_cost
 
@@ -223,8 +319,6 @@ def test_a_study_launched_on_a_cpu_prints_the_cost_note(name, values, noted, stu
                                                ([], True, False)])
 def test_a_study_asked_for_cuda_where_there_is_none_says_that_its_runs_train_on_the_cpu(flags, cuda, noted, study_args,
                                                                                      monkeypatch, capsys):
-    import torch
-
     import studies.__main__ as cli
 
     monkeypatch.setattr(cli, "work", lambda plan, study, lock: None)  # the runs themselves are not needed
@@ -267,8 +361,6 @@ def test_a_study_on_a_cpu_with_bf16_arithmetic_passes_on_the_runs_precision_hint
 ])
 def test_a_study_on_a_gpu_with_fp16_tensor_cores_passes_on_the_runs_precision_hint(capability, precision, device,
                                                                                    note, monkeypatch, capsys):
-    import torch
-
     from config import get_config_parser
     from studies.__main__ import _note_precision
     from studies.definitions import STUDIES
