@@ -317,7 +317,7 @@ class Claimer:
             if "run_dir" not in trial.user_attrs:  # a new search trial, drawn by the sampler
                 trial.set_user_attr("role", "search")
                 trial.set_user_attr("run_dir", f"trial-{trial.number:04d}")
-                trial.set_user_attr("search_index", searched)  # seeds its draws (worker.search_sampler)
+                trial.set_user_attr("search_index", searched)  # seeds its draws (search.search_sampler)
             trial.set_user_attr("host", socket.gethostname())
             trial.set_user_attr("pid", os.getpid())
             trial.set_user_attr("pid_started", process_started(os.getpid()))

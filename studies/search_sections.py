@@ -9,7 +9,7 @@ from . import figures
 from .render import Section
 from .sections import (RUN_HEADER, and_list, completed_runs, counted, epochs_sentences, final_valid_acc, fmt,
                        hyperparameter_rows, mean_std, outcome_sentences, run_row, shared_processor_text)
-from .worker import PRUNE_AFTER_TRIALS, PRUNE_FROM_EPOCH, PRUNE_PEERS, RANDOM_TRIALS
+from .search import PRUNE_AFTER_TRIALS, PRUNE_FROM_EPOCH, PRUNE_PEERS, RANDOM_TRIALS
 
 VISUALISATIONS = {"resnet18": (("resnet18_kernels_rgb.png", "first-layer kernels (RGB)"),
                                ("resnet18_kernels_gray.png", "first-layer kernels (channel average)")),

@@ -11,6 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from helpers import jobs_of, load_study, read_json
+from studies import search as study_search
 from studies import worker as study_worker
 from studies.__main__ import main as studies_main
 from studies.report import load_runs
@@ -174,7 +175,7 @@ def test_search_trials_are_pruned_on_validation_accuracy(study_args, tmp_path, m
     def always_prune(self, study, trial):
         reported.append(trial.number)
         return True
-    monkeypatch.setattr(study_worker.SameBudgetMedianPruner, "prune", always_prune)
+    monkeypatch.setattr(study_search.SameBudgetMedianPruner, "prune", always_prune)
     out = str(tmp_path / "out")
     assert studies_main(study_args("mlpmixer_best", "--trials", "2", "--set", "embed_dim=16", "--set",
                                    "num_blocks=1", epochs=3)) == 0
@@ -189,7 +190,7 @@ def test_the_search_pruner_compares_a_trial_from_epoch_4_with_completed_trials_o
     def verdicts(completed, trial_accuracies=(0.5,) * 6):
         """Whether a 40-epoch trial with ``trial_accuracies`` in epochs 1 to 6 is pruned after each of them,
         beside ``completed``: (epoch budget, accuracy in every epoch) of each completed trial."""
-        study = optuna.create_study(direction="maximize", pruner=study_worker.SameBudgetMedianPruner())
+        study = optuna.create_study(direction="maximize", pruner=study_search.SameBudgetMedianPruner())
         for budget, accuracy in completed:
             peer = study.ask()
             peer.set_user_attr("settings", {"epochs": budget, "lr": 0.1})
@@ -204,7 +205,7 @@ def test_the_search_pruner_compares_a_trial_from_epoch_4_with_completed_trials_o
         return pruned
 
     # as the README says: from epoch 4, after 5 completed trials, among at least 2 with its epochs
-    assert (study_worker.PRUNE_FROM_EPOCH, study_worker.PRUNE_AFTER_TRIALS, study_worker.PRUNE_PEERS) == (4, 5, 2)
+    assert (study_search.PRUNE_FROM_EPOCH, study_search.PRUNE_AFTER_TRIALS, study_search.PRUNE_PEERS) == (4, 5, 2)
     # its best so far, not its latest: a trial at 0.95 by epoch 3 that dips to 0.5 stays beside peers at 0.9
     assert verdicts([(40, 0.9)] * 5, trial_accuracies=[0.95] * 3 + [0.5] * 3) == [False] * 6
     assert verdicts([(40, 0.9)] * 5) == [False] * 3 + [True] * 3
@@ -262,12 +263,12 @@ def _draw_lr(completed, best_lr, running=()):
         study.add_trial(optuna.trial.create_trial(params={"lr": lr}, distributions=space, value=-abs(lr - best_lr)))
     for lr in running:
         study.add_trial(optuna.trial.create_trial(params={"lr": lr}, distributions=space, state=TrialState.RUNNING))
-    study.sampler = study_worker.search_sampler(42, completed)
+    study.sampler = study_search.search_sampler(42, completed)
     return study.ask(space).params["lr"]
 
 
 def test_a_search_draws_its_first_8_trials_at_random_and_the_later_ones_from_the_results_before_them():
-    assert study_worker.RANDOM_TRIALS == 8  # as the README and the report say
+    assert study_search.RANDOM_TRIALS == 8  # as the README and the report say
     assert _draw_lr(7, best_lr=0.05) == _draw_lr(7, best_lr=0.0005)
     assert _draw_lr(8, best_lr=0.05) != _draw_lr(8, best_lr=0.0005)
 
@@ -292,7 +293,7 @@ def test_of_tied_search_trials_the_earliest_is_retrained_as_the_report_says():
 
 
 def test_a_search_trial_is_never_pruned_after_its_last_epoch(study_args, tmp_path, monkeypatch):
-    monkeypatch.setattr(study_worker.SameBudgetMedianPruner, "prune", lambda self, study, trial: True)
+    monkeypatch.setattr(study_search.SameBudgetMedianPruner, "prune", lambda self, study, trial: True)
     out = str(tmp_path / "out")
     assert studies_main(study_args("mlpmixer_best", "--trials", "2", "--set", "embed_dim=16", "--set",
                                    "num_blocks=1", epochs=1)) == 0
