@@ -22,6 +22,7 @@ import threading
 from optuna.trial import TrialState
 
 from training import persistence
+from training.errors import UserError
 
 from .console import say
 
@@ -242,7 +243,7 @@ def retrains_another(trial, best):
 class Claimer:
     """Claims jobs of one study for one worker process."""
 
-    def __init__(self, study, lock, grid_jobs=None, search_trials=0, final_seeds=(), retry_failed=False):
+    def __init__(self, study, lock, grid_jobs=None, search_trials=0, final_seeds=(), retry_failed=False, flags=None):
         """
         Args:
             study: the Optuna study.
@@ -252,8 +253,10 @@ class Claimer:
             final_seeds: seeds of the final retraining of a search's best configuration.
             retry_failed: enqueue again the jobs whose run raised an error before this worker started; without it,
                 those whose run raised one before the study's flags last changed (``FLAGS_FROM_TRIAL``).
+            flags: the fingerprint of the flags that this worker trains with (``worker.open_study`` records it): a
+                claim stops the worker if another command gave the study other flags meanwhile.
         """
-        self.study, self.lock = study, lock
+        self.study, self.lock, self.flags = study, lock, flags
         self.grid_jobs, self.search_trials, self.final_seeds = grid_jobs, search_trials, final_seeds
         self.retry_before = len(study.get_trials(deepcopy=False)) if retry_failed else \
             study.user_attrs.get(FLAGS_FROM_TRIAL, -1)
@@ -298,6 +301,9 @@ class Claimer:
         """The next trial for this worker (RUNNING, with its ``run_dir`` set), or None when no job is left to
         claim now; ``running_elsewhere`` then says how many runs other workers are training."""
         with self.lock.hold(self.study.study_name):
+            if self.flags is not None and self.study.user_attrs.get("fingerprint") != self.flags:
+                raise UserError(f"study {self.study.study_name} took other flags meanwhile, from a command started "
+                                "before any of its runs trained an epoch; rerun with that command's flags")
             trials = self.study.get_trials(deepcopy=False)
             now = self.lock.now()
             for trial in trials:

@@ -85,15 +85,13 @@ class Plan:
 
 def open_study(plan, storage, lock):
     """Create or load the study in ``storage`` (from ``open_storage``); refuse one made with other flags,
-    whose runs could not be mixed."""
+    whose runs could not be mixed. On return the study records ``plan.fingerprint()``, which its claims check."""
     with lock.hold(plan.study.name):  # the sampler is replaced before each search trial draws (run_settings)
         study = optuna.create_study(study_name=plan.study.name, storage=storage, direction="maximize",
                                     sampler=search_sampler(plan.seed, 0), pruner=SameBudgetMedianPruner(),
                                     load_if_exists=True)
-        made_with, now = study.user_attrs.get("fingerprint"), plan.fingerprint()
-        if made_with is None:
-            study.set_user_attr("fingerprint", now)
-            made_with = now
+        recorded, now = study.user_attrs.get("fingerprint"), plan.fingerprint()
+        made_with = now if recorded is None else recorded
         # a flag that main.py gained after the study began ran at its default until now
         defaults = json.loads(json.dumps(vars(get_config_parser().parse_args([]))))
         made_with = {**{key: defaults[key] for key in now.keys() - made_with.keys() if key in defaults}, **made_with}
@@ -102,6 +100,8 @@ def open_study(plan, storage, lock):
             made_with["data"] = now["data"]
         if made_with != now:
             _take_the_new_flags_or_refuse(plan, study, lock, made_with, now)
+        if recorded != now:  # a new study, new flags, or one recorded by an older version in an older form
+            study.set_user_attr("fingerprint", now)
         if plan.study.is_search:  # for status: the largest budget a launch asked for (--trials can only add)
             study.set_user_attr("trials", max(plan.trials, study.user_attrs.get("trials", 0)))
     return study
@@ -118,7 +118,6 @@ def _take_the_new_flags_or_refuse(plan, study, lock, made_with, now):
         said = "; ".join(f"{name} {made_with.get(name)!r}, now {now.get(name)!r}" for name in changed)
         say(f"{where}: none of its runs has trained an epoch yet, so it takes this command's flags ({said})"
             + (f" and trains again the {counted(failed, 'run')} that failed with the others" if failed else ""))
-        study.set_user_attr("fingerprint", now)
         study.set_user_attr(FLAGS_FROM_TRIAL, len(trials))
     elif key == "data":
         raise UserError(f"{where} was started on another copy of CIFAR-10 (contents {made_with[key]}, --data_dir "
@@ -328,7 +327,7 @@ def work(plan, study, lock):
     final runs, which only its last trial's end creates, and the run of a worker that dies."""
     claimer = Claimer(study, lock, grid_jobs=None if plan.study.is_search else plan.grid_jobs(),
                       search_trials=plan.trials, final_seeds=plan.seeds,
-                      retry_failed=plan.retry_failed)
+                      retry_failed=plan.retry_failed, flags=plan.fingerprint())
     ran, said_waiting = 0, False
     while True:
         trial = claimer.claim()

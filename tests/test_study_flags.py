@@ -224,6 +224,22 @@ def test_a_study_whose_run_another_worker_may_be_training_keeps_its_flags(study_
     assert "was started with device = 'cuda', not 'cpu'" in capsys.readouterr().err
 
 
+def test_a_worker_whose_study_took_other_flags_before_its_first_claim_trains_nothing(study_args, tmp_path, capsys,
+                                                                                    monkeypatch):
+    work = studies_cli.work
+
+    def another_command_opens_the_study_first(plan, study, lock):  # between this worker's open_study and its claim
+        monkeypatch.setattr(studies_cli, "work", lambda *args: 0)  # that command's own worker is yet to claim
+        assert studies_main(study_args("mlp_activation", "--values", "relu", "--weight_decay", "0.1")) == 0
+        return work(plan, study, lock)
+    monkeypatch.setattr(studies_cli, "work", another_command_opens_the_study_first)
+    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 2
+    assert capsys.readouterr().err.endswith(
+        "error: study mlp_activation took other flags meanwhile, from a command started before any of its runs "
+        "trained an epoch; rerun with that command's flags\n")
+    assert load_study(str(tmp_path / "out"), "mlp_activation").get_trials() == []
+
+
 def test_a_study_with_a_run_that_failed_after_an_epoch_keeps_its_flags(study_args, tmp_path, capsys, monkeypatch):
     trained = []
 

@@ -322,7 +322,7 @@ def test_a_worker_says_it_waits_once_per_spell_of_waiting_and_claims_what_turns_
     monkeypatch.setattr(study_worker, "run_trial", lambda plan, study, lock, trial: ran.append(trial))
     monkeypatch.setattr(time, "sleep", waits.append)
     plan = SimpleNamespace(study=SimpleNamespace(is_search=False), grid_jobs=lambda: [], trials=None, seeds=[42],
-                           retry_failed=False)
+                           retry_failed=False, fingerprint=dict)
     assert study_worker.work(plan, study=None, lock=None) == 2
     assert ran == ["trial A", "trial B"] and waits == [study_worker.POLL_SECONDS] * 3
     assert capsys.readouterr().out == (
