@@ -123,6 +123,9 @@ def make_plan(study, options, train_argv):
     seeds = _run_seeds(study, args.seed, options.seeds)
     config_path = flags.get("model_config", os.path.join(SHIPPED_CONFIG_DIR, f"{study.model}.json"))
     model_config = load_model_config(config_path, study.model)
+    if options.workers > 1 and not os.path.isfile(config_path):  # each worker reads it again, as this process did
+        raise UserError(f"--model_config {config_path} is not a file (a pipe, as <(...) makes, is read once), and each "
+                        f"of the {options.workers} workers reads it; save it to a file and pass that")
     searched = {dimension.setting for dimension in study.space}
     given = {**study.fixed, **{key: value for key, value in flags.items() if key in searched}}
     for item in options.set:

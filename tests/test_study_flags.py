@@ -1,9 +1,11 @@
 """A study's launch is checked before anything is written, and a rerun must match what the study began
 with: its flags, its settings and its data."""
 import os
+import pathlib
 import re
 import shutil
 import socket
+import threading
 
 import pytest
 import torch
@@ -115,6 +117,30 @@ def test_list_names_every_study_with_its_grid_or_search_space(capsys):
     assert re.search(r"^resnet18_best \(resnet18\): .*\n  search: 24 trials \(--trials N\) over the settings below, "
                      r"then the best configuration retrained and tested once per seed \(--seeds N\)\n(  \w+: .+\n)*"
                      r"  augment: ", out, re.MULTILINE)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_model_config_from_a_pipe_is_refused_for_several_workers_which_each_read_it(study_args, tiny_configs,
+                                                                                       tmp_path, capsys, monkeypatch):
+    def launch_workers(*args):  # they would wait for a writer to the pipe forever
+        raise AssertionError("workers launched")
+    monkeypatch.setattr(studies_cli, "launch_workers", launch_workers)
+    pipe = tmp_path / "pipe"  # what bash's process substitution passes: --model_config <(cat mlp.json)
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=pipe.write_text, args=(pathlib.Path(tiny_configs["mlp"]).read_text(),))
+    writer.start()
+    argv = study_args("mlp_activation", "--workers", "2")
+    argv[argv.index("--model_config") + 1] = str(pipe)
+    try:
+        assert studies_main(argv) == 2
+    finally:
+        writer.join(timeout=10)
+        if writer.is_alive():  # refused unread
+            pipe.read_text()
+            writer.join()
+    assert capsys.readouterr().err == (f"error: --model_config {pipe} is not a file (a pipe, as <(...) makes, is read "
+                                       "once), and each of the 2 workers reads it; save it to a file and pass that\n")
+    assert not os.path.exists(tmp_path / "out")
 
 
 def test_held_model_settings_are_checked_before_anything_is_written(study_args, tmp_path, capsys):
