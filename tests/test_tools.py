@@ -73,7 +73,7 @@ def test_a_tools_counts_take_numbers_and_its_flags_named_after_main_pys_share_th
     for action in parser._actions:
         if type(action.default) in (int, float):
             assert action.type is type(action.default), action.dest
-        shared = main_choices.get(action.dest.removesuffix("s"))  # --models, --precisions take several
+        shared = main_choices.get(re.sub("s$", "", action.dest))  # --models, --precisions take several
         if shared and (tool, action.dest) != ("gpu_check", "models"):
             defaults = action.default if action.nargs == "+" else [action.default]
             assert action.choices and set(action.choices) <= set(shared) and set(defaults) <= set(action.choices)
