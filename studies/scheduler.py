@@ -32,7 +32,7 @@ PROCESSES_LOOKED_UP = os.name == "posix"  # a worker is asked after on its own h
 # a failed trial with one of these outcomes finished its job (--retry_failed runs the errors again); one without an
 # outcome was stopped (a kill, Ctrl-C, a lost worker), and its job resumes
 FINISHING_FAILURES = ("diverged", "error")
-# the study attribute that holds how many trials it had when its flags last changed (see nothing_trained)
+# the study attribute that holds how many trials it had when its flags last changed (see has_trained)
 FLAGS_FROM_TRIAL = "flags_from_trial"
 
 
@@ -112,8 +112,7 @@ def is_lost(trial, now):
             return True
         if started is not None and attrs.get("pid_started") is not None:
             return started != attrs["pid_started"]
-    last_heard = attrs.get("heartbeat") or trial.datetime_start.timestamp()
-    return now - last_heard > LOST_AFTER_SECONDS
+    return seconds_silent(trial, now) > LOST_AFTER_SECONDS
 
 
 def when_taken_over():
@@ -169,22 +168,50 @@ class Heartbeat:
         self.thread.join()
 
 
-def nothing_trained(trials, runs_dir, now):
-    """Whether a study's flags may still change: no run of it has trained an epoch (none finished, reported an
-    epoch, diverged or saved one in its folder under ``runs_dir``), and no worker is in a run, which it may be
-    training with the old flags. So a study stopped before any epoch (a GPU without kernels, out of memory at the
-    first batch, Ctrl-C on a mistyped flag) takes the flags of the command that fixes it."""
+def has_trained(trials, runs_dir):
+    """Whether a study's flags are fixed by what its runs trained: one finished, reported an epoch, diverged or saved
+    one in its folder under ``runs_dir``. A study stopped before any epoch (a GPU without kernels, out of memory at the
+    first batch, Ctrl-C on a mistyped flag) has not, and takes the flags of the command that fixes it."""
     for trial in trials:
         if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or trial.intermediate_values \
                 or trial.user_attrs.get("outcome") == "diverged":
-            return False
-        if trial.state == TrialState.RUNNING and not (is_lost(trial, now) or _abandoned_here(trial)):
-            return False
+            return True
     try:
         folders = [entry.path for entry in os.scandir(runs_dir) if entry.is_dir()]
     except FileNotFoundError:
-        return True
-    return not any(_has_trained(folder) for folder in folders)
+        return False
+    return any(_has_trained(folder) for folder in folders)
+
+
+def live_runs(trials, now):
+    """The running trials whose worker may still be training them (with the flags the study has now)."""
+    return [trial for trial in trials if trial.state == TrialState.RUNNING and not worker_gone(trial, now)]
+
+
+def worker_gone(trial, now):
+    """Whether a running trial's worker no longer trains it: lost, or this very process, which abandoned it."""
+    return is_lost(trial, now) or _abandoned_here(trial)
+
+
+def worker_place(trial):
+    """Where a trial's worker runs, in words: ``on HOST (pid PID)``."""
+    attrs = trial.user_attrs
+    return f"on {attrs.get('host', 'an unknown host')} (pid {attrs.get('pid', '?')})"
+
+
+def seconds_silent(trial, now):
+    """How long by ``now`` a running trial's worker has not been heard from."""
+    return now - (trial.user_attrs.get("heartbeat") or trial.datetime_start.timestamp())
+
+
+def seconds_until_lost(trial, now):
+    """In how many seconds a running trial whose worker stops now counts as lost; None where its worker's process
+    decides (its own host), not its silence."""
+    attrs = trial.user_attrs
+    if attrs.get("host") == socket.gethostname() and "pid" in attrs and PROCESSES_LOOKED_UP \
+            and attrs.get("pid_started") is not None:
+        return None
+    return max(0.0, LOST_AFTER_SECONDS - seconds_silent(trial, now))
 
 
 def _has_trained(run_dir):
@@ -307,7 +334,7 @@ class Claimer:
             trials = self.study.get_trials(deepcopy=False)
             now = self.lock.now()
             for trial in trials:
-                if trial.state == TrialState.RUNNING and (is_lost(trial, now) or _abandoned_here(trial)):
+                if trial.state == TrialState.RUNNING and worker_gone(trial, now):
                     say(f"trial {trial.number} ({trial.user_attrs.get('run_dir')}): its worker is gone; "
                         "the run will resume from its checkpoint")
                     self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)

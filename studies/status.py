@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from training.errors import UserError
 
 from .definitions import STUDIES
-from .scheduler import best_search_trial, is_lost, job_states, retrains_another
+from .scheduler import best_search_trial, is_lost, job_states, retrains_another, seconds_silent, worker_place
 from .storage import JOURNAL_FILE, close_storage, open_storage
 from .worker import RUNS_FOLDER
 
@@ -88,14 +88,11 @@ def _print_status(name, study_dir, storage, lock):
     for run_dir, (_, live, _) in sorted(job_states(study.get_trials(deepcopy=False)).items()):
         if live is None or live.state != TrialState.RUNNING:
             continue
-        attrs = live.user_attrs
-        heard = now - (attrs.get("heartbeat") or live.datetime_start.timestamp())
-        where = f"on {attrs.get('host', 'an unknown host')} (pid {attrs.get('pid', '?')})"
         lost = is_lost(live, now)  # nothing trains it until a worker claims it: no time to go
         state = ("its worker is gone: the next worker to claim a run resumes it" if lost
-                 else f"last heard {heard:.0f} s ago")
+                 else f"last heard {seconds_silent(live, now):.0f} s ago")
         progress = _progress(study_dir, run_dir, estimate=not lost) or "first epoch"
-        print(f"  {run_dir}: running {where}, {progress}; {state}")
+        print(f"  {run_dir}: running {worker_place(live)}, {progress}; {state}")
     return True
 
 

@@ -24,7 +24,8 @@ from training.models import validate_model_config
 from .console import say
 from .definitions import is_model_setting
 from .search import SameBudgetMedianPruner, search_sampler
-from .scheduler import FLAGS_FROM_TRIAL, Claimer, Heartbeat, nothing_trained, when_taken_over
+from .scheduler import (FLAGS_FROM_TRIAL, Claimer, Heartbeat, has_trained, live_runs, seconds_silent,
+                        seconds_until_lost, when_taken_over, worker_place)
 
 RUNS_FOLDER = "runs"
 POLL_SECONDS = 2  # how often a worker with nothing to claim looks again while others train
@@ -109,22 +110,65 @@ def open_study(plan, storage, lock):
 
 def _take_the_new_flags_or_refuse(plan, study, lock, made_with, now):
     """A study whose runs trained nothing yet takes the flags ``now`` (and trains again the runs that failed with
-    the others: out of memory, say); one that has trained is refused, with the first flag that differs."""
-    changed = [key for key in sorted({*made_with, *now}) if made_with.get(key) != now.get(key)]
-    key, where = changed[0], f"study {plan.study.name} in {plan.storage or plan.study_dir}"
+    the others: out of memory, say); one that has trained, or that a worker may be training with its flags, is
+    refused, with every flag that differs."""
+    where = f"study {plan.study.name} in {plan.storage or plan.study_dir}"
+    changes = _flag_changes(made_with, now, {dimension.setting for dimension in plan.study.space})
     trials = study.get_trials(deepcopy=False)
-    if nothing_trained(trials, os.path.join(plan.study_dir, RUNS_FOLDER), lock.now()):
-        failed = len({trial.user_attrs["run_dir"] for trial in trials if trial.user_attrs.get("outcome") == "error"})
-        said = "; ".join(f"{name} {made_with.get(name)!r}, now {now.get(name)!r}" for name in changed)
-        say(f"{where}: none of its runs has trained an epoch yet, so it takes this command's flags ({said})"
-            + (f" and trains again the {counted(failed, 'run')} that failed with the others" if failed else ""))
-        study.set_user_attr(FLAGS_FROM_TRIAL, len(trials))
-    elif key == "data":
-        raise UserError(f"{where} was started on another copy of CIFAR-10 (contents {made_with[key]}, --data_dir "
-                        f"here {now[key]}); point --data_dir at the copy it used, or use a new --out (or --storage)")
-    else:
-        raise UserError(f"{where} was started with {key} = {made_with.get(key)!r}, not {now.get(key)!r}; rerun with "
-                        "the same flags, or use a new --out (or --storage)")
+    if has_trained(trials, os.path.join(plan.study_dir, RUNS_FOLDER)):
+        if made_with["data"] != now["data"]:
+            raise UserError(f"{where} was started on another copy of CIFAR-10 (contents {made_with['data']}, "
+                            f"--data_dir here {now['data']}); point --data_dir at the copy it used, or use a new "
+                            "--out (or --storage)")
+        raise UserError(f"{where} was started with other flags ({changes}); rerun with the flags it was started "
+                        "with, or use a new --out (or --storage)")
+    time_now = lock.now()
+    live = live_runs(trials, time_now)
+    if live:
+        raise UserError(f"{where} was started with other flags ({changes}), and a worker may be training its run "
+                        f"{live[0].user_attrs.get('run_dir')} with them: {_how_to_stop(live[0], time_now)}")
+    failed = len({trial.user_attrs["run_dir"] for trial in trials if trial.user_attrs.get("outcome") == "error"})
+    say(f"{where}: none of its runs has trained an epoch yet, so it takes this command's flags ({changes})"
+        + (f" and trains again the {counted(failed, 'run')} that failed with the others" if failed else ""))
+    study.set_user_attr(FLAGS_FROM_TRIAL, len(trials))
+
+
+def _flag_changes(made_with, now, searched):
+    """What differs between the flags a study recorded and this command's, in words (``epochs 1, now 2``), with
+    each held setting and each model config key that differs on its own; ``searched``: the settings the study's
+    search draws where they are not held."""
+    changes = {}
+    for key in {*made_with, *now} - {"held"}:
+        before, after = made_with.get(key), now.get(key)
+        if key == "model_config" and isinstance(before, dict) and isinstance(after, dict):
+            changes.update(_differences(before, after, lambda _: "not given", "the model config's "))
+        elif key == "data" and before != after:
+            changes[key] = f"CIFAR-10 contents {before}, now {after}"
+        else:
+            changes.update(_differences({key: before}, {key: after}, lambda _: "not given"))
+    # a held setting stands for the flag of its name, which it sets
+    changes.update(_differences(made_with.get("held", {}), now.get("held", {}),
+                                lambda key: "searched" if key in searched else "from the model config"))
+    return "; ".join(change for _, change in sorted(changes.items()))
+
+
+def _differences(before, after, absent, label=""):
+    """``{LABEL KEY: "LABEL KEY BEFORE, now AFTER"}`` for each key whose value differs between the dicts ``before`` and
+    ``after``; ``absent(key)`` says what stands where one of them lacks the key."""
+    def shown(values, key):
+        return repr(values[key]) if key in values else absent(key)
+    return {label + key: f"{label}{key} {shown(before, key)}, now {shown(after, key)}"
+            for key in {*before, *after} if (key in before, before.get(key)) != (key in after, after.get(key))}
+
+
+def _how_to_stop(trial, now):
+    """What to do about a worker that holds a run with a study's old flags: stop it, or wait until it counts as lost."""
+    place, lost_in = worker_place(trial), seconds_until_lost(trial, now)
+    if lost_in is None:
+        return f"it runs {place}; stop it and rerun, or rerun with the flags it was started with"
+    return (f"it runs {place}, last heard {seconds_silent(trial, now):.0f} s ago; if it has stopped, rerun in "
+            f"{lost_in:.0f} s, when the study counts it as gone, else stop it first, or rerun with the flags it was "
+            "started with")
 
 
 def run_settings(plan, trial):

@@ -1,24 +1,17 @@
-"""A study's launch is checked before anything is written, and a rerun must match what the study began
-with: its flags, its settings and its data."""
+"""A study's launch is checked before anything is written: its flags, its settings, its data and its output
+folder; on a CPU it says first what an epoch costs there. (What a rerun must match: test_study_reruns.py.)"""
 import os
 import pathlib
 import re
-import shutil
-import socket
 import threading
 
 import pytest
 import torch
-from optuna.trial import TrialState
 
-from helpers import jobs_of, load_study, read_json
+from helpers import load_study
 import studies.__main__ as studies_cli
 from studies.__main__ import main as studies_main
-from studies.scheduler import process_started
-from training import engine
 from training.cifar10 import load_cifar10
-from training.errors import UserError
-from training.fake_data import write_fake_cifar10
 
 
 @pytest.mark.parametrize("name, extra, message", [
@@ -149,141 +142,6 @@ def test_held_model_settings_are_checked_before_anything_is_written(study_args, 
     assert not os.path.exists(tmp_path / "out")
 
 
-@pytest.mark.parametrize("flag, value, message", [("--weight_decay", "0.1", "weight_decay = 0.0005, not 0.1"),
-                                                  ("--epochs", "2", "epochs = 1, not 2")])
-def test_a_rerun_with_other_flags_is_refused(study_args, tmp_path, capsys, flag, value, message):
-    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
-    assert studies_main(study_args("mlp_activation", "--values", "relu", flag, value)) == 2
-    assert f"was started with {message}" in capsys.readouterr().err
-
-
-def test_a_refused_rerun_of_a_search_leaves_its_recorded_budget(study_args, tmp_path, capsys):
-    tiny = ["--set", "embed_dim=16", "--set", "num_blocks=1"]
-    assert studies_main(study_args("mlpmixer_best", "--trials", "1", *tiny)) == 0
-    assert studies_main(study_args("mlpmixer_best", "--trials", "5", "--epochs", "2", *tiny)) == 2
-    assert "was started with epochs = 1, not 2" in capsys.readouterr().err
-    assert load_study(str(tmp_path / "out"), "mlpmixer_best").user_attrs["trials"] == 1
-
-
-def test_a_flag_added_since_the_study_began_counts_at_its_default(study_args, tmp_path, capsys):
-    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
-    study = load_study(str(tmp_path / "out"), "mlp_activation")
-    older = {key: value for key, value in study.user_attrs["fingerprint"].items() if key != "augment"}
-    study.set_user_attr("fingerprint", older)  # as an older version of the package recorded it
-    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
-    assert studies_main(study_args("mlp_activation", "--values", "relu", "--augment", "padcrop")) == 2
-    assert "was started with augment = 'template', not 'padcrop'" in capsys.readouterr().err
-
-
-def _stop_before_the_first_epoch(study_args, monkeypatch, *extra):
-    """Launch mlp_activation on a GPU that this PyTorch has no kernels for (Kaggle's P100): its first run stops before
-    it reads the data, in the line that says to pass --device cpu, and leaves its trial running."""
-    def no_kernels(requested):
-        raise UserError("this PyTorch has no CUDA kernels for Tesla P100-PCIE-16GB (compute capability 6.0): ..., "
-                        "or pass --device cpu")
-    argv = study_args("mlp_activation", "--values", "relu", "tanh", *extra)
-    argv[argv.index("--device") + 1] = "cuda"
-    with monkeypatch.context() as patched:
-        patched.setattr(engine, "resolve_device", no_kernels)
-        assert studies_main(argv) == 2
-
-
-def test_a_study_stopped_before_any_epoch_takes_the_flags_of_the_command_that_fixes_it(study_args, tmp_path, capsys,
-                                                                                      monkeypatch):
-    _stop_before_the_first_epoch(study_args, monkeypatch, "--weight_decay", "0.1")
-    assert "or pass --device cpu" in capsys.readouterr().err
-    assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh")) == 0
-    assert (f"study mlp_activation in {tmp_path / 'out' / 'mlp_activation'}: none of its runs has trained an epoch "
-            "yet, so it takes this command's flags (device 'cuda', now 'cpu'; weight_decay 0.1, now 0.0005)\n"
-            ) in capsys.readouterr().out
-    jobs = jobs_of(load_study(str(tmp_path / "out"), "mlp_activation"))
-    assert {run: states[-1] for run, states in jobs.items()} == {
-        "activation-relu_seed-42": TrialState.COMPLETE, "activation-tanh_seed-42": TrialState.COMPLETE}
-    assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh", epochs=2)) == 2  # now they have
-    assert "was started with epochs = 1, not 2" in capsys.readouterr().err
-
-
-def test_a_study_stopped_by_ctrl_c_in_its_first_epoch_takes_the_corrected_flags(study_args, tmp_path, capsys,
-                                                                                 monkeypatch):
-    def interrupted(*args):
-        raise KeyboardInterrupt
-    with monkeypatch.context() as patched:
-        patched.setattr(engine, "train", interrupted)
-        assert studies_main(study_args("mlp_activation", "--values", "relu", "--weight_decay", "0.1")) == 130
-    results = read_json(tmp_path / "out" / "mlp_activation" / "runs" / "activation-relu_seed-42" / "results.json")
-    assert (results["status"], results["epochs_completed"]) == ("interrupted", 0)
-    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
-    assert "flags (weight_decay 0.1, now 0.0005)\n" in capsys.readouterr().out
-
-
-def test_runs_that_failed_before_any_epoch_train_again_with_the_flags_that_fix_them(study_args, tmp_path, capsys,
-                                                                                   monkeypatch):
-    def out_of_memory_at_16(epoch, model, loader, optimizer, args, step):
-        if args.batch_size == 16:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 MiB")
-        return train(epoch, model, loader, optimizer, args, step)
-    train = engine.train
-    monkeypatch.setattr(engine, "train", out_of_memory_at_16)
-    assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh")) == 0  # batch size 16
-    assert "study mlp_activation: 2 error" in capsys.readouterr().out
-    assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh", "--batch_size", "8")) == 0
-    out = capsys.readouterr().out
-    assert "so it takes this command's flags (batch_size 16, now 8) and trains again the 2 runs that failed " in out
-    assert out.endswith("study mlp_activation: 2 completed\n")
-    assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh", "--batch_size", "8")) == 0
-    assert "trial" not in capsys.readouterr().out  # once they completed, a rerun trains nothing
-
-
-def test_a_study_whose_run_another_worker_may_be_training_keeps_its_flags(study_args, tmp_path, capsys,
-                                                                         monkeypatch):
-    _stop_before_the_first_epoch(study_args, monkeypatch)
-    # a worker on this host, alive (pytest's parent stands in for it), claims the run again: in its first epoch, perhaps
-    running = load_study(str(tmp_path / "out"), "mlp_activation").ask()
-    for name, value in {"run_dir": "activation-relu_seed-42", "host": socket.gethostname(), "pid": os.getppid(),
-                        "pid_started": process_started(os.getppid())}.items():
-        running.set_user_attr(name, value)
-
-    def work(*args):  # rather than wait for the stand-in worker forever
-        raise AssertionError("the study went on with other flags than its live worker's")
-    monkeypatch.setattr(studies_cli, "work", work)
-    assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh")) == 2
-    assert "was started with device = 'cuda', not 'cpu'" in capsys.readouterr().err
-
-
-def test_a_worker_whose_study_took_other_flags_before_its_first_claim_trains_nothing(study_args, tmp_path, capsys,
-                                                                                    monkeypatch):
-    work = studies_cli.work
-
-    def another_command_opens_the_study_first(plan, study, lock):  # between this worker's open_study and its claim
-        monkeypatch.setattr(studies_cli, "work", lambda *args: 0)  # that command's own worker is yet to claim
-        assert studies_main(study_args("mlp_activation", "--values", "relu", "--weight_decay", "0.1")) == 0
-        return work(plan, study, lock)
-    monkeypatch.setattr(studies_cli, "work", another_command_opens_the_study_first)
-    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 2
-    assert capsys.readouterr().err.endswith(
-        "error: study mlp_activation took other flags meanwhile, from a command started before any of its runs "
-        "trained an epoch; rerun with that command's flags\n")
-    assert load_study(str(tmp_path / "out"), "mlp_activation").get_trials() == []
-
-
-def test_a_study_with_a_run_that_failed_after_an_epoch_keeps_its_flags(study_args, tmp_path, capsys, monkeypatch):
-    trained = []
-
-    def fail_in_the_second_epoch(epoch, *args):
-        if epoch == 2:
-            raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        trained.append(epoch)
-        return train(epoch, *args)
-    train = engine.train
-    monkeypatch.setattr(engine, "train", fail_in_the_second_epoch)
-    assert studies_main(study_args("mlp_activation", "--values", "relu", epochs=2)) == 0
-    assert trained == [1]
-    trial, = load_study(str(tmp_path / "out"), "mlp_activation").get_trials()
-    assert (trial.state, trial.user_attrs["outcome"], trial.intermediate_values) == (TrialState.FAIL, "error", {})
-    assert studies_main(study_args("mlp_activation", "--values", "relu", epochs=3)) == 2
-    assert "was started with epochs = 2, not 3" in capsys.readouterr().err
-
-
 def test_missing_data_is_refused_before_anything_is_written(study_args, tmp_path, monkeypatch, capsys):
     import urllib.error
     import torchvision.datasets.utils as tv_utils
@@ -305,29 +163,6 @@ def test_an_out_that_is_a_file_is_refused(command, study_args, tmp_path, capsys)
     assert capsys.readouterr().err == (f"error: --out {tmp_path / 'taken'} is a file, not a folder; give the folder "
                                        "of the studies\n")
     assert os.listdir(tmp_path) == ["taken"]
-
-
-def test_a_study_knows_its_data_by_contents_not_by_folder(study_args, fake_data_dir, tmp_path, capsys):
-    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
-    moved = tmp_path / "moved"
-    shutil.copytree(fake_data_dir, moved)
-    assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh", "--data_dir", str(moved))) == 0
-    jobs = jobs_of(load_study(str(tmp_path / "out"), "mlp_activation"))
-    assert {os.path.basename(run): states for run, states in jobs.items()} == {
-        "activation-relu_seed-42": [TrialState.COMPLETE], "activation-tanh_seed-42": [TrialState.COMPLETE]}
-    other = tmp_path / "other"
-    write_fake_cifar10(str(other), train_per_batch=24, test=30, seed=1)
-    assert studies_main(study_args("mlp_activation", "--values", "relu", "--data_dir", str(other))) == 2
-    assert re.search(r"was started on another copy of CIFAR-10 \(contents [0-9a-f]{12}, --data_dir here [0-9a-f]{12}\); "
-                     "point --data_dir at the copy it used", capsys.readouterr().err)
-
-
-def test_a_study_recorded_with_its_data_folder_still_resumes(study_args, tmp_path):
-    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
-    study = load_study(str(tmp_path / "out"), "mlp_activation")
-    older = {key: value for key, value in study.user_attrs["fingerprint"].items() if key != "data"}
-    study.set_user_attr("fingerprint", {**older, "data_dir": "/where/it/was"})  # as an older version recorded it
-    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
 
 
 @pytest.mark.parametrize("name, device, cuda, noted", [
