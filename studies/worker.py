@@ -137,16 +137,14 @@ def _flag_changes(made_with, now, searched):
     """What differs between the flags a study recorded and this command's, in words (``epochs 1, now 2``), with
     each held setting and each model config key that differs on its own; ``searched``: the settings the study's
     search draws where they are not held."""
-    changes = {}
-    for key in {*made_with, *now} - {"held"}:
-        before, after = made_with.get(key), now.get(key)
-        if key == "model_config" and isinstance(before, dict) and isinstance(after, dict):
-            changes.update(_differences(before, after, lambda _: "not given", "the model config's "))
-        elif key == "data" and before != after:
-            changes[key] = f"CIFAR-10 contents {before}, now {after}"
-        else:
-            changes.update(_differences({key: before}, {key: after}, lambda _: "not given"))
-    # a held setting stands for the flag of its name, which it sets
+    def flags(fingerprint):
+        return {key: value for key, value in fingerprint.items() if key not in ("held", "model_config", "data")}
+    changes = _differences(flags(made_with), flags(now), lambda _: "not given")
+    changes.update(_differences(made_with.get("model_config", {}), now.get("model_config", {}), lambda _: "not given",
+                                "the model config's "))
+    if made_with.get("data") != now.get("data"):
+        changes["data"] = f"CIFAR-10 contents {made_with.get('data')}, now {now.get('data')}"
+    # a held setting sets the flag of its name, so it stands in that flag's place
     changes.update(_differences(made_with.get("held", {}), now.get("held", {}),
                                 lambda key: "searched" if key in searched else "from the model config"))
     return "; ".join(change for _, change in sorted(changes.items()))
