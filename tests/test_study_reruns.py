@@ -226,3 +226,22 @@ def test_a_study_recorded_with_its_data_folder_still_resumes(study_args, tmp_pat
     older = {key: value for key, value in study.user_attrs["fingerprint"].items() if key != "data"}
     study.set_user_attr("fingerprint", {**older, "data_dir": "/where/it/was"})  # as an older version recorded it
     assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
+
+
+@pytest.mark.parametrize("files, trained", [
+    ({}, False),
+    ({"results.json": '{"epochs_completed": 0, "status": "interrupted"}'}, False),  # Ctrl-C in the first epoch
+    ({"results.json": '{"epochs_completed": 0, "status": "diverged"}'}, True),  # its first epoch gave NaN
+    ({"results.json": '{"epochs_completed": 2, "status": "failed"}'}, True),
+    ({"results.json": '{"epochs_completed": 2, "stat'}, True),  # cut short: it may hold epochs
+    ({"results.json": "[]"}, True),  # edited by hand
+    ({"checkpoint.pt": ""}, True),  # a checkpoint holds an epoch
+])
+def test_a_run_folder_has_trained_when_it_may_hold_an_epoch(tmp_path, files, trained):
+    from studies.scheduler import has_trained
+    run_dir = tmp_path / "runs" / "activation-relu_seed-42"
+    run_dir.mkdir(parents=True)
+    for name, text in files.items():
+        (run_dir / name).write_text(text)
+    assert has_trained([], str(tmp_path / "runs")) == trained
+    assert not has_trained([], str(tmp_path / "no_runs_yet"))
