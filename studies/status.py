@@ -12,7 +12,8 @@ from optuna.trial import TrialState
 from training.errors import UserError
 
 from .definitions import STUDIES
-from .scheduler import best_search_trial, is_lost, job_states, retrains_another, seconds_silent, worker_place
+from .scheduler import (FLAGS_FROM_TRIAL, best_search_trial, is_lost, job_states, retrains_another, seconds_silent,
+                        worker_place)
 from .storage import JOURNAL_FILE, close_storage, open_storage
 from .worker import RUNS_FOLDER
 
@@ -23,10 +24,15 @@ def summary(study):
     counts = {}
     trials = study.get_trials(deepcopy=False)
     best = best_search_trial(trials)
+    flags_from = study.user_attrs.get(FLAGS_FROM_TRIAL, -1)
     for finished, live, latest in job_states(trials).values():
         unfinished = ("running" if live.state == TrialState.RUNNING else "waiting") if live else "to resume"
         # a live trial first: a run that --retry_failed trains again is running, not its earlier error
-        outcome = (live or finished or latest).user_attrs.get("outcome") or unfinished
+        shown = live or finished or latest
+        outcome = shown.user_attrs.get("outcome")
+        if outcome == "error" and shown.number < flags_from:  # under the study's old flags: the next claim retrains it
+            outcome = None
+        outcome = outcome or unfinished
         role = latest.user_attrs.get("role", "grid")
         if retrains_another(latest, best):
             role = "earlier final"

@@ -105,6 +105,22 @@ def test_runs_that_failed_before_any_epoch_train_again_with_the_flags_that_fix_t
     assert "trial" not in capsys.readouterr().out  # once they completed, a rerun trains nothing
 
 
+def test_status_counts_the_runs_that_failed_under_a_studys_old_flags_as_left_to_train(study_args, tmp_path, capsys,
+                                                                                     monkeypatch):
+    def out_of_memory(*args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 MiB")
+    with monkeypatch.context() as patched:
+        patched.setattr(engine, "train", out_of_memory)
+        assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh")) == 0
+    with monkeypatch.context() as patched:  # the command with the fixing flag stops before its worker claims a run
+        patched.setattr(studies_cli, "work", lambda *args: 0)
+        assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh", "--batch_size", "8")) == 0
+    capsys.readouterr()
+    assert studies_main(["status", "--out", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().out == "mlp_activation: 2 to resume\n"
+    assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh", "--batch_size", "8")) == 0
+    assert capsys.readouterr().out.endswith("study mlp_activation: 2 completed\n")
+
 def _claimed_again(tmp_path, **worker):
     """The stopped study's first run, claimed again by the worker ``worker`` describes (host, pid...): the trial."""
     running = load_study(str(tmp_path / "out"), "mlp_activation").ask()
