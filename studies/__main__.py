@@ -138,12 +138,12 @@ def make_plan(study, options, train_argv):
         if key in flags or given[key] != study.fixed[key]:
             raise UserError(f"{study.name} holds {key} at {study.fixed[key]!r} (the question it answers); remove "
                             f"{'--' + key if key in flags else '--set ' + key}")
-    held_model_keys = {key: value for key, value in given.items() if is_model_setting(study.model, key)}
-    validate_model_config(study.model, {**model_config, **held_model_keys}, source="--set")
     if study.grid and study.grid.setting in {**flags, **given}:
         setting = study.grid.setting
         raise UserError(f"{study.name} varies {setting}; choose its values with --values, not "
                         f"{'--' + setting if setting in flags else '--set ' + setting}")
+    held_model_keys = {key: value for key, value in given.items() if is_model_setting(study.model, key)}
+    validate_model_config(study.model, {**model_config, **held_model_keys}, source="--set")
     if options.values is not None and not study.grid:
         raise UserError(f"--values: {study.name} is a search; it has no grid")
     if options.trials is not None and study.grid:

@@ -18,6 +18,10 @@ from training.cifar10 import load_cifar10
     ("resnet18_lr", ["--lr", "0.1"], "resnet18_lr varies lr; choose its values with --values, not --lr"),
     ("mlp_activation", ["--set", "activation=tanh"],
      "mlp_activation varies activation; choose its values with --values, not --set activation"),
+    ("mlp_activation", ["--set", "activation=swish"],  # not a value it could take either: the first problem first
+     "mlp_activation varies activation; choose its values with --values, not --set activation"),
+    ("mlpmixer_patch", ["--set", "patch_size=5"],
+     "mlpmixer_patch varies patch_size; choose its values with --values, not --set patch_size"),
     ("resnet18_lr", ["--values", "0.5", "0.7"], "--values: 0.5 is not a valid lr"),  # the first one named
     ("mlp_activation", ["--epochs", "0", "--batch_size", "0"], "error: --batch_size must be at least 1, got 0\n"),
     ("mlpmixer_patch", ["--values", "four"], "--values: patch_size takes int values; choose from 1, 2, 4, 8, 16, 32"),
