@@ -14,7 +14,7 @@ from training.errors import UserError
 from .definitions import STUDIES
 from .scheduler import (FLAGS_FROM_TRIAL, best_search_trial, is_lost, job_states, retrains_another, seconds_silent,
                         worker_place)
-from .storage import JOURNAL_FILE, close_storage, open_storage
+from .storage import JOURNAL_FILE, close_storage, open_storage, shown_storage
 from .worker import RUNS_FOLDER
 
 
@@ -121,6 +121,6 @@ def print_status(out, storage_url):
         if storage_url is None and ran_elsewhere:
             raise UserError(f"{out} holds runs of {', '.join(ran_elsewhere)} but no study journal; if they ran with "
                             "--storage, give the same --storage to see them")
-        where = f"--storage {storage_url} --out {out}" if storage_url else f"--out {out}"
-        raise UserError(f"no study has started in {storage_url or out}; `python -m studies run NAME {where}` "
-                        "starts one")
+        shown = shown_storage(storage_url)
+        where = f"--storage {shown} --out {out}" if storage_url else f"--out {out}"
+        raise UserError(f"no study has started in {shown or out}; `python -m studies run NAME {where}` starts one")

@@ -76,8 +76,21 @@ def storage_kind(url):
                             "not share them, nor a rerun resume them; give a file, such as --storage "
                             "sqlite:///studies.db, or leave --storage out for the journal in the study's folder")
         return "sqlite"
-    raise UserError(f"--storage {url}: unsupported; give a journal file path (one host), a postgresql:// URL "
-                    "(several machines) or a sqlite:/// URL")
+    raise UserError(f"--storage {shown_storage(url)}: unsupported; give a journal file path (one host), a "
+                    "postgresql:// URL (several machines) or a sqlite:/// URL")
+
+
+def shown_storage(url):
+    """A ``--storage`` value as messages show it: a database URL without its password, which a shared log (a batch
+    job's) must not hold."""
+    if url is None or "://" not in url:
+        return url
+    import sqlalchemy
+
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return "(a malformed URL)"
 
 
 def journal_lock(path):
@@ -199,12 +212,8 @@ def _database(url, given):
     try:
         return optuna.storages.RDBStorage(url)
     except (sqlalchemy.exc.SQLAlchemyError, ValueError) as exc:  # ValueError: a malformed URL
-        try:
-            shown = sqlalchemy.engine.make_url(given).render_as_string(hide_password=True)
-        except (sqlalchemy.exc.ArgumentError, ValueError):
-            shown = "(a malformed URL)"
-        raise UserError(f"--storage {shown}: cannot open the database ({_database_reason(exc)}); check the URL and "
-                        "that the database can be reached from this machine") from None
+        raise UserError(f"--storage {shown_storage(given)}: cannot open the database ({_database_reason(exc)}); check "
+                        "the URL and that the database can be reached from this machine") from None
 
 
 def refused_write(exc):

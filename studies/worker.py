@@ -26,6 +26,7 @@ from .definitions import is_model_setting
 from .search import SameBudgetMedianPruner, search_sampler
 from .scheduler import (FLAGS_FROM_TRIAL, Claimer, Heartbeat, has_trained, live_runs, seconds_silent,
                         seconds_until_lost, when_taken_over, worker_place)
+from .storage import shown_storage
 
 RUNS_FOLDER = "runs"
 POLL_SECONDS = 2  # how often a worker with nothing to claim looks again while others train
@@ -112,7 +113,7 @@ def _take_the_new_flags_or_refuse(plan, study, lock, made_with, now):
     """A study whose runs trained nothing yet takes the flags ``now`` (and trains again the runs that failed with
     the others: out of memory, say); one that has trained, or that a worker may be training with its flags, is
     refused, with every flag that differs."""
-    where = f"study {plan.study.name} in {plan.storage or plan.study_dir}"
+    where = f"study {plan.study.name} in {shown_storage(plan.storage) or plan.study_dir}"
     changes = _flag_changes(made_with, now, {dimension.setting for dimension in plan.study.space})
     trials = study.get_trials(deepcopy=False)
     if has_trained(trials, os.path.join(plan.study_dir, RUNS_FOLDER)):

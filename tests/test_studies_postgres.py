@@ -100,3 +100,17 @@ def test_a_worker_whose_clock_runs_behind_is_not_taken_for_lost(postgres_url, tm
     assert study.trials[claimed.number].state == TrialState.RUNNING
     assert (claimed.user_attrs["run_dir"], other.user_attrs["run_dir"]) == ("first", "second")
     close_storage(storage)
+
+
+def test_messages_about_a_study_in_a_database_never_show_its_password(postgres_url, study_args):
+    with_password = postgres_url.replace("postgres@", "postgres:s3cret@")  # the loopback server trusts any password
+    shown = postgres_url.replace("postgres@", "postgres:***@")
+    run = [sys.executable, "-m", "studies", *study_args("mlp_activation", "--values", "relu"), "--storage",
+           with_password]
+    assert subprocess.run(run, cwd=ROOT, capture_output=True, text=True, timeout=300).returncode == 0
+    refused = subprocess.run([*run, "--weight_decay", "0.1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2
+    assert refused.stderr.endswith(f"error: study mlp_activation in {shown} was started with other flags "
+                                   "(weight_decay 0.0005, now 0.1); rerun with the flags it was started with, or use "
+                                   "a new --out (or --storage)\n")
+    assert "s3cret" not in refused.stdout + refused.stderr

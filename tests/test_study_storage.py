@@ -94,8 +94,22 @@ def test_status_of_a_database_names_a_missing_file_and_a_study_with_nothing_run(
     assert capsys.readouterr().out == "resnet18_lr: nothing run yet\n"
 
 
+def test_status_of_a_database_without_studies_names_it_without_its_password(tmp_path, capsys, monkeypatch):
+    from studies import status
+    from studies.storage import FileLock
+
+    empty = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'empty.db'}")  # stands in for the PostgreSQL server
+    monkeypatch.setattr(status, "open_storage", lambda *args: (empty, FileLock(str(tmp_path / "claims.lock"))))
+    monkeypatch.chdir(tmp_path)
+    assert studies_main(["status", "--storage", "postgresql://someone:secret@dbhost/studies", "--out", "runs"]) == 2
+    assert capsys.readouterr().err == ("error: no study has started in postgresql://someone:***@dbhost/studies; "
+                                       "`python -m studies run NAME --storage postgresql://someone:***@dbhost/studies "
+                                       "--out runs` starts one\n")
+
+
 @pytest.mark.parametrize("url, said", [
     ("mysql://user@host/db", "--storage mysql://user@host/db: unsupported; give a journal file path"),
+    ("mysql://user:secret@host/db", "--storage mysql://user:***@host/db: unsupported"),  # no password in a message
     ("sqlite:///:memory:", "--storage sqlite:///:memory: keeps the study's records in this process alone: other "
                            "workers could not share them, nor a rerun resume them; give a file"),
     ("sqlite:///", "--storage sqlite:/// keeps the study's records in this process alone"),  # SQLite's memory, too
