@@ -61,7 +61,8 @@ def _parser():
                           "held by giving their flags")
     run.add_argument("--storage", type=path_flag,
                      help="Optuna storage: default a journal file in the study's folder (one host); "
-                          "postgresql://user:password@host/db for workers on several machines")
+                          "postgresql://user@host/db for workers on several machines (the password in "
+                          "~/.pgpass or PGPASSWORD)")
     run.add_argument("--retry_failed", action="store_true", help="run again the runs that raised an error")
     report = commands.add_parser("report", help="build report.md and report.pdf from the studies' logs",
                                  formatter_class=HelpFormatter, allow_abbrev=False)
