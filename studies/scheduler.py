@@ -106,13 +106,18 @@ def is_lost(trial, now):
     (or where a process cannot be told from a reused pid), a worker silent for ``LOST_AFTER_SECONDS`` by ``now``, the
     study's lock's time, is lost."""
     attrs = trial.user_attrs
-    if attrs.get("host") == socket.gethostname() and "pid" in attrs and PROCESSES_LOOKED_UP:
+    if _asked_after_here(attrs):
         alive, started = _process_state(attrs["pid"])
         if not alive:
             return True
         if started is not None and attrs.get("pid_started") is not None:
             return started != attrs["pid_started"]
     return seconds_silent(trial, now) > LOST_AFTER_SECONDS
+
+
+def _asked_after_here(attrs):
+    """Whether the worker a trial's ``attrs`` name is judged by its process (on this host), not by its silence."""
+    return attrs.get("host") == socket.gethostname() and "pid" in attrs and PROCESSES_LOOKED_UP
 
 
 def when_taken_over():
@@ -208,8 +213,7 @@ def seconds_until_lost(trial, now):
     """In how many seconds a running trial whose worker stops now counts as lost; None where its worker's process
     decides (its own host), not its silence."""
     attrs = trial.user_attrs
-    if attrs.get("host") == socket.gethostname() and "pid" in attrs and PROCESSES_LOOKED_UP \
-            and attrs.get("pid_started") is not None:
+    if _asked_after_here(attrs) and attrs.get("pid_started") is not None:
         return None
     return max(0.0, LOST_AFTER_SECONDS - seconds_silent(trial, now))
 
