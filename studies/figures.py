@@ -138,7 +138,7 @@ def images_figure(images, title):
     """Pictures side by side (the first-layer visualisations), each with its caption.
 
     Args:
-        images: ``(caption, RGB(A) array)`` pairs.
+        images: ``(caption, RGB(A) array)`` pairs; a caption of None for a picture that carries its own title.
     """
     aspects = [image.shape[1] / image.shape[0] for _, image in images]  # width over height
     height = min(5.0, 16.0 / sum(aspects))  # a strip of wide pictures stays at most 16 inches wide
@@ -146,11 +146,13 @@ def images_figure(images, title):
     axes = np.atleast_1d(fig.subplots(1, len(images), gridspec_kw={"width_ratios": aspects}))
     for ax, aspect, (caption, image) in zip(axes, aspects, images):
         ax.imshow(image)
+        ax.axis("off")
+        if caption is None:
+            continue
         # a caption wider than its picture would run into its neighbour or off the page: wrap it (a character
         # is at most about 0.6 font sizes wide)
         ax.set_title(textwrap.fill(caption, max(12, int(height * aspect * 72 / (0.6 * CAPTION_POINTS)))),
                      fontsize=CAPTION_POINTS)
-        ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
     return fig

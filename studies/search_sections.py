@@ -11,9 +11,10 @@ from .sections import (RUN_HEADER, and_list, completed_runs, counted, epochs_sen
                        hyperparameter_rows, mean_std, outcome_sentences, run_row, shared_processor_text)
 from .search import PRUNE_AFTER_TRIALS, PRUNE_FROM_EPOCH, PRUNE_PEERS, RANDOM_TRIALS
 
-VISUALISATIONS = {"resnet18": (("resnet18_kernels_rgb.png", "first-layer kernels (RGB)"),
-                               ("resnet18_kernels_gray.png", "first-layer kernels (channel average)")),
-                  "mlpmixer": (("mlpmixer_token_mixing.png", "first block's token-mixing weights"),)}
+# the pictures that each model's visualize() saves, with their captions: each picture carries its own title, small on
+# the ResNet's two grids, which a short caption tells apart
+VISUALISATIONS = {"resnet18": (("resnet18_kernels_rgb.png", "RGB"), ("resnet18_kernels_gray.png", "channel average")),
+                  "mlpmixer": (("mlpmixer_token_mixing.png", None),)}
 
 
 def _settings_text(settings):
@@ -157,7 +158,6 @@ def _comparison_block(section, mixer_run, mixer_pictures, resnet_runs):
         return
     resnet, mixer = (f"{run['study']} {run['name']}" for run in (resnet_run, mixer_run))
     section.figure("comparison_mixer_resnet.png", figures.images_figure(
-        [(f"ResNet18 ({resnet}): first-layer 3x3 kernels (RGB)", imread(kernels)),
-         (f"MLP-Mixer ({mixer}): {mixer_pictures[0][0]}", mixer_pictures[0][1])],
+        [(f"ResNet18: {resnet}", imread(kernels)), (f"MLP-Mixer: {mixer}", mixer_pictures[0][1])],
         "first layers of the two best configurations"),
         f"ResNet18 kernels ({resnet}) beside the MLP-Mixer's token-mixing weights ({mixer})")

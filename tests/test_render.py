@@ -183,3 +183,5 @@ def test_the_pictures_figure_draws_each_picture_at_its_own_width():
         np.testing.assert_array_equal(drawn.get_array(), image)
     assert fig.axes[0].get_gridspec().get_width_ratios() == [1.0, 10.0]  # widths in proportion, heights alike
     assert [text.get_text() for text in fig.texts] == ["first layers"]
+    untitled = figures.images_figure([(None, square), ("token mixing", strip)], "first layers")
+    assert [ax.get_title() for ax in untitled.axes] == ["", "token mixing"]

@@ -164,8 +164,9 @@ def test_a_search_report_counts_only_the_final_runs_that_completed(fixture_logs,
     titles = [title for title, _ in drawn]  # the PDF shows titles and captions, not report.md's captions
     assert titles == ["resnet18_best: final run final_seed-44", "mlpmixer_best: final run final_seed-44",
                       "first layers of the two best configurations"]
-    assert [caption.split(":")[0] for caption in drawn[2][1]] == ["ResNet18 (resnet18_best final_seed-44)",
-                                                                  "MLP-Mixer (mlpmixer_best final_seed-44)"]
+    # each saved picture carries its own title; the comparison adds which run each side comes from
+    assert [captions for _, captions in drawn] == [["RGB"], [None], ["ResNet18: resnet18_best final_seed-44",
+                                                                    "MLP-Mixer: mlpmixer_best final_seed-44"]]
 
 
 def test_an_extended_search_reports_only_the_final_runs_of_its_new_best_trial(fixture_logs, monkeypatch):
