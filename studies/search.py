@@ -3,6 +3,7 @@ over workers draws what it would have drawn uninterrupted, and a median pruner t
 trials of its own epoch budget."""
 import statistics
 import warnings
+import zlib
 
 import optuna
 from optuna.trial import TrialState
@@ -42,16 +43,17 @@ def _epoch_budget(trial):
     return trial.user_attrs.get("settings", {}).get("epochs")
 
 
-def search_sampler(seed, search_index):
-    """The TPE sampler that draws the search's trial number ``search_index`` (0, 1...: its place among the search's
-    trials, which a retry of an interrupted trial keeps), seeded by ``--seed`` and that place.
+def search_sampler(study_name, seed, search_index):
+    """The TPE sampler that draws the trial number ``search_index`` (0, 1...: its place among the search's trials,
+    which a retry of an interrupted trial keeps) of the search ``study_name``, seeded by the three.
 
     So a search run again with the same flags draws the same trials, given the same results before them; a
     search resumed after an interruption draws what it would have drawn uninterrupted (a sampler seeded once per
-    launch would start its random draws over, and repeat the first trials' settings); and workers drawing side
-    by side, each claiming its own place, never draw alike. Trials running elsewhere count as poor (constant
-    liar), so that a worker explores away from them."""
+    launch would start its random draws over, and repeat the first trials' settings); workers drawing side by
+    side, each claiming its own place, never draw alike; and two searches whose spaces share settings (the
+    optimizer, the learning rate...) do not explore the same points of them. Trials running elsewhere count as
+    poor (constant liar), so that a worker explores away from them."""
     with warnings.catch_warnings():  # Optuna 4 marks constant_liar experimental; it is stable from Optuna 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=(seed * 1_000_003 + search_index) % 2**32,
+        return optuna.samplers.TPESampler(seed=zlib.crc32(f"{study_name} {seed} {search_index}".encode()),
                                           n_startup_trials=RANDOM_TRIALS, constant_liar=True)

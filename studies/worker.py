@@ -90,7 +90,7 @@ def open_study(plan, storage, lock):
     whose runs could not be mixed. On return the study records ``plan.fingerprint()``, which its claims check."""
     with lock.hold(plan.study.name):  # the sampler is replaced before each search trial draws (run_settings)
         study = optuna.create_study(study_name=plan.study.name, storage=storage, direction="maximize",
-                                    sampler=search_sampler(plan.seed, 0), pruner=SameBudgetMedianPruner(),
+                                    sampler=search_sampler(plan.study.name, plan.seed, 0), pruner=SameBudgetMedianPruner(),
                                     load_if_exists=True)
         recorded, now = study.user_attrs.get("fingerprint"), plan.fingerprint()
         made_with = now if recorded is None else recorded
@@ -181,7 +181,8 @@ def run_settings(plan, trial):
     if role == "final":
         return trial.user_attrs["settings"], trial.suggest_int("seed", 0, MAX_SEED)
     # a search begun by a version that did not record search_index: its Optuna trial number stands in
-    trial.study.sampler = search_sampler(plan.seed, trial.user_attrs.get("search_index", trial.number))
+    trial.study.sampler = search_sampler(plan.study.name, plan.seed,
+                                         trial.user_attrs.get("search_index", trial.number))
     settings = plan.study.sample(trial, plan.given)
     trial.set_user_attr("settings", settings)
     return settings, plan.seed

@@ -168,14 +168,14 @@ def test_a_search_draws_the_same_trials_when_run_again_and_when_resumed(tmp_path
     from studies.scheduler import Claimer
     from studies.storage import open_storage
 
-    def search(folder, seed, launches, killed_mid_run=False):
+    def search(folder, seed, launches, killed_mid_run=False, study_name="resnet18_best"):
         """The settings of the completed trials of a search of 12 (past TPE's 8 random ones) over ``launches``
         launches (budgets), in this process as a notebook would relaunch; each trial's value is a function of its
         settings. ``killed_mid_run``: the first launch's last trial stops mid-run, as a killed worker's does."""
         drawn = []
         for launch, trials in enumerate(launches):
             storage, lock = open_storage(None, str(tmp_path / folder))
-            plan = study_worker.Plan(STUDIES["resnet18_best"], str(tmp_path / folder), [], {}, {}, seed=seed,
+            plan = study_worker.Plan(STUDIES[study_name], str(tmp_path / folder), [], {}, {}, seed=seed,
                                      seeds=[seed + 1], trials=trials)
             study = study_worker.open_study(plan, storage, lock)
             assert study.direction == optuna.study.StudyDirection.MAXIMIZE  # TPE draws toward the highest values
@@ -195,6 +195,11 @@ def test_a_search_draws_the_same_trials_when_run_again_and_when_resumed(tmp_path
     assert search("c", 42, [5, 12]) == uninterrupted  # stopped after 5 trials, then resumed
     assert search("d", 42, [5, 12], killed_mid_run=True) == uninterrupted  # trial 4 retried, then 5 onwards
     assert search("e", 7, [12]) != uninterrupted
+    # the MLP-Mixer's search shares the ResNet's settings but not its draws of them
+    mixer = search("f", 42, [12], study_name="mlpmixer_best")
+    shared = ("optimizer", "lr", "weight_decay", "batch_size", "lr_schedule", "label_smoothing", "augment", "mix")
+    assert all([mixer_settings[key] for key in shared] != [settings[key] for key in shared]
+               for mixer_settings, settings in zip(mixer, uninterrupted))
 
 
 def _draw_lr(completed, best_lr, running=()):
@@ -209,7 +214,7 @@ def _draw_lr(completed, best_lr, running=()):
         study.add_trial(optuna.trial.create_trial(params={"lr": lr}, distributions=space, value=-abs(lr - best_lr)))
     for lr in running:
         study.add_trial(optuna.trial.create_trial(params={"lr": lr}, distributions=space, state=TrialState.RUNNING))
-    study.sampler = study_search.search_sampler(42, completed)
+    study.sampler = study_search.search_sampler("resnet18_best", 42, completed)
     return study.ask(space).params["lr"]
 
 
