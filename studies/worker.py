@@ -90,8 +90,8 @@ def open_study(plan, storage, lock):
     whose runs could not be mixed. On return the study records ``plan.fingerprint()``, which its claims check."""
     with lock.hold(plan.study.name):  # the sampler is replaced before each search trial draws (run_settings)
         study = optuna.create_study(study_name=plan.study.name, storage=storage, direction="maximize",
-                                    sampler=search_sampler(plan.study.name, plan.seed, 0), pruner=SameBudgetMedianPruner(),
-                                    load_if_exists=True)
+                                    sampler=search_sampler(plan.study.name, plan.seed, 0),
+                                    pruner=SameBudgetMedianPruner(), load_if_exists=True)
         recorded, now = study.user_attrs.get("fingerprint"), plan.fingerprint()
         made_with = now if recorded is None else recorded
         # a flag that main.py gained after the study began ran at its default until now
