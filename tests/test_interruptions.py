@@ -274,6 +274,10 @@ def test_resume_extends_a_constant_rate_run_not_a_scheduled_one_and_says_when_no
     assert (f"note: the checkpoint in {constant} has 2 epochs, and --epochs 2 asks for no more: nothing left to "
             "train (a larger --epochs trains on); the test set is evaluated") in capsys.readouterr().err
     assert read_results(constant)["epochs_completed"] == 2
+    assert main.main(run_args("mlp", "--logdir", constant, "--resume", epochs=1)) == 0
+    assert "has 2 epochs, and --epochs 1 asks for no more" in capsys.readouterr().err
+    results = read_results(constant)
+    assert results["epochs_completed"] == 2 and results["args"]["epochs"] == 2  # the run's epochs, not the flag's
     assert main.main(run_args("mlp", "--logdir", cosine, "--lr_schedule", "cosine", epochs=1)) == 0
     assert main.main(run_args("mlp", "--logdir", cosine, "--lr_schedule", "cosine", "--resume", epochs=2)) == 2
     assert "was made with epochs=1, not 2" in capsys.readouterr().err

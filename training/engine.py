@@ -234,6 +234,7 @@ def _fit(args, on_epoch, test, held):
             more = " (a larger --epochs trains on)" if args.lr_schedule == "constant" else ""
             print(f"note: the checkpoint in {args.logdir} has {first_epoch} epochs, and --epochs {args.epochs} asks "
                   f"for no more: nothing left to train{more}; the test set is evaluated", file=sys.stderr)
+            args.epochs = first_epoch  # what results.json records: the epochs this run trained, not fewer
     steps_per_epoch = len(loaders["train"])
     schedule = None if args.lr_schedule == "constant" else LRSchedule(
         args.lr_schedule, args.lr, args.epochs * steps_per_epoch, args.warmup_fraction)
