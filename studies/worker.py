@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from config import MAX_SEED, get_config_parser
 from training import persistence
 from training.engine import fit
-from training.errors import DISK_REFUSED, LogdirBusy, UserError, counted
+from training.errors import DISK_REFUSED, LogdirBusy, UserError, counted, setting_changes
 from training.models import validate_model_config
 
 from .console import say
@@ -140,24 +140,15 @@ def _flag_changes(made_with, now, searched):
     search draws where they are not held."""
     def flags(fingerprint):
         return {key: value for key, value in fingerprint.items() if key not in ("held", "model_config", "data")}
-    changes = _differences(flags(made_with), flags(now), lambda _: "not given")
-    changes.update(_differences(made_with.get("model_config", {}), now.get("model_config", {}), lambda _: "not given",
-                                "the model config's "))
+    changes = setting_changes(flags(made_with), flags(now), lambda _: "not given")
+    changes.update(setting_changes(made_with.get("model_config", {}), now.get("model_config", {}),
+                                   lambda _: "not given", "the model config's "))
     if made_with.get("data") != now.get("data"):
         changes["data"] = f"CIFAR-10 contents {made_with.get('data')}, now {now.get('data')}"
     # a held setting sets the flag of its name, so it stands in that flag's place
-    changes.update(_differences(made_with.get("held", {}), now.get("held", {}),
-                                lambda key: "searched" if key in searched else "from the model config"))
+    changes.update(setting_changes(made_with.get("held", {}), now.get("held", {}),
+                                   lambda key: "searched" if key in searched else "from the model config"))
     return "; ".join(change for _, change in sorted(changes.items()))
-
-
-def _differences(before, after, absent, label=""):
-    """``{LABEL KEY: "LABEL KEY BEFORE, now AFTER"}`` for each key whose value differs between the dicts ``before`` and
-    ``after``; ``absent(key)`` says what stands where one of them lacks the key."""
-    def shown(values, key):
-        return repr(values[key]) if key in values else absent(key)
-    return {label + key: f"{label}{key} {shown(before, key)}, now {shown(after, key)}"
-            for key in {*before, *after} if (key in before, before.get(key)) != (key in after, after.get(key))}
 
 
 def _how_to_stop(trial, now):

@@ -237,7 +237,7 @@ def test_resume_refuses_missing_or_different_checkpoint(run_args, tmp_path, caps
     before = {path.name: path.read_bytes() for path in pathlib.Path(logdir).iterdir()}
     different = run_args("mlp", "--logdir", logdir, "--resume", "--lr", "0.5", epochs=2)
     assert main.main(different + ["--data_dir", str(tmp_path / "empty")]) == 2  # before the data is read, too
-    assert "made with lr=0.001, not 0.5" in capsys.readouterr().err
+    assert "made with other settings: lr 0.001, now 0.5; resume with" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "empty")
     assert {path.name: path.read_bytes() for path in pathlib.Path(logdir).iterdir()} == before  # nothing written or lost
 
@@ -246,12 +246,15 @@ def test_resume_refuses_a_checkpoint_made_with_another_model_config(run_args, ti
     logdir = str(tmp_path / "run")
     assert main.main(run_args("mlp", "--logdir", logdir, epochs=1)) == 0
     made_with = load_model_config(tiny_configs["mlp"], "mlp")
-    wider = _write(tmp_path, "wider.json", json.dumps({**made_with, "hidden_sizes": [64, 16]}))
+    assert made_with["hidden_sizes"] == [32, 16] and made_with["activation"] == "relu"
+    wider = _write(tmp_path, "wider.json", json.dumps({**made_with, "hidden_sizes": [64, 16], "activation": "tanh"}))
     capsys.readouterr()
-    assert main.main(run_args("mlp", "--logdir", logdir, "--resume", "--model_config", wider, epochs=2)) == 2
-    assert capsys.readouterr().err == (f"error: --resume: the checkpoint in {logdir} was made with "
-                                       f"model_config={made_with!r}, not {load_model_config(wider, 'mlp')!r}; resume "
-                                       "with the same settings or use a new --logdir\n")
+    argv = run_args("mlp", "--logdir", logdir, "--resume", "--model_config", wider, "--lr", "0.01", epochs=2)
+    assert main.main(argv) == 2
+    assert capsys.readouterr().err == (f"error: --resume: the checkpoint in {logdir} was made with other settings: "
+                                       "lr 0.001, now 0.01; the model config's activation 'relu', now 'tanh'; the "
+                                       "model config's hidden_sizes [32, 16], now [64, 16]; resume with the same "
+                                       "settings or use a new --logdir\n")
 
 
 def test_resume_refuses_another_copy_of_the_data_and_a_checkpoint_older_than_that_check_resumes(run_args, tmp_path,

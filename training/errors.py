@@ -15,6 +15,16 @@ def counted(number, noun):
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
+def setting_changes(before, after, absent, label=""):
+    """``{LABEL KEY: "LABEL KEY BEFORE, now AFTER"}`` for each key whose value differs between the dicts ``before`` and
+    ``after``, the settings a run or a study was made with and those it is given now; ``absent(key)`` says what
+    stands where one of them lacks the key."""
+    def shown(values, key):
+        return repr(values[key]) if key in values else absent(key)
+    return {label + key: f"{label}{key} {shown(before, key)}, now {shown(after, key)}"
+            for key in {*before, *after} if (key in before, before.get(key)) != (key in after, after.get(key))}
+
+
 class UserError(Exception):
     """A problem the user can fix (a bad config, flag or data folder; a full disk): the message says how."""
 

@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import torch
 
-from .errors import LogdirBusy, UserError
+from .errors import LogdirBusy, UserError, setting_changes
 
 try:
     import fcntl
@@ -230,10 +230,18 @@ def load_checkpoint(logdir, signature):
         found = f"it has no {missing[0]}" if missing else f"it holds a {type(state).__name__}, not a dict"
         raise UserError(f"--resume: {path} is not a checkpoint that main.py wrote ({found}); move it elsewhere and "
                         "start again without --resume, or give the --logdir of the run to continue")
-    made_with = state["signature"]  # a key it lacks was not recorded by the version that wrote it: not checked
-    changed = [key for key in signature if key in made_with and made_with[key] != signature[key]]
-    if changed:
-        key = changed[0]
-        raise UserError(f"--resume: the checkpoint in {logdir} was made with {key}={made_with[key]!r}, "
-                        f"not {signature[key]!r}; resume with the same settings or use a new --logdir")
+    made_with = state["signature"]
+    # a key the checkpoint lacks was not recorded by the version that wrote it, and is not compared
+    compared = [key for key in signature if key in made_with]
+
+    def flags(settings):
+        return {key: settings[key] for key in compared if key != "model_config"}
+    changes = setting_changes(flags(made_with), flags(signature), lambda _: "not given")
+    if "model_config" in compared:
+        changes.update(setting_changes(made_with["model_config"], signature["model_config"], lambda _: "not given",
+                                       "the model config's "))
+    if changes:
+        raise UserError(f"--resume: the checkpoint in {logdir} was made with other settings: "
+                        f"{'; '.join(change for _, change in sorted(changes.items()))}; resume with the same settings "
+                        "or use a new --logdir")
     return state
