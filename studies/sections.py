@@ -133,10 +133,10 @@ def _ranking_sentences(groups, setting):
         best = ranked[0][0]
         leaders = [name for score, name in ranked if score == best]
         if len(leaders) > 1:
-            lines.append(f"{setting} {and_list(leaders)} tie for the highest, {best:.4f}.")
+            lines.append(f"The highest, {best:.4f}, is shared by {setting} {and_list(leaders)}.")
         else:
             lowest = f" and {best - ranked[-1][0]:.4f} above the lowest ({ranked[-1][1]})" if len(ranked) > 2 else ""
-            lines.append(f"{setting} {leaders[0]} is highest, {best - ranked[1][0]:.4f} above the next "
+            lines.append(f"The highest is {setting} {leaders[0]}, {best - ranked[1][0]:.4f} above the next "
                          f"({ranked[1][1]}){lowest}.")
             runner_up = ranked[1][1]
             lines.append(_separation_sentence(setting, leaders[0], finals[leaders[0]], runner_up, finals[runner_up]))
@@ -186,9 +186,9 @@ def _separation_sentence(setting, leader, leader_finals, runner_up, runner_up_fi
     """Whether the seeds separate the two highest settings: every run of one above every run of the other."""
     single = [name for name, finals in ((leader, leader_finals), (runner_up, runner_up_finals)) if len(finals) < 2]
     if single:
-        who = (f"{single[0]} has one completed run" if len(single) == 1
-               else f"{leader} and {runner_up}, the two highest, have one completed run each")
-        return (f"{setting} {who}: whether other seeds keep {leader} above {runner_up} is unknown "
+        which = (f"one completed run of {setting} {single[0]}" if len(single) == 1
+                 else f"one completed run each of {setting} {leader} and {runner_up}, the two highest")
+        return (f"With {which}, whether other seeds keep {leader} above {runner_up} is unknown "
                 "(`--seeds N` repeats every setting).")
     spans = f"{leader} {_span(leader_finals)}, {runner_up} {_span(runner_up_finals)}"
     if min(leader_finals) > max(runner_up_finals):

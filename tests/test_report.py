@@ -58,15 +58,15 @@ def test_report_states_what_the_logs_show(fixture_report):
     assert "- Split: 45000/5000/10000 train/validation/test, disjoint.\n" in text
     assert "- Precision: bf16.\n" in text
     # relu: mean final accuracy (0.50 + 0.52) / 2 = 0.51; tanh 0.46; sigmoid 0.41
-    assert "activation relu is highest, 0.0500 above the next (tanh) and 0.1000 above the lowest (sigmoid)." in text
+    assert "The highest is activation relu, 0.0500 above the next (tanh) and 0.1000 above the lowest (sigmoid)." in text
     assert "Every relu run ended above every tanh run (relu 0.5000 to 0.5200, tanh 0.4500 to 0.4700)." in text
     assert ("Mean ± sample standard deviation over each activation's completed runs:\n\n"
             "| activation | completed runs |") in text
     assert "| relu | 2 | 0.5100 ± 0.0141 |" in text
     assert "lr-0.1_seed-42 diverged: its training loss was not finite in epoch 2." in text
-    assert "lr 0.001 is highest, 0.1000 above the next (0.0001).\n" in text  # the two that did not diverge
-    assert ("lr 0.001 and 0.0001, the two highest, have one completed run each: whether other seeds keep 0.001 above "
-            "0.0001 is unknown") in text
+    assert "The highest is lr 0.001, 0.1000 above the next (0.0001).\n" in text  # the two that did not diverge
+    assert ("With one completed run each of lr 0.001 and 0.0001, the two highest, whether other seeds keep 0.001 "
+            "above 0.0001 is unknown") in text
     assert "validation accuracy against epoch, one line per activation (mean over seeds; band: min to max)" in text
     assert "validation accuracy against epoch, one line per lr (one run each)" in text
     # seconds per epoch leave out the first: 4.0, 1.0 and 0.5 s
@@ -76,7 +76,7 @@ def test_report_states_what_the_logs_show(fixture_report):
     # a run's row: its only epoch's seconds when it ended one (lr 0.1), else the median after the first; 45,000 images
     assert "| lr-0.1_seed-42 | diverged | 1 | 0.1000 | 0.1000 | - | 1,000 | 6.00 | 7500 |" in text
     assert "| patch_size-8_seed-42 | completed | 2 | 0.7000 | 0.7000 | 0.7000 | 1,000,000 | 0.50 | 90000 |" in text
-    assert "patch_size 2, 4 and 8 tie for the highest, 0.7000." in text
+    assert "The highest, 0.7000, is shared by patch_size 2, 4 and 8." in text
     assert ("Final validation accuracy by patch_size (mean over completed runs), highest first: 2: 0.7000, 4: 0.7000, "
             "8: 0.7000.") in text  # tied settings keep the grid's order
     assert ("Search space (Optuna TPE sampler, the first 8 trials drawn at random, trials still running on other "

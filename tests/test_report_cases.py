@@ -101,14 +101,14 @@ def test_a_report_of_studies_under_way_says_what_is_missing_with_counts_in_words
 def test_a_report_says_when_the_seeds_do_not_separate_the_two_highest_settings(tmp_path):
     out = write_activation_runs(tmp_path, (("relu", (0.50, 0.60)), ("tanh", (0.55, 0.56)), ("sigmoid", (0.30, 0.31))))
     text = markdown_of(out)
-    assert "activation tanh is highest, 0.0050 above the next (relu)" in text
+    assert "The highest is activation tanh, 0.0050 above the next (relu)" in text
     assert ("Their runs overlap (tanh 0.5500 to 0.5600, relu 0.5000 to 0.6000): these seeds do not separate tanh "
             "from relu.") in text
 
 
 def test_a_report_names_two_settings_that_tie_for_the_highest(tmp_path):
     text = markdown_of(write_activation_runs(tmp_path, (("relu", (0.5,)), ("tanh", (0.5,)), ("sigmoid", (0.3,)))))
-    assert "activation relu and tanh tie for the highest, 0.5000." in text and "is highest" not in text
+    assert "The highest, 0.5000, is shared by activation relu and tanh." in text and "The highest is" not in text
 
 
 def test_a_grid_report_gives_each_settings_mean_test_accuracy_only_when_a_run_was_tested(tmp_path):
@@ -159,8 +159,8 @@ def test_runs_set_to_the_10_epochs_problem_4_asks_for_are_not_called_short(tmp_p
 def test_a_report_names_the_one_setting_whose_spread_is_unknown(tmp_path):
     out = write_activation_runs(tmp_path, (("relu", (0.50, 0.52)), ("tanh", (0.60,)), ("sigmoid", (0.30, 0.31))))
     text = markdown_of(out)
-    assert ("activation tanh has one completed run: whether other seeds keep tanh above relu is unknown (`--seeds N` "
-            "repeats every setting).") in text
+    assert ("With one completed run of activation tanh, whether other seeds keep tanh above relu is unknown "
+            "(`--seeds N` repeats every setting).") in text
 
 
 def test_a_search_section_names_tied_trials_and_every_seed_of_the_final_runs(tmp_path):
