@@ -21,8 +21,10 @@ def test_notebook_runs_top_to_bottom(monkeypatch):
                       for output in cell.get("outputs", []))
     assert "test_acc" in outputs and "untrained MLP" in outputs
     # the study cell prints its report's summary: the ranking, the spread over seeds, the test accuracies
-    for start in ("Final validation accuracy by activation", "activation ", "Test accuracy (mean): "):
+    for start in ("Final validation accuracy by activation", "The highest ", "With one completed run",
+                  "Test accuracy (mean): "):
         assert f"\n{start}" in "\n" + outputs, start
+    assert "| run | outcome |" not in outputs  # the summary stops at the section's first table
 
 
 def _on_hosted_notebook(monkeypatch, host):

@@ -208,7 +208,7 @@ def test_augmentation_mixing_and_flip_tta_run_and_are_part_of_resume(pipeline, r
     assert results["status"] == "completed" and results["args"]["augment"] == "padcrop_cutout"
     assert results["args"]["tta"] == "flip" and results["args"]["mix"] == "cutmix"
     assert main.main(run_args("mlp", *flags, "--augment", "padcrop", "--resume", epochs=2)) == 2
-    assert "made with augment='padcrop_cutout', not 'padcrop'" in capsys.readouterr().err
+    assert "made with other settings: augment 'padcrop_cutout', now 'padcrop';" in capsys.readouterr().err
 
 
 def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror(fake_data_dir):
