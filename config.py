@@ -122,7 +122,7 @@ def given_flags(argv, help_command):
 
 
 MAX_SEED = 2**32 - 1  # numpy.random.seed refuses anything outside [0, 2**32 - 1]
-OLDEST_TORCH = (2, 4)  # the oldest release the whole test suite passes with (README, "Install")
+OLDEST_TORCH = (2, 4)  # the oldest release the whole test suite passes with (docs/compatibility.md)
 
 
 def torch_release(version):

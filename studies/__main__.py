@@ -31,7 +31,7 @@ from .storage import close_storage, open_storage, refused_write, storage_kind
 from .worker import Plan, open_study, work
 
 STUDY_FLAGS = ("model", "logdir", "resume", "visualize")  # set by the study for each run
-# one training epoch on the full data, measured on this project's first 2-core CPU machine (README, "Problem 4")
+# one training epoch on the full data, measured on this project's first 2-core CPU machine (docs/cpu.md)
 CPU_EPOCH_SECONDS = {"resnet18": 1613, "mlpmixer": 473}
 # one epoch (training and validation) on a later 2-core machine with AMX, in fp32 and with --precision bf16
 AMX_CPU_EPOCH_SECONDS = {"resnet18": (640, 256), "mlpmixer": (226, 89)}
@@ -180,7 +180,7 @@ def _note_cpu_cost(study, args):
         fp32, bf16 = AMX_CPU_EPOCH_SECONDS[study.model]
         say(f"note: {study.name} trains {study.model} on the CPU, where one training epoch of the full data took "
             f"{CPU_EPOCH_SECONDS[study.model]} s on this project's first 2-core machine, and an epoch {fp32} s on a "
-            f"later one with AMX ({bf16} s with --precision bf16; README, 'Problem 4'); on a CPU only mlp_activation "
+            f"later one with AMX ({bf16} s with --precision bf16; docs/cpu.md); on a CPU only mlp_activation "
             "is practical: run this study on a GPU (--device cuda), or try it with fewer --epochs", file=sys.stderr)
 
 

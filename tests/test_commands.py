@@ -1,4 +1,4 @@
-"""Every command that the README and the scripts' usage lines show parses with the flags of the code it
+"""Every command that the README, docs/ and the scripts' usage lines show parses with the flags of the code it
 runs: a flag renamed or removed fails here, not for the user who copies the command."""
 import ast
 import importlib
@@ -15,6 +15,7 @@ from training.models import load_model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCUMENTED = ["README.md", "main.py", "studies/__main__.py", "training/fake_data.py",
+              *(f"docs/{name}" for name in sorted(os.listdir(os.path.join(ROOT, "docs"))) if name.endswith(".md")),
               *(f"tools/{name}" for name in sorted(os.listdir(os.path.join(ROOT, "tools")))
                 if name.endswith((".py", ".sh")))]
 NOT_OURS = ("pip ", "pytest", "python -m venv ", "python ../shared/")  # set-up, the test runner, the course's data script

@@ -79,7 +79,7 @@ def test_bf16_on_a_cpu_that_emulates_it_is_warned_of(monkeypatch, machine, avx51
 
 
 @pytest.mark.parametrize("machine, avx512_bf16, amx, hinted", [
-    ("x86_64", True, True, True),  # a later CPU of this project: bf16 epochs 1.3x to 2.5x as fast (README)
+    ("x86_64", True, True, True),  # a later CPU of this project: bf16 epochs 1.3x to 2.5x as fast (docs/cpu.md)
     ("x86_64", False, True, True),
     ("AMD64", True, False, True),
     ("x86_64", False, False, False),  # the first CPU: bf16 emulated, 9.7x as slow

@@ -150,7 +150,7 @@ def test_the_search_pruner_compares_a_trial_from_epoch_4_with_completed_trials_o
             pruned.append(trial.should_prune())
         return pruned
 
-    # as the README says: from epoch 4, after 5 completed trials, among at least 2 with its epochs
+    # as docs/studies.md says: from epoch 4, after 5 completed trials, among at least 2 with its epochs
     assert (study_search.PRUNE_FROM_EPOCH, study_search.PRUNE_AFTER_TRIALS, study_search.PRUNE_PEERS) == (4, 5, 2)
     # its best so far, not its latest: a trial at 0.95 by epoch 3 that dips to 0.5 stays beside peers at 0.9
     assert verdicts([(40, 0.9)] * 5, trial_accuracies=[0.95] * 3 + [0.5] * 3) == [False] * 6
@@ -219,7 +219,7 @@ def _draw_lr(completed, best_lr, running=()):
 
 
 def test_a_search_draws_its_first_8_trials_at_random_and_the_later_ones_from_the_results_before_them():
-    assert study_search.RANDOM_TRIALS == 8  # as the README and the report say
+    assert study_search.RANDOM_TRIALS == 8  # as docs/studies.md and the report say
     assert _draw_lr(7, best_lr=0.05) == _draw_lr(7, best_lr=0.0005)
     assert _draw_lr(8, best_lr=0.05) != _draw_lr(8, best_lr=0.0005)
 

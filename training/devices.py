@@ -93,7 +93,7 @@ def cpu_emulates_bf16():
 def cpu_computes_bf16():
     """Whether this x86 CPU has bf16 arithmetic (AVX512-BF16 or AMX): on a later 2-core machine of this project,
     with AMX, ``--precision bf16`` trained each model 1.3x to 2.5x as fast per epoch as fp32, and on an AMD EPYC
-    with AVX512-BF16 alone 1.5x (the MLP, per epoch) to 2.1x (the MLP-Mixer, per step) as fast (README)."""
+    with AVX512-BF16 alone 1.5x (the MLP, per epoch) to 2.1x (the MLP-Mixer, per step) as fast (docs/cpu.md)."""
     return any(_cpu_bf16_support())
 
 
