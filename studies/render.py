@@ -1,4 +1,5 @@
 """Rendering a report's sections: Markdown with PNG figures, and a PDF (matplotlib only)."""
+import math
 import os
 import textwrap
 
@@ -7,6 +8,8 @@ from matplotlib.backends.backend_pdf import PdfPages
 from training.persistence import atomic_write
 
 from . import figures
+
+REPORT_TITLE = "CIFAR-10: Problem 4 report"
 
 
 class Section:
@@ -61,7 +64,7 @@ def write_figures(report_dir, sections):
 
 
 def write_markdown(path, sections, header_lines):
-    lines = ["# CIFAR-10: Problem 4 report", ""] + [f"- {line}" for line in header_lines]
+    lines = [f"# {REPORT_TITLE}", ""] + [f"- {line}" for line in header_lines]
     for section in sections:
         lines += ["", f"## {section.title}", ""]
         for block in section.blocks:
@@ -79,28 +82,60 @@ def write_pdf(path, sections, header_lines):
 
 
 def _write_pdf_pages(file, sections, header_lines):
+    """The header page, which lists the page on which each section begins; then each section's text pages and
+    figures. Every page carries its number, as a printed report needs."""
+    section_pages = [_section_pages(section) for section in sections]
+    header_count = _page_count(header_lines + _contents(sections, section_pages, first_page=0))
+    contents = _contents(sections, section_pages, first_page=header_count + 1)
+    pages = _text_pages(REPORT_TITLE, header_lines + contents) + [page for pages in section_pages for page in pages]
     with PdfPages(file) as pdf:
-        _text_pages(pdf, "CIFAR-10: Problem 4 report", header_lines)
-        for section in sections:
-            lines = []
-            for block in section.blocks:
-                if block[0] == "text":
-                    lines += textwrap.wrap(block[1], figures.TEXT_PAGE_COLUMNS) + [""]
-                elif block[0] == "table":
-                    lines += _text_table(*block[1:]) + [""]
-            _text_pages(pdf, section.title, lines)
-            for block in section.blocks:
-                if block[0] == "pdf_page":
-                    pdf.savefig(block[1])
-                elif block[0] == "figure" and block[4]:
-                    pdf.savefig(block[2])
+        for number, page in enumerate(pages, 1):
+            mark = page.text(0.985, 0.985, f"{number} / {len(pages)}", ha="right", va="top", fontsize=8, color="0.35")
+            pdf.savefig(page)
+            mark.remove()  # the figure's PNG, and any other use of it, stay as they were
 
 
-def _text_pages(pdf, title, lines):
-    """``lines`` on as many pages as they need; a line wider than a page goes on, indented, below it."""
-    columns, per_page = figures.TEXT_PAGE_COLUMNS, figures.TEXT_PAGE_LINES
+def _section_pages(section):
+    """A section's pages: its text and tables, then its figures."""
+    lines = []
+    for block in section.blocks:
+        if block[0] == "text":
+            lines += textwrap.wrap(block[1], figures.TEXT_PAGE_COLUMNS) + [""]
+        elif block[0] == "table":
+            lines += _text_table(*block[1:]) + [""]
+    pages = _text_pages(section.title, lines)
+    for block in section.blocks:
+        if block[0] == "pdf_page":
+            pages.append(block[1])
+        elif block[0] == "figure" and block[4]:
+            pages.append(block[2])
+    return pages
+
+
+def _contents(sections, section_pages, first_page):
+    """The header's list of sections, each with the page it begins on (``first_page`` for the first)."""
+    lines = ["", "Contents:"]
+    for section, pages in zip(sections, section_pages):
+        lines.append(f"  page {first_page:>3}  {section.title}")
+        first_page += len(pages)
+    return lines
+
+
+def _fitted(lines):
+    """``lines`` as a text page shows them: a line wider than a page goes on, indented, below it."""
     fitted = []
     for line in lines:
-        fitted += [line] if len(line) <= columns else textwrap.wrap(line, columns, subsequent_indent="    ")
-    for start in range(0, max(len(fitted), 1), per_page):
-        pdf.savefig(figures.text_page(title + (" (continued)" if start else ""), fitted[start:start + per_page]))
+        fitted += [line] if len(line) <= figures.TEXT_PAGE_COLUMNS else textwrap.wrap(
+            line, figures.TEXT_PAGE_COLUMNS, subsequent_indent="    ")
+    return fitted
+
+
+def _page_count(lines):
+    return max(math.ceil(len(_fitted(lines)) / figures.TEXT_PAGE_LINES), 1)
+
+
+def _text_pages(title, lines):
+    """``lines`` on as many text pages as they need (``_page_count``), the first titled ``title``."""
+    fitted, per_page = _fitted(lines), figures.TEXT_PAGE_LINES
+    return [figures.text_page(title + (" (continued)" if start else ""), fitted[start:start + per_page])
+            for start in range(0, max(len(fitted), 1), per_page)]

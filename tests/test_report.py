@@ -10,7 +10,7 @@ import pytest
 from matplotlib.image import imsave
 
 from report_logs import markdown_of, write_fixture_logs, write_run
-from studies import figures, search_sections
+from studies import figures, render, search_sections
 from studies.__main__ import main as studies_main
 from studies.definitions import STUDIES
 from studies.report import build_report
@@ -249,6 +249,37 @@ def test_a_report_folder_that_cannot_be_made_gets_one_line(fixture_logs, tmp_pat
     assert studies_main(["report", "--out", fixture_logs, "--report_dir", str(tmp_path / "a_file" / "report")]) == 2
     assert capsys.readouterr().err == (f"error: cannot create the report folder {tmp_path / 'a_file' / 'report'} "
                                        "(Not a directory); give a writable --report_dir\n")
+
+
+def test_the_pdfs_pages_are_numbered_and_its_contents_give_the_page_each_section_begins_on(fixture_logs, monkeypatch):
+    for trial in range(2, 70):  # a search whose text takes several pages
+        write_run(fixture_logs, "resnet18_best", f"trial-{trial:04d}", {"lr": 0.001 * trial, "note": "x" * 200}, [0.5],
+                  role="search", trial=trial)
+    saved = []  # (figure, its texts as saved) for each page
+
+    class RecordingPdf:
+        def __init__(self, file):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            return False
+
+        def savefig(self, fig):
+            saved.append((fig, [text.get_text() for text in fig.texts]))
+
+    monkeypatch.setattr(render, "PdfPages", RecordingPdf)
+    build_report(fixture_logs)
+    for number, (_, texts) in enumerate(saved, 1):
+        assert f"{number} / {len(saved)}" in texts
+    contents = re.findall(r"^  page +(\d+)  (.+)$", saved[0][1][1], re.MULTILINE)
+    assert [title for _, title in contents] == [f"{study.name}: {study.question}" for study in STUDIES.values()]
+    for page, title in contents:
+        assert saved[int(page) - 1][1][0] == title
+    assert saved[int(contents[-2][0]) - 1 + 1][1][0] == f"{contents[-2][1]} (continued)"
+    assert not [fig for fig, _ in saved if any(re.fullmatch(r"\d+ / \d+", text.get_text()) for text in fig.texts)]
 
 
 def test_every_line_of_a_long_section_and_of_the_header_reaches_the_pdf(fixture_logs, monkeypatch):
