@@ -251,10 +251,17 @@ def test_a_report_folder_that_cannot_be_made_gets_one_line(fixture_logs, tmp_pat
                                        "(Not a directory); give a writable --report_dir\n")
 
 
-def test_the_pdfs_pages_are_numbered_and_its_contents_give_the_page_each_section_begins_on(fixture_logs, monkeypatch):
+@pytest.mark.parametrize("header_pages", [1, 2])
+def test_the_pdfs_pages_are_numbered_and_its_contents_give_the_page_each_section_begins_on(fixture_logs, monkeypatch,
+                                                                                           header_pages):
     for trial in range(2, 70):  # a search whose text takes several pages
         write_run(fixture_logs, "resnet18_best", f"trial-{trial:04d}", {"lr": 0.001 * trial, "note": "x" * 200}, [0.5],
                   role="search", trial=trial)
+    for run in range(60 if header_pages == 2 else 0):  # each named in the header, which then takes two pages
+        folder = os.path.join(fixture_logs, "mlp_activation", "runs", f"unreadable-{run:02d}")
+        os.makedirs(folder)
+        with open(os.path.join(folder, "results.json"), "w") as f:
+            f.write("{")
     saved = []  # (figure, its texts as saved) for each page
 
     class RecordingPdf:
@@ -274,7 +281,9 @@ def test_the_pdfs_pages_are_numbered_and_its_contents_give_the_page_each_section
     build_report(fixture_logs)
     for number, (_, texts) in enumerate(saved, 1):
         assert f"{number} / {len(saved)}" in texts
-    contents = re.findall(r"^  page +(\d+)  (.+)$", saved[0][1][1], re.MULTILINE)
+    header = [texts for _, texts in saved if texts[0].startswith(render.REPORT_TITLE)]
+    assert len(header) == header_pages
+    contents = re.findall(r"^  page +(\d+)  (.+)$", "\n".join(texts[1] for texts in header), re.MULTILINE)
     assert [title for _, title in contents] == [f"{study.name}: {study.question}" for study in STUDIES.values()]
     for page, title in contents:
         assert saved[int(page) - 1][1][0] == title
