@@ -1,6 +1,7 @@
 """Rendering a report's sections: Markdown with PNG figures, and a PDF (matplotlib only)."""
 import math
 import os
+import re
 import textwrap
 
 from matplotlib.backends.backend_pdf import PdfPages
@@ -63,8 +64,14 @@ def write_figures(report_dir, sections):
                 atomic_write(os.path.join(report_dir, block[1]), lambda f: block[2].savefig(f, format="png", dpi=120))
 
 
+def _heading_anchor(title):
+    """The link target of a ``## title`` heading, as GitHub, GitLab and VS Code derive it."""
+    return "#" + re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+
+
 def write_markdown(path, sections, header_lines):
     lines = [f"# {REPORT_TITLE}", ""] + [f"- {line}" for line in header_lines]
+    lines += ["", "Contents:", ""] + [f"- [{section.title}]({_heading_anchor(section.title)})" for section in sections]
     for section in sections:
         lines += ["", f"## {section.title}", ""]
         for block in section.blocks:

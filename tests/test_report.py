@@ -52,6 +52,17 @@ def test_report_has_every_study_figure_and_table(fixture_report):
     assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type /Page\b", pdf)) == 17
 
 
+def test_report_md_lists_its_sections_each_linked_to_its_heading(fixture_report):
+    text = fixture_report[2]
+    headings = re.findall(r"^## (.+)$", text, flags=re.M)
+    links = re.findall(r"^- \[(.+)\]\((#\S+)\)$", text, flags=re.M)
+    assert [title for title, _ in links] == headings and len(headings) == 5
+    assert text.index("Contents:") < text.index("## ")
+    # the anchor GitHub gives this heading: lower case, punctuation but '_' and '-' dropped, spaces to '-'
+    assert ("mlpmixer_patch: How does the patch size affect the MLP-Mixer's accuracy, size and speed?",
+            "#mlpmixer_patch-how-does-the-patch-size-affect-the-mlp-mixers-accuracy-size-and-speed") in links
+
+
 def test_report_states_what_the_logs_show(fixture_report):
     text = fixture_report[2]
     assert "Devices: NVIDIA H100 80GB HBM3." in text and "test images SHA-1 a7e2580c5033" in text
@@ -313,7 +324,7 @@ def test_every_line_of_a_long_section_and_of_the_header_reaches_the_pdf(fixture_
     assert [title for title, _ in pages].count(f"{search_title} (continued)") > 1
     with open(markdown_path) as f:
         markdown = f.read().splitlines()
-    header = [line[2:] for line in markdown if line.startswith("- ")]
+    header = [line[2:] for line in markdown[:markdown.index("Contents:")] if line.startswith("- ")]
     assert any(len(line) > figures.TEXT_PAGE_COLUMNS for line in header)
     assert all(line in on_pages.replace("\n", " ") for line in header)
     sentences = [line for line in markdown if line and not line.startswith(("#", "|", "![", "- "))]
