@@ -53,7 +53,8 @@ def _parser():
     run.add_argument("--seeds", type=int, default=1,
                      help="runs per grid point (seeds --seed, --seed + 1, ...); final runs of a search (seeds "
                           "--seed + 1, ...; its trials train with --seed)")
-    run.add_argument("--values", nargs="+", help="the grid's values instead of the study's defaults")
+    run.add_argument("--values", nargs="+",
+                     help="the grid's values instead of the study's defaults (--values 2 4 8, or 2,4,8)")
     run.add_argument("--trials", type=int, help="a search's budget of trials (default: the study's own: " + ", ".join(
         f"{study.name} {study.trials}" for study in STUDIES.values() if study.is_search) + ")")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -85,9 +86,12 @@ def _parse_value(text):
 def _grid_values(study, texts):
     if texts is None:
         return list(study.grid.values)
+    texts = [part for text in texts for part in text.split(",") if part]  # `--values 4,8` as well as `4 8`
     kind = type(study.grid.choices[0])
     try:
         values = [kind(text) for text in texts]
+        if not values:
+            raise ValueError
     except ValueError:
         raise UserError(f"--values: {study.grid.setting} takes {kind.__name__} values; choose from "
                         f"{', '.join(map(str, study.grid.choices))}") from None

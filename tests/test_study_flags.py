@@ -25,6 +25,8 @@ from training.cifar10 import load_cifar10
     ("resnet18_lr", ["--values", "0.5", "0.7"], "--values: 0.5 is not a valid lr"),  # the first one named
     ("mlp_activation", ["--epochs", "0", "--batch_size", "0"], "error: --batch_size must be at least 1, got 0\n"),
     ("mlpmixer_patch", ["--values", "four"], "--values: patch_size takes int values; choose from 1, 2, 4, 8, 16, 32"),
+    ("mlpmixer_patch", ["--values", ","], "--values: patch_size takes int values; choose from 1, 2, 4, 8, 16, 32"),
+    ("mlpmixer_patch", ["--values", "4,3"], "--values: 3 is not a valid patch_size"),
     ("resnet18_lr", ["--logdir", "x"], "--logdir is set by the study"),
     ("resnet18_lr", ["--set", "width=3"], "--set width=3: expected KEY=VALUE"),
     ("resnet18_lr", ["--set", "lr=3"], "--set lr=3: expected KEY=VALUE"),
@@ -102,6 +104,12 @@ def test_the_largest_seeds_numpy_takes_train_without_a_warning(study_args, tmp_p
     assert seeds == [4294967294, 4294967295]
     assert sorted(os.listdir(tmp_path / "out" / "mlp_activation" / "runs")) == [
         "activation-relu_seed-4294967294", "activation-relu_seed-4294967295"]
+
+
+def test_values_may_be_separated_by_commas_as_well_as_spaces(study_args, tmp_path):
+    assert studies_main(study_args("resnet18_lr", "--values", "1e-5,0.001", "0.01,")) == 0
+    assert sorted(os.listdir(tmp_path / "out" / "resnet18_lr" / "runs")) == [
+        "lr-0.001_seed-42", "lr-0.01_seed-42", "lr-1e-05_seed-42"]
 
 
 def test_list_names_every_study_with_its_grid_or_search_space(capsys):
