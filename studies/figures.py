@@ -3,6 +3,7 @@ import textwrap
 import warnings
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -82,11 +83,13 @@ def curves_page(groups, title, legend_title=None):
     return fig
 
 
-def cost_figure(rows, setting):
+def cost_figure(rows, setting, title):
     """Parameters, seconds per training epoch and images per second against the grid's setting.
 
     Args:
         rows: ``(value, parameters, seconds per epoch, images per second)`` per setting value.
+        setting: the grid's setting, on the x axes.
+        title: the figure's title (its PDF page has no other heading).
     """
     fig = Figure(figsize=(11, 3.6))
     values = [row[0] for row in rows]
@@ -98,6 +101,7 @@ def cost_figure(rows, setting):
         ax.set_xlabel(setting)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 
@@ -171,6 +175,15 @@ def text_page(title, lines):
     if len(lines) > TEXT_PAGE_LINES or max(map(len, lines), default=0) > TEXT_PAGE_COLUMNS:
         raise ValueError(f"the text exceeds a page of {TEXT_PAGE_LINES} lines of {TEXT_PAGE_COLUMNS} characters")
     fig = Figure(figsize=PAGE_INCHES)
-    fig.text(0.04, 0.95, title, fontsize=15, weight="bold", va="top")
+    _fit_width(fig.text(0.04, 0.95, title, fontsize=15, weight="bold", va="top"), 0.92)
     fig.text(0.04, TEXT_TOP, "\n".join(lines), fontsize=TEXT_POINTS, family="monospace", va="top")
     return fig
+
+
+def _fit_width(text, width):
+    """Shrink ``text``'s font, if need be, until it spans at most ``width`` of its figure's width: a long section
+    title ("... (continued)") would otherwise run off the page."""
+    fig = text.get_figure()
+    span = text.get_window_extent(FigureCanvasAgg(fig).get_renderer()).width / (fig.get_figwidth() * fig.dpi)
+    if span > width:
+        text.set_fontsize(text.get_fontsize() * width / span)

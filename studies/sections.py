@@ -306,7 +306,8 @@ def _cost_block(section, groups, setting):
         section.text(f"Parameters range from {least[1]:,} ({setting} {least[0]}) to {most[1]:,} ({setting} "
                      f"{most[0]}); a training epoch takes from {fast[2]:.2f} s ({setting} {fast[0]}) to "
                      f"{slow[2]:.2f} s ({setting} {slow[0]}), {slow[2] / fast[2]:.1f} times as long.")
-    section.figure("mlpmixer_patch_cost.png", figures.cost_figure(rows, setting),
+    title = f"mlpmixer_patch: parameters and speed against {setting}"
+    section.figure("mlpmixer_patch_cost.png", figures.cost_figure(rows, setting, title),
                    f"parameters, seconds per training epoch and images per second against {setting}")
 
 

@@ -30,6 +30,15 @@ def _visible_ticks(ax):
     return [float(tick) for tick in ax.get_xticks() if low <= tick <= high]
 
 
+def test_a_section_title_too_long_for_the_page_is_set_smaller_to_fit_and_a_short_one_is_not():
+    short, long = "resnet18_lr: a question", "mlpmixer_best: " + "Which hyperparameters train it best? " * 3
+    fig = figures.text_page(long + "(continued)", [])
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    title = fig.texts[0].get_window_extent(renderer)
+    assert fig.bbox.x0 <= title.x0 and title.x1 <= fig.bbox.x1, title
+    assert fig.texts[0].get_fontsize() < 15 == figures.text_page(short, []).texts[0].get_fontsize()
+
+
 @pytest.mark.parametrize("count", [1, 4])
 def test_the_search_figure_marks_whole_trial_numbers_only(count):
     trials = [{"trial": n, "outcome": "completed", "last_valid_acc": 0.5 + 0.1 * n} for n in range(count)]
@@ -164,7 +173,9 @@ def test_the_search_figure_steps_through_the_best_completed_trial_so_far():
 
 def test_the_cost_figure_plots_each_measure_against_the_setting_on_a_log2_axis():
     rows = [(2, 1200, 30.5, 1500.0), (4, 900, 10.25, 4400.0), (8, 800, 4.5, 10000.0)]
-    axes = figures.cost_figure(rows, "patch_size").axes
+    fig = figures.cost_figure(rows, "patch_size", "mlpmixer_patch: parameters and speed against patch_size")
+    axes = fig.axes
+    assert [text.get_text() for text in fig.texts] == ["mlpmixer_patch: parameters and speed against patch_size"]
     labels = ["parameters", "seconds per training epoch", "training images per second"]
     for column, (ax, label) in enumerate(zip(axes, labels), start=1):
         line, = ax.get_lines()
