@@ -107,9 +107,9 @@ def test_the_largest_seeds_numpy_takes_train_without_a_warning(study_args, tmp_p
 
 
 def test_values_may_be_separated_by_commas_as_well_as_spaces(study_args, tmp_path):
-    assert studies_main(study_args("resnet18_lr", "--values", "1e-5,0.001", "0.01,")) == 0
-    assert sorted(os.listdir(tmp_path / "out" / "resnet18_lr" / "runs")) == [
-        "lr-0.001_seed-42", "lr-0.01_seed-42", "lr-1e-05_seed-42"]
+    assert studies_main(study_args("mlp_activation", "--values", "sigmoid,relu", "tanh,")) == 0
+    assert sorted(os.listdir(tmp_path / "out" / "mlp_activation" / "runs")) == [
+        "activation-relu_seed-42", "activation-sigmoid_seed-42", "activation-tanh_seed-42"]
 
 
 def test_list_names_every_study_with_its_grid_or_search_space(capsys):
