@@ -183,6 +183,9 @@ def test_the_cost_figure_plots_each_measure_against_the_setting_on_a_log2_axis()
         assert line.get_ydata().tolist() == [row[column] for row in rows]
         assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_xscale()) == ("patch_size", label, "log")
         assert [tick.get_text() for tick in ax.get_xticklabels()] == ["2", "4", "8"]
+    fig.canvas.draw()
+    assert "1.2 k" in [tick.get_text() for tick in axes[0].get_yticklabels()]  # counts with a unit prefix
+    assert "10 k" in [tick.get_text() for tick in axes[2].get_yticklabels()]
 
 
 def test_the_pictures_figure_draws_each_picture_at_its_own_width():
