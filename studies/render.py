@@ -79,8 +79,8 @@ def write_markdown(path, sections, header_lines):
                 lines += [block[1], ""]
             elif block[0] == "table":
                 lines += _markdown_table(*block[1:]) + [""]
-            elif block[0] == "figure":
-                lines += [f"![{block[3]}]({block[1]})", ""]
+            elif block[0] == "figure":  # the caption in view below the picture, not only as its alt text
+                lines += [f"![{block[3]}]({block[1]})", "", f"*{block[3]}*", ""]
     atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode("utf-8")))
 
 

@@ -43,7 +43,8 @@ def test_report_has_every_study_figure_and_table(fixture_report):
                  "resnet18_best_visualisation", "mlpmixer_best_visualisation", "comparison_mixer_resnet"):
         assert f"({name}.png)" in text
     assert ("![parameters, seconds per training epoch and images per second against patch_size]"
-            "(mlpmixer_patch_cost.png)") in text  # each picture with its caption
+            "(mlpmixer_patch_cost.png)\n\n*parameters, seconds per training epoch and images per second against "
+            "patch_size*\n") in text  # each picture with its caption, as alt text and in view below it
     for image in re.findall(r"\]\((\S+\.png)\)", text):
         assert os.path.getsize(os.path.join(report_dir, image)) > 1000
     with open(pdf_path, "rb") as f:
@@ -327,6 +328,7 @@ def test_every_line_of_a_long_section_and_of_the_header_reaches_the_pdf(fixture_
     header = [line[2:] for line in markdown[:markdown.index("Contents:")] if line.startswith("- ")]
     assert any(len(line) > figures.TEXT_PAGE_COLUMNS for line in header)
     assert all(line in on_pages.replace("\n", " ") for line in header)
-    sentences = [line for line in markdown if line and not line.startswith(("#", "|", "![", "- "))]
+    # every line but headings, tables, figures and their captions (a PDF figure page carries its own title)
+    sentences = [line for line in markdown if line and not line.startswith(("#", "|", "![", "- ", "*"))]
     flowing = " ".join(on_pages.split())
     assert len(sentences) > 10 and all(" ".join(line.split()) in flowing for line in sentences)
