@@ -90,11 +90,11 @@ def _grid_values(study, texts):
     kind = type(study.grid.choices[0])
     try:
         values = [kind(text) for text in texts]
-        if not values:
-            raise ValueError
     except ValueError:
+        values = []
+    if not values:
         raise UserError(f"--values: {study.grid.setting} takes {kind.__name__} values; choose from "
-                        f"{', '.join(map(str, study.grid.choices))}") from None
+                        f"{', '.join(map(str, study.grid.choices))}")
     unknown = [text for text, value in zip(texts, values) if value not in study.grid.choices]
     if unknown:
         raise UserError(f"--values: {unknown[0]} is not a valid {study.grid.setting}; choose from "
