@@ -73,6 +73,12 @@ def test_each_model_trains_and_writes_results(model, run_args, tmp_path, capsys,
     assert sum(results["train_seconds"]) + sum(results["valid_seconds"]) < wall
     assert results["train_images_per_second"] == [pytest.approx(100 / s) for s in results["train_seconds"]]
     assert results["args"]["channels_last"] == (model == "resnet18")  # the auto layout on a CPU
+    if model == "mlp":  # over the validation images, one entry per hidden layer of the config
+        units = results["hidden_units"]
+        assert units["activation"] == "relu" and units["images"] == 20
+        assert [layer["units"] for layer in units["layers"]] == results["model_config"]["hidden_sizes"]
+    else:
+        assert results["hidden_units"] is None
     out = capsys.readouterr().out
     assert "train loss" in out and "img/s" in out and "test accuracy" in out
     rows = [line.split(" | ") for line in out.splitlines() if line.count(" | ") == 6][1:]  # under the header

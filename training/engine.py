@@ -18,6 +18,7 @@ from . import persistence
 from .cifar10 import load_cifar10, split_train_valid
 from .devices import describe_device, device_identity, precision_hint, resolve_device, resolve_fast_path
 from .errors import UserError, counted
+from .hidden_units import hidden_unit_statistics
 from .models import build_model, count_parameters, load_model_config
 from .optim import LRSchedule, build_optimizer, load_optimizer_state
 from .pipelines import TensorBatches, torchvision_batches
@@ -255,6 +256,7 @@ def _fit(args, on_epoch, test, held):
         "data": {"dir": os.path.abspath(args.data_dir), "test_images_sha1": data_sha1},
         "split": {"train": len(train_index), "valid": len(valid_index), "test": len(data.test_labels),
                   "disjoint": True},
+        "hidden_units": None,
     }
 
     def record(status, test=(None, None), error=None):
@@ -308,6 +310,8 @@ def _fit(args, on_epoch, test, held):
             status = "testing"
             if test:
                 test_loss, test_acc, _ = evaluate(args.epochs, model, loaders["test"], args, mode="test")
+            if args.model == "mlp":  # the evidence for Problem 4's question of why one activation trains best
+                results["hidden_units"] = hidden_unit_statistics(model, loaders["valid"], device)
             status = "completed"
     except KeyboardInterrupt:
         testing = status == "testing"
