@@ -36,6 +36,12 @@ def _object_of(**fits):
                                                          if key in value)
 
 
+def _object_with(**fits):
+    """An object that has every listed key, each fitting."""
+    return lambda value: isinstance(value, dict) and all(key in value and check(value[key])
+                                                         for key, check in fits.items())
+
+
 def _list_of(fits):
     return lambda value: isinstance(value, list) and all(map(fits, value))
 
@@ -51,6 +57,10 @@ RESULTS_SHAPES = {
     "args": ("an object whose epochs is a whole number", _object_of(epochs=_whole)),
     "split": ("an object of whole-number counts", _object_of(train=_whole, valid=_whole, test=_whole)),
     **{key: ("an object", _object_of()) for key in ("model_config", "data")},
+    "hidden_units": ("an object of hidden-layer measures", _or_null(_object_with(
+        derivative_peak=_number, flat_below=_number, images=_whole,
+        layers=_list_of(_object_with(units=_whole, mean_derivative=_or_null(_number), flat_share=_number,
+                                     units_always_flat=_number))))),
 }
 TRIAL_SHAPES = {
     "trial": ("a whole number", _whole), "role": ("a string", lambda value: isinstance(value, str)),

@@ -267,6 +267,7 @@ def grid_section(study, runs, shared):
         section.table([setting, "completed runs", "final valid acc", "best valid acc", "test acc"], rows)
     section.table(RUN_HEADER, [run_row(run) for members in groups.values() for run in members])
     shared_processor_text(section, runs, shared)
+    _hidden_unit_block(section, groups, setting)
     rows = hyperparameter_rows([run for members in groups.values() for run in members])
     if rows:
         section.text("Hyperparameters of these runs (where they differ, each value is listed):")
@@ -309,6 +310,32 @@ def _cost_block(section, groups, setting):
     title = f"mlpmixer_patch: parameters and speed against {setting}"
     section.figure("mlpmixer_patch_cost.png", figures.cost_figure(rows, setting, title),
                    f"parameters, seconds per training epoch and images per second against {setting}")
+
+
+def _hidden_unit_block(section, groups, setting):
+    """What an MLP's hidden units let through their activation after training (``training.hidden_units``), by
+    setting and layer: the logs' evidence of why one activation trains better than another."""
+    measured = {name: [run["results"]["hidden_units"] for run in completed_runs(members)
+                       if run["results"].get("hidden_units")]  # none in an older version's logs
+                for name, members in groups.items()}
+    measured = {name: stats for name, stats in measured.items() if stats}
+    if not measured:
+        return
+    first = next(iter(measured.values()))[0]
+    peaks = ", ".join(f"{name} {stats[0]['derivative_peak']:g}" for name, stats in measured.items())
+    section.text(f"Hidden units after the last epoch, over the {first['images']:,} validation images (mean over "
+                 "completed runs). Mean derivative: the mean slope of each layer's activation at its inputs, which "
+                 f"scales the gradient that passes through it (at most {peaks}). Flat share: the share of unit-image "
+                 f"pairs at which that slope is under {first['flat_below']:g} times its peak (relu's negative inputs, "
+                 "the saturated tails of tanh and sigmoid). Units always flat: the share of units flat on every image.")
+    rows = []
+    for name, stats in measured.items():
+        for index, layer in enumerate(stats[0]["layers"]):
+            column = [run["layers"][index] for run in stats if len(run["layers"]) > index]
+            rows.append([name, index + 1, fmt(layer["units"])] + [
+                mean_std([values[key] for values in column], 3)
+                for key in ("mean_derivative", "flat_share", "units_always_flat")])
+    section.table([setting, "hidden layer", "units", "mean derivative", "flat share", "units always flat"], rows)
 
 
 def shared_processor_text(section, runs, shared):

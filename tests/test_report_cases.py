@@ -306,6 +306,45 @@ def test_a_report_names_the_run_files_it_cannot_read_and_goes_on(tmp_path):
     assert "highest first: relu: 0.6000." in text  # the run that could be read still ranks
 
 
+HIDDEN_UNITS = {"activation": "relu", "derivative_peak": 1.0, "flat_below": 0.1, "images": 5000, "layers": []}
+
+
+def hidden_units(activation, peak, *layers):
+    """``hidden_units`` as a run logs it, one ``(units, mean derivative, flat share, units always flat)`` a layer."""
+    keys = ("units", "mean_derivative", "flat_share", "units_always_flat")
+    return {**HIDDEN_UNITS, "activation": activation, "derivative_peak": peak,
+            "layers": [dict(zip(keys, layer)) for layer in layers]}
+
+
+def test_the_activation_section_tabulates_each_hidden_layers_slope_and_flat_units_from_the_logs(tmp_path):
+    out = str(tmp_path / "runs")
+    for seed, (derivative, flat) in zip((42, 43), ((0.4, 0.6), (0.5, 0.5))):
+        write_run(out, "mlp_activation", f"activation-relu_seed-{seed}", {"activation": "relu"}, [0.2, 0.6], seed=seed,
+                  logged={"hidden_units": hidden_units("relu", 1.0, (32, derivative, flat, 0.25), (16, 0.3, 0.7, 0))})
+    write_run(out, "mlp_activation", "activation-sigmoid_seed-42", {"activation": "sigmoid"}, [0.2, 0.5],
+              logged={"hidden_units": hidden_units("sigmoid", 0.25, (32, 0.05, 0.9, 0), (16, None, 0.1, 0))})
+    # an older version's run has no measures, and a run that did not complete none to average
+    write_run(out, "mlp_activation", "activation-tanh_seed-42", {"activation": "tanh"}, [0.2, 0.4])
+    write_run(out, "mlp_activation", "activation-tanh_seed-43", {"activation": "tanh"}, [0.2], seed=43,
+              outcome="diverged", logged={"hidden_units": hidden_units("tanh", 1.0, (32, 0.9, 0.9, 0.9))})
+    text = markdown_of(out)
+    assert ("Hidden units after the last epoch, over the 5,000 validation images (mean over completed runs). Mean "
+            "derivative: the mean slope of each layer's activation at its inputs, which scales the gradient that "
+            "passes through it (at most relu 1, sigmoid 0.25). Flat share: the share of unit-image pairs at which "
+            "that slope is under 0.1 times its peak") in text
+    assert ("| activation | hidden layer | units | mean derivative | flat share | units always flat |\n"
+            "|---|---|---|---|---|---|\n"
+            "| relu | 1 | 32 | 0.450 ± 0.071 | 0.550 ± 0.071 | 0.250 ± 0.000 |\n"
+            "| relu | 2 | 16 | 0.300 ± 0.000 | 0.700 ± 0.000 | 0.000 ± 0.000 |\n"
+            "| sigmoid | 1 | 32 | 0.050 | 0.900 | 0 |\n"
+            "| sigmoid | 2 | 16 | - | 0.100 | 0 |\n\n") in text
+
+
+def test_a_grid_without_logged_hidden_units_has_no_such_table(tmp_path):
+    text = markdown_of(write_activation_runs(tmp_path, [("relu", [0.6]), ("tanh", [0.5])]))
+    assert "Hidden units" not in text and "mean derivative" not in text
+
+
 def _set_value(path, key, value):
     with open(path) as f:
         data = json.load(f)
@@ -327,6 +366,10 @@ def _set_value(path, key, value):
     ("results.json", "split", {"train": "all"},
      "'split' is not an object of whole-number counts: {\"train\": \"all\"}"),
     ("results.json", "data", 3, "'data' is not an object: 3"),
+    ("results.json", "hidden_units", {"layers": []},
+     "'hidden_units' is not an object of hidden-layer measures: {\"layers\": []}"),
+    ("results.json", "hidden_units", {**HIDDEN_UNITS, "layers": [{"units": 2}]},
+     "'hidden_units' is not an object of hidden-layer measures: {\"activation\": \"relu\", \"derivative_peak\""),
     ("trial.json", "settings", "relu", "'settings' is not an object: \"relu\""),
     ("trial.json", "trial", "2", "'trial' is not a whole number: \"2\""),
     ("trial.json", "outcome", 1, "'outcome' is not a string: 1"),
@@ -346,7 +389,8 @@ def test_a_run_file_with_a_value_the_report_cannot_compute_with_is_named_as_unre
 
 
 @pytest.mark.parametrize("key, value", [("epochs_completed", None), ("test_acc", None), ("best_epoch", None),
-                                        ("valid_losses", [None, 1.0]), ("device_name", 7), ("args", {})])
+                                        ("valid_losses", [None, 1.0]), ("device_name", 7), ("args", {}),
+                                        ("hidden_units", None)])
 def test_the_values_a_run_writes_as_null_or_the_report_only_shows_are_read(key, value, tmp_path):
     folder = write_run(str(tmp_path), "mlp_activation", "activation-relu_seed-42", {"activation": "relu"}, [0.5, 0.6])
     _set_value(os.path.join(folder, "results.json"), key, value)
