@@ -108,6 +108,32 @@ def cost_figure(rows, setting, title):
     return fig
 
 
+def hidden_unit_figure(layers, flat_below, legend_title, title):
+    """Each hidden layer's mean activation derivative and flat share, a line per setting (``training.hidden_units``).
+
+    Args:
+        layers: ``{setting value: [(mean derivative, flat share) per hidden layer]}``; a missing mean is None.
+        flat_below: the share of its peak under which a derivative counts as flat.
+        legend_title: the grid's setting.
+        title: the figure's title (its PDF page has no other heading).
+    """
+    fig = Figure(figsize=(11, 4.2))
+    for ax, column, label in zip(fig.subplots(1, 2), (0, 1), ("mean derivative of the activation",
+                                                          f"flat share (derivative under {flat_below:g} x its peak)")):
+        for name, measures in layers.items():
+            ax.plot(range(1, len(measures) + 1), [np.nan if m[column] is None else m[column] for m in measures],
+                    marker="o", label=name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.set_xlabel("hidden layer")
+        ax.set_ylabel(label)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, title=legend_title, title_fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def search_figure(trials, title):
     """Each search trial's last validation accuracy by trial number, with the best so far.
 

@@ -267,7 +267,6 @@ def grid_section(study, runs, shared):
         section.table([setting, "completed runs", "final valid acc", "best valid acc", "test acc"], rows)
     section.table(RUN_HEADER, [run_row(run) for members in groups.values() for run in members])
     shared_processor_text(section, runs, shared)
-    _hidden_unit_block(section, groups, setting)
     rows = hyperparameter_rows([run for members in groups.values() for run in members])
     if rows:
         section.text("Hyperparameters of these runs (where they differ, each value is listed):")
@@ -281,6 +280,7 @@ def grid_section(study, runs, shared):
     section.pdf_page(figures.curves_page(groups, f"{study.name}: {lines_are}", legend_title=setting))
     if study.name == "mlpmixer_patch":
         _cost_block(section, groups, setting)
+    _hidden_unit_block(section, study.name, groups, setting)
     return section
 
 
@@ -312,7 +312,7 @@ def _cost_block(section, groups, setting):
                    f"parameters, seconds per training epoch and images per second against {setting}")
 
 
-def _hidden_unit_block(section, groups, setting):
+def _hidden_unit_block(section, study_name, groups, setting):
     """What an MLP's hidden units let through their activation after training (``training.hidden_units``), by
     setting and layer: the logs' evidence of why one activation trains better than another."""
     measured = {name: [run["results"]["hidden_units"] for run in completed_runs(members)
@@ -328,14 +328,19 @@ def _hidden_unit_block(section, groups, setting):
                  f"scales the gradient that passes through it (at most {peaks}). Flat share: the share of unit-image "
                  f"pairs at which that slope is under {first['flat_below']:g} times its peak (relu's negative inputs, "
                  "the saturated tails of tanh and sigmoid). Units always flat: the share of units flat on every image.")
-    rows = []
+    rows, means = [], {}
     for name, stats in measured.items():
         for index, layer in enumerate(stats[0]["layers"]):
             column = [run["layers"][index] for run in stats if len(run["layers"]) > index]
-            rows.append([name, index + 1, fmt(layer["units"])] + [
-                mean_std([values[key] for values in column], 3)
-                for key in ("mean_derivative", "flat_share", "units_always_flat")])
+            values = {key: [measures[key] for measures in column]
+                      for key in ("mean_derivative", "flat_share", "units_always_flat")}
+            rows.append([name, index + 1, fmt(layer["units"])] + [mean_std(listed, 3) for listed in values.values()])
+            means.setdefault(name, []).append((_mean(values["mean_derivative"]), _mean(values["flat_share"])))
     section.table([setting, "hidden layer", "units", "mean derivative", "flat share", "units always flat"], rows)
+    title = f"{study_name}: hidden units after the last epoch, by layer"
+    section.figure(f"{study_name}_hidden_units.png",
+                   figures.hidden_unit_figure(means, first["flat_below"], setting, title),
+                   f"each hidden layer's mean activation derivative and flat share, one line per {setting}")
 
 
 def shared_processor_text(section, runs, shared):

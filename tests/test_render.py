@@ -188,6 +188,21 @@ def test_the_cost_figure_plots_each_measure_against_the_setting_on_a_log2_axis()
     assert "10 k" in [tick.get_text() for tick in axes[2].get_yticklabels()]
 
 
+def test_the_hidden_unit_figure_draws_each_measure_against_the_hidden_layer_a_line_per_setting():
+    layers = {"relu": [(0.4, 0.6), (0.05, 0.95)], "sigmoid": [(0.01, 0.9), (None, 0.5)]}
+    fig = figures.hidden_unit_figure(layers, 0.1, "activation", "mlp_activation: hidden units")
+    assert [text.get_text() for text in fig.texts] == ["mlp_activation: hidden units"]
+    labels = ["mean derivative of the activation", "flat share (derivative under 0.1 x its peak)"]
+    for column, (ax, label) in enumerate(zip(fig.axes, labels)):
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("hidden layer", label)
+        assert [line.get_label() for line in ax.get_lines()] == ["relu", "sigmoid"]
+        for line, measures in zip(ax.get_lines(), layers.values()):
+            assert line.get_xdata().tolist() == [1, 2]
+            np.testing.assert_array_equal(line.get_ydata(), [np.nan if m[column] is None else m[column]
+                                                             for m in measures])
+        assert ax.get_legend().get_title().get_text() == "activation"
+
+
 def test_the_pictures_figure_draws_each_picture_at_its_own_width():
     square, strip = np.random.rand(70, 70, 3), np.random.rand(40, 400, 3)
     fig = figures.images_figure([("kernels", square), ("token mixing", strip)], "first layers")

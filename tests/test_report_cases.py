@@ -338,11 +338,13 @@ def test_the_activation_section_tabulates_each_hidden_layers_slope_and_flat_unit
             "| relu | 2 | 16 | 0.300 ± 0.000 | 0.700 ± 0.000 | 0.000 ± 0.000 |\n"
             "| sigmoid | 1 | 32 | 0.050 | 0.900 | 0 |\n"
             "| sigmoid | 2 | 16 | - | 0.100 | 0 |\n\n") in text
+    assert ("![each hidden layer's mean activation derivative and flat share, one line per activation]"
+            "(mlp_activation_hidden_units.png)") in text
 
 
 def test_a_grid_without_logged_hidden_units_has_no_such_table(tmp_path):
     text = markdown_of(write_activation_runs(tmp_path, [("relu", [0.6]), ("tanh", [0.5])]))
-    assert "Hidden units" not in text and "mean derivative" not in text
+    assert "Hidden units" not in text and "mean derivative" not in text and "hidden_units.png" not in text
 
 
 def _set_value(path, key, value):
