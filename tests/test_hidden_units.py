@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mlp import MLP
-from training.hidden_units import hidden_unit_statistics
+from training.hidden_units import hidden_unit_statistics, summary_line
 
 # two images of two features each, in two batches; with identity weights the first hidden layer's inputs are these
 BATCHES = [[torch.tensor([[0.0, -3.0]]), torch.tensor([0])], [torch.tensor([[2.0, -0.5]]), torch.tensor([1])]]
@@ -69,3 +69,10 @@ def test_it_leaves_the_model_as_it_found_it():
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
     hidden_unit_statistics(model.eval(), BATCHES, torch.device("cpu"))
     assert not model.training
+
+
+def test_the_console_line_lists_each_layers_measures_with_a_dash_for_a_missing_mean():
+    stats = hidden_unit_statistics(identity_mlp("relu"), BATCHES, torch.device("cpu"))
+    stats["layers"][1]["mean_derivative"] = None  # an input that was not finite
+    assert summary_line(stats) == ("hidden layers (relu) on 2 validation images: mean derivative 0.25, -; flat share "
+                                   "(derivative under 0.1 x its peak) 0.75, 0.75")

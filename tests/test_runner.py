@@ -81,6 +81,7 @@ def test_each_model_trains_and_writes_results(model, run_args, tmp_path, capsys,
         assert results["hidden_units"] is None
     out = capsys.readouterr().out
     assert "train loss" in out and "img/s" in out and "test accuracy" in out
+    assert ("\nhidden layers (relu) on 20 validation images: mean derivative " in out) == (model == "mlp")
     rows = [line.split(" | ") for line in out.splitlines() if line.count(" | ") == 6][1:]  # under the header
     assert [int(row[0]) for row in rows] == list(range(1, epochs + 1))
     assert [float(row[4]) for row in rows] == [round(accuracy, 4) for accuracy in results["valid_accs"]]

@@ -18,7 +18,7 @@ from . import persistence
 from .cifar10 import load_cifar10, split_train_valid
 from .devices import describe_device, device_identity, precision_hint, resolve_device, resolve_fast_path
 from .errors import UserError, counted
-from .hidden_units import hidden_unit_statistics
+from .hidden_units import hidden_unit_statistics, summary_line
 from .models import build_model, count_parameters, load_model_config
 from .optim import LRSchedule, build_optimizer, load_optimizer_state
 from .pipelines import TensorBatches, torchvision_batches
@@ -332,6 +332,8 @@ def _fit(args, on_epoch, test, held):
 
     if status == "completed":
         record(status, (test_loss, test_acc))
+        if results["hidden_units"]:
+            print(summary_line(results["hidden_units"]))
         tested = f"test loss {test_loss:.4f}, test accuracy {test_acc:.4f}" if test else "test set not used"
         print(f"best validation accuracy {results.get('best_valid_acc', float('nan')):.4f} "
               f"(epoch {results.get('best_epoch')}); {tested}")

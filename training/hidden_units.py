@@ -68,3 +68,12 @@ def hidden_unit_statistics(model, loader, device):
                     "flat_share": flat.item() / count, "units_always_flat": always.float().mean().item()}
                    for total, flat, always, count in zip(derivative_sums, flat_counts, always_flat, pairs)],
     }
+
+
+def summary_line(stats):
+    """``hidden_unit_statistics``' result in one line for the console."""
+    def listed(key):
+        return ", ".join("-" if layer[key] is None else f"{layer[key]:.2f}" for layer in stats["layers"])
+    return (f"hidden layers ({stats['activation']}) on {stats['images']} validation images: mean derivative "
+            f"{listed('mean_derivative')}; flat share (derivative under {stats['flat_below']:g} x its peak) "
+            f"{listed('flat_share')}")
