@@ -327,7 +327,8 @@ def _hidden_unit_block(section, study_name, groups, setting):
                  "completed runs). Mean derivative: the mean slope of each layer's activation at its inputs, which "
                  f"scales the gradient that passes through it (at most {peaks}). Flat share: the share of unit-image "
                  f"pairs at which that slope is under {first['flat_below']:g} times its peak (relu's negative inputs, "
-                 "the saturated tails of tanh and sigmoid). Units always flat: the share of units flat on every image.")
+                 "the saturated tails of tanh and sigmoid). Units always flat: the share of units flat on every image "
+                 "(for relu: dead units).")
     rows, means = [], {}
     for name, stats in measured.items():
         for index, layer in enumerate(stats[0]["layers"]):

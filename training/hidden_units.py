@@ -21,7 +21,7 @@ FLAT_BELOW = 0.1  # a derivative under this share of its peak passes almost none
 
 @torch.no_grad()
 def hidden_unit_statistics(model, loader, device):
-    """Each hidden layer's units over the images of ``loader``, in evaluation mode and fp32.
+    """Each hidden layer's units over the images of ``loader``, in evaluation mode and without autocast.
 
     Args:
         model: an ``MLP`` (``hidden_layers`` and ``activation`` as the graded file has them).
