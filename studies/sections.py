@@ -13,6 +13,8 @@ from .render import Section
 from .worker import TRIAL_FILE
 
 PROBLEM4_MIN_EPOCHS = 10  # "Train each experiment for at least 10 epochs"
+CHANCE = 0.1  # CIFAR-10's accuracy from guessing: ten classes of equal size
+CHANCE_MARGIN = 0.01  # a final validation accuracy at most this far above chance counts as no learning
 
 
 def fmt(value, digits=4):
@@ -176,6 +178,18 @@ def _fit_sentences(groups, setting):
     return lines
 
 
+def _chance_sentences(groups, setting):
+    """Names the completed runs whose validation accuracy ended no better than guessing (a learning rate too large
+    for the optimizer can leave a run there without its loss ever turning NaN)."""
+    stuck = [f"{name} ({run['name']}: {final_valid_acc(run):.4f})" for name, runs in groups.items()
+             for run in completed_runs(runs)
+             if final_valid_acc(run) is not None and final_valid_acc(run) <= CHANCE + CHANCE_MARGIN]
+    if not stuck:
+        return []
+    return [f"At chance level, with a final validation accuracy of at most {CHANCE + CHANCE_MARGIN:.2f} where guessing "
+            f"one of the ten classes scores about {CHANCE:.2f}: {setting} {', '.join(stuck)}."]
+
+
 def _span(values):
     """``0.5000 to 0.5200``, or ``all 0.5000`` when every value is the same."""
     low, high = f"{min(values):.4f}", f"{max(values):.4f}"
@@ -251,7 +265,8 @@ def grid_section(study, runs, shared):
     section.text(f"Grid over {setting}: {', '.join(groups)}"
                  + (f"; fixed {fixed}" if fixed else "") + f"; {counted(len(runs), 'run')}.")
     for line in (epochs_sentences(runs, "These runs") + _coverage_sentences(study.grid, groups)
-                 + _ranking_sentences(groups, setting) + _fit_sentences(groups, setting) + outcome_sentences(runs)):
+                 + _ranking_sentences(groups, setting) + _fit_sentences(groups, setting)
+                 + _chance_sentences(groups, setting) + outcome_sentences(runs)):
         section.text(line)
     several_seeds = any(len(members) > 1 for members in groups.values())
     if several_seeds:

@@ -342,6 +342,18 @@ def test_the_activation_section_tabulates_each_hidden_layers_slope_and_flat_unit
             "(mlp_activation_hidden_units.png)") in text
 
 
+def test_a_grid_names_its_completed_runs_that_ended_no_better_than_guessing(tmp_path):
+    out = str(tmp_path / "runs")
+    for lr, final in ((0.1, 0.0998), (0.01, 0.1101), (0.001, 0.8)):
+        write_run(out, "resnet18_lr", f"lr-{lr}_seed-42", {"optimizer": "adam", "lr": lr}, [0.3, final])
+    write_run(out, "resnet18_lr", "lr-0.0001_seed-42", {"optimizer": "adam", "lr": 0.0001}, [0.1], outcome="pruned")
+    text = markdown_of(out)
+    assert ("At chance level, with a final validation accuracy of at most 0.11 where guessing one of the ten classes "
+            "scores about 0.10: lr 0.1 (lr-0.1_seed-42: 0.0998).") in text
+    learned = write_activation_runs(tmp_path / "other", [("relu", [0.6]), ("tanh", [0.5])])
+    assert "At chance level" not in markdown_of(learned)
+
+
 def test_a_grid_without_logged_hidden_units_has_no_such_table(tmp_path):
     text = markdown_of(write_activation_runs(tmp_path, [("relu", [0.6]), ("tanh", [0.5])]))
     assert "Hidden units" not in text and "mean derivative" not in text and "hidden_units.png" not in text
