@@ -1,7 +1,7 @@
-"""The report's section of a grid study (its rankings, fit, coverage and cost), and the pieces that a search's
-section (``search_sections``) shares: the runs' table and the sentences about outcomes and epochs. Figures,
-tables and sentences are computed from each run's ``results.json`` and ``trial.json``, so that every sentence
-states what the logs show."""
+"""The report's section of a grid study (its rankings, fit, runs at chance, coverage, cost and an MLP's hidden units),
+and the pieces that a search's section (``search_sections``) shares: the runs' table and the sentences about outcomes
+and epochs. Figures, tables and sentences are computed from each run's ``results.json`` and ``trial.json``, so that
+every sentence states what the logs show."""
 import os
 import statistics
 
