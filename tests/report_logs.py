@@ -76,6 +76,16 @@ def write_activation_runs(tmp_path, finals_by_activation):
     return out
 
 
+HIDDEN_UNITS = {"activation": "relu", "derivative_peak": 1.0, "flat_below": 0.1, "images": 5000, "layers": []}
+
+
+def hidden_units(activation, peak, *layers):
+    """``hidden_units`` as a run logs it, one ``(units, mean derivative, flat share, units always flat)`` a layer."""
+    keys = ("units", "mean_derivative", "flat_share", "units_always_flat")
+    return {**HIDDEN_UNITS, "activation": activation, "derivative_peak": peak,
+            "layers": [dict(zip(keys, layer)) for layer in layers]}
+
+
 def markdown_of(out):
     """The text of the report of the logs in ``out``, built without its PDF (seconds saved for the tests that
     read the Markdown; the PDF's own tests build it)."""

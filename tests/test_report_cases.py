@@ -1,13 +1,12 @@
 """The report's sentences for logs that the fixture of test_report.py does not hold: studies under way, runs
-that failed or ended no epoch, a single setting, seeds that do or do not separate settings, tied trials, and
-runs that shared a processor."""
-import json
+that failed or ended no epoch, a single setting, seeds that do or do not separate settings, tied trials, runs
+that shared a processor, runs at chance level and the hidden-unit measures."""
 import os
 import warnings
 
 import pytest
 
-from report_logs import markdown_of, write_activation_runs, write_fixture_logs, write_run
+from report_logs import hidden_units, markdown_of, write_activation_runs, write_run
 from studies import report
 from studies.overlap import shared_processor_sentence, shared_processors
 from studies.sections import epoch_seconds, fmt, mean_std
@@ -284,38 +283,6 @@ def test_the_hyperparameter_table_leaves_out_the_flags_that_training_does_not_re
     assert [key for key, _ in hyperparameter_rows([{"results": {"args": flags}}])] == read
 
 
-def test_a_report_names_the_run_files_it_cannot_read_and_goes_on(tmp_path):
-    out = str(tmp_path / "runs")
-    runs = os.path.join(out, "mlp_activation", "runs")
-    for activation, accs in (("relu", [0.5, 0.6]), ("tanh", [0.3, 0.4]), ("sigmoid", [0.2, 0.25])):
-        write_run(out, "mlp_activation", f"activation-{activation}_seed-42", {"activation": activation}, accs)
-    with open(os.path.join(runs, "activation-tanh_seed-42", "results.json"), "w") as f:
-        f.write('{"valid_accs": [0.3,')  # cut off
-    with open(os.path.join(runs, "activation-sigmoid_seed-42", "trial.json"), "w") as f:
-        f.write('{"trial": 2, "role": "grid"}')  # no settings, no outcome
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        text = markdown_of(out)
-    tanh, sigmoid = (os.path.join(runs, f"activation-{name}_seed-42") for name in ("tanh", "sigmoid"))
-    assert (f"\n- Unreadable files, whose values are missing below: {sigmoid}/trial.json (no 'settings' key); "
-            f"{tanh}/results.json (invalid JSON at line 1 column 21).\n") in text
-    assert "| activation-tanh_seed-42 | completed (results.json unreadable) | - | - |" in text
-    assert "| activation-sigmoid_seed-42 | unknown (trial.json unreadable) | 2 | 0.2500 |" in text
-    assert "activation-sigmoid_seed-42: its outcome is unknown, since its trial.json is unreadable." in text
-    assert "activation-sigmoid_seed-42 has not finished" not in text
-    assert "highest first: relu: 0.6000." in text  # the run that could be read still ranks
-
-
-HIDDEN_UNITS = {"activation": "relu", "derivative_peak": 1.0, "flat_below": 0.1, "images": 5000, "layers": []}
-
-
-def hidden_units(activation, peak, *layers):
-    """``hidden_units`` as a run logs it, one ``(units, mean derivative, flat share, units always flat)`` a layer."""
-    keys = ("units", "mean_derivative", "flat_share", "units_always_flat")
-    return {**HIDDEN_UNITS, "activation": activation, "derivative_peak": peak,
-            "layers": [dict(zip(keys, layer)) for layer in layers]}
-
-
 def test_the_activation_section_tabulates_each_hidden_layers_slope_and_flat_units_from_the_logs(tmp_path):
     out = str(tmp_path / "runs")
     for seed, (derivative, flat) in zip((42, 43), ((0.4, 0.6), (0.5, 0.5))):
@@ -357,75 +324,6 @@ def test_a_grid_names_its_completed_runs_that_ended_no_better_than_guessing(tmp_
 def test_a_grid_without_logged_hidden_units_has_no_such_table(tmp_path):
     text = markdown_of(write_activation_runs(tmp_path, [("relu", [0.6]), ("tanh", [0.5])]))
     assert "Hidden units" not in text and "mean derivative" not in text and "hidden_units.png" not in text
-
-
-def _set_value(path, key, value):
-    with open(path) as f:
-        data = json.load(f)
-    with open(path, "w") as f:
-        json.dump({**data, key: value}, f)
-
-
-@pytest.mark.parametrize("file, key, value, why", [
-    ("results.json", "valid_accs", "0.5", "'valid_accs' is not a list of numbers or nulls: \"0.5\""),
-    ("results.json", "train_seconds", [1.0, "x"], "'train_seconds' is not a list of numbers: [1.0, \"x\"]"),
-    ("results.json", "train_seconds", [1.0, None], "'train_seconds' is not a list of numbers: [1.0, null]"),
-    ("results.json", "train_losses", {"epoch": 1},
-     "'train_losses' is not a list of numbers or nulls: {\"epoch\": 1}"),
-    ("results.json", "test_acc", "0.9", "'test_acc' is not a number: \"0.9\""),
-    ("results.json", "num_params", 1.5, "'num_params' is not a whole number: 1.5"),
-    ("results.json", "epochs_completed", True, "'epochs_completed' is not a whole number: true"),
-    ("results.json", "args", {"epochs": "15"}, "'args' is not an object whose epochs is a whole number: "
-                                               "{\"epochs\": \"15\"}"),
-    ("results.json", "split", {"train": "all"},
-     "'split' is not an object of whole-number counts: {\"train\": \"all\"}"),
-    ("results.json", "data", 3, "'data' is not an object: 3"),
-    ("results.json", "hidden_units", {"layers": []},
-     "'hidden_units' is not an object of hidden-layer measures: {\"layers\": []}"),
-    ("results.json", "hidden_units", {**HIDDEN_UNITS, "layers": [{"units": 2}]},
-     "'hidden_units' is not an object of hidden-layer measures: {\"activation\": \"relu\", \"derivative_peak\""),
-    ("trial.json", "settings", "relu", "'settings' is not an object: \"relu\""),
-    ("trial.json", "trial", "2", "'trial' is not a whole number: \"2\""),
-    ("trial.json", "outcome", 1, "'outcome' is not a string: 1"),
-    ("trial.json", "value", "high", "'value' is not a number: \"high\""),
-    ("trial.json", "held", "epochs", "'held' is not a list of setting names: \"epochs\""),
-])
-def test_a_run_file_with_a_value_the_report_cannot_compute_with_is_named_as_unreadable(file, key, value, why,
-                                                                                       tmp_path):
-    folder = write_run(str(tmp_path), "mlp_activation", "activation-relu_seed-42", {"activation": "relu"}, [0.5, 0.6])
-    _set_value(os.path.join(folder, file), key, value)
-    [run] = report.load_runs(str(tmp_path / "mlp_activation"))
-    assert run["unreadable"] == [(os.path.join(folder, file), why)]
-    if file == "results.json":  # the run's values are missing; its other file is still read
-        assert run["results"] == {} and run["trial"]["settings"] == {"activation": "relu"}
-    else:
-        assert run["trial"] is None and run["results"]["valid_accs"] == [0.5, 0.6]
-
-
-@pytest.mark.parametrize("key, value", [("epochs_completed", None), ("test_acc", None), ("best_epoch", None),
-                                        ("valid_losses", [None, 1.0]), ("device_name", 7), ("args", {}),
-                                        ("hidden_units", None)])
-def test_the_values_a_run_writes_as_null_or_the_report_only_shows_are_read(key, value, tmp_path):
-    folder = write_run(str(tmp_path), "mlp_activation", "activation-relu_seed-42", {"activation": "relu"}, [0.5, 0.6])
-    _set_value(os.path.join(folder, "results.json"), key, value)
-    [run] = report.load_runs(str(tmp_path / "mlp_activation"))
-    assert run["unreadable"] == [] and run["results"][key] == value
-
-
-def test_a_report_of_every_study_with_misshapen_values_names_them_and_builds(tmp_path):
-    out = str(tmp_path / "runs")
-    write_fixture_logs(out)
-    damaged = {("resnet18_best", "trial-0000", "trial.json"): ("held", 5),
-               ("mlpmixer_best", "trial-0000", "results.json"): ("valid_accs", "high"),
-               ("mlp_activation", "activation-relu_seed-42", "results.json"): ("split", {"train": "45000"})}
-    for (study, run, file), (key, value) in damaged.items():
-        _set_value(os.path.join(out, study, "runs", run, file), key, value)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        text = markdown_of(out)
-    header = next(line for line in text.splitlines() if line.startswith("- Unreadable files"))
-    for (study, run, file), (key, _) in damaged.items():
-        assert f"{os.path.join(out, study, 'runs', run, file)} ('{key}' is not " in header
 
 
 def test_a_grids_curves_title_their_legends_with_the_setting_in_the_pngs_and_on_the_pdf_page(tmp_path, monkeypatch):
