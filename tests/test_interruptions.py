@@ -18,7 +18,8 @@ from helpers import ROOT, read_results, with_file_size_limit
 from training import engine, persistence
 
 METRICS = ("train_losses", "valid_losses", "train_accs", "valid_accs", "test_loss", "test_acc", "status",
-           "epochs_completed", "best_valid_acc", "best_epoch", "num_params", "model_config")
+           "epochs_completed", "best_valid_acc", "best_epoch", "num_params", "model_config", "hidden_units",
+           "first_layer")  # a resumed run rebuilds the initial first layer from its seed
 
 
 def _interrupt_at(monkeypatch, epoch_to_stop):

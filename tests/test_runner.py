@@ -16,8 +16,12 @@ import main
 from utils import compute_accuracy
 from training import engine
 from training.augmentation import AUGMENTATIONS, MIXES
+from training.first_layer import colour_share, local_share
 from training.optim import SCHEDULES
 from helpers import ROOT, read_results
+
+# each model's measure of its pictured first layer; the tiny MLP-Mixer's 8x8 patches make a 4x4 grid of 32x32 pixels
+FIRST_LAYER_MEASURES = {"resnet18": colour_share, "mlpmixer": lambda units: local_share(units, grid_size=4)}
 
 
 def test_the_runner_keeps_the_templates_flags_defaults_and_model_configs():
@@ -77,11 +81,17 @@ def test_each_model_trains_and_writes_results(model, run_args, tmp_path, capsys,
         units = results["hidden_units"]
         assert units["activation"] == "relu" and units["images"] == 20
         assert [layer["units"] for layer in units["layers"]] == results["model_config"]["hidden_sizes"]
-    else:
+        assert results["first_layer"] is None
+    else:  # the pictured first layer against its initial weights, from the checkpoint's trained ones
         assert results["hidden_units"] is None
+        layer = results["first_layer"]
+        trained = torch.load(os.path.join(logdir, "checkpoint.pt"), weights_only=True)["model"][layer["weight"]]
+        assert layer["units"] == len(trained) and 0 < layer["moved"] < 1
+        assert layer["trained"] == pytest.approx(FIRST_LAYER_MEASURES[model](trained.float()))
     out = capsys.readouterr().out
     assert "train loss" in out and "img/s" in out and "test accuracy" in out
     assert ("\nhidden layers (relu) on 20 validation images: mean derivative " in out) == (model == "mlp")
+    assert ("\nfirst layer (" in out) == (model != "mlp")
     rows = [line.split(" | ") for line in out.splitlines() if line.count(" | ") == 6][1:]  # under the header
     assert [int(row[0]) for row in rows] == list(range(1, epochs + 1))
     assert [float(row[4]) for row in rows] == [round(accuracy, 4) for accuracy in results["valid_accs"]]

@@ -14,11 +14,10 @@ from tqdm.auto import tqdm
 
 from utils import cross_entropy_loss, seed_experiment
 
-from . import persistence
+from . import first_layer, hidden_units, persistence
 from .cifar10 import load_cifar10, split_train_valid
 from .devices import describe_device, device_identity, precision_hint, resolve_device, resolve_fast_path
 from .errors import UserError, counted
-from .hidden_units import hidden_unit_statistics, summary_line
 from .models import build_model, count_parameters, load_model_config
 from .optim import LRSchedule, build_optimizer, load_optimizer_state
 from .pipelines import TensorBatches, torchvision_batches
@@ -210,6 +209,8 @@ def _fit(args, on_epoch, test, held):
     }
     resolve_fast_path(args, device)
     model = build_model(args.model, model_config).to(device)
+    pictured = first_layer.pictured_layer(model)
+    initial_first_layer = pictured[1].detach().clone() if pictured else None  # what training moves it from
     if args.visualize and not hasattr(model, "visualize"):  # said now, not after the whole run
         warnings.warn(f"--visualize: {args.model} has no first-layer visualisation (resnet18 and mlpmixer have "
                       "one); the run trains without it")
@@ -256,7 +257,7 @@ def _fit(args, on_epoch, test, held):
         "data": {"dir": os.path.abspath(args.data_dir), "test_images_sha1": data_sha1},
         "split": {"train": len(train_index), "valid": len(valid_index), "test": len(data.test_labels),
                   "disjoint": True},
-        "hidden_units": None,
+        "hidden_units": None, "first_layer": None,
     }
 
     def record(status, test=(None, None), error=None):
@@ -311,7 +312,9 @@ def _fit(args, on_epoch, test, held):
             if test:
                 test_loss, test_acc, _ = evaluate(args.epochs, model, loaders["test"], args, mode="test")
             if args.model == "mlp":  # the evidence for Problem 4's question of why one activation trains best
-                results["hidden_units"] = hidden_unit_statistics(model, loaders["valid"], device)
+                results["hidden_units"] = hidden_units.hidden_unit_statistics(model, loaders["valid"], device)
+            if pictured:  # the numbers behind the first-layer pictures that Problem 4 asks to compare
+                results["first_layer"] = first_layer.first_layer_statistics(model, initial_first_layer)
             status = "completed"
     except KeyboardInterrupt:
         testing = status == "testing"
@@ -333,7 +336,9 @@ def _fit(args, on_epoch, test, held):
     if status == "completed":
         record(status, (test_loss, test_acc))
         if results["hidden_units"]:
-            print(summary_line(results["hidden_units"]))
+            print(hidden_units.summary_line(results["hidden_units"]))
+        if results["first_layer"]:
+            print(first_layer.summary_line(results["first_layer"]))
         tested = f"test loss {test_loss:.4f}, test accuracy {test_acc:.4f}" if test else "test set not used"
         print(f"best validation accuracy {results.get('best_valid_acc', float('nan')):.4f} "
               f"(epoch {results.get('best_epoch')}); {tested}")
