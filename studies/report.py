@@ -26,6 +26,10 @@ def _whole(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _string(value):
+    return isinstance(value, str)
+
+
 def _or_null(fits):
     return lambda value: value is None or fits(value)
 
@@ -61,13 +65,16 @@ RESULTS_SHAPES = {
         derivative_peak=_number, flat_below=_number, images=_whole,
         layers=_list_of(_object_with(units=_whole, mean_derivative=_or_null(_number), flat_share=_number,
                                      units_always_flat=_number))))),
+    "first_layer": ("an object of first-layer measures", _or_null(_object_with(
+        weight=_string, units=_whole, measure=_or_null(_string),
+        **{key: _or_null(_number) for key in ("moved", "initial", "trained", "change")}))),
 }
 TRIAL_SHAPES = {
-    "trial": ("a whole number", _whole), "role": ("a string", lambda value: isinstance(value, str)),
+    "trial": ("a whole number", _whole), "role": ("a string", _string),
     "settings": ("an object", _object_of()), "seed": ("a whole number", _or_null(_whole)),
-    "outcome": ("a string", lambda value: isinstance(value, str)), "value": ("a number", _or_null(_number)),
+    "outcome": ("a string", _string), "value": ("a number", _or_null(_number)),
     "source_trial": ("a whole number", _or_null(_whole)),
-    "held": ("a list of setting names", _list_of(lambda key: isinstance(key, str))),
+    "held": ("a list of setting names", _list_of(_string)),
 }
 
 

@@ -5,6 +5,7 @@ import os
 
 from matplotlib.image import imread
 
+from training.first_layer import MEASURES
 from . import figures
 from .render import Section
 from .sections import (RUN_HEADER, and_list, completed_runs, counted, epochs_sentences, final_valid_acc, fmt,
@@ -137,8 +138,32 @@ def _finals_block(section, study, trials, finals, runs_of, shared):
         section.figure(f"{study.name}_visualisation.png",
                        figures.images_figure(pictures, f"{study.name}: final run {pictured['name']}"),
                        f"first-layer weights of {pictured['name']}, a final run of the best configuration")
+    _first_layer_block(section, done)
     if study.model == "mlpmixer":
         _comparison_block(section, pictured, pictures, runs_of.get("resnet18_best", []))
+
+
+def _first_layer_block(section, done):
+    """How far training moved the pictured first layer of each completed final run from its random initialisation,
+    and the model's measure of it (``training.first_layer``): the numbers behind the pictures."""
+    logged = [(run["name"], run["results"]["first_layer"]) for run in done if run["results"].get("first_layer")]
+    if not logged:  # an older version's logs
+        return
+    first = logged[0][1]
+    text = (f"The first layer against its random initialisation ({first['weight']}, {fmt(first['units'])} units). "
+            "Moved: the norm of what training changed over the norm of the initial weights; below 1, the initial "
+            "random weights outweigh what training added to the picture.")
+    stages = ()  # a grid of patches within one window has no measure
+    header = ["final run", "moved"]
+    if first["measure"] in MEASURES:
+        label, definition, reference = MEASURES[first["measure"]]
+        text += (f" {label.capitalize()}: {definition} ({reference}), of the initial weights, of the trained ones "
+                 "and of the change between them.")
+        stages = ("initial", "trained", "change")
+        header += [f"{label}, {stage}" for stage in stages]
+    section.text(text)
+    section.table(header, [[name, fmt(stats["moved"], 3)] + [fmt(stats[stage], 3) for stage in stages]
+                           for name, stats in logged])
 
 
 def _visualisations(run, model):
@@ -161,3 +186,7 @@ def _comparison_block(section, mixer_run, mixer_pictures, resnet_runs):
         [(f"ResNet18: {resnet}", imread(kernels)), (f"MLP-Mixer: {mixer}", mixer_pictures[0][1])],
         "first layers of the two best configurations"),
         f"ResNet18 kernels ({resnet}) beside the MLP-Mixer's token-mixing weights ({mixer})")
+    moved = [run["results"].get("first_layer") for run in (resnet_run, mixer_run)]
+    if all(moved):
+        section.text(f"Training moved the ResNet18's kernels by {fmt(moved[0]['moved'], 3)} of their initial norm "
+                     f"and the MLP-Mixer's token-mixing weights by {fmt(moved[1]['moved'], 3)}.")

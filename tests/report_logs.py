@@ -39,6 +39,14 @@ def write_run(out, study, name, settings, valid_accs, outcome="completed", role=
     return folder
 
 
+FIRST_LAYERS = {  # each model's first_layer as a run logs it
+    "resnet18": {"weight": "conv1.weight", "units": 64, "measure": "colour_share", "moved": 1.25, "initial": 0.6667,
+                 "trained": 0.41, "change": 0.35},
+    "mlpmixer": {"weight": "blocks.0.mlp_tokens.fc1.weight", "units": 128, "measure": "local_share", "moved": 0.33,
+                 "initial": 0.148, "trained": 0.171, "change": 0.254},
+}
+
+
 def write_fixture_logs(out):
     """Logs of every study: grids with two seeds, a diverged run, searches with a pruned trial and final runs."""
     for activation, base in (("relu", 0.50), ("tanh", 0.45), ("sigmoid", 0.40)):
@@ -60,7 +68,7 @@ def write_fixture_logs(out):
         write_run(out, study, "trial-0001", {**best, "lr": 0.3}, [0.2], role="search", outcome="pruned", trial=1)
         final = write_run(out, study, "final_seed-43", best, [0.8, 0.88], role="final", seed=43, trial=2,
                           source_trial=0, test_acc=0.93, args={**best, "momentum": 0.9, "seed": 43},
-                          model_config={"num_classes": 10})
+                          model_config={"num_classes": 10}, logged={"first_layer": FIRST_LAYERS[model]})
         imsave(os.path.join(final, picture), np.random.default_rng(0).random((40, 40, 3)))
     return out
 

@@ -1,6 +1,7 @@
 """The report, built from fixture logs of all five studies written here with known numbers: every figure and
 table, what each section states, and how the report is written. Reports of other logs are in
 test_report_cases.py."""
+import json
 import os
 import re
 import shutil
@@ -49,8 +50,9 @@ def test_report_has_every_study_figure_and_table(fixture_report):
         assert os.path.getsize(os.path.join(report_dir, image)) > 1000
     with open(pdf_path, "rb") as f:
         pdf = f.read()
-    # a title page; per study a text page, then its figures (a grid's four curves share one page): 1 + 5 + 11
-    assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type /Page\b", pdf)) == 17
+    # a title page; per study a text page (two for each search), then its figures (a grid's four curves share one
+    # page): 1 + 7 + 11
+    assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type /Page\b", pdf)) == 19
 
 
 def test_report_md_lists_its_sections_each_linked_to_its_heading(fixture_report):
@@ -199,6 +201,38 @@ def test_an_extended_search_reports_only_the_final_runs_of_its_new_best_trial(fi
     assert "| final_seed-43 |" not in section and "| lr | 0.05 |" in section
     assert os.path.join(new_final, "resnet18_kernels_rgb.png") in read  # the comparison sets the new best's kernels
     assert os.path.join(os.path.dirname(new_final), "final_seed-43", "resnet18_kernels_rgb.png") not in read
+
+
+def test_a_search_tabulates_how_far_training_moved_its_pictured_first_layer_and_the_models_measure(fixture_report):
+    text = fixture_report[2]
+    resnet = text[text.index("## resnet18_best"):text.index("## mlpmixer_best")]
+    mixer = text[text.index("## mlpmixer_best"):]
+    assert ("The first layer against its random initialisation (conv1.weight, 64 units). Moved: the norm of what "
+            "training changed over the norm of the initial weights; below 1, the initial random weights outweigh what "
+            "training added to the picture. Colour share: the share of each kernel's squared weight off its channel "
+            "average (0 for a kernel that sees brightness only, about 2/3 for random weights), of the initial "
+            "weights, of the trained ones and of the change between them.") in resnet
+    assert ("| final run | moved | colour share, initial | colour share, trained | colour share, change |\n"
+            "|---|---|---|---|---|\n"
+            "| final_seed-43 | 1.250 | 0.667 | 0.410 | 0.350 |\n") in resnet
+    assert "(blocks.0.mlp_tokens.fc1.weight, 128 units)" in mixer
+    assert ("Local share: the share of each unit's squared weight within the 3x3 patches centred on its largest "
+            "weight (1 for a unit as local as a 3x3 convolution)") in mixer
+    assert "| final_seed-43 | 0.330 | 0.148 | 0.171 | 0.254 |\n" in mixer
+    assert ("Training moved the ResNet18's kernels by 1.250 of their initial norm and the MLP-Mixer's token-mixing "
+            "weights by 0.330.") in mixer
+
+
+def test_a_first_layer_without_a_measure_is_tabulated_by_how_far_it_moved(fixture_logs):
+    path = os.path.join(fixture_logs, "mlpmixer_best", "runs", "final_seed-43", "results.json")
+    with open(path) as f:
+        results = json.load(f)
+    results["first_layer"] = {**results["first_layer"], "measure": None, "initial": None, "trained": None,
+                              "change": None}  # 16x16 patches: a grid within one window
+    with open(path, "w") as f:
+        json.dump(results, f)
+    mixer = markdown_of(fixture_logs).split("## mlpmixer_best", 1)[1]
+    assert "added to the picture.\n\n| final run | moved |\n|---|---|\n| final_seed-43 | 0.330 |\n" in mixer
 
 
 @pytest.mark.parametrize("missing", ["resnet18_best", "mlpmixer_pictures"])
