@@ -5,12 +5,13 @@ import os
 
 from matplotlib.image import imread
 
-from training.first_layer import MEASURES
 from . import figures
 from .render import Section
-from .sections import (RUN_HEADER, and_list, completed_runs, counted, epochs_sentences, final_valid_acc, fmt,
-                       hyperparameter_rows, mean_std, outcome_sentences, run_row, shared_processor_text)
+from .run_values import completed_runs, final_valid_acc, fmt, mean_std
 from .search import PRUNE_AFTER_TRIALS, PRUNE_FROM_EPOCH, PRUNE_PEERS, RANDOM_TRIALS
+from .sections import (RUN_HEADER, and_list, counted, epochs_sentences, hyperparameter_rows, outcome_sentences, run_row,
+                       shared_processor_text)
+from .weight_sections import first_layer_block
 
 # the pictures that each model's visualize() saves, with their captions: each picture carries its own title, small on
 # the ResNet's two grids, which a short caption tells apart
@@ -138,32 +139,9 @@ def _finals_block(section, study, trials, finals, runs_of, shared):
         section.figure(f"{study.name}_visualisation.png",
                        figures.images_figure(pictures, f"{study.name}: final run {pictured['name']}"),
                        f"first-layer weights of {pictured['name']}, a final run of the best configuration")
-    _first_layer_block(section, done)
+    first_layer_block(section, {run["name"]: [run] for run in done}, "final run")
     if study.model == "mlpmixer":
         _comparison_block(section, pictured, pictures, runs_of.get("resnet18_best", []))
-
-
-def _first_layer_block(section, done):
-    """How far training moved the pictured first layer of each completed final run from its random initialisation,
-    and the model's measure of it (``training.first_layer``): the numbers behind the pictures."""
-    logged = [(run["name"], run["results"]["first_layer"]) for run in done if run["results"].get("first_layer")]
-    if not logged:  # an older version's logs
-        return
-    first = logged[0][1]
-    text = (f"The first layer against its random initialisation ({first['weight']}, {fmt(first['units'])} units). "
-            "Moved: the norm of what training changed over the norm of the initial weights; below 1, the initial "
-            "random weights outweigh what training added to the picture.")
-    stages = ()  # a grid of patches within one window has no measure
-    header = ["final run", "moved"]
-    if first["measure"] in MEASURES:
-        label, definition, reference = MEASURES[first["measure"]]
-        text += (f" {label.capitalize()}: {definition} ({reference}), of the initial weights, of the trained ones "
-                 "and of the change between them.")
-        stages = ("initial", "trained", "change")
-        header += [f"{label}, {stage}" for stage in stages]
-    section.text(text)
-    section.table(header, [[name, fmt(stats["moved"], 3)] + [fmt(stats[stage], 3) for stage in stages]
-                           for name, stats in logged])
 
 
 def _visualisations(run, model):

@@ -1,15 +1,16 @@
-"""The report's section of a grid study (its rankings, fit, runs at chance, coverage, cost and an MLP's hidden units),
-and the pieces that a search's section (``search_sections``) shares: the runs' table and the sentences about outcomes
-and epochs. Figures, tables and sentences are computed from each run's ``results.json`` and ``trial.json``, so that
+"""The report's section of a grid study (its rankings, fit, runs at chance, coverage, cost, and from
+``weight_sections`` an MLP's hidden units and the pictured first layer), and the pieces that a search's section
+(``search_sections``) shares: the runs' table and the sentences about outcomes and epochs. Figures, tables and sentences are computed from each run's ``results.json`` and ``trial.json``, so that
 every sentence states what the logs show."""
 import os
-import statistics
 
 from training.errors import counted
 
 from . import figures
 from .overlap import shared_processor_sentence
 from .render import Section
+from .run_values import completed_runs, epoch_seconds, final_valid_acc, fmt, mean_or_none, mean_std
+from .weight_sections import first_layer_block, hidden_unit_block
 from .worker import TRIAL_FILE
 
 PROBLEM4_MIN_EPOCHS = 10  # "Train each experiment for at least 10 epochs"
@@ -17,40 +18,10 @@ CHANCE = 0.1  # CIFAR-10's accuracy from guessing: ten classes of equal size
 CHANCE_MARGIN = 0.01  # a final validation accuracy at most this far above chance counts as no learning
 
 
-def fmt(value, digits=4):
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.1e}"
-    return f"{value:,}" if isinstance(value, int) else str(value)
-
-
 def exact(value):
     """A setting as the run was given it, to be copied into a command: every digit of a float, no thousands
     separator."""
     return repr(value) if isinstance(value, float) else str(value)
-
-
-def mean_std(values, digits=4):
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return fmt(values[0], digits)
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
-def _mean(values):
-    values = [v for v in values if v is not None]
-    return statistics.mean(values) if values else None
-
-
-def epoch_seconds(results):
-    """Median training seconds per epoch, leaving out the first epoch (autotuning, graph capture)
-    when there are others."""
-    seconds = results.get("train_seconds") or []
-    kept = seconds[1:] if len(seconds) > 1 else seconds
-    return statistics.median(kept) if kept else None
 
 
 def _unreadable(run):
@@ -115,15 +86,11 @@ def and_list(names):
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
-def completed_runs(runs):
-    return [run for run in runs if (run["trial"] or {}).get("outcome") == "completed"]
-
-
 def _ranking_sentences(groups, setting):
     """Which value of the grid's setting won on final validation accuracy, and by how much."""
     finals = {name: [value for value in map(final_valid_acc, completed_runs(runs)) if value is not None]
               for name, runs in groups.items()}
-    scores = {name: _mean(values) for name, values in finals.items()}
+    scores = {name: mean_or_none(values) for name, values in finals.items()}
     # stable: settings that tie keep the grid's order
     ranked = sorted(((score, name) for name, score in scores.items() if score is not None),
                     key=lambda pair: pair[0], reverse=True)
@@ -142,15 +109,11 @@ def _ranking_sentences(groups, setting):
                          f"({ranked[1][1]}){lowest}.")
             runner_up = ranked[1][1]
             lines.append(_separation_sentence(setting, leaders[0], finals[leaders[0]], runner_up, finals[runner_up]))
-    tests = {name: _mean([run["results"].get("test_acc") for run in groups[name]]) for _, name in ranked}
+    tests = {name: mean_or_none([run["results"].get("test_acc") for run in groups[name]]) for _, name in ranked}
     if any(value is not None for value in tests.values()):
         lines.append("Test accuracy (mean): " + ", ".join(f"{name}: {fmt(value)}" for name, value in tests.items())
                      + ".")
     return lines
-
-
-def final_valid_acc(run):
-    return (run["results"].get("valid_accs") or [None])[-1]
 
 
 def _fit_sentences(groups, setting):
@@ -159,8 +122,8 @@ def _fit_sentences(groups, setting):
     gaps, peaks = [], []
     for name, runs in groups.items():
         done = completed_runs(runs)
-        train = _mean([(run["results"].get("train_accs") or [None])[-1] for run in done])
-        valid = _mean([final_valid_acc(run) for run in done])
+        train = mean_or_none([(run["results"].get("train_accs") or [None])[-1] for run in done])
+        valid = mean_or_none([final_valid_acc(run) for run in done])
         if train is not None and valid is not None:
             gaps.append(f"{name} {train:.4f} against {valid:.4f} (gap {train - valid:+.4f})")
         best = sorted({run["results"]["best_epoch"] for run in done if run["results"].get("best_epoch")})
@@ -295,14 +258,15 @@ def grid_section(study, runs, shared):
     section.pdf_page(figures.curves_page(groups, f"{study.name}: {lines_are}", legend_title=setting))
     if study.name == "mlpmixer_patch":
         _cost_block(section, groups, setting)
-    _hidden_unit_block(section, study.name, groups, setting)
+    hidden_unit_block(section, study.name, groups, setting)
+    first_layer_block(section, groups, setting)
     return section
 
 
 def _cost_block(section, groups, setting):
     rows = []
     for name, members in groups.items():
-        seconds = _mean([epoch_seconds(run["results"]) for run in members])
+        seconds = mean_or_none([epoch_seconds(run["results"]) for run in members])
         params = members[0]["results"].get("num_params")
         images = members[0]["results"].get("split", {}).get("train")
         if seconds and params:
@@ -325,38 +289,6 @@ def _cost_block(section, groups, setting):
     title = f"mlpmixer_patch: parameters and speed against {setting}"
     section.figure("mlpmixer_patch_cost.png", figures.cost_figure(rows, setting, title),
                    f"parameters, seconds per training epoch and images per second against {setting}")
-
-
-def _hidden_unit_block(section, study_name, groups, setting):
-    """What an MLP's hidden units let through their activation after training (``training.hidden_units``), by
-    setting and layer: the logs' evidence of why one activation trains better than another."""
-    measured = {name: [run["results"]["hidden_units"] for run in completed_runs(members)
-                       if run["results"].get("hidden_units")]  # none in an older version's logs
-                for name, members in groups.items()}
-    measured = {name: stats for name, stats in measured.items() if stats}
-    if not measured:
-        return
-    first = next(iter(measured.values()))[0]
-    peaks = ", ".join(f"{name} {stats[0]['derivative_peak']:g}" for name, stats in measured.items())
-    section.text(f"Hidden units after the last epoch, over the {first['images']:,} validation images (mean over "
-                 "completed runs). Mean derivative: the mean slope of each layer's activation at its inputs, which "
-                 f"scales the gradient that passes through it (at most {peaks}). Flat share: the share of unit-image "
-                 f"pairs at which that slope is under {first['flat_below']:g} times its peak (relu's negative inputs, "
-                 "the saturated tails of tanh and sigmoid). Units always flat: the share of units flat on every image "
-                 "(for relu: dead units).")
-    rows, means = [], {}
-    for name, stats in measured.items():
-        for index, layer in enumerate(stats[0]["layers"]):
-            column = [run["layers"][index] for run in stats if len(run["layers"]) > index]
-            values = {key: [measures[key] for measures in column]
-                      for key in ("mean_derivative", "flat_share", "units_always_flat")}
-            rows.append([name, index + 1, fmt(layer["units"])] + [mean_std(listed, 3) for listed in values.values()])
-            means.setdefault(name, []).append((_mean(values["mean_derivative"]), _mean(values["flat_share"])))
-    section.table([setting, "hidden layer", "units", "mean derivative", "flat share", "units always flat"], rows)
-    title = f"{study_name}: hidden units after the last epoch, by layer"
-    section.figure(f"{study_name}_hidden_units.png",
-                   figures.hidden_unit_figure(means, first["flat_below"], setting, title),
-                   f"each hidden layer's mean activation derivative and flat share, one line per {setting}")
 
 
 def shared_processor_text(section, runs, shared):

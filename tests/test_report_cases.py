@@ -9,7 +9,7 @@ import pytest
 from report_logs import hidden_units, markdown_of, write_activation_runs, write_run
 from studies import report
 from studies.overlap import shared_processor_sentence, shared_processors
-from studies.sections import epoch_seconds, fmt, mean_std
+from studies.run_values import epoch_seconds, fmt, mean_std
 from studies.report import build_report
 
 
@@ -307,6 +307,38 @@ def test_the_activation_section_tabulates_each_hidden_layers_slope_and_flat_unit
             "| sigmoid | 2 | 16 | - | 0.100 | 0 |\n\n") in text
     assert ("![each hidden layer's mean activation derivative and flat share, one line per activation]"
             "(mlp_activation_hidden_units.png)") in text
+
+
+def first_layer(moved, initial=None, trained=None, change=None, units=128):
+    """``first_layer`` as an MLP-Mixer run logs it (no measure given: a grid of patches within one window)."""
+    return {"weight": "blocks.0.mlp_tokens.fc1.weight", "units": units, "moved": moved, "initial": initial,
+            "trained": trained, "change": change, "measure": None if trained is None else "local_share"}
+
+
+def test_a_grid_tabulates_how_far_each_settings_first_layer_moved_with_a_dash_where_it_has_no_measure(tmp_path):
+    out = str(tmp_path / "runs")
+    for seed, (moved, trained) in zip((42, 43), ((0.4, 0.3), (0.6, 0.5))):
+        write_run(out, "mlpmixer_patch", f"patch_size-4_seed-{seed}", {"patch_size": 4}, [0.3, 0.6], seed=seed,
+                  logged={"first_layer": first_layer(moved, 0.15, trained, 0.2)})
+    write_run(out, "mlpmixer_patch", "patch_size-16_seed-42", {"patch_size": 16}, [0.3, 0.5],
+              logged={"first_layer": first_layer(0.9)})
+    write_run(out, "mlpmixer_patch", "patch_size-8_seed-42", {"patch_size": 8}, [0.3], outcome="diverged",
+              logged={"first_layer": first_layer(5.0, 0.2, 0.9, 0.9)})  # not completed: not counted
+    text = markdown_of(out)
+    assert ("The first layer against its random initialisation (blocks.0.mlp_tokens.fc1.weight, 128 units; mean over "
+            "completed runs). Moved:") in text
+    assert ("of the initial weights, of the trained ones and of the change between them; a dash where there is none "
+            "(a grid of 3x3 patches or fewer, all within that window).") in text
+    assert ("| patch_size | moved | local share, initial | local share, trained | local share, change |\n"
+            "|---|---|---|---|---|\n"
+            "| 4 | 0.500 ± 0.141 | 0.150 ± 0.000 | 0.400 ± 0.141 | 0.200 ± 0.000 |\n"
+            "| 16 | 0.900 | - | - | - |\n\n") in text
+    assert "| 8 |" not in text.split("| patch_size | moved |", 1)[1].split("\n\n", 1)[0]
+
+
+def test_a_grid_without_logged_first_layers_has_no_such_table(tmp_path):
+    text = markdown_of(write_activation_runs(tmp_path, [("relu", [0.6]), ("tanh", [0.5])]))
+    assert "The first layer against its random initialisation" not in text and "| moved |" not in text
 
 
 def test_a_grid_names_its_completed_runs_that_ended_no_better_than_guessing(tmp_path):

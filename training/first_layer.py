@@ -20,12 +20,13 @@ import torch
 from .persistence import finite_or_none
 
 LOCAL_WINDOW = 3  # patches on a side: the span of a 3x3 convolution, counted in patches
-MEASURES = {  # each measure's name in words, what it is the share of, and values to read it against
+MEASURES = {  # each measure's name in words, what it is the share of, values to read it against, and when it has none
     "colour_share": ("colour share", "the share of each kernel's squared weight off its channel average",
-                     "0 for a kernel that sees brightness only, about 2/3 for random weights"),
+                     "0 for a kernel that sees brightness only, about 2/3 for random weights",
+                     "a weight that was not finite"),
     "local_share": ("local share", f"the share of each unit's squared weight within the {LOCAL_WINDOW}x{LOCAL_WINDOW} "
                     "patches centred on its largest weight", f"1 for a unit as local as a {LOCAL_WINDOW}x{LOCAL_WINDOW} "
-                    "convolution"),
+                    "convolution", f"a grid of {LOCAL_WINDOW}x{LOCAL_WINDOW} patches or fewer, all within that window"),
 }
 
 
