@@ -1,7 +1,8 @@
 """The report's section of a grid study (its rankings, fit, runs at chance, coverage, cost, and from
 ``weight_sections`` an MLP's hidden units and the pictured first layer), and the pieces that a search's section
-(``search_sections``) shares: the runs' table and the sentences about outcomes and epochs. Figures, tables and sentences are computed from each run's ``results.json`` and ``trial.json``, so that
-every sentence states what the logs show."""
+(``search_sections``) shares: the runs' table and the sentences about outcomes and epochs. Figures, tables and
+sentences are computed from each run's ``results.json`` and ``trial.json``, so that every sentence states what the
+logs show."""
 import os
 
 from training.errors import counted

@@ -31,7 +31,8 @@ def hidden_unit_block(section, study_name, groups, setting):
             values = {key: [measures[key] for measures in column]
                       for key in ("mean_derivative", "flat_share", "units_always_flat")}
             rows.append([name, index + 1, fmt(layer["units"])] + [mean_std(listed, 3) for listed in values.values()])
-            means.setdefault(name, []).append((mean_or_none(values["mean_derivative"]), mean_or_none(values["flat_share"])))
+            means.setdefault(name, []).append((mean_or_none(values["mean_derivative"]),
+                                               mean_or_none(values["flat_share"])))
     section.table([setting, "hidden layer", "units", "mean derivative", "flat share", "units always flat"], rows)
     title = f"{study_name}: hidden units after the last epoch, by layer"
     section.figure(f"{study_name}_hidden_units.png",
@@ -60,11 +61,11 @@ def first_layer_block(section, groups, label):
     header, stages = [label, "moved"], ()
     measure = next((stats["measure"] for stats in every if stats["measure"] in MEASURES), None)
     if measure:
-        name, definition, reference, missing_when = MEASURES[measure]
+        measure_name, definition, reference, missing_when = MEASURES[measure]
         stages = ("initial", "trained", "change")
-        header += [f"{name}, {stage}" for stage in stages]
-        text += (f" {name.capitalize()}: {definition} ({reference}), of the initial weights, of the trained ones and "
-                 "of the change between them")
+        header += [f"{measure_name}, {stage}" for stage in stages]
+        text += (f" {measure_name.capitalize()}: {definition} ({reference}), of the initial weights, of the trained "
+                 "ones and of the change between them")
         text += (f"; a dash where there is none ({missing_when})." if any(stats["trained"] is None for stats in every)
                  else ".")
     section.text(text)

@@ -24,9 +24,10 @@ MEASURES = {  # each measure's name in words, what it is the share of, values to
     "colour_share": ("colour share", "the share of each kernel's squared weight off its channel average",
                      "0 for a kernel that sees brightness only, about 2/3 for random weights",
                      "a weight that was not finite"),
-    "local_share": ("local share", f"the share of each unit's squared weight within the {LOCAL_WINDOW}x{LOCAL_WINDOW} "
-                    "patches centred on its largest weight", f"1 for a unit as local as a {LOCAL_WINDOW}x{LOCAL_WINDOW} "
-                    "convolution", f"a grid of {LOCAL_WINDOW}x{LOCAL_WINDOW} patches or fewer, all within that window"),
+    "local_share": ("local share",
+                    f"the share of each unit's squared weight within the {LOCAL_WINDOW}x{LOCAL_WINDOW} patches centred "
+                    "on its largest weight", f"1 for a unit as local as a {LOCAL_WINDOW}x{LOCAL_WINDOW} convolution",
+                    f"a grid of {LOCAL_WINDOW}x{LOCAL_WINDOW} patches or fewer, all within that window"),
 }
 
 
@@ -38,8 +39,9 @@ def pictured_layer(model):
         return "conv1.weight", model.conv1.weight, "colour_share", colour_share
     if hasattr(model, "blocks"):  # MLP-Mixer: [tokens_dim, num_patches]
         grid_size = model.patchemb.grid_size
-        return ("blocks.0.mlp_tokens.fc1.weight", model.blocks[0].mlp_tokens.fc1.weight,
-                "local_share" if grid_size > LOCAL_WINDOW else None, functools.partial(local_share, grid_size=grid_size))
+        measure = "local_share" if grid_size > LOCAL_WINDOW else None
+        return ("blocks.0.mlp_tokens.fc1.weight", model.blocks[0].mlp_tokens.fc1.weight, measure,
+                functools.partial(local_share, grid_size=grid_size))
     return None
 
 
@@ -96,10 +98,11 @@ def first_layer_statistics(model, initial):
 
 def summary_line(stats):
     """``first_layer_statistics``' result in one line for the console."""
-    line = f"first layer ({stats['weight']}, {stats['units']} units): moved {_shown(stats['moved'])} of its initial norm"
+    line = (f"first layer ({stats['weight']}, {stats['units']} units): moved {_shown(stats['moved'])} of its "
+            "initial norm")
     if stats["measure"]:
-        line += (f"; {MEASURES[stats['measure']][1]}: {_shown(stats['trained'])} (initially {_shown(stats['initial'])}, "
-                 f"of the change {_shown(stats['change'])})")
+        line += (f"; {MEASURES[stats['measure']][1]}: {_shown(stats['trained'])} (initially "
+                 f"{_shown(stats['initial'])}, of the change {_shown(stats['change'])})")
     return line
 
 
