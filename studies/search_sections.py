@@ -1,6 +1,6 @@
 """The report's section of a search study: its space, its trials and their outcomes, the best configuration's
-final runs with their test accuracy and full hyperparameters, and the best model's first-layer pictures (for the
-MLP-Mixer, set beside the ResNet18's kernels)."""
+final runs with their test accuracy and full hyperparameters, and the best model's first-layer pictures with how far
+training moved them from their initialisation (for the MLP-Mixer, set beside the ResNet18's kernels)."""
 import os
 
 from matplotlib.image import imread
