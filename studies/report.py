@@ -30,6 +30,10 @@ def _string(value):
     return isinstance(value, str)
 
 
+def _boolean(value):
+    return isinstance(value, bool)
+
+
 def _or_null(fits):
     return lambda value: value is None or fits(value)
 
@@ -65,6 +69,8 @@ RESULTS_SHAPES = {
         derivative_peak=_number, flat_below=_number, images=_whole,
         layers=_list_of(_object_with(units=_whole, mean_derivative=_or_null(_number), flat_share=_number,
                                      units_always_flat=_number))))),
+    "code_version": ("an object of a commit and whether it was modified", _or_null(_object_with(
+        commit=_string, modified=_or_null(_boolean)))),
     "first_layer": ("an object of first-layer measures", _or_null(_object_with(
         weight=_string, units=_whole, measure=_or_null(_string),
         **{key: _or_null(_number) for key in ("moved", "initial", "trained", "change")}))),
@@ -129,6 +135,15 @@ def provenance(all_runs):
         values = sorted({str(get(run["results"])) for run in all_runs if run["results"]})
         return separator.join(values) or "none logged yet"
 
+    def code(results):
+        if "code_version" not in results:
+            return "not logged"
+        version = results["code_version"]
+        if version is None:
+            return "not a git checkout"
+        return f"git commit {version['commit'][:12]}" + {
+            True: " with modified tracked files", False: "", None: " (modifications unknown)"}[version["modified"]]
+
     def data(results):
         return (f"{results.get('data', {}).get('dir', 'unknown folder')} (test images SHA-1 "
                 f"{results.get('data', {}).get('test_images_sha1', 'not logged')})")
@@ -136,6 +151,7 @@ def provenance(all_runs):
     return [f"Report generated {generated} from {counted(len(all_runs), 'run')}.",
             f"Devices: {listed(lambda r: r.get('device_name'), '; ')}.",
             f"PyTorch: {listed(lambda r: r.get('torch_version'))}.",
+            f"Code: {listed(code, '; ')}.",
             f"Precision: {listed(lambda r: r.get('args', {}).get('precision', 'not logged'))}.",
             f"Data: {listed(data, '; ')}.",
             f"Split: {listed(_describe_split, '; ')}."]

@@ -341,6 +341,19 @@ def test_a_grid_without_logged_first_layers_has_no_such_table(tmp_path):
     assert "The first layer against its random initialisation" not in text and "| moved |" not in text
 
 
+def test_the_header_names_the_code_each_run_trained_with(tmp_path):
+    out = str(tmp_path / "runs")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    versions = {"relu": {"commit": commit, "modified": False}, "tanh": {"commit": commit, "modified": True},
+                "sigmoid": None}
+    for activation, version in versions.items():
+        write_run(out, "mlp_activation", f"activation-{activation}_seed-42", {"activation": activation}, [0.2, 0.5],
+                  logged={"code_version": version})
+    write_run(out, "mlp_activation", "activation-relu_seed-43", {"activation": "relu"}, [0.2, 0.5], seed=43)  # older
+    assert ("- Code: git commit 0123456789ab; git commit 0123456789ab with modified tracked files; not a git "
+            "checkout; not logged.\n") in markdown_of(out)
+
+
 def test_a_grid_names_its_completed_runs_that_ended_no_better_than_guessing(tmp_path):
     out = str(tmp_path / "runs")
     for lr, final in ((0.1, 0.0998), (0.01, 0.1101), (0.001, 0.8)):

@@ -16,6 +16,7 @@ import main
 from utils import compute_accuracy
 from training import engine
 from training.augmentation import AUGMENTATIONS, MIXES
+from training.code_version import code_version
 from training.first_layer import colour_share, local_share
 from training.optim import SCHEDULES
 from helpers import ROOT, read_results
@@ -73,6 +74,7 @@ def test_each_model_trains_and_writes_results(model, run_args, tmp_path, capsys,
     assert results["status"] == "completed" and results["epochs_completed"] == epochs
     assert results["split"] == {"train": 100, "valid": 20, "test": 30, "disjoint": True}
     assert results["args"]["model"] == model and results["seed"] == 42 and results["device"] == "cpu"
+    assert results["code_version"] == code_version()  # this checkout's commit (None in a folder that is none)
     assert results["num_params"] > 0 and len(results["train_seconds"]) == epochs
     assert sum(results["train_seconds"]) + sum(results["valid_seconds"]) < wall
     assert results["train_images_per_second"] == [pytest.approx(100 / s) for s in results["train_seconds"]]

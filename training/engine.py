@@ -16,6 +16,7 @@ from utils import cross_entropy_loss, seed_experiment
 
 from . import first_layer, hidden_units, persistence
 from .cifar10 import load_cifar10, split_train_valid
+from .code_version import code_version
 from .devices import describe_device, device_identity, precision_hint, resolve_device, resolve_fast_path
 from .errors import UserError, counted
 from .models import build_model, count_parameters, load_model_config
@@ -253,7 +254,8 @@ def _fit(args, on_epoch, test, held):
         "args": {key: (str(value) if isinstance(value, torch.device) else value) for key, value in vars(args).items()},
         "seed": args.seed, "device": device.type, "device_name": describe_device(device),
         "host": socket.gethostname(), "device_id": device_identity(device),
-        "torch_version": torch.__version__, "pipeline": args.pipeline, "num_params": count_parameters(model),
+        "torch_version": torch.__version__, "code_version": code_version(), "pipeline": args.pipeline,
+        "num_params": count_parameters(model),
         "data": {"dir": os.path.abspath(args.data_dir), "test_images_sha1": data_sha1},
         "split": {"train": len(train_index), "valid": len(valid_index), "test": len(data.test_labels),
                   "disjoint": True},
