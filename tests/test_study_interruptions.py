@@ -21,6 +21,13 @@ from studies.__main__ import main as studies_main
 TAKEN_OVER = "a run whose worker dies is taken over, after 3 minutes without word from it if it ran on another host"
 
 
+def stand_in_for_the_workers_wait(monkeypatch, seconds, wait):
+    """``time.sleep`` calls ``wait`` for the worker's waits of ``seconds``; other sleeps, such as subprocess's short
+    polls while a run asks git for its code version, sleep as before."""
+    real_sleep = time.sleep
+    monkeypatch.setattr(time, "sleep", lambda slept: wait(slept) if slept == seconds else real_sleep(slept))
+
+
 def test_a_killed_study_resumes_its_run_from_the_checkpoint(study_args, tmp_path, capsys):
     out = str(tmp_path / "out")
     argv = study_args("mlp_activation", "--values", "relu", epochs=60)
@@ -191,7 +198,7 @@ def test_a_worker_waits_while_a_run_declared_lost_still_writes_its_folder_then_r
         return fit(args, **kwargs)
     monkeypatch.setattr(study_worker, "fit", busy_at_first)
     waits = []
-    monkeypatch.setattr(time, "sleep", waits.append)
+    stand_in_for_the_workers_wait(monkeypatch, study_worker.LOGDIR_POLL_SECONDS, waits.append)
     assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
     out = capsys.readouterr().out
     assert out.count("is being written by another run (pid 1 on elsewhere): waiting for it to stop at the end of its "
@@ -288,7 +295,7 @@ def test_a_worker_with_nothing_to_claim_waits_and_takes_over_the_run_of_a_worker
         waits.append(seconds)
         other_worker.kill()  # its process now gone, its run is lost: the waiting worker takes it over
         real_sleep(0.1)
-    monkeypatch.setattr(time, "sleep", wait_while_the_other_worker_dies)
+    stand_in_for_the_workers_wait(monkeypatch, study_worker.POLL_SECONDS, wait_while_the_other_worker_dies)
     try:
         assert studies_main(study_args("mlp_activation", "--values", "relu", "tanh")) == 0
     finally:
