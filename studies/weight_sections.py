@@ -7,13 +7,18 @@ from . import figures
 from .run_values import completed_runs, fmt, mean_or_none, mean_std
 
 
+def _logged(groups, key):
+    """Each group's values of ``key`` in the ``results.json`` of its completed runs that have one (an older version's
+    logs have none), leaving out the groups without any."""
+    logged = {name: [run["results"][key] for run in completed_runs(members) if run["results"].get(key)]
+              for name, members in groups.items()}
+    return {name: values for name, values in logged.items() if values}
+
+
 def hidden_unit_block(section, study_name, groups, setting):
     """What an MLP's hidden units let through their activation after training (``training.hidden_units``), by
     setting and layer: the logs' evidence of why one activation trains better than another."""
-    measured = {name: [run["results"]["hidden_units"] for run in completed_runs(members)
-                       if run["results"].get("hidden_units")]  # none in an older version's logs
-                for name, members in groups.items()}
-    measured = {name: stats for name, stats in measured.items() if stats}
+    measured = _logged(groups, "hidden_units")
     if not measured:
         return
     first = next(iter(measured.values()))[0]
@@ -44,10 +49,7 @@ def first_layer_block(section, groups, label):
     """How far training moved the first layer that Problem 4 pictures from its random initialisation, and the
     model's measure of it before and after, for each of ``groups`` (a name, in the column ``label``: its runs, of
     which those that completed count)."""
-    logged = {name: [run["results"]["first_layer"] for run in completed_runs(members)
-                     if run["results"].get("first_layer")]  # none for an MLP, nor in an older version's logs
-              for name, members in groups.items()}
-    logged = {name: stats for name, stats in logged.items() if stats}
+    logged = _logged(groups, "first_layer")  # none for an MLP
     if not logged:
         return
     every = [stats for listed in logged.values() for stats in listed]
