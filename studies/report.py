@@ -140,7 +140,7 @@ def provenance(all_runs):
             return "not logged"
         version = results["code_version"]
         if version is None:
-            return "not a git checkout"
+            return "no git commit (not in a checkout, or git missing)"
         return f"git commit {version['commit'][:12]}" + {
             True: " with modified tracked files", False: "", None: " (modifications unknown)"}[version["modified"]]
 

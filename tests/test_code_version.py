@@ -36,6 +36,24 @@ def test_a_checkout_gives_its_commit_and_whether_a_tracked_file_was_modified(che
     assert code_version() == {"commit": head, "modified": True}
 
 
+def test_a_package_inside_a_larger_repository_counts_only_its_own_files_as_modified(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    course = tmp_path / "course"  # a course repository that holds the package in a folder of its own
+    package = course / "assignment2"
+    package.mkdir(parents=True)
+    (course / "notes.md").write_text("notes\n")
+    (package / "mlp.py").write_text("x = 1\n")
+    for command in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "first"]):
+        subprocess.run(GIT + ["-C", str(course)] + command, check=True)
+    monkeypatch.setattr(version_module, "PACKAGE_ROOT", str(package))
+    head = subprocess.run(["git", "-C", str(course), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    (course / "notes.md").write_text("notes edited\n")  # outside the package: its code is still the commit's
+    assert code_version() == {"commit": head, "modified": False}
+    (package / "mlp.py").write_text("x = 2\n")
+    assert code_version() == {"commit": head, "modified": True}
+
+
 def test_a_folder_that_is_no_checkout_has_no_version(tmp_path, monkeypatch):
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
     monkeypatch.setattr(version_module, "PACKAGE_ROOT", str(tmp_path))

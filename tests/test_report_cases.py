@@ -350,8 +350,8 @@ def test_the_header_names_the_code_each_run_trained_with(tmp_path):
         write_run(out, "mlp_activation", f"activation-{activation}_seed-42", {"activation": activation}, [0.2, 0.5],
                   logged={"code_version": version})
     write_run(out, "mlp_activation", "activation-relu_seed-43", {"activation": "relu"}, [0.2, 0.5], seed=43)  # older
-    assert ("- Code: git commit 0123456789ab; git commit 0123456789ab with modified tracked files; not a git "
-            "checkout; not logged.\n") in markdown_of(out)
+    assert ("- Code: git commit 0123456789ab; git commit 0123456789ab with modified tracked files; no git commit "
+            "(not in a checkout, or git missing); not logged.\n") in markdown_of(out)
 
 
 def test_a_grid_names_its_completed_runs_that_ended_no_better_than_guessing(tmp_path):

@@ -1,5 +1,7 @@
 """Which version of this package's code a run trained with: the git commit of the checkout it runs from, and
-whether tracked files differ from it (a graded file edited since), so that a result can be traced to its code."""
+whether tracked files of the package differ from it (a graded file edited since), so that a result can be traced to
+its code. The package may be a folder inside a larger repository (a course's own): then the commit is that
+repository's, and only the package's folder counts as modified."""
 import os
 import subprocess
 
@@ -18,11 +20,11 @@ def _git(*args):
 
 
 def code_version():
-    """``{"commit", "modified"}``: the commit checked out, and whether a tracked file differs from it (None where git
-    could not say; files git does not track, such as runs and data, do not count); None where the package is not a
-    git checkout (a downloaded archive) or git is not installed."""
+    """``{"commit", "modified"}``: the commit checked out, and whether a tracked file in the package's folder differs
+    from it (None where git could not say; files git does not track, such as runs and data, do not count); None where
+    the package is not in a git checkout (a downloaded archive) or git is not installed."""
     commit = _git("rev-parse", "HEAD")
     if not commit:
         return None
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".")
     return {"commit": commit, "modified": None if status is None else bool(status)}
