@@ -54,6 +54,18 @@ def _list_of(fits):
     return lambda value: isinstance(value, list) and all(map(fits, value))
 
 
+def _count(value):
+    return _whole(value) and value >= 0
+
+
+def _confusion(value):
+    """Class names and a count of test images for each pair of true and predicted class: one row and one column per
+    class."""
+    return (_object_with(classes=_list_of(_string), counts=_list_of(_list_of(_count)))(value)
+            and len(value["counts"]) == len(value["classes"])
+            and all(len(row) == len(value["classes"]) for row in value["counts"]))
+
+
 # the values that the report computes with, as the runs write them (null: a value that was not finite, or none yet)
 RESULTS_SHAPES = {
     **{key: ("a list of numbers or nulls", _list_of(_or_null(_number)))
@@ -71,6 +83,8 @@ RESULTS_SHAPES = {
                                      units_always_flat=_number))))),
     "code_version": ("an object of a commit and whether it was modified", _or_null(_object_with(
         commit=_string, modified=_or_null(_boolean)))),
+    "test_confusion": ("an object of class names and a square count of test images per class pair",
+                       _or_null(_confusion)),
     "first_layer": ("an object of first-layer measures", _or_null(_object_with(
         weight=_string, units=_whole, measure=_or_null(_string),
         **{key: _or_null(_number) for key in ("moved", "initial", "trained", "change")}))),

@@ -1,5 +1,5 @@
 """How the report reads a run's values and writes them: numbers as text, means over seeds, the runs that
-completed, a run's last validation accuracy and its seconds per epoch."""
+completed, the values they logged, a run's last validation accuracy and its seconds per epoch."""
 import statistics
 
 
@@ -35,6 +35,14 @@ def epoch_seconds(results):
 
 def completed_runs(runs):
     return [run for run in runs if (run["trial"] or {}).get("outcome") == "completed"]
+
+
+def logged_values(groups, key):
+    """Each group's values of ``key`` in the ``results.json`` of its completed runs that have one (an older version's
+    logs have none), leaving out the groups without any."""
+    logged = {name: [run["results"][key] for run in completed_runs(members) if run["results"].get(key)]
+              for name, members in groups.items()}
+    return {name: values for name, values in logged.items() if values}
 
 
 def final_valid_acc(run):

@@ -1,5 +1,6 @@
-"""The report's section of a grid study (its rankings, fit, runs at chance, coverage, cost, and from
-``weight_sections`` an MLP's hidden units and the pictured first layer), and the pieces that a search's section
+"""The report's section of a grid study (its rankings, fit, runs at chance, coverage, cost, and
+test accuracy by class from ``class_sections``, an MLP's hidden units and the pictured first layer from
+``weight_sections``), and the pieces that a search's section
 (``search_sections``) shares: the runs' table and the sentences about outcomes and epochs. Figures, tables and
 sentences are computed from each run's ``results.json`` and ``trial.json``, so that every sentence states what the
 logs show."""
@@ -11,6 +12,7 @@ from . import figures
 from .overlap import shared_processor_sentence
 from .render import Section
 from .run_values import completed_runs, epoch_seconds, final_valid_acc, fmt, mean_or_none, mean_std
+from .class_sections import class_accuracy_block
 from .weight_sections import first_layer_block, hidden_unit_block
 from .worker import TRIAL_FILE
 
@@ -259,6 +261,7 @@ def grid_section(study, runs, shared):
     section.pdf_page(figures.curves_page(groups, f"{study.name}: {lines_are}", legend_title=setting))
     if study.name == "mlpmixer_patch":
         _cost_block(section, groups, setting)
+    class_accuracy_block(section, groups, setting)
     hidden_unit_block(section, study.name, groups, setting)
     first_layer_block(section, groups, setting)
     return section

@@ -4,21 +4,13 @@ an MLP's hidden units (``training.hidden_units``), and the first layer that Prob
 from training.first_layer import MEASURES
 
 from . import figures
-from .run_values import completed_runs, fmt, mean_or_none, mean_std
-
-
-def _logged(groups, key):
-    """Each group's values of ``key`` in the ``results.json`` of its completed runs that have one (an older version's
-    logs have none), leaving out the groups without any."""
-    logged = {name: [run["results"][key] for run in completed_runs(members) if run["results"].get(key)]
-              for name, members in groups.items()}
-    return {name: values for name, values in logged.items() if values}
+from .run_values import fmt, logged_values, mean_or_none, mean_std
 
 
 def hidden_unit_block(section, study_name, groups, setting):
     """What an MLP's hidden units let through their activation after training (``training.hidden_units``), by
     setting and layer: the logs' evidence of why one activation trains better than another."""
-    measured = _logged(groups, "hidden_units")
+    measured = logged_values(groups, "hidden_units")
     if not measured:
         return
     first = next(iter(measured.values()))[0]
@@ -49,7 +41,7 @@ def first_layer_block(section, groups, label):
     """How far training moved the first layer that Problem 4 pictures from its random initialisation, and the
     model's measure of it before and after, for each of ``groups`` (a name, in the column ``label``: its runs, of
     which those that completed count)."""
-    logged = _logged(groups, "first_layer")  # none for an MLP
+    logged = logged_values(groups, "first_layer")  # none for an MLP
     if not logged:
         return
     every = [stats for listed in logged.values() for stats in listed]

@@ -1,6 +1,6 @@
-"""Helpers of the tests: the backend on which they compile, reading a run's results.json strictly, reading a
-study back, workers that claim jobs without training, a standard output that keeps only what was flushed, and a
-process whose writes the kernel refuses."""
+"""Helpers of the tests: the backend on which they compile, reading a run's results.json strictly, scripting the
+validation accuracies that runs log, reading a study back, workers that claim jobs without training, a standard
+output that keeps only what was flushed, and a process whose writes the kernel refuses."""
 import io
 import json
 import multiprocessing
@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from studies.scheduler import Claimer
 from studies.storage import close_storage, open_storage
+from training import engine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,6 +27,17 @@ def read_results(logdir):
     """A run's results.json, failing on the non-strict constants (NaN, Infinity) that JSON does not allow."""
     with open(os.path.join(logdir, "results.json")) as f:
         return json.loads(f.read(), parse_constant=lambda name: pytest.fail(f"non-strict JSON constant {name}"))
+
+
+def script_validation_accuracies(monkeypatch, accuracies):
+    """Each validation that runs evaluate from now on reports the next of ``accuracies`` (in the order the epochs
+    end), its loss computed as ever; the test evaluation is left as it is."""
+    evaluate, scripted = engine.evaluate, iter(accuracies)
+
+    def evaluate_with_scripted_accuracy(*args, mode="val", **kwargs):
+        loss, accuracy, seconds = evaluate(*args, mode=mode, **kwargs)
+        return loss, next(scripted) if mode == "val" else accuracy, seconds
+    monkeypatch.setattr(engine, "evaluate", evaluate_with_scripted_accuracy)
 
 
 def with_file_size_limit(script, limit):

@@ -9,6 +9,7 @@ from matplotlib.image import imsave
 
 from studies import report
 from studies.report import build_report
+from training.cifar10 import CLASS_NAMES
 
 DEVICE = "NVIDIA H100 80GB HBM3"
 
@@ -47,12 +48,24 @@ FIRST_LAYERS = {  # each model's first_layer as a run logs it
 }
 
 
+def logged_confusion(correct, taken_for=(), per_class=1000):
+    """``test_confusion`` as a run logs it: of each class's ``per_class`` test images, ``correct[k]`` predicted as
+    class k and the rest as the class that ``taken_for`` (pairs of class numbers) names for it, else the next one."""
+    counts = [[0] * len(CLASS_NAMES) for _ in CLASS_NAMES]
+    instead = dict(taken_for)
+    for k, right in enumerate(correct):
+        counts[k][k] = right
+        counts[k][instead.get(k, (k + 1) % len(CLASS_NAMES))] += per_class - right
+    return {"classes": list(CLASS_NAMES), "counts": counts}
+
+
 def write_fixture_logs(out):
     """Logs of every study: grids with two seeds, a diverged run, searches with a pruned trial and final runs."""
     for activation, base in (("relu", 0.50), ("tanh", 0.45), ("sigmoid", 0.40)):
         for seed, shift in ((42, 0.0), (43, 0.02)):
             write_run(out, "mlp_activation", f"activation-{activation}_seed-{seed}", {"activation": activation},
-                      [base - 0.1, base + shift], seed=seed, test_acc=base, args={"epochs": 15})
+                      [base - 0.1, base + shift], seed=seed, test_acc=base, args={"epochs": 15},
+                      logged={"test_confusion": logged_confusion([int(base * 1000)] * 10)})
     for lr, acc in ((0.1, None), (0.001, 0.80), (0.0001, 0.70)):
         write_run(out, "resnet18_lr", f"lr-{lr}_seed-42", {"optimizer": "adam", "lr": lr},
                   [0.1] if acc is None else [acc - 0.2, acc], outcome="diverged" if acc is None else "completed",
@@ -68,7 +81,8 @@ def write_fixture_logs(out):
         write_run(out, study, "trial-0001", {**best, "lr": 0.3}, [0.2], role="search", outcome="pruned", trial=1)
         final = write_run(out, study, "final_seed-43", best, [0.8, 0.88], role="final", seed=43, trial=2,
                           source_trial=0, test_acc=0.93, args={**best, "momentum": 0.9, "seed": 43},
-                          model_config={"num_classes": 10}, logged={"first_layer": FIRST_LAYERS[model]})
+                          model_config={"num_classes": 10},
+                          logged={"first_layer": FIRST_LAYERS[model], "test_confusion": logged_confusion([930] * 10)})
         imsave(os.path.join(final, picture), np.random.default_rng(0).random((40, 40, 3)))
     return out
 

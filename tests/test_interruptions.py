@@ -18,8 +18,8 @@ from helpers import ROOT, read_results, with_file_size_limit
 from training import engine, persistence
 
 METRICS = ("train_losses", "valid_losses", "train_accs", "valid_accs", "test_loss", "test_acc", "status",
-           "epochs_completed", "best_valid_acc", "best_epoch", "num_params", "model_config", "hidden_units",
-           "first_layer")  # a resumed run rebuilds the initial first layer from its seed
+           "epochs_completed", "best_valid_acc", "best_epoch", "num_params", "model_config", "test_confusion",
+           "hidden_units", "first_layer")  # a resumed run rebuilds the initial first layer from its seed
 
 
 def _interrupt_at(monkeypatch, epoch_to_stop):
@@ -111,10 +111,10 @@ def test_an_interrupt_during_the_test_evaluation_marks_the_run_interrupted_and_r
     logdir = str(tmp_path / "run")
     real_evaluate = engine.evaluate
 
-    def evaluate(epoch, model, dataloader, args, mode="val"):
+    def evaluate(epoch, model, dataloader, args, mode="val", **kwargs):
         if mode == "test":
             raise KeyboardInterrupt
-        return real_evaluate(epoch, model, dataloader, args, mode)
+        return real_evaluate(epoch, model, dataloader, args, mode, **kwargs)
     monkeypatch.setattr(engine, "evaluate", evaluate)
     assert main.main(run_args("mlp", "--logdir", logdir, epochs=2)) == 130
     results = read_results(logdir)

@@ -46,6 +46,10 @@ def test_report_has_every_study_figure_and_table(fixture_report):
     assert ("![parameters, seconds per training epoch and images per second against patch_size]"
             "(mlpmixer_patch_cost.png)\n\n*parameters, seconds per training epoch and images per second against "
             "patch_size*\n") in text  # each picture with its caption, as alt text and in view below it
+    sections = dict(re.findall(r"^## (\w+):(.*?)(?=^## |\Z)", text, flags=re.M | re.S))
+    for study, label in (("mlp_activation", "activation"), ("resnet18_best", "final run"),
+                         ("mlpmixer_best", "final run")):  # the studies whose fixture runs logged their confusion
+        assert f"| {label} | airplane | automobile | bird | cat |" in sections[study], study
     for image in re.findall(r"\]\((\S+\.png)\)", text):
         assert os.path.getsize(os.path.join(report_dir, image)) > 1000
     with open(pdf_path, "rb") as f:

@@ -59,6 +59,12 @@ def _set_value(path, key, value):
      "'hidden_units' is not an object of hidden-layer measures: {\"activation\": \"relu\", \"derivative_peak\""),
     ("results.json", "first_layer", {"weight": "conv1.weight", "units": 64, "measure": None, "moved": "0.5"},
      "'first_layer' is not an object of first-layer measures: {\"weight\": \"conv1.weight\", \"units\": 64, "),
+    ("results.json", "test_confusion", {"classes": ["cat", "dog"], "counts": [[3, 1], [2]]},
+     "'test_confusion' is not an object of class names and a square count of test images per class pair: "
+     "{\"classes\": [\"cat\", \"dog\"], \"counts\": [["),
+    ("results.json", "test_confusion", {"classes": ["cat"], "counts": [[-1]]},
+     "'test_confusion' is not an object of class names and a square count of test images per class pair: "
+     "{\"classes\": [\"cat\"], \"counts\": [[-1]]}"),
     ("results.json", "code_version", {"commit": "abc", "modified": "no"},
      "'code_version' is not an object of a commit and whether it was modified: "
      "{\"commit\": \"abc\", \"modified\": \"no\"}"),
@@ -82,7 +88,7 @@ def test_a_run_file_with_a_value_the_report_cannot_compute_with_is_named_as_unre
 
 @pytest.mark.parametrize("key, value", [("epochs_completed", None), ("test_acc", None), ("best_epoch", None),
                                         ("valid_losses", [None, 1.0]), ("device_name", 7), ("args", {}),
-                                        ("hidden_units", None), ("first_layer", None),
+                                        ("hidden_units", None), ("first_layer", None), ("test_confusion", None),
                                         ("code_version", None)])
 def test_the_values_a_run_writes_as_null_or_the_report_only_shows_are_read(key, value, tmp_path):
     folder = write_run(str(tmp_path), "mlp_activation", "activation-relu_seed-42", {"activation": "relu"}, [0.5, 0.6])

@@ -14,12 +14,13 @@ import torch
 
 import main
 from utils import compute_accuracy
-from training import engine
+from training import class_accuracy, engine
 from training.augmentation import AUGMENTATIONS, MIXES
+from training.cifar10 import CLASS_NAMES
 from training.code_version import code_version
 from training.first_layer import colour_share, local_share
 from training.optim import SCHEDULES
-from helpers import ROOT, read_results
+from helpers import ROOT, read_results, script_validation_accuracies
 
 # each model's measure of its pictured first layer; the tiny MLP-Mixer's 8x8 patches make a 4x4 grid of 32x32 pixels
 FIRST_LAYER_MEASURES = {"resnet18": colour_share, "mlpmixer": lambda units: local_share(units, grid_size=4)}
@@ -75,6 +76,9 @@ def test_each_model_trains_and_writes_results(model, run_args, tmp_path, capsys,
     assert results["split"] == {"train": 100, "valid": 20, "test": 30, "disjoint": True}
     assert results["args"]["model"] == model and results["seed"] == 42 and results["device"] == "cpu"
     assert results["code_version"] == code_version()  # this checkout's commit (None in a folder that is none)
+    confusion = results["test_confusion"]  # its diagonal is what the test accuracy counts
+    assert confusion["classes"] == list(CLASS_NAMES) and sum(map(sum, confusion["counts"])) == 30
+    assert sum(confusion["counts"][k][k] for k in range(10)) / 30 == pytest.approx(results["test_acc"])
     assert results["num_params"] > 0 and len(results["train_seconds"]) == epochs
     assert sum(results["train_seconds"]) + sum(results["valid_seconds"]) < wall
     assert results["train_images_per_second"] == [pytest.approx(100 / s) for s in results["train_seconds"]]
@@ -94,6 +98,7 @@ def test_each_model_trains_and_writes_results(model, run_args, tmp_path, capsys,
     assert "train loss" in out and "img/s" in out and "test accuracy" in out
     assert ("\nhidden layers (relu) on 20 validation images: mean derivative " in out) == (model == "mlp")
     assert ("\nfirst layer (" in out) == (model != "mlp")
+    assert "\ntest accuracy by class: airplane " in out
     rows = [line.split(" | ") for line in out.splitlines() if line.count(" | ") == 6][1:]  # under the header
     assert [int(row[0]) for row in rows] == list(range(1, epochs + 1))
     assert [float(row[4]) for row in rows] == [round(accuracy, 4) for accuracy in results["valid_accs"]]
@@ -247,6 +252,10 @@ def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror(fake_data_dir
     loss, accuracy, _ = engine.evaluate(1, model, loader, args)
     assert loss == pytest.approx(cross_entropy_loss(logits, labels).item(), rel=1e-5)
     assert accuracy == pytest.approx((logits.argmax(1) == labels).float().mean().item())
+    confusion = class_accuracy.new_confusion("cpu")  # counts the averaged logits' predictions
+    assert engine.evaluate(1, model, loader, args, confusion=confusion)[:2] == (loss, accuracy)
+    assert confusion.sum() == len(labels) and confusion.trace() == (logits.argmax(1) == labels).sum()
+    assert confusion[labels[0], logits[0].argmax()] > 0
     plain = argparse.Namespace(device=torch.device("cpu"), no_progress=True)
     plain_loss, _, _ = engine.evaluate(1, model, loader, plain)
     assert plain_loss != pytest.approx(loss, rel=1e-5)
@@ -270,6 +279,7 @@ def test_on_epoch_can_stop_a_run_and_test_can_be_left_out(run_args, tmp_path):
     args = get_config_parser().parse_args(run_args("mlp", "--logdir", str(tmp_path / "untested"), epochs=1))
     results = engine.fit(args, test=False)
     assert results["status"] == "completed" and results["test_acc"] is None and results["test_loss"] is None
+    assert results["test_confusion"] is None
 
 
 def test_the_command_prints_a_warning_as_one_line(fake_data_dir, tiny_configs):
@@ -329,12 +339,7 @@ def test_a_run_asked_for_cuda_without_it_trains_and_evaluates_on_the_cpu(run_arg
 
 
 def test_the_best_validation_epoch_is_the_highest_not_the_last(run_args, tmp_path, monkeypatch, capsys):
-    evaluate, accuracies = engine.evaluate, iter([0.5, 0.7, 0.6])
-
-    def scripted(epoch, model, dataloader, args, mode="val"):
-        loss, accuracy, seconds = evaluate(epoch, model, dataloader, args, mode)
-        return loss, next(accuracies) if mode == "val" else accuracy, seconds
-    monkeypatch.setattr(engine, "evaluate", scripted)
+    script_validation_accuracies(monkeypatch, [0.5, 0.7, 0.6])
     logdir = str(tmp_path / "run")
     assert main.main(run_args("mlp", "--logdir", logdir, epochs=3)) == 0
     results = read_results(logdir)

@@ -8,7 +8,7 @@ import sys
 import pytest
 from optuna.trial import TrialState
 
-from helpers import jobs_of, load_study, read_json
+from helpers import jobs_of, load_study, read_json, script_validation_accuracies
 from studies import worker as study_worker
 from studies.__main__ import main as studies_main
 from studies.report import load_runs
@@ -51,14 +51,7 @@ def test_grid_values_and_seeds_extend_a_finished_study(study_args, tmp_path):
 
 
 def test_a_run_is_ranked_by_its_last_validation_accuracy_not_its_best(study_args, tmp_path, monkeypatch):
-    from training import engine
-
-    evaluate, accuracies = engine.evaluate, iter([0.5, 0.7, 0.6])
-
-    def scripted(epoch, model, dataloader, args, mode="val"):
-        loss, accuracy, seconds = evaluate(epoch, model, dataloader, args, mode)
-        return loss, next(accuracies) if mode == "val" else accuracy, seconds
-    monkeypatch.setattr(engine, "evaluate", scripted)
+    script_validation_accuracies(monkeypatch, [0.5, 0.7, 0.6])
     assert studies_main(study_args("mlp_activation", "--values", "relu", epochs=3)) == 0
     [trial] = load_study(str(tmp_path / "out"), "mlp_activation").get_trials()
     assert trial.value == 0.6

@@ -7,7 +7,7 @@ import re
 import optuna
 from optuna.trial import TrialState
 
-from helpers import load_study, read_json
+from helpers import load_study, read_json, script_validation_accuracies
 from studies import search as study_search
 from studies import worker as study_worker
 from studies.__main__ import main as studies_main
@@ -30,11 +30,12 @@ def test_search_runs_its_budget_then_retrains_and_tests_the_best(study_args, tmp
     runs = os.path.join(out, "mlpmixer_best", "runs")
     for trial in search:
         results = read_json(os.path.join(runs, trial.user_attrs["run_dir"], "results.json"))
-        assert results["test_acc"] is None and results["seed"] == 42  # no search trial sees the test set
+        assert results["test_acc"] is None and results["test_confusion"] is None  # no search trial sees the test set
+        assert results["seed"] == 42
         assert results["model_config"]["patch_size"] == 4 and results["model_config"]["embed_dim"] == 16
     final_dir = os.path.join(runs, "final_seed-43")  # a fresh seed: with the trials' 42 it would repeat the best
     final_results = read_json(os.path.join(final_dir, "results.json"))
-    assert final_results["test_acc"] is not None and final_results["seed"] == 43
+    assert final_results["test_acc"] is not None and final_results["test_confusion"] and final_results["seed"] == 43
     for setting, value in best.user_attrs["settings"].items():  # the best trial's settings, each of them
         assert final_results["model_config" if setting in ("embed_dim", "num_blocks", "drop_rate", "patch_size")
                              else "args"][setting] == value, setting
@@ -56,16 +57,9 @@ def test_search_runs_its_budget_then_retrains_and_tests_the_best(study_args, tmp
 
 def test_a_search_extended_past_a_better_trial_retrains_that_one_and_reports_only_its_final_runs(
         study_args, tmp_path, monkeypatch, capsys):
-    from training import engine
-
     # the validation accuracy of each run's one epoch, in the order the runs train
-    evaluate, accuracies = engine.evaluate, iter([0.5, 0.6, 0.55,  # trials 0 and 1, then trial 1's final run
-                                                  0.9, 0.85])  # trial 3, better, then its final run
-
-    def scripted(epoch, model, dataloader, args, mode="val"):
-        loss, accuracy, seconds = evaluate(epoch, model, dataloader, args, mode)
-        return loss, next(accuracies) if mode == "val" else accuracy, seconds
-    monkeypatch.setattr(engine, "evaluate", scripted)
+    script_validation_accuracies(monkeypatch, [0.5, 0.6, 0.55,  # trials 0 and 1, then trial 1's final run
+                                               0.9, 0.85])  # trial 3, better, then its final run
     out, tiny = str(tmp_path / "out"), ["--set", "embed_dim=16", "--set", "num_blocks=1"]
     assert studies_main(study_args("mlpmixer_best", "--trials", "2", *tiny)) == 0
     assert capsys.readouterr().out.endswith("study mlpmixer_best: search trials: 2 completed (of 2); final runs: 1 "

@@ -26,6 +26,7 @@ ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_FILE = "test_batch"
 NUM_CLASSES = 10
+CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")  # label order
 IMAGE_SHAPE = (3, 32, 32)
 
 

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from utils import cross_entropy_loss, seed_experiment
 
-from . import first_layer, hidden_units, persistence
+from . import class_accuracy, first_layer, hidden_units, persistence
 from .cifar10 import load_cifar10, split_train_valid
 from .code_version import code_version
 from .devices import describe_device, device_identity, precision_hint, resolve_device, resolve_fast_path
@@ -70,9 +70,10 @@ def train(epoch, model, dataloader, optimizer, args, step=None):
 
 
 @torch.no_grad()
-def evaluate(epoch, model, dataloader, args, mode="val"):
+def evaluate(epoch, model, dataloader, args, mode="val", confusion=None):
     """Mean loss and accuracy of ``model`` over ``dataloader``, without gradients. With ``args.tta``
-    ``flip``, the logits of each image and of its mirror image are averaged.
+    ``flip``, the logits of each image and of its mirror image are averaged. A ``confusion`` count
+    (``class_accuracy.new_confusion``) gets each image added at its label and its prediction.
 
     Returns:
         ``(mean loss, accuracy, seconds)``.
@@ -91,6 +92,8 @@ def evaluate(epoch, model, dataloader, args, mode="val"):
                 logits = 0.5 * (logits.float() + model(images.flip(3)).float())
         loss_sum += cross_entropy_loss(logits, labels) * len(labels)
         correct += correct_count(logits, labels)
+        if confusion is not None:
+            class_accuracy.count_batch(confusion, logits, labels)
         seen += len(labels)
     return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1), time.perf_counter() - start
 
@@ -259,7 +262,7 @@ def _fit(args, on_epoch, test, held):
         "data": {"dir": os.path.abspath(args.data_dir), "test_images_sha1": data_sha1},
         "split": {"train": len(train_index), "valid": len(valid_index), "test": len(data.test_labels),
                   "disjoint": True},
-        "hidden_units": None, "first_layer": None,
+        "test_confusion": None, "hidden_units": None, "first_layer": None,
     }
 
     def record(status, test=(None, None), error=None):
@@ -312,7 +315,10 @@ def _fit(args, on_epoch, test, held):
         if status == "running":
             status = "testing"
             if test:
-                test_loss, test_acc, _ = evaluate(args.epochs, model, loaders["test"], args, mode="test")
+                confusion = class_accuracy.new_confusion(device)
+                test_loss, test_acc, _ = evaluate(args.epochs, model, loaders["test"], args, mode="test",
+                                                  confusion=confusion)
+                results["test_confusion"] = class_accuracy.confusion_record(confusion)
             if args.model == "mlp":  # the evidence for Problem 4's question of why one activation trains best
                 results["hidden_units"] = hidden_units.hidden_unit_statistics(model, loaders["valid"], device)
             if pictured:  # the numbers behind the first-layer pictures that Problem 4 asks to compare
@@ -337,6 +343,8 @@ def _fit(args, on_epoch, test, held):
 
     if status == "completed":
         record(status, (test_loss, test_acc))
+        if results["test_confusion"]:
+            print(class_accuracy.summary_line(results["test_confusion"]))
         if results["hidden_units"]:
             print(hidden_units.summary_line(results["hidden_units"]))
         if results["first_layer"]:
