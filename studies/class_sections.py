@@ -1,7 +1,9 @@
-"""The report's block on test accuracy by class, from the confusion matrix that each completed run's test evaluation
-logged (``training.class_accuracy``): which classes a setting gets wrong, and what it takes them for."""
+"""The report's blocks on test accuracy by class, from the confusion matrix that each completed run's test evaluation
+logged (``training.class_accuracy``): which classes a setting gets wrong, and what it takes them for, as a table and
+sentences, and as a figure of the matrix."""
 from training.class_accuracy import class_accuracies, summed, top_confusion
 
+from . import figures
 from .run_values import fmt, logged_values
 
 
@@ -37,3 +39,17 @@ def class_accuracy_block(section, groups, label):
         section.text(f"Lowest test accuracy of a class, by {label}: {', '.join(lowest)}.")
     if mistakes:
         section.text(f"Most frequent mistake, by {label}: {'; '.join(mistakes)}.")
+
+
+def confusion_block(section, study_name, runs, which):
+    """The confusion matrix of ``runs``' test evaluations (those that completed and logged one), summed, as a figure;
+    ``which`` names the runs in its caption."""
+    logged = logged_values({"runs": runs}, "test_confusion")
+    if not logged:
+        return
+    records = logged["runs"]
+    counted = f"{len(records)} runs, summed" if len(records) > 1 else "one run"
+    section.figure(f"{study_name}_confusion.png",
+                   figures.confusion_figure(summed(records), f"{study_name}: test predictions of {which} ({counted})"),
+                   f"test images of each true class (rows) by predicted class (columns), as shares of the row, from "
+                   f"{which} ({counted})")

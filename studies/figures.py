@@ -163,6 +163,35 @@ def search_figure(trials, title):
     return fig
 
 
+def confusion_figure(record, title):
+    """Each true class's test images by the class they were predicted as, as shares of the true class's images
+    (``training.class_accuracy``): the diagonal is each class's accuracy.
+
+    Args:
+        record: ``{"classes", "counts"}``: one row of counts per true class, one column per predicted class.
+        title: the figure's title (its PDF page has no other heading).
+    """
+    counts = np.array(record["counts"], dtype=float)
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.full_like(counts, np.nan), where=totals > 0)  # no images: a blank row
+    fig = Figure(figsize=(8.5, 7.5))
+    ax = fig.subplots()
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    ticks = range(len(record["classes"]))
+    ax.set_xticks(ticks, record["classes"], rotation=45, ha="right")
+    ax.set_yticks(ticks, record["classes"])
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    for (row, column), share in np.ndenumerate(shares):
+        if np.isfinite(share):
+            ax.text(column, row, f"{share:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if share > 0.5 else "black")  # readable on the dark cells too
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class's test images")  # as tall as the matrix
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
 CAPTION_POINTS = 10
 
 

@@ -6,7 +6,7 @@ import os
 from matplotlib.image import imread
 
 from . import figures
-from .class_sections import class_accuracy_block
+from .class_sections import class_accuracy_block, confusion_block
 from .render import Section
 from .run_values import completed_runs, final_valid_acc, fmt, mean_std
 from .search import PRUNE_AFTER_TRIALS, PRUNE_FROM_EPOCH, PRUNE_PEERS, RANDOM_TRIALS
@@ -135,6 +135,7 @@ def _finals_block(section, study, trials, finals, runs_of, shared):
     section.figure(f"{study.name}_final_curves.png", figures.curves_page({"final": finals}, f"{study.name}: final runs"),
                    "training curves of the final runs")
     class_accuracy_block(section, {run["name"]: [run] for run in done}, "final run")
+    confusion_block(section, study.name, done, "the final runs")
     pictured, pictures = next(((run, found) for run in done if (found := _visualisations(run, study.model))),
                               (None, []))
     if pictures:

@@ -1,9 +1,11 @@
 """Test accuracy by class: the confusion matrix that a run's test evaluation counts (training.class_accuracy), and
-the report's table and sentences from it (studies.class_sections)."""
+the report's table, sentences and figure from it (studies.class_sections)."""
+import numpy as np
 import pytest
 import torch
 
 from report_logs import logged_confusion, markdown_of, write_activation_runs, write_fixture_logs, write_run
+from studies import figures
 from training.cifar10 import CLASS_NAMES
 from training.class_accuracy import (class_accuracies, confusion_record, count_batch, new_confusion, summary_line,
                                      summed, top_confusion)
@@ -84,3 +86,18 @@ def test_a_search_tabulates_each_completed_final_run_and_no_trial(tmp_path):
             "| final_seed-44 | 0.900 | 0.900 |") in section
     assert "| trial-0000 | 0." not in section.split("| final run | airplane", 1)[1].split("\n\n", 1)[0]
     assert "counts summed" not in section  # one run a row
+    assert ("![test images of each true class (rows) by predicted class (columns), as shares of the row, from the "
+            "final runs (2 runs, summed)](resnet18_best_confusion.png)") in section
+    assert "(mlpmixer_best_confusion.png)" in markdown_of(out)  # its one final run
+
+
+def test_the_confusion_figure_shows_each_rows_shares_and_leaves_a_class_without_images_blank():
+    record = logged_confusion([900, 500] + [1000] * 8)
+    record["counts"][9] = [0] * 10
+    fig = figures.confusion_figure(record, "title")
+    ax = fig.axes[0]
+    shares = ax.images[0].get_array()
+    assert shares[0, 0] == 0.9 and shares[1, 2] == 0.5 and np.ma.getmaskarray(shares)[9].all()  # NaN: not drawn
+    written = {text.get_text() for text in ax.texts}
+    assert {"0.90", "0.10", "0.50", "1.00"} <= written and len(ax.texts) == 9 * 10  # none on the blank row
+    assert [label.get_text() for label in ax.get_yticklabels()] == list(CLASS_NAMES)

@@ -40,7 +40,8 @@ def test_report_has_every_study_figure_and_table(fixture_report):
     for study in ("mlp_activation", "resnet18_lr", "mlpmixer_patch"):
         for curve in ("train_losses", "valid_losses", "train_accs", "valid_accs"):
             assert f"({study}_{curve}.png)" in text
-    for name in ("mlpmixer_patch_cost", "resnet18_best_search", "resnet18_best_final_curves",
+    for name in ("mlpmixer_patch_cost", "resnet18_best_search", "resnet18_best_final_curves", "resnet18_best_confusion",
+                 "mlpmixer_best_confusion",
                  "resnet18_best_visualisation", "mlpmixer_best_visualisation", "comparison_mixer_resnet"):
         assert f"({name}.png)" in text
     assert ("![parameters, seconds per training epoch and images per second against patch_size]"
@@ -55,8 +56,8 @@ def test_report_has_every_study_figure_and_table(fixture_report):
     with open(pdf_path, "rb") as f:
         pdf = f.read()
     # a title page; per study a text page (two for each search), then its figures (a grid's four curves share one
-    # page): 1 + 7 + 11
-    assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type /Page\b", pdf)) == 19
+    # page): 1 + 7 + 13
+    assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type /Page\b", pdf)) == 21
 
 
 def test_report_md_lists_its_sections_each_linked_to_its_heading(fixture_report):
