@@ -20,8 +20,8 @@ def class_accuracy_block(section, groups, label):
     several = any(len(listed) > 1 for listed in logged.values())
     section.text("Test accuracy by class: the share of each class's test images"
                  + (f" ({sizes.pop():,} per class in each run)" if len(sizes) == 1 else "")
-                 + " that the model predicted as that class" + ("; counts summed over completed runs" if several else "")
-                 + ".")
+                 + " that the model predicted as that class"
+                 + ("; counts summed over completed runs." if several else "."))
     accuracies = {name: class_accuracies(record) for name, record in records.items()}
     section.table([label] + classes, [[name] + [fmt(by_class.get(class_name), 3) for class_name in classes]
                                       for name, by_class in accuracies.items()])

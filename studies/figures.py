@@ -186,7 +186,8 @@ def confusion_figure(record, title):
         if np.isfinite(share):
             ax.text(column, row, f"{share:.2f}", ha="center", va="center", fontsize=8,
                     color="white" if share > 0.5 else "black")  # readable on the dark cells too
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class's test images")  # as tall as the matrix
+    # a colour bar as tall as the matrix
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class's test images")
     ax.set_title(title)
     fig.tight_layout()
     return fig
