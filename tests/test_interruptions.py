@@ -128,6 +128,17 @@ def test_an_interrupt_during_the_test_evaluation_marks_the_run_interrupted_and_r
     assert results["status"] == "completed" and results["epochs_completed"] == 2 and results["test_acc"] is not None
 
 
+def test_an_interrupt_after_the_test_evaluation_logs_nothing_of_it(run_args, tmp_path, monkeypatch):
+    def interrupted(*args):  # the MLP's hidden units are measured after the test set
+        raise KeyboardInterrupt
+    monkeypatch.setattr(engine.hidden_units, "hidden_unit_statistics", interrupted)
+    logdir = str(tmp_path / "run")
+    assert main.main(run_args("mlp", "--logdir", logdir, epochs=1)) == 130
+    results = read_results(logdir)
+    assert results["status"] == "interrupted" and results["epochs_completed"] == 1
+    assert results["test_acc"] is None and results["test_confusion"] is None  # the test is evaluated again on resume
+
+
 def test_an_interrupt_without_logdir_says_that_nothing_was_saved(run_args, monkeypatch, capsys):
     _interrupt_at(monkeypatch, 2)
     assert main.main(run_args("mlp", epochs=3)) == 130

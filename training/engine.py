@@ -285,7 +285,7 @@ def _fit(args, on_epoch, test, held):
           f"split {len(train_index)}/{len(valid_index)}/{len(data.test_labels)}")
     print(table.header())
     status = "running"
-    test_loss = test_acc = None
+    test_loss = test_acc = test_confusion = None
     in_on_epoch = False  # what the caller's on_epoch raises (a study's handover of the run) is not the run failing
     try:
         for epoch in range(first_epoch, args.epochs):
@@ -318,7 +318,7 @@ def _fit(args, on_epoch, test, held):
                 confusion = class_accuracy.new_confusion(device)
                 test_loss, test_acc, _ = evaluate(args.epochs, model, loaders["test"], args, mode="test",
                                                   confusion=confusion)
-                results["test_confusion"] = class_accuracy.confusion_record(confusion)
+                test_confusion = class_accuracy.confusion_record(confusion)  # logged with the test accuracy
             if args.model == "mlp":  # the evidence for Problem 4's question of why one activation trains best
                 results["hidden_units"] = hidden_units.hidden_unit_statistics(model, loaders["valid"], device)
             if pictured:  # the numbers behind the first-layer pictures that Problem 4 asks to compare
@@ -342,6 +342,7 @@ def _fit(args, on_epoch, test, held):
         raise
 
     if status == "completed":
+        results["test_confusion"] = test_confusion
         record(status, (test_loss, test_acc))
         if results["test_confusion"]:
             print(class_accuracy.summary_line(results["test_confusion"]))
