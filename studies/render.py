@@ -1,5 +1,4 @@
 """Rendering a report's sections: Markdown with PNG figures, and a PDF (matplotlib only)."""
-import math
 import os
 import re
 import textwrap
@@ -92,9 +91,10 @@ def _write_pdf_pages(file, sections, header_lines):
     """The header page, which lists the page on which each section begins; then each section's text pages and
     figures. Every page carries its number, as a printed report needs."""
     section_pages = [_section_pages(section) for section in sections]
-    header_count = _page_count(header_lines + _contents(sections, section_pages, first_page=0))
+    header_count = len(_paged([(header_lines + _contents(sections, section_pages, first_page=0), None)]))
     contents = _contents(sections, section_pages, first_page=header_count + 1)
-    pages = _text_pages(REPORT_TITLE, header_lines + contents) + [page for pages in section_pages for page in pages]
+    pages = _text_pages(REPORT_TITLE, [(header_lines + contents, None)]) + [page for pages in section_pages
+                                                                             for page in pages]
     with PdfPages(file) as pdf:
         for number, page in enumerate(pages, 1):
             mark = page.text(0.985, 0.985, f"{number} / {len(pages)}", ha="right", va="top", fontsize=8, color="0.35")
@@ -103,14 +103,22 @@ def _write_pdf_pages(file, sections, header_lines):
 
 
 def _section_pages(section):
-    """A section's pages: its text and tables, then its figures."""
-    lines = []
+    """A section's pages: its text and tables, then its figures. The paragraph just before a table (which says what
+    the table holds) stays on its page."""
+    blocks, previous = [], None
     for block in section.blocks:
         if block[0] == "text":
-            lines += textwrap.wrap(block[1], figures.TEXT_PAGE_COLUMNS) + [""]
+            blocks.append((textwrap.wrap(block[1], figures.TEXT_PAGE_COLUMNS), None))
         elif block[0] == "table":
-            lines += _text_table(*block[1:]) + [""]
-    pages = _text_pages(section.title, lines)
+            lines, header_at = _text_table(*block[1:]), 0
+            if previous == "text":
+                paragraph, _ = blocks.pop()
+                lines, header_at = paragraph + [""] + lines, len(paragraph) + 1
+            if len(lines[header_at]) > figures.TEXT_PAGE_COLUMNS:  # wrapped over several lines: not repeated
+                header_at = None
+            blocks.append((lines, header_at))
+        previous = block[0]
+    pages = _text_pages(section.title, blocks)
     for block in section.blocks:
         if block[0] == "pdf_page":
             pages.append(block[1])
@@ -137,12 +145,31 @@ def _fitted(lines):
     return fitted
 
 
-def _page_count(lines):
-    return max(math.ceil(len(_fitted(lines)) / figures.TEXT_PAGE_LINES), 1)
+def _paged(blocks, per_page=figures.TEXT_PAGE_LINES):
+    """The lines of each text page that ``blocks`` fill, in order, with a blank line between blocks. Each block is
+    ``(lines, header_at)``: a paragraph, or a table (which its paragraph may precede) whose header is line
+    ``header_at``. A block that does not fit under the blocks before it, but fits on a page of its own, starts the
+    next page, so that no table is cut from its header; a longer one fills pages in turn, and once past its table's
+    header goes on under that header repeated."""
+    pages, page = [], []
+    for lines, header_at in blocks:
+        if not lines:
+            continue
+        lines = _fitted(lines)  # a paragraph is wrapped to the page's width already: its table's header keeps its index
+        if page and len(page) + 1 + len(lines) > per_page and (len(lines) <= per_page or len(page) + 1 >= per_page):
+            pages.append(page)
+            page = []
+        if page:
+            page.append("")
+        for index, line in enumerate(lines):
+            if len(page) == per_page:
+                pages.append(page)
+                page = [lines[header_at]] if header_at is not None and index > header_at else []
+            page.append(line)
+    return pages + [page] if page or not pages else pages
 
 
-def _text_pages(title, lines):
-    """``lines`` on as many text pages as they need (``_page_count``), the first titled ``title``."""
-    fitted, per_page = _fitted(lines), figures.TEXT_PAGE_LINES
-    return [figures.text_page(title + (" (continued)" if start else ""), fitted[start:start + per_page])
-            for start in range(0, max(len(fitted), 1), per_page)]
+def _text_pages(title, blocks):
+    """``blocks`` (as ``_paged`` takes them) on as many text pages as they need, the first titled ``title``."""
+    return [figures.text_page(title + (" (continued)" if number else ""), lines)
+            for number, lines in enumerate(_paged(blocks))]

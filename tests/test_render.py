@@ -5,8 +5,8 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 
-from studies import figures
-from studies.render import _text_table
+from studies import figures, render
+from studies.render import Section, _paged, _text_table
 
 
 def test_a_full_text_page_fits_inside_the_pdf_page():
@@ -23,6 +23,42 @@ def test_a_full_text_page_fits_inside_the_pdf_page():
         figures.text_page("a section", ["W" * (figures.TEXT_PAGE_COLUMNS + 1)])
     empty = figures.text_page("a section with no text", [])
     assert [text.get_text() for text in empty.texts] == ["a section with no text", ""]
+
+
+def test_a_block_that_would_cross_the_end_of_a_page_starts_the_next_one_whole():
+    per_page = figures.TEXT_PAGE_LINES
+    table = _text_table(["run", "acc"], [[f"run-{k}", "0.5"] for k in range(5)])
+    pages = _paged([(["a paragraph line"] * (per_page - 3), None), (table, 0), (["after"], None)])
+    assert pages == [["a paragraph line"] * (per_page - 3), table + ["", "after"]]
+    assert _paged([]) == [[]] and _paged([([], None)]) == [[]]  # an empty section still has its page
+
+
+def test_a_table_longer_than_a_page_goes_on_under_its_header_repeated():
+    per_page = figures.TEXT_PAGE_LINES
+    table = _text_table(["trial", "outcome"], [[str(k), "completed"] for k in range(2 * per_page)])
+    pages = _paged([(["an opening line"], None), (["its paragraph"] + [""] + table, 2)])
+    assert pages[0][:5] == ["an opening line", "", "its paragraph", "", table[0]]
+    assert all(page[0] == table[0] and len(page) <= per_page for page in pages[1:]) and len(pages) == 3
+    rows = [line for page in pages for line in page if line not in ("an opening line", "its paragraph", "", table[0])]
+    assert rows == table[1:]  # every row once, in order
+    paragraph = [f"paragraph line {k}" for k in range(5)]
+    cut = _paged([(["filler"] * (per_page - 3), None), (paragraph + [""] + table, 6)])  # cut inside the paragraph
+    assert cut[0][-2:] == paragraph[:2] and cut[1][:3] == paragraph[2:]  # no header before the table's own
+    assert all(page[0] == table[0] for page in cut[2:])
+
+
+def test_the_paragraph_before_a_table_stays_on_its_page(monkeypatch):
+    pages = []
+    monkeypatch.setattr(figures, "text_page", lambda title, lines: pages.append((title, lines)))
+    section = Section("a section")
+    section.text("filler " * 20)
+    for _ in range(figures.TEXT_PAGE_LINES // 2 - 3):
+        section.text("a short paragraph")
+    section.text("Hyperparameters of these runs.")
+    section.table(["hyperparameter", "value"], [["lr", "0.001"], ["epochs", "15"], ["seed", "42"]])
+    render._section_pages(section)
+    assert [title for title, _ in pages] == ["a section", "a section (continued)"]
+    assert pages[1][1][:3] == ["Hyperparameters of these runs.", "", "hyperparameter  value"]
 
 
 def _visible_ticks(ax):
