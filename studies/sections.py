@@ -1,18 +1,17 @@
-"""The report's section of a grid study (its rankings, fit, runs at chance, coverage, cost, and
-test accuracy by class from ``class_sections``, an MLP's hidden units and the pictured first layer from
-``weight_sections``), and the pieces that a search's section
-(``search_sections``) shares: the runs' table and the sentences about outcomes and epochs. Figures, tables and
-sentences are computed from each run's ``results.json`` and ``trial.json``, so that every sentence states what the
-logs show."""
+"""The report's section of a grid study (its rankings, fit, runs at chance, coverage, cost, test accuracy by class
+from ``class_sections``, and an MLP's hidden units and the pictured first layer from ``weight_sections``), and the
+pieces that a search's section (``search_sections``) shares: the runs' table and the sentences about outcomes and
+epochs. Figures, tables and sentences are computed from each run's ``results.json`` and ``trial.json``, so that every
+sentence states what the logs show."""
 import os
 
 from training.errors import counted
 
 from . import figures
+from .class_sections import class_accuracy_block
 from .overlap import shared_processor_sentence
 from .render import Section
 from .run_values import completed_runs, epoch_seconds, final_valid_acc, fmt, mean_or_none, mean_std
-from .class_sections import class_accuracy_block
 from .weight_sections import first_layer_block, hidden_unit_block
 from .worker import TRIAL_FILE
 
