@@ -65,8 +65,8 @@ def _parser():
                           "postgresql://user@host/db for workers on several machines (the password in "
                           "~/.pgpass or PGPASSWORD)")
     run.add_argument("--retry_failed", action="store_true", help="run again the runs that raised an error")
-    report = commands.add_parser("report", help="build report.md and report.pdf from the studies' logs",
-                                 formatter_class=HelpFormatter, allow_abbrev=False)
+    report = commands.add_parser("report", help="build report.md, report.pdf, runs.csv and epochs.csv from the "
+                                 "studies' logs", formatter_class=HelpFormatter, allow_abbrev=False)
     report.add_argument("--out", type=path_flag, default="runs", help="the folder that holds the studies")
     report.add_argument("--report_dir", type=path_flag, help="where to write the report (default: OUT/report)")
     status = commands.add_parser("status", help="each study's runs by outcome, and where and how far each running "

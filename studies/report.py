@@ -1,6 +1,6 @@
 """``report.md`` and ``report.pdf`` from the studies' logs: the runs' folders are read, ``sections`` builds
 one section per study, and ``render`` turns them into Markdown and PDF; the header says which devices,
-software and data produced the logs."""
+software and data produced the logs. ``run_table`` writes the runs' values beside them as CSV."""
 import datetime
 import json
 import os
@@ -10,6 +10,7 @@ from training.errors import UserError
 from .definitions import STUDIES
 from .overlap import shared_processors
 from .render import write_figures, write_markdown, write_pdf
+from .run_table import write_run_tables
 from .search_sections import search_section
 from .sections import counted, grid_section
 from .worker import RUNS_FOLDER, TRIAL_FILE
@@ -178,7 +179,8 @@ def _describe_split(results):
 
 
 def build_report(out, report_dir=None):
-    """Write ``report.md``, ``report.pdf`` and every figure as a PNG; returns the report's paths."""
+    """Write ``report.md``, ``report.pdf``, every figure as a PNG, and ``runs.csv`` and ``epochs.csv``; returns the
+    paths of the report and the two tables."""
     report_dir = report_dir or os.path.join(out, "report")
     runs_of = {study.name: load_runs(os.path.join(out, study.name)) for study in STUDIES.values()}
     all_runs = [run for runs in runs_of.values() for run in runs]
@@ -209,4 +211,4 @@ def build_report(out, report_dir=None):
     markdown, pdf = os.path.join(report_dir, "report.md"), os.path.join(report_dir, "report.pdf")
     write_markdown(markdown, sections, header)
     write_pdf(pdf, sections, header)
-    return [markdown, pdf]
+    return [markdown, pdf, *write_run_tables(report_dir, all_runs)]

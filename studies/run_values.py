@@ -33,6 +33,12 @@ def epoch_seconds(results):
     return statistics.median(kept) if kept else None
 
 
+def train_images_per_second(results):
+    """Training images per second at ``epoch_seconds``' pace."""
+    seconds, images = epoch_seconds(results), results.get("split", {}).get("train")
+    return images / seconds if images and seconds else None
+
+
 def completed_runs(runs):
     return [run for run in runs if (run["trial"] or {}).get("outcome") == "completed"]
 

@@ -11,7 +11,8 @@ from . import figures
 from .class_sections import class_accuracy_block
 from .overlap import shared_processor_sentence
 from .render import Section
-from .run_values import completed_runs, epoch_seconds, final_valid_acc, fmt, mean_or_none, mean_std
+from .run_values import (completed_runs, epoch_seconds, final_valid_acc, fmt, mean_or_none, mean_std,
+                         train_images_per_second)
 from .weight_sections import first_layer_block, hidden_unit_block
 from .worker import TRIAL_FILE
 
@@ -31,19 +32,21 @@ def _unreadable(run):
     return [os.path.basename(path) for path, _ in run.get("unreadable", ())]
 
 
-def run_row(run):
-    results, trial = run["results"], run["trial"] or {}
-    seconds = epoch_seconds(results)
-    images = results.get("split", {}).get("train")
+def run_outcome(run):
+    """The run's outcome as its trial.json says, or what its files show where that says none; naming its files
+    that could not be read."""
     unreadable = _unreadable(run)
-    outcome = trial.get("outcome") or ("unknown" if TRIAL_FILE in unreadable
-                                       else "running or stopped" if results else "no epoch logged")
-    if unreadable:
-        outcome += f" ({', '.join(unreadable)} unreadable)"
-    return [run["name"], outcome, fmt(results.get("epochs_completed")),
+    outcome = (run["trial"] or {}).get("outcome") or (
+        "unknown" if TRIAL_FILE in unreadable else "running or stopped" if run["results"] else "no epoch logged")
+    return outcome + (f" ({', '.join(unreadable)} unreadable)" if unreadable else "")
+
+
+def run_row(run):
+    results = run["results"]
+    return [run["name"], run_outcome(run), fmt(results.get("epochs_completed")),
             fmt(final_valid_acc(run)), fmt(results.get("best_valid_acc")),
-            fmt(results.get("test_acc")), fmt(results.get("num_params")), fmt(seconds, 2),
-            fmt(images / seconds if images and seconds else None, 0)]
+            fmt(results.get("test_acc")), fmt(results.get("num_params")), fmt(epoch_seconds(results), 2),
+            fmt(train_images_per_second(results), 0)]
 
 
 RUN_HEADER = ["run", "outcome", "epochs", "final valid acc", "best valid acc", "test acc", "parameters",
@@ -54,7 +57,7 @@ HYPERPARAMETERS = ("optimizer", "lr", "momentum", "weight_decay", "batch_size", 
                    "warmup_fraction", "label_smoothing", "augment", "mix", "tta", "seed", "precision", "pipeline")
 
 
-def _read_by(args):
+def read_by(args):
     """The hyperparameters among a run's flags ``args`` that its training reads: not ``--momentum`` but with SGD's
     momentum, not ``--weight_decay`` with adam (as in the template), not ``--warmup_fraction`` with a constant
     learning rate."""
@@ -75,7 +78,7 @@ def hyperparameter_rows(runs):
     values = {}
     for run in runs:
         args = run["results"].get("args", {})
-        for key in _read_by(args):
+        for key in read_by(args):
             values.setdefault(key, []).append(args[key])
         for key, value in run["results"].get("model_config", {}).items():
             values.setdefault(f"model: {key}", []).append(value)

@@ -27,7 +27,7 @@ def fixture_logs(tmp_path):
 def fixture_report(tmp_path_factory):
     """``(markdown path, pdf path, markdown text)`` of the report of the fixture logs, built once for the
     tests that only read it (a build with its PDF takes seconds)."""
-    markdown_path, pdf_path = build_report(write_fixture_logs(str(tmp_path_factory.mktemp("report") / "runs")))
+    markdown_path, pdf_path, *_ = build_report(write_fixture_logs(str(tmp_path_factory.mktemp("report") / "runs")))
     with open(markdown_path) as f:
         return markdown_path, pdf_path, f.read()
 
@@ -356,7 +356,7 @@ def test_every_line_of_a_long_section_and_of_the_header_reaches_the_pdf(fixture_
         return text_page(title, lines)
 
     monkeypatch.setattr(figures, "text_page", recording_text_page)
-    markdown_path, _ = build_report(out)
+    markdown_path = build_report(out)[0]
     on_pages = "\n".join(line.strip() for _, lines in pages for line in lines)
     for trial in range(2, 70):
         assert re.search(rf"^{trial} +completed", on_pages, re.MULTILINE), trial

@@ -58,7 +58,7 @@ def test_a_report_of_runs_before_their_first_epoch_says_that_nothing_is_logged_y
     os.makedirs(tmp_path / "runs" / "mlp_activation" / "runs" / "activation-relu_seed-42")  # as a run starts
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # as matplotlib's for a legend of curves without a point
-        markdown_path, _ = build_report(str(tmp_path / "runs"))
+        markdown_path, *_ = build_report(str(tmp_path / "runs"))
     with open(markdown_path) as f:
         text = f.read()
     for what in ("Devices", "PyTorch", "Precision", "Data", "Split"):
@@ -85,7 +85,7 @@ def test_a_report_of_studies_under_way_says_what_is_missing_with_counts_in_words
         if outcome is None:  # still training: no trial.json yet
             os.remove(os.path.join(folder, "trial.json"))
     write_run(out, "resnet18_best", "trial-0000", {"lr": 0.1}, [0.9], role="search")
-    markdown_path, _ = build_report(out)
+    markdown_path, *_ = build_report(out)
     with open(markdown_path) as f:
         text = f.read()
     for sentence in ("Report generated ", " from 4 runs.", "Grid over activation: relu, tanh, sigmoid; 3 runs.",

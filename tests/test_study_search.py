@@ -1,5 +1,6 @@
 """The searches of Problem 4 on tiny fake data: a search runs its budget, retrains and tests its best trial once;
 its pruner, its sampler's draws (the same when run again or resumed), and which trial is the best."""
+import csv
 import json
 import os
 import re
@@ -44,7 +45,14 @@ def test_search_runs_its_budget_then_retrains_and_tests_the_best(study_args, tmp
     capsys.readouterr()
     assert studies_main(["report", "--out", out]) == 0
     report_dir = os.path.join(out, "report")
-    assert capsys.readouterr().out.splitlines() == [f"wrote {report_dir}/report.md", f"wrote {report_dir}/report.pdf"]
+    assert capsys.readouterr().out.splitlines() == [f"wrote {report_dir}/{name}" for name in
+                                                    ("report.md", "report.pdf", "runs.csv", "epochs.csv")]
+    with open(os.path.join(report_dir, "runs.csv"), newline="") as f:
+        rows = {row["run"]: row for row in csv.DictReader(f)}
+    assert set(rows) == set(os.listdir(runs))  # the trials and the final run, with what their results.json logged
+    assert float(rows["final_seed-43"]["test_acc"]) == final_results["test_acc"]
+    assert rows["final_seed-43"]["optimizer"] == final_results["args"]["optimizer"]
+    assert rows["final_seed-43"]["model.embed_dim"] == "16" and rows["final_seed-43"]["role"] == "final"
     with open(os.path.join(out, "report", "report.md")) as f:
         text = f.read()
     assert "Unreadable" not in text  # every value that the runs wrote has the shape that the report reads
