@@ -98,16 +98,20 @@ def test_a_study_whose_output_reader_leaves_stops_as_after_ctrl_c_and_a_rerun_co
     assert [read_json(runs / run / "trial.json")["outcome"] for run in sorted(os.listdir(runs))] == ["completed"] * 2
 
 
+def _interrupted_after_first_epoch(real_fit, run_dir):
+    """``fit`` as Ctrl-C after the first epoch of the run in ``run_dir`` leaves it."""
+    def fit(args, on_epoch=None, **kwargs):
+        def stop_after_first_epoch(epoch, history):
+            raise KeyboardInterrupt
+        return real_fit(args, on_epoch=stop_after_first_epoch if run_dir in args.logdir else on_epoch, **kwargs)
+    return fit
+
+
 def test_an_interrupted_search_trial_resumes_with_the_same_settings(study_args, tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "out")
     argv = study_args("mlpmixer_best", "--trials", "2", "--set", "embed_dim=16", "--set", "num_blocks=1", epochs=2)
     real_fit = study_worker.fit
-
-    def fit_interrupted_in_second_trial(args, on_epoch=None, **kwargs):
-        def stop_after_first_epoch(epoch, history):
-            raise KeyboardInterrupt
-        return real_fit(args, on_epoch=stop_after_first_epoch if "trial-0001" in args.logdir else on_epoch, **kwargs)
-    monkeypatch.setattr(study_worker, "fit", fit_interrupted_in_second_trial)
+    monkeypatch.setattr(study_worker, "fit", _interrupted_after_first_epoch(real_fit, "trial-0001"))
     assert studies_main(argv) == 130
     assert "rerun the same command to resume" in capsys.readouterr().err
     with open(os.path.join(out, "mlpmixer_best", "runs", "trial-0001", "train.log")) as f:
@@ -128,6 +132,31 @@ def test_an_interrupted_search_trial_resumes_with_the_same_settings(study_args, 
     assert retried[0].intermediate_values == {1: results["valid_accs"][0], 2: results["valid_accs"][1]}
     assert sum(t.user_attrs["role"] == "search" for t in trials) == 3 and any(
         t.user_attrs["role"] == "final" for t in trials)
+
+
+def test_a_search_stopped_early_and_run_again_with_fewer_trials_retrains_its_best_so_far(study_args, tmp_path,
+                                                                                           monkeypatch, capsys):
+    """A student out of GPU time stops a search and runs it again with a --trials no larger than the trials it
+    finished: the trial it was training is finished, no new one is drawn, and the best so far is retrained."""
+    out = str(tmp_path / "out")
+    tiny = ["--set", "embed_dim=16", "--set", "num_blocks=1"]
+    real_fit = study_worker.fit
+    monkeypatch.setattr(study_worker, "fit", _interrupted_after_first_epoch(real_fit, "trial-0002"))
+    assert studies_main(study_args("mlpmixer_best", "--trials", "24", *tiny, epochs=2)) == 130
+    monkeypatch.setattr(study_worker, "fit", real_fit)
+    capsys.readouterr()
+
+    assert studies_main(study_args("mlpmixer_best", "--trials", "2", *tiny, epochs=2)) == 0
+    assert "trial-0002 (resumed)" in capsys.readouterr().out
+    trials = load_study(out, "mlpmixer_best").get_trials()
+    search = {t.user_attrs["run_dir"]: t for t in trials if t.user_attrs["role"] == "search"
+              and t.state == TrialState.COMPLETE}
+    assert sorted(search) == ["trial-0000", "trial-0001", "trial-0002"]
+    best = max(search.values(), key=lambda t: t.value)
+    final = [t for t in trials if t.user_attrs["role"] == "final"]
+    assert len(final) == 1 and final[0].state == TrialState.COMPLETE
+    assert final[0].user_attrs["source_trial"] == best.number
+    assert read_json(os.path.join(out, "mlpmixer_best", "runs", "final_seed-43", "results.json"))["test_acc"] is not None
 
 
 def test_a_run_declared_lost_after_its_last_epoch_is_resumed_from_its_checkpoint_not_retrained(study_args, tmp_path,
