@@ -26,6 +26,7 @@ from training.models import SCHEMAS, SHIPPED_CONFIG_DIR, load_model_config, vali
 from .console import say
 from .definitions import STUDIES, is_model_setting
 from .launch import OUTPUT_REFUSED_STATUS, is_launched_worker, launch_workers
+from .scheduler import job_states, search_jobs
 from .status import print_status, summary
 from .storage import close_storage, open_storage, refused_write, storage_kind
 from .worker import Plan, open_study, work
@@ -219,12 +220,22 @@ def run_study(study, options, train_argv, argv):
             code = 0
         if not launched:
             # a disk that refused a worker's output most likely refuses this line too, which then says why
-            say(f"study {study.name}: {summary(optuna_study)}")
+            say(f"study {study.name}: {summary(optuna_study)}{_ended_early(plan, optuna_study)}")
         if code == OUTPUT_REFUSED_STATUS:
             raise OutputRefused("a worker's write to it was refused")
         return code
     finally:
         close_storage(storage)
+
+
+def _ended_early(plan, optuna_study):
+    """What the outcome line adds when this launch's --trials stopped a search short of the budget that the summary
+    counts against (the largest that a launch asked for)."""
+    budget = optuna_study.user_attrs.get("trials", 0)
+    searched = len(search_jobs(job_states(optuna_study.get_trials(deepcopy=False))))
+    if not plan.study.is_search or plan.trials >= budget or searched >= budget:
+        return ""
+    return f"; this launch's --trials {plan.trials} ended the search early (a larger --trials carries it on)"
 
 
 def _list():

@@ -250,6 +250,11 @@ def job_states(trials):
     return jobs
 
 
+def search_jobs(jobs):
+    """The search trials among ``job_states``' jobs, one per run folder (a retried trial counts once)."""
+    return {run_dir: state for run_dir, state in jobs.items() if state[2].user_attrs.get("role") == "search"}
+
+
 def best_search_trial(trials):
     """The completed search trial with the highest value (final validation accuracy), or None."""
     done = [t for t in trials if t.user_attrs.get("role") == "search" and t.state == TrialState.COMPLETE]
@@ -325,7 +330,7 @@ class Claimer:
             self._enqueue(params, run_dir=run_dir, **kept)
 
     def search_complete(self, trials, jobs):
-        searched = {run_dir: state for run_dir, state in jobs.items() if state[2].user_attrs.get("role") == "search"}
+        searched = search_jobs(jobs)
         return len(searched) >= self.search_trials and all(self._done(finished) for finished, _, _ in searched.values())
 
     def claim(self):

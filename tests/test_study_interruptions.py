@@ -147,7 +147,10 @@ def test_a_search_stopped_early_and_run_again_with_fewer_trials_retrains_its_bes
     capsys.readouterr()
 
     assert studies_main(study_args("mlpmixer_best", "--trials", "2", *tiny, epochs=2)) == 0
-    assert "trial-0002 (resumed)" in capsys.readouterr().out
+    output = capsys.readouterr().out
+    assert "trial-0002 (resumed)" in output
+    assert output.endswith("study mlpmixer_best: search trials: 3 completed (of 24); final runs: 1 completed; this "
+                           "launch's --trials 2 ended the search early (a larger --trials carries it on)\n")
     trials = load_study(out, "mlpmixer_best").get_trials()
     search = {t.user_attrs["run_dir"]: t for t in trials if t.user_attrs["role"] == "search"
               and t.state == TrialState.COMPLETE}
