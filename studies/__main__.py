@@ -232,8 +232,8 @@ def _ended_early(plan, optuna_study):
     """What the outcome line adds when this launch's --trials stopped a search short of the budget that the summary
     counts against (the largest that a launch asked for)."""
     budget = optuna_study.user_attrs.get("trials", 0)
-    searched = len(search_jobs(job_states(optuna_study.get_trials(deepcopy=False))))
-    if not plan.study.is_search or plan.trials >= budget or searched >= budget:
+    if not plan.study.is_search or plan.trials >= budget or \
+            len(search_jobs(job_states(optuna_study.get_trials(deepcopy=False)))) >= budget:
         return ""
     return f"; this launch's --trials {plan.trials} ended the search early (a larger --trials carries it on)"
 
