@@ -1,6 +1,7 @@
 """Problem 4's studies on tiny fake data: grids end to end, how a run is ranked, and failures recorded. Searches are
 in test_study_search.py, what the commands show in test_study_commands.py and test_study_status.py, interrupted
-studies in test_study_interruptions.py, reruns in test_study_reruns.py."""
+studies in test_study_interruptions.py, runs whose worker was declared lost in test_study_lost_runs.py, reruns in
+test_study_reruns.py."""
 import os
 import re
 import sys
