@@ -27,6 +27,13 @@ def test_notebook_runs_top_to_bottom(monkeypatch):
     assert "| run | outcome |" not in outputs  # the summary stops at the section's first table
 
 
+def _setup_cell():
+    """The notebook's first code cell, which clones the repository and installs its requirements on a hosted kernel."""
+    nbformat = pytest.importorskip("nbformat")
+    return next(cell for cell in nbformat.read(os.path.join(ROOT, "main.ipynb"), as_version=4).cells
+                if cell.cell_type == "code")
+
+
 def _on_hosted_notebook(monkeypatch, host):
     """Make this process look like a kernel of ``host``, as the setup cell tells them apart."""
     import sys
@@ -42,9 +49,7 @@ def _on_hosted_notebook(monkeypatch, host):
 def test_on_a_hosted_notebook_the_setup_cell_asks_for_the_repository_url_before_cloning(host, monkeypatch, tmp_path):
     import subprocess
 
-    nbformat = pytest.importorskip("nbformat")
-    setup = next(cell for cell in nbformat.read(os.path.join(ROOT, "main.ipynb"), as_version=4).cells
-                 if cell.cell_type == "code")
+    setup = _setup_cell()
     _on_hosted_notebook(monkeypatch, host)
     monkeypatch.chdir(tmp_path)  # a fresh /content or /kaggle/working: no main.py, no clone yet
     commands = []
@@ -81,9 +86,7 @@ def test_on_a_hosted_notebook_the_setup_cell_clones_once_installs_the_requiremen
     import subprocess
     import sys
 
-    nbformat = pytest.importorskip("nbformat")
-    setup = next(cell for cell in nbformat.read(os.path.join(ROOT, "main.ipynb"), as_version=4).cells
-                 if cell.cell_type == "code")
+    setup = _setup_cell()
     url = "https://example.org/student/cifar10-from-scratch.git"
     source = setup.source.replace("https://github.com/YOUR-NAME/cifar10-from-scratch.git", url)
     assert source != setup.source
@@ -103,18 +106,35 @@ def test_on_a_hosted_notebook_the_setup_cell_clones_once_installs_the_requiremen
     assert commands == [["git", "clone", url, "cifar10-from-scratch"], install]
     assert os.getcwd() == str(tmp_path / "cifar10-from-scratch")
     exec(source, {})  # the cell run again: already in the clone
-    assert len(commands) == 2 and os.getcwd() == str(tmp_path / "cifar10-from-scratch")
+    assert commands[2:] == [install] and os.getcwd() == str(tmp_path / "cifar10-from-scratch")
     os.chdir(tmp_path)  # a restarted kernel starts in its first folder again: no second clone
     exec(source, {})
-    assert commands[2:] == [install] and os.getcwd() == str(tmp_path / "cifar10-from-scratch")
+    assert commands[3:] == [install] and os.getcwd() == str(tmp_path / "cifar10-from-scratch")
+
+
+@pytest.mark.parametrize("host", ["colab", "kaggle"])
+def test_on_a_hosted_notebook_whose_files_were_uploaded_instead_of_cloned_the_setup_cell_installs_the_requirements(
+        host, monkeypatch, tmp_path):
+    """Files uploaded into Colab's /content, main.py among them, come without Optuna: the studies' cells need it."""
+    import subprocess
+    import sys
+
+    setup = _setup_cell()
+    _on_hosted_notebook(monkeypatch, host)
+    monkeypatch.chdir(tmp_path)
+    open(tmp_path / "main.py", "w").close()
+    commands = []
+    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: commands.append(command)
+                        or subprocess.CompletedProcess(command, 0))
+    exec(setup.source, {})  # REPO_URL left as it came: nothing to clone
+    assert commands == [[sys.executable, "-m", "pip", "install", "-q", "-r", "requirements.txt"]]
+    assert os.getcwd() == str(tmp_path)
 
 
 def test_on_kaggle_without_internet_a_failed_clone_stops_the_setup_cell_saying_what_to_check(monkeypatch, tmp_path):
     import subprocess
 
-    nbformat = pytest.importorskip("nbformat")
-    setup = next(cell for cell in nbformat.read(os.path.join(ROOT, "main.ipynb"), as_version=4).cells
-                 if cell.cell_type == "code")
+    setup = _setup_cell()
     _on_hosted_notebook(monkeypatch, "kaggle")
     monkeypatch.chdir(tmp_path)
     commands = []
@@ -131,9 +151,7 @@ def test_a_local_kernel_outside_the_repository_clones_nothing(monkeypatch, tmp_p
     import subprocess
     import sys
 
-    nbformat = pytest.importorskip("nbformat")
-    setup = next(cell for cell in nbformat.read(os.path.join(ROOT, "main.ipynb"), as_version=4).cells
-                 if cell.cell_type == "code")
+    setup = _setup_cell()
     monkeypatch.delitem(sys.modules, "google.colab", raising=False)
     monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
     monkeypatch.chdir(tmp_path)
