@@ -211,6 +211,10 @@ def _database(url, given):
 
     try:
         return optuna.storages.RDBStorage(url)
+    except ImportError as exc:  # the URL's driver, which requirements.txt installs for postgresql:// URLs
+        driver = getattr(exc.__cause__, "name", None) or "module"
+        raise UserError(f"--storage {shown_storage(given)}: the database driver {driver} is not installed; "
+                        "pip install -r requirements.txt installs psycopg, the driver of postgresql:// URLs") from None
     except (sqlalchemy.exc.SQLAlchemyError, ValueError) as exc:  # ValueError: a malformed URL
         raise UserError(f"--storage {shown_storage(given)}: cannot open the database ({_database_reason(exc)}); check "
                         "the URL and that the database can be reached from this machine") from None

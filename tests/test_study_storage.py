@@ -167,6 +167,22 @@ def test_a_database_that_cannot_be_opened_gets_one_line_without_its_password(stu
     assert not os.path.exists(tmp_path / "out")
 
 
+@pytest.mark.parametrize("storage, driver", [("postgresql://someone:secret@127.0.0.1:1/studies", "psycopg"),
+                                             ("postgresql+psycopg2://someone:secret@127.0.0.1:1/studies", "psycopg2")])
+def test_a_database_whose_driver_is_not_installed_gets_one_line_naming_it(study_args, tmp_path, capsys, monkeypatch,
+                                                                          storage, driver):
+    """An environment set up without requirements.txt (a cluster's own Python) lacks psycopg."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, driver, None)  # ``import psycopg`` then fails as where it is not installed
+    assert studies_main(study_args("mlp_activation", "--storage", storage)) == 2
+    shown = storage.replace("secret", "***")
+    assert capsys.readouterr().err == (f"error: --storage {shown}: the database driver {driver} is not installed; pip "
+                                       "install -r requirements.txt installs psycopg, the driver of postgresql:// "
+                                       "URLs\n")
+    assert not os.path.exists(tmp_path / "out")
+
+
 def test_a_journal_cut_short_mid_record_is_repaired_and_one_damaged_inside_is_named(study_args, tmp_path, capsys):
     argv = study_args("mlp_activation", "--values", "relu")
     assert studies_main(argv) == 0
