@@ -1,6 +1,7 @@
 """``report.md`` and ``report.pdf`` from the studies' logs: the runs' folders are read, ``sections`` builds
 one section per study, and ``render`` turns them into Markdown and PDF; the header says which devices,
 software and data produced the logs. ``run_table`` writes the runs' values beside them as CSV."""
+import collections
 import datetime
 import json
 import os
@@ -146,8 +147,11 @@ def load_runs(study_dir):
 def provenance(all_runs):
     """Which devices, software and data produced the logs."""
     def listed(get, separator=", "):
-        """The distinct values that ``get`` reads from the runs' results; none before a run ends its first epoch."""
-        values = sorted({str(get(run["results"])) for run in all_runs if run["results"]})
+        """The distinct values that ``get`` reads from the runs' results, where they differ each with the number of
+        runs it holds for; none before a run ends its first epoch."""
+        values = collections.Counter(str(get(run["results"])) for run in all_runs if run["results"])
+        if len(values) > 1:
+            return separator.join(f"{value} in {counted(number, 'run')}" for value, number in sorted(values.items()))
         return separator.join(values) or "none logged yet"
 
     def code(results):

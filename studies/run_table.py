@@ -13,7 +13,7 @@ from .sections import HYPERPARAMETERS, read_by, run_outcome
 
 RUN_COLUMNS = ("study", "run", "role", "trial", "seed", "outcome", "epochs_completed", "final_valid_acc",
                "best_valid_acc", "best_epoch", "test_acc", "test_loss", "num_params", "train_seconds_per_epoch",
-               "train_images_per_second", "device_name")
+               "train_images_per_second", "device_name", "torch_version", "code_commit", "code_modified")
 EPOCH_COLUMNS = ("study", "run", "epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "train_seconds",
                  "valid_seconds")
 # results.json's per-epoch lists, by the column that each fills
@@ -29,13 +29,14 @@ def run_rows(all_runs):
     rows = []
     for run in all_runs:
         results, trial = run["results"], run["trial"] or {}
-        args = results.get("args", {})
+        args, code = results.get("args", {}), results.get("code_version") or {}
         row = {"study": run["study"], "run": run["name"], "role": trial.get("role"), "trial": trial.get("trial"),
                "seed": args.get("seed", trial.get("seed")), "outcome": run_outcome(run),
                "final_valid_acc": final_valid_acc(run), "train_seconds_per_epoch": epoch_seconds(results),
                "train_images_per_second": train_images_per_second(results),
                **{key: results.get(key) for key in ("epochs_completed", "best_valid_acc", "best_epoch", "test_acc",
-                                                    "test_loss", "num_params", "device_name")},
+                                                    "test_loss", "num_params", "device_name", "torch_version")},
+               "code_commit": code.get("commit"), "code_modified": code.get("modified"),
                **{key: args[key] for key in read_by(args) if key != "seed"},
                **{MODEL_PREFIX + key: value for key, value in results.get("model_config", {}).items()}}
         rows.append(row)

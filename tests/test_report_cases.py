@@ -341,7 +341,7 @@ def test_a_grid_without_logged_first_layers_has_no_such_table(tmp_path):
     assert "The first layer against its random initialisation" not in text and "| moved |" not in text
 
 
-def test_the_header_names_the_code_each_run_trained_with(tmp_path):
+def test_the_header_names_the_code_each_run_trained_with_and_in_how_many_runs(tmp_path):
     out = str(tmp_path / "runs")
     commit = "0123456789abcdef0123456789abcdef01234567"
     versions = {"relu": {"commit": commit, "modified": False}, "tanh": {"commit": commit, "modified": True},
@@ -350,8 +350,10 @@ def test_the_header_names_the_code_each_run_trained_with(tmp_path):
         write_run(out, "mlp_activation", f"activation-{activation}_seed-42", {"activation": activation}, [0.2, 0.5],
                   logged={"code_version": version})
     write_run(out, "mlp_activation", "activation-relu_seed-43", {"activation": "relu"}, [0.2, 0.5], seed=43)  # older
-    assert ("- Code: git commit 0123456789ab; git commit 0123456789ab with modified tracked files; no git commit "
-            "(not in a checkout, or git missing); not logged.\n") in markdown_of(out)
+    write_run(out, "mlp_activation", "activation-tanh_seed-43", {"activation": "tanh"}, [0.2, 0.5], seed=43,
+              logged={"code_version": versions["relu"]})
+    assert ("- Code: git commit 0123456789ab in 2 runs; git commit 0123456789ab with modified tracked files in 1 run; "
+            "no git commit (not in a checkout, or git missing) in 1 run; not logged in 1 run.\n") in markdown_of(out)
 
 
 def test_a_grid_names_its_completed_runs_that_ended_no_better_than_guessing(tmp_path):

@@ -29,7 +29,8 @@ def logs(tmp_path):
               args={"optimizer": "adamw", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4,
                     "lr_schedule": "constant", "warmup_fraction": 0.2},
               model_config={"num_classes": 10, "hidden_sizes": [1024, 512]},
-              logged={"valid_losses": [2.0, None]})  # a loss that was not finite, logged as null
+              logged={"valid_losses": [2.0, None],  # a loss that was not finite, logged as null
+                      "code_version": {"commit": "0123456789abcdef0123456789abcdef01234567", "modified": True}})
     markdown_of(out)
     return out
 
@@ -62,6 +63,15 @@ def test_runs_csv_leaves_empty_what_a_run_did_not_train_with_and_writes_lists_as
     assert row["momentum"] == "" and row["warmup_fraction"] == ""  # not read by adamw, nor by a constant rate
     assert json.loads(row["model.hidden_sizes"]) == [1024, 512]
     assert list(row)[:len(RUN_COLUMNS)] == list(RUN_COLUMNS)
+
+
+def test_runs_csv_names_the_pytorch_and_the_code_that_each_run_trained_with(logs):
+    rows = {(row["study"], row["run"]): row for row in _read_csv(logs, "runs.csv")}
+    row = rows["resnet18_lr", "lr-0.01_seed-42"]
+    assert (row["torch_version"], row["code_commit"], row["code_modified"]) == (
+        "2.11.0", "0123456789abcdef0123456789abcdef01234567", "true")
+    older = rows["resnet18_lr", "lr-0.001_seed-42"]  # logged before runs recorded their code
+    assert (older["torch_version"], older["code_commit"], older["code_modified"]) == ("2.11.0", "", "")
 
 
 def test_epochs_csv_has_every_logged_epoch_of_every_run(logs):
