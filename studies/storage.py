@@ -212,7 +212,7 @@ def _database(url, given):
     try:
         return optuna.storages.RDBStorage(url)
     except ImportError as exc:  # the URL's driver, which requirements.txt installs for postgresql:// URLs
-        driver = getattr(exc.__cause__, "name", None) or "module"
+        driver = getattr(exc.__cause__, "name", None) or "of this URL"
         raise UserError(f"--storage {shown_storage(given)}: the database driver {driver} is not installed; "
                         "pip install -r requirements.txt installs psycopg, the driver of postgresql:// URLs") from None
     except (sqlalchemy.exc.SQLAlchemyError, ValueError) as exc:  # ValueError: a malformed URL
