@@ -155,8 +155,9 @@ def test_a_worker_with_nothing_to_claim_waits_and_takes_over_the_run_of_a_worker
     finally:
         other_worker.kill()
         other_worker.wait()
-    assert jobs_of(load_study(out, "mlp_activation")) == {
-        "activation-relu_seed-42": [TrialState.FAIL, TrialState.COMPLETE], "activation-tanh_seed-42": [TrialState.COMPLETE]}
+    assert jobs_of(load_study(out, "mlp_activation")) == {"activation-relu_seed-42": [TrialState.FAIL,
+                                                                                      TrialState.COMPLETE],
+                                                          "activation-tanh_seed-42": [TrialState.COMPLETE]}
     printed = capsys.readouterr().out
     assert waits == [study_worker.POLL_SECONDS] and printed.count(
         f"no run to claim: waiting while 1 run trains in other workers ({TAKEN_OVER})") == 1
