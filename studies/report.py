@@ -79,6 +79,7 @@ RESULTS_SHAPES = {
     "args": ("an object whose epochs is a whole number", _object_of(epochs=_whole)),
     "split": ("an object of whole-number counts", _object_of(train=_whole, valid=_whole, test=_whole)),
     **{key: ("an object", _object_of()) for key in ("model_config", "data")},
+    "error": ("a string", _or_null(_string)),
     "hidden_units": ("an object of hidden-layer measures", _or_null(_object_with(
         derivative_peak=_number, flat_below=_number, images=_whole,
         layers=_list_of(_object_with(units=_whole, mean_derivative=_or_null(_number), flat_share=_number,
@@ -96,7 +97,7 @@ TRIAL_SHAPES = {
     "settings": ("an object", _object_of()), "seed": ("a whole number", _or_null(_whole)),
     "outcome": ("a string", _string), "value": ("a number", _or_null(_number)),
     "source_trial": ("a whole number", _or_null(_whole)),
-    "held": ("a list of setting names", _list_of(_string)),
+    "held": ("a list of setting names", _list_of(_string)), "error": ("a string", _or_null(_string)),
 }
 
 

@@ -208,8 +208,9 @@ def outcome_sentences(runs):
     for run in runs:
         outcome = (run["trial"] or {}).get("outcome")
         epochs = run["results"].get("epochs_completed", 0)
-        if outcome == "diverged":
-            lines.append(f"{run['name']} diverged: its training loss was not finite in epoch {epochs + 1}.")
+        if outcome == "diverged":  # logs older than results.json's reason diverged at their training loss
+            reason = run["results"].get("error") or f"its training loss was not finite in epoch {epochs + 1}"
+            lines.append(f"{run['name']} diverged: {reason}.")
         elif outcome == "error":
             lines.append(f"{run['name']} failed: {run['trial'].get('error') or 'see its train.log'}.")
         elif TRIAL_FILE in _unreadable(run):

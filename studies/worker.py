@@ -296,6 +296,8 @@ def run_trial(plan, study, lock, trial):
         outcome = results["status"]
         if outcome == "completed" and results["valid_accs"]:
             value = results["valid_accs"][-1]
+        if outcome == "diverged":
+            error = results["error"]  # which loss was not finite, and when
     except (UserError, KeyboardInterrupt):
         raise
     except RunTakenOver:

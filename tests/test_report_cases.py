@@ -39,6 +39,17 @@ def test_the_patch_cost_table_leaves_out_a_setting_without_a_timed_epoch_or_a_pa
             "0.50 s (patch_size 8) to 1.00 s (patch_size 4), 2.0 times as long.") in text
 
 
+def test_a_diverged_run_is_said_to_diverge_for_the_reason_its_results_give(tmp_path):
+    out = str(tmp_path / "runs")
+    write_run(out, "resnet18_lr", "lr-0.1_seed-42", {"lr": 0.1}, [0.1, 0.1], outcome="diverged",
+              logged={"error": "the weights were not finite after epoch 3"})
+    write_run(out, "resnet18_lr", "lr-0.01_seed-42", {"lr": 0.01}, [0.1, 0.1], outcome="diverged",
+              logged={"error": 3})  # edited by hand
+    text = markdown_of(out)
+    assert "lr-0.1_seed-42 diverged: the weights were not finite after epoch 3." in text
+    assert "'error' is not a string: 3" in text and "lr-0.01_seed-42 diverged: its training loss" in text
+
+
 def test_a_search_report_while_its_final_run_trains_claims_no_test_accuracy(tmp_path):
     out = str(tmp_path / "runs")
     write_run(out, "resnet18_best", "trial-0000", {"optimizer": "momentum", "lr": 0.1, "epochs": 2}, [0.5, 0.6],

@@ -319,12 +319,25 @@ def test_divergence_stops_cleanly_with_strict_json(run_args, tmp_path, monkeypat
     assert "NaN" not in text and "Infinity" not in text
     results = read_results(logdir)
     assert results["status"] == "diverged" and results["epochs_completed"] == 1 and results["test_acc"] is None
+    assert results["error"] == "the training loss was nan in epoch 2"
 
 
 def test_huge_learning_rate_diverges_for_real(run_args, tmp_path):
     logdir = str(tmp_path / "run")
     code = main.main(run_args("mlp", "--logdir", logdir, "--optimizer", "sgd", "--lr", "1e30", epochs=2))
     assert code == 3 and read_results(logdir)["status"] == "diverged"
+
+
+def test_a_last_step_that_breaks_the_weights_is_a_divergence_not_a_completed_run(run_args, tmp_path, capsys):
+    # one batch an epoch: the step takes a finite loss, then leaves the weights that the validation finds broken
+    logdir = str(tmp_path / "run")
+    code = main.main(run_args("mlp", "--logdir", logdir, "--optimizer", "sgd", "--lr", "1e300", "--batch_size", "128",
+                              epochs=1))
+    results = read_results(logdir)
+    assert code == 3 and results["status"] == "diverged" and results["epochs_completed"] == 0
+    assert results["error"] == "the weights were not finite after epoch 1"
+    assert results["test_acc"] is None and results["test_loss"] is None
+    assert f"{results['error']}: the run diverged and stops (try a smaller --lr)" in capsys.readouterr().err
 
 
 def test_a_run_asked_for_cuda_without_it_trains_and_evaluates_on_the_cpu(run_args, tmp_path, monkeypatch):

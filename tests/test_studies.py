@@ -63,6 +63,7 @@ def test_diverged_and_failed_runs_are_recorded_and_the_study_goes_on(study_args,
     assert studies_main(study_args("mlp_activation", "--values", "relu", "--optimizer", "sgd", "--lr", "1e30")) == 0
     [trial] = load_study(out, "mlp_activation").get_trials()
     assert trial.state == TrialState.FAIL and trial.user_attrs["outcome"] == "diverged"
+    assert re.fullmatch(r"the training loss was (nan|inf) in epoch 1|the weights were not finite after epoch 1", trial.user_attrs["error"])
 
     real_fit = study_worker.fit
 
@@ -137,13 +138,15 @@ def test_a_run_that_retry_failed_trains_again_is_unfinished_in_the_report_until_
     assert read_json(os.path.join(study_dir, "runs", name, "trial.json"))["outcome"] == "completed"
 
 
-@pytest.mark.parametrize("status, valid_accs, recorded", [
-    ("completed", [], (TrialState.FAIL, "error", None, "no validation accuracy was recorded")),
-    ("diverged", [0.3], (TrialState.FAIL, "diverged", None, None)),  # an accuracy logged before it diverged
-    ("completed", [0.3, 0.4], (TrialState.COMPLETE, "completed", 0.4, None))])
-def test_a_run_has_a_value_only_when_it_completed_with_a_validation_accuracy(status, valid_accs, recorded, study_args,
-                                                                             tmp_path, monkeypatch):
-    monkeypatch.setattr(study_worker, "fit", lambda args, **kwargs: {"status": status, "valid_accs": valid_accs})
+@pytest.mark.parametrize("status, valid_accs, error, recorded", [
+    ("completed", [], None, (TrialState.FAIL, "error", None, "no validation accuracy was recorded")),
+    ("diverged", [0.3], "the weights were not finite after epoch 2",  # an accuracy logged before it diverged
+     (TrialState.FAIL, "diverged", None, "the weights were not finite after epoch 2")),
+    ("completed", [0.3, 0.4], None, (TrialState.COMPLETE, "completed", 0.4, None))])
+def test_a_run_has_a_value_only_when_it_completed_with_a_validation_accuracy(status, valid_accs, error, recorded,
+                                                                             study_args, tmp_path, monkeypatch):
+    monkeypatch.setattr(study_worker, "fit",
+                        lambda args, **kwargs: {"status": status, "valid_accs": valid_accs, "error": error})
     assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
     [trial] = load_study(str(tmp_path / "out"), "mlp_activation").get_trials()
     logged = read_json(tmp_path / "out" / "mlp_activation" / "runs" / "activation-relu_seed-42" / "trial.json")

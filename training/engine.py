@@ -285,17 +285,21 @@ def _fit(args, on_epoch, test, held):
           f"split {len(train_index)}/{len(valid_index)}/{len(data.test_labels)}")
     print(table.header())
     status = "running"
-    test_loss = test_acc = test_confusion = None
+    test_loss = test_acc = test_confusion = divergence = None
     in_on_epoch = False  # what the caller's on_epoch raises (a study's handover of the run) is not the run failing
     try:
         for epoch in range(first_epoch, args.epochs):
             train_loss, train_acc, train_time = train(epoch + 1, model, loaders["train"], optimizer, args, step)
-            if not math.isfinite(train_loss):
+            divergence = (None if math.isfinite(train_loss)
+                          else f"the training loss was {train_loss} in epoch {epoch + 1}")
+            if not divergence:
+                valid_loss, valid_acc, valid_time = evaluate(epoch + 1, model, loaders["valid"], args)
+                if not math.isfinite(valid_loss) and not _weights_finite(model):
+                    divergence = f"the weights were not finite after epoch {epoch + 1}"
+            if divergence:
                 status = "diverged"
-                print(f"training loss is {train_loss} in epoch {epoch + 1}: the run diverged and stops "
-                      "(try a smaller --lr)", file=sys.stderr)
+                print(f"{divergence}: the run diverged and stops (try a smaller --lr)", file=sys.stderr)
                 break
-            valid_loss, valid_acc, valid_time = evaluate(epoch + 1, model, loaders["valid"], args)
             logged = {"train_losses": train_loss, "valid_losses": valid_loss, "train_accs": train_acc,
                       "valid_accs": valid_acc, "train_seconds": train_time, "valid_seconds": valid_time,
                       "train_images_per_second": len(train_index) / train_time, "epoch_end_times": time.time()}
@@ -357,8 +361,15 @@ def _fit(args, on_epoch, test, held):
             for path in _visualize(model, args.logdir):
                 print(f"wrote {path}")
     else:
-        record(status)
+        record(status, error=divergence)
     return results
+
+
+def _weights_finite(model):
+    """Whether every weight and buffer of ``model`` is finite. A validation loss that is not finite is a divergence
+    only where they are not (an epoch's last step broke them after its training loss was taken), not where logits
+    merely passed the range of the evaluation's precision."""
+    return all(torch.isfinite(tensor).all() for tensor in model.state_dict().values() if tensor.is_floating_point())
 
 
 def epochs_kept(exc):
