@@ -57,7 +57,14 @@ def open_storage(url, study_dir):
         if url.startswith("postgresql://"):  # the driver that requirements.txt installs, whatever SQLAlchemy's default
             url = "postgresql+psycopg://" + url[len("postgresql://"):]
         return _database(url, given), PostgresLock(url)
-    return _database(url, url), FileLock(url[len("sqlite:///"):] + ".claims.lock")
+    path = url[len("sqlite:///"):].split("?")[0]
+    folder = os.path.dirname(path)
+    if folder and not os.path.isdir(folder):  # SQLite's own words would be "unable to open database file"
+        relative = "" if os.path.isabs(path) else (f" (a path after sqlite:/// is relative to the current folder, "
+                                                   f"{os.getcwd()}; one after sqlite://// is absolute)")
+        raise UserError(f"--storage {url}: there is no folder {folder} for the database file{relative}; create it or "
+                        "correct the URL")
+    return _database(url, url), FileLock(path + ".claims.lock")
 
 
 def storage_kind(url):

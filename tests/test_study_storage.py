@@ -155,8 +155,8 @@ def test_a_journal_that_cannot_be_read_gets_one_line(study_args, tmp_path, capsy
     ("postgresql://someone:secret@127.0.0.1:1/studies",
      "--storage postgresql://someone:***@127.0.0.1:1/studies: cannot open the database (connection failed"),
     ("postgresql://someone:secret@dbhost:port/studies", "--storage (a malformed URL): cannot open the database"),
-    ("sqlite:////no/such/folder/studies.db", "--storage sqlite:////no/such/folder/studies.db: cannot open the "
-                                             "database (unable to open database file); check the URL"),
+    ("sqlite:////no/such/folder/studies.db", "--storage sqlite:////no/such/folder/studies.db: there is no folder "
+                                             "/no/such/folder for the database file; create it or correct the URL"),
 ])
 def test_a_database_that_cannot_be_opened_gets_one_line_without_its_password(study_args, tmp_path, capsys,
                                                                              storage, message):
@@ -165,6 +165,17 @@ def test_a_database_that_cannot_be_opened_gets_one_line_without_its_password(stu
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {message}") and len(err.splitlines()) == 1 and "secret" not in err
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_sqlite_url_whose_relative_folder_is_missing_says_how_an_absolute_path_is_written(study_args, tmp_path,
+                                                                                           capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # sqlite:///tmp/studies.db was meant as /tmp/studies.db: it reads tmp/studies.db
+    assert studies_main(study_args("mlp_activation", "--storage", "sqlite:///tmp/studies.db")) == 2
+    assert capsys.readouterr().err == (
+        f"error: --storage sqlite:///tmp/studies.db: there is no folder tmp for the database file (a path after "
+        f"sqlite:/// is relative to the current folder, {tmp_path}; one after sqlite://// is absolute); create it or "
+        "correct the URL\n")
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("storage, driver", [("postgresql://someone:secret@127.0.0.1:1/studies", "psycopg"),
