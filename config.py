@@ -8,7 +8,7 @@ import torch
 
 from training.augmentation import AUGMENTATIONS, MIXES
 from training.errors import CommandLineParser, path_flag
-from training.optim import SCHEDULES
+from training.optim import SCHEDULES, unread_flags
 
 
 DATA_DIR = "./data"
@@ -137,6 +137,16 @@ def torch_too_old():
         return (f"torch {torch.__version__} is older than {'.'.join(map(str, OLDEST_TORCH))}, the oldest "
                 "release this runner is tested with; upgrade it: pip install -r requirements.txt")
     return None
+
+
+def unread_flag_warnings(settings, tuned=()):
+    """A line for each flag in ``settings`` (a run's flags by name) set away from its default that the run trains
+    without (``--weight_decay`` with adam), so that no result is taken for that flag's; none where the flag that
+    decides it is ``tuned`` (by a search, some of whose runs read the flag)."""
+    defaults = vars(get_config_parser().parse_args([]))
+    return [f"--{flag} {settings[flag]} is not used with --{by} {settings[by]}: {why}"
+            for flag, (by, why) in unread_flags(settings).items()
+            if by not in tuned and settings[flag] != defaults[flag]]
 
 
 def check_args(args):

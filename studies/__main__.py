@@ -16,7 +16,7 @@ import sys
 
 import optuna
 
-from config import MAX_SEED, HelpFormatter, check_args, get_config_parser, given_flags
+from config import MAX_SEED, HelpFormatter, check_args, get_config_parser, given_flags, unread_flag_warnings
 from training.cifar10 import check_valid_size, load_cifar10
 from training.devices import auto_precision, no_cuda_said, precision_hint
 from training.errors import (CommandLineParser, OutputRefused, UserError, exit_after_output, path_flag,
@@ -201,6 +201,14 @@ def _note_precision(study, args):
         say(f"note: the runs of {study.name} train in {precision}{hint}", file=sys.stderr)
 
 
+def _note_unread_flags(plan, args):
+    """Say on the console what each run's train.log warns: a flag given that the study's runs train without
+    (``--weight_decay`` where ``resnet18_lr`` holds adam); not where a search tunes the flag that decides it."""
+    tuned = {dimension.setting for dimension in plan.study.space} - set(plan.given)
+    for line in unread_flag_warnings({**vars(args), **plan.given}, tuned):
+        say(f"warning: in {plan.study.name}, {line}", file=sys.stderr)
+
+
 def run_study(study, options, train_argv, argv):
     plan = make_plan(study, options, train_argv)
     storage, lock = open_storage(plan.storage, plan.study_dir)
@@ -213,6 +221,7 @@ def run_study(study, options, train_argv, argv):
             _note_no_cuda(study, args)
             _note_cpu_cost(study, args)
             _note_precision(study, args)
+            _note_unread_flags(plan, args)
         if options.workers > 1:
             code = launch_workers(options.workers, argv, args.device)
         else:

@@ -6,6 +6,7 @@ sentence states what the logs show."""
 import os
 
 from training.errors import counted
+from training.optim import unread_flags
 
 from . import figures
 from .class_sections import class_accuracy_block
@@ -58,16 +59,9 @@ HYPERPARAMETERS = ("optimizer", "lr", "momentum", "weight_decay", "batch_size", 
 
 
 def read_by(args):
-    """The hyperparameters among a run's flags ``args`` that its training reads: not ``--momentum`` but with SGD's
-    momentum, not ``--weight_decay`` with adam (as in the template), not ``--warmup_fraction`` with a constant
-    learning rate."""
-    unread = set()
-    if args.get("optimizer") != "momentum":
-        unread.add("momentum")
-    if args.get("optimizer") == "adam":
-        unread.add("weight_decay")
-    if args.get("lr_schedule") == "constant":
-        unread.add("warmup_fraction")
+    """The hyperparameters among a run's flags ``args`` that its training reads (not ``--weight_decay`` with adam:
+    ``training.optim.unread_flags``)."""
+    unread = unread_flags(args)
     return [key for key in HYPERPARAMETERS if key in args and key not in unread]
 
 

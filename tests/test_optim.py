@@ -6,7 +6,8 @@ import copy
 import pytest
 import torch
 
-from training.optim import LRSchedule, build_optimizer, load_optimizer_state, set_learning_rate
+from training.optim import (OPTIMIZERS, LRSchedule, build_optimizer, load_optimizer_state, set_learning_rate,
+                            unread_flags)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "adamw"])
@@ -25,6 +26,18 @@ def test_optimizers_follow_the_template(optimizer):
         return {key: value for key, value in built_optimizer.param_groups[0].items() if key not in implementation}
     assert type(built) is type(template) and hyperparameters(built) == hyperparameters(template)
     assert built.param_groups[0]["weight_decay"] == (0 if optimizer == "adam" else 0.01)
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_the_flags_said_to_be_unused_are_those_the_optimizer_is_built_without(optimizer):
+    def hyperparameters(**changed):
+        built = build_optimizer(optimizer, [torch.nn.Parameter(torch.ones(2))],
+                                **{"lr": 0.1, "momentum": 0.8, "weight_decay": 0.01, **changed})
+        return {key: value for key, value in built.param_groups[0].items() if key != "params"}
+    read = {flag for flag, other in (("momentum", 0.5), ("weight_decay", 0.1))
+            if hyperparameters(**{flag: other}) != hyperparameters()}
+    unread = set(unread_flags({"optimizer": optimizer, "lr_schedule": "cosine"}))
+    assert read.isdisjoint(unread) and read | unread == {"momentum", "weight_decay"}
 
 
 def test_schedules():

@@ -340,6 +340,23 @@ def test_a_last_step_that_breaks_the_weights_is_a_divergence_not_a_completed_run
     assert f"{results['error']}: the run diverged and stops (try a smaller --lr)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags, warned", [
+    (["--optimizer", "adam", "--weight_decay", "0.1"],
+     ["--weight_decay 0.1 is not used with --optimizer adam: the template's adam has no weight decay (adamw decays the "
+      "weights)"]),
+    (["--optimizer", "sgd", "--momentum", "0.5", "--warmup_fraction", "0.1"],
+     ["--momentum 0.5 is not used with --optimizer sgd: only --optimizer momentum has momentum",
+      "--warmup_fraction 0.1 is not used with --lr_schedule constant: only cosine and onecycle warm up"]),
+    (["--optimizer", "adam"], []),  # the template's own weight decay and momentum, which it never said it applied
+    (["--optimizer", "momentum", "--momentum", "0.5", "--lr_schedule", "cosine", "--warmup_fraction", "0.1"], []),
+])
+def test_a_flag_given_that_the_run_trains_without_is_warned_of(flags, warned, run_args):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main.main(run_args("mlp", *flags, epochs=1)) == 0
+    assert [str(warning.message) for warning in caught if "is not used" in str(warning.message)] == warned
+
+
 def test_a_run_asked_for_cuda_without_it_trains_and_evaluates_on_the_cpu(run_args, tmp_path, monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

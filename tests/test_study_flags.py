@@ -264,6 +264,25 @@ def test_a_study_on_a_gpu_with_fp16_tensor_cores_passes_on_the_runs_precision_hi
     assert capsys.readouterr().err == (f"note: the runs of resnet18_lr train{note}\n" if note else "")
 
 
+@pytest.mark.parametrize("name, flags, noted", [
+    ("resnet18_lr", ["--weight_decay", "1e-4"], ["warning: in resnet18_lr, --weight_decay 0.0001 is not used with "
+                                                 "--optimizer adam: the template's adam has no weight decay (adamw "
+                                                 "decays the weights)"]),
+    ("resnet18_best", ["--momentum", "0.8"], []),  # the search tunes the optimizer: its SGD trials read it
+    ("resnet18_best", ["--optimizer", "adamw", "--momentum", "0.8"],
+     ["warning: in resnet18_best, --momentum 0.8 is not used with --optimizer adamw: only --optimizer momentum has "
+      "momentum"]),
+    ("mlp_activation", ["--warmup_fraction", "0.1"], ["warning: in mlp_activation, --warmup_fraction 0.1 is not used "
+                                                      "with --lr_schedule constant: only cosine and onecycle warm up"]),
+])
+def test_a_study_warns_once_of_a_flag_that_its_runs_train_without(name, flags, noted, study_args, monkeypatch, capsys):
+    import studies.__main__ as cli
+
+    monkeypatch.setattr(cli, "work", lambda plan, study, lock: None)  # each run's train.log warns as main.py does
+    assert cli.main(study_args(name, *flags)) == 0
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: in")] == noted
+
+
 def test_the_cpu_epoch_costs_the_studies_quote_are_those_measured_in_docs_cpu():
     from studies.__main__ import AMX_CPU_EPOCH_SECONDS, CPU_EPOCH_SECONDS
 

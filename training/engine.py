@@ -176,11 +176,13 @@ def fit(args, on_epoch=None, test=True):
 
 
 def _fit(args, on_epoch, test, held):
-    from config import check_args
+    from config import check_args, unread_flag_warnings
 
     problems = check_args(args)
     if problems:
         raise UserError(problems[0])
+    for line in unread_flag_warnings(vars(args)):
+        warnings.warn(line)
     model_config = load_model_config(args.model_config, args.model)
     signature = {key: getattr(args, key) for key in RESUME_KEYS}
     signature["model_config"] = model_config

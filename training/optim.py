@@ -10,6 +10,20 @@ SCHEDULES = ("constant", "cosine", "onecycle")
 IMPLEMENTATION_FLAGS = ("capturable", "fused", "foreach")  # how an optimizer computes, not what
 
 
+def unread_flags(settings):
+    """The flags that a run with these ``settings`` (its flags by name) trains without, each with the flag that
+    decides it and why: ``momentum`` but with SGD's momentum, ``weight_decay`` with adam (as in the template),
+    ``warmup_fraction`` with a constant learning rate."""
+    unread = {}
+    if settings.get("optimizer") != "momentum":
+        unread["momentum"] = ("optimizer", "only --optimizer momentum has momentum")
+    if settings.get("optimizer") == "adam":
+        unread["weight_decay"] = ("optimizer", "the template's adam has no weight decay (adamw decays the weights)")
+    if settings.get("lr_schedule") == "constant":
+        unread["warmup_fraction"] = ("lr_schedule", "only cosine and onecycle warm up")
+    return unread
+
+
 def build_optimizer(name, parameters, lr, momentum, weight_decay, capturable=False):
     """The template's four optimizers; ``adam`` takes no weight decay, as in the template.
 
