@@ -132,16 +132,19 @@ def _read_json(path, unreadable, required=(), shapes=None):
 
 
 def load_runs(study_dir):
-    """Every run folder of a study: ``{study, name, path, trial, results, unreadable}`` (``trial`` None while
-    unfinished; ``unreadable``: ``(path, why)`` of each of the run's files that is there but could not be read)."""
+    """Every run folder of a study: ``{study, name, path, trial, results, unreadable, written_in}`` (``trial`` None
+    while unfinished; ``unreadable``: ``(path, why)`` of each of the run's files that is there but could not be read;
+    ``written_in``: the folder that a copied run's results.json was written in, else None)."""
     folder = os.path.join(study_dir, RUNS_FOLDER)
     runs = []
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         path, unreadable = os.path.join(folder, name), []
         results = _read_json(os.path.join(path, "results.json"), unreadable, shapes=RESULTS_SHAPES) or {}
+        logdir = results.get("args", {}).get("logdir")
+        copied = isinstance(logdir, str) and os.path.basename(os.path.normpath(logdir)) != name
         runs.append({"study": os.path.basename(study_dir), "name": name, "path": path,
                      "trial": _read_json(os.path.join(path, TRIAL_FILE), unreadable, TRIAL_KEYS, TRIAL_SHAPES),
-                     "results": results, "unreadable": unreadable})
+                     "results": results, "unreadable": unreadable, "written_in": logdir if copied else None})
     return runs
 
 
@@ -187,7 +190,11 @@ def build_report(out, report_dir=None):
     """Write ``report.md``, ``report.pdf``, every figure as a PNG, and ``runs.csv`` and ``epochs.csv``; returns the
     paths of the report and the two tables."""
     report_dir = report_dir or os.path.join(out, "report")
-    runs_of = {study.name: load_runs(os.path.join(out, study.name)) for study in STUDIES.values()}
+    loaded = {study.name: load_runs(os.path.join(out, study.name)) for study in STUDIES.values()}
+    # a run folder copied into a study's runs (a backup of a run, a run of main.py) would be counted twice or as
+    # a run that the study never finishes
+    copies = [run for runs in loaded.values() for run in runs if run["written_in"]]
+    runs_of = {name: [run for run in runs if not run["written_in"]] for name, runs in loaded.items()}
     all_runs = [run for runs in runs_of.values() for run in runs]
     shared = shared_processors(all_runs)
     sections = [search_section(study, runs_of, shared) if study.is_search
@@ -208,6 +215,10 @@ def build_report(out, report_dir=None):
     unreadable = [f"{path} ({why})" for run in all_runs for path, why in run["unreadable"]]
     if unreadable:
         header.append(f"Unreadable files, whose values are missing below: {'; '.join(unreadable)}.")
+    if copies:
+        copied = "; ".join(f"{run['path']} (written in {run['written_in']})" for run in copies)
+        header.append(f"Left out, as copies of runs made elsewhere (their results.json was written in another folder): "
+                      f"{copied}.")
     if not_run:
         header.append(f"Not in this report, no runs under {out} yet: {', '.join(not_run)} "
                       f"(`python -m studies run NAME --out {out}` runs one).")

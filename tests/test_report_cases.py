@@ -50,6 +50,21 @@ def test_a_diverged_run_is_said_to_diverge_for_the_reason_its_results_give(tmp_p
     assert "'error' is not a string: 3" in text and "lr-0.01_seed-42 diverged: its training loss" in text
 
 
+def test_a_run_folder_copied_into_a_study_is_left_out_and_named(tmp_path):
+    out = str(tmp_path / "runs")
+    runs = os.path.join(out, "mlp_activation", "runs")
+    for activation in ("relu", "tanh"):
+        name = f"activation-{activation}_seed-42"
+        write_run(out, "mlp_activation", name, {"activation": activation}, [0.5, 0.6],
+                  args={"logdir": os.path.join(runs, name)})
+    write_run(out, "mlp_activation", "my_backup", {"activation": "relu"}, [0.5, 0.6],
+              args={"logdir": os.path.join(runs, "activation-relu_seed-42")})
+    text = markdown_of(out)
+    assert ("Left out, as copies of runs made elsewhere (their results.json was written in another folder): "
+            f"{os.path.join(runs, 'my_backup')} (written in {os.path.join(runs, 'activation-relu_seed-42')}).") in text
+    assert "Grid over activation: relu, tanh; 2 runs." in text and "| my_backup |" not in text
+
+
 def test_a_search_report_while_its_final_run_trains_claims_no_test_accuracy(tmp_path):
     out = str(tmp_path / "runs")
     write_run(out, "resnet18_best", "trial-0000", {"optimizer": "momentum", "lr": 0.1, "epochs": 2}, [0.5, 0.6],
