@@ -184,8 +184,17 @@ def test_a_disk_that_fills_up_while_the_archive_is_extracted_is_named_and_the_ar
 
 def test_data_dir_that_is_a_file_or_unwritable_is_refused(tmp_path):
     (tmp_path / "a_file").write_text("")
-    with pytest.raises(UserError, match="is a file, not a folder"):
+    with pytest.raises(UserError) as refused:
         load_cifar10(str(tmp_path / "a_file"))
+    assert str(refused.value) == (f"--data_dir {tmp_path / 'a_file'} is a file, not a folder; point --data_dir at a "
+                                  f"folder that holds cifar-10-batches-py/ or cifar-10-python.tar.gz (from "
+                                  f"{cifar10.URL})")
+    archive = tmp_path / cifar10.ARCHIVE  # the download itself, given where its folder belongs
+    archive.write_bytes(b"")
+    with pytest.raises(UserError) as refused:
+        load_cifar10(str(archive))
+    assert str(refused.value) == (f"--data_dir {archive} is the archive itself; pass the folder that holds it: "
+                                  f"--data_dir {tmp_path}")
     with pytest.raises(UserError, match="cannot write into --data_dir"):
         load_cifar10(str(tmp_path / "a_file" / "data"))
 

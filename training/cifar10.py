@@ -145,7 +145,11 @@ def fetch_cifar10(data_dir, download=True):
     where = (f"put {ARCHIVE} (from {URL}) in {os.path.abspath(data_dir)}, or point --data_dir at a folder "
              f"that holds {FOLDER}/")
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
-        raise UserError(f"--data_dir {data_dir} is a file, not a folder; {where}")
+        if os.path.basename(data_dir) == ARCHIVE:
+            raise UserError(f"--data_dir {data_dir} is the archive itself; pass the folder that holds it: --data_dir "
+                            f"{os.path.dirname(os.path.abspath(data_dir))}")
+        raise UserError(f"--data_dir {data_dir} is a file, not a folder; point --data_dir at a folder that holds "
+                        f"{FOLDER}/ or {ARCHIVE} (from {URL})")
     if all(os.path.isfile(os.path.join(data_dir, name)) for name in (*TRAIN_FILES, TEST_FILE)):
         folder, parent = os.path.abspath(data_dir), os.path.dirname(os.path.abspath(data_dir))
         if os.path.basename(folder) == FOLDER:
