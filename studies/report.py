@@ -141,7 +141,8 @@ def load_runs(study_dir):
         path, unreadable = os.path.join(folder, name), []
         results = _read_json(os.path.join(path, "results.json"), unreadable, shapes=RESULTS_SHAPES) or {}
         logdir = results.get("args", {}).get("logdir")
-        copied = isinstance(logdir, str) and os.path.basename(os.path.normpath(logdir)) != name
+        # the last part of the path, whichever system wrote it (a study run on Windows, reported on Linux)
+        copied = isinstance(logdir, str) and logdir.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] != name
         runs.append({"study": os.path.basename(study_dir), "name": name, "path": path,
                      "trial": _read_json(os.path.join(path, TRIAL_FILE), unreadable, TRIAL_KEYS, TRIAL_SHAPES),
                      "results": results, "unreadable": unreadable, "written_in": logdir if copied else None})
@@ -191,8 +192,8 @@ def build_report(out, report_dir=None):
     paths of the report and the two tables."""
     report_dir = report_dir or os.path.join(out, "report")
     loaded = {study.name: load_runs(os.path.join(out, study.name)) for study in STUDIES.values()}
-    # a run folder copied into a study's runs (a backup of a run, a run of main.py) would be counted twice or as
-    # a run that the study never finishes
+    # a run folder copied into a study's runs (a backup of a run) would be counted twice, or as a run that the study
+    # never finishes
     copies = [run for runs in loaded.values() for run in runs if run["written_in"]]
     runs_of = {name: [run for run in runs if not run["written_in"]] for name, runs in loaded.items()}
     all_runs = [run for runs in runs_of.values() for run in runs]
