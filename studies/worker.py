@@ -297,7 +297,7 @@ def run_trial(plan, study, lock, trial):
         if outcome == "completed" and results["valid_accs"]:
             value = results["valid_accs"][-1]
         if outcome == "diverged":
-            error = results["error"]  # what was not finite (the training loss, the weights), and when
+            error = results["error"]  # which loss was not finite (training, validation), and when
     except (UserError, KeyboardInterrupt):
         raise
     except RunTakenOver:

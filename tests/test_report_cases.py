@@ -42,11 +42,11 @@ def test_the_patch_cost_table_leaves_out_a_setting_without_a_timed_epoch_or_a_pa
 def test_a_diverged_run_is_said_to_diverge_for_the_reason_its_results_give(tmp_path):
     out = str(tmp_path / "runs")
     write_run(out, "resnet18_lr", "lr-0.1_seed-42", {"lr": 0.1}, [0.1, 0.1], outcome="diverged",
-              logged={"error": "the weights were not finite after epoch 3"})
+              logged={"error": "the validation loss was nan after epoch 3"})
     write_run(out, "resnet18_lr", "lr-0.01_seed-42", {"lr": 0.01}, [0.1, 0.1], outcome="diverged",
               logged={"error": 3})  # edited by hand
     text = markdown_of(out)
-    assert "lr-0.1_seed-42 diverged: the weights were not finite after epoch 3." in text
+    assert "lr-0.1_seed-42 diverged: the validation loss was nan after epoch 3." in text
     assert "'error' is not a string: 3" in text and "lr-0.01_seed-42 diverged: its training loss" in text
 
 
