@@ -143,10 +143,10 @@ def unread_flag_warnings(settings, tuned=()):
     """A line for each flag in ``settings`` (a run's flags by name) set away from its default that the run trains
     without (``--weight_decay`` with adam), so that no result is taken for that flag's; none where the flag that
     decides it is ``tuned`` (by a search, some of whose runs read the flag)."""
-    defaults = vars(get_config_parser().parse_args([]))
+    parser = get_config_parser()
     return [f"--{flag} {settings[flag]} is not used with --{by} {settings[by]}: {why}"
             for flag, (by, why) in unread_flags(settings).items()
-            if by not in tuned and settings[flag] != defaults[flag]]
+            if by not in tuned and settings[flag] != parser.get_default(flag)]
 
 
 def check_args(args):

@@ -57,14 +57,7 @@ def open_storage(url, study_dir):
         if url.startswith("postgresql://"):  # the driver that requirements.txt installs, whatever SQLAlchemy's default
             url = "postgresql+psycopg://" + url[len("postgresql://"):]
         return _database(url, given), PostgresLock(url)
-    path = url[len("sqlite:///"):].split("?")[0]
-    folder = os.path.dirname(path)
-    if folder and not os.path.isdir(folder):  # SQLite's own words would be "unable to open database file"
-        relative = "" if os.path.isabs(path) else (f" (a path after sqlite:/// is relative to the current folder, "
-                                                   f"{os.getcwd()}; one after sqlite://// is absolute)")
-        raise UserError(f"--storage {url}: there is no folder {folder} for the database file{relative}; create it or "
-                        "correct the URL")
-    return _database(url, url), FileLock(path + ".claims.lock")
+    return _database(url, url), FileLock(url[len("sqlite:///"):].split("?")[0] + ".claims.lock")
 
 
 def storage_kind(url):
@@ -78,10 +71,17 @@ def storage_kind(url):
     if url.startswith("postgresql"):
         return "postgresql"
     if url.startswith("sqlite:///"):
-        if url[len("sqlite:///"):].split("?")[0] in ("", ":memory:"):
+        path = url[len("sqlite:///"):].split("?")[0]
+        if path in ("", ":memory:"):
             raise UserError(f"--storage {url} keeps the study's records in this process alone: other workers could "
                             "not share them, nor a rerun resume them; give a file, such as --storage "
                             "sqlite:///studies.db, or leave --storage out for the journal in the study's folder")
+        folder = os.path.dirname(path)
+        if folder and not os.path.isdir(folder):  # SQLite's own words would be "unable to open database file"
+            relative = "" if os.path.isabs(path) else (f" (a path after sqlite:/// is relative to the current "
+                                                       f"folder, {os.getcwd()}; one after sqlite://// is absolute)")
+            raise UserError(f"--storage {url}: there is no folder {folder} for the database file{relative}; create it "
+                            "or correct the URL")
         return "sqlite"
     raise UserError(f"--storage {shown_storage(url)}: unsupported; give a journal file path (one host), a "
                     "postgresql:// URL (several machines) or a sqlite:/// URL")

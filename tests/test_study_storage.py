@@ -170,12 +170,14 @@ def test_a_database_that_cannot_be_opened_gets_one_line_without_its_password(stu
 def test_a_sqlite_url_whose_relative_folder_is_missing_says_how_an_absolute_path_is_written(study_args, tmp_path,
                                                                                            capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # sqlite:///tmp/studies.db was meant as /tmp/studies.db: it reads tmp/studies.db
+    data_reads = []  # refused as the URL is read, before the data is
+    monkeypatch.setattr(studies_cli, "load_cifar10", lambda *args: data_reads.append(args))
     assert studies_main(study_args("mlp_activation", "--storage", "sqlite:///tmp/studies.db")) == 2
     assert capsys.readouterr().err == (
         f"error: --storage sqlite:///tmp/studies.db: there is no folder tmp for the database file (a path after "
         f"sqlite:/// is relative to the current folder, {tmp_path}; one after sqlite://// is absolute); create it or "
         "correct the URL\n")
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == [] and data_reads == []
 
 
 @pytest.mark.parametrize("storage, driver", [("postgresql://someone:secret@127.0.0.1:1/studies", "psycopg"),
