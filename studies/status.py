@@ -106,18 +106,25 @@ def print_status(out, storage_url):
     """Print every study that has started: its runs by outcome, then each running run's worker and progress."""
     if storage_url and storage_url.startswith("sqlite:///") and not os.path.isfile(storage_url[len("sqlite:///"):]):
         raise UserError(f"--storage {storage_url}: no such database file")
-    shown = 0
+    shown, ran_elsewhere = 0, []
     for name in STUDIES:
         study_dir = os.path.join(out, name)
-        if storage_url is None and not os.path.isfile(os.path.join(study_dir, JOURNAL_FILE)):
-            continue  # never create a journal just to look
-        storage, lock = open_storage(storage_url, study_dir)
-        try:
-            shown += _print_status(name, study_dir, storage, lock)
-        finally:
-            close_storage(storage)
-    if not shown:
-        ran_elsewhere = [name for name in STUDIES if os.path.isdir(os.path.join(out, name, RUNS_FOLDER))]
+        if storage_url is not None or os.path.isfile(os.path.join(study_dir, JOURNAL_FILE)):  # never create a journal
+            storage, lock = open_storage(storage_url, study_dir)
+            try:
+                if _print_status(name, study_dir, storage, lock):
+                    shown += 1
+                    continue
+            finally:
+                close_storage(storage)
+        if os.path.isdir(os.path.join(study_dir, RUNS_FOLDER)):
+            ran_elsewhere.append(name)
+    if shown:
+        for name in ran_elsewhere:
+            records = shown_storage(storage_url) or os.path.join(out, name, JOURNAL_FILE)
+            print(f"{name}: runs in {os.path.join(out, name, RUNS_FOLDER)}, but no record of the study in {records}; "
+                  "if it ran with --storage, give the same --storage to see it")
+    else:
         if storage_url is None and ran_elsewhere:
             raise UserError(f"{out} holds runs of {', '.join(ran_elsewhere)} but no study journal; if they ran with "
                             "--storage, give the same --storage to see them")

@@ -2,8 +2,9 @@
 
 A journal file in the study's folder serves workers on one host, with a file lock beside it; a PostgreSQL
 database serves workers on several machines, with an advisory lock; SQLite is accepted for one host. A journal
-cut short by a crash is repaired (a partial last record) or named (a damaged line) before Optuna reads it. The lock
-also gives the time that its workers' heartbeats are written and judged by: one clock for them all.
+cut short by a crash is repaired (a partial last record) or named (a damaged line), and a file that is no journal
+refused, before Optuna reads it. The lock also gives the time that its workers' heartbeats are written and judged by:
+one clock for them all.
 """
 import contextlib
 import json
@@ -42,16 +43,21 @@ def open_storage(url, study_dir):
         except OSError as exc:
             raise UserError(f"cannot create the folder of {path} ({exc.strerror}); give a writable --out "
                             "(or --storage)") from None
+        try:
+            _refuse_a_damaged_line(path)
+        except OSError as exc:
+            raise _unreadable(path, exc) from None
         _cut_off_a_partial_record(path)
         backend = _JournalFile(path)
         lock = FileLock(os.path.join(os.path.dirname(os.path.abspath(path)), "claims.lock"))
         try:
             return optuna.storages.journal.JournalStorage(backend), lock
-        except ValueError as exc:  # json's decode errors included
-            raise _unreadable_journal(path, exc) from None
-        except OSError as exc:  # no permission to read it (a study on a shared disk), a failing disk
-            raise UserError(f"cannot read the study's journal {path} ({exc.strerror}); reading it needs read access, "
-                            "running the study write access too; or use a new --out (or --storage)") from None
+        except ValueError as exc:  # every line is JSON, and Optuna still refuses one of them: another Optuna wrote it
+            raise UserError(f"Optuna {optuna.__version__} cannot read the study's journal {path} ({exc}); it may have "
+                            "been written by another version of Optuna: run the study with that version, or move the "
+                            "journal aside to start the study's records afresh") from None
+        except OSError as exc:
+            raise _unreadable(path, exc) from None
     if kind == "postgresql":
         given = url
         if url.startswith("postgresql://"):  # the driver that requirements.txt installs, whatever SQLAlchemy's default
@@ -182,25 +188,43 @@ def _ends_mid_record(path):
         return f.read(1) != b"\n"
 
 
-def _unreadable_journal(path, exc):
-    damaged = _first_damaged_line(path)
-    if damaged is None:  # every line is JSON, and Optuna still refuses one of them: another Optuna wrote it
-        return UserError(f"Optuna {optuna.__version__} cannot read the study's journal {path} ({exc}); it may have "
-                         "been written by another version of Optuna: run the study with that version, or move the "
-                         "journal aside to start the study's records afresh")
-    return UserError(f"the study's journal {path} is damaged at line {damaged}: a record was cut short (a full disk, "
-                     "a crash) and others were written after it; remove that line (keep a copy of the file), or move "
-                     "the journal aside to start the study's records afresh")
+def _unreadable(path, exc):
+    """No permission to read the journal (a study on a shared disk), or a failing disk."""
+    return UserError(f"cannot read the study's journal {path} ({exc.strerror}); reading it needs read access, running "
+                     "the study write access too; or use a new --out (or --storage)")
 
 
-def _first_damaged_line(path):
+def _refuse_a_damaged_line(path):
+    """One line naming the first of a journal's lines that is not an Optuna record, or saying that the file is no
+    journal at all (``--storage`` given another file), before anything is written to it or cut off from it. Optuna
+    would skip a damaged line when it is the last, as a record still being written, and append the next record after
+    it, which then makes the journal unreadable. What follows the last newline is a record being written or cut
+    short (``_cut_off_a_partial_record``), judged only by whether it could begin one."""
+    if not os.path.isfile(path):
+        return
     with open(path, "rb") as f:
-        for number, line in enumerate(f, start=1):
-            try:
-                json.loads(line)
-            except ValueError:
-                return number
-    return None
+        *lines, unfinished = f.read().split(b"\n")
+    damaged = next((number for number, line in enumerate(lines, start=1) if not _is_record(line)), None)
+    aside = "move the journal aside to start the study's records afresh"
+    if not any(map(_is_record, lines)) and (lines or unfinished and not unfinished.startswith(b"{")):
+        raise UserError(f"{path} is not a study journal: it holds no record that Optuna wrote; {aside}, or give "
+                        "--storage the path of a new file")
+    if damaged is None:
+        return
+    if damaged == len(lines):
+        raise UserError(f"the study's journal {path} is damaged at line {damaged}, its last: it is not a record that "
+                        f"Optuna wrote (an edit, a disk fault); remove that line (keep a copy of the file), or {aside}")
+    raise UserError(f"the study's journal {path} is damaged at line {damaged}: a record was cut short (a full disk, "
+                    f"a crash) and others were written after it; remove that line (keep a copy of the file), or "
+                    f"{aside}")
+
+
+def _is_record(line):
+    try:
+        record = json.loads(line)
+    except ValueError:  # not JSON, or not UTF-8
+        return False
+    return isinstance(record, dict) and "op_code" in record
 
 
 def close_storage(storage):

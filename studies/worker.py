@@ -26,7 +26,7 @@ from .definitions import is_model_setting
 from .search import SameBudgetMedianPruner, search_sampler
 from .scheduler import (FLAGS_FROM_TRIAL, Claimer, Heartbeat, has_trained, live_runs, seconds_silent,
                         seconds_until_lost, when_taken_over, worker_place)
-from .storage import shown_storage
+from .storage import JOURNAL_FILE, shown_storage
 
 RUNS_FOLDER = "runs"
 POLL_SECONDS = 2  # how often a worker with nothing to claim looks again while others train
@@ -89,6 +89,7 @@ def open_study(plan, storage, lock):
     """Create or load the study in ``storage`` (from ``open_storage``); refuse one made with other flags,
     whose runs could not be mixed. On return the study records ``plan.fingerprint()``, which its claims check."""
     with lock.hold(plan.study.name):  # the sampler is replaced before each search trial draws (run_settings)
+        _refuse_runs_without_records(plan, storage)
         study = optuna.create_study(study_name=plan.study.name, storage=storage, direction="maximize",
                                     sampler=search_sampler(plan.study.name, plan.seed, 0),
                                     pruner=SameBudgetMedianPruner(), load_if_exists=True)
@@ -107,6 +108,23 @@ def open_study(plan, storage, lock):
         if plan.study.is_search:  # for status: the largest budget a launch asked for (--trials can only add)
             study.set_user_attr("trials", max(plan.trials, study.user_attrs.get("trials", 0)))
     return study
+
+
+def _refuse_runs_without_records(plan, storage):
+    """A study that ``storage`` has no record of, over a runs folder whose runs trained, would train every run again
+    in its folder, over the finished ones: its journal was removed, or its runs were recorded in another --storage,
+    whose workers may still be writing them."""
+    try:
+        storage.get_study_id_from_name(plan.study.name)
+        return
+    except KeyError:
+        pass
+    runs_dir = os.path.join(plan.study_dir, RUNS_FOLDER)
+    if has_trained([], runs_dir):
+        records = shown_storage(plan.storage) or os.path.join(plan.study_dir, JOURNAL_FILE)
+        raise UserError(f"{runs_dir} holds runs of {plan.study.name} that trained, but {records} has no record of the "
+                        "study: if they ran with --storage, give the same --storage; to train them afresh, move "
+                        f"{runs_dir} aside (or use a new --out)")
 
 
 def _take_the_new_flags_or_refuse(plan, study, lock, made_with, now):

@@ -217,6 +217,64 @@ def test_a_journal_cut_short_mid_record_is_repaired_and_one_damaged_inside_is_na
             in capsys.readouterr().err)
 
 
+def test_a_journal_whose_last_line_is_damaged_is_named_before_a_record_is_appended_after_it(study_args, tmp_path,
+                                                                                             capsys):
+    """Optuna reads a last line that is not JSON as a record still being written and skips it; the next record
+    appended would then make that line a damaged one inside the journal, which no reader gets past."""
+    argv = study_args("mlp_activation", "--values", "relu")
+    assert studies_main(argv) == 0
+    journal = tmp_path / "out" / "mlp_activation" / "journal.log"
+    damaged = journal.read_bytes() + b"garbage\n"
+    journal.write_bytes(damaged)
+    lines = damaged.count(b"\n")
+    capsys.readouterr()
+    for command in (argv, ["status", "--out", str(tmp_path / "out")]):
+        assert studies_main(command) == 2
+        assert capsys.readouterr().err == (f"error: the study's journal {journal} is damaged at line {lines}, its last: "
+                                           "it is not a record that Optuna wrote (an edit, a disk fault); remove that "
+                                           "line (keep a copy of the file), or move the journal aside to start the "
+                                           "study's records afresh\n")
+        assert journal.read_bytes() == damaged
+
+
+@pytest.mark.parametrize("content", [b"notes\n", b'{"a": 1}\n', b"PK\x03\x04 binary, without a newline"],
+                         ids=["text", "json lines", "binary"])
+def test_a_storage_file_that_is_no_journal_is_refused_and_left_as_it_was(study_args, tmp_path, capsys, content):
+    """``--storage`` given another file: not a line of it is appended, nor its end cut off as a partial record."""
+    other = tmp_path / "notes.txt"
+    other.write_bytes(content)
+    assert studies_main(study_args("mlp_activation", "--storage", str(other))) == 2
+    assert capsys.readouterr().err == (f"error: {other} is not a study journal: it holds no record that Optuna wrote; "
+                                       "move the journal aside to start the study's records afresh, or give --storage "
+                                       "the path of a new file\n")
+    assert other.read_bytes() == content
+    assert not os.path.exists(f"{other}.partial") and not os.path.exists(tmp_path / "out" / "mlp_activation" / "runs")
+
+
+def test_runs_whose_journal_was_removed_are_not_trained_again_over_and_status_names_them(study_args, tmp_path,
+                                                                                         capsys):
+    """Without its records (the journal deleted, or the study run with another --storage), a study would train every
+    run again in the folder of a finished one."""
+    argv = study_args("mlp_activation", "--values", "relu")
+    assert studies_main(argv) == 0
+    assert studies_main(study_args("mlpmixer_patch", "--values", "8")) == 0
+    study_dir = tmp_path / "out" / "mlp_activation"
+    results = study_dir / "runs" / "activation-relu_seed-42" / "results.json"
+    finished = results.read_bytes()
+    os.remove(study_dir / "journal.log")
+    capsys.readouterr()
+    assert studies_main(argv) == 2
+    assert capsys.readouterr().err == (f"error: {study_dir / 'runs'} holds runs of mlp_activation that trained, but "
+                                       f"{study_dir / 'journal.log'} has no record of the study: if they ran with "
+                                       f"--storage, give the same --storage; to train them afresh, move "
+                                       f"{study_dir / 'runs'} aside (or use a new --out)\n")
+    assert results.read_bytes() == finished
+    assert studies_main(["status", "--out", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().out == (f"mlpmixer_patch: 1 completed\nmlp_activation: runs in {study_dir / 'runs'}, "
+                                       f"but no record of the study in {study_dir / 'journal.log'}; if it ran with "
+                                       "--storage, give the same --storage to see it\n")
+
+
 @pytest.mark.skipif(os.name != "posix", reason="the kernel's file size limit is POSIX")
 def test_a_journal_that_the_disk_refuses_to_grow_gets_one_line_and_a_rerun_completes_the_study(study_args, tmp_path,
                                                                                               capsys):
