@@ -20,7 +20,7 @@ from config import MAX_SEED, HelpFormatter, check_args, get_config_parser, given
 from training.cifar10 import check_valid_size, load_cifar10
 from training.devices import auto_precision, no_cuda_said, precision_hint
 from training.errors import (CommandLineParser, OutputRefused, UserError, exit_after_output, path_flag,
-                             set_up_command_line)
+                             reader_left, set_up_command_line)
 from training.models import SCHEMAS, SHIPPED_CONFIG_DIR, load_model_config, validate_model_config
 
 from .console import say
@@ -327,6 +327,8 @@ def main(argv=None):
         say(f"error: {refused_write(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if options.command != "run" and reader_left():  # a listing read in part (| head): nothing left undone
+            return 0
         say("\ninterrupted: rerun the same command to resume", file=sys.stderr)
         return 130
 

@@ -56,6 +56,17 @@ def test_a_reader_that_left_before_the_last_buffered_output_lets_the_completed_r
     assert read_results(logdir)["status"] == "completed"
 
 
+def test_a_listing_whose_reader_left_exits_quietly_with_nothing_to_resume():
+    """``python -m studies list | head -2`` with unbuffered output (``PYTHONUNBUFFERED``, as on some notebooks): the
+    first line that finds the pipe closed ends a listing that was read as far as wanted, not a run to resume."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    run = subprocess.run([sys.executable, "-m", "studies", "list"], cwd=ROOT, stdout=writer, stderr=subprocess.PIPE,
+                         text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=120)
+    os.close(writer)
+    assert (run.returncode, run.stderr) == (0, "")
+
+
 def _run_with_output_limited(command, tmp_path, limit, buffered, stream="stdout"):
     """Run ``command`` (``main.py`` or ``studies`` and its flags) as from the shell, its ``stream`` sent to a file
     that the kernel lets grow to ``limit`` bytes; ``(exit status, what the other stream got, the file's size)``."""

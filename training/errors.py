@@ -133,6 +133,12 @@ class _GuardedStandardStream:
         os.close(devnull)
 
 
+def reader_left():
+    """Whether the standard output's reader went away (``| head`` had its lines), which stopped the process as Ctrl-C
+    does (``set_up_command_line``)."""
+    return _GuardedStandardStream.reader_left
+
+
 def _one_line_warning(message, category, filename, lineno, line=None):
     return f"warning: {message}\n"
 
