@@ -234,6 +234,7 @@ def test_first_nonfinite_names_the_first_bad_step():
     (["--models", "mlp,vit"], "--models: unknown vit; choose from mlp, resnet18, mlpmixer"),
     (["--sections", "tracking,compiled"], "--sections: unknown compiled; choose from tracking, benchmark, parity, "
                                           "compile, profile"),
+    (["--sections", "tracking,"], '--sections: unknown ""; choose from tracking, benchmark, parity, compile, profile'),
     (["--json_out", "no/such/folder/parity.json"], "--json_out no/such/folder/parity.json: its folder does not exist"),
     (["--steps", "0"], "--steps must be at least 1, got 0"),
     (["--bench_epochs", "0"], "--bench_epochs must be at least 1, got 0"),

@@ -310,7 +310,7 @@ def parse_args(argv=None):
                         help="run on the CPU with fake data and a stand-in for graph capture (checks the script)")
     cli = parser.parse_args(argv)
     for flag, given, choices in (("--models", cli.models, MODELS), ("--sections", cli.sections, SECTIONS)):
-        unknown = set(given.split(",")) - set(choices)
+        unknown = {name or '""' for name in given.split(",")} - set(choices)  # "" from a stray comma: a,,b
         if unknown:
             raise UserError(f"{flag}: unknown {', '.join(sorted(unknown))}; choose from {', '.join(choices)}")
     for flag, least in (("steps", 1), ("bench_epochs", 1), ("parity_epochs", 1), ("rows", 1), ("valid_size", 1),
