@@ -175,6 +175,6 @@ def check_args(args):
         problems.append(f"--logdir {args.logdir} is a file, not a folder; give a folder path")
     if args.logdir is None and args.resume:
         problems.append("--resume needs --logdir, the folder of the run to continue")
-    if args.logdir is None and args.visualize:
+    if args.logdir is None and args.visualize and args.model != "mlp":  # the mlp draws nothing: it gets a warning
         problems.append("--visualize needs --logdir, the folder the images are saved into")
     return problems

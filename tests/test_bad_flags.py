@@ -24,7 +24,7 @@ BAD_FLAGS = [
     (["--seed", "4294967296"], "--seed must be between 0 and 4294967295 (numpy's seed range), got 4294967296"),
     (["--valid_size", "500"], "--valid_size 500 must be between 1 and 119"),
     (["--resume"], "--resume needs --logdir, the folder of the run to continue"),
-    (["--visualize"], "--visualize needs --logdir, the folder the images are saved into"),
+    (["--model", "mlpmixer", "--visualize"], "--visualize needs --logdir, the folder the images are saved into"),
     (["--weight_decay", "-0.1"], "--weight_decay must be finite and not negative, got -0.1"),
     (["--weight_decay", "inf"], "--weight_decay must be finite and not negative, got inf"),
     (["--momentum", "nan"], "--momentum must be in [0, 1), got nan"),
@@ -49,7 +49,7 @@ def test_bad_flags_get_one_clear_line(flags, message, fake_data_dir, tiny_config
 @pytest.mark.parametrize("flags", [["--seed", "0"], ["--seed", "4294967295"], ["--warmup_fraction", "0"],
                                    ["--label_smoothing", "0"], ["--weight_decay", "0", "--momentum", "0"],
                                    ["--momentum", "0.999"],
-                                   ["--num_workers", "0"], ["--epochs", "1", "--batch_size", "1", "--valid_size", "1"]])
+                                   ["--num_workers", "0"], ["--visualize"], ["--epochs", "1", "--batch_size", "1", "--valid_size", "1"]])
 def test_flag_values_at_the_edge_of_their_range_are_accepted(flags):
     assert check_args(get_config_parser().parse_args(flags)) == []
 
