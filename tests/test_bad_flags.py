@@ -49,7 +49,8 @@ def test_bad_flags_get_one_clear_line(flags, message, fake_data_dir, tiny_config
 @pytest.mark.parametrize("flags", [["--seed", "0"], ["--seed", "4294967295"], ["--warmup_fraction", "0"],
                                    ["--label_smoothing", "0"], ["--weight_decay", "0", "--momentum", "0"],
                                    ["--momentum", "0.999"],
-                                   ["--num_workers", "0"], ["--visualize"], ["--epochs", "1", "--batch_size", "1", "--valid_size", "1"]])
+                                   ["--num_workers", "0"], ["--visualize"],
+                                   ["--epochs", "1", "--batch_size", "1", "--valid_size", "1"]])
 def test_flag_values_at_the_edge_of_their_range_are_accepted(flags):
     assert check_args(get_config_parser().parse_args(flags)) == []
 

@@ -230,10 +230,10 @@ def test_a_journal_whose_last_line_is_damaged_is_named_before_a_record_is_append
     capsys.readouterr()
     for command in (argv, ["status", "--out", str(tmp_path / "out")]):
         assert studies_main(command) == 2
-        assert capsys.readouterr().err == (f"error: the study's journal {journal} is damaged at line {lines}, its last: "
-                                           "it is not a record that Optuna wrote (an edit, a disk fault); remove that "
-                                           "line (keep a copy of the file), or move the journal aside to start the "
-                                           "study's records afresh\n")
+        assert capsys.readouterr().err == (f"error: the study's journal {journal} is damaged at line {lines}, its "
+                                           "last: it is not a record that Optuna wrote (an edit, a disk fault); remove "
+                                           "that line (keep a copy of the file), or move the journal aside to start "
+                                           "the study's records afresh\n")
         assert journal.read_bytes() == damaged
 
 
