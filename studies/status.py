@@ -120,10 +120,10 @@ def print_status(out, storage_url):
         if os.path.isdir(os.path.join(study_dir, RUNS_FOLDER)):
             ran_elsewhere.append(name)
     if shown:
-        for name in ran_elsewhere:
-            records = shown_storage(storage_url) or os.path.join(out, name, JOURNAL_FILE)
-            print(f"{name}: runs in {os.path.join(out, name, RUNS_FOLDER)}, but no record of the study in {records}; "
-                  "if it ran with --storage, give the same --storage to see it")
+        for name in ran_elsewhere if storage_url is None else ():  # runs of another storage: not what was asked about
+            print(f"{name}: runs in {os.path.join(out, name, RUNS_FOLDER)}, but no record of the study in "
+                  f"{os.path.join(out, name, JOURNAL_FILE)}; if it ran with --storage, give the same --storage to see "
+                  "it")
     else:
         if storage_url is None and ran_elsewhere:
             raise UserError(f"{out} holds runs of {', '.join(ran_elsewhere)} but no study journal; if they ran with "
