@@ -204,13 +204,14 @@ def _refuse_a_damaged_line(path):
         return
     with open(path, "rb") as f:
         *lines, unfinished = f.read().split(b"\n")
-    damaged = next((number for number, line in enumerate(lines, start=1) if not _is_record(line)), None)
-    aside = "move the journal aside to start the study's records afresh"
-    if not any(map(_is_record, lines)) and (lines or unfinished and not unfinished.startswith(b"{")):
-        raise UserError(f"{path} is not a study journal: it holds no record that Optuna wrote; {aside}, or give "
+    is_record = [_is_record(line) for line in lines]
+    if not any(is_record) and (lines or unfinished and not unfinished.startswith(b"{")):
+        raise UserError(f"{path} is not a study journal: it holds no record that Optuna wrote; move it aside, or give "
                         "--storage the path of a new file")
-    if damaged is None:
+    if all(is_record):
         return
+    damaged = is_record.index(False) + 1
+    aside = "move the journal aside to start the study's records afresh"
     if damaged == len(lines):
         raise UserError(f"the study's journal {path} is damaged at line {damaged}, its last: it is not a record that "
                         f"Optuna wrote (an edit, a disk fault); remove that line (keep a copy of the file), or {aside}")

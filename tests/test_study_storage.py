@@ -245,8 +245,7 @@ def test_a_storage_file_that_is_no_journal_is_refused_and_left_as_it_was(study_a
     other.write_bytes(content)
     assert studies_main(study_args("mlp_activation", "--storage", str(other))) == 2
     assert capsys.readouterr().err == (f"error: {other} is not a study journal: it holds no record that Optuna wrote; "
-                                       "move the journal aside to start the study's records afresh, or give --storage "
-                                       "the path of a new file\n")
+                                       "move it aside, or give --storage the path of a new file\n")
     assert other.read_bytes() == content
     assert not os.path.exists(f"{other}.partial") and not os.path.exists(tmp_path / "out" / "mlp_activation" / "runs")
 
