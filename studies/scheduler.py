@@ -365,3 +365,33 @@ class Claimer:
             trial.set_user_attr("pid_started", process_started(os.getpid()))
             trial.set_user_attr("heartbeat", self.lock.now())
             return trial
+
+
+def summary(study):
+    """A study's runs by outcome: ``3 completed``; for a search, ``search trials: ... (of its budget); final runs:
+    ...`` (and the final runs of an earlier best trial, which a search extended with more --trials beat)."""
+    counts = {}
+    trials = study.get_trials(deepcopy=False)
+    best = best_search_trial(trials)
+    flags_from = study.user_attrs.get(FLAGS_FROM_TRIAL, -1)
+    for finished, live, latest in job_states(trials).values():
+        unfinished = ("running" if live.state == TrialState.RUNNING else "waiting") if live else "to resume"
+        # a live trial first: a run that --retry_failed trains again is running, not its earlier error
+        shown = live or finished or latest
+        outcome = shown.user_attrs.get("outcome")
+        if outcome == "error" and shown.number < flags_from:  # under the study's old flags: the next claim retrains it
+            outcome = None
+        outcome = outcome or unfinished
+        role = latest.user_attrs.get("role", "grid")
+        if retrains_another(latest, best):
+            role = "earlier final"
+        tally = counts.setdefault(role, {})
+        tally[outcome] = tally.get(outcome, 0) + 1
+    tallies = {role: ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
+               for role, outcomes in counts.items()}
+    if "grid" in tallies:
+        return tallies["grid"]
+    if "search" in tallies and "trials" in study.user_attrs:
+        tallies["search"] += f" (of {study.user_attrs['trials']})"
+    labels = (("search", "search trials"), ("final", "final runs"), ("earlier final", "final runs of an earlier best"))
+    return "; ".join(f"{label}: {tallies[role]}" for role, label in labels if role in tallies)

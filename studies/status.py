@@ -1,6 +1,5 @@
-"""What ``python -m studies status`` prints, and the outcome line that ends a study's run: each study's runs
-by outcome, and where and how far each running run is, read from the study's storage while workers run
-anywhere."""
+"""What ``python -m studies status`` prints: each study's runs by outcome, and where and how far each running run
+is, read from the study's storage while workers run anywhere."""
 import json
 import math
 import os
@@ -12,40 +11,9 @@ from optuna.trial import TrialState
 from training.errors import UserError
 
 from .definitions import STUDIES
-from .scheduler import (FLAGS_FROM_TRIAL, best_search_trial, is_lost, job_states, retrains_another, seconds_silent,
-                        worker_place)
+from .scheduler import is_lost, job_states, seconds_silent, summary, worker_place
 from .storage import JOURNAL_FILE, close_storage, open_storage, shown_storage
 from .worker import RUNS_FOLDER
-
-
-def summary(study):
-    """A study's runs by outcome: ``3 completed``; for a search, ``search trials: ... (of its budget); final runs:
-    ...`` (and the final runs of an earlier best trial, which a search extended with more --trials beat)."""
-    counts = {}
-    trials = study.get_trials(deepcopy=False)
-    best = best_search_trial(trials)
-    flags_from = study.user_attrs.get(FLAGS_FROM_TRIAL, -1)
-    for finished, live, latest in job_states(trials).values():
-        unfinished = ("running" if live.state == TrialState.RUNNING else "waiting") if live else "to resume"
-        # a live trial first: a run that --retry_failed trains again is running, not its earlier error
-        shown = live or finished or latest
-        outcome = shown.user_attrs.get("outcome")
-        if outcome == "error" and shown.number < flags_from:  # under the study's old flags: the next claim retrains it
-            outcome = None
-        outcome = outcome or unfinished
-        role = latest.user_attrs.get("role", "grid")
-        if retrains_another(latest, best):
-            role = "earlier final"
-        tally = counts.setdefault(role, {})
-        tally[outcome] = tally.get(outcome, 0) + 1
-    tallies = {role: ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
-               for role, outcomes in counts.items()}
-    if "grid" in tallies:
-        return tallies["grid"]
-    if "search" in tallies and "trials" in study.user_attrs:
-        tallies["search"] += f" (of {study.user_attrs['trials']})"
-    labels = (("search", "search trials"), ("final", "final runs"), ("earlier final", "final runs of an earlier best"))
-    return "; ".join(f"{label}: {tallies[role]}" for role, label in labels if role in tallies)
 
 
 def _duration(seconds):

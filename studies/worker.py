@@ -25,7 +25,7 @@ from .console import say
 from .definitions import is_model_setting
 from .search import SameBudgetMedianPruner, search_sampler
 from .scheduler import (FLAGS_FROM_TRIAL, Claimer, Heartbeat, has_trained, live_runs, seconds_silent,
-                        seconds_until_lost, when_taken_over, worker_place)
+                        seconds_until_lost, summary, when_taken_over, worker_place)
 from .storage import JOURNAL_FILE, shown_storage
 
 RUNS_FOLDER = "runs"
@@ -400,6 +400,8 @@ def work(plan, study, lock):
             continue
         said_waiting = False
         try:
+            # where the whole study stands, counted across its workers: how many runs are left besides this one
+            say(f"study {plan.study.name}: {summary(study)}")
             run_trial(plan, study, lock, trial)
             release_gpu()
         except BaseException:

@@ -12,7 +12,7 @@ import torch
 import main
 from helpers import ROOT, load_study, read_results, with_file_size_limit
 from studies.__main__ import main as studies_main
-from studies.status import summary
+from studies.scheduler import summary
 from training.errors import _GuardedStandardStream
 
 DISK_REFUSED_LINE = ("error: cannot write the standard output (File too large); make room on its disk (or under your "

@@ -140,10 +140,13 @@ def test_run_all_gives_each_studys_workers_its_name_where_all_named_the_study_no
 
 
 def test_a_study_prints_its_own_lines_and_none_of_optunas_log(study_args):
-    result = subprocess.run([sys.executable, "-m", "studies", *study_args("mlp_activation", "--values", "relu")],
+    result = subprocess.run([sys.executable, "-m", "studies", *study_args("mlp_activation", "--values", "relu,tanh")],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("study mlp_activation: Which activation") and "trial 0: completed" in result.stdout
+    assert result.stdout.startswith("study mlp_activation: Which activation") and "trial 1: completed" in result.stdout
+    # before each run, where the whole study stands
+    assert re.findall(r"^study mlp_activation: (.*)\ntrial \d \(grid\)", result.stdout, re.MULTILINE) == [
+        "1 running, 1 waiting", "1 completed, 1 running"]
     assert not re.search(r"^\[[A-Z] \d{4}-\d\d-\d\d ", result.stdout + result.stderr, re.MULTILINE), result.stderr
 
 
@@ -161,11 +164,12 @@ def test_workers_write_each_console_line_in_one_write_and_flush_it(study_args, m
     terminal = Terminal()
     monkeypatch.setattr(sys, "stdout", terminal)
     assert studies_main(study_args("mlp_activation", "--values", "relu", epochs=2)) == 0
-    assert len(terminal.writes) == 6 and all(text.endswith("\n") and text.count("\n") == 1 for text in terminal.writes)
-    starts = ("study mlp_activation: Which", "trial 0 (grid) -> ", "  activation-relu_seed-42: epoch 1/2,",
-              "  activation-relu_seed-42: epoch 2/2,", "trial 0: completed", "study mlp_activation: 1 completed")
+    assert len(terminal.writes) == 7 and all(text.endswith("\n") and text.count("\n") == 1 for text in terminal.writes)
+    starts = ("study mlp_activation: Which", "study mlp_activation: 1 running", "trial 0 (grid) -> ",
+              "  activation-relu_seed-42: epoch 1/2,", "  activation-relu_seed-42: epoch 2/2,", "trial 0: completed",
+              "study mlp_activation: 1 completed")
     assert all(text.startswith(start) for text, start in zip(terminal.writes, starts)), terminal.writes
-    assert terminal.flushed_after == [1, 2, 3, 4, 5, 6]
+    assert terminal.flushed_after == [1, 2, 3, 4, 5, 6, 7]
 
 
 def test_a_runs_train_log_holds_each_epoch_as_soon_as_it_ends(study_args, tmp_path, monkeypatch):

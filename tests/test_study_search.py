@@ -18,8 +18,11 @@ def test_search_runs_its_budget_then_retrains_and_tests_the_best(study_args, tmp
     out = str(tmp_path / "out")
     argv = study_args("mlpmixer_best", "--trials", "3", "--set", "embed_dim=16", "--set", "num_blocks=1")
     assert studies_main(argv) == 0
-    assert capsys.readouterr().out.endswith("study mlpmixer_best: search trials: 3 completed (of 3); final runs: 1 "
-                                            "completed\n")
+    output = capsys.readouterr().out
+    assert output.endswith("study mlpmixer_best: search trials: 3 completed (of 3); final runs: 1 completed\n")
+    assert re.findall(r"^study mlpmixer_best: (search trials.*)\ntrial", output, re.MULTILINE) == [
+        "search trials: 1 running (of 3)", "search trials: 1 completed, 1 running (of 3)",
+        "search trials: 2 completed, 1 running (of 3)", "search trials: 3 completed (of 3); final runs: 1 running"]
     study = load_study(out, "mlpmixer_best")
     trials = study.get_trials()
     search = [t for t in trials if t.user_attrs["role"] == "search"]

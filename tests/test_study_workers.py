@@ -1,6 +1,7 @@
 """How the workers of a study share it: each grid job claimed once, a running trial judged lost by its process or
 its heartbeat, worker processes sharing one journal, and the GPUs or cores each worker gets."""
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -179,7 +180,11 @@ def test_two_worker_processes_share_one_journal(study_args, tmp_path):
     assert jobs_of(study) == {f"activation-{a}_seed-{s}": [TrialState.COMPLETE]
                               for a in ("relu", "tanh", "sigmoid") for s in (42, 43, 44)}
     study_lines = [line for line in result.stdout.splitlines() if line.startswith("study mlp_activation: ")]
-    assert len(study_lines) == 2 and study_lines[1] == "study mlp_activation: 9 completed", study_lines  # the launch's
+    header, *progress, outcome = study_lines
+    assert header.startswith("study mlp_activation: Which") and outcome == "study mlp_activation: 9 completed"
+    # before each of the 9 runs, where the study stands in both workers
+    assert len(progress) == 9 and all(re.fullmatch(r"study mlp_activation: (\d completed, )?\d running(, \d waiting)?",
+                                                   line) for line in progress), progress
 
 
 @pytest.mark.parametrize("visible, device, expected", [
