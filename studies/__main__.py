@@ -11,6 +11,7 @@ a flag that a search would tune is held at the given value instead.
 """
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -58,6 +59,9 @@ def _parser():
                      help="the grid's values instead of the study's defaults (--values 2 4 8, or 2,4,8)")
     run.add_argument("--trials", type=int, help="a search's budget of trials (default: the study's own: " + ", ".join(
         f"{study.name} {study.trials}" for study in STUDIES.values() if study.is_search) + ")")
+    run.add_argument("--search_minutes", type=float, metavar="MINUTES",
+                     help="a search's time budget: after it, this launch draws no new trial; the trials under way "
+                          "train to their end, then the best one's final runs train (a rerun carries the search on)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="hold a model-config key at VALUE (JSON), e.g. embed_dim=256; main.py settings are "
                           "held by giving their flags")
@@ -126,6 +130,8 @@ def make_plan(study, options, train_argv):
     for name in ("workers", "seeds", "trials"):
         if getattr(options, name) is not None and getattr(options, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(options, name)}")
+    if options.search_minutes is not None and not 0 < options.search_minutes < math.inf:
+        raise UserError(f"--search_minutes must be a positive number of minutes, got {options.search_minutes:g}")
     seeds = _run_seeds(study, args.seed, options.seeds)
     config_path = flags.get("model_config", os.path.join(SHIPPED_CONFIG_DIR, f"{study.model}.json"))
     model_config = load_model_config(config_path, study.model)
@@ -155,6 +161,9 @@ def make_plan(study, options, train_argv):
     if options.trials is not None and study.grid:
         raise UserError(f"--trials: {study.name} is a grid, which trains each of its settings once per seed; "
                         "choose them with --values")
+    if options.search_minutes is not None and study.grid:
+        raise UserError(f"--search_minutes: {study.name} is a grid, with no search to stop; choose its settings "
+                        "with --values")
     values = _grid_values(study, options.values) if study.grid else []
     storage_kind(options.storage)
     # read here, once: a missing copy is fetched (or refused) before any worker starts or anything is written
@@ -162,8 +171,9 @@ def make_plan(study, options, train_argv):
     check_valid_size(len(data.train_labels), args.valid_size)
     return Plan(study=study, study_dir=os.path.join(options.out, study.name), train_argv=train_argv, given=given,
                 model_config=model_config, seed=args.seed, seeds=seeds,
-                values=values,
-                trials=options.trials or study.trials, storage=options.storage, retry_failed=options.retry_failed,
+                values=values, trials=options.trials or study.trials,
+                search_minutes=options.search_minutes if study.is_search else None,
+                storage=options.storage, retry_failed=options.retry_failed,
                 data_fingerprint=data.fingerprint())
 
 
@@ -238,13 +248,18 @@ def run_study(study, options, train_argv, argv):
 
 
 def _ended_early(plan, optuna_study):
-    """What the outcome line adds when this launch's --trials stopped a search short of the budget that the summary
-    counts against (the largest that a launch asked for)."""
+    """What the outcome line adds when this launch's --search_minutes or --trials stopped a search short of the
+    budget that the summary counts against (the largest that a launch asked for)."""
     budget = optuna_study.user_attrs.get("trials", 0)
-    if not plan.study.is_search or plan.trials >= budget or \
-            len(search_jobs(job_states(optuna_study.get_trials(deepcopy=False)))) >= budget:
+    searched = len(search_jobs(job_states(optuna_study.get_trials(deepcopy=False))))
+    if not plan.study.is_search or searched >= budget:
         return ""
-    return f"; this launch's --trials {plan.trials} ended the search early (a larger --trials carries it on)"
+    if plan.search_minutes is not None and searched < plan.trials:
+        return (f"; this launch's --search_minutes {plan.search_minutes:g} ended the search after {searched} "
+                f"trial{'s' if searched > 1 else ''} (a rerun carries it on)")
+    if plan.trials < budget:
+        return f"; this launch's --trials {plan.trials} ended the search early (a larger --trials carries it on)"
+    return ""
 
 
 def _list():
@@ -259,8 +274,8 @@ def _list():
                     if grid.choices != grid.values else "")
             print(f"  grid: {grid.setting} in {', '.join(map(str, grid.values))}{more}")
         if study.is_search:
-            print(f"  search: {study.trials} trials (--trials N) over the settings below, then the best configuration "
-                  "retrained and tested once per seed (--seeds N)")
+            print(f"  search: {study.trials} trials (--trials N; fewer when --search_minutes M runs out) over the "
+                  "settings below, then the best configuration retrained and tested once per seed (--seeds N)")
         for dimension in study.space:
             print(f"  {dimension.setting}: {dimension.describe()}")
 

@@ -11,7 +11,8 @@ from optuna.trial import TrialState
 from training.errors import UserError
 
 from .definitions import STUDIES
-from .scheduler import is_lost, job_states, seconds_silent, summary, worker_place
+from .liveness import is_lost, seconds_silent, worker_place
+from .scheduler import job_states, summary
 from .storage import JOURNAL_FILE, close_storage, open_storage, shown_storage
 from .worker import RUNS_FOLDER
 

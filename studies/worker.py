@@ -24,8 +24,8 @@ from training.models import validate_model_config
 from .console import say
 from .definitions import is_model_setting
 from .search import SameBudgetMedianPruner, search_sampler
-from .scheduler import (FLAGS_FROM_TRIAL, Claimer, Heartbeat, has_trained, live_runs, seconds_silent,
-                        seconds_until_lost, summary, when_taken_over, worker_place)
+from .liveness import Heartbeat, live_runs, seconds_silent, seconds_until_lost, when_taken_over, worker_place
+from .scheduler import FLAGS_FROM_TRIAL, Claimer, has_trained, summary
 from .storage import JOURNAL_FILE, shown_storage
 
 RUNS_FOLDER = "runs"
@@ -52,6 +52,7 @@ class Plan:
             seed for a search (``--seed + 1``...: the best trial retrained with its own seed would repeat it).
         values: the grid's values.
         trials: the search's budget.
+        search_minutes: the search's time budget, from when this worker starts: no new trial is drawn after it.
         storage: None (journal file in ``study_dir``) or a storage URL or path.
         retry_failed: run again the jobs whose run raised an error in an earlier launch.
         data_fingerprint: ``CIFAR10.fingerprint()`` of the data set at ``--data_dir``.
@@ -65,6 +66,7 @@ class Plan:
     seeds: list
     values: list = field(default_factory=list)
     trials: int = 0
+    search_minutes: float = None
     storage: str = None
     retry_failed: bool = False
     data_fingerprint: str = None
@@ -381,7 +383,7 @@ def work(plan, study, lock):
     this worker ran. While other workers train the last runs, it waits for what they may leave: a search's
     final runs, which only its last trial's end creates, and the run of a worker that dies."""
     claimer = Claimer(study, lock, grid_jobs=None if plan.study.is_search else plan.grid_jobs(),
-                      search_trials=plan.trials, final_seeds=plan.seeds,
+                      search_trials=plan.trials, search_minutes=plan.search_minutes, final_seeds=plan.seeds,
                       retry_failed=plan.retry_failed, flags=plan.fingerprint())
     ran, said_waiting = 0, False
     while True:

@@ -42,6 +42,12 @@ from training.cifar10 import load_cifar10
     ("mlp_activation", ["--workers", "0"], "--workers must be at least 1, got 0"),
     ("mlp_activation", ["--seeds", "-2"], "--seeds must be at least 1, got -2"),
     ("resnet18_best", ["--trials", "0"], "--trials must be at least 1, got 0"),
+    ("mlp_activation", ["--search_minutes", "30"], "--search_minutes: mlp_activation is a grid, with no search to "
+                                                   "stop; choose its settings with --values"),
+    ("resnet18_best", ["--search_minutes", "0"], "--search_minutes must be a positive number of minutes, got 0"),
+    ("resnet18_best", ["--search_minutes", "-5"], "--search_minutes must be a positive number of minutes, got -5"),
+    ("mlpmixer_best", ["--search_minutes", "inf"], "--search_minutes must be a positive number of minutes, got inf"),
+    ("mlpmixer_best", ["--search_minutes", "nan"], "--search_minutes must be a positive number of minutes, got nan"),
     ("mlp_activation", ["--seed", "4294967294", "--seeds", "3"],
      "--seeds 3 from --seed 4294967294 reaches seed 4294967296 in mlp_activation, past numpy's largest "
      "(4294967295); lower --seed"),
@@ -119,8 +125,8 @@ def test_list_names_every_study_with_its_grid_or_search_space(capsys):
                                                    "8, 16, 32; Problem 4 asks for at least 3)\n") in out
     assert "  grid: activation in relu, tanh, sigmoid\n" in out
     assert "  fixed: optimizer=adam" in out and "  grid: lr in 0.1, 0.01, 0.001, 0.0001, 1e-05" in out
-    assert re.search(r"^resnet18_best \(resnet18\): .*\n  search: 24 trials \(--trials N\) over the settings below, "
-                     r"then the best configuration retrained and tested once per seed \(--seeds N\)\n(  \w+: .+\n)*"
+    assert re.search(r"^resnet18_best \(resnet18\): .*\n  search: 24 trials \(--trials N; fewer when --search_minutes M "
+                     r"runs out\) over the settings below, then the best configuration retrained and tested once per seed \(--seeds N\)\n(  \w+: .+\n)*"
                      r"  augment: ", out, re.MULTILINE)
 
 

@@ -130,7 +130,7 @@ def test_a_search_trial_tells_the_pruner_the_epoch_that_a_run_declared_lost_fini
 
 def test_a_worker_with_nothing_to_claim_waits_and_takes_over_the_run_of_a_worker_that_dies(study_args, tmp_path,
                                                                                           monkeypatch, capsys):
-    from studies.scheduler import process_started
+    from studies.liveness import process_started
     from studies.storage import open_storage
 
     out = str(tmp_path / "out")
@@ -183,17 +183,20 @@ def test_a_worker_says_it_waits_once_per_spell_of_waiting_and_claims_what_turns_
     monkeypatch.setattr(study_worker, "Claimer", ScriptedClaimer)
     monkeypatch.setattr(study_worker, "run_trial", lambda plan, study, lock, trial: ran.append(trial))
     monkeypatch.setattr(time, "sleep", waits.append)
-    plan = SimpleNamespace(study=SimpleNamespace(is_search=False), grid_jobs=lambda: [], trials=None, seeds=[42],
-                           retry_failed=False, fingerprint=dict)
+    monkeypatch.setattr(study_worker, "summary", lambda study: "where it stands")
+    plan = SimpleNamespace(study=SimpleNamespace(name="grid", is_search=False), grid_jobs=lambda: [], trials=None,
+                           search_minutes=None, seeds=[42], retry_failed=False, fingerprint=dict)
     assert study_worker.work(plan, study=None, lock=None) == 2
     assert ran == ["trial A", "trial B"] and waits == [study_worker.POLL_SECONDS] * 3
     assert capsys.readouterr().out == (
         f"no run to claim: waiting while 1 run trains in other workers ({TAKEN_OVER})\n"
-        f"no run to claim: waiting while 2 runs train in other workers ({TAKEN_OVER})\n")
+        "study grid: where it stands\n"
+        f"no run to claim: waiting while 2 runs train in other workers ({TAKEN_OVER})\n"
+        "study grid: where it stands\n")
 
 
 def test_where_processes_are_not_looked_up_the_waiting_line_says_that_silence_decides_on_every_host(monkeypatch):
-    from studies import scheduler
+    from studies import liveness
 
-    monkeypatch.setattr(scheduler, "PROCESSES_LOOKED_UP", False)  # as on Windows
+    monkeypatch.setattr(liveness, "PROCESSES_LOOKED_UP", False)  # as on Windows
     assert study_worker.when_taken_over() == "after 3 minutes without word from it"

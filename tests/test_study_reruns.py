@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from helpers import jobs_of, load_study, read_json
 import studies.__main__ as studies_cli
 from studies.__main__ import main as studies_main
-from studies.scheduler import LOST_AFTER_SECONDS, process_started
+from studies.liveness import LOST_AFTER_SECONDS, process_started
 from training import engine
 from training.errors import UserError
 from training.fake_data import write_fake_cifar10

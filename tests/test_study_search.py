@@ -4,11 +4,14 @@ import csv
 import json
 import os
 import re
+from types import SimpleNamespace
 
 import optuna
 from optuna.trial import TrialState
 
 from helpers import load_study, read_json, script_validation_accuracies
+from studies import scheduler
+from training import engine
 from studies import search as study_search
 from studies import worker as study_worker
 from studies.__main__ import main as studies_main
@@ -64,6 +67,52 @@ def test_search_runs_its_budget_then_retrains_and_tests_the_best(study_args, tmp
     assert "| mix | mix | one of none, mixup, cutmix |" in text
     for key in ("augment", "mix", "tta"):  # in the final runs' full hyperparameters
         assert re.search(rf"^\| {key} \| {final_results['args'][key]} \|$", text, re.MULTILINE)
+
+
+def _minutes_pass_per_validation(monkeypatch, clock_at_claims=None):
+    """A clock for the search's time budget that moves a minute at each validation (a run's epoch), or that reads
+    ``clock_at_claims`` at each look after the first (the budget's start)."""
+    clock = [0.0]
+
+    def evaluate_a_minute_later(*args, mode="val", **kwargs):
+        clock[0] += 60 if mode == "val" else 0
+        return evaluate(*args, mode=mode, **kwargs)
+    evaluate = engine.evaluate
+    monkeypatch.setattr(engine, "evaluate", evaluate_a_minute_later)
+    looks = iter([0.0])
+    monkeypatch.setattr(scheduler, "time", SimpleNamespace(
+        monotonic=lambda: next(looks, clock[0] if clock_at_claims is None else clock_at_claims)))
+
+
+def test_a_search_out_of_minutes_draws_no_new_trial_then_retrains_its_best_and_a_rerun_carries_it_on(
+        study_args, tmp_path, monkeypatch, capsys):
+    _minutes_pass_per_validation(monkeypatch)  # a trial starts at minute 0, 1, 2: at 3 the 2.5 minutes are spent
+    out, argv = str(tmp_path / "out"), study_args("mlpmixer_best", "--trials", "5", "--set", "embed_dim=16",
+                                                  "--set", "num_blocks=1")
+    assert studies_main([*argv, "--search_minutes", "2.5"]) == 0
+    output = capsys.readouterr().out
+    assert ("study mlpmixer_best: --search_minutes 2.5 is spent after 3 trials: no new trial is drawn; those under way "
+            "train to their end, then the best one's final runs\n") in output
+    assert output.endswith("study mlpmixer_best: search trials: 3 completed (of 5); final runs: 1 completed; this "
+                           "launch's --search_minutes 2.5 ended the search after 3 trials (a rerun carries it on)\n")
+    roles = [trial.user_attrs["role"] for trial in load_study(out, "mlpmixer_best").get_trials()]
+    assert roles == ["search"] * 3 + ["final"]
+    assert studies_main(argv) == 0  # without a time budget: the search goes on to its 5 trials
+    trials = load_study(out, "mlpmixer_best").get_trials()
+    assert sum(trial.user_attrs["role"] == "search" for trial in trials) == 5
+    assert capsys.readouterr().out.endswith("final runs: 1 completed\n")
+
+
+def test_a_search_whose_minutes_are_spent_before_its_first_trial_still_trains_one_and_retrains_it(
+        study_args, tmp_path, monkeypatch, capsys):
+    _minutes_pass_per_validation(monkeypatch, clock_at_claims=600.0)
+    out = str(tmp_path / "out")
+    argv = study_args("mlpmixer_best", "--set", "embed_dim=16", "--set", "num_blocks=1", "--search_minutes", "1")
+    assert studies_main(argv) == 0
+    assert "--search_minutes 1 is spent after 1 trial: no new trial" in capsys.readouterr().out
+    trials = load_study(out, "mlpmixer_best").get_trials()
+    assert [trial.user_attrs["role"] for trial in trials] == ["search", "final"]
+    assert trials[1].user_attrs["source_trial"] == 0
 
 
 def test_a_search_extended_past_a_better_trial_retrains_that_one_and_reports_only_its_final_runs(

@@ -16,7 +16,7 @@ from helpers import ROOT, jobs_of, load_study, run_claimers
 
 
 def test_a_running_trial_is_lost_when_its_process_is_gone_or_its_heartbeat_stops():
-    from studies.scheduler import LOST_AFTER_SECONDS, Heartbeat, is_lost
+    from studies.liveness import LOST_AFTER_SECONDS, Heartbeat, is_lost
 
     study = optuna.create_study()
     live = study.ask()
@@ -39,24 +39,25 @@ def test_a_running_trial_is_lost_when_its_process_is_gone_or_its_heartbeat_stops
 
 
 def test_where_processes_are_not_looked_up_only_silence_decides_on_its_own_host_too(monkeypatch):
-    from studies import scheduler
+    from studies import liveness
 
     study = optuna.create_study()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     beat = time.time()
-    monkeypatch.setattr(scheduler, "PROCESSES_LOOKED_UP", False)  # as on Windows, where os.kill would kill
+    monkeypatch.setattr(liveness, "PROCESSES_LOOKED_UP", False)  # as on Windows, where os.kill would kill
     for attrs, lost in (({"pid": dead.pid, "heartbeat": beat}, False),
-                        ({"pid": os.getpid(), "heartbeat": beat - scheduler.LOST_AFTER_SECONDS - 1}, True)):
+                        ({"pid": os.getpid(), "heartbeat": beat - liveness.LOST_AFTER_SECONDS - 1}, True)):
         trial = study.ask()
         for key, value in {"host": socket.gethostname(), **attrs}.items():
             trial.set_user_attr(key, value)
-        assert scheduler.is_lost(study.trials[trial.number], now=beat) == lost, attrs
+        assert liveness.is_lost(study.trials[trial.number], now=beat) == lost, attrs
 
 
 @pytest.mark.skipif(not os.path.isfile("/proc/self/stat"), reason="process start times come from /proc")
 def test_on_its_own_host_a_claimed_trial_is_lost_exactly_when_its_process_is(tmp_path):
-    from studies.scheduler import LOST_AFTER_SECONDS, Claimer, is_lost
+    from studies.liveness import LOST_AFTER_SECONDS, is_lost
+    from studies.scheduler import Claimer
     from studies.storage import FileLock
 
     study = optuna.create_study()
@@ -78,7 +79,7 @@ def test_on_its_own_host_a_claimed_trial_is_lost_exactly_when_its_process_is(tmp
 
 @pytest.mark.skipif(not os.path.isfile("/proc/self/stat"), reason="process start times come from /proc")
 def test_a_dead_workers_pid_reused_by_a_process_whose_name_is_not_text_is_still_judged(tmp_path):
-    from studies.scheduler import is_lost, process_started
+    from studies.liveness import is_lost, process_started
 
     # the kernel names a process after its executable's first 15 bytes, which need not decode in any encoding
     renamed = os.path.join(os.fsencode(tmp_path), b"sl\xffeep")
@@ -100,50 +101,50 @@ def test_a_dead_workers_pid_reused_by_a_process_whose_name_is_not_text_is_still_
 
 @pytest.mark.skipif(os.name != "posix" or not shutil.which("ps"), reason="needs ps, as macOS has it")
 def test_without_proc_a_live_silent_worker_is_told_from_a_dead_one_and_from_a_reused_pid_by_ps(tmp_path, monkeypatch):
-    from studies import scheduler
+    from studies import liveness
 
-    monkeypatch.setattr(scheduler, "PROC_SELF_STAT", str(tmp_path / "no-proc"))  # as on macOS
+    monkeypatch.setattr(liveness, "PROC_SELF_STAT", str(tmp_path / "no-proc"))  # as on macOS
     before = int(time.time())
     worker = subprocess.Popen(["sleep", "30"])
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     try:
-        started = scheduler.process_started(worker.pid)
-        assert before - 1 <= started <= time.time() + 1 and started == scheduler.process_started(worker.pid)
-        assert scheduler.process_started(dead.pid) is None
-        silent = time.time() - scheduler.LOST_AFTER_SECONDS - 60  # as after a laptop's sleep
+        started = liveness.process_started(worker.pid)
+        assert before - 1 <= started <= time.time() + 1 and started == liveness.process_started(worker.pid)
+        assert liveness.process_started(dead.pid) is None
+        silent = time.time() - liveness.LOST_AFTER_SECONDS - 60  # as after a laptop's sleep
         for pid, pid_started, lost in ((worker.pid, started, False), (worker.pid, started - 1, True),
                                        (dead.pid, started, True)):
             trial = optuna.create_study().ask()
             for key, value in {"host": socket.gethostname(), "pid": pid, "pid_started": pid_started,
                                "heartbeat": silent}.items():
                 trial.set_user_attr(key, value)
-            assert scheduler.is_lost(trial.study.trials[0], now=time.time()) == lost, (pid, pid_started)
+            assert liveness.is_lost(trial.study.trials[0], now=time.time()) == lost, (pid, pid_started)
         worker.kill()  # killed but not yet waited for: a zombie, which ps marks Z
         time.sleep(0.5)
-        assert scheduler._process_state(worker.pid)[0] is False
+        assert liveness._process_state(worker.pid)[0] is False
     finally:
         worker.kill()
         worker.wait()
 
 
 def test_where_neither_proc_nor_ps_says_a_live_worker_is_judged_by_its_heartbeat(tmp_path, monkeypatch):
-    from studies import scheduler
+    from studies import liveness
 
     def no_ps(*args, **kwargs):
         raise FileNotFoundError("ps")
-    monkeypatch.setattr(scheduler, "PROC_SELF_STAT", str(tmp_path / "no-proc"))
-    monkeypatch.setattr(scheduler.subprocess, "run", no_ps)
-    assert scheduler.process_started(os.getpid()) is None
+    monkeypatch.setattr(liveness, "PROC_SELF_STAT", str(tmp_path / "no-proc"))
+    monkeypatch.setattr(liveness.subprocess, "run", no_ps)
+    assert liveness.process_started(os.getpid()) is None
     trial = optuna.create_study().ask()
     for key, value in {"host": socket.gethostname(), "pid": os.getpid(), "pid_started": None,
-                       "heartbeat": time.time() - scheduler.LOST_AFTER_SECONDS - 60}.items():
+                       "heartbeat": time.time() - liveness.LOST_AFTER_SECONDS - 60}.items():
         trial.set_user_attr(key, value)
-    assert scheduler.is_lost(trial.study.trials[0], now=time.time())
+    assert liveness.is_lost(trial.study.trials[0], now=time.time())
 
 
 def test_a_heartbeat_outlives_a_storage_that_fails_for_a_while(capsys):
-    from studies.scheduler import Heartbeat
+    from studies.liveness import Heartbeat
 
     class TrialOfAFlakyStorage:
         number = 7
