@@ -18,6 +18,10 @@ def test_benchmark_prints_each_path_with_its_ratio(fake_data_dir, capsys, quick_
     for row in ("template", "fast", "compiled"):
         assert re.search(rf"^ +{row} \| +[\d.]+ \| +[\d.]+ \| +[\d.]+ \| +\d+ \| +[\d.]+x$", out, re.MULTILINE)
     assert "eager" not in out  # the eager GPU path is a CUDA row
+    # 100 training images in one batch of 128
+    assert out.endswith("note: the timed epoch is 1 training step, too few for these ratios to measure training rather "
+                        "than start-up (the DataLoader's workers, the first batches); time more images or a smaller "
+                        "--batch_size\n")
 
 
 @pytest.mark.filterwarnings("ignore:--precision bf16")  # this CPU may emulate bf16: the row is timed all the same
@@ -43,7 +47,7 @@ def test_benchmark_keeps_each_rows_fastest_repeat_and_divides_the_templates_epoc
         train_s, valid_s = timings[key][sum(1 for run in seen if run[:2] == key) - 1]
         return {"status": "completed", "train_seconds": [99.0, train_s], "valid_seconds": [99.0, valid_s],
                 "train_images_per_second": [1.0, 1000 / train_s], "device_name": "a stand-in", "test_acc": 0.5,
-                "epochs_completed": 2}
+                "epochs_completed": 2, "split": {"train": 3200}}  # 50 steps of 64: enough to time, so no note
     monkeypatch.setattr(tools, "fit", fit)
     benchmark.main(["--device", "cpu", "--repeats", "2", "--precisions", "fp32", "bf16", "--epochs", "2",
                     "--batch_size", "64", "--valid_size", "100", "--num_workers", "3"])

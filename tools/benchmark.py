@@ -17,6 +17,7 @@ machine's noise then slows both paths alike instead of deciding the ratio.
 """
 import contextlib
 import io
+import math
 
 import torch
 
@@ -31,6 +32,9 @@ ROWS = {
     "fast": ["--pipeline", "tensor"],
     "compiled": ["--pipeline", "tensor", "--compile"],
 }
+# below this many training steps in the timed epoch, start-up (a DataLoader's workers, the first batches) decides the
+# ratio rather than the steps
+FEW_STEPS = 50
 
 
 def measure(label, model, device, epochs, batch_size, data_dir, num_workers, extra=(), precision="auto"):
@@ -48,7 +52,8 @@ def measure(label, model, device, epochs, batch_size, data_dir, num_workers, ext
     if label != "template" and precision != "auto":
         label = f"{label} {precision}"
     row = {"row": label, "device": results["device_name"], "test_acc": results["test_acc"],
-           "status": results["status"], "epochs": results["epochs_completed"]}
+           "status": results["status"], "epochs": results["epochs_completed"],
+           "steps": math.ceil(results["split"]["train"] / batch_size) if "split" in results else None}
     if results["status"] != "completed":  # a diverged run logged no last epoch, or an earlier one than asked for
         return {**row, "train_s": None, "valid_s": None, "img_s": None, "epoch_s": None}
     return {**row, "train_s": results["train_seconds"][-1], "valid_s": results["valid_seconds"][-1],
@@ -113,6 +118,11 @@ def main(argv=None):
     rows = [fastest([run[i] for run in runs]) for i in range(len(plan))]
     print_table(f"{cli.model}, batch {cli.batch_size}, {rows[0]['device']}, last of {cli.epochs} epoch(s), "
                 f"fastest of {cli.repeats}, template pipeline with {cli.num_workers} workers", rows)
+    steps = rows[0]["steps"]
+    if steps is not None and steps < FEW_STEPS:
+        print(f"note: the timed epoch is {steps} training step{'s' if steps > 1 else ''}, too few for these ratios to "
+              "measure training rather than start-up (the DataLoader's workers, the first batches); time more images "
+              "or a smaller --batch_size")
 
 
 if __name__ == "__main__":
