@@ -161,7 +161,7 @@ def make_plan(study, options, train_argv):
     if options.trials is not None and study.grid:
         raise UserError(f"--trials: {study.name} is a grid, which trains each of its settings once per seed; "
                         "choose them with --values")
-    if options.search_minutes is not None and study.grid:
+    if options.search_minutes is not None and study.grid and options.name != "all":  # all: for each search
         raise UserError(f"--search_minutes: {study.name} is a grid, with no search to stop; choose its settings "
                         "with --values")
     values = _grid_values(study, options.values) if study.grid else []
@@ -289,11 +289,26 @@ def _write_report(out, report_dir=None):
 
 def _one_study_argv(argv, name):
     """The arguments of ``run all`` with ``name`` in place of the ``all`` that names the study (a flag's value may
-    be ``all`` too, as in ``--out all``), for the workers that ``--workers N`` starts."""
+    be ``all`` too, as in ``--out all``), for the workers that ``--workers N`` starts; a grid's go without
+    ``--search_minutes``, which is for the searches of ``all`` and refused for a grid named alone."""
     options, train_argv = _parser().parse_known_args(argv)
-    wanted = (argparse.Namespace(**{**vars(options), "name": name}), train_argv)
+    held = {"name": name}
+    if STUDIES[name].grid:
+        argv, held["search_minutes"] = _without_flag(argv, "--search_minutes"), None
+    wanted = (argparse.Namespace(**{**vars(options), **held}), train_argv)
     candidates = ([*argv[:i], name, *argv[i + 1:]] for i, token in enumerate(argv) if token == "all")
     return next(candidate for candidate in candidates if _parser().parse_known_args(candidate) == wanted)
+
+
+def _without_flag(argv, flag):
+    """``argv`` without ``flag`` and its value (``--flag VALUE`` or ``--flag=VALUE``)."""
+    kept, tokens = [], iter(argv)
+    for token in tokens:
+        if token == flag:
+            next(tokens, None)
+        elif not token.startswith(flag + "="):
+            kept.append(token)
+    return kept
 
 
 def main(argv=None):

@@ -1,16 +1,19 @@
 """Helpers of the tests: the backend on which they compile, reading a run's results.json strictly, scripting the
-validation accuracies that runs log, reading a study back, workers that claim jobs without training, a standard
-output that keeps only what was flushed, and a process whose writes the kernel refuses."""
+validation accuracies that runs log, the clock of a search's time budget, reading a study back, workers that claim
+jobs without training, a standard output that keeps only what was flushed, and a process whose writes the kernel
+refuses."""
 import io
 import json
 import multiprocessing
 import os
 import time
+from types import SimpleNamespace
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
+from studies import scheduler
 from studies.scheduler import Claimer
 from studies.storage import close_storage, open_storage
 from training import engine
@@ -50,6 +53,21 @@ def with_file_size_limit(script, limit):
             "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"  # a failed write, not a killed process
             f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
             + script)
+
+
+def minutes_pass_per_validation(monkeypatch, clock_at_claims=None):
+    """The clock of a search's time budget (``--search_minutes``), moved a minute on at each validation (a run's
+    epoch), or reading ``clock_at_claims`` at each look after the first (the budget's start)."""
+    clock = [0.0]
+
+    def evaluate_a_minute_later(*args, mode="val", **kwargs):
+        clock[0] += 60 if mode == "val" else 0
+        return evaluate(*args, mode=mode, **kwargs)
+    evaluate = engine.evaluate
+    monkeypatch.setattr(engine, "evaluate", evaluate_a_minute_later)
+    looks = iter([0.0])
+    monkeypatch.setattr(scheduler, "time", SimpleNamespace(
+        monotonic=lambda: next(looks, clock[0] if clock_at_claims is None else clock_at_claims)))
 
 
 def load_study(out, name):

@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, minutes_pass_per_validation
 from studies import worker as study_worker
 from studies.__main__ import main as studies_main
 
 
-def test_run_all_runs_every_study_then_writes_the_report(study_args, tmp_path, monkeypatch):
+def test_run_all_runs_every_study_then_writes_the_report(study_args, tmp_path, monkeypatch, capsys):
     from dataclasses import replace
 
     import studies.__main__ as cli
@@ -25,12 +25,14 @@ def test_run_all_runs_every_study_then_writes_the_report(study_args, tmp_path, m
                                  space=(Dimension("lr", "float", (1e-4, 1e-2), log=True),))}
     monkeypatch.setattr(cli, "STUDIES", few)
     monkeypatch.setattr(report, "STUDIES", few)
-    argv = study_args("mlp_activation")
+    minutes_pass_per_validation(monkeypatch, clock_at_claims=600.0)  # spent at once: the search trains one trial
+    argv = study_args("mlp_activation", "--search_minutes", "5")  # for the search; the grid, refused it alone, runs
     argv[1] = "all"
     assert studies_main(argv) == 0
+    assert "study mlp_activation: 3 completed\n" in capsys.readouterr().out
     with open(tmp_path / "out" / "report" / "report.md") as f:
         text = f.read()
-    assert "## mlp_activation:" in text and "## mlp_search:" in text and "2 search trials finished" in text
+    assert "## mlp_activation:" in text and "## mlp_search:" in text and "1 search trial finished" in text
     assert "Unreadable" not in text
 
 
@@ -137,6 +139,15 @@ def test_run_all_gives_each_studys_workers_its_name_where_all_named_the_study_no
     argv = ["run", "--out", "all", "all", "--data_dir", "all", "--workers", "2"]
     assert _one_study_argv(argv, "resnet18_lr") == ["run", "--out", "all", "resnet18_lr", "--data_dir", "all",
                                                     "--workers", "2"]
+
+
+@pytest.mark.parametrize("given", [["--search_minutes", "30"], ["--search_minutes=30"]])
+def test_run_all_gives_search_minutes_to_the_workers_of_a_search_and_not_to_those_of_a_grid(given):
+    from studies.__main__ import _one_study_argv
+
+    argv = ["run", "all", *given, "--workers", "2"]
+    assert _one_study_argv(argv, "resnet18_best") == ["run", "resnet18_best", *given, "--workers", "2"]
+    assert _one_study_argv(argv, "resnet18_lr") == ["run", "resnet18_lr", "--workers", "2"]
 
 
 def test_a_study_prints_its_own_lines_and_none_of_optunas_log(study_args):

@@ -4,14 +4,11 @@ import csv
 import json
 import os
 import re
-from types import SimpleNamespace
 
 import optuna
 from optuna.trial import TrialState
 
-from helpers import load_study, read_json, script_validation_accuracies
-from studies import scheduler
-from training import engine
+from helpers import load_study, minutes_pass_per_validation, read_json, script_validation_accuracies
 from studies import search as study_search
 from studies import worker as study_worker
 from studies.__main__ import main as studies_main
@@ -69,24 +66,9 @@ def test_search_runs_its_budget_then_retrains_and_tests_the_best(study_args, tmp
         assert re.search(rf"^\| {key} \| {final_results['args'][key]} \|$", text, re.MULTILINE)
 
 
-def _minutes_pass_per_validation(monkeypatch, clock_at_claims=None):
-    """A clock for the search's time budget that moves a minute at each validation (a run's epoch), or that reads
-    ``clock_at_claims`` at each look after the first (the budget's start)."""
-    clock = [0.0]
-
-    def evaluate_a_minute_later(*args, mode="val", **kwargs):
-        clock[0] += 60 if mode == "val" else 0
-        return evaluate(*args, mode=mode, **kwargs)
-    evaluate = engine.evaluate
-    monkeypatch.setattr(engine, "evaluate", evaluate_a_minute_later)
-    looks = iter([0.0])
-    monkeypatch.setattr(scheduler, "time", SimpleNamespace(
-        monotonic=lambda: next(looks, clock[0] if clock_at_claims is None else clock_at_claims)))
-
-
 def test_a_search_out_of_minutes_draws_no_new_trial_then_retrains_its_best_and_a_rerun_carries_it_on(
         study_args, tmp_path, monkeypatch, capsys):
-    _minutes_pass_per_validation(monkeypatch)  # a trial starts at minute 0, 1, 2: at 3 the 2.5 minutes are spent
+    minutes_pass_per_validation(monkeypatch)  # a trial starts at minute 0, 1, 2: at 3 the 2.5 minutes are spent
     out, argv = str(tmp_path / "out"), study_args("mlpmixer_best", "--trials", "5", "--set", "embed_dim=16",
                                                   "--set", "num_blocks=1")
     assert studies_main([*argv, "--search_minutes", "2.5"]) == 0
@@ -105,7 +87,7 @@ def test_a_search_out_of_minutes_draws_no_new_trial_then_retrains_its_best_and_a
 
 def test_a_search_whose_minutes_are_spent_before_its_first_trial_still_trains_one_and_retrains_it(
         study_args, tmp_path, monkeypatch, capsys):
-    _minutes_pass_per_validation(monkeypatch, clock_at_claims=600.0)
+    minutes_pass_per_validation(monkeypatch, clock_at_claims=600.0)
     out = str(tmp_path / "out")
     argv = study_args("mlpmixer_best", "--set", "embed_dim=16", "--set", "num_blocks=1", "--search_minutes", "1")
     assert studies_main(argv) == 0
