@@ -316,6 +316,9 @@ def main(argv=None):
     options, train_argv = _parser().parse_known_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
+        if options.command != "run" and train_argv:  # only a run passes flags on, to main.py
+            raise UserError(f"unrecognized arguments: {' '.join(train_argv)}; see python -m studies {options.command} "
+                            "--help")
         if options.command == "list":
             _list()
             return 0

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from helpers import load_study
+from report_logs import write_activation_runs
 import studies.__main__ as studies_cli
 from studies.__main__ import main as studies_main
 from training.cifar10 import load_cifar10
@@ -62,6 +63,21 @@ def test_bad_study_flags_are_refused_before_anything_is_written(study_args, tmp_
     assert message in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "out")
     assert data_reads == [] or "--valid_size" in extra  # only the validation split's size needs the data
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["report", "--output", "elsewhere"], "--output elsewhere"),  # a mistyped --out: not the default folder's report
+    (["status", "--storage_url", "x"], "--storage_url x"),
+    (["report", "--trials", "3"], "--trials 3"),  # a flag of run's, or of main.py's: only a run passes them on
+    (["list", "--epochs", "2"], "--epochs 2"),
+])
+def test_a_flag_that_list_report_or_status_does_not_take_is_refused_not_ignored(argv, named, tmp_path, capsys,
+                                                                              monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_activation_runs(tmp_path, [("relu", [0.5])])  # a study under ./runs, whose report is not built
+    assert studies_main(argv) == 2
+    assert capsys.readouterr().err == f"error: unrecognized arguments: {named}; see python -m studies {argv[0]} --help\n"
+    assert not os.path.exists(tmp_path / "runs" / "report") and not os.path.exists(tmp_path / "elsewhere")
 
 
 @pytest.mark.parametrize("flags", [[], ["--set", "num_classes=10"]], ids=["model_config", "set"])
