@@ -23,6 +23,7 @@ from training.errors import UserError
 
 from .console import say
 from .liveness import process_started, worker_gone
+
 # a failed trial with one of these outcomes finished its job (--retry_failed runs the errors again); one without an
 # outcome was stopped (a kill, Ctrl-C, a lost worker), and its job resumes
 FINISHING_FAILURES = ("diverged", "error")
