@@ -14,6 +14,7 @@ import json
 import math
 import os
 import sys
+from dataclasses import replace
 
 import optuna
 
@@ -118,7 +119,8 @@ def _run_seeds(study, seed, count):
 
 
 def make_plan(study, options, train_argv):
-    """Check every flag of a study's launch, before anything is written, and return its ``Plan``."""
+    """Check every flag of a study's launch, before anything is written or the data is read, and return its ``Plan``,
+    whose ``data_fingerprint`` ``fingerprint_data`` gives."""
     flags = given_flags(train_argv, RUN_HELP)
     for name in STUDY_FLAGS:
         if name in flags:
@@ -166,15 +168,20 @@ def make_plan(study, options, train_argv):
                         "with --values")
     values = _grid_values(study, options.values) if study.grid else []
     storage_kind(options.storage)
-    # read here, once: a missing copy is fetched (or refused) before any worker starts or anything is written
-    data = load_cifar10(args.data_dir)
-    check_valid_size(len(data.train_labels), args.valid_size)
     return Plan(study=study, study_dir=os.path.join(options.out, study.name), train_argv=train_argv, given=given,
                 model_config=model_config, seed=args.seed, seeds=seeds,
                 values=values, trials=options.trials or study.trials,
                 search_minutes=options.search_minutes if study.is_search else None,
-                storage=options.storage, retry_failed=options.retry_failed,
-                data_fingerprint=data.fingerprint())
+                storage=options.storage, retry_failed=options.retry_failed)
+
+
+def fingerprint_data(train_argv):
+    """The ``data_fingerprint`` of the plans of a launch, read once the flags are checked: a missing copy is fetched
+    (or refused), and ``--valid_size`` checked against it, before any worker starts or anything is written."""
+    args = get_config_parser().parse_args(train_argv)
+    data = load_cifar10(args.data_dir)
+    check_valid_size(len(data.train_labels), args.valid_size)
+    return data.fingerprint()
 
 
 def _note_no_cuda(study, args):
@@ -219,13 +226,15 @@ def _note_unread_flags(plan, args):
         say(f"warning: in {plan.study.name}, {line}", file=sys.stderr)
 
 
-def run_study(study, options, train_argv, argv):
-    plan = make_plan(study, options, train_argv)
+def run_study(plan, options, argv):
+    """Run the study of ``plan`` (its data fingerprinted) in this process, or in ``--workers`` worker processes
+    started with ``argv``; returns the exit status."""
+    study = plan.study
     storage, lock = open_storage(plan.storage, plan.study_dir)
     launched = is_launched_worker()  # then the launch says what the study is and how it ended
     try:
         optuna_study = open_study(plan, storage, lock)
-        args = get_config_parser().parse_args(train_argv)
+        args = get_config_parser().parse_args(plan.train_argv)
         if not launched:
             say(f"study {study.name}: {study.question} Output in {plan.study_dir}")
             _note_no_cuda(study, args)
@@ -337,18 +346,20 @@ def main(argv=None):
             if ("model_config" in given_flags(train_argv, RUN_HELP) or options.set) and len(models) > 1:
                 raise UserError(f"--model_config and --set apply to one model, and the studies train "
                                 f"{', '.join(models)}; run the studies one by one")
-            seed = get_config_parser().parse_args(train_argv).seed
-            for study in STUDIES.values():  # before the first study starts, not when a later one would
-                _run_seeds(study, seed, options.seeds)
-            for name, study in STUDIES.items():
-                code = run_study(study, options, train_argv, _one_study_argv(argv, name))
+            # every study's flags, before the first study starts, not when a later one would
+            plans = [make_plan(study, options, train_argv) for study in STUDIES.values()]
+            fingerprint = fingerprint_data(train_argv)
+            for plan in plans:
+                name = plan.study.name
+                code = run_study(replace(plan, data_fingerprint=fingerprint), options, _one_study_argv(argv, name))
                 if code != 0:
                     print(f"study {name}: a worker exited with status {code}, so the studies after it did not "
                           "start; rerun the same command to resume", file=sys.stderr)
                     return code
             _write_report(options.out)
             return 0
-        return run_study(STUDIES[options.name], options, train_argv, argv)
+        plan = make_plan(STUDIES[options.name], options, train_argv)
+        return run_study(replace(plan, data_fingerprint=fingerprint_data(train_argv)), options, argv)
     except UserError as exc:
         if isinstance(exc, OutputRefused) and is_launched_worker():
             # said once by the launch, not by each of its workers; their lines are flushed as said (``say``), so

@@ -11,6 +11,7 @@ import pytest
 from helpers import ROOT, minutes_pass_per_validation
 from studies import worker as study_worker
 from studies.__main__ import main as studies_main
+from training.cifar10 import load_cifar10
 
 
 def test_run_all_runs_every_study_then_writes_the_report(study_args, tmp_path, monkeypatch, capsys):
@@ -41,8 +42,8 @@ def test_run_all_stops_at_a_study_whose_workers_failed(study_args, tmp_path, mon
 
     started = []
 
-    def workers_interrupted_in_the_first_study(study, options, train_argv, argv):
-        started.append((study.name, argv[argv.index("run") + 1], options.workers))
+    def workers_interrupted_in_the_first_study(plan, options, argv):
+        started.append((plan.study.name, argv[argv.index("run") + 1], options.workers, plan.data_fingerprint))
         return 130
     monkeypatch.setattr(cli, "run_study", workers_interrupted_in_the_first_study)
     argv = study_args("mlp_activation", "--workers", "2")
@@ -50,7 +51,8 @@ def test_run_all_stops_at_a_study_whose_workers_failed(study_args, tmp_path, mon
     position = argv.index("--model_config")  # the studies of all train three models: none is given one config
     del argv[position:position + 2]
     assert studies_main(argv) == 130
-    assert started == [("mlp_activation", "mlp_activation", 2)]
+    fingerprint = load_cifar10(argv[argv.index("--data_dir") + 1]).fingerprint()
+    assert started == [("mlp_activation", "mlp_activation", 2, fingerprint)]
     assert ("study mlp_activation: a worker exited with status 130, so the studies after it did not start; "
             "rerun the same command to resume") in capsys.readouterr().err
     assert not (tmp_path / "out" / "report").exists()

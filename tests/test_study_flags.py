@@ -104,14 +104,22 @@ def test_run_all_refuses_the_flags_of_one_studys_grid_or_search(flags, study_arg
     assert not os.path.exists(tmp_path / "out")
 
 
-def test_run_all_checks_every_studys_seeds_before_the_first_starts(study_args, tmp_path, capsys):
-    argv = study_args("mlp_activation", "--seed", "4294967295")
+@pytest.mark.parametrize("flags, message", [
+    (["--seed", "4294967295"], "--seeds 1 from --seed 4294967295 reaches seed 4294967296 in resnet18_best"),
+    (["--lr", "0.01"], "resnet18_lr varies lr; choose its values with --values, not --lr"),  # mlp_activation takes it
+    (["--optimizer", "sgd"], "resnet18_lr holds optimizer at 'adam' (the question it answers); remove --optimizer"),
+])
+def test_run_all_checks_every_studys_flags_before_the_first_starts(flags, message, study_args, tmp_path, capsys,
+                                                                   monkeypatch):
+    data_reads = []  # nor is the data read for a launch whose flags a later study refuses
+    monkeypatch.setattr(studies_cli, "load_cifar10", lambda *args: data_reads.append(args) or load_cifar10(*args))
+    argv = study_args("mlp_activation", *flags)
     argv[1] = "all"
     position = argv.index("--model_config")
     del argv[position:position + 2]
     assert studies_main(argv) == 2
-    assert "reaches seed 4294967296 in resnet18_best" in capsys.readouterr().err
-    assert not os.path.exists(tmp_path / "out")
+    assert message in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out") and data_reads == []
 
 
 def test_the_largest_seeds_numpy_takes_train_without_a_warning(study_args, tmp_path):
