@@ -76,7 +76,8 @@ def test_a_flag_that_list_report_or_status_does_not_take_is_refused_not_ignored(
     monkeypatch.chdir(tmp_path)
     write_activation_runs(tmp_path, [("relu", [0.5])])  # a study under ./runs, whose report is not built
     assert studies_main(argv) == 2
-    assert capsys.readouterr().err == f"error: unrecognized arguments: {named}; see python -m studies {argv[0]} --help\n"
+    said = capsys.readouterr().err
+    assert said == f"error: unrecognized arguments: {named}; see python -m studies {argv[0]} --help\n"
     assert not os.path.exists(tmp_path / "runs" / "report") and not os.path.exists(tmp_path / "elsewhere")
 
 
