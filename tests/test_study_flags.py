@@ -150,10 +150,9 @@ def test_list_names_every_study_with_its_grid_or_search_space(capsys):
                                                    "8, 16, 32; Problem 4 asks for at least 3)\n") in out
     assert "  grid: activation in relu, tanh, sigmoid\n" in out
     assert "  fixed: optimizer=adam" in out and "  grid: lr in 0.1, 0.01, 0.001, 0.0001, 1e-05" in out
-    assert re.search(r"^resnet18_best \(resnet18\): .*\n  search: 24 trials \(--trials N; fewer when --search_minutes M "
-                     r"runs out\) over the settings below, then the best configuration retrained and tested once per "
-                     r"seed \(--seeds N\)\n(  \w+: .+\n)*"
-                     r"  augment: ", out, re.MULTILINE)
+    assert re.search(r"^resnet18_best \(resnet18\): .*\n  search: 24 trials \(--trials N; fewer when "
+                     r"--search_minutes M runs out\) over the settings below, then the best configuration retrained "
+                     r"and tested once per seed \(--seeds N\)\n(  \w+: .+\n)*  augment: ", out, re.MULTILINE)
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
