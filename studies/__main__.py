@@ -28,10 +28,11 @@ from training.models import SCHEMAS, SHIPPED_CONFIG_DIR, load_model_config, vali
 from .console import say
 from .definitions import STUDIES, is_model_setting
 from .launch import OUTPUT_REFUSED_STATUS, is_launched_worker, launch_workers
+from .plan import Plan, open_study
 from .scheduler import job_states, search_jobs, summary
 from .status import print_status
 from .storage import close_storage, open_storage, refused_write, storage_kind
-from .worker import Plan, open_study, work
+from .worker import work
 
 STUDY_FLAGS = ("model", "logdir", "resume", "visualize")  # set by the study for each run
 # one training epoch on the full data, measured on this project's first 2-core CPU machine (docs/cpu.md)

@@ -10,11 +10,12 @@ from training.errors import UserError
 
 from .definitions import STUDIES
 from .overlap import shared_processors
+from .plan import RUNS_FOLDER
 from .render import write_figures, write_markdown, write_pdf
 from .run_table import write_run_tables
 from .search_sections import search_section
 from .sections import counted, grid_section
-from .worker import RUNS_FOLDER, TRIAL_FILE
+from .worker import TRIAL_FILE
 
 
 TRIAL_KEYS = ("trial", "role", "settings", "seed", "outcome", "value")  # what the sections read from every trial.json

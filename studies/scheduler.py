@@ -121,7 +121,7 @@ class Claimer:
             final_seeds: seeds of the final retraining of a search's best configuration.
             retry_failed: enqueue again the jobs whose run raised an error before this worker started; without it,
                 those whose run raised one before the study's flags last changed (``FLAGS_FROM_TRIAL``).
-            flags: the fingerprint of the flags that this worker trains with (``worker.open_study`` records it): a
+            flags: the fingerprint of the flags that this worker trains with (``plan.open_study`` records it): a
                 claim stops the worker if another command gave the study other flags meanwhile.
         """
         self.study, self.lock, self.flags = study, lock, flags

@@ -12,9 +12,9 @@ from training.errors import UserError
 
 from .definitions import STUDIES
 from .liveness import is_lost, seconds_silent, worker_place
+from .plan import RUNS_FOLDER
 from .scheduler import job_states, summary
 from .storage import JOURNAL_FILE, close_storage, open_storage, shown_storage
-from .worker import RUNS_FOLDER
 
 
 def _duration(seconds):

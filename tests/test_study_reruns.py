@@ -175,7 +175,7 @@ def test_a_refusal_names_every_flag_held_setting_and_model_config_key_that_diffe
 
 
 def test_flag_changes_are_said_one_by_one():
-    from studies.worker import _flag_changes
+    from studies.plan import _flag_changes
     recorded = {"epochs": 1, "device": "cuda", "data": "0a028011e17a", "model_config": {"drop_rate": 0.0, "depth": 2},
                 "held": {"lr": 0.01, "embed_dim": 16}, "tta": "flip"}  # a flag this version no longer has
     now = {"epochs": 2, "device": "cuda", "data": "3cc094d4766c", "model_config": {"drop_rate": 0.1, "depth": 2},

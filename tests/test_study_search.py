@@ -10,6 +10,7 @@ from optuna.trial import TrialState
 
 from helpers import load_study, minutes_pass_per_validation, read_json, script_validation_accuracies
 from studies import search as study_search
+from studies import plan as study_plan
 from studies import worker as study_worker
 from studies.__main__ import main as studies_main
 
@@ -211,9 +212,9 @@ def test_a_search_draws_the_same_trials_when_run_again_and_when_resumed(tmp_path
         drawn = []
         for launch, trials in enumerate(launches):
             storage, lock = open_storage(None, str(tmp_path / folder))
-            plan = study_worker.Plan(STUDIES[study_name], str(tmp_path / folder), [], {}, {}, seed=seed,
+            plan = study_plan.Plan(STUDIES[study_name], str(tmp_path / folder), [], {}, {}, seed=seed,
                                      seeds=[seed + 1], trials=trials)
-            study = study_worker.open_study(plan, storage, lock)
+            study = study_plan.open_study(plan, storage, lock)
             assert study.direction == optuna.study.StudyDirection.MAXIMIZE  # TPE draws toward the highest values
             claimer = Claimer(study, lock, search_trials=trials, final_seeds=[])
             while (trial := claimer.claim()) is not None:

@@ -197,7 +197,7 @@ def test_status_of_a_folder_without_studies_writes_nothing(tmp_path, capsys):
 
 
 def test_status_of_runs_without_a_journal_names_every_study_they_belong_to(tmp_path, capsys):
-    from studies.worker import RUNS_FOLDER
+    from studies.plan import RUNS_FOLDER
 
     for name in ("mlp_activation", "resnet18_lr"):
         os.makedirs(tmp_path / name / RUNS_FOLDER)
