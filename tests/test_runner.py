@@ -1,10 +1,9 @@
-"""main.py end to end on tiny fake data: every model, results.json, accuracies, flip TTA, divergence, the optimizers,
-the device. Interruptions and resume are in test_interruptions.py, bad input in test_bad_input.py and
-test_bad_flags.py, train and evaluate called directly in test_engine.py."""
+"""main.py end to end on tiny fake data: every model, results.json, accuracies, flip TTA, the optimizers, the device.
+Divergence is in test_divergence.py, interruptions and resume in test_interruptions.py, bad input in test_bad_input.py
+and test_bad_flags.py, train and evaluate called directly in test_engine.py."""
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 import time
@@ -178,22 +177,6 @@ def test_visualize_for_the_mlp_warns_before_training_and_draws_nothing(run_args,
     assert not [name for name in os.listdir(logdir) if name.endswith(".png")]
 
 
-def test_a_test_loss_that_overflowed_is_logged_as_null_and_the_run_completes(run_args, tmp_path, monkeypatch):
-    """The test set is evaluated with the weights that the last validation found sound; a validation loss that is
-    not finite stops the run as diverged instead (test_a_last_step_that_breaks_the_weights_is_a_divergence...)."""
-    evaluate = engine.evaluate
-
-    def overflowing(*args, **kwargs):  # as a logit past the precision's range would give
-        loss, acc, seconds = evaluate(*args, **kwargs)
-        return float("inf") if kwargs.get("mode") == "test" else loss, acc, seconds
-    monkeypatch.setattr(engine, "evaluate", overflowing)
-    logdir = str(tmp_path / "run")
-    assert main.main(run_args("mlp", "--logdir", logdir, epochs=2)) == 0
-    results = read_results(logdir)  # strict JSON: no NaN, no Infinity
-    assert results["status"] == "completed" and None not in results["valid_losses"]
-    assert results["test_loss"] is None and 0 <= results["test_acc"] <= 1
-
-
 def test_mlp_learns_the_fake_data(run_args, tmp_path):
     logdir = str(tmp_path / "run")
     assert main.main(run_args("mlp", "--logdir", logdir, "--lr", "3e-3", epochs=4)) == 0
@@ -306,41 +289,6 @@ def test_more_loader_workers_than_cpus_is_one_warning_line_naming_the_flag(fake_
     assert [line for line in run.stderr.splitlines() if "worker" in line.lower()] == [
         "warning: --num_workers 2 starts more DataLoader workers than the CPUs this process may use (1), which can "
         "slow the loading or stall it; --num_workers 1 avoids that"], run.stderr
-
-
-def test_divergence_stops_cleanly_with_strict_json(run_args, tmp_path, monkeypatch):
-    real_train = engine.train
-
-    def diverging(epoch, *args, **kwargs):
-        loss, acc, seconds = real_train(epoch, *args, **kwargs)
-        return (float("nan") if epoch == 2 else loss), acc, seconds
-    monkeypatch.setattr(engine, "train", diverging)
-    logdir = str(tmp_path / "run")
-    assert main.main(run_args("mlp", "--logdir", logdir, epochs=4)) == 3
-    with open(os.path.join(logdir, "results.json")) as f:
-        text = f.read()
-    assert "NaN" not in text and "Infinity" not in text
-    results = read_results(logdir)
-    assert results["status"] == "diverged" and results["epochs_completed"] == 1 and results["test_acc"] is None
-    assert results["error"] == "the training loss was nan in epoch 2"
-
-
-def test_huge_learning_rate_diverges_for_real(run_args, tmp_path):
-    logdir = str(tmp_path / "run")
-    code = main.main(run_args("mlp", "--logdir", logdir, "--optimizer", "sgd", "--lr", "1e30", epochs=2))
-    assert code == 3 and read_results(logdir)["status"] == "diverged"
-
-
-def test_a_last_step_that_breaks_the_weights_is_a_divergence_not_a_completed_run(run_args, tmp_path, capsys):
-    # one batch an epoch: the step takes a finite loss, then leaves the weights that the validation finds broken
-    logdir = str(tmp_path / "run")
-    code = main.main(run_args("mlp", "--logdir", logdir, "--optimizer", "sgd", "--lr", "1e300", "--batch_size", "128",
-                              epochs=1))
-    results = read_results(logdir)
-    assert code == 3 and results["status"] == "diverged" and results["epochs_completed"] == 0
-    assert re.fullmatch(r"the validation loss was (nan|inf) after epoch 1", results["error"])
-    assert results["test_acc"] is None and results["test_loss"] is None
-    assert f"{results['error']}: the run diverged and stops (try a smaller --lr)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags, warned", [
