@@ -109,13 +109,16 @@ def _read_json(path, unreadable, required=(), shapes=None):
     if not os.path.exists(path):
         return None
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:  # JSON's encoding, whatever the locale's
             data = json.load(f)
     except json.JSONDecodeError as exc:
         unreadable.append((path, f"invalid JSON at line {exc.lineno} column {exc.colno}"))
         return None
-    except (OSError, UnicodeDecodeError) as exc:
-        unreadable.append((path, getattr(exc, "strerror", None) or str(exc)))
+    except UnicodeDecodeError as exc:
+        unreadable.append((path, f"not UTF-8 text (byte {exc.start + 1})"))
+        return None
+    except OSError as exc:
+        unreadable.append((path, exc.strerror or str(exc)))
         return None
     if not isinstance(data, dict):
         unreadable.append((path, "not a JSON object"))

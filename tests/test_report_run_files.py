@@ -86,6 +86,25 @@ def test_a_run_file_with_a_value_the_report_cannot_compute_with_is_named_as_unre
         assert run["trial"] is None and run["results"]["valid_accs"] == [0.5, 0.6]
 
 
+@pytest.mark.parametrize("file", ["results.json", "trial.json"])
+@pytest.mark.parametrize("content, why", [(b"[0.5, 0.6]", "not a JSON object"),
+                                          (b'{"note": "caf\xe9"}', "not UTF-8 text (byte 14)"),
+                                          ('{"note": 1}'.encode("utf-16"), "not UTF-8 text (byte 1)"),
+                                          (None, "Is a directory")], ids=["list", "latin-1", "utf-16", "folder"])
+def test_a_run_file_that_is_no_json_object_is_named_with_why(file, content, why, tmp_path):
+    """A hand's edit (a list, a file saved in another encoding) or a folder in the file's place."""
+    folder = write_run(str(tmp_path), "mlp_activation", "activation-relu_seed-42", {"activation": "relu"}, [0.5, 0.6])
+    path = os.path.join(folder, file)
+    if content is None:
+        os.remove(path)
+        os.mkdir(path)
+    else:
+        with open(path, "wb") as f:
+            f.write(content)
+    [run] = report.load_runs(str(tmp_path / "mlp_activation"))
+    assert run["unreadable"] == [(path, why)]
+
+
 @pytest.mark.parametrize("key, value", [("epochs_completed", None), ("test_acc", None), ("best_epoch", None),
                                         ("valid_losses", [None, 1.0]), ("device_name", 7), ("args", {}),
                                         ("hidden_units", None), ("first_layer", None), ("test_confusion", None),
