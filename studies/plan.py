@@ -12,7 +12,7 @@ from training.errors import UserError, counted, setting_changes
 
 from .console import say
 from .liveness import live_runs, seconds_silent, seconds_until_lost, worker_place
-from .scheduler import FLAGS_FROM_TRIAL, has_trained
+from .scheduler import FLAGS_FROM_TRIAL, has_trained, unrecorded_runs
 from .search import SameBudgetMedianPruner, search_sampler
 from .storage import JOURNAL_FILE, shown_storage
 
@@ -97,20 +97,33 @@ def open_study(plan, storage, lock):
 
 
 def _refuse_runs_without_records(plan, storage):
-    """A study that ``storage`` has no record of, over a runs folder whose runs trained, would train every run again
-    in its folder, over the finished ones: its journal was removed, or its runs were recorded in another --storage,
-    whose workers may still be writing them."""
-    try:
-        storage.get_study_id_from_name(plan.study.name)
-        return
-    except KeyError:
-        pass
+    """A run folder that trained, of which ``storage`` has no record, would be trained again over: the study's journal
+    was removed, its runs were recorded in another --storage (whose workers may still be writing them), or a run was
+    copied in from another run of the study (another machine's). A grid's folders count only where this launch would
+    train (its --values and --seeds); a search names its trials' folders by the order of its draws, so all of them."""
     runs_dir = os.path.join(plan.study_dir, RUNS_FOLDER)
-    if has_trained([], runs_dir):
-        records = shown_storage(plan.storage) or os.path.join(plan.study_dir, JOURNAL_FILE)
-        raise UserError(f"{runs_dir} holds runs of {plan.study.name} that trained, but {records} has no record of the "
-                        "study: if they ran with --storage, give the same --storage; to train them afresh, move "
-                        f"{runs_dir} aside (or use a new --out)")
+    records = shown_storage(plan.storage) or os.path.join(plan.study_dir, JOURNAL_FILE)
+    try:
+        study_id = storage.get_study_id_from_name(plan.study.name)
+    except KeyError:
+        if has_trained([], runs_dir):
+            raise UserError(f"{runs_dir} holds runs of {plan.study.name} that trained, but {records} has no record of "
+                            "the study: if they ran with --storage, give the same --storage; to train them afresh, move "
+                            f"{runs_dir} aside (or use a new --out)") from None
+        return
+    jobs = {} if plan.study.is_search else plan.grid_jobs()
+    unknown = unrecorded_runs(runs_dir, storage.get_all_trials(study_id, deepcopy=False), names=jobs or None)
+    if not unknown:
+        return
+    it, them = ("it", "it") if len(unknown) == 1 else ("they", "them")
+    how = f"move {them} aside to train {them} here"
+    if jobs:
+        setting = plan.study.grid.setting
+        values = sorted({str(jobs[name][setting]) for name in unknown})
+        how += f", or leave {setting} {', '.join(values)} out of --values"
+    raise UserError(f"{counted(len(unknown), 'run')} in {runs_dir} trained, but {records} has no record of {them} "
+                    f"({', '.join(unknown)}): copied in from another run of the study, or recorded in another --storage; "
+                    f"this command would train {them} again over what {it} {'holds' if it == 'it' else 'hold'}: {how}")
 
 
 def _take_the_new_flags_or_refuse(plan, study, lock, made_with, now):

@@ -43,10 +43,10 @@ def has_trained(trials, runs_dir):
         folders = [entry.path for entry in os.scandir(runs_dir) if entry.is_dir()]
     except FileNotFoundError:
         return False
-    return any(_has_trained(folder) for folder in folders)
+    return any(run_has_trained(folder) for folder in folders)
 
 
-def _has_trained(run_dir):
+def run_has_trained(run_dir):
     """Whether the run in ``run_dir`` saved an epoch: a run stopped before its first one (Ctrl-C) leaves a results.json
     with none; one that raised later keeps its epochs there, though its checkpoint goes."""
     if os.path.exists(os.path.join(run_dir, persistence.CHECKPOINT_FILE)):
@@ -59,6 +59,19 @@ def _has_trained(run_dir):
     except (OSError, ValueError):  # unreadable: it may hold epochs
         return True
     return not isinstance(results, dict) or results.get("epochs_completed") != 0 or results.get("status") == "diverged"
+
+
+def unrecorded_runs(runs_dir, trials, names=None):
+    """The run folders under ``runs_dir`` (of ``names``, else all) that trained, of which none of the study's
+    ``trials`` is the record: a run copied in from the same study run on another machine, or recorded in another
+    --storage."""
+    known = {trial.user_attrs.get("run_dir") for trial in trials}
+    if names is None:
+        try:
+            names = [entry.name for entry in os.scandir(runs_dir) if entry.is_dir()]
+        except FileNotFoundError:
+            return []
+    return sorted(name for name in names if name not in known and run_has_trained(os.path.join(runs_dir, name)))
 
 
 def job_states(trials):

@@ -1,5 +1,6 @@
 """A rerun of a study must match the flags, settings and data it began with, and is refused, with each difference,
-where they differ; a study none of whose runs has trained an epoch takes the flags of the command that fixes it."""
+where they differ; a study none of whose runs has trained an epoch takes the flags of the command that fixes it. A rerun
+does not train over a run folder that trained without a record in the study (copied in from another run of it)."""
 import json
 import os
 import re
@@ -261,3 +262,51 @@ def test_a_run_folder_has_trained_when_it_may_hold_an_epoch(tmp_path, files, tra
         (run_dir / name).write_text(text)
     assert has_trained([], str(tmp_path / "runs")) == trained
     assert not has_trained([], str(tmp_path / "no_runs_yet"))
+
+
+def test_a_finished_run_copied_in_from_another_studys_folder_is_not_trained_again_over(study_args, tmp_path, capsys):
+    """Runs of one study made on two machines, merged by copying one's run folder into the other's: the study that
+    has no record of it would train it again in that folder. Leaving its value out of --values runs the rest."""
+    elsewhere = tmp_path / "elsewhere"
+    copied_from = elsewhere / "mlp_activation" / "runs" / "activation-tanh_seed-42"
+    assert studies_main([*study_args("mlp_activation", "--values", "tanh"), "--out", str(elsewhere)]) == 0
+    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
+    runs = tmp_path / "out" / "mlp_activation" / "runs"
+    shutil.copytree(copied_from, runs / "activation-tanh_seed-42")
+    finished = (runs / "activation-tanh_seed-42" / "results.json").read_bytes()
+    capsys.readouterr()
+    assert studies_main(study_args("mlp_activation")) == 2
+    journal = tmp_path / "out" / "mlp_activation" / "journal.log"
+    assert capsys.readouterr().err == (
+        f"error: 1 run in {runs} trained, but {journal} has no record of it (activation-tanh_seed-42): copied in from "
+        "another run of the study, or recorded in another --storage; this command would train it again over what it "
+        "holds: move it aside to train it here, or leave activation tanh out of --values\n")
+    assert (runs / "activation-tanh_seed-42" / "results.json").read_bytes() == finished
+    assert not (runs / "activation-sigmoid_seed-42").exists()
+    assert studies_main(["status", "--out", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().out == (
+        "mlp_activation: 1 completed\n  activation-tanh_seed-42: trained, but the study has no record of it (copied in "
+        "from another run of the study, or recorded in another --storage); a launch that would train it refuses to\n")
+    assert studies_main(study_args("mlp_activation", "--values", "relu", "sigmoid")) == 0
+    assert jobs_of(load_study(str(tmp_path / "out"), "mlp_activation")) == {
+        "activation-relu_seed-42": [TrialState.COMPLETE], "activation-sigmoid_seed-42": [TrialState.COMPLETE]}
+    assert (runs / "activation-tanh_seed-42" / "results.json").read_bytes() == finished
+
+
+def test_a_search_refuses_every_trained_run_folder_it_has_no_record_of(study_args, tmp_path, capsys):
+    """A search names its trials' folders by the order of its draws, so any of them could be trained over."""
+    elsewhere = tmp_path / "elsewhere"
+    assert studies_main([*study_args("mlpmixer_best", "--trials", "2"), "--out", str(elsewhere)]) == 0
+    assert studies_main(study_args("mlpmixer_best", "--trials", "1")) == 0
+    runs = tmp_path / "out" / "mlpmixer_best" / "runs"
+    shutil.copytree(elsewhere / "mlpmixer_best" / "runs" / "trial-0001", runs / "trial-0001")
+    finished = (runs / "trial-0001" / "results.json").read_bytes()
+    capsys.readouterr()
+    assert studies_main(study_args("mlpmixer_best", "--trials", "2")) == 2
+    journal = tmp_path / "out" / "mlpmixer_best" / "journal.log"
+    assert capsys.readouterr().err == (
+        f"error: 1 run in {runs} trained, but {journal} has no record of it (trial-0001): copied in from another "
+        "run of the study, or recorded in another --storage; this command would train it again over what it holds: "
+        "move it aside to train it here\n")
+    assert (runs / "trial-0001" / "results.json").read_bytes() == finished
+    assert len(load_study(str(tmp_path / "out"), "mlpmixer_best").trials) == 2  # the trial and its final run
