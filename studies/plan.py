@@ -108,8 +108,8 @@ def _refuse_runs_without_records(plan, storage):
     except KeyError:
         if has_trained([], runs_dir):
             raise UserError(f"{runs_dir} holds runs of {plan.study.name} that trained, but {records} has no record of "
-                            "the study: if they ran with --storage, give the same --storage; to train them afresh, move "
-                            f"{runs_dir} aside (or use a new --out)") from None
+                            "the study: if they ran with --storage, give the same --storage; to train them afresh, "
+                            f"move {runs_dir} aside (or use a new --out)") from None
         return
     jobs = {} if plan.study.is_search else plan.grid_jobs()
     unknown = unrecorded_runs(runs_dir, storage.get_all_trials(study_id, deepcopy=False), names=jobs or None)
@@ -122,8 +122,9 @@ def _refuse_runs_without_records(plan, storage):
         values = sorted({str(jobs[name][setting]) for name in unknown})
         how += f", or leave {setting} {', '.join(values)} out of --values"
     raise UserError(f"{counted(len(unknown), 'run')} in {runs_dir} trained, but {records} has no record of {them} "
-                    f"({', '.join(unknown)}): copied in from another run of the study, or recorded in another --storage; "
-                    f"this command would train {them} again over what {it} {'holds' if it == 'it' else 'hold'}: {how}")
+                    f"({', '.join(unknown)}): copied in from another run of the study, or recorded in another "
+                    f"--storage; this command would train {them} again over what {it} "
+                    f"{'holds' if it == 'it' else 'hold'}: {how}")
 
 
 def _take_the_new_flags_or_refuse(plan, study, lock, made_with, now):
