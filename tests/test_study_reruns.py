@@ -264,25 +264,36 @@ def test_a_run_folder_has_trained_when_it_may_hold_an_epoch(tmp_path, files, tra
     assert not has_trained([], str(tmp_path / "no_runs_yet"))
 
 
-def test_a_finished_run_copied_in_from_another_studys_folder_is_not_trained_again_over(study_args, tmp_path, capsys):
-    """Runs of one study made on two machines, merged by copying one's run folder into the other's: the study that
-    has no record of it would train it again in that folder. Leaving its value out of --values runs the rest."""
+def _copy_in_a_run_made_elsewhere(study_args, tmp_path, study, run, elsewhere_flags, here_flags):
+    """Run ``study`` with ``elsewhere_flags`` in another --out and with ``here_flags`` in this one, then copy its folder
+    ``run`` from there into this one's runs, as runs made on two machines are merged; the copied results.json."""
     elsewhere = tmp_path / "elsewhere"
-    copied_from = elsewhere / "mlp_activation" / "runs" / "activation-tanh_seed-42"
-    assert studies_main([*study_args("mlp_activation", "--values", "tanh"), "--out", str(elsewhere)]) == 0
-    assert studies_main(study_args("mlp_activation", "--values", "relu")) == 0
-    runs = tmp_path / "out" / "mlp_activation" / "runs"
-    shutil.copytree(copied_from, runs / "activation-tanh_seed-42")
-    finished = (runs / "activation-tanh_seed-42" / "results.json").read_bytes()
+    assert studies_main([*study_args(study, *elsewhere_flags), "--out", str(elsewhere)]) == 0
+    assert studies_main(study_args(study, *here_flags)) == 0
+    copy = tmp_path / "out" / study / "runs" / run
+    shutil.copytree(elsewhere / study / "runs" / run, copy)
+    return copy / "results.json"
+
+
+def _refused_over(tmp_path, study, run, how):
+    runs, journal = tmp_path / "out" / study / "runs", tmp_path / "out" / study / "journal.log"
+    return (f"error: 1 run in {runs} trained, but {journal} has no record of it ({run}): copied in from another run of "
+            "the study, or recorded in another --storage; this command would train it again over what it holds: "
+            f"{how}\n")
+
+
+def test_a_finished_run_copied_in_from_another_run_of_the_study_is_not_trained_again_over(study_args, tmp_path, capsys):
+    """The study that has no record of the copied run would train it again in its folder. Leaving its value out of
+    --values runs the rest of the grid."""
+    results = _copy_in_a_run_made_elsewhere(study_args, tmp_path, "mlp_activation", "activation-tanh_seed-42",
+                                            ["--values", "tanh"], ["--values", "relu"])
+    finished = results.read_bytes()
     capsys.readouterr()
     assert studies_main(study_args("mlp_activation")) == 2
-    journal = tmp_path / "out" / "mlp_activation" / "journal.log"
-    assert capsys.readouterr().err == (
-        f"error: 1 run in {runs} trained, but {journal} has no record of it (activation-tanh_seed-42): copied in from "
-        "another run of the study, or recorded in another --storage; this command would train it again over what it "
-        "holds: move it aside to train it here, or leave activation tanh out of --values\n")
-    assert (runs / "activation-tanh_seed-42" / "results.json").read_bytes() == finished
-    assert not (runs / "activation-sigmoid_seed-42").exists()
+    assert capsys.readouterr().err == _refused_over(tmp_path, "mlp_activation", "activation-tanh_seed-42", "move it "
+                                                    "aside to train it here, or leave activation tanh out of --values")
+    assert results.read_bytes() == finished
+    assert not (tmp_path / "out" / "mlp_activation" / "runs" / "activation-sigmoid_seed-42").exists()
     assert studies_main(["status", "--out", str(tmp_path / "out")]) == 0
     assert capsys.readouterr().out == (
         "mlp_activation: 1 completed\n  activation-tanh_seed-42: trained, but the study has no record of it (copied in "
@@ -290,23 +301,17 @@ def test_a_finished_run_copied_in_from_another_studys_folder_is_not_trained_agai
     assert studies_main(study_args("mlp_activation", "--values", "relu", "sigmoid")) == 0
     assert jobs_of(load_study(str(tmp_path / "out"), "mlp_activation")) == {
         "activation-relu_seed-42": [TrialState.COMPLETE], "activation-sigmoid_seed-42": [TrialState.COMPLETE]}
-    assert (runs / "activation-tanh_seed-42" / "results.json").read_bytes() == finished
+    assert results.read_bytes() == finished
 
 
 def test_a_search_refuses_every_trained_run_folder_it_has_no_record_of(study_args, tmp_path, capsys):
     """A search names its trials' folders by the order of its draws, so any of them could be trained over."""
-    elsewhere = tmp_path / "elsewhere"
-    assert studies_main([*study_args("mlpmixer_best", "--trials", "2"), "--out", str(elsewhere)]) == 0
-    assert studies_main(study_args("mlpmixer_best", "--trials", "1")) == 0
-    runs = tmp_path / "out" / "mlpmixer_best" / "runs"
-    shutil.copytree(elsewhere / "mlpmixer_best" / "runs" / "trial-0001", runs / "trial-0001")
-    finished = (runs / "trial-0001" / "results.json").read_bytes()
+    results = _copy_in_a_run_made_elsewhere(study_args, tmp_path, "mlpmixer_best", "trial-0001", ["--trials", "2"],
+                                            ["--trials", "1"])
+    finished = results.read_bytes()
     capsys.readouterr()
     assert studies_main(study_args("mlpmixer_best", "--trials", "2")) == 2
-    journal = tmp_path / "out" / "mlpmixer_best" / "journal.log"
-    assert capsys.readouterr().err == (
-        f"error: 1 run in {runs} trained, but {journal} has no record of it (trial-0001): copied in from another "
-        "run of the study, or recorded in another --storage; this command would train it again over what it holds: "
-        "move it aside to train it here\n")
-    assert (runs / "trial-0001" / "results.json").read_bytes() == finished
+    assert capsys.readouterr().err == _refused_over(tmp_path, "mlpmixer_best", "trial-0001", "move it aside to train "
+                                                    "it here")
+    assert results.read_bytes() == finished
     assert len(load_study(str(tmp_path / "out"), "mlpmixer_best").trials) == 2  # the trial and its final run
