@@ -257,6 +257,16 @@ def run_study(plan, options, argv):
         close_storage(storage)
 
 
+def _open_and_close(plan):
+    """Open the study of ``plan`` (its data fingerprinted) as ``run_study`` does, which refuses one whose records
+    differ from the plan (other flags, runs trained without a record), then close its storage."""
+    storage, lock = open_storage(plan.storage, plan.study_dir)
+    try:
+        open_study(plan, storage, lock)
+    finally:
+        close_storage(storage)
+
+
 def _ended_early(plan, optuna_study):
     """What the outcome line adds when this launch's --search_minutes or --trials stopped a search short of the
     budget that the summary counts against (the largest that a launch asked for)."""
@@ -350,9 +360,12 @@ def main(argv=None):
             # every study's flags, before the first study starts, not when a later one would
             plans = [make_plan(study, options, train_argv) for study in STUDIES.values()]
             fingerprint = fingerprint_data(train_argv)
+            plans = [replace(plan, data_fingerprint=fingerprint) for plan in plans]
+            for plan in plans:  # and each study's records against them: one made with other flags is refused now
+                _open_and_close(plan)
             for plan in plans:
                 name = plan.study.name
-                code = run_study(replace(plan, data_fingerprint=fingerprint), options, _one_study_argv(argv, name))
+                code = run_study(plan, options, _one_study_argv(argv, name))
                 if code != 0:
                     print(f"study {name}: a worker exited with status {code}, so the studies after it did not "
                           "start; rerun the same command to resume", file=sys.stderr)

@@ -123,6 +123,20 @@ def test_run_all_checks_every_studys_flags_before_the_first_starts(flags, messag
     assert not os.path.exists(tmp_path / "out") and data_reads == []
 
 
+def test_run_all_refuses_a_later_study_made_with_other_flags_before_the_first_trains(study_args, tmp_path, capsys):
+    assert studies_main(study_args("mlpmixer_patch", "--values", "8")) == 0
+    argv = study_args("mlp_activation", epochs=2)
+    argv[1] = "all"
+    position = argv.index("--model_config")
+    del argv[position:position + 2]
+    capsys.readouterr()
+    assert studies_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: study mlpmixer_patch in {tmp_path / 'out' / 'mlpmixer_patch'} was started with "
+                          "other flags (epochs 1, now 2; ") and err.count("\n") == 1
+    assert not os.path.exists(tmp_path / "out" / "mlp_activation" / "runs")
+
+
 def test_the_largest_seeds_numpy_takes_train_without_a_warning(study_args, tmp_path):
     import warnings
 
