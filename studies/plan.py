@@ -12,7 +12,7 @@ from training.errors import UserError, counted, setting_changes
 
 from .console import say
 from .liveness import live_runs, seconds_silent, seconds_until_lost, worker_place
-from .scheduler import FLAGS_FROM_TRIAL, has_trained, unrecorded_runs
+from .scheduler import FLAGS_FROM_TRIAL, enqueue_job, has_trained, job_params, removed_runs, unrecorded_runs
 from .search import SameBudgetMedianPruner, search_sampler
 from .storage import JOURNAL_FILE, shown_storage
 
@@ -93,7 +93,22 @@ def open_study(plan, storage, lock):
             study.set_user_attr("fingerprint", now)
         if plan.study.is_search:  # for status: the largest budget a launch asked for (--trials can only add)
             study.set_user_attr("trials", max(plan.trials, study.user_attrs.get("trials", 0)))
+        _train_again_the_removed_runs(plan, study)
     return study
+
+
+def _train_again_the_removed_runs(plan, study):
+    """Enqueue again each finished run whose folder is gone, as a run never trained: removed by hand, it is missing from
+    the report, which says to rerun the study. Looked at as a launch opens the study, not at each claim: workers on
+    several machines whose --out is not one folder that all of them see would each train the others' runs."""
+    removed = removed_runs(study.get_trials(deepcopy=False), os.path.join(plan.study_dir, RUNS_FOLDER))
+    for run_dir, latest in removed:
+        enqueue_job(study, run_dir, job_params(latest), latest.user_attrs)
+    if removed:
+        names = ", ".join(run_dir for run_dir, _ in removed)
+        say(f"study {plan.study.name}: {counted(len(removed), 'finished run')} whose folder is gone ({names}) "
+            f"{'trains' if len(removed) == 1 else 'train'} again (workers on several machines need an --out that all "
+            "of them see)")
 
 
 def _refuse_runs_without_records(plan, storage):

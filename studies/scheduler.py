@@ -87,6 +87,8 @@ def job_states(trials):
             finished = trial
         elif trial.state in (TrialState.WAITING, TrialState.RUNNING):
             live = trial
+        elif trial.state == TrialState.FAIL:  # stopped unfinished: a run trained again (its folder removed, a
+            finished = None  # --retry_failed) and stopped is to resume, whatever its earlier outcome
         jobs[run_dir] = (finished, live, trial)
     return jobs
 
@@ -115,6 +117,30 @@ def retrains_another(trial, best):
     """Whether ``trial`` is a final run of a trial other than ``best``."""
     return trial.user_attrs.get("role") == "final" and best is not None and \
         trial.user_attrs.get("source_trial") != best.number
+
+
+def removed_runs(trials, runs_dir):
+    """``(run_dir, latest trial)`` of each grid run or final run that finished but whose folder under ``runs_dir`` is
+    gone (removed by hand, to train it again) and that no worker trains now. Not a search trial, whose result stays in
+    the study's records (trained again, it could change which trial is best, and so the final runs), nor a final run of
+    a trial that is no longer the best."""
+    best = best_search_trial(trials)
+    return [(run_dir, latest) for run_dir, (finished, live, latest) in sorted(job_states(trials).items())
+            if finished is not None and live is None and latest.user_attrs.get("role") != "search"
+            and not retrains_another(latest, best) and not os.path.isdir(os.path.join(runs_dir, run_dir))]
+
+
+def enqueue_job(study, run_dir, params, attrs):
+    """Enqueue the job of ``run_dir`` with its ``params`` (a grid point, a seed) and the attributes that say what it
+    trains (``attrs``: its role, and a search trial's or final run's settings)."""
+    kept = {key: attrs[key] for key in ("role", "settings", "source_trial", "search_index") if key in attrs}
+    # job_params: a trial that fails before its run draws them (suggest) records no params of its own
+    study.enqueue_trial(params, user_attrs={**kept, "run_dir": run_dir, "job_params": params})
+
+
+def job_params(trial):
+    """The params that the job of ``trial`` trains with, whether or not its run drew them."""
+    return trial.params or trial.user_attrs.get("job_params", {})
 
 
 class Claimer:
@@ -151,15 +177,11 @@ class Claimer:
         errored_earlier = finished.user_attrs.get("outcome") == "error" and finished.number < self.retry_before
         return not errored_earlier
 
-    def _enqueue(self, params, **attrs):
-        # job_params: a trial that fails before its run draws them (suggest) records no params of its own
-        self.study.enqueue_trial(params, user_attrs={**attrs, "job_params": params})
-
     def _plan_jobs(self, trials, jobs):
         """Enqueue every job that is neither finished nor waiting or running, but a final run of a trial that is
         no longer the best (a search extended with more --trials found a better one)."""
         best = best_search_trial(trials)
-        open_jobs = {run_dir: (latest.params or latest.user_attrs.get("job_params", {}), latest.user_attrs)
+        open_jobs = {run_dir: (job_params(latest), latest.user_attrs)
                      for run_dir, (finished, live, latest) in jobs.items()
                      if live is None and not self._done(finished) and not retrains_another(latest, best)}
         if self.grid_jobs is not None:
@@ -173,8 +195,7 @@ class Claimer:
                     open_jobs[run_dir] = ({"seed": seed}, {"role": "final", "settings": best.user_attrs["settings"],
                                                            "source_trial": best.number})
         for run_dir, (params, attrs) in sorted(open_jobs.items()):
-            kept = {key: attrs[key] for key in ("role", "settings", "source_trial", "search_index") if key in attrs}
-            self._enqueue(params, run_dir=run_dir, **kept)
+            enqueue_job(self.study, run_dir, params, attrs)
 
     def search_complete(self, trials, jobs):
         searched = search_jobs(jobs)

@@ -4,6 +4,7 @@ worker was declared lost: ``test_study_lost_runs.py``."""
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -237,3 +238,49 @@ def test_a_cuda_error_that_outlives_its_run_stops_the_worker_in_one_line(study_a
     assert studies_main(flags) == 0
     assert jobs_of(load_study(out, "mlp_activation")) == {"activation-relu_seed-42": [TrialState.FAIL],
                                                           "activation-tanh_seed-42": [TrialState.COMPLETE]}
+
+
+def test_a_finished_run_whose_folder_was_removed_trains_again_at_the_next_launch(study_args, tmp_path, monkeypatch,
+                                                                                  capsys):
+    """Removed by hand to train it again, a run is missing from the report, which says to rerun the study; trained
+    again and stopped, it resumes at the launch after, as any interrupted run."""
+    out, argv = str(tmp_path / "out"), study_args("mlp_activation", "--values", "relu", "tanh", epochs=2)
+    assert studies_main(argv) == 0
+    runs = tmp_path / "out" / "mlp_activation" / "runs"
+    relu = (runs / "activation-relu_seed-42" / "results.json").read_bytes()
+    shutil.rmtree(runs / "activation-tanh_seed-42")
+    capsys.readouterr()
+    assert studies_main(["status", "--out", out]) == 0
+    assert capsys.readouterr().out == ("mlp_activation: 2 completed\n  activation-tanh_seed-42: completed, but its "
+                                       "folder is gone; the study's next launch trains it again\n")
+    real_fit = study_worker.fit
+    monkeypatch.setattr(study_worker, "fit", _interrupted_after_first_epoch(real_fit, "activation-tanh_seed-42"))
+    assert studies_main(argv) == 130
+    assert capsys.readouterr().out.startswith("study mlp_activation: 1 finished run whose folder is gone "
+                                              "(activation-tanh_seed-42) trains again (workers on several machines "
+                                              "need an --out that all of them see)\n")
+    monkeypatch.setattr(study_worker, "fit", real_fit)
+    assert studies_main(argv) == 0
+    assert "trial 3 (grid) -> " + str(runs / "activation-tanh_seed-42") + " (resumed)\n" in capsys.readouterr().out
+    assert jobs_of(load_study(out, "mlp_activation")) == {
+        "activation-relu_seed-42": [TrialState.COMPLETE],
+        "activation-tanh_seed-42": [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]}
+    results = read_json(runs / "activation-tanh_seed-42" / "results.json")
+    assert results["status"] == "completed" and results["epochs_completed"] == 2
+    assert (runs / "activation-relu_seed-42" / "results.json").read_bytes() == relu
+    assert studies_main(argv) == 0  # nothing left to train
+    assert len(load_study(out, "mlp_activation").get_trials()) == 4
+
+
+def test_a_removed_final_run_trains_again_but_not_a_removed_search_trial(study_args, tmp_path, capsys):
+    """A search trial's result stays in the study's records; trained again, it could change which trial is best."""
+    out, argv = str(tmp_path / "out"), study_args("mlpmixer_best", "--trials", "2")
+    assert studies_main(argv) == 0
+    runs = tmp_path / "out" / "mlpmixer_best" / "runs"
+    shutil.rmtree(runs / "trial-0000")
+    shutil.rmtree(runs / "final_seed-43")
+    capsys.readouterr()
+    assert studies_main(argv) == 0
+    assert "1 finished run whose folder is gone (final_seed-43) trains again" in capsys.readouterr().out
+    assert (runs / "final_seed-43" / "results.json").exists() and not (runs / "trial-0000").exists()
+    assert [len(states) for states in jobs_of(load_study(out, "mlpmixer_best")).values()] == [1, 1, 2]

@@ -138,8 +138,7 @@ def test_status_names_a_run_whose_worker_is_gone_one_claimed_this_instant_and_on
         printed), printed
 
 
-def test_status_counts_a_run_that_retry_failed_trains_again_as_running_and_its_error_again_if_that_stops(tmp_path,
-                                                                                                        capsys):
+def test_status_counts_a_run_that_retry_failed_trains_again_as_running_and_to_resume_if_that_stops(tmp_path, capsys):
     import optuna
     from optuna.trial import TrialState
 
@@ -158,10 +157,10 @@ def test_status_counts_a_run_that_retry_failed_trains_again_as_running_and_its_e
     assert studies_main(["status", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("mlp_activation: 1 running\n  activation-relu_seed-42: running on node7 "), printed
-    study.tell(retry.number, state=TrialState.FAIL)  # the retry was killed: without --retry_failed it stays an error
+    study.tell(retry.number, state=TrialState.FAIL)  # the retry was killed: the next launch resumes it, as any run
     close_storage(storage)
     assert studies_main(["status", "--out", str(out)]) == 0
-    assert capsys.readouterr().out == "mlp_activation: 1 error\n"
+    assert capsys.readouterr().out == "mlp_activation: 1 to resume\n"
 
 
 @pytest.mark.parametrize("budget, line", [(24, "mlpmixer_best: search trials: 1 completed, 1 running (of 24)\n"),
