@@ -13,6 +13,7 @@ import torch
 from optuna.trial import TrialState
 
 from helpers import jobs_of, load_study, read_json
+from report_logs import markdown_of
 import studies.__main__ as studies_cli
 from studies.__main__ import main as studies_main
 from studies.liveness import LOST_AFTER_SECONDS, process_started
@@ -302,6 +303,9 @@ def test_a_finished_run_copied_in_from_another_run_of_the_study_is_not_trained_a
     assert jobs_of(load_study(str(tmp_path / "out"), "mlp_activation")) == {
         "activation-relu_seed-42": [TrialState.COMPLETE], "activation-sigmoid_seed-42": [TrialState.COMPLETE]}
     assert results.read_bytes() == finished
+    ranking = re.search(r"Final validation accuracy by activation \(mean over completed runs\), highest first: (.*)\n",
+                        markdown_of(str(tmp_path / "out"))).group(1)  # the copied run, read beside the others
+    assert sorted(part.split(":")[0] for part in ranking.split(", ")) == ["relu", "sigmoid", "tanh"]
 
 
 def test_a_search_refuses_every_trained_run_folder_it_has_no_record_of(study_args, tmp_path, capsys):
