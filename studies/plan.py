@@ -100,15 +100,23 @@ def open_study(plan, storage, lock):
 def _train_again_the_removed_runs(plan, study):
     """Enqueue again each finished run whose folder is gone, as a run never trained: removed by hand, it is missing from
     the report, which says to rerun the study. Looked at as a launch opens the study, not at each claim: workers on
-    several machines whose --out is not one folder that all of them see would each train the others' runs."""
-    removed = removed_runs(study.get_trials(deepcopy=False), os.path.join(plan.study_dir, RUNS_FOLDER))
+    several machines whose --out is not one folder that all of them see would each train the others' runs. A study
+    kept in a --storage of its own, whose runs folder is missing altogether, was most likely trained with another
+    --out: that is refused, not trained again."""
+    runs_dir = os.path.join(plan.study_dir, RUNS_FOLDER)
+    removed = removed_runs(study.get_trials(deepcopy=False), runs_dir)
+    if not removed:
+        return
+    if plan.storage is not None and not os.path.isdir(runs_dir):
+        raise UserError(f"--storage {shown_storage(plan.storage)} holds {counted(len(removed), 'finished run')} of "
+                        f"{plan.study.name}, but {runs_dir} does not exist: give the --out they were trained with; to "
+                        f"train them again under this one, create {runs_dir} and rerun")
     for run_dir, latest in removed:
         enqueue_job(study, run_dir, job_params(latest), latest.user_attrs)
-    if removed:
-        names = ", ".join(run_dir for run_dir, _ in removed)
-        say(f"study {plan.study.name}: {counted(len(removed), 'finished run')} whose folder is gone ({names}) "
-            f"{'trains' if len(removed) == 1 else 'train'} again (workers on several machines need an --out that all "
-            "of them see)")
+    names = ", ".join(run_dir for run_dir, _ in removed)
+    say(f"study {plan.study.name}: {counted(len(removed), 'finished run')} whose folder is gone ({names}) "
+        f"{'trains' if len(removed) == 1 else 'train'} again (workers on several machines need an --out that all of "
+        "them see)")
 
 
 def _refuse_runs_without_records(plan, storage):

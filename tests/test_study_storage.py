@@ -30,6 +30,26 @@ def test_a_sqlite_storage_serves_a_study_and_its_rerun(study_args, tmp_path, cap
     assert "-> " not in capsys.readouterr().out
 
 
+def test_a_database_study_launched_with_another_out_is_refused_not_trained_again_there(study_args, tmp_path, capsys):
+    """The study lives in the database whatever the --out: one forgotten on a relaunch would find every finished run's
+    folder gone. Once that --out's runs folder is made, as the refusal says, the runs train again there."""
+    database = tmp_path / "studies.db"
+    argv = study_args("mlp_activation", "--values", "relu", "--storage", f"sqlite:///{database}")
+    assert studies_main(argv) == 0
+    other = tmp_path / "other"
+    capsys.readouterr()
+    assert studies_main([*argv, "--out", str(other)]) == 2
+    runs = other / "mlp_activation" / "runs"
+    assert capsys.readouterr().err == (f"error: --storage sqlite:///{database} holds 1 finished run of mlp_activation, "
+                                       f"but {runs} does not exist: give the --out they were trained with; to train "
+                                       f"them again under this one, create {runs} and rerun\n")
+    assert not runs.exists()
+    os.makedirs(runs)
+    assert studies_main([*argv, "--out", str(other)]) == 0
+    assert "1 finished run whose folder is gone (activation-relu_seed-42) trains again" in capsys.readouterr().out
+    assert os.path.isfile(runs / "activation-relu_seed-42" / "results.json")
+
+
 def test_a_write_that_the_database_refuses_mid_study_gets_one_line_and_a_rerun_completes_the_study(study_args,
                                                                                                      tmp_path, capsys):
     """SQLite refuses each new trial value (as it would on a full disk, in other words): the study's first finished
