@@ -12,7 +12,8 @@ from training.errors import UserError, counted, setting_changes
 
 from .console import say
 from .liveness import live_runs, seconds_silent, seconds_until_lost, worker_place
-from .scheduler import FLAGS_FROM_TRIAL, enqueue_job, has_trained, job_params, removed_runs, unrecorded_runs
+from .scheduler import (FLAGS_FROM_TRIAL, enqueue_job, has_trained, job_params, removed_runs, run_folders,
+                        unrecorded_runs)
 from .search import SameBudgetMedianPruner, search_sampler
 from .storage import JOURNAL_FILE, shown_storage
 
@@ -123,7 +124,8 @@ def _refuse_runs_without_records(plan, storage):
     """A run folder that trained, of which ``storage`` has no record, would be trained again over: the study's journal
     was removed, its runs were recorded in another --storage (whose workers may still be writing them), or a run was
     copied in from another run of the study (another machine's). A grid's folders count only where this launch would
-    train (its --values and --seeds); a search names its trials' folders by the order of its draws, so all of them."""
+    train (its --values and --seeds); a search names its trials' folders by the order of its draws, so all of its run
+    folders (a folder of another name, such as a backup copy, is never trained in)."""
     runs_dir = os.path.join(plan.study_dir, RUNS_FOLDER)
     records = shown_storage(plan.storage) or os.path.join(plan.study_dir, JOURNAL_FILE)
     try:
@@ -135,7 +137,8 @@ def _refuse_runs_without_records(plan, storage):
                             f"move {runs_dir} aside (or use a new --out)") from None
         return
     jobs = {} if plan.study.is_search else plan.grid_jobs()
-    unknown = unrecorded_runs(runs_dir, storage.get_all_trials(study_id, deepcopy=False), names=jobs or None)
+    names = run_folders(plan.study, runs_dir) if plan.study.is_search else jobs
+    unknown = unrecorded_runs(runs_dir, storage.get_all_trials(study_id, deepcopy=False), names)
     if not unknown:
         return
     it, them = ("it", "it") if len(unknown) == 1 else ("they", "them")

@@ -13,6 +13,7 @@ storage and its lock are in ``storage``.
 """
 import json
 import os
+import re
 import socket
 import time
 
@@ -61,16 +62,28 @@ def run_has_trained(run_dir):
     return not isinstance(results, dict) or results.get("epochs_completed") != 0 or results.get("status") == "diverged"
 
 
-def unrecorded_runs(runs_dir, trials, names=None):
-    """The run folders under ``runs_dir`` (of ``names``, else all) that trained, of which none of the study's
-    ``trials`` is the record: a run copied in from the same study run on another machine, or recorded in another
-    --storage."""
+def is_run_name(study, name):
+    """Whether a folder called ``name`` is one that the ``definitions.Study`` trains runs in: a grid point's with any
+    seed (``Plan.grid_jobs``), a search trial's or a final run's (``Claimer.claim``, ``final_run_dir``). Another, such
+    as a backup copy of a run, is never trained in."""
+    if study.is_search:
+        return re.fullmatch(r"trial-\d{4,}|final_seed-\d+(_trial-\d{4,})?", name) is not None
+    point = re.fullmatch(rf"{re.escape(study.grid.setting)}-(.+)_seed-\d+", name)
+    return point is not None and point.group(1) in {str(choice) for choice in study.grid.choices}
+
+
+def run_folders(study, runs_dir):
+    """The names of the folders under ``runs_dir`` that ``study`` trains runs in (``is_run_name``)."""
+    try:
+        return [entry.name for entry in os.scandir(runs_dir) if entry.is_dir() and is_run_name(study, entry.name)]
+    except FileNotFoundError:
+        return []
+
+
+def unrecorded_runs(runs_dir, trials, names):
+    """Those of the run folders ``names`` under ``runs_dir`` that trained, of which none of the study's ``trials`` is
+    the record: a run copied in from the same study run on another machine, or recorded in another --storage."""
     known = {trial.user_attrs.get("run_dir") for trial in trials}
-    if names is None:
-        try:
-            names = [entry.name for entry in os.scandir(runs_dir) if entry.is_dir()]
-        except FileNotFoundError:
-            return []
     return sorted(name for name in names if name not in known and run_has_trained(os.path.join(runs_dir, name)))
 
 

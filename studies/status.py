@@ -13,7 +13,7 @@ from training.errors import UserError
 from .definitions import STUDIES
 from .liveness import is_lost, seconds_silent, worker_place
 from .plan import RUNS_FOLDER
-from .scheduler import job_states, removed_runs, summary, unrecorded_runs
+from .scheduler import job_states, removed_runs, run_folders, summary, unrecorded_runs
 from .storage import JOURNAL_FILE, close_storage, open_storage, shown_storage
 
 
@@ -68,11 +68,11 @@ def _print_status(name, study_dir, storage, lock):
                  else f"last heard {seconds_silent(live, now):.0f} s ago")
         progress = _progress(study_dir, run_dir, estimate=not lost) or "first epoch"
         print(f"  {run_dir}: running {worker_place(live)}, {progress}; {state}")
-    trials = study.get_trials(deepcopy=False)
-    for run_dir, latest in removed_runs(trials, os.path.join(study_dir, RUNS_FOLDER)):
+    trials, runs_dir = study.get_trials(deepcopy=False), os.path.join(study_dir, RUNS_FOLDER)
+    for run_dir, latest in removed_runs(trials, runs_dir):
         outcome = latest.user_attrs.get("outcome") or "finished"
         print(f"  {run_dir}: {outcome}, but its folder is gone; the study's next launch trains it again")
-    for run_dir in unrecorded_runs(os.path.join(study_dir, RUNS_FOLDER), trials):
+    for run_dir in unrecorded_runs(runs_dir, trials, run_folders(STUDIES[name], runs_dir)):
         print(f"  {run_dir}: trained, but the study has no record of it (copied in from another run of the study, or "
               "recorded in another --storage); a launch that would train it refuses to")
     return True

@@ -319,3 +319,36 @@ def test_a_search_refuses_every_trained_run_folder_it_has_no_record_of(study_arg
                                                     "it here")
     assert results.read_bytes() == finished
     assert len(load_study(str(tmp_path / "out"), "mlpmixer_best").trials) == 2  # the trial and its final run
+
+
+def test_the_run_names_of_a_study_are_those_its_runs_train_in_and_not_a_backups():
+    import types
+
+    from studies.definitions import STUDIES
+    from studies.plan import Plan
+    from studies.scheduler import final_run_dir, is_run_name
+
+    for study in STUDIES.values():
+        if study.is_search:
+            earlier_best = {"final_seed-43": (None, None, types.SimpleNamespace(user_attrs={"source_trial": 2}))}
+            names = ["trial-0000", "trial-12345", final_run_dir(43, 5, {}), final_run_dir(43, 5, earlier_best)]
+            assert names[3] == "final_seed-43_trial-0005"
+        else:
+            names = list(Plan(study, "out", [], {}, {}, seed=42, seeds=[42, 4294967295],
+                              values=list(study.grid.choices)).grid_jobs())
+        assert all(is_run_name(study, name) for name in names), study.name
+        assert not any(is_run_name(study, f"{name}_backup") or is_run_name(study, f"copy of {name}") for name in names)
+    assert not is_run_name(STUDIES["mlp_activation"], "activation-gelu_seed-42")  # not one of the grid's choices
+
+
+def test_a_backup_copy_of_a_run_in_a_searchs_folder_is_left_alone(study_args, tmp_path, capsys):
+    assert studies_main(study_args("mlpmixer_best", "--trials", "1")) == 0
+    runs = tmp_path / "out" / "mlpmixer_best" / "runs"
+    shutil.copytree(runs / "trial-0000", runs / "trial-0000_backup")
+    assert studies_main(study_args("mlpmixer_best", "--trials", "2")) == 0
+    capsys.readouterr()
+    assert studies_main(["status", "--out", str(tmp_path / "out")]) == 0
+    status = capsys.readouterr().out
+    assert status.startswith("mlpmixer_best: search trials: 2 completed (of 2); final runs: ")
+    assert "trial-0000_backup" not in status and status.count("\n") == 1
+    assert read_json(runs / "trial-0000_backup" / "results.json") == read_json(runs / "trial-0000" / "results.json")
