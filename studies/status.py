@@ -51,9 +51,10 @@ def _progress(study_dir, run_dir, estimate=True):
     return f"{done} of {total} epochs done, about {_duration(seconds * (total - done))} to go"
 
 
-def _print_status(name, study_dir, storage, lock):
+def _print_status(name, study_dir, storage, lock, own_storage):
     """Print study ``name``'s runs by outcome and each running run's worker and progress; False if
-    ``storage`` does not hold it. ``lock``, the storage's, gives the time that the heartbeats are judged by."""
+    ``storage`` does not hold it. ``lock``, the storage's, gives the time that the heartbeats are judged by;
+    ``own_storage``: the study is kept in a --storage, not in a journal in ``study_dir``."""
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:  # not in this database
@@ -69,7 +70,11 @@ def _print_status(name, study_dir, storage, lock):
         progress = _progress(study_dir, run_dir, estimate=not lost) or "first epoch"
         print(f"  {run_dir}: running {worker_place(live)}, {progress}; {state}")
     trials, runs_dir = study.get_trials(deepcopy=False), os.path.join(study_dir, RUNS_FOLDER)
-    for run_dir, latest in removed_runs(trials, runs_dir):
+    removed = removed_runs(trials, runs_dir)
+    if removed and own_storage and not os.path.isdir(runs_dir):  # as plan.open_study refuses to train them again
+        print(f"  no folder {runs_dir}: its runs were trained with another --out")
+        removed = []
+    for run_dir, latest in removed:
         outcome = latest.user_attrs.get("outcome") or "finished"
         print(f"  {run_dir}: {outcome}, but its folder is gone; the study's next launch trains it again")
     for run_dir in unrecorded_runs(runs_dir, trials, run_folders(STUDIES[name], runs_dir)):
@@ -88,7 +93,7 @@ def print_status(out, storage_url):
         if storage_url is not None or os.path.isfile(os.path.join(study_dir, JOURNAL_FILE)):  # never create a journal
             storage, lock = open_storage(storage_url, study_dir)
             try:
-                if _print_status(name, study_dir, storage, lock):
+                if _print_status(name, study_dir, storage, lock, own_storage=storage_url is not None):
                     shown += 1
                     continue
             finally:

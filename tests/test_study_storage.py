@@ -44,7 +44,13 @@ def test_a_database_study_launched_with_another_out_is_refused_not_trained_again
                                        f"but {runs} does not exist: give the --out they were trained with; to train "
                                        f"them again under this one, create {runs} and rerun\n")
     assert not runs.exists()
+    assert studies_main(["status", "--storage", f"sqlite:///{database}", "--out", str(other)]) == 0
+    assert capsys.readouterr().out == f"mlp_activation: 1 completed\n  no folder {runs}: its runs were trained with " \
+                                      "another --out\n"
     os.makedirs(runs)
+    assert studies_main(["status", "--storage", f"sqlite:///{database}", "--out", str(other)]) == 0
+    assert capsys.readouterr().out == ("mlp_activation: 1 completed\n  activation-relu_seed-42: completed, but its "
+                                       "folder is gone; the study's next launch trains it again\n")
     assert studies_main([*argv, "--out", str(other)]) == 0
     assert "1 finished run whose folder is gone (activation-relu_seed-42) trains again" in capsys.readouterr().out
     assert os.path.isfile(runs / "activation-relu_seed-42" / "results.json")
