@@ -121,24 +121,20 @@ def _train_again_the_removed_runs(plan, study):
 
 
 def _refuse_runs_without_records(plan, storage):
-    """A run folder that trained, of which ``storage`` has no record, would be trained again over: the study's journal
-    was removed, its runs were recorded in another --storage (whose workers may still be writing them), or a run was
-    copied in from another run of the study (another machine's). A grid's folders count only where this launch would
-    train (its --values and --seeds); a search names its trials' folders by the order of its draws, so all of its run
-    folders (a folder of another name, such as a backup copy, is never trained in)."""
+    """A run folder that trained, of which ``storage`` has no record (of it, or of the study), would be trained again
+    over: a run was copied in from another run of the study (another machine's), the study's journal was removed, or
+    its runs were recorded in another --storage (whose workers may still be writing them). A grid's folders count only
+    where this launch would train (its --values and --seeds: the others' values left out, it runs); a search names its
+    trials' folders by the order of its draws, so all of its run folders (one of another name, such as a backup copy,
+    is never trained in)."""
     runs_dir = os.path.join(plan.study_dir, RUNS_FOLDER)
     records = shown_storage(plan.storage) or os.path.join(plan.study_dir, JOURNAL_FILE)
     try:
-        study_id = storage.get_study_id_from_name(plan.study.name)
-    except KeyError:
-        if has_trained([], runs_dir):
-            raise UserError(f"{runs_dir} holds runs of {plan.study.name} that trained, but {records} has no record of "
-                            "the study: if they ran with --storage, give the same --storage; to train them afresh, "
-                            f"move {runs_dir} aside (or use a new --out)") from None
-        return
+        trials = storage.get_all_trials(storage.get_study_id_from_name(plan.study.name), deepcopy=False)
+    except KeyError:  # a study not begun here (a run copied in first), or whose records were removed
+        trials = []
     jobs = {} if plan.study.is_search else plan.grid_jobs()
-    names = run_folders(plan.study, runs_dir) if plan.study.is_search else jobs
-    unknown = unrecorded_runs(runs_dir, storage.get_all_trials(study_id, deepcopy=False), names)
+    unknown = unrecorded_runs(runs_dir, trials, run_folders(plan.study, runs_dir) if plan.study.is_search else jobs)
     if not unknown:
         return
     it, them = ("it", "it") if len(unknown) == 1 else ("they", "them")
@@ -148,8 +144,8 @@ def _refuse_runs_without_records(plan, storage):
         values = sorted({str(jobs[name][setting]) for name in unknown})
         how += f", or leave {setting} {', '.join(values)} out of --values"
     raise UserError(f"{counted(len(unknown), 'run')} in {runs_dir} trained, but {records} has no record of {them} "
-                    f"({', '.join(unknown)}): copied in from another run of the study, or recorded in another "
-                    f"--storage; this command would train {them} again over what {it} "
+                    f"({', '.join(unknown)}): copied in from another run of the study, or recorded elsewhere (another "
+                    f"--storage, a journal since removed); this command would train {them} again over what {it} "
                     f"{'holds' if it == 'it' else 'hold'}: {how}")
 
 

@@ -95,10 +95,11 @@ def test_runs_whose_journal_was_removed_are_not_trained_again_over_and_status_na
     os.remove(study_dir / "journal.log")
     capsys.readouterr()
     assert studies_main(argv) == 2
-    assert capsys.readouterr().err == (f"error: {study_dir / 'runs'} holds runs of mlp_activation that trained, but "
-                                       f"{study_dir / 'journal.log'} has no record of the study: if they ran with "
-                                       f"--storage, give the same --storage; to train them afresh, move "
-                                       f"{study_dir / 'runs'} aside (or use a new --out)\n")
+    assert capsys.readouterr().err == (
+        f"error: 1 run in {study_dir / 'runs'} trained, but {study_dir / 'journal.log'} has no record of it "
+        "(activation-relu_seed-42): copied in from another run of the study, or recorded elsewhere (another --storage, "
+        "a journal since removed); this command would train it again over what it holds: move it aside to train it "
+        "here, or leave activation relu out of --values\n")
     assert results.read_bytes() == finished
     assert studies_main(["status", "--out", str(tmp_path / "out")]) == 0
     assert capsys.readouterr().out == (f"mlpmixer_patch: 1 completed\nmlp_activation: runs in {study_dir / 'runs'}, "

@@ -279,8 +279,8 @@ def _copy_in_a_run_made_elsewhere(study_args, tmp_path, study, run, elsewhere_fl
 def _refused_over(tmp_path, study, run, how):
     runs, journal = tmp_path / "out" / study / "runs", tmp_path / "out" / study / "journal.log"
     return (f"error: 1 run in {runs} trained, but {journal} has no record of it ({run}): copied in from another run of "
-            "the study, or recorded in another --storage; this command would train it again over what it holds: "
-            f"{how}\n")
+            "the study, or recorded elsewhere (another --storage, a journal since removed); this command would train "
+            f"it again over what it holds: {how}\n")
 
 
 def test_a_finished_run_copied_in_from_another_run_of_the_study_is_not_trained_again_over(study_args, tmp_path, capsys):
@@ -306,6 +306,22 @@ def test_a_finished_run_copied_in_from_another_run_of_the_study_is_not_trained_a
     ranking = re.search(r"Final validation accuracy by activation \(mean over completed runs\), highest first: (.*)\n",
                         markdown_of(str(tmp_path / "out"))).group(1)  # the copied run, read beside the others
     assert sorted(part.split(":")[0] for part in ranking.split(", ")) == ["relu", "sigmoid", "tanh"]
+
+
+def test_a_run_copied_in_before_the_studys_first_launch_is_left_to_the_launches_that_leave_it_out(study_args,
+                                                                                                   tmp_path, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    assert studies_main([*study_args("mlp_activation", "--values", "tanh"), "--out", str(elsewhere)]) == 0
+    runs = tmp_path / "out" / "mlp_activation" / "runs"
+    shutil.copytree(elsewhere / "mlp_activation" / "runs" / "activation-tanh_seed-42", runs / "activation-tanh_seed-42")
+    finished = (runs / "activation-tanh_seed-42" / "results.json").read_bytes()
+    capsys.readouterr()
+    assert studies_main(study_args("mlp_activation")) == 2
+    assert capsys.readouterr().err == _refused_over(tmp_path, "mlp_activation", "activation-tanh_seed-42", "move it "
+                                                    "aside to train it here, or leave activation tanh out of --values")
+    assert studies_main(study_args("mlp_activation", "--values", "relu", "sigmoid")) == 0
+    assert (runs / "activation-tanh_seed-42" / "results.json").read_bytes() == finished
+    assert sorted(os.listdir(runs)) == [f"activation-{name}_seed-42" for name in ("relu", "sigmoid", "tanh")]
 
 
 def test_a_search_refuses_every_trained_run_folder_it_has_no_record_of(study_args, tmp_path, capsys):
