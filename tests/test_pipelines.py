@@ -138,3 +138,22 @@ def test_the_runner_trains_on_batch_size_augmented_batches_and_evaluates_eval_ba
         assert make_batches(args, images, labels, True, torch.device("cuda")).pin_memory
         assert isinstance(train.dataset.transform.transforms[1], transforms.RandomCrop)
         assert evaluation.dataset.transform.transforms[0].__class__ is transforms.ToTensor
+
+
+def test_the_template_pipeline_loads_in_worker_processes_that_spawn():
+    """macOS and Windows start DataLoader workers with ``spawn`` (Python 3.14 on Linux with ``forkserver``): the
+    dataset and its transforms, cutout included, are pickled into each worker, so none may be a lambda or a
+    local object. A spawned worker gives the training batches their shapes and labels, and the same evaluation
+    batches as loading in this process. One worker serves both datasets: each spawn imports torch anew."""
+    images = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(12) % 10
+    train, evaluation = (torchvision_batches(images, labels, 5, train=train, num_workers=0, augment="padcrop_cutout")
+                         for train in (True, False))
+    spawned = torch.utils.data.DataLoader(torch.utils.data.StackDataset(train.dataset, evaluation.dataset),
+                                          batch_size=5, num_workers=1, multiprocessing_context="spawn")
+    batches = list(spawned)
+    assert [tuple(x.shape) for (x, _), _ in batches] == [(5, 3, 32, 32), (5, 3, 32, 32), (2, 3, 32, 32)]
+    assert torch.cat([y for (_, y), _ in batches]).tolist() == labels.tolist() and len(evaluation) == len(batches)
+    for (_, (x, y)), (expected_x, expected_y) in zip(batches, evaluation):
+        torch.testing.assert_close(x, expected_x)
+        assert torch.equal(y, expected_y)
