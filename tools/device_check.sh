@@ -14,7 +14,7 @@
 # .whl/ holds wheels of Optuna and its dependencies for the device's Python 3.12, which has torch, numpy and tqdm
 # but not Optuna (6.4 MB; the device's own numpy and tqdm are kept). Both are git-ignored. To make .whl:
 #
-#     pip download optuna==5.0.0 --only-binary=:all: --python-version 3.12 --implementation cp \
+#     pip download optuna==5.1.0 --only-binary=:all: --python-version 3.12 --implementation cp \
 #         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #         --dest .whl && rm .whl/numpy-* .whl/tqdm-*
 set -u
