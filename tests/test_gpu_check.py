@@ -141,11 +141,49 @@ def test_gpu_check_parity_tables_a_diverged_run_and_still_writes_every_result(mo
         assert json.load(f)["mlpmixer/fast"]["status"] == "diverged"
 
 
+def test_gpu_check_parity_compiled_compares_the_compiled_fast_path_with_eager_fp32(monkeypatch, tmp_path):
+    runs = []
+
+    def fit_or_stop(args):
+        runs.append((args.precision, args.cuda_graph, args.channels_last, args.compile))
+        test_acc = {(False, "auto"): 0.8125, (True, "auto"): 0.8250}.get((args.compile, args.precision), 0.8)
+        return {"status": "completed", "test_acc": test_acc, "best_valid_acc": 0.75, "train_seconds": [1.0]}
+    monkeypatch.setattr(gpu_check, "fit_or_stop", fit_or_stop)
+    cli = gpu_check.parse_args(["--models", "resnet18", "--parity_compiled", "--json_out",
+                                str(tmp_path / "parity.json")])
+    pipe = Pipe()
+    monkeypatch.setattr(sys, "stdout", pipe)
+    gpu_check.parity(cli, torch.device("cpu"))
+    assert runs == [("auto", "auto", "auto", False), ("fp32", "off", "off", False), ("auto", "auto", "auto", True)]
+    lines = pipe.flushed.splitlines()
+    assert lines[1].endswith("(AdamW 1e-3, wd 5e-4, constant lr), the fast path also with --compile")
+    assert lines[3:] == [
+        " resnet18 |         fast |   0.8125 |     0.7500 |           1.0",
+        " resnet18 |   eager fp32 |   0.8000 |     0.7500 |           1.0",
+        " resnet18 |   difference |  +0.0125",
+        " resnet18 |     compiled |   0.8250 |     0.7500 |           1.0",
+        " resnet18 |   difference |  +0.0250"]
+    with open(tmp_path / "parity.json") as f:
+        assert sorted(json.load(f)) == ["resnet18/compiled", "resnet18/eager fp32", "resnet18/fast"]
+
+
+def test_gpu_check_parity_compiled_trains_the_compiled_model(capsys, quick_compile, tmp_path):
+    gpu_check.main(["--dry_run", "--models", "mlp", "--num_workers", "0", "--sections", "parity",
+                    "--parity_compiled", "--json_out", str(tmp_path / "parity.json")])
+    assert quick_compile == ["MLP"]  # the compiled row's run alone
+    assert re.findall(r"^ +mlp \| +(\w[\w ]*\w) \| ", capsys.readouterr().out, re.MULTILINE) == [
+        "fast", "eager fp32", "difference", "compiled", "difference"]
+    with open(tmp_path / "parity.json") as f:
+        results = json.load(f)
+    assert results["mlp/compiled"]["args"]["compile"] and not results["mlp/fast"]["args"]["compile"]
+
+
 def test_the_gpu_check_defaults_are_those_its_docs_state():
     cli = gpu_check.parse_args([])  # 50 tracked losses, 15-epoch parity, the template's 4 workers (README, issue 3)
     assert (cli.data_dir, cli.sections, cli.steps, cli.models, cli.bench_epochs, cli.parity_epochs, cli.num_workers,
-            cli.valid_size, cli.json_out, cli.rows, cli.profile_compiled, cli.dry_run) == (
-        "./data", "tracking,benchmark,parity", 50, "mlp,resnet18,mlpmixer", 2, 15, 4, 5000, None, 15, False, False)
+            cli.valid_size, cli.json_out, cli.rows, cli.profile_compiled, cli.parity_compiled, cli.dry_run) == (
+        "./data", "tracking,benchmark,parity", 50, "mlp,resnet18,mlpmixer", 2, 15, 4, 5000, None, 15, False, False,
+        False)
 
 
 def test_gpu_check_compile_section_compares_the_compiled_step(capsys, quick_compile):

@@ -15,7 +15,8 @@ Sections (``--sections``, comma-separated):
 - ``benchmark``: for each model, seconds per epoch of the template pipeline, the eager fast path and the
   captured fast path (``tools.benchmark``), last of ``--bench_epochs`` epochs.
 - ``parity``: for each model, ``--parity_epochs`` epochs of the default recipe on the captured fast path and
-  on the eager fp32 path, and their test accuracies.
+  on the eager fp32 path, and their test accuracies; with ``--parity_compiled``, also the fast path with
+  ``--compile``, each against eager fp32.
 - ``compile`` (not run by default: each compilation takes tens of seconds): for each model of ``--models``,
   the captured step's losses with and without ``torch.compile``, then the benchmark with a ``compiled`` row.
 - ``profile`` (not run by default): for each model, wall time per step of the eager and the captured step
@@ -257,17 +258,24 @@ def profile(cli, device, graph_options):
                   f"over {len(timed)} steps\n{table}", flush=True)
 
 
+PARITY_PATHS = {  # main.py flags of each path the parity section trains; eager fp32 is the one compared against
+    "fast": ["--pipeline", "tensor"],
+    "eager fp32": ["--pipeline", "tensor", "--precision", "fp32", "--cuda_graph", "off", "--channels_last", "off"],
+    "compiled": ["--pipeline", "tensor", "--compile"],
+}
+
+
 def parity(cli, device):
-    print(f"\n== parity: {cli.parity_epochs} epochs of the default recipe (AdamW 1e-3, wd 5e-4, constant lr)")
+    paths = ["fast", "eager fp32"] + (["compiled"] if cli.parity_compiled else [])
+    print(f"\n== parity: {cli.parity_epochs} epochs of the default recipe (AdamW 1e-3, wd 5e-4, constant lr)"
+          + (", the fast path also with --compile" if cli.parity_compiled else ""))
     print(f"{'model':>9} | {'path':>12} | {'test acc':>8} | {'best valid':>10} | {'train s total':>13}")
     summary = {}
     for name in cli.models.split(","):
-        for label, flags in (("fast", ["--pipeline", "tensor"]),
-                             ("eager fp32", ["--pipeline", "tensor", "--precision", "fp32", "--cuda_graph", "off",
-                                             "--channels_last", "off"])):
+        for label in paths:
             argv = ["--model", name, "--model_config", f"model_configs/{name}.json", "--epochs",
                     str(cli.parity_epochs), "--device", device.type, "--data_dir", cli.data_dir, "--no_progress",
-                    "--valid_size", str(cli.valid_size), *flags]
+                    "--valid_size", str(cli.valid_size), *PARITY_PATHS[label]]
             with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
                 results = fit_or_stop(get_config_parser().parse_args(argv))
             summary[(name, label)] = results
@@ -275,9 +283,11 @@ def parity(cli, device):
             print(f"{name:>9} | {label:>12} | {_accuracy(results['test_acc'], 8)} | "
                   f"{_accuracy(results['best_valid_acc'], 10)} | {sum(results['train_seconds']):13.1f}{ended}",
                   flush=True)
-        tested = [summary[(name, label)]["test_acc"] for label in ("fast", "eager fp32")]
-        gap = f"{tested[0] - tested[1]:+8.4f}" if None not in tested else f"{'-':>8} (a path was not tested)"
-        print(f"{name:>9} | {'difference':>12} | {gap}", flush=True)
+            compared = {"eager fp32": "fast", "compiled": "compiled"}.get(label)  # each once eager fp32 has run
+            if compared:
+                tested = [summary[(name, path)]["test_acc"] for path in (compared, "eager fp32")]
+                gap = f"{tested[0] - tested[1]:+8.4f}" if None not in tested else f"{'-':>8} (a path was not tested)"
+                print(f"{name:>9} | {'difference':>12} | {gap}", flush=True)
     if cli.json_out:
         write_json(cli.json_out, {f"{model}/{path}": results for (model, path), results in summary.items()})
 
@@ -302,6 +312,9 @@ def parse_args(argv=None):
                         help="DataLoader workers of the template pipeline")
     parser.add_argument("--valid_size", type=int, default=runner.get_default("valid_size"),
                         help="training images held out for validation")
+    parser.add_argument("--parity_compiled", action="store_true",
+                        help="parity: also the fast path with --compile, against eager fp32 (its difference row "
+                             "follows its own)")
     parser.add_argument("--json_out", default=None, help="write the parity runs' results here")
     parser.add_argument("--rows", type=int, default=15, help="profile: rows of each kernel table")
     parser.add_argument("--profile_compiled", action="store_true",
