@@ -164,12 +164,16 @@ def _device_call(folder, steps, **env_vars):
 
 @pytest.mark.skipif(os.name != "posix", reason="the device call is a bash script")
 @pytest.mark.parametrize("steps, expected", [
-    ([], ["compile", "nan_hunt", "resnet18_target", "studies_1_3"]),
+    ([], ["compile_parity", "resnet18_target", "cuda_error"]),
     (["cuda_error", "mlpmixer_target", "nan_hunt"], ["nan_hunt", "mlpmixer_target", "cuda_error"]),  # script's order
+    (["studies_1_3", "compile", "resnet18_target", "nan_hunt"], ["compile", "nan_hunt", "resnet18_target",
+                                                                 "studies_1_3"]),
 ])
 def test_the_device_call_runs_the_steps_asked_for(tmp_path, steps, expected):
     commands = {"compile": "-m tools.gpu_check --data_dir .devdata/data --sections compile",
                 "nan_hunt": "-m tools.gpu_check --data_dir .devdata/data --sections tracking --models mlpmixer",
+                "compile_parity": "-m tools.gpu_check --data_dir .devdata/data --sections parity --parity_compiled "
+                                  "--models resnet18,mlpmixer",
                 "resnet18_target": "-m tools.check_targets --data_dir .devdata/data --models resnet18",
                 "studies_1_3": "-m tools.time_studies --data_dir .devdata/data",
                 "mlpmixer_target": "-m tools.check_targets --data_dir .devdata/data --models mlpmixer",
@@ -183,6 +187,8 @@ def test_the_device_call_runs_the_steps_asked_for(tmp_path, steps, expected):
     # each line reaches its step's log as it is printed, not when a buffer fills: the call's limit kills buffers
     assert all(line.endswith(" [PYTHONUNBUFFERED=1]") for line in training), training
     assert sorted(os.listdir(tmp_path / "device_check_logs")) == sorted(f"{name}.txt" for name in expected)
+    # the device tool brings back 8 files of $OUT: the studies' dozens of run files must not crowd out the logs
+    assert all("device_check_logs" not in line.split("--out ")[1] for line in training if "--out " in line)
     # the seconds that setting up and each step took, by which the next call's limits can be set
     assert re.search(r"^== data ready after \d+ s of the call$", ran.stdout, re.MULTILINE)
     assert re.findall(r"^== (\w+): exit status 0, \d+ s into the call$", ran.stdout, re.MULTILINE) == expected
@@ -197,22 +203,22 @@ def _step_limits(ran):
 
 @pytest.mark.skipif(os.name != "posix", reason="the device call is a bash script")
 def test_no_step_of_the_device_call_runs_past_the_calls_end(tmp_path):
-    assert _step_limits(_device_call(tmp_path / "600", [])) == {"compile": 170, "nan_hunt": 60, "resnet18_target": 120,
-                                                                 "studies_1_3": 300}
+    assert _step_limits(_device_call(tmp_path / "600", [])) == {"compile_parity": 330, "resnet18_target": 120,
+                                                                 "cuda_error": 60}
     # a call of 100 s leaves 75 s, less what the set-up took, to each step: the longer ones are cut to that
     limits = _step_limits(_device_call(tmp_path / "100", [], CALL_SECONDS="100"))
-    assert limits.pop("nan_hunt") == 60 and set(limits) == {"compile", "resnet18_target", "studies_1_3"}
+    assert limits.pop("cuda_error") == 60 and set(limits) == {"compile_parity", "resnet18_target"}
     assert all(70 <= seconds <= 75 for seconds in limits.values()), limits
     ran = _device_call(tmp_path / "20", [], CALL_SECONDS="20")  # nothing left after the set-up: every step skipped
-    assert _step_limits(ran) == {} and not os.path.exists(tmp_path / "20" / "device_check_logs" / "compile.txt")
+    assert _step_limits(ran) == {} and not os.listdir(tmp_path / "20" / "device_check_logs")
     assert re.findall(r"^== (\w+): skipped, \d+ s into a call of 20 s$", ran.stdout, re.MULTILINE) == [
-        "compile", "nan_hunt", "resnet18_target", "studies_1_3"], ran.stdout
+        "compile_parity", "resnet18_target", "cuda_error"], ran.stdout
 
 
 @pytest.mark.skipif(os.name != "posix", reason="the device call is a bash script")
 def test_the_device_call_refuses_an_unknown_step_before_anything_runs(tmp_path):
     ran = _device_call(tmp_path, ["nan_hunt", "mixer_target"])
     assert ran.returncode == 2
-    assert ran.stderr.strip() == ("error: unknown step mixer_target; choose from compile nan_hunt resnet18_target "
-                                  "studies_1_3 mlpmixer_target cuda_error")
+    assert ran.stderr.strip() == ("error: unknown step mixer_target; choose from compile nan_hunt compile_parity "
+                                  "resnet18_target studies_1_3 mlpmixer_target cuda_error")
     assert not os.path.exists(tmp_path / "python.log") and not os.path.exists(tmp_path / "device_check_logs")
