@@ -164,7 +164,7 @@ def _device_call(folder, steps, **env_vars):
 
 @pytest.mark.skipif(os.name != "posix", reason="the device call is a bash script")
 @pytest.mark.parametrize("steps, expected", [
-    ([], ["compile_parity", "resnet18_target", "cuda_error"]),
+    ([], ["compile_parity", "resnet18_target", "resnet18_target_b128", "cuda_error"]),
     (["cuda_error", "mlpmixer_target", "nan_hunt"], ["nan_hunt", "mlpmixer_target", "cuda_error"]),  # script's order
     (["studies_1_3", "compile", "resnet18_target", "nan_hunt"], ["compile", "nan_hunt", "resnet18_target",
                                                                  "studies_1_3"]),
@@ -174,7 +174,9 @@ def test_the_device_call_runs_the_steps_asked_for(tmp_path, steps, expected):
                 "nan_hunt": "-m tools.gpu_check --data_dir .devdata/data --sections tracking --models mlpmixer",
                 "compile_parity": "-m tools.gpu_check --data_dir .devdata/data --sections parity --parity_compiled "
                                   "--models resnet18,mlpmixer",
-                "resnet18_target": "-m tools.check_targets --data_dir .devdata/data --models resnet18",
+                "resnet18_target": "-m tools.check_targets --data_dir .devdata/data --models resnet18 [",
+                "resnet18_target_b128": "-m tools.check_targets --data_dir .devdata/data --models resnet18 --batch_size "
+                                        "128 --lr 0.1 --epochs 42 [",
                 "studies_1_3": "-m tools.time_studies --data_dir .devdata/data",
                 "mlpmixer_target": "-m tools.check_targets --data_dir .devdata/data --models mlpmixer",
                 "cuda_error": "-m tools.cuda_error_check"}
@@ -204,15 +206,16 @@ def _step_limits(ran):
 @pytest.mark.skipif(os.name != "posix", reason="the device call is a bash script")
 def test_no_step_of_the_device_call_runs_past_the_calls_end(tmp_path):
     assert _step_limits(_device_call(tmp_path / "600", [])) == {"compile_parity": 330, "resnet18_target": 120,
-                                                                 "cuda_error": 60}
+                                                                 "resnet18_target_b128": 120, "cuda_error": 60}
     # a call of 100 s leaves 75 s, less what the set-up took, to each step: the longer ones are cut to that
     limits = _step_limits(_device_call(tmp_path / "100", [], CALL_SECONDS="100"))
-    assert limits.pop("cuda_error") == 60 and set(limits) == {"compile_parity", "resnet18_target"}
+    assert limits.pop("cuda_error") == 60 and set(limits) == {"compile_parity", "resnet18_target",
+                                                               "resnet18_target_b128"}
     assert all(70 <= seconds <= 75 for seconds in limits.values()), limits
     ran = _device_call(tmp_path / "20", [], CALL_SECONDS="20")  # nothing left after the set-up: every step skipped
     assert _step_limits(ran) == {} and not os.listdir(tmp_path / "20" / "device_check_logs")
     assert re.findall(r"^== (\w+): skipped, \d+ s into a call of 20 s$", ran.stdout, re.MULTILINE) == [
-        "compile_parity", "resnet18_target", "cuda_error"], ran.stdout
+        "compile_parity", "resnet18_target", "resnet18_target_b128", "cuda_error"], ran.stdout
 
 
 @pytest.mark.skipif(os.name != "posix", reason="the device call is a bash script")
@@ -220,5 +223,5 @@ def test_the_device_call_refuses_an_unknown_step_before_anything_runs(tmp_path):
     ran = _device_call(tmp_path, ["nan_hunt", "mixer_target"])
     assert ran.returncode == 2
     assert ran.stderr.strip() == ("error: unknown step mixer_target; choose from compile nan_hunt compile_parity "
-                                  "resnet18_target studies_1_3 mlpmixer_target cuda_error")
+                                  "resnet18_target resnet18_target_b128 studies_1_3 mlpmixer_target cuda_error")
     assert not os.path.exists(tmp_path / "python.log") and not os.path.exists(tmp_path / "device_check_logs")

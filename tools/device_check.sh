@@ -6,7 +6,7 @@
 # repository root on a GPU machine (the device tool: carry .devdata and .whl, timeout_s 600, then give the
 # machine back):
 #
-#     bash tools/device_check.sh                     # the three default steps (at most 510 s)
+#     bash tools/device_check.sh                     # the four default steps
 #     bash tools/device_check.sh mlpmixer_target     # a step by name (this one is in no default: 360 s alone)
 #     bash tools/device_check.sh compile nan_hunt resnet18_target studies_1_3   # the first call of 2026-12-04
 #
@@ -21,8 +21,8 @@
 #         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #         --dest .whl && rm .whl/numpy-* .whl/tqdm-*
 set -u
-DEFAULT_STEPS="compile_parity resnet18_target cuda_error"
-ALL_STEPS="compile nan_hunt compile_parity resnet18_target studies_1_3 mlpmixer_target cuda_error"
+DEFAULT_STEPS="compile_parity resnet18_target resnet18_target_b128 cuda_error"
+ALL_STEPS="compile nan_hunt compile_parity resnet18_target resnet18_target_b128 studies_1_3 mlpmixer_target cuda_error"
 STEPS=${*:-$DEFAULT_STEPS}
 for name in $STEPS; do  # refused before anything runs: a mistyped step must not cost a device start
     [[ " $ALL_STEPS " == *" $name "* ]] || { echo "error: unknown step $name; choose from $ALL_STEPS" >&2; exit 2; }
@@ -68,8 +68,12 @@ step 60 nan_hunt python -m tools.gpu_check --data_dir "$DATA" --sections trackin
 # issue 3: 15 epochs of the default recipe compiled, fast and eager fp32: test accuracy within one point?
 step 330 compile_parity python -m tools.gpu_check --data_dir "$DATA" --sections parity --parity_compiled \
     --models resnet18,mlpmixer
-# issue 4: ResNet18 at 93% test accuracy from at most 60 s of training
+# issue 4: ResNet18 at 93% test accuracy from at most 60 s of training: the recipe, then the same at batch 128 (2.5
+# times the steps; 42 epochs fit the budget at the 11.8 s first and 1.10 s later epochs measured on 2026-11-27). The
+# two are compared by their validation accuracy, which each run's log prints
 step 120 resnet18_target python -m tools.check_targets --data_dir "$DATA" --models resnet18
+step 120 resnet18_target_b128 python -m tools.check_targets --data_dir "$DATA" --models resnet18 --batch_size 128 \
+    --lr 0.1 --epochs 42
 # issue 4: studies 1-3 in under 4 minutes (each study's time is printed as it ends); a limit above the target,
 # so that a time near 4 minutes is measured rather than cut off, as far as the steps before leave time. Its
 # dozens of run files stay off $OUT, of which the device tool brings back only 8 files: the step logs come first
