@@ -15,11 +15,13 @@
 #
 # .devdata/ holds the course's CIFAR-10 copy (cifar10_jpeg_q75.npz and make_cifar10.py from ../shared/data);
 # .whl/ holds wheels of Optuna and its dependencies for the device's Python 3.12, which has torch, numpy and tqdm
-# but not Optuna (6.4 MB; the device's own numpy and tqdm are kept). Both are git-ignored. To make .whl:
+# but not Optuna (5.6 MB; the device's own copies of the packages removed below are kept, as in the run of
+# 2026-12-04, rather than shadowed by older or newer ones). Both are git-ignored. To make .whl:
 #
 #     pip download optuna==5.1.0 --only-binary=:all: --python-version 3.12 --implementation cp \
 #         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#         --dest .whl && rm .whl/numpy-* .whl/tqdm-*
+#         --dest .whl && rm .whl/numpy-* .whl/tqdm-* .whl/packaging-* .whl/typing_extensions-* .whl/markupsafe-* \
+#         .whl/pyyaml-*
 set -u
 DEFAULT_STEPS="compile_parity resnet18_target resnet18_target_b128 cuda_error"
 ALL_STEPS="compile nan_hunt compile_parity resnet18_target resnet18_target_b128 studies_1_3 mlpmixer_target cuda_error"
