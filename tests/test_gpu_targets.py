@@ -157,6 +157,20 @@ def test_check_targets_dry_run_prints_a_verdict_per_model(capsys, scratch_checke
     assert "argument --models: invalid choice: 'vit'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags, compiled", [([], {"resnet18": False, "mlpmixer": False}),
+                                              (["--compile"], {"resnet18": True, "mlpmixer": True})])
+def test_check_targets_dry_run_leaves_out_the_recipes_compile_but_not_a_users(flags, compiled, monkeypatch,
+                                                                               scratch_checked):
+    from tools import check_targets
+
+    assert "--compile" in check_targets.RECIPES["mlpmixer"]["flags"]  # else this test checks nothing
+    runs = {}
+    monkeypatch.setattr(tools, "fit", lambda args: runs.update({args.model: args.compile}) or {
+        "status": "completed", "test_acc": 0.5, "train_seconds": [1.0], "epochs_completed": 1, "device_name": "cpu"})
+    assert check_targets.main(["--dry_run", *flags]) == 0
+    assert runs == compiled
+
+
 def test_check_targets_on_a_gpu_trains_each_published_recipe_on_the_data_given(capsys, monkeypatch, tmp_path):
     from config import get_config_parser
     from tools import check_targets
